@@ -1,0 +1,222 @@
+//! The [`Encoder`] trait that models implement, and the weights of the post-LN block they share.
+//!
+//! The engine knows no model by name: Geneformer (BERT) and scGPT both reduce to an embedding stage,
+//! a stack of post-LN blocks ([`PostLnBlock`]) and an optional output head.
+
+use crate::error::EngineError;
+use crate::matrix::Matrix;
+use crate::packed::PackedBatch;
+
+/// A linear layer in PyTorch layout: `weight` is `[out, in]` row-major, `y = x·Wᵀ + b`.
+#[derive(Clone, Debug)]
+pub struct LinearWeights {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl LinearWeights {
+    pub fn new(
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Self, String> {
+        if weight.len() != out_features * in_features {
+            return Err(format!(
+                "weight has {} values, expected {out_features}×{in_features}",
+                weight.len()
+            ));
+        }
+        if let Some(b) = &bias {
+            if b.len() != out_features {
+                return Err(format!("bias has {} values, expected {out_features}", b.len()));
+            }
+        }
+        Ok(LinearWeights {
+            weight,
+            bias,
+            out_features,
+            in_features,
+        })
+    }
+
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Stacks layers with the same input width along the output axis (e.g. q, k, v into one QKV).
+    pub fn concat_outputs(parts: &[LinearWeights]) -> Result<Self, String> {
+        let in_features = parts.first().ok_or("nothing to concatenate")?.in_features;
+        if parts.iter().any(|p| p.in_features != in_features) {
+            return Err("input widths differ".into());
+        }
+        let has_bias = parts[0].bias.is_some();
+        if parts.iter().any(|p| p.bias.is_some() != has_bias) {
+            return Err("some parts have a bias and others do not".into());
+        }
+        let weight = parts.iter().flat_map(|p| p.weight.iter().copied()).collect();
+        let bias = has_bias.then(|| {
+            parts
+                .iter()
+                .flat_map(|p| p.bias.as_ref().into_iter().flatten().copied())
+                .collect()
+        });
+        let out = parts.iter().map(|p| p.out_features).sum();
+        LinearWeights::new(weight, bias, out, in_features)
+    }
+}
+
+/// LayerNorm affine parameters and epsilon (read from the model config: 1e-12 Geneformer, 1e-5 scGPT).
+#[derive(Clone, Debug)]
+pub struct LayerNormWeights {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f64,
+}
+
+impl LayerNormWeights {
+    pub fn new(gamma: Vec<f32>, beta: Vec<f32>, eps: f64) -> Result<Self, String> {
+        if gamma.len() != beta.len() {
+            return Err(format!(
+                "LayerNorm weight has {} values but bias has {}",
+                gamma.len(),
+                beta.len()
+            ));
+        }
+        Ok(LayerNormWeights { gamma, beta, eps })
+    }
+
+    pub fn gamma(&self) -> &[f32] {
+        &self.gamma
+    }
+
+    pub fn beta(&self) -> &[f32] {
+        &self.beta
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    pub fn width(&self) -> usize {
+        self.gamma.len()
+    }
+}
+
+/// FFN nonlinearity. Neither Geneformer nor scGPT uses GELU; a model with another activation is
+/// rejected at load time rather than approximated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+}
+
+/// One post-LN transformer block (BERT / `nn.TransformerEncoderLayer(norm_first=False)`):
+///
+/// ```text
+/// a = Attn(x)·W_oᵀ + b_o          → hook_attn_out
+/// u = LN_attn(x + a)              → hook_resid_mid
+/// f = act(u·W_inᵀ + b_in)·W_outᵀ + b_out → hook_mlp_out
+/// y = LN_out(u + f)               → hook_resid_post
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostLnBlock {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Fused `[q; k; v]` projection, `[3·H, H]`; head `h` uses rows `h·head_dim..` of each third.
+    pub qkv: LinearWeights,
+    pub attn_out: LinearWeights,
+    pub ln_attn: LayerNormWeights,
+    pub ffn_in: LinearWeights,
+    pub ffn_out: LinearWeights,
+    pub ln_out: LayerNormWeights,
+    pub activation: Activation,
+}
+
+impl PostLnBlock {
+    /// Checks that every shape agrees with `d_model`, `n_heads × head_dim` and the FFN width.
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        let h = d_model;
+        let checks = [
+            ("qkv", self.qkv.out_features, self.qkv.in_features, 3 * h, h),
+            (
+                "attention output",
+                self.attn_out.out_features,
+                self.attn_out.in_features,
+                h,
+                h,
+            ),
+            (
+                "ffn output",
+                self.ffn_out.out_features,
+                self.ffn_out.in_features,
+                h,
+                self.ffn_in.out_features,
+            ),
+            (
+                "ffn input",
+                self.ffn_in.out_features,
+                self.ffn_in.in_features,
+                self.ffn_in.out_features,
+                h,
+            ),
+        ];
+        for (what, o, i, eo, ei) in checks {
+            if (o, i) != (eo, ei) {
+                return Err(format!("{what} is {o}×{i}, expected {eo}×{ei}"));
+            }
+        }
+        if self.n_heads * self.head_dim != h {
+            return Err(format!(
+                "{} heads × {} ≠ hidden size {h}",
+                self.n_heads, self.head_dim
+            ));
+        }
+        if self.ln_attn.width() != h || self.ln_out.width() != h {
+            return Err("LayerNorm width differs from the hidden size".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shapes of an encoder, from its config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncoderDims {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    pub vocab_size: usize,
+    /// Longest cell the model accepts (position embeddings), if it has such a limit.
+    pub max_len: Option<usize>,
+}
+
+/// A transformer encoder over packed cells, as tracing, extraction and steering see it.
+pub trait Encoder: Send + Sync {
+    fn dims(&self) -> &EncoderDims;
+
+    /// The embedding stage: the value of `hook_embed`, `[tokens, d_model]`. Implementations validate
+    /// token ids and cell lengths and report bad input as an error.
+    fn embed(&self, batch: &PackedBatch) -> Result<Matrix, EngineError>;
+
+    /// Weights of block `layer` (0-based, `layer < dims().n_layers`).
+    fn block(&self, layer: usize) -> &PostLnBlock;
+
+    /// The output head on the final state (Geneformer: MLM logits `[tokens, vocab]`), or `None` when the
+    /// model was loaded without one.
+    fn head(&self, final_state: &Matrix, batch: &PackedBatch) -> Option<Matrix>;
+}

@@ -1,0 +1,130 @@
+//! Runs an [`Encoder`] over a packed batch with hooks: from the embedding, or from any layer with a
+//! supplied state (tail replay: tracing edits the state after layer L once and replays only the layers
+//! after it).
+
+use crate::cpu;
+use crate::encoder::{Activation, Encoder, PostLnBlock};
+use crate::error::EngineError;
+use crate::hooks::{Captures, HookPlan, HookPoint};
+use crate::matrix::Matrix;
+use crate::packed::PackedBatch;
+
+/// Where a run starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// From the token embedding (a full forward pass).
+    Embed,
+    /// From the input of block `layer` (= `blocks.{layer-1}.hook_resid_post`, or `hook_embed` for
+    /// layer 0), given as `[tokens, d_model]`. Blocks `layer..n_layers` run; `layer == n_layers` runs
+    /// only the head. Hooks before `layer` are not visited.
+    BlockInput { layer: usize, state: Matrix },
+}
+
+/// Result of a run.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub captures: Captures,
+    /// Output of the last block, `[tokens, d_model]`.
+    pub final_state: Matrix,
+    /// The encoder's head on the final state, when asked for and available.
+    pub head: Option<Matrix>,
+}
+
+/// Runs `encoder` on `batch`, applying `plan` at every hook it touches.
+pub fn run(
+    encoder: &dyn Encoder,
+    batch: &PackedBatch,
+    plan: &HookPlan,
+    start: Start,
+    with_head: bool,
+) -> Result<RunOutput, EngineError> {
+    let dims = encoder.dims().clone();
+    let tokens = batch.n_tokens();
+    for hook in plan.captures() {
+        hook.validate(dims.n_layers)?;
+    }
+    for (hook, edit) in plan.edits() {
+        hook.validate(dims.n_layers)?;
+        let width = dims.d_model;
+        edit.validate(hook, tokens, width)?;
+    }
+
+    let mut captures = Captures::default();
+    let (first_layer, mut state) = match start {
+        Start::Embed => {
+            let mut x = encoder.embed(batch)?;
+            plan.visit(HookPoint::Embed, &mut x, &mut captures);
+            (0, x)
+        }
+        Start::BlockInput { layer, state } => {
+            if layer > dims.n_layers {
+                return Err(EngineError::InvalidStart(format!(
+                    "layer {layer} is past the last block ({} layers)",
+                    dims.n_layers
+                )));
+            }
+            if state.rows() != tokens || state.cols() != dims.d_model {
+                return Err(EngineError::InvalidStart(format!(
+                    "state is {}×{}, expected {tokens}×{} for this batch",
+                    state.rows(),
+                    state.cols(),
+                    dims.d_model
+                )));
+            }
+            (layer, state)
+        }
+    };
+
+    for layer in first_layer..dims.n_layers {
+        state = run_block(encoder.block(layer), layer, state, batch, plan, &mut captures);
+    }
+    let head = if with_head {
+        encoder.head(&state, batch)
+    } else {
+        None
+    };
+    Ok(RunOutput {
+        captures,
+        final_state: state,
+        head,
+    })
+}
+
+fn run_block(
+    block: &PostLnBlock,
+    layer: usize,
+    x: Matrix,
+    batch: &PackedBatch,
+    plan: &HookPlan,
+    captures: &mut Captures,
+) -> Matrix {
+    let qkv = cpu::linear(&x, &block.qkv);
+    let scale = 1.0 / (block.head_dim as f32).sqrt();
+    let ctx = cpu::attention_varlen(&qkv, batch.offsets(), block.n_heads, block.head_dim, scale);
+    drop(qkv);
+    let mut attn = cpu::linear(&ctx, &block.attn_out);
+    drop(ctx);
+    visit(plan, HookPoint::AttnOut(layer), &mut attn, captures);
+
+    let mut mid = cpu::layer_norm_of_sum(&x, &attn, &block.ln_attn);
+    drop((x, attn));
+    visit(plan, HookPoint::ResidMid(layer), &mut mid, captures);
+
+    let mut hidden = cpu::linear(&mid, &block.ffn_in);
+    match block.activation {
+        Activation::Relu => cpu::relu_in_place(hidden.as_mut_slice()),
+    }
+    let mut mlp = cpu::linear(&hidden, &block.ffn_out);
+    drop(hidden);
+    visit(plan, HookPoint::MlpOut(layer), &mut mlp, captures);
+
+    let mut out = cpu::layer_norm_of_sum(&mid, &mlp, &block.ln_out);
+    visit(plan, HookPoint::ResidPost(layer), &mut out, captures);
+    out
+}
+
+fn visit(plan: &HookPlan, hook: HookPoint, x: &mut Matrix, captures: &mut Captures) {
+    if plan.is_touched(hook) {
+        plan.visit(hook, x, captures);
+    }
+}

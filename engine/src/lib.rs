@@ -1,0 +1,24 @@
+//! scinterp-engine: the model-agnostic machinery.
+//!
+//! - [`Matrix`] and [`PackedBatch`]: row-major f32 activations over packed variable-length cells
+//!   (cells are concatenated, never padded to the longest).
+//! - [`cpu`]: the CPU backend's ops (faer GEMM, rayon threads, f32).
+//! - [`hooks`]: TransformerLens-named hook points; captures and edits (edits are data, not closures).
+//! - [`encoder`]: the [`Encoder`] trait that models implement, and the post-LN block weights.
+//! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay).
+
+pub mod batching;
+pub mod cpu;
+pub mod encoder;
+pub mod error;
+pub mod executor;
+pub mod hooks;
+pub mod matrix;
+pub mod packed;
+
+pub use encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
+pub use error::EngineError;
+pub use executor::{run, RunOutput, Start};
+pub use hooks::{Captures, Edit, HookPlan, HookPoint};
+pub use matrix::Matrix;
+pub use packed::PackedBatch;

@@ -1,0 +1,24 @@
+//! Errors of model loading: each names the file, what is wrong and what to do.
+
+use std::path::PathBuf;
+
+use crate::checkpoint::CheckpointError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("{dir} holds no weights: expected model.safetensors or pytorch_model.bin next to config.json")]
+    NoWeights { dir: PathBuf },
+    #[error("{path} does not match its config ({count} problem{s}):\n  {list}\nCheck that config.json belongs to these weights.",
+        count = problems.len(), s = if problems.len() == 1 { "" } else { "s" }, list = problems.join("\n  "))]
+    Weights { path: PathBuf, problems: Vec<String> },
+}

@@ -1,0 +1,242 @@
+//! `scinterp demo`: the main job on the embedded default. It makes a small Geneformer-V2-shaped model
+//! and a few cells with our own seeded code, writes them to disk, loads them back through the real
+//! readers, runs the forward pass with every hook, and shows what the hooks can do (a tail replay and an
+//! edit). Later pipeline steps (tokenize, extract, SAE, trace, …) will extend it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
+use scinterp_models::synthetic::{splitmix64, tensor_values, SyntheticSpec};
+use serde_json::json;
+
+use crate::forward::{forward_to_file, load_geneformer};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Folder for everything the demo writes.
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// Seed of the synthetic model and cells.
+    #[arg(long, default_value_t = 20_261_121)]
+    seed: u64,
+}
+
+/// A Geneformer-V2-shaped config at small width (real V2 vocabulary size and special tokens).
+const HIDDEN: usize = 128;
+const LAYERS: usize = 4;
+const HEADS: usize = 2;
+const FFN: usize = 512;
+const VOCAB: usize = 20_275;
+const MAX_POS: usize = 512;
+const CLS: u32 = 2;
+const EOS: u32 = 3;
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    println!("scinterp demo (seed {}), writing to {}", args.seed, out.display());
+
+    let model_dir = out.join("model");
+    write_demo_model(&model_dir, args.seed)?;
+    println!(
+        "  model    {}: Geneformer-V2-shaped BertForMaskedLM, {LAYERS} layers, d_model {HIDDEN}, {HEADS} heads, \
+         vocab {VOCAB}; seeded synthetic weights",
+        model_dir.display()
+    );
+
+    let cells = demo_cells(args.seed, 8);
+    let cells_path = out.join("cells.json");
+    std::fs::write(&cells_path, serde_json::to_string(&json!({ "input_ids": cells }))?)
+        .with_context(|| format!("cannot write {}", cells_path.display()))?;
+    let n_tokens: usize = cells.iter().map(Vec::len).sum();
+    println!(
+        "  cells    {}: {} cells in V2 form [<cls>, genes…, <eos>], {} tokens, lengths {:?}",
+        cells_path.display(),
+        cells.len(),
+        n_tokens,
+        cells.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    // 1. The forward pass through the same code as `scinterp forward`: the residual stream after the
+    //    embedding and after every block (the logits over 20,275 tokens would be 200 MB, so not here).
+    let model = load_geneformer(&model_dir, true)?;
+    let hooks: Vec<HookPoint> = std::iter::once(HookPoint::Embed)
+        .chain((0..LAYERS).map(HookPoint::ResidPost))
+        .collect();
+    let forward_path = out.join("forward.safetensors");
+    let summary = forward_to_file(&model, &cells, &hooks, false, &forward_path, 16_384)?;
+    println!(
+        "  forward  {}: {} hooks (hook_embed, blocks.*.hook_resid_post), {} tokens in {:.3} s ({:.0} tokens/s, {} threads)",
+        forward_path.display(),
+        hooks.len(),
+        summary.tokens,
+        summary.forward_seconds,
+        summary.tokens_per_second,
+        summary.threads
+    );
+
+    // 2. Tail replay: the state after block 1, fed to blocks 2.., reproduces the full pass.
+    let batch = PackedBatch::from_cells(&cells)?;
+    let last = HookPoint::ResidPost(LAYERS - 1);
+    let plan = HookPlan::new().capture(HookPoint::ResidPost(1)).capture(last);
+    let mut full = run_encoder(&model, &batch, &plan, Start::Embed, true)?;
+    let state = full.captures.take(HookPoint::ResidPost(1)).context("capture missing")?;
+    let replay = run_encoder(&model, &batch, &HookPlan::new(), Start::BlockInput { layer: 2, state }, true)?;
+    let replay_diff = max_abs_diff(&full.final_state, &replay.final_state);
+    println!("  replay   blocks 2..{} from the captured blocks.1.hook_resid_post: max |Δ| vs the full pass = {replay_diff:e}", LAYERS - 1);
+
+    // 3. An edit: push cell 0's first five genes along a fixed direction at blocks.1.hook_resid_post.
+    let direction = unit_direction(args.seed, HIDDEN);
+    let rows: Vec<usize> = (1..6).map(|p| batch.row(0, p)).collect();
+    let edit_plan = HookPlan::new()
+        .edit(HookPoint::ResidPost(1), Edit::add_direction(rows, direction, 4.0))
+        .capture_many((2..LAYERS).map(HookPoint::ResidPost));
+    let edited = run_encoder(&model, &batch, &edit_plan, Start::Embed, true)?;
+    let clean_plan = HookPlan::new().capture_many((2..LAYERS).map(HookPoint::ResidPost));
+    let clean = run_encoder(&model, &batch, &clean_plan, Start::Embed, true)?;
+    let mut effects = Vec::new();
+    for l in 2..LAYERS {
+        let h = HookPoint::ResidPost(l);
+        let (a, b) = (clean.captures.get(h).context("capture")?, edited.captures.get(h).context("capture")?);
+        let in_cell0 = mean_row_change(a, b, batch.cell_range(0));
+        let in_cell1 = mean_row_change(a, b, batch.cell_range(1));
+        println!("  edit     +4·w at 5 genes of cell 0 (blocks.1.hook_resid_post) → {h}: mean |Δ| per position {in_cell0:.4} in cell 0, {in_cell1:.1e} in cell 1");
+        effects.push(json!({ "hook": h.to_string(), "cell0": in_cell0, "cell1": in_cell1 }));
+    }
+    let logit_shift = match (&clean.head, &edited.head) {
+        (Some(a), Some(b)) => mean_row_change(a, b, batch.cell_range(0)),
+        _ => 0.0,
+    };
+    println!("  edit     mean |Δ logit| per position in cell 0: {logit_shift:.4}");
+
+    let summary_path = out.join("summary.json");
+    let report = json!({
+        "seed": args.seed,
+        "model": model_dir.display().to_string(),
+        "cells": cells.len(),
+        "tokens": n_tokens,
+        "forward": summary,
+        "tail_replay_max_abs_diff": replay_diff,
+        "edit_effects": effects,
+        "edit_mean_abs_logit_change_cell0": logit_shift,
+    });
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", summary_path.display()))?;
+    println!("  summary  {}", summary_path.display());
+    Ok(())
+}
+
+/// Writes `config.json` and `model.safetensors` of the demo model.
+fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = json!({
+        "architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_act": "relu",
+        "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+        "intermediate_size": FFN, "max_position_embeddings": MAX_POS, "vocab_size": VOCAB,
+        "layer_norm_eps": 1e-12, "type_vocab_size": 2, "position_embedding_type": "absolute",
+        "pad_token_id": 0, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+
+    let mut names = Vec::new();
+    let mut shapes = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>| {
+        names.push(name);
+        shapes.push(shape);
+    };
+    add("bert.embeddings.word_embeddings.weight".into(), vec![VOCAB, HIDDEN]);
+    add("bert.embeddings.position_embeddings.weight".into(), vec![MAX_POS, HIDDEN]);
+    add("bert.embeddings.token_type_embeddings.weight".into(), vec![2, HIDDEN]);
+    add("bert.embeddings.LayerNorm.weight".into(), vec![HIDDEN]);
+    add("bert.embeddings.LayerNorm.bias".into(), vec![HIDDEN]);
+    for l in 0..LAYERS {
+        let p = format!("bert.encoder.layer.{l}");
+        for (part, out_f, in_f) in [
+            ("attention.self.query", HIDDEN, HIDDEN),
+            ("attention.self.key", HIDDEN, HIDDEN),
+            ("attention.self.value", HIDDEN, HIDDEN),
+            ("attention.output.dense", HIDDEN, HIDDEN),
+            ("intermediate.dense", FFN, HIDDEN),
+            ("output.dense", HIDDEN, FFN),
+        ] {
+            add(format!("{p}.{part}.weight"), vec![out_f, in_f]);
+            add(format!("{p}.{part}.bias"), vec![out_f]);
+        }
+        for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            add(format!("{p}.{ln}.weight"), vec![HIDDEN]);
+            add(format!("{p}.{ln}.bias"), vec![HIDDEN]);
+        }
+    }
+    add("cls.predictions.transform.dense.weight".into(), vec![HIDDEN, HIDDEN]);
+    add("cls.predictions.transform.dense.bias".into(), vec![HIDDEN]);
+    add("cls.predictions.transform.LayerNorm.weight".into(), vec![HIDDEN]);
+    add("cls.predictions.transform.LayerNorm.bias".into(), vec![HIDDEN]);
+    add("cls.predictions.bias".into(), vec![VOCAB]);
+
+    // LayerNorm gains near 1; query/key weights large enough that attention is peaked, not uniform.
+    let qk_scale = 1.4 * 3f64.sqrt() / (HIDDEN as f64).sqrt();
+    let (centers, scales) = names
+        .iter()
+        .map(|n| {
+            if n.ends_with("LayerNorm.weight") {
+                (1.0, 0.1)
+            } else if n.ends_with("LayerNorm.bias") {
+                (0.0, 0.1)
+            } else if n.ends_with("query.weight") || n.ends_with("key.weight") {
+                (0.0, qk_scale)
+            } else {
+                (0.0, 0.05)
+            }
+        })
+        .unzip();
+    let spec = SyntheticSpec { seed, names, shapes, centers, scales };
+    spec.write_safetensors(&dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// `n` cells of seeded lengths in V2 form: `<cls>`, distinct gene tokens (ids ≥ 4), `<eos>`.
+fn demo_cells(seed: u64, n: usize) -> Vec<Vec<u32>> {
+    let mut state = splitmix64(seed ^ 0xCE11);
+    let mut next = move || {
+        state = splitmix64(state);
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let genes = 40 + (next() % 300) as usize;
+            let mut cell = vec![CLS];
+            let mut seen = std::collections::HashSet::new();
+            while cell.len() <= genes {
+                let id = 4 + (next() % (VOCAB as u64 - 4)) as u32;
+                if seen.insert(id) {
+                    cell.push(id);
+                }
+            }
+            cell.push(EOS);
+            cell
+        })
+        .collect()
+}
+
+fn unit_direction(seed: u64, width: usize) -> Vec<f32> {
+    let v = tensor_values(seed ^ 0xD1, 0, width, 0.0, 1.0);
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+fn max_abs_diff(a: &Matrix, b: &Matrix) -> f32 {
+    a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Mean over the rows of `range` of the L2 norm of `b − a`.
+fn mean_row_change(a: &Matrix, b: &Matrix, range: std::ops::Range<usize>) -> f64 {
+    let n = range.len().max(1) as f64;
+    range
+        .map(|r| {
+            a.row(r).iter().zip(b.row(r)).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt()
+        })
+        .sum::<f64>()
+        / n
+}

@@ -1,0 +1,98 @@
+//! Helpers shared by the end-to-end tests: fixture paths, reading expected tensors, comparing.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+use scinterp_models::synthetic::SyntheticSpec;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geneformer").join(name)
+}
+
+/// A tensor from an `expected.safetensors`, as f64 values plus its shape.
+pub struct Expected {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+pub struct ExpectedFile {
+    tensors: HashMap<String, Expected>,
+}
+
+impl ExpectedFile {
+    pub fn open(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            };
+            tensors.insert(name, Expected { shape: view.shape().to_vec(), values });
+        }
+        ExpectedFile { tensors }
+    }
+
+    pub fn get(&self, name: &str) -> &Expected {
+        self.tensors.get(name).unwrap_or_else(|| panic!("expected tensor {name} missing"))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The cells as token lists (from `input_ids` and `lengths`).
+    pub fn cells(&self) -> Vec<Vec<u32>> {
+        let ids = self.get("input_ids");
+        let lengths = &self.get("lengths").values;
+        let max_len = ids.shape[1];
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(c, &len)| ids.values[c * max_len..c * max_len + len as usize].iter().map(|&v| v as u32).collect())
+            .collect()
+    }
+}
+
+/// The metric of the parity tests: max |a − b| / max(1, max |b|) over the given values.
+pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let max_diff = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let scale = want.iter().map(|b| b.abs()).fold(1.0, f64::max);
+    max_diff / scale
+}
+
+/// Real (unpadded) rows of a padded `[n_cells, max_len, width]` tensor, concatenated in cell order.
+pub fn real_rows(t: &Expected, lengths: &[usize]) -> Vec<f64> {
+    let (max_len, width) = (t.shape[1], t.shape[2]);
+    let mut out = Vec::new();
+    for (c, &len) in lengths.iter().enumerate() {
+        let start = c * max_len * width;
+        out.extend_from_slice(&t.values[start..start + len * width]);
+    }
+    out
+}
+
+/// A model folder for a formula-weight fixture: config.json plus a generated model.safetensors.
+pub fn formula_model_dir(fixture_dir: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_dir.join("config.json"), dir.path().join("config.json")).unwrap();
+    let spec = SyntheticSpec::from_file(&fixture_dir.join("weights.json")).unwrap();
+    spec.write_safetensors(&dir.path().join("model.safetensors")).unwrap();
+    dir
+}
