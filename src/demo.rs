@@ -48,8 +48,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let cells = demo_cells(args.seed, 8);
     let cells_path = out.join("cells.json");
-    std::fs::write(&cells_path, serde_json::to_string(&json!({ "input_ids": cells }))?)
-        .with_context(|| format!("cannot write {}", cells_path.display()))?;
+    std::fs::write(
+        &cells_path,
+        serde_json::to_string(&json!({ "input_ids": cells }))?,
+    )
+    .with_context(|| format!("cannot write {}", cells_path.display()))?;
     let n_tokens: usize = cells.iter().map(Vec::len).sum();
     println!(
         "  cells    {}: {} cells in V2 form [<cls>, genes…, <eos>], {} tokens, lengths {:?}",
@@ -82,8 +85,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let last = HookPoint::ResidPost(LAYERS - 1);
     let plan = HookPlan::new().capture(HookPoint::ResidPost(1)).capture(last);
     let mut full = run_encoder(&model, &batch, &plan, Start::Embed, true)?;
-    let state = full.captures.take(HookPoint::ResidPost(1)).context("capture missing")?;
-    let replay = run_encoder(&model, &batch, &HookPlan::new(), Start::BlockInput { layer: 2, state }, true)?;
+    let state = full
+        .captures
+        .take(HookPoint::ResidPost(1))
+        .context("capture missing")?;
+    let replay = run_encoder(
+        &model,
+        &batch,
+        &HookPlan::new(),
+        Start::BlockInput { layer: 2, state },
+        true,
+    )?;
     let replay_diff = max_abs_diff(&full.final_state, &replay.final_state);
     println!("  replay   blocks 2..{} from the captured blocks.1.hook_resid_post: max |Δ| vs the full pass = {replay_diff:e}", LAYERS - 1);
 
@@ -99,7 +111,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut effects = Vec::new();
     for l in 2..LAYERS {
         let h = HookPoint::ResidPost(l);
-        let (a, b) = (clean.captures.get(h).context("capture")?, edited.captures.get(h).context("capture")?);
+        let (a, b) = (
+            clean.captures.get(h).context("capture")?,
+            edited.captures.get(h).context("capture")?,
+        );
         let in_cell0 = mean_row_change(a, b, batch.cell_range(0));
         let in_cell1 = mean_row_change(a, b, batch.cell_range(1));
         println!("  edit     +4·w at 5 genes of cell 0 (blocks.1.hook_resid_post) → {h}: mean |Δ| per position {in_cell0:.4} in cell 0, {in_cell1:.1e} in cell 1");
@@ -146,9 +161,18 @@ fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
         names.push(name);
         shapes.push(shape);
     };
-    add("bert.embeddings.word_embeddings.weight".into(), vec![VOCAB, HIDDEN]);
-    add("bert.embeddings.position_embeddings.weight".into(), vec![MAX_POS, HIDDEN]);
-    add("bert.embeddings.token_type_embeddings.weight".into(), vec![2, HIDDEN]);
+    add(
+        "bert.embeddings.word_embeddings.weight".into(),
+        vec![VOCAB, HIDDEN],
+    );
+    add(
+        "bert.embeddings.position_embeddings.weight".into(),
+        vec![MAX_POS, HIDDEN],
+    );
+    add(
+        "bert.embeddings.token_type_embeddings.weight".into(),
+        vec![2, HIDDEN],
+    );
     add("bert.embeddings.LayerNorm.weight".into(), vec![HIDDEN]);
     add("bert.embeddings.LayerNorm.bias".into(), vec![HIDDEN]);
     for l in 0..LAYERS {
@@ -169,7 +193,10 @@ fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
             add(format!("{p}.{ln}.bias"), vec![HIDDEN]);
         }
     }
-    add("cls.predictions.transform.dense.weight".into(), vec![HIDDEN, HIDDEN]);
+    add(
+        "cls.predictions.transform.dense.weight".into(),
+        vec![HIDDEN, HIDDEN],
+    );
     add("cls.predictions.transform.dense.bias".into(), vec![HIDDEN]);
     add("cls.predictions.transform.LayerNorm.weight".into(), vec![HIDDEN]);
     add("cls.predictions.transform.LayerNorm.bias".into(), vec![HIDDEN]);
@@ -191,7 +218,13 @@ fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
             }
         })
         .unzip();
-    let spec = SyntheticSpec { seed, names, shapes, centers, scales };
+    let spec = SyntheticSpec {
+        seed,
+        names,
+        shapes,
+        centers,
+        scales,
+    };
     spec.write_safetensors(&dir.join("model.safetensors"))?;
     Ok(())
 }
@@ -227,7 +260,11 @@ fn unit_direction(seed: u64, width: usize) -> Vec<f32> {
 }
 
 fn max_abs_diff(a: &Matrix, b: &Matrix) -> f32 {
-    a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.as_slice()
+        .iter()
+        .zip(b.as_slice())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Mean over the rows of `range` of the L2 norm of `b − a`.
@@ -235,7 +272,12 @@ fn mean_row_change(a: &Matrix, b: &Matrix, range: std::ops::Range<usize>) -> f64
     let n = range.len().max(1) as f64;
     range
         .map(|r| {
-            a.row(r).iter().zip(b.row(r)).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt()
+            a.row(r)
+                .iter()
+                .zip(b.row(r))
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
         })
         .sum::<f64>()
         / n

@@ -61,8 +61,15 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     if hooks.is_empty() && !args.logits {
         bail!("nothing to write: give --hooks (a comma list or `all`) and/or --logits");
     }
-    let mut summary = forward_to_file(&model, &cells, &hooks, args.logits, &args.out, args.max_batch_tokens)
-        .with_context(|| format!("forward pass on the cells of {}", args.input.display()))?;
+    let mut summary = forward_to_file(
+        &model,
+        &cells,
+        &hooks,
+        args.logits,
+        &args.out,
+        args.max_batch_tokens,
+    )
+    .with_context(|| format!("forward pass on the cells of {}", args.input.display()))?;
     summary.model = args.model.display().to_string();
     tracing::info!(
         "{} cells, {} tokens in {:.3} s ({:.0} tokens/s); wrote {}",
@@ -141,8 +148,15 @@ pub fn forward_to_file(
             bytes / (1u64 << 30) as f64
         );
     }
-    let mut hook_buffers: Vec<Vec<f32>> = hooks.iter().map(|_| vec![0.0; n_cells * max_len * dims.d_model]).collect();
-    let mut logit_buffer = if logits { vec![0.0f32; n_cells * max_len * vocab] } else { Vec::new() };
+    let mut hook_buffers: Vec<Vec<f32>> = hooks
+        .iter()
+        .map(|_| vec![0.0; n_cells * max_len * dims.d_model])
+        .collect();
+    let mut logit_buffer = if logits {
+        vec![0.0f32; n_cells * max_len * vocab]
+    } else {
+        Vec::new()
+    };
 
     let plan = HookPlan::new().capture_many(hooks.iter().copied());
     let mut forward_seconds = 0.0;
@@ -152,12 +166,29 @@ pub fn forward_to_file(
         let mut output = run_encoder(model, &batch, &plan, Start::Embed, logits)?;
         forward_seconds += started.elapsed().as_secs_f64();
         for (hook, buffer) in hooks.iter().zip(hook_buffers.iter_mut()) {
-            let captured = output.captures.take(*hook).context("a requested hook was not captured")?;
-            scatter_padded(&batch, group.start, max_len, captured.as_slice(), dims.d_model, buffer);
+            let captured = output
+                .captures
+                .take(*hook)
+                .context("a requested hook was not captured")?;
+            scatter_padded(
+                &batch,
+                group.start,
+                max_len,
+                captured.as_slice(),
+                dims.d_model,
+                buffer,
+            );
         }
         if logits {
             let head = output.head.context("the model was loaded without its MLM head")?;
-            scatter_padded(&batch, group.start, max_len, head.as_slice(), vocab, &mut logit_buffer);
+            scatter_padded(
+                &batch,
+                group.start,
+                max_len,
+                head.as_slice(),
+                vocab,
+                &mut logit_buffer,
+            );
         }
     }
 
@@ -203,7 +234,14 @@ pub fn forward_to_file(
 
 /// Copies packed rows `[tokens, width]` into a padded `[n_cells, max_len, width]` buffer, at the
 /// cells' places (`first_cell` is the batch's first cell in the whole input).
-fn scatter_padded(batch: &PackedBatch, first_cell: usize, max_len: usize, packed: &[f32], width: usize, out: &mut [f32]) {
+fn scatter_padded(
+    batch: &PackedBatch,
+    first_cell: usize,
+    max_len: usize,
+    packed: &[f32],
+    width: usize,
+    out: &mut [f32],
+) {
     for c in 0..batch.n_cells() {
         let rows = batch.cell_range(c);
         let dst = (first_cell + c) * max_len * width;

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 /// Reads ragged token lists. Every cell must be non-empty and every id a non-negative integer.
 pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     let Some(cells) = value.get("input_ids").and_then(|v| v.as_array()) else {
         bail!(
             "{}: expected an object {{\"input_ids\": [[...], ...]}} with one list of token ids per cell",
@@ -57,9 +57,19 @@ mod tests {
 
     #[test]
     fn reads_ragged_cells_and_rejects_bad_ones() {
-        assert_eq!(parse(r#"{"input_ids": [[2, 5, 3], [7]]}"#).unwrap(), vec![vec![2, 5, 3], vec![7]]);
-        for bad in [r#"{"input_ids": []}"#, r#"{"input_ids": [[1], []]}"#, r#"{"input_ids": [[-1]]}"#,
-                    r#"{"input_ids": [[1.5]]}"#, r#"{"ids": [[1]]}"#, "[[1]]", "nope"] {
+        assert_eq!(
+            parse(r#"{"input_ids": [[2, 5, 3], [7]]}"#).unwrap(),
+            vec![vec![2, 5, 3], vec![7]]
+        );
+        for bad in [
+            r#"{"input_ids": []}"#,
+            r#"{"input_ids": [[1], []]}"#,
+            r#"{"input_ids": [[-1]]}"#,
+            r#"{"input_ids": [[1.5]]}"#,
+            r#"{"ids": [[1]]}"#,
+            "[[1]]",
+            "nope",
+        ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("t.json"), "{bad}: {err}");
         }

@@ -24,8 +24,14 @@ fn path_str(p: &Path) -> &str {
 /// Asserts a clean failure: non-zero exit, an error line containing every `needles`, no panic.
 fn assert_fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panic instead of an error: {stderr}"
+    );
     for n in needles {
         assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
     }
@@ -37,8 +43,19 @@ fn forward_writes_every_hook_lengths_and_logits_matching_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let out_path = tmp.path().join("out.safetensors");
     let out = scinterp(&[
-        "forward", "--model", path_str(&dir), "--input", path_str(&dir.join("tokens.json")),
-        "--hooks", "all", "--logits", "--out", path_str(&out_path), "--json", "--threads", "2",
+        "forward",
+        "--model",
+        path_str(&dir),
+        "--input",
+        path_str(&dir.join("tokens.json")),
+        "--hooks",
+        "all",
+        "--logits",
+        "--out",
+        path_str(&out_path),
+        "--json",
+        "--threads",
+        "2",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
@@ -51,7 +68,11 @@ fn forward_writes_every_hook_lengths_and_logits_matching_transformers() {
     let lengths: Vec<usize> = vec![64, 20, 7];
     let l = written.tensor("lengths").unwrap();
     assert_eq!(l.dtype(), safetensors::Dtype::I64);
-    let got_lengths: Vec<i64> = l.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    let got_lengths: Vec<i64> = l
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     assert_eq!(got_lengths, vec![64, 20, 7]);
 
     // 1 + 4·4 hooks + lengths + logits.
@@ -64,11 +85,18 @@ fn forward_writes_every_hook_lengths_and_logits_matching_transformers() {
         assert_eq!(t.dtype(), safetensors::Dtype::F32);
         let width = if name == "logits" { 96 } else { 128 };
         assert_eq!(t.shape(), &[3, 64, width], "{name}");
-        let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         // Zeros after each cell's length.
         for (c, &len) in lengths.iter().enumerate() {
             let pad = &values[(c * 64 + len) * width..(c + 1) * 64 * width];
-            assert!(pad.iter().all(|&v| v == 0.0), "{name}: padding of cell {c} is not zero");
+            assert!(
+                pad.iter().all(|&v| v == 0.0),
+                "{name}: padding of cell {c} is not zero"
+            );
         }
         let want = real_rows(expected.get(name), &lengths);
         let got: Vec<f32> = lengths
@@ -87,8 +115,15 @@ fn forward_with_selected_hooks_writes_only_those() {
     let tmp = tempfile::tempdir().unwrap();
     let out_path = tmp.path().join("o.safetensors");
     let out = scinterp(&[
-        "forward", "--model", path_str(&dir), "--input", path_str(&dir.join("tokens.json")),
-        "--hooks", "blocks.3.hook_resid_post,hook_embed", "--out", path_str(&out_path),
+        "forward",
+        "--model",
+        path_str(&dir),
+        "--input",
+        path_str(&dir.join("tokens.json")),
+        "--hooks",
+        "blocks.3.hook_resid_post,hook_embed",
+        "--out",
+        path_str(&out_path),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bytes = std::fs::read(&out_path).unwrap();
@@ -107,7 +142,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn forward_err(model: &Path, input: &str, hooks: &str) -> Output {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.safetensors");
-    let o = scinterp(&["forward", "--model", path_str(model), "--input", input, "--hooks", hooks, "--out", path_str(&out)]);
+    let o = scinterp(&[
+        "forward",
+        "--model",
+        path_str(model),
+        "--input",
+        input,
+        "--hooks",
+        hooks,
+        "--out",
+        path_str(&out),
+    ]);
     assert!(!out.exists(), "a failed run must not leave an output file");
     o
 }
@@ -119,25 +164,47 @@ fn bad_inputs_get_one_clear_error_and_no_panic() {
     let t = tmp.path();
 
     let too_big = write(t, "big.json", r#"{"input_ids": [[2, 5, 3], [2, 96, 3]]}"#);
-    assert_fails_with(&forward_err(&model, &too_big, "all"), &["cell 1 position 1", "token id 96", "vocabulary"]);
+    assert_fails_with(
+        &forward_err(&model, &too_big, "all"),
+        &["cell 1 position 1", "token id 96", "vocabulary"],
+    );
 
     let long: Vec<String> = (0..65).map(|i| (4 + i % 90).to_string()).collect();
-    let too_long = write(t, "long.json", &format!(r#"{{"input_ids": [[{}]]}}"#, long.join(",")));
-    assert_fails_with(&forward_err(&model, &too_long, "all"), &["65 tokens", "at most 64"]);
+    let too_long = write(
+        t,
+        "long.json",
+        &format!(r#"{{"input_ids": [[{}]]}}"#, long.join(",")),
+    );
+    assert_fails_with(
+        &forward_err(&model, &too_long, "all"),
+        &["65 tokens", "at most 64"],
+    );
 
     let empty = write(t, "empty.json", r#"{"input_ids": [[2, 3], []]}"#);
-    assert_fails_with(&forward_err(&model, &empty, "all"), &["empty.json", "cell 1 is empty"]);
+    assert_fails_with(
+        &forward_err(&model, &empty, "all"),
+        &["empty.json", "cell 1 is empty"],
+    );
 
     let good = write(t, "good.json", r#"{"input_ids": [[2, 5, 3]]}"#);
-    assert_fails_with(&forward_err(&model, &good, "blocks.4.hook_resid_post"), &["layer 4", "4 layers"]);
-    assert_fails_with(&forward_err(&model, &good, "blocks.1.hook_resid"), &["unknown hook point"]);
+    assert_fails_with(
+        &forward_err(&model, &good, "blocks.4.hook_resid_post"),
+        &["layer 4", "4 layers"],
+    );
+    assert_fails_with(
+        &forward_err(&model, &good, "blocks.1.hook_resid"),
+        &["unknown hook point"],
+    );
     assert_fails_with(&forward_err(&model, &good, ""), &["nothing to write"]);
 
     // A model folder without weights.
     let no_weights = t.join("noweights");
     std::fs::create_dir(&no_weights).unwrap();
     std::fs::copy(model.join("config.json"), no_weights.join("config.json")).unwrap();
-    assert_fails_with(&forward_err(&no_weights, &good, "all"), &["holds no weights", "model.safetensors"]);
+    assert_fails_with(
+        &forward_err(&no_weights, &good, "all"),
+        &["holds no weights", "model.safetensors"],
+    );
 
     // A corrupt (truncated) checkpoint.
     let corrupt = t.join("corrupt");
@@ -145,22 +212,43 @@ fn bad_inputs_get_one_clear_error_and_no_panic() {
     std::fs::copy(model.join("config.json"), corrupt.join("config.json")).unwrap();
     let bytes = std::fs::read(model.join("model.safetensors")).unwrap();
     std::fs::write(corrupt.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails_with(&forward_err(&corrupt, &good, "all"), &["model.safetensors", "not a valid checkpoint"]);
+    assert_fails_with(
+        &forward_err(&corrupt, &good, "all"),
+        &["model.safetensors", "not a valid checkpoint"],
+    );
 
     // Weights that do not match the config: every problem listed in one error.
     let mismatch = t.join("mismatch");
     std::fs::create_dir(&mismatch).unwrap();
-    std::fs::copy(model.join("model.safetensors"), mismatch.join("model.safetensors")).unwrap();
-    let config = std::fs::read_to_string(model.join("config.json")).unwrap()
+    std::fs::copy(
+        model.join("model.safetensors"),
+        mismatch.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(model.join("config.json"))
+        .unwrap()
         .replace("\"num_hidden_layers\": 4", "\"num_hidden_layers\": 5")
         .replace("\"intermediate_size\": 256", "\"intermediate_size\": 512");
     std::fs::write(mismatch.join("config.json"), config).unwrap();
     let o = forward_err(&mismatch, &good, "all");
-    assert_fails_with(&o, &["does not match its config", "missing tensor `bert.encoder.layer.4.", "bert.encoder.layer.0.intermediate.dense.weight` has shape [256, 128], expected [512, 128]"]);
+    assert_fails_with(
+        &o,
+        &[
+            "does not match its config",
+            "missing tensor `bert.encoder.layer.4.",
+            "bert.encoder.layer.0.intermediate.dense.weight` has shape [256, 128], expected [512, 128]",
+        ],
+    );
 
     // Not a folder, and a missing input file.
-    assert_fails_with(&forward_err(&model.join("config.json"), &good, "all"), &["not a folder"]);
-    assert_fails_with(&forward_err(&model, "/nonexistent/tokens.json", "all"), &["/nonexistent/tokens.json"]);
+    assert_fails_with(
+        &forward_err(&model.join("config.json"), &good, "all"),
+        &["not a folder"],
+    );
+    assert_fails_with(
+        &forward_err(&model, "/nonexistent/tokens.json", "all"),
+        &["/nonexistent/tokens.json"],
+    );
 }
 
 #[test]
@@ -170,15 +258,31 @@ fn demo_runs_end_to_end_and_reports_what_it_did() {
     let out = scinterp(&["demo", "--out", path_str(&out_dir)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("forward") && stdout.contains("replay"), "{stdout}");
-    for f in ["model/config.json", "model/model.safetensors", "cells.json", "forward.safetensors", "summary.json"] {
+    assert!(
+        stdout.contains("forward") && stdout.contains("replay"),
+        "{stdout}"
+    );
+    for f in [
+        "model/config.json",
+        "model/model.safetensors",
+        "cells.json",
+        "forward.safetensors",
+        "summary.json",
+    ] {
         assert!(out_dir.join(f).is_file(), "demo did not write {f}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["tail_replay_max_abs_diff"].as_f64(), Some(0.0));
     for effect in summary["edit_effects"].as_array().unwrap() {
-        assert!(effect["cell0"].as_f64().unwrap() > 1e-3, "the edit must change the edited cell");
-        assert_eq!(effect["cell1"].as_f64(), Some(0.0), "cells must not leak into each other");
+        assert!(
+            effect["cell0"].as_f64().unwrap() > 1e-3,
+            "the edit must change the edited cell"
+        );
+        assert_eq!(
+            effect["cell1"].as_f64(),
+            Some(0.0),
+            "cells must not leak into each other"
+        );
     }
 }

@@ -27,7 +27,10 @@ mod tests {
 
     #[test]
     fn groups_respect_the_budget_and_cover_every_cell_once() {
-        assert_eq!(group_by_token_budget(&[3, 3, 3, 10, 1], 6), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(
+            group_by_token_budget(&[3, 3, 3, 10, 1], 6),
+            vec![0..2, 2..3, 3..4, 4..5]
+        );
         assert_eq!(group_by_token_budget(&[], 6), Vec::<Range<usize>>::new());
         assert_eq!(group_by_token_budget(&[1, 1, 1], 100), vec![0..3]);
     }

@@ -60,7 +60,10 @@ impl HookPoint {
         let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
         let (layer, kind) = rest.split_once('.').ok_or_else(unknown)?;
         // Reject "+1", "01" and the like: one spelling per hook.
-        if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) || layer.len() > 1 && layer.starts_with('0') {
+        if layer.is_empty()
+            || !layer.bytes().all(|b| b.is_ascii_digit())
+            || layer.len() > 1 && layer.starts_with('0')
+        {
             return Err(unknown());
         }
         let layer: usize = layer.parse().map_err(|_| unknown())?;
@@ -175,7 +178,10 @@ impl Edit {
                 scales,
             } => {
                 if direction.len() != d {
-                    return Err(bad(format!("direction has {} values, expected {d}", direction.len())));
+                    return Err(bad(format!(
+                        "direction has {} values, expected {d}",
+                        direction.len()
+                    )));
                 }
                 if scales.len() != rows.len() {
                     return Err(bad(format!("{} scales for {} rows", scales.len(), rows.len())));
@@ -330,7 +336,13 @@ mod tests {
         let mut sorted = all.clone();
         sorted.sort();
         assert_eq!(sorted, all);
-        for bad in ["blocks.x.hook_resid_post", "blocks.01.hook_mlp_out", "blocks.1.hook_resid_pre", "embed", "blocks.1"] {
+        for bad in [
+            "blocks.x.hook_resid_post",
+            "blocks.01.hook_mlp_out",
+            "blocks.1.hook_resid_pre",
+            "embed",
+            "blocks.1",
+        ] {
             assert!(HookPoint::parse(bad).is_err(), "{bad}");
         }
         assert!(HookPoint::ResidPost(3).validate(3).is_err());
@@ -351,13 +363,28 @@ mod tests {
         assert_eq!(x.as_slice(), &[3.0, 0.0, 3.0, 4.0, 5.5, 5.5]);
         Edit::Zero { rows: vec![1] }.apply(&mut x);
         assert_eq!(x.row(1), &[0.0, 0.0]);
-        Edit::Replace { rows: vec![2], values: vec![9.0, 8.0] }.apply(&mut x);
+        Edit::Replace {
+            rows: vec![2],
+            values: vec![9.0, 8.0],
+        }
+        .apply(&mut x);
         assert_eq!(x.row(2), &[9.0, 8.0]);
-        Edit::MeanAblate { rows: vec![0], mean: vec![0.5, 0.25] }.apply(&mut x);
+        Edit::MeanAblate {
+            rows: vec![0],
+            mean: vec![0.5, 0.25],
+        }
+        .apply(&mut x);
         assert_eq!(x.row(0), &[0.5, 0.25]);
 
         assert!(Edit::Zero { rows: vec![3] }.validate(h, 3, 2).is_err());
-        assert!(Edit::add_direction(vec![0], vec![1.0], 1.0).validate(h, 3, 2).is_err());
-        assert!(Edit::Replace { rows: vec![0, 1], values: vec![0.0; 2] }.validate(h, 3, 2).is_err());
+        assert!(Edit::add_direction(vec![0], vec![1.0], 1.0)
+            .validate(h, 3, 2)
+            .is_err());
+        assert!(Edit::Replace {
+            rows: vec![0, 1],
+            values: vec![0.0; 2]
+        }
+        .validate(h, 3, 2)
+        .is_err());
     }
 }

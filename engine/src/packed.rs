@@ -75,10 +75,7 @@ impl PackedBatch {
     }
 
     pub fn max_len(&self) -> usize {
-        (0..self.n_cells())
-            .map(|c| self.cell_len(c))
-            .max()
-            .unwrap_or(0)
+        (0..self.n_cells()).map(|c| self.cell_len(c)).max().unwrap_or(0)
     }
 
     /// Packed row of `(cell, position)`.

@@ -8,7 +8,9 @@ use safetensors::SafeTensors;
 use scinterp_models::synthetic::SyntheticSpec;
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geneformer").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/geneformer")
+        .join(name)
 }
 
 /// A tensor from an `expected.safetensors`, as f64 values plus its shape.
@@ -39,13 +41,21 @@ impl ExpectedFile {
                     .collect(),
                 other => panic!("unexpected dtype {other:?} for {name}"),
             };
-            tensors.insert(name, Expected { shape: view.shape().to_vec(), values });
+            tensors.insert(
+                name,
+                Expected {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            );
         }
         ExpectedFile { tensors }
     }
 
     pub fn get(&self, name: &str) -> &Expected {
-        self.tensors.get(name).unwrap_or_else(|| panic!("expected tensor {name} missing"))
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("expected tensor {name} missing"))
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -64,7 +74,12 @@ impl ExpectedFile {
         lengths
             .iter()
             .enumerate()
-            .map(|(c, &len)| ids.values[c * max_len..c * max_len + len as usize].iter().map(|&v| v as u32).collect())
+            .map(|(c, &len)| {
+                ids.values[c * max_len..c * max_len + len as usize]
+                    .iter()
+                    .map(|&v| v as u32)
+                    .collect()
+            })
             .collect()
     }
 }
@@ -72,7 +87,11 @@ impl ExpectedFile {
 /// The metric of the parity tests: max |a − b| / max(1, max |b|) over the given values.
 pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    let max_diff = got.iter().zip(want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let max_diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
     let scale = want.iter().map(|b| b.abs()).fold(1.0, f64::max);
     max_diff / scale
 }
@@ -93,6 +112,7 @@ pub fn formula_model_dir(fixture_dir: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture_dir.join("config.json"), dir.path().join("config.json")).unwrap();
     let spec = SyntheticSpec::from_file(&fixture_dir.join("weights.json")).unwrap();
-    spec.write_safetensors(&dir.path().join("model.safetensors")).unwrap();
+    spec.write_safetensors(&dir.path().join("model.safetensors"))
+        .unwrap();
     dir
 }

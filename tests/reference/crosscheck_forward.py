@@ -111,7 +111,12 @@ def save_model(model: BertForMaskedLM, cfg: dict, d: Path, fmt: str) -> None:
     if fmt == "safetensors":
         model.save_pretrained(d, safe_serialization=True)  # keeps transformers' own config.json
     else:
-        mgf.save_bin_model(model, d / "pytorch_model.bin")
+        # torch.save of the full f32 state dict, like old checkpoints: the tied decoder is stored as a
+        # view of the word embeddings, and position_ids (dropped by transformers 5) is added back.
+        sd = model.state_dict()
+        P = model.config.max_position_embeddings
+        sd.setdefault("bert.embeddings.position_ids", torch.arange(P, dtype=torch.int64).unsqueeze(0))
+        torch.save(sd, d / "pytorch_model.bin")
         mgf.write_config(d, cfg)
     present = sorted(p.name for p in d.iterdir())
     want = ["config.json", "model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"]

@@ -48,12 +48,7 @@ pub fn attention_varlen(
             let len = end - start;
             let rows = q1 - q0;
             let view = |row: usize, col: usize, nrows: usize| {
-                MatRef::from_row_major_slice_with_stride(
-                    &data[row * stride + col..],
-                    nrows,
-                    head_dim,
-                    stride,
-                )
+                MatRef::from_row_major_slice_with_stride(&data[row * stride + col..], nrows, head_dim, stride)
             };
             let q = view(q0, head * head_dim, rows);
             let k = view(start, hidden + head * head_dim, len);
@@ -95,17 +90,16 @@ mod tests {
                 let scores: Vec<f64> = (0..n)
                     .map(|j| {
                         let k = &qkv.row(start + j)[h + head * dh..h + (head + 1) * dh];
-                        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
-                            / (dh as f64).sqrt()
+                        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (dh as f64).sqrt()
                     })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = e.iter().sum();
-                for j in 0..n {
+                for (j, weight) in e.iter().enumerate() {
                     let v = &qkv.row(start + j)[2 * h + head * dh..2 * h + (head + 1) * dh];
-                    for d in 0..dh {
-                        out[i * h + head * dh + d] += e[j] / z * v[d] as f64;
+                    for (d, value) in v.iter().enumerate() {
+                        out[i * h + head * dh + d] += weight / z * *value as f64;
                     }
                 }
             }

@@ -59,9 +59,13 @@ mod tests {
         let x = Matrix::from_vec(
             rows,
             inf,
-            (0..rows * inf).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect(),
+            (0..rows * inf)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect(),
         );
-        let w: Vec<f32> = (0..outf * inf).map(|i| ((i * 11 % 17) as f32 - 8.0) / 9.0).collect();
+        let w: Vec<f32> = (0..outf * inf)
+            .map(|i| ((i * 11 % 17) as f32 - 8.0) / 9.0)
+            .collect();
         let b: Vec<f32> = (0..outf).map(|i| i as f32 / 10.0).collect();
         let lw = LinearWeights::new(w.clone(), Some(b.clone()), outf, inf).unwrap();
         let y = linear(&x, &lw);

@@ -17,7 +17,11 @@ pub fn layer_norm(x: &Matrix, ln: &LayerNormWeights) -> Matrix {
 
 /// `LN(a + b)` row by row: the post-LN residual step.
 pub fn layer_norm_of_sum(a: &Matrix, b: &Matrix, ln: &LayerNormWeights) -> Matrix {
-    assert_eq!((a.rows(), a.cols()), (b.rows(), b.cols()), "layer_norm_of_sum: shapes differ");
+    assert_eq!(
+        (a.rows(), a.cols()),
+        (b.rows(), b.cols()),
+        "layer_norm_of_sum: shapes differ"
+    );
     let mut out = a.clone();
     let d = a.cols();
     out.as_mut_slice()

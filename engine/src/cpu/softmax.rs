@@ -19,8 +19,7 @@ pub fn softmax_in_place(x: &mut [f32], cols: usize) {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { softmax_avx512(x, cols) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { softmax_avx2(x, cols) };
         }
@@ -95,9 +94,7 @@ fn exp(x: f32) -> f32 {
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if underflow {
         0.0
@@ -127,7 +124,9 @@ mod tests {
     #[test]
     fn softmax_matches_a_plain_reference() {
         let cols = 37;
-        let mut x: Vec<f32> = (0..cols * 5).map(|i| ((i * 31 % 23) as f32 - 11.0) * 0.7).collect();
+        let mut x: Vec<f32> = (0..cols * 5)
+            .map(|i| ((i * 31 % 23) as f32 - 11.0) * 0.7)
+            .collect();
         let reference: Vec<f64> = x
             .chunks(cols)
             .flat_map(|row| {

@@ -255,24 +255,41 @@ fn is_legacy_torch(magic: &[u8; 8]) -> bool {
     magic[..4] == [0x80, 0x02, 0x8a, 0x0a]
 }
 
-/// Checks that a view (offset, shape, strides in elements) stays inside its storage. Shared by readers.
+/// Checks that a view (offset, shape, strides in elements) stays inside its storage, with checked
+/// arithmetic throughout (shapes come from untrusted files). Shared by the readers.
 pub(crate) fn check_view_bounds(entry: &TensorEntry) -> Result<(), String> {
     let esize = entry.dtype.size_in_bytes();
     if entry.shape.len() != entry.strides.len() {
         return Err("shape and stride ranks differ".into());
     }
-    if entry.numel() == 0 {
+    let overflow = || "view size overflows".to_string();
+    let offset_bytes = entry.offset.checked_mul(esize).ok_or_else(overflow)?;
+    if offset_bytes > entry.storage_len {
+        return Err(format!(
+            "view starts at byte {offset_bytes} but its storage holds {}",
+            entry.storage_len
+        ));
+    }
+    let mut numel: usize = 1;
+    let mut last: usize = 0;
+    for (&n, &s) in entry.shape.iter().zip(&entry.strides) {
+        numel = numel.checked_mul(n).ok_or_else(overflow)?;
+        if n > 0 {
+            last = (n - 1)
+                .checked_mul(s)
+                .and_then(|x| x.checked_add(last))
+                .ok_or_else(overflow)?;
+        }
+    }
+    if numel == 0 {
         return Ok(());
     }
-    let last: usize = entry
-        .shape
-        .iter()
-        .zip(&entry.strides)
-        .map(|(n, s)| (n - 1) * s)
-        .sum();
-    let end_bytes = (entry.offset + last + 1)
-        .checked_mul(esize)
-        .ok_or("view size overflows")?;
+    let end_bytes = entry
+        .offset
+        .checked_add(last)
+        .and_then(|x| x.checked_add(1))
+        .and_then(|x| x.checked_mul(esize))
+        .ok_or_else(overflow)?;
     if end_bytes > entry.storage_len {
         return Err(format!(
             "view needs {end_bytes} bytes but its storage holds {}",
@@ -280,4 +297,34 @@ pub(crate) fn check_view_bounds(entry: &TensorEntry) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(shape: Vec<usize>, strides: Vec<usize>, offset: usize, storage_len: usize) -> TensorEntry {
+        TensorEntry {
+            dtype: DType::F32,
+            shape,
+            strides,
+            offset,
+            storage_start: 0,
+            storage_len,
+        }
+    }
+
+    #[test]
+    fn view_bounds_are_checked_without_overflow() {
+        assert!(check_view_bounds(&view(vec![2, 3], vec![3, 1], 0, 24)).is_ok());
+        assert!(check_view_bounds(&view(vec![2, 3], vec![3, 1], 1, 24)).is_err());
+        assert!(check_view_bounds(&view(vec![3, 2], vec![1, 3], 0, 24)).is_ok());
+        assert!(
+            check_view_bounds(&view(vec![0, 4], vec![4, 1], 7, 24)).is_err(),
+            "empty view past the end"
+        );
+        assert!(check_view_bounds(&view(vec![usize::MAX, 2], vec![2, 1], 0, 24)).is_err());
+        assert!(check_view_bounds(&view(vec![2], vec![usize::MAX], 0, 24)).is_err());
+        assert!(check_view_bounds(&view(vec![1], vec![1], usize::MAX, 24)).is_err());
+    }
 }

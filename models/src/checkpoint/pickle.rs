@@ -379,9 +379,7 @@ impl Vm<'_> {
         if self.stack.len() <= floor {
             return Err(self.malformed("stack underflow"));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| self.malformed("stack underflow"))
+        self.stack.pop().ok_or_else(|| self.malformed("stack underflow"))
     }
 
     fn top(&self) -> Result<Id, PickleError> {
@@ -436,9 +434,8 @@ impl Vm<'_> {
                 op::PROTO => {
                     let v = self.read_u8()?;
                     if v > 5 {
-                        return Err(self.malformed(format!(
-                            "pickle protocol {v} is newer than the highest known (5)"
-                        )));
+                        return Err(self
+                            .malformed(format!("pickle protocol {v} is newer than the highest known (5)")));
                     }
                 }
                 op::FRAME => {
@@ -588,8 +585,7 @@ impl Vm<'_> {
                 op::STACK_GLOBAL => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Obj::Str(module), Obj::Str(name)) = (&self.heap[module], &self.heap[name])
-                    else {
+                    let (Obj::Str(module), Obj::Str(name)) = (&self.heap[module], &self.heap[name]) else {
                         return Err(self.malformed("STACK_GLOBAL needs two strings"));
                     };
                     let g = self.resolve_global(module, name)?;
@@ -612,9 +608,7 @@ impl Vm<'_> {
                     self.push(Obj::Storage(Box::new(storage)));
                 }
                 other => {
-                    let name = op::name(other)
-                        .map(|n| format!(" ({n})"))
-                        .unwrap_or_default();
+                    let name = op::name(other).map(|n| format!(" ({n})")).unwrap_or_default();
                     return Err(self.err(
                         PickleErrorKind::UnsupportedOpcode(other),
                         format!(
@@ -661,9 +655,7 @@ impl Vm<'_> {
             ("torch", "CharStorage") => storage(DType::I8),
             ("torch", "ByteStorage") => storage(DType::U8),
             ("torch", "BoolStorage") => storage(DType::Bool),
-            ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => {
-                Ok(Global::NumpyScalar)
-            }
+            ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Ok(Global::NumpyScalar),
             ("numpy", "dtype") => Ok(Global::NumpyDtype),
             _ => {
                 let full = format!("{module}.{name}");
@@ -749,32 +741,22 @@ impl Vm<'_> {
                     .map(|&i| self.key_of(i, depth + 1))
                     .collect::<Result<_, _>>()?,
             ),
-            Obj::List(_) | Obj::Dict(_) => {
-                return Err(self.malformed("unhashable dict key (a list or dict)"))
-            }
-            Obj::Global(_) | Obj::Storage(_) | Obj::Tensor(_) | Obj::NumpyDtype(_) => {
-                Key::Identity(id)
-            }
+            Obj::List(_) | Obj::Dict(_) => return Err(self.malformed("unhashable dict key (a list or dict)")),
+            Obj::Global(_) | Obj::Storage(_) | Obj::Tensor(_) | Obj::NumpyDtype(_) => Key::Identity(id),
         })
     }
 
     fn tuple_items(&self, id: Id, what: &str) -> Result<Vec<Id>, PickleError> {
         match &self.heap[id] {
             Obj::Tuple(items) => Ok(items.clone()),
-            other => Err(self.malformed(format!(
-                "{what}: expected a tuple, found {}",
-                obj_kind(other)
-            ))),
+            other => Err(self.malformed(format!("{what}: expected a tuple, found {}", obj_kind(other)))),
         }
     }
 
     fn int_at(&self, id: Id, what: &str) -> Result<i64, PickleError> {
         match &self.heap[id] {
             Obj::Int(i) => Ok(*i),
-            other => Err(self.malformed(format!(
-                "{what}: expected an int, found {}",
-                obj_kind(other)
-            ))),
+            other => Err(self.malformed(format!("{what}: expected an int, found {}", obj_kind(other)))),
         }
     }
 
@@ -793,9 +775,7 @@ impl Vm<'_> {
     fn str_at(&self, id: Id, what: &str) -> Result<String, PickleError> {
         match &self.heap[id] {
             Obj::Str(s) => Ok(s.clone()),
-            other => {
-                Err(self.malformed(format!("{what}: expected a str, found {}", obj_kind(other))))
-            }
+            other => Err(self.malformed(format!("{what}: expected a str, found {}", obj_kind(other)))),
         }
     }
 
@@ -958,13 +938,12 @@ impl Vm<'_> {
                     ">" => Err(self.malformed(format!(
                         "numpy {d} dtype is big-endian; only little-endian data is supported"
                     ))),
-                    other => Err(self
-                        .malformed(format!("numpy dtype byte order `{other}` is not supported"))),
+                    other => {
+                        Err(self.malformed(format!("numpy dtype byte order `{other}` is not supported")))
+                    }
                 }
             }
-            other => {
-                Err(self.malformed(format!("BUILD on a {} is not supported", obj_kind(other))))
-            }
+            other => Err(self.malformed(format!("BUILD on a {} is not supported", obj_kind(other)))),
         }
     }
 
@@ -979,9 +958,7 @@ impl Vm<'_> {
         }
         let tag = self.str_at(items[0], "persistent id tag")?;
         if tag != "storage" {
-            return Err(
-                self.malformed(format!("persistent id of kind `{tag}`, expected `storage`"))
-            );
+            return Err(self.malformed(format!("persistent id of kind `{tag}`, expected `storage`")));
         }
         let Obj::Global(Global::StorageType(dtype)) = self.heap[items[1]] else {
             return Err(self.malformed(format!(
@@ -1520,11 +1497,7 @@ mod tests {
     #[test]
     fn long1_integers() {
         let long = |b: &[u8]| {
-            let bytes = P::proto(2)
-                .op(op::LONG1)
-                .raw(&[b.len() as u8])
-                .raw(b)
-                .stop();
+            let bytes = P::proto(2).op(op::LONG1).raw(&[b.len() as u8]).raw(b).stop();
             load(&bytes)
         };
         assert_eq!(long(&[]).unwrap(), Value::Int(0));
@@ -1595,10 +1568,7 @@ mod tests {
             .op(op::STACK_GLOBAL)
             .stop();
         let e = err_of(&bytes);
-        assert_eq!(
-            e.kind,
-            PickleErrorKind::RefusedGlobal("builtins.eval".into())
-        );
+        assert_eq!(e.kind, PickleErrorKind::RefusedGlobal("builtins.eval".into()));
 
         // A whole pickled model gets a hint.
         let bytes = P::proto(2)
@@ -1626,10 +1596,7 @@ mod tests {
         assert_eq!(e.kind, PickleErrorKind::UnsupportedOpcode(0xff));
         assert_eq!(e.offset, 2);
         // Protocol 6 does not exist (yet).
-        assert_eq!(
-            err_of(&[0x80, 6, b'N', b'.']).kind,
-            PickleErrorKind::Malformed
-        );
+        assert_eq!(err_of(&[0x80, 6, b'N', b'.']).kind, PickleErrorKind::Malformed);
     }
 
     #[test]
@@ -1662,19 +1629,7 @@ mod tests {
             ],
             &[0x80, 4, op::BINBYTES, 0xff, 0xff, 0xff, 0x7f],
             &[0x80, 4, op::BINBYTES8, 0, 0, 0, 0, 0, 0, 0, 0x80],
-            &[
-                0x80,
-                4,
-                op::FRAME,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-            ],
+            &[0x80, 4, op::FRAME, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[0x80, 4, op::SHORT_BINUNICODE, 200, b'a', b'b'],
         ];
         for bytes in cases {
@@ -1801,19 +1756,10 @@ mod tests {
         };
         let ok = |d: &str, o: &str, raw: &[u8]| load(&scalar(d, o, raw)).unwrap();
         assert_eq!(ok("f8", "<", &0.1f64.to_le_bytes()), Value::Float(0.1));
-        assert_eq!(
-            ok("f4", "<", &0.1f32.to_le_bytes()),
-            Value::Float(0.1f32 as f64)
-        );
+        assert_eq!(ok("f4", "<", &0.1f32.to_le_bytes()), Value::Float(0.1f32 as f64));
         assert_eq!(ok("i2", "<", &(-3i16).to_le_bytes()), Value::Int(-3));
-        assert_eq!(
-            ok("i4", "<", &(-70000i32).to_le_bytes()),
-            Value::Int(-70000)
-        );
-        assert_eq!(
-            ok("i8", "<", &(-1i64 << 40).to_le_bytes()),
-            Value::Int(-1 << 40)
-        );
+        assert_eq!(ok("i4", "<", &(-70000i32).to_le_bytes()), Value::Int(-70000));
+        assert_eq!(ok("i8", "<", &(-1i64 << 40).to_le_bytes()), Value::Int(-1 << 40));
         assert_eq!(ok("u1", "|", &[200]), Value::Int(200));
         assert_eq!(ok("i1", "|", &[0xff]), Value::Int(-1));
         assert_eq!(ok("b1", "|", &[1]), Value::Bool(true));
@@ -1907,18 +1853,14 @@ mod tests {
     }
 
     fn fixture(name: &str) -> String {
-        format!(
-            "{}/../tests/fixtures/pickle/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        )
+        format!("{}/../tests/fixtures/pickle/{name}", env!("CARGO_MANIFEST_DIR"))
     }
 
     #[test]
     fn numpy_scalar_fixtures_match_python() {
-        let expected: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture("numpy_scalars.expected.json")).unwrap(),
-        )
-        .unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("numpy_scalars.expected.json")).unwrap())
+                .unwrap();
         let expected = expected.as_array().unwrap();
         for file in ["numpy_scalars_p4.pkl", "numpy_scalars_p5.pkl"] {
             let bytes = std::fs::read(fixture(file)).unwrap();
@@ -2032,8 +1974,8 @@ mod tests {
             return;
         };
         assert_eq!(d.len(), 63_675);
-        assert!(d.iter().all(
-            |(k, v)| k.as_str().is_some() && v.as_str().is_some_and(|v| v.starts_with("ENSG"))
-        ));
+        assert!(d
+            .iter()
+            .all(|(k, v)| k.as_str().is_some() && v.as_str().is_some_and(|v| v.starts_with("ENSG"))));
     }
 }

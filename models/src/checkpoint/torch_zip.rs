@@ -103,12 +103,10 @@ pub(crate) fn read_tensors(
         .ok_or_else(|| corrupt(format!("`{root}/data.pkl` vanished from the index")))?;
     let pkl = read_small_entry(&mut archive, pkl_index, path)?;
     let top = pickle::load(&pkl).map_err(|e| match &e.kind {
-        PickleErrorKind::RefusedGlobal(_) | PickleErrorKind::UnsupportedOpcode(_) => {
-            unsupported(format!(
-                "`{root}/data.pkl`: {e}. If you trust the file, load it in Python and re-save only \
+        PickleErrorKind::RefusedGlobal(_) | PickleErrorKind::UnsupportedOpcode(_) => unsupported(format!(
+            "`{root}/data.pkl`: {e}. If you trust the file, load it in Python and re-save only \
                  the weights (`torch.save(model.state_dict(), f)`) or convert them to safetensors"
-            ))
-        }
+        )),
         _ => corrupt(format!("`{root}/data.pkl` cannot be decoded: {e}")),
     })?;
 
@@ -212,10 +210,7 @@ pub(crate) fn read_tensors(
 /// One past the last byte a view touches (its offset for an empty view), or `None` on overflow.
 fn view_end(t: &TensorRef) -> Option<usize> {
     let esize = t.dtype().size_in_bytes();
-    let numel = t
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &n| acc.checked_mul(n))?;
+    let numel = t.shape.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n))?;
     if numel == 0 {
         return t.offset.checked_mul(esize);
     }
@@ -223,13 +218,8 @@ fn view_end(t: &TensorRef) -> Option<usize> {
         .shape
         .iter()
         .zip(&t.stride)
-        .try_fold(0usize, |acc, (&n, &s)| {
-            acc.checked_add((n - 1).checked_mul(s)?)
-        })?;
-    t.offset
-        .checked_add(last)?
-        .checked_add(1)?
-        .checked_mul(esize)
+        .try_fold(0usize, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?))?;
+    t.offset.checked_add(last)?.checked_add(1)?.checked_mul(esize)
 }
 
 /// Finds `<root>/data/<key>` and checks it is a stored record large enough for the storage.
@@ -462,8 +452,7 @@ mod tests {
                 assert_eq!(got.strides, TensorEntry::contiguous_strides(&got.shape));
                 let start = got.storage_start + got.offset * 8;
                 let raw = &ckpt.map[start..start + got.numel() * 8];
-                let want_raw =
-                    &expected.map[want.storage_start..want.storage_start + want.storage_len];
+                let want_raw = &expected.map[want.storage_start..want.storage_start + want.storage_len];
                 assert_eq!(raw, want_raw, "{name}");
                 continue;
             }
@@ -532,10 +521,7 @@ mod tests {
         for (file, want) in cases {
             let e = open_err(&fixture(file));
             let msg = e.to_string();
-            assert!(
-                matches!(e, CheckpointError::Unsupported { .. }),
-                "{file}: {msg}"
-            );
+            assert!(matches!(e, CheckpointError::Unsupported { .. }), "{file}: {msg}");
             assert!(msg.contains(want), "{file}: {msg}");
         }
         let msg = open_err(&fixture("os_system.pt")).to_string();
@@ -555,14 +541,7 @@ mod tests {
         }
         // And a few real files, through Checkpoint::open.
         let dir = tempfile::tempdir().unwrap();
-        for n in [
-            4,
-            30,
-            200,
-            bytes.len() / 2,
-            bytes.len() - 22,
-            bytes.len() - 1,
-        ] {
+        for n in [4, 30, 200, bytes.len() / 2, bytes.len() - 22, bytes.len() - 1] {
             let path = dir.path().join(format!("cut_{n}.pt"));
             std::fs::write(&path, &bytes[..n]).unwrap();
             match open_err(&path) {
@@ -666,15 +645,9 @@ mod tests {
             "{msg}"
         );
         // An empty view must still start inside its storage.
-        let bad = zip_with_pickle(
-            one_tensor_pickle(6, &k(7), &[&k(0)], &[&k(1)]),
-            storage.clone(),
-        );
+        let bad = zip_with_pickle(one_tensor_pickle(6, &k(7), &[&k(0)], &[&k(1)]), storage.clone());
         assert!(read_bytes(&bad).is_err());
-        let ok = zip_with_pickle(
-            one_tensor_pickle(6, &k(6), &[&k(0)], &[&k(1)]),
-            storage.clone(),
-        );
+        let ok = zip_with_pickle(one_tensor_pickle(6, &k(6), &[&k(0)], &[&k(1)]), storage.clone());
         assert_eq!(read_bytes(&ok).unwrap()["w"].offset, 6);
         // Sizes whose product overflows usize: an error, not an arithmetic panic.
         let huge = [b'\x8a', 8, 0, 0, 0, 0, 0, 0, 0, 0x40]; // LONG1 2**62
@@ -684,23 +657,14 @@ mod tests {
         );
         let msg = read_bytes(&bad).unwrap_err().to_string();
         assert!(msg.contains("overflows"), "{msg}");
-        let bad = zip_with_pickle(
-            one_tensor_pickle(6, &huge, &[&k(2)], &[&huge]),
-            storage.clone(),
-        );
+        let bad = zip_with_pickle(one_tensor_pickle(6, &huge, &[&k(2)], &[&huge]), storage.clone());
         assert!(read_bytes(&bad).is_err());
         // A storage larger than its record.
-        let bad = zip_with_pickle(
-            one_tensor_pickle(7, &k(0), &[&k(6)], &[&k(1)]),
-            storage.clone(),
-        );
+        let bad = zip_with_pickle(one_tensor_pickle(7, &k(0), &[&k(6)], &[&k(1)]), storage.clone());
         assert!(read_bytes(&bad).is_err());
         // A state dict key that is not a string.
         let mut pkl = one_tensor_pickle(6, &k(0), &[&k(6)], &[&k(1)]);
-        let at = pkl
-            .windows(6)
-            .position(|w| w == b"X\x01\x00\x00\x00w")
-            .unwrap();
+        let at = pkl.windows(6).position(|w| w == b"X\x01\x00\x00\x00w").unwrap();
         pkl.splice(at..at + 6, *b"K\x05");
         let msg = read_bytes(&zip_with_pickle(pkl, storage))
             .unwrap_err()

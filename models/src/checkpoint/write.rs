@@ -29,12 +29,11 @@ pub fn write_safetensors(
     };
     let mut views = Vec::with_capacity(tensors.len());
     for t in tensors {
-        let view = TensorView::new(t.dtype, t.shape.clone(), t.bytes).map_err(|e| {
-            CheckpointError::Corrupt {
+        let view =
+            TensorView::new(t.dtype, t.shape.clone(), t.bytes).map_err(|e| CheckpointError::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!("tensor `{}` cannot be written: {e}", t.name),
-            }
-        })?;
+            })?;
         views.push((t.name.clone(), view));
     }
     let tmp = temporary_sibling(path);

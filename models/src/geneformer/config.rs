@@ -55,8 +55,8 @@ impl BertConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let config: BertConfig = serde_json::from_str(text)
-            .map_err(|e| format!("not a BERT config.json ({e})"))?;
+        let config: BertConfig =
+            serde_json::from_str(text).map_err(|e| format!("not a BERT config.json ({e})"))?;
         config.validate()?;
         Ok(config)
     }
@@ -119,7 +119,10 @@ impl BertConfig {
 mod tests {
     use super::*;
 
-    const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/geneformer/configs");
+    const CONFIGS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/geneformer/configs"
+    );
 
     #[test]
     fn every_published_geneformer_config_parses() {
@@ -139,7 +142,12 @@ mod tests {
         assert_eq!(seen, 4);
         let v2 = BertConfig::from_file(&dir.join("Geneformer-V2-316M/config.json")).unwrap();
         assert_eq!(
-            (v2.hidden_size, v2.num_hidden_layers, v2.num_attention_heads, v2.intermediate_size),
+            (
+                v2.hidden_size,
+                v2.num_hidden_layers,
+                v2.num_attention_heads,
+                v2.intermediate_size
+            ),
             (1152, 18, 18, 4608)
         );
         assert_eq!((v2.max_position_embeddings, v2.vocab_size), (4096, 20275));

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use scinterp_engine::cpu;
 use scinterp_engine::{
-    Activation, Encoder, EncoderDims, EngineError, LayerNormWeights, LinearWeights, Matrix,
-    PackedBatch, PostLnBlock,
+    Activation, Encoder, EncoderDims, EngineError, LayerNormWeights, LinearWeights, Matrix, PackedBatch,
+    PostLnBlock,
 };
 
 use super::config::BertConfig;
@@ -112,7 +112,8 @@ impl Geneformer {
             let q = w.linear(&format!("{prefix}.attention.self.query"), h, h);
             let k = w.linear(&format!("{prefix}.attention.self.key"), h, h);
             let vv = w.linear(&format!("{prefix}.attention.self.value"), h, h);
-            let qkv = q.and_then(|q| k.and_then(|k| vv.and_then(|v| LinearWeights::concat_outputs(&[q, k, v]))));
+            let qkv =
+                q.and_then(|q| k.and_then(|k| vv.and_then(|v| LinearWeights::concat_outputs(&[q, k, v]))));
             blocks.push((
                 qkv,
                 w.linear(&format!("{prefix}.attention.output.dense"), h, h),
@@ -250,7 +251,13 @@ impl Encoder for Geneformer {
             let word = &self.word_embeddings[token as usize * h..(token as usize + 1) * h];
             let pos = &self.position_embeddings[position * h..(position + 1) * h];
             // Same association as HF: (word + token_type) + position.
-            for (((o, w), t), p) in x.row_mut(row).iter_mut().zip(word).zip(&self.token_type_0).zip(pos) {
+            for (((o, w), t), p) in x
+                .row_mut(row)
+                .iter_mut()
+                .zip(word)
+                .zip(&self.token_type_0)
+                .zip(pos)
+            {
                 *o = (w + t) + p;
             }
         }
@@ -295,7 +302,8 @@ impl<'a> WeightReader<'a> {
     fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         self.used.insert(name.to_string());
         let Some(entry) = self.checkpoint.entry(name) else {
-            self.problems.push(format!("missing tensor `{name}` (expected shape {shape:?})"));
+            self.problems
+                .push(format!("missing tensor `{name}` (expected shape {shape:?})"));
             return Vec::new();
         };
         if entry.shape != shape {
