@@ -276,3 +276,73 @@ fn a_cell_gives_the_same_result_alone_and_inside_a_batch() {
         assert!(diff <= 1e-5, "cell {c}: {diff}");
     }
 }
+
+#[test]
+fn loader_reports_unexpected_tensors_and_ignores_known_extras() {
+    use scinterp_models::checkpoint::{write_safetensors, Checkpoint, TensorToWrite};
+    let src = fixture("tiny_v2");
+    let original = Checkpoint::open(&src.join("model.safetensors")).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = original
+        .names()
+        .map(|n| {
+            (
+                n.to_string(),
+                original.entry(n).unwrap().shape.clone(),
+                original.to_f32(n).unwrap(),
+            )
+        })
+        .collect();
+    let write_with = |extra: &[(&str, Vec<usize>)]| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let zeros: Vec<Vec<f32>> = extra.iter().map(|(_, s)| vec![0.0; s.iter().product()]).collect();
+        let mut to_write: Vec<TensorToWrite<'_>> = tensors
+            .iter()
+            .map(|(n, s, v)| TensorToWrite {
+                name: n.clone(),
+                dtype: safetensors::Dtype::F32,
+                shape: s.clone(),
+                bytes: bytemuck::cast_slice(v),
+            })
+            .collect();
+        for ((name, shape), z) in extra.iter().zip(&zeros) {
+            to_write.push(TensorToWrite {
+                name: name.to_string(),
+                dtype: safetensors::Dtype::F32,
+                shape: shape.clone(),
+                bytes: bytemuck::cast_slice(z),
+            });
+        }
+        write_safetensors(&dir.path().join("model.safetensors"), &to_write, None).unwrap();
+        dir
+    };
+    // Known extras (pooler, NSP head, the tied decoder stored explicitly) load fine.
+    let ok = write_with(&[
+        ("bert.pooler.dense.weight", vec![128, 128]),
+        ("cls.seq_relationship.weight", vec![2, 128]),
+    ]);
+    let model = load(ok.path());
+    let expected = ExpectedFile::open(&src.join("expected.safetensors"));
+    check_all_hooks(&model, &expected, "tiny_v2 with pooler");
+    // Unknown tensors are errors, all listed.
+    let bad = write_with(&[("bert.encoder.layer.9.extra", vec![3]), ("foo", vec![1])]);
+    let err = Geneformer::load(bad.path(), LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unexpected tensor `bert.encoder.layer.9.extra`"),
+        "{err}"
+    );
+    assert!(err.contains("unexpected tensor `foo`"), "{err}");
+    assert!(err.contains("2 problems"), "{err}");
+}
+
+#[test]
+fn the_encoder_loads_without_its_head() {
+    let model = Geneformer::load(&fixture("tiny_v2"), LoadOptions { with_head: false }).unwrap();
+    assert!(!model.has_head());
+    let cells = vec![vec![2u32, 10, 11, 3]];
+    let batch = PackedBatch::from_cells(&cells).unwrap();
+    let out = run(&model, &batch, &HookPlan::new(), Start::Embed, true).unwrap();
+    assert!(out.head.is_none());
+}

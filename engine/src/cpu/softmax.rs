@@ -43,25 +43,27 @@ unsafe fn softmax_avx2(x: &mut [f32], cols: usize) {
 fn softmax_rows(x: &mut [f32], cols: usize) {
     for row in x.chunks_exact_mut(cols) {
         let max = row_max(row);
-        let mut sums = [0.0f32; LANES];
-        let mut chunks = row.chunks_exact_mut(LANES);
-        for chunk in &mut chunks {
-            for (v, s) in chunk.iter_mut().zip(sums.iter_mut()) {
-                *v = exp(*v - max);
-                *s += *v;
-            }
-        }
-        let mut sum: f32 = 0.0;
-        for v in chunks.into_remainder() {
+        // Separate elementwise passes: each is a plain loop that LLVM vectorises on its own.
+        for v in row.iter_mut() {
             *v = exp(*v - max);
-            sum += *v;
         }
-        sum += sums.iter().sum::<f32>();
-        let inv = 1.0 / sum;
+        let inv = 1.0 / row_sum(row);
         for v in row.iter_mut() {
             *v *= inv;
         }
     }
+}
+
+#[inline(always)]
+fn row_sum(row: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (s, &v) in lanes.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    chunks.remainder().iter().sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
 #[inline(always)]
@@ -91,11 +93,15 @@ fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let k = x * LOG2E + ROUND;
+    let n = k - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // k = 1.5·2^23 + n exactly, so n sits in k's low mantissa bits: integer arithmetic on the bits
+    // gives 2^n without a float→int conversion (Rust's saturating `as` does not vectorise).
+    let n_int = (k.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     if underflow {
         0.0
     } else {

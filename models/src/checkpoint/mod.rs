@@ -315,6 +315,45 @@ mod tests {
     }
 
     #[test]
+    fn safetensors_f32_f16_bf16_round_trip_to_f32() {
+        let values = [0.0f32, 1.0, -2.5, 0.099_975_586, 65504.0, 3.0e-5];
+        let f16: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let bf16: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let t = |name: &str, dtype, bytes| TensorToWrite {
+            name: name.into(),
+            dtype,
+            shape: vec![2, 3],
+            bytes,
+        };
+        write_safetensors(
+            &path,
+            &[
+                t("a", safetensors::Dtype::F32, bytemuck::cast_slice(&values)),
+                t("b", safetensors::Dtype::F16, bytemuck::cast_slice(&f16)),
+                t("c", safetensors::Dtype::BF16, bytemuck::cast_slice(&bf16)),
+            ],
+            None,
+        )
+        .unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        assert_eq!(ckpt.len(), 3);
+        assert_eq!(ckpt.entry("b").unwrap().dtype, DType::F16);
+        assert_eq!(ckpt.to_f32("a").unwrap(), values.to_vec());
+        let want_f16: Vec<f32> = f16.iter().map(|v| v.to_f32()).collect();
+        let want_bf16: Vec<f32> = bf16.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(ckpt.to_f32("b").unwrap(), want_f16);
+        assert_eq!(ckpt.to_f32("c").unwrap(), want_bf16);
+        assert!(matches!(
+            ckpt.to_f32("zz"),
+            Err(CheckpointError::NoSuchTensor { .. })
+        ));
+        // No temporary file is left beside the output.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn view_bounds_are_checked_without_overflow() {
         assert!(check_view_bounds(&view(vec![2, 3], vec![3, 1], 0, 24)).is_ok());
         assert!(check_view_bounds(&view(vec![2, 3], vec![3, 1], 1, 24)).is_err());
