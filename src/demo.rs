@@ -96,7 +96,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Start::BlockInput { layer: 2, state },
         true,
     )?;
-    let replay_diff = max_abs_diff(&full.final_state, &replay.final_state);
+    let replay_diff = full.final_state.max_abs_diff(&replay.final_state);
     println!("  replay   blocks 2..{} from the captured blocks.1.hook_resid_post: max |Δ| vs the full pass = {replay_diff:e}", LAYERS - 1);
 
     // 3. An edit: push cell 0's first five genes along a fixed direction at blocks.1.hook_resid_post.
@@ -257,14 +257,6 @@ fn unit_direction(seed: u64, width: usize) -> Vec<f32> {
     let v = tensor_values(seed ^ 0xD1, 0, width, 0.0, 1.0);
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
-}
-
-fn max_abs_diff(a: &Matrix, b: &Matrix) -> f32 {
-    a.as_slice()
-        .iter()
-        .zip(b.as_slice())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Mean over the rows of `range` of the L2 norm of `b − a`.

@@ -132,14 +132,6 @@ fn v1_10m_full_size_matches_transformers() {
     check_all_hooks(&model, &expected, "v1_10m_full");
 }
 
-fn max_abs_diff(a: &Matrix, b: &Matrix) -> f32 {
-    a.as_slice()
-        .iter()
-        .zip(b.as_slice())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn tail_replay_from_every_layer_equals_the_full_pass() {
     for name in ["tiny_v2", "ragged_v1"] {
@@ -178,12 +170,15 @@ fn tail_replay_from_every_layer_equals_the_full_pass() {
             )
             .unwrap();
             assert_eq!(
-                max_abs_diff(&tail.final_state, &full.final_state),
+                tail.final_state.max_abs_diff(&full.final_state),
                 0.0,
                 "{name}: replay from block {layer}"
             );
             assert_eq!(
-                max_abs_diff(tail.head.as_ref().unwrap(), full.head.as_ref().unwrap()),
+                tail.head
+                    .as_ref()
+                    .unwrap()
+                    .max_abs_diff(full.head.as_ref().unwrap()),
                 0.0,
                 "{name}: logits after replay from block {layer}"
             );
@@ -272,7 +267,7 @@ fn a_cell_gives_the_same_result_alone_and_inside_a_batch() {
         let alone = run(&model, &alone_batch, &HookPlan::new(), Start::Embed, false).unwrap();
         let range = batch.cell_range(c);
         let inside = together.final_state.slice_rows(range.start, range.end);
-        let diff = max_abs_diff(&inside, &alone.final_state);
+        let diff = inside.max_abs_diff(&alone.final_state);
         assert!(diff <= 1e-5, "cell {c}: {diff}");
     }
 }

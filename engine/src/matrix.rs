@@ -61,6 +61,20 @@ impl Matrix {
         )
     }
 
+    /// Largest elementwise |self − other| (matrices of the same shape).
+    pub fn max_abs_diff(&self, other: &Matrix) -> f32 {
+        assert_eq!(
+            (self.rows, self.cols),
+            (other.rows, other.cols),
+            "max_abs_diff: shapes differ"
+        );
+        self.data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
     pub fn as_faer(&self) -> faer::MatRef<'_, f32> {
         faer::MatRef::from_row_major_slice(&self.data, self.rows, self.cols)
     }
