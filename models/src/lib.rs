@@ -1,9 +1,11 @@
 //! scinterp-models: checkpoint readers (safetensors; PyTorch zip through a pickle reader that never
 //! executes code), configs, and the model architectures (they implement the engine's `Encoder`).
 
+pub mod cells;
 pub mod checkpoint;
 pub mod error;
 pub mod geneformer;
 pub mod synthetic;
+pub mod tokenize;
 
 pub use error::ModelError;

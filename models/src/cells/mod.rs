@@ -1,0 +1,115 @@
+//! Single-cell count matrices as read from users' files (10x MatrixMarket folders; h5ad and loom to come).
+//!
+//! Every reader produces a [`CountMatrix`]: cells × genes, sparse by cell (CSR), with the gene ids of the
+//! chosen id column, optional symbols, cell names and obs columns. Tokenizers read only this type.
+
+pub mod tenx;
+
+use std::collections::BTreeMap;
+
+/// A per-cell annotation column.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ObsColumn {
+    Text(Vec<String>),
+    Number(Vec<f64>),
+}
+
+/// Cells × genes counts in CSR layout (row = cell). Values are f32 (integer counts up to 2^24 are exact);
+/// tokenizers compute in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CountMatrix {
+    pub n_cells: usize,
+    pub n_genes: usize,
+    /// `indptr[c]..indptr[c + 1]` indexes the non-zeros of cell `c` in `indices`/`values`.
+    pub indptr: Vec<usize>,
+    /// Gene (column) index of each stored value, ascending within a cell.
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+    /// Gene ids of the chosen id column (Ensembl ids for Geneformer, symbols for scGPT).
+    pub gene_ids: Vec<String>,
+    /// Gene symbols, when the file has them besides the ids.
+    pub gene_symbols: Option<Vec<String>>,
+    /// Cell names (barcodes / obs index).
+    pub cell_names: Vec<String>,
+    pub obs: BTreeMap<String, ObsColumn>,
+}
+
+impl CountMatrix {
+    /// The stored (gene index, value) pairs of cell `c`.
+    pub fn cell(&self, c: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let range = self.indptr[c]..self.indptr[c + 1];
+        self.indices[range.clone()]
+            .iter()
+            .map(|&g| g as usize)
+            .zip(self.values[range].iter().copied())
+    }
+
+    /// Checks the internal consistency of the arrays (readers call this before returning).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.indptr.len() != self.n_cells + 1 || self.indptr.first() != Some(&0) {
+            return Err(format!(
+                "indptr has {} entries for {} cells",
+                self.indptr.len(),
+                self.n_cells
+            ));
+        }
+        if self.indptr.windows(2).any(|w| w[0] > w[1]) {
+            return Err("indptr is not non-decreasing".into());
+        }
+        let nnz = *self.indptr.last().unwrap_or(&0);
+        if self.indices.len() != nnz || self.values.len() != nnz {
+            return Err(format!(
+                "{nnz} non-zeros announced, {} indices and {} values stored",
+                self.indices.len(),
+                self.values.len()
+            ));
+        }
+        if let Some(g) = self.indices.iter().find(|&&g| g as usize >= self.n_genes) {
+            return Err(format!("gene index {g} out of range ({} genes)", self.n_genes));
+        }
+        for c in 0..self.n_cells {
+            let idx = &self.indices[self.indptr[c]..self.indptr[c + 1]];
+            if idx.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("cell {c}: gene indices not strictly ascending"));
+            }
+        }
+        if self.gene_ids.len() != self.n_genes {
+            return Err(format!(
+                "{} gene ids for {} genes",
+                self.gene_ids.len(),
+                self.n_genes
+            ));
+        }
+        if let Some(s) = &self.gene_symbols {
+            if s.len() != self.n_genes {
+                return Err(format!("{} gene symbols for {} genes", s.len(), self.n_genes));
+            }
+        }
+        if self.cell_names.len() != self.n_cells {
+            return Err(format!(
+                "{} cell names for {} cells",
+                self.cell_names.len(),
+                self.n_cells
+            ));
+        }
+        for (name, col) in &self.obs {
+            let len = match col {
+                ObsColumn::Text(v) => v.len(),
+                ObsColumn::Number(v) => v.len(),
+            };
+            if len != self.n_cells {
+                return Err(format!(
+                    "obs column `{name}` has {len} values for {} cells",
+                    self.n_cells
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the values look like raw counts: all non-negative integers. Tokenizers that need counts
+    /// (Geneformer) refuse anything else, so that a log-normalised matrix is caught, not silently ranked.
+    pub fn looks_like_counts(&self) -> bool {
+        self.values.iter().all(|&v| v >= 0.0 && v.fract() == 0.0)
+    }
+}
