@@ -6,6 +6,9 @@
 pub mod tenx;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use tenx::GeneIdColumn;
 
 /// A per-cell annotation column.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,5 +114,29 @@ impl CountMatrix {
     /// (Geneformer) refuse anything else, so that a log-normalised matrix is caught, not silently ranked.
     pub fn looks_like_counts(&self) -> bool {
         self.values.iter().all(|&v| v >= 0.0 && v.fract() == 0.0)
+    }
+}
+
+/// Errors of the cell-matrix readers. Every message names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum CellsError {
+    /// The file exists but its content is not what the reader expects (or a needed file is missing).
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    /// The file could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CellsError {
+    pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+        CellsError::Invalid {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 }

@@ -15,31 +15,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
 
-use super::CountMatrix;
-
-/// Errors of the cell-matrix readers. Every message names the file it is about.
-#[derive(Debug, thiserror::Error)]
-pub enum CellsError {
-    /// The file exists but its content is not what the reader expects (or a needed file is missing).
-    #[error("{}: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
-    /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl CellsError {
-    fn invalid(path: &Path, reason: impl Into<String>) -> Self {
-        CellsError::Invalid {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
-    }
-}
+use super::{CellsError, CountMatrix};
 
 /// Which column of `features.tsv` / `genes.tsv` becomes [`CountMatrix::gene_ids`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
