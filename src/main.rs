@@ -3,6 +3,7 @@
 
 mod demo;
 mod forward;
+mod tokenize;
 mod tokens_json;
 
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Run the pipeline on the embedded default model and cells; writes to a folder.
     Demo(demo::DemoArgs),
+    /// Tokenize real cells for a model; writes a token store.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

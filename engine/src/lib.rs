@@ -14,6 +14,7 @@ pub mod error;
 pub mod executor;
 pub mod hooks;
 pub mod matrix;
+pub mod npy;
 pub mod packed;
 
 pub use encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};

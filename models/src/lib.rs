@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod geneformer;
 pub mod synthetic;
+pub mod token_store;
 pub mod tokenize;
 
 pub use error::ModelError;

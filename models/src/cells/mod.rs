@@ -3,6 +3,9 @@
 //! Every reader produces a [`CountMatrix`]: cells × genes, sparse by cell (CSR), with the gene ids of the
 //! chosen id column, optional symbols, cell names and obs columns. Tokenizers read only this type.
 
+pub mod h5ad;
+mod hdf5_util;
+pub mod loom;
 pub mod tenx;
 
 use std::collections::BTreeMap;

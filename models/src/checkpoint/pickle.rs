@@ -693,7 +693,7 @@ impl Vm<'_> {
     }
 
     fn set_items(&mut self, dict: Id, items: &[Id]) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed("SETITEMS with an odd number of items"));
         }
         // Hash the keys first: that reads the heap, the insertion below mutates it.

@@ -4,3 +4,4 @@
 //!   read from the published pickles by the code-free pickle reader.
 
 pub mod geneformer;
+pub mod scgpt;

@@ -1,0 +1,232 @@
+//! The `.npy` format (NumPy's own, version 1.0): scinterp's stores are plain `.npy` files so that
+//! `np.load(path, mmap_mode="r")` opens them. The header is padded so the data starts at a multiple of
+//! 64 bytes, which keeps memory-mapped rows aligned for vector loads.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+const MAGIC: &[u8; 6] = b"\x93NUMPY";
+const ALIGN: usize = 64;
+
+/// Element types scinterp stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NpyDtype {
+    F32,
+    F16,
+    I32,
+    I64,
+    I16,
+    U16,
+}
+
+impl NpyDtype {
+    pub fn descr(self) -> &'static str {
+        match self {
+            NpyDtype::F32 => "<f4",
+            NpyDtype::F16 => "<f2",
+            NpyDtype::I32 => "<i4",
+            NpyDtype::I64 => "<i8",
+            NpyDtype::I16 => "<i2",
+            NpyDtype::U16 => "<u2",
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            NpyDtype::F32 | NpyDtype::I32 => 4,
+            NpyDtype::I64 => 8,
+            NpyDtype::F16 | NpyDtype::I16 | NpyDtype::U16 => 2,
+        }
+    }
+
+    fn from_descr(descr: &str) -> Option<Self> {
+        [
+            NpyDtype::F32,
+            NpyDtype::F16,
+            NpyDtype::I32,
+            NpyDtype::I64,
+            NpyDtype::I16,
+            NpyDtype::U16,
+        ]
+        .into_iter()
+        .find(|d| d.descr() == descr)
+    }
+}
+
+/// The header of an `.npy` file: element type, C-order shape, and where the data starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub dtype: NpyDtype,
+    pub shape: Vec<usize>,
+    pub data_offset: usize,
+}
+
+impl NpyHeader {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Header bytes (magic, version, length, dict, padding) for `dtype` and `shape`.
+pub fn header_bytes(dtype: NpyDtype, shape: &[usize]) -> Vec<u8> {
+    let shape_text = match shape {
+        [n] => format!("({n},)"),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}",
+        dtype.descr()
+    );
+    // magic (6) + version (2) + header length (2) + dict + '\n', padded with spaces to ALIGN.
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.next_multiple_of(ALIGN) - unpadded));
+    dict.push('\n');
+    let mut out = Vec::with_capacity(10 + dict.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// Writes a whole array (`bytes` little-endian, C order) to `path`, fsynced.
+pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], bytes: &[u8]) -> std::io::Result<()> {
+    let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+    if bytes.len() != expected {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes for shape {shape:?} of {}", bytes.len(), dtype.descr()),
+        ));
+    }
+    let file = File::create(path)?;
+    let mut w = BufWriter::new(file);
+    w.write_all(&header_bytes(dtype, shape))?;
+    w.write_all(bytes)?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+/// Reads and checks the header of an `.npy` file (versions 1–3, little-endian, C order).
+pub fn read_header(path: &Path) -> Result<NpyHeader, String> {
+    let mut file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut prefix = [0u8; 12];
+    file.read_exact(&mut prefix[..10])
+        .map_err(|_| format!("{}: too short to be an .npy file", path.display()))?;
+    if &prefix[..6] != MAGIC {
+        return Err(format!("{}: not an .npy file (bad magic)", path.display()));
+    }
+    let (len, start) = match prefix[6] {
+        1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10),
+        2 | 3 => {
+            file.read_exact(&mut prefix[10..12])
+                .map_err(|_| format!("{}: truncated header", path.display()))?;
+            (
+                u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize,
+                12,
+            )
+        }
+        v => return Err(format!("{}: unsupported .npy version {v}", path.display())),
+    };
+    if len > 1 << 20 {
+        return Err(format!("{}: implausible header length {len}", path.display()));
+    }
+    let mut dict = vec![0u8; len];
+    file.read_exact(&mut dict)
+        .map_err(|_| format!("{}: truncated header", path.display()))?;
+    let dict = String::from_utf8_lossy(&dict);
+    let field = |key: &str| -> Option<String> {
+        let at = dict.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = dict[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest.to_string())
+    };
+    let descr = field("descr")
+        .and_then(|r| {
+            r.strip_prefix('\'')
+                .and_then(|r| r.split('\'').next().map(str::to_string))
+        })
+        .ok_or_else(|| format!("{}: header has no descr", path.display()))?;
+    let dtype = NpyDtype::from_descr(&descr).ok_or_else(|| {
+        format!(
+            "{}: element type {descr} is not one scinterp stores",
+            path.display()
+        )
+    })?;
+    if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
+        return Err(format!(
+            "{}: Fortran-order arrays are not supported",
+            path.display()
+        ));
+    }
+    let shape_text = field("shape")
+        .and_then(|r| {
+            r.strip_prefix('(')
+                .and_then(|r| r.split(')').next().map(str::to_string))
+        })
+        .ok_or_else(|| format!("{}: header has no shape", path.display()))?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("{}: bad shape ({shape_text})", path.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NpyHeader {
+        dtype,
+        shape,
+        data_offset: start + len,
+    })
+}
+
+/// Reads a whole 1-D or N-D array as raw little-endian bytes, checking the file length.
+pub fn read_npy_bytes(path: &Path) -> Result<(NpyHeader, Vec<u8>), String> {
+    let header = read_header(path)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let need = header.numel() * header.dtype.size_in_bytes();
+    let data = bytes.get(header.data_offset..).unwrap_or(&[]);
+    if data.len() != need {
+        return Err(format!(
+            "{}: holds {} data bytes but its header announces {need} (truncated or corrupt file)",
+            path.display(),
+            data.len()
+        ));
+    }
+    Ok((header, data.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_aligns_the_data() {
+        let dir = std::env::temp_dir().join(format!("scinterp-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.npy");
+        let values: Vec<i64> = vec![0, 5, 9, -3];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_npy(&path, NpyDtype::I64, &[2, 2], &bytes).unwrap();
+        let (h, data) = read_npy_bytes(&path).unwrap();
+        assert_eq!((h.dtype, h.shape.clone()), (NpyDtype::I64, vec![2, 2]));
+        assert_eq!(h.data_offset % ALIGN, 0);
+        assert_eq!(data, bytes);
+        write_npy(&path, NpyDtype::F32, &[3], &[0u8; 12]).unwrap();
+        assert_eq!(read_header(&path).unwrap().shape, vec![3]);
+        assert!(write_npy(&path, NpyDtype::F32, &[3], &[0u8; 8]).is_err());
+        // Truncation is detected.
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 4]).unwrap();
+        assert!(read_npy_bytes(&path).unwrap_err().contains("truncated"));
+        std::fs::write(&path, b"not npy").unwrap();
+        assert!(read_header(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

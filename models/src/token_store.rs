@@ -1,0 +1,345 @@
+//! The token store: tokenized cells on disk, readable from Python without scinterp.
+//!
+//! A directory holding
+//! - `manifest.json`: tokenizer kind, version and options, sha256 of every dictionary and of the source
+//!   file, cell and token counts;
+//! - `tokens.npy` (int32, all cells packed end to end) and `offsets.npy` (int64, `n_cells + 1`): cell `c`
+//!   is `tokens[offsets[c]:offsets[c+1]]`;
+//! - `values.npy` (float32, packed like the tokens; scGPT's expression bins only);
+//! - `cells.tsv`: the cell name and the obs columns asked for, one row per kept cell.
+//!
+//! The store is written into a temporary sibling directory and renamed into place, so a killed run
+//! never leaves a half-written store under the final name.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use scinterp_engine::npy::{read_npy_bytes, write_npy, NpyDtype};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const FORMAT: &str = "scinterp-token-store";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStoreError {
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; remove it, choose another --out, or pass --overwrite")]
+    Exists { path: PathBuf },
+}
+
+/// `manifest.json` of a token store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenStoreManifest {
+    pub format: String,
+    pub format_version: u32,
+    /// `geneformer` or `scgpt`.
+    pub tokenizer: String,
+    /// e.g. `V2`, `V1`, `whole-human`.
+    pub tokenizer_version: String,
+    /// Every option that changes the tokens (input size, CLS value, seed, id kind, …).
+    pub options: serde_json::Value,
+    /// File name → sha256 of each dictionary / vocabulary used.
+    pub dictionaries: BTreeMap<String, String>,
+    pub source_path: String,
+    pub source_sha256: String,
+    pub n_cells: usize,
+    pub n_tokens: usize,
+    pub max_len: usize,
+    pub has_values: bool,
+    /// Cells of the source that produced no token (not in the store).
+    pub n_cells_dropped: usize,
+    pub scinterp_version: String,
+}
+
+/// A token store in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenStore {
+    pub manifest: TokenStoreManifest,
+    pub cells: Vec<Vec<u32>>,
+    pub values: Option<Vec<Vec<f32>>>,
+    /// Header and rows of `cells.tsv`.
+    pub cell_table: (Vec<String>, Vec<Vec<String>>),
+}
+
+/// sha256 of a file (or of every file of a directory, in name order), hex.
+pub fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut files = vec![path.to_path_buf()];
+    if path.is_dir() {
+        files = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files.iter().filter(|f| f.is_file()) {
+        let mut file = std::fs::File::open(f)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn clean_field(s: &str) -> String {
+    s.replace(['\t', '\n', '\r'], " ")
+}
+
+impl TokenStore {
+    /// Writes the store to `dir` atomically. An existing `dir` is an error unless `overwrite`.
+    pub fn write(&self, dir: &Path, overwrite: bool) -> Result<(), TokenStoreError> {
+        if dir.exists() && !overwrite {
+            return Err(TokenStoreError::Exists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "store".into());
+        let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let result = self.write_into(&tmp).and_then(|()| {
+            let werr = |source| TokenStoreError::Write {
+                path: dir.to_path_buf(),
+                source,
+            };
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).map_err(werr)?;
+            }
+            std::fs::rename(&tmp, dir).map_err(werr)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_into(&self, dir: &Path) -> Result<(), TokenStoreError> {
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TokenStoreError::Write { path, source }
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(werr(dir))?;
+        }
+        std::fs::create_dir_all(dir).map_err(werr(dir))?;
+        let tokens: Vec<i32> = self.cells.iter().flatten().map(|&t| t as i32).collect();
+        let mut offsets = vec![0i64];
+        for c in &self.cells {
+            offsets.push(offsets.last().copied().unwrap_or(0) + c.len() as i64);
+        }
+        let p = dir.join("tokens.npy");
+        write_npy(&p, NpyDtype::I32, &[tokens.len()], bytemuck::cast_slice(&tokens)).map_err(werr(&p))?;
+        let p = dir.join("offsets.npy");
+        write_npy(
+            &p,
+            NpyDtype::I64,
+            &[offsets.len()],
+            bytemuck::cast_slice(&offsets),
+        )
+        .map_err(werr(&p))?;
+        if let Some(values) = &self.values {
+            let flat: Vec<f32> = values.iter().flatten().copied().collect();
+            let p = dir.join("values.npy");
+            write_npy(&p, NpyDtype::F32, &[flat.len()], bytemuck::cast_slice(&flat)).map_err(werr(&p))?;
+        }
+        let (header, rows) = &self.cell_table;
+        let mut tsv = header
+            .iter()
+            .map(|h| clean_field(h))
+            .collect::<Vec<_>>()
+            .join("\t");
+        tsv.push('\n');
+        for row in rows {
+            tsv.push_str(&row.iter().map(|f| clean_field(f)).collect::<Vec<_>>().join("\t"));
+            tsv.push('\n');
+        }
+        let p = dir.join("cells.tsv");
+        std::fs::write(&p, tsv).map_err(werr(&p))?;
+        let p = dir.join("manifest.json");
+        let text = serde_json::to_string_pretty(&self.manifest).map_err(|e| TokenStoreError::Invalid {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&p, text).map_err(werr(&p))?;
+        Ok(())
+    }
+
+    /// Reads a store, checking that its arrays agree with each other and with the manifest.
+    pub fn read(dir: &Path) -> Result<TokenStore, TokenStoreError> {
+        let invalid = |path: &Path, reason: String| TokenStoreError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mpath = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mpath).map_err(|e| {
+            invalid(
+                &mpath,
+                format!(
+                    "{e}; is {} a token store (made by `scinterp tokenize`)?",
+                    dir.display()
+                ),
+            )
+        })?;
+        let manifest: TokenStoreManifest = serde_json::from_str(&text)
+            .map_err(|e| invalid(&mpath, format!("not a token-store manifest: {e}")))?;
+        if manifest.format != FORMAT || manifest.format_version > FORMAT_VERSION {
+            return Err(invalid(
+                &mpath,
+                format!(
+                    "format {} v{} is not one this scinterp reads",
+                    manifest.format, manifest.format_version
+                ),
+            ));
+        }
+        let read = |name: &str, dtype: NpyDtype| -> Result<Vec<u8>, TokenStoreError> {
+            let p = dir.join(name);
+            let (h, bytes) = read_npy_bytes(&p).map_err(|e| invalid(&p, e))?;
+            if h.dtype != dtype || h.shape.len() != 1 {
+                return Err(invalid(&p, format!("expected a 1-D {} array", dtype.descr())));
+            }
+            Ok(bytes)
+        };
+        let tokens: Vec<i32> = bytemuck::pod_collect_to_vec(&read("tokens.npy", NpyDtype::I32)?);
+        let offsets: Vec<i64> = bytemuck::pod_collect_to_vec(&read("offsets.npy", NpyDtype::I64)?);
+        let opath = dir.join("offsets.npy");
+        if offsets.len() != manifest.n_cells + 1
+            || offsets.first() != Some(&0)
+            || offsets.last() != Some(&(tokens.len() as i64))
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err(invalid(
+                &opath,
+                "offsets disagree with tokens.npy or the manifest (corrupt store)".into(),
+            ));
+        }
+        if tokens.iter().any(|&t| t < 0) {
+            return Err(invalid(&dir.join("tokens.npy"), "negative token id".into()));
+        }
+        let cells: Vec<Vec<u32>> = offsets
+            .windows(2)
+            .map(|w| {
+                tokens[w[0] as usize..w[1] as usize]
+                    .iter()
+                    .map(|&t| t as u32)
+                    .collect()
+            })
+            .collect();
+        let values = if manifest.has_values {
+            let flat: Vec<f32> = bytemuck::pod_collect_to_vec(&read("values.npy", NpyDtype::F32)?);
+            if flat.len() != tokens.len() {
+                return Err(invalid(
+                    &dir.join("values.npy"),
+                    "values and tokens differ in length".into(),
+                ));
+            }
+            Some(
+                offsets
+                    .windows(2)
+                    .map(|w| flat[w[0] as usize..w[1] as usize].to_vec())
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let tpath = dir.join("cells.tsv");
+        let tsv = std::fs::read_to_string(&tpath).map_err(|e| invalid(&tpath, e.to_string()))?;
+        let mut lines = tsv.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or("")
+            .split('\t')
+            .map(str::to_string)
+            .collect();
+        let rows: Vec<Vec<String>> = lines
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect();
+        if rows.len() != manifest.n_cells {
+            return Err(invalid(
+                &tpath,
+                format!("{} rows for {} cells", rows.len(), manifest.n_cells),
+            ));
+        }
+        Ok(TokenStore {
+            manifest,
+            cells,
+            values,
+            cell_table: (header, rows),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> TokenStore {
+        let cells = vec![vec![2u32, 10, 11, 3], vec![2, 7, 3]];
+        TokenStore {
+            manifest: TokenStoreManifest {
+                format: FORMAT.into(),
+                format_version: FORMAT_VERSION,
+                tokenizer: "geneformer".into(),
+                tokenizer_version: "V2".into(),
+                options: serde_json::json!({ "model_input_size": 4096 }),
+                dictionaries: BTreeMap::new(),
+                source_path: "x.h5ad".into(),
+                source_sha256: "00".into(),
+                n_cells: 2,
+                n_tokens: 7,
+                max_len: 4,
+                has_values: true,
+                n_cells_dropped: 1,
+                scinterp_version: "test".into(),
+            },
+            cells,
+            values: Some(vec![vec![-2.0, 1.0, 2.0, 3.0], vec![-2.0, 5.0, 1.0]]),
+            cell_table: (
+                vec!["cell".into(), "type".into()],
+                vec![vec!["a".into(), "T".into()], vec!["b".into(), "B\tx".into()]],
+            ),
+        }
+    }
+
+    #[test]
+    fn round_trips_refuses_to_clobber_and_detects_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let s = store();
+        s.write(&dir, false).unwrap();
+        let back = TokenStore::read(&dir).unwrap();
+        assert_eq!(back.cells, s.cells);
+        assert_eq!(back.values, s.values);
+        assert_eq!(back.cell_table.1[1], vec!["b".to_string(), "B x".to_string()]);
+        assert!(matches!(
+            s.write(&dir, false),
+            Err(TokenStoreError::Exists { .. })
+        ));
+        s.write(&dir, true).unwrap();
+        // No temporary directory is left behind.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        // A truncated array is reported with its file name.
+        let t = dir.join("tokens.npy");
+        let bytes = std::fs::read(&t).unwrap();
+        std::fs::write(&t, &bytes[..bytes.len() - 4]).unwrap();
+        let err = TokenStore::read(&dir).unwrap_err().to_string();
+        assert!(err.contains("tokens.npy") && err.contains("truncated"), "{err}");
+        assert!(TokenStore::read(tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("token store"));
+    }
+}

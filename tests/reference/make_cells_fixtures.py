@@ -1,0 +1,160 @@
+"""Writes the small h5ad / loom fixtures read by `models/src/cells/{h5ad,loom}.rs` tests.
+
+One seeded 30 cells x 40 genes count matrix is written in every layout the readers support:
+
+- `dense.h5ad`        X dense float32, uncompressed (anndata's current layout)
+- `csr_gzip.h5ad`     X csr_matrix with int32 data, gzip-compressed chunks
+- `csr_lzf.h5ad`      X csr_matrix float32, lzf-compressed chunks (h5py's own filter, id 32000)
+- `csc.h5ad`          X csc_matrix float64
+- `raw_layers.h5ad`   X = log1p-normalised first 30 genes, `layers/counts` = counts of those 30 genes,
+                      `raw/X` + `raw/var` = counts of all 40 genes
+- `legacy_07.h5ad`    hand-written anndata 0.7 layout: dataframe groups with an `_index` attribute,
+                      categoricals as integer codes plus `__categories/<col>`, X csr without
+                      `encoding-type` but with `h5sparse_format`
+- `cells.loom`        loompy file: /matrix genes x cells, row_attrs Gene + Accession, col_attrs CellID
+- `expected.json`     the dense counts (cells x genes), gene ids / symbols, cell names and obs columns
+
+Run (from the repository root):
+
+    python3 -m venv /tmp/pyenv/venv
+    /tmp/pyenv/venv/bin/pip install anndata h5py scipy loompy
+    /tmp/pyenv/venv/bin/python tests/reference/make_cells_fixtures.py
+
+Checked with anndata 0.12.19, h5py 3.16.0, loompy 3.0.8.
+"""
+
+import json
+import os
+
+import anndata as ad
+import h5py
+import loompy
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "cells")
+N_CELLS, N_GENES, N_HVG = 30, 40, 30
+
+
+def make_data():
+    rng = np.random.default_rng(20240611)
+    counts = rng.poisson(1.2, size=(N_CELLS, N_GENES)) * (rng.random((N_CELLS, N_GENES)) < 0.45)
+    counts[3, :] = 0  # one empty cell
+    counts[:, 7] = 0  # one gene never seen
+    counts[0, 0] = 1234  # one large count
+    gene_ids = [f"ENSG{100000 + 37 * g:011d}" for g in range(N_GENES)]
+    symbols = [f"GENE{g}" if g % 5 else f"MT-G{g}" for g in range(N_GENES)]
+    cells = [f"AAACCTG{c:03d}-1" for c in range(N_CELLS)]
+    cell_type = np.array(["B cell", "T cell", "NK cell"])[rng.integers(0, 3, N_CELLS)]
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(cell_type, categories=["B cell", "NK cell", "T cell"]),
+            "n_counts": counts.sum(axis=1).astype(np.float32),
+            "n_genes": (counts > 0).sum(axis=1).astype(np.int64),
+            "donor": [f"donor{c % 2}" for c in range(N_CELLS)],
+        },
+        index=pd.Index(cells, name="barcode"),
+    )
+    var = pd.DataFrame(
+        {"gene_symbols": symbols, "ensembl": gene_ids, "highly_variable": [g < N_HVG for g in range(N_GENES)]},
+        index=pd.Index(gene_ids),
+    )
+    return counts.astype(np.int64), obs, var
+
+
+def write_legacy_07(path, counts, obs, var):
+    """anndata 0.7.x layout, written by hand (anndata >= 0.8 cannot write it any more)."""
+    csr = sp.csr_matrix(counts.astype(np.float32))
+    vlen = h5py.string_dtype("utf-8")
+    with h5py.File(path, "w") as f:
+        x = f.create_group("X")
+        x.attrs["h5sparse_format"] = "csr"
+        x.attrs["h5sparse_shape"] = np.array(counts.shape)
+        x.create_dataset("data", data=csr.data)
+        x.create_dataset("indices", data=csr.indices.astype(np.int32))
+        x.create_dataset("indptr", data=csr.indptr.astype(np.int32))
+        g = f.create_group("obs")
+        g.attrs["_index"] = "index"
+        g.attrs["column-order"] = np.array(["cell_type", "n_counts", "n_genes", "donor"], dtype=object)
+        g.attrs["encoding-type"] = "dataframe"
+        g.attrs["encoding-version"] = "0.1.0"
+        g.create_dataset("index", data=np.array(obs.index, dtype=object), dtype=vlen)
+        cats = g.create_group("__categories")
+        cd = cats.create_dataset("cell_type", data=np.array(obs["cell_type"].cat.categories, dtype=object), dtype=vlen)
+        codes = g.create_dataset("cell_type", data=obs["cell_type"].cat.codes.to_numpy().astype(np.int8))
+        codes.attrs["categories"] = cd.ref
+        g.create_dataset("n_counts", data=obs["n_counts"].to_numpy())
+        g.create_dataset("n_genes", data=obs["n_genes"].to_numpy())
+        g.create_dataset("donor", data=np.array(obs["donor"], dtype=object), dtype=vlen)
+        v = f.create_group("var")
+        v.attrs["_index"] = "index"
+        v.attrs["column-order"] = np.array(["gene_symbols"], dtype=object)
+        v.attrs["encoding-type"] = "dataframe"
+        v.attrs["encoding-version"] = "0.1.0"
+        v.create_dataset("index", data=np.array(var.index, dtype=object), dtype=vlen)
+        v.create_dataset("gene_symbols", data=np.array(var["gene_symbols"], dtype=object), dtype=vlen)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    counts, obs, var = make_data()
+
+    a = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=var)
+    a.write_h5ad(os.path.join(OUT, "dense.h5ad"))
+
+    a = ad.AnnData(X=sp.csr_matrix(counts.astype(np.int32)), obs=obs, var=var)
+    a.write_h5ad(os.path.join(OUT, "csr_gzip.h5ad"), compression="gzip")
+
+    a = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
+    a.write_h5ad(os.path.join(OUT, "csr_lzf.h5ad"), compression="lzf")
+
+    a = ad.AnnData(X=sp.csc_matrix(counts.astype(np.float64)), obs=obs, var=var)
+    a.write_h5ad(os.path.join(OUT, "csc.h5ad"))
+
+    full = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
+    full.raw = full
+    sub = full[:, :N_HVG].copy()
+    sub.layers["counts"] = sub.X.copy()
+    lib = np.maximum(counts[:, :N_HVG].sum(axis=1, keepdims=True), 1)
+    sub.X = sp.csr_matrix(np.log1p(counts[:, :N_HVG] / lib * 1e4).astype(np.float32))
+    sub.write_h5ad(os.path.join(OUT, "raw_layers.h5ad"), compression="gzip")
+
+    write_legacy_07(os.path.join(OUT, "legacy_07.h5ad"), counts, obs, var)
+
+    loom_path = os.path.join(OUT, "cells.loom")
+    if os.path.exists(loom_path):
+        os.remove(loom_path)
+    loompy.create(
+        loom_path,
+        counts.T.astype(np.float32),
+        row_attrs={"Gene": np.array(var["gene_symbols"]), "Accession": np.array(var.index)},
+        col_attrs={
+            "CellID": np.array(obs.index),
+            "cell_type": np.array(obs["cell_type"].astype(str)),
+            "n_counts": obs["n_counts"].to_numpy().astype(np.float64),
+        },
+    )
+
+    expected = {
+        "n_cells": N_CELLS,
+        "n_genes": N_GENES,
+        "n_hvg": N_HVG,
+        "counts": counts.tolist(),
+        "gene_ids": list(var.index),
+        "gene_symbols": list(var["gene_symbols"]),
+        "cell_names": list(obs.index),
+        "obs": {
+            "cell_type": [str(x) for x in obs["cell_type"]],
+            "n_counts": [float(x) for x in obs["n_counts"]],
+            "n_genes": [float(x) for x in obs["n_genes"]],
+            "donor": list(obs["donor"]),
+        },
+    }
+    with open(os.path.join(OUT, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
