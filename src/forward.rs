@@ -10,6 +10,7 @@ use scinterp_engine::batching::group_by_token_budget;
 use scinterp_engine::{run as run_encoder, Encoder, HookPlan, HookPoint, PackedBatch, Start};
 use scinterp_models::checkpoint::{write_safetensors, TensorToWrite};
 use scinterp_models::geneformer::{Geneformer, LoadOptions};
+use scinterp_models::token_store::TokenStore;
 use serde::Serialize;
 
 use crate::tokens_json::read_input_ids;
@@ -19,7 +20,8 @@ pub struct ForwardArgs {
     /// Model folder: config.json with model.safetensors or pytorch_model.bin.
     #[arg(long)]
     model: PathBuf,
-    /// Token ids as JSON: {"input_ids": [[...], ...]}, one list per cell (lengths may differ).
+    /// Cells: token ids as JSON, {"input_ids": [[...], ...]} (one list per cell, lengths may differ), or a
+    /// Geneformer token store made by `scinterp tokenize`.
     #[arg(long)]
     input: PathBuf,
     /// Hooks to capture: a comma list (e.g. hook_embed,blocks.3.hook_resid_post) or `all`.
@@ -55,7 +57,7 @@ pub struct ForwardSummary {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
-    let cells = read_input_ids(&args.input)?;
+    let cells = read_cells(&args.input)?;
     let model = load_geneformer(&args.model, args.logits)?;
     let hooks = parse_hooks(&args.hooks, model.dims().n_layers)?;
     if hooks.is_empty() && !args.logits {
@@ -83,6 +85,25 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// Token lists from a JSON file or a token store folder.
+fn read_cells(input: &Path) -> Result<Vec<Vec<u32>>> {
+    if !input.is_dir() {
+        return read_input_ids(input);
+    }
+    let store = TokenStore::read(input)?;
+    if store.manifest.tokenizer != "geneformer" {
+        bail!(
+            "{}: a {} token store; this forward pass runs Geneformer models (scGPT support comes with its model)",
+            input.display(),
+            store.manifest.tokenizer
+        );
+    }
+    if store.cells.is_empty() {
+        bail!("{}: the token store holds no cells", input.display());
+    }
+    Ok(store.cells)
 }
 
 pub fn load_geneformer(dir: &Path, with_head: bool) -> Result<Geneformer> {

@@ -1,16 +1,20 @@
-//! `scinterp tokenize`: real cells in (10x folder; h5ad and loom as their readers land), a token store out.
+//! `scinterp tokenize`: real cells in (.h5ad, 10x MatrixMarket folder, .loom), a token store out, for
+//! Geneformer (V1/V2 rank value encoding) or scGPT (binned values).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use scinterp_models::cells::h5ad::{read_h5ad, H5adOptions};
+use scinterp_models::cells::loom::read_loom;
 use scinterp_models::cells::tenx::read_10x_mtx;
 use scinterp_models::cells::{CountMatrix, GeneIdColumn, ObsColumn};
 use scinterp_models::token_store::{sha256_of, TokenStore, TokenStoreManifest, FORMAT, FORMAT_VERSION};
 use scinterp_models::tokenize::geneformer::{
     GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, TokenizerOptions,
 };
+use scinterp_models::tokenize::scgpt::{ScgptArgs, ScgptTokenizer, ScgptTokenizerOptions, ScgptVocab};
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -19,6 +23,8 @@ pub enum TokenizerKind {
     GeneformerV2,
     /// Geneformer V1 (10M, 12L): rank value encoding, no special tokens, 2,048 tokens.
     GeneformerV1,
+    /// scGPT whole-human: gene symbols, per-cell binned values, `<cls>` first, 1,200 tokens.
+    Scgpt,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -31,21 +37,45 @@ pub enum GeneIds {
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
-    /// Cells: a 10x MatrixMarket folder (matrix.mtx[.gz], features.tsv[.gz] or genes.tsv, barcodes.tsv[.gz]).
+    /// Cells: an .h5ad file, a .loom file, or a 10x MatrixMarket folder (matrix.mtx[.gz],
+    /// features.tsv[.gz] or genes.tsv, barcodes.tsv[.gz]). Raw counts, all genes (no feature selection).
     #[arg(long)]
     input: PathBuf,
     /// Which model's tokenizer.
     #[arg(long, value_enum)]
     model: TokenizerKind,
-    /// Folder with the model's dictionary pickles (token, median, gene name, Ensembl mapping).
-    #[arg(long)]
-    dictionaries: PathBuf,
-    /// Which gene identifiers to read from the input.
+    /// Geneformer: folder with the dictionary pickles (token, median, gene name, Ensembl mapping).
+    #[arg(long, required_if_eq_any = [("model", "geneformer-v2"), ("model", "geneformer-v1")])]
+    dictionaries: Option<PathBuf>,
+    /// scGPT: the model folder holding vocab.json (and args.json, read when present).
+    #[arg(long, required_if_eq("model", "scgpt"))]
+    vocab: Option<PathBuf>,
+    /// Geneformer: whether the gene ids are Ensembl ids or symbols. For a 10x folder this also picks
+    /// the column of features.tsv (scGPT always reads symbols).
     #[arg(long, value_enum, default_value = "ensembl")]
     gene_ids: GeneIds,
-    /// Tokens per cell including specials (default: the model's native size, 4,096 for V2, 2,048 for V1).
+    /// h5ad: the var column holding the gene ids (default: the var index); loom: the row attribute
+    /// (default: ensembl_id, Accession or Gene).
+    #[arg(long)]
+    gene_id_column: Option<String>,
+    /// h5ad: read the counts from `layers/<NAME>` instead of X.
+    #[arg(long)]
+    layer: Option<String>,
+    /// h5ad: read the counts from `raw/X` (with `raw/var`).
+    #[arg(long)]
+    use_raw: bool,
+    /// Cell annotation columns to keep in cells.tsv (comma list; h5ad obs or loom column attributes).
+    #[arg(long, value_delimiter = ',')]
+    obs_columns: Vec<String>,
+    /// Tokens per cell including specials (default: the model's native size: 4,096 V2, 2,048 V1, 1,200 scGPT).
     #[arg(long)]
     max_len: Option<usize>,
+    /// scGPT: seed of the random bin draws at repeated quantile edges and of the subsampling of long cells.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// scGPT: the value of `<cls>`: -2 (pretraining / zero-shot convention) or 0 (tutorial convention).
+    #[arg(long, default_value_t = -2.0, allow_negative_numbers = true)]
+    cls_value: f32,
     /// Output token-store folder.
     #[arg(long)]
     out: PathBuf,
@@ -58,23 +88,43 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(args: TokenizeArgs) -> Result<()> {
-    let column = match args.gene_ids {
-        GeneIds::Ensembl => GeneIdColumn::Id,
-        GeneIds::Symbol => GeneIdColumn::Symbol,
-    };
-    let matrix = read_cells(&args.input, column)?;
+    let scgpt = matches!(args.model, TokenizerKind::Scgpt);
+    let matrix = read_cells(&args, scgpt)?;
     tracing::info!(
         "read {} cells × {} genes from {}",
         matrix.n_cells,
         matrix.n_genes,
         args.input.display()
     );
-
-    let version = match args.model {
-        TokenizerKind::GeneformerV2 => GeneformerVersion::V2,
-        TokenizerKind::GeneformerV1 => GeneformerVersion::V1,
+    let store = if scgpt {
+        tokenize_scgpt(&args, &matrix)?
+    } else {
+        tokenize_geneformer(&args, &matrix)?
     };
-    let dicts = GeneformerDictionaries::load(version, &args.dictionaries)?;
+    store.write(&args.out, args.overwrite)?;
+    tracing::info!(
+        "wrote {} ({} cells, {} tokens, {} cells dropped for having no token)",
+        args.out.display(),
+        store.manifest.n_cells,
+        store.manifest.n_tokens,
+        store.manifest.n_cells_dropped
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&store.manifest)?);
+    }
+    Ok(())
+}
+
+fn tokenize_geneformer(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<TokenStore> {
+    let dir = args
+        .dictionaries
+        .as_deref()
+        .context("--dictionaries is required for Geneformer")?;
+    let version = match args.model {
+        TokenizerKind::GeneformerV1 => GeneformerVersion::V1,
+        _ => GeneformerVersion::V2,
+    };
+    let dicts = GeneformerDictionaries::load(version, dir)?;
     let mut options = TokenizerOptions::new(version);
     options.gene_id_kind = match args.gene_ids {
         GeneIds::Ensembl => GeneIdKind::Ensembl,
@@ -85,88 +135,193 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     }
     let tokenizer = GeneformerTokenizer::new(&dicts, options)?;
     let tokenized = tokenizer
-        .tokenize(&matrix)
+        .tokenize(matrix)
         .with_context(|| format!("tokenizing {}", args.input.display()))?;
     let stats = &tokenized.stats;
     tracing::info!(
-        "{} of {} genes map to the {version} vocabulary ({} unmapped, e.g. {:?}); {} cells kept, {} dropped (no token)",
+        "{} of {} genes map to the {version} vocabulary ({} unmapped, e.g. {:?})",
         stats.n_genes_mapped,
         stats.n_genes,
         stats.n_genes_unmapped,
-        stats.unmapped_examples.iter().take(3).collect::<Vec<_>>(),
-        tokenized.tokens.len(),
-        tokenized.dropped_cells.len()
+        stats.unmapped_examples.iter().take(3).collect::<Vec<_>>()
     );
-
     let mut dictionaries = BTreeMap::new();
     for name in version.dictionary_files() {
-        let path = args.dictionaries.join(&name);
+        let path = dir.join(&name);
         dictionaries.insert(
             name,
             sha256_of(&path).with_context(|| format!("hashing {}", path.display()))?,
         );
     }
-    let n_tokens = tokenized.tokens.iter().map(Vec::len).sum();
-    let max_len = tokenized.tokens.iter().map(Vec::len).max().unwrap_or(0);
-    let header = cell_table_header(&matrix);
-    let rows = tokenized
-        .kept_cells
-        .iter()
-        .map(|&c| cell_table_row(&matrix, c))
-        .collect();
-    let store = TokenStore {
+    let options = json!({
+        "model_input_size": tokenizer.options().model_input_size,
+        "gene_id_kind": format!("{:?}", tokenizer.options().gene_id_kind),
+        "collapse_gene_ids": tokenizer.options().collapse_gene_ids,
+        "n_counts_computed": stats.n_counts_computed,
+        "tie_rule": "descending normalised value, ties by ascending first source column",
+    });
+    build_store(
+        args,
+        matrix,
+        ("geneformer", version.to_string(), options, dictionaries),
+        tokenized.tokens,
+        None,
+        &tokenized.kept_cells,
+        tokenized.dropped_cells.len(),
+    )
+}
+
+fn tokenize_scgpt(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<TokenStore> {
+    let dir = args.vocab.as_deref().context("--vocab is required for scGPT")?;
+    let vocab_path = dir.join("vocab.json");
+    let args_path = dir.join("args.json");
+    let vocab = ScgptVocab::load(&vocab_path)?;
+    let model_args = if args_path.is_file() {
+        ScgptArgs::load(&args_path)?
+    } else {
+        ScgptArgs::default()
+    };
+    let mut options = ScgptTokenizerOptions::from_args(&model_args);
+    options.cls_value = args.cls_value;
+    options.seed = args.seed;
+    if let Some(n) = args.max_len {
+        options.max_seq_len = n;
+    }
+    let tokenizer = ScgptTokenizer::new(vocab, options)?;
+    let cells = tokenizer
+        .tokenize(matrix)
+        .with_context(|| format!("tokenizing {}", args.input.display()))?;
+    let stats = &cells.stats;
+    tracing::info!(
+        "{} of {} genes match the scGPT vocabulary ({} unmatched, e.g. {:?}); {} cells subsampled to {} tokens",
+        stats.n_genes_matched,
+        stats.n_genes,
+        stats.n_genes_unmatched,
+        stats.unmatched_examples.iter().take(3).collect::<Vec<_>>(),
+        stats.n_cells_sampled,
+        tokenizer.options().max_seq_len
+    );
+    let mut dictionaries = BTreeMap::new();
+    for path in [&vocab_path, &args_path] {
+        if path.is_file() {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            dictionaries.insert(
+                name,
+                sha256_of(path).with_context(|| format!("hashing {}", path.display()))?,
+            );
+        }
+    }
+    let o = tokenizer.options();
+    let options = json!({
+        "max_seq_len": o.max_seq_len,
+        "n_bins": o.n_bins,
+        "cls_value": o.cls_value,
+        "pad_id": tokenizer.pad_id(),
+        "pad_value": o.pad_value,
+        "seed": o.seed,
+        "binning": "per-cell quantile edges of the non-zero values; random bin at repeated edges (seeded)",
+    });
+    build_store(
+        args,
+        matrix,
+        ("scgpt", "whole-human".to_string(), options, dictionaries),
+        cells.gene_ids,
+        Some(cells.values),
+        &cells.kept_cells,
+        cells.dropped_cells.len(),
+    )
+}
+
+type TokenizerInfo = (&'static str, String, serde_json::Value, BTreeMap<String, String>);
+
+fn build_store(
+    args: &TokenizeArgs,
+    matrix: &CountMatrix,
+    (kind, version, options, dictionaries): TokenizerInfo,
+    cells: Vec<Vec<u32>>,
+    values: Option<Vec<Vec<f32>>>,
+    kept_cells: &[usize],
+    n_dropped: usize,
+) -> Result<TokenStore> {
+    let header = cell_table_header(matrix);
+    let rows = kept_cells.iter().map(|&c| cell_table_row(matrix, c)).collect();
+    Ok(TokenStore {
         manifest: TokenStoreManifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
-            tokenizer: "geneformer".into(),
-            tokenizer_version: version.to_string(),
-            options: json!({
-                "model_input_size": tokenizer.options().model_input_size,
-                "gene_id_kind": format!("{:?}", tokenizer.options().gene_id_kind),
-                "collapse_gene_ids": tokenizer.options().collapse_gene_ids,
-                "n_counts_computed": stats.n_counts_computed,
-                "tie_rule": "descending normalised value, ties by ascending first source column",
-            }),
+            tokenizer: kind.into(),
+            tokenizer_version: version,
+            options,
             dictionaries,
             source_path: args.input.display().to_string(),
             source_sha256: sha256_of(&args.input)
                 .with_context(|| format!("hashing {}", args.input.display()))?,
-            n_cells: tokenized.tokens.len(),
-            n_tokens,
-            max_len,
-            has_values: false,
-            n_cells_dropped: tokenized.dropped_cells.len(),
+            n_cells: cells.len(),
+            n_tokens: cells.iter().map(Vec::len).sum(),
+            max_len: cells.iter().map(Vec::len).max().unwrap_or(0),
+            has_values: values.is_some(),
+            n_cells_dropped: n_dropped,
             scinterp_version: env!("CARGO_PKG_VERSION").into(),
         },
-        cells: tokenized.tokens,
-        values: None,
+        cells,
+        values,
         cell_table: (header, rows),
-    };
-    store.write(&args.out, args.overwrite)?;
-    tracing::info!(
-        "wrote {} ({} cells, {} tokens)",
-        args.out.display(),
-        store.manifest.n_cells,
-        n_tokens
-    );
-    if args.json {
-        println!("{}", serde_json::to_string(&store.manifest)?);
-    }
-    Ok(())
+    })
 }
 
 /// Reads a count matrix, choosing the reader from what the path is.
-fn read_cells(input: &Path, column: GeneIdColumn) -> Result<CountMatrix> {
+fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
+    let input = &args.input;
     if input.is_dir() {
+        let column = match (scgpt, args.gene_ids) {
+            (true, _) | (false, GeneIds::Symbol) => GeneIdColumn::Symbol,
+            (false, GeneIds::Ensembl) => GeneIdColumn::Id,
+        };
         return Ok(read_10x_mtx(input, column)?);
     }
     if !input.exists() {
         bail!("{}: no such file or folder", input.display());
     }
-    bail!(
-        "{}: unsupported input; this version reads 10x MatrixMarket folders (h5ad and loom readers are in progress)",
-        input.display()
-    )
+    let extension = input
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match extension.as_str() {
+        "h5ad" => {
+            let mut options = H5adOptions {
+                layer: args.layer.clone(),
+                use_raw: args.use_raw,
+                gene_id_column: args.gene_id_column.clone(),
+                obs_columns: args.obs_columns.clone(),
+            };
+            // Geneformer normalises by the cell's total count over all genes: carry `n_counts` when
+            // the file has it (the reader reports a missing column as an error, hence the retry).
+            if !scgpt && !options.obs_columns.iter().any(|c| c == "n_counts") {
+                options.obs_columns.push("n_counts".into());
+                match read_h5ad(input, &options) {
+                    Ok(m) => return Ok(m),
+                    Err(e) if e.to_string().contains("`n_counts`") => {
+                        options.obs_columns.pop();
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(read_h5ad(input, &options)?)
+        }
+        "loom" => Ok(read_loom(
+            input,
+            args.gene_id_column.as_deref(),
+            &args.obs_columns,
+        )?),
+        _ => bail!(
+            "{}: unknown input format; give an .h5ad or .loom file or a 10x MatrixMarket folder",
+            input.display()
+        ),
+    }
 }
 
 fn cell_table_header(m: &CountMatrix) -> Vec<String> {

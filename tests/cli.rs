@@ -286,3 +286,166 @@ fn demo_runs_end_to_end_and_reports_what_it_did() {
         );
     }
 }
+
+fn shared_data(rel: &str) -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "skipped: {} not found (reference data lives in ../shared/data)",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn tokenize_h5ad_for_geneformer_then_forward_from_the_store() {
+    let Some(dicts) = shared_data("geneformer/v2") else {
+        return;
+    };
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells/csr_gzip.h5ad");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&input),
+        "--model",
+        "geneformer-v2",
+        "--dictionaries",
+        path_str(&dicts),
+        "--obs-columns",
+        "cell_type",
+        "--out",
+        path_str(&store),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["tokenizer"], "geneformer");
+    assert_eq!(
+        manifest["options"]["n_counts_computed"], false,
+        "n_counts comes from obs"
+    );
+    let n_cells = manifest["n_cells"].as_u64().unwrap() as usize;
+    assert!(n_cells > 0);
+    let header = std::fs::read_to_string(store.join("cells.tsv")).unwrap();
+    assert!(header.starts_with("cell\tcell_type"), "{header}");
+    // Every V2 cell is <cls> genes… <eos>.
+    let bytes = std::fs::read(store.join("tokens.npy")).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+
+    // An existing store is not overwritten without --overwrite.
+    let again = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&input),
+        "--model",
+        "geneformer-v2",
+        "--dictionaries",
+        path_str(&dicts),
+        "--out",
+        path_str(&store),
+    ]);
+    assert_fails_with(&again, &["already exists", "--overwrite"]);
+
+    // The store feeds the forward pass of a V2-shaped model (the demo's: real V2 vocabulary size).
+    let demo = tmp.path().join("demo");
+    assert!(scinterp(&["demo", "--out", path_str(&demo)]).status.success());
+    let fwd = tmp.path().join("f.safetensors");
+    let o = scinterp(&[
+        "forward",
+        "--model",
+        path_str(&demo.join("model")),
+        "--input",
+        path_str(&store),
+        "--hooks",
+        "blocks.0.hook_resid_post",
+        "--out",
+        path_str(&fwd),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["cells"].as_u64().unwrap() as usize, n_cells);
+}
+
+#[test]
+fn tokenize_refuses_log_normalised_matrices_and_writes_nothing() {
+    let (Some(dicts), Some(pbmc)) = (
+        shared_data("geneformer/v2"),
+        shared_data("cells/pbmc68k_reduced.h5ad"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&pbmc),
+        "--use-raw",
+        "--model",
+        "geneformer-v2",
+        "--gene-ids",
+        "symbol",
+        "--dictionaries",
+        path_str(&dicts),
+        "--out",
+        path_str(&store),
+    ]);
+    assert_fails_with(&out, &["raw counts", "log-normalised"]);
+    assert!(!store.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "no temporary folder left"
+    );
+}
+
+#[test]
+fn tokenize_10x_for_scgpt_writes_binned_values() {
+    let (Some(vocab), Some(tenx)) = (
+        shared_data("scgpt/whole-human"),
+        shared_data("cells/10x_chr21_v3"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&tenx),
+        "--model",
+        "scgpt",
+        "--vocab",
+        path_str(&vocab),
+        "--seed",
+        "3",
+        "--out",
+        path_str(&store),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["has_values"], true);
+    assert_eq!(manifest["options"]["cls_value"], -2.0);
+    assert_eq!(
+        manifest["n_cells"].as_u64().unwrap() + manifest["n_cells_dropped"].as_u64().unwrap(),
+        1107
+    );
+    let (header, bytes) = scinterp_engine::npy::read_npy_bytes(&store.join("values.npy")).unwrap();
+    assert_eq!(header.dtype, scinterp_engine::npy::NpyDtype::F32);
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(values
+        .iter()
+        .all(|&v| v == -2.0 || (1.0..=50.0).contains(&v) && v.fract() == 0.0));
+}
