@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use scinterp_models::cells::h5ad::{read_h5ad, H5adOptions};
 use scinterp_models::cells::loom::read_loom;
+use scinterp_models::cells::orthologs::OrthologTable;
 use scinterp_models::cells::tenx::read_10x_mtx;
-use scinterp_models::cells::{CountMatrix, GeneIdColumn, ObsColumn};
+use scinterp_models::cells::{decompress_if_gzip, CountMatrix, GeneIdColumn, ObsColumn};
 use scinterp_models::token_store::{sha256_of, TokenStore, TokenStoreManifest, FORMAT, FORMAT_VERSION};
 use scinterp_models::tokenize::geneformer::{
     GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, TokenizerOptions,
@@ -42,7 +43,7 @@ pub struct TokenizeArgs {
     #[arg(long)]
     input: PathBuf,
     /// Which model's tokenizer.
-    #[arg(long, value_enum)]
+    #[arg(long = "model-kind", alias = "model", value_enum)]
     model: TokenizerKind,
     /// Geneformer: folder with the dictionary pickles (token, median, gene name, Ensembl mapping).
     #[arg(long, required_if_eq_any = [("model", "geneformer-v2"), ("model", "geneformer-v1")])]
@@ -73,6 +74,13 @@ pub struct TokenizeArgs {
     /// scGPT: seed of the random bin draws at repeated quantile edges and of the subsampling of long cells.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Mouse data: a `human_symbol,mouse_symbol` ortholog table (e.g. Ensembl105_Human2Mouse_Genes.csv);
+    /// the input's gene ids must then be mouse symbols.
+    #[arg(long)]
+    orthologs: Option<PathBuf>,
+    /// Geneformer: accept non-negative values that are not integer counts (an already normalised matrix).
+    #[arg(long)]
+    allow_normalized: bool,
     /// scGPT: the value of `<cls>`: -2 (pretraining / zero-shot convention) or 0 (tutorial convention).
     #[arg(long, default_value_t = -2.0, allow_negative_numbers = true)]
     cls_value: f32,
@@ -89,13 +97,22 @@ pub struct TokenizeArgs {
 
 pub fn run(args: TokenizeArgs) -> Result<()> {
     let scgpt = matches!(args.model, TokenizerKind::Scgpt);
-    let matrix = read_cells(&args, scgpt)?;
+    let mut matrix = read_cells(&args, scgpt)?;
     tracing::info!(
         "read {} cells × {} genes from {}",
         matrix.n_cells,
         matrix.n_genes,
         args.input.display()
     );
+    if let Some(table_path) = &args.orthologs {
+        let table = OrthologTable::read(table_path)?;
+        let mapped = table.translate(&mut matrix);
+        tracing::info!(
+            "{mapped} of {} mouse genes have a human ortholog in {}",
+            matrix.n_genes,
+            table_path.display()
+        );
+    }
     let store = if scgpt {
         tokenize_scgpt(&args, &matrix)?
     } else {
@@ -126,10 +143,12 @@ fn tokenize_geneformer(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<Toke
     };
     let dicts = GeneformerDictionaries::load(version, dir)?;
     let mut options = TokenizerOptions::new(version);
-    options.gene_id_kind = match args.gene_ids {
-        GeneIds::Ensembl => GeneIdKind::Ensembl,
-        GeneIds::Symbol => GeneIdKind::Symbol,
+    // Orthologs yield human symbols whatever the input's ids were.
+    options.gene_id_kind = match (args.orthologs.is_some(), args.gene_ids) {
+        (true, _) | (false, GeneIds::Symbol) => GeneIdKind::Symbol,
+        (false, GeneIds::Ensembl) => GeneIdKind::Ensembl,
     };
+    options.allow_normalized = args.allow_normalized;
     if let Some(n) = args.max_len {
         options.model_input_size = n;
     }
@@ -158,6 +177,10 @@ fn tokenize_geneformer(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<Toke
         "gene_id_kind": format!("{:?}", tokenizer.options().gene_id_kind),
         "collapse_gene_ids": tokenizer.options().collapse_gene_ids,
         "n_counts_computed": stats.n_counts_computed,
+        "genes_in_input": stats.n_genes,
+        "genes_mapped": stats.n_genes_mapped,
+        "orthologs": args.orthologs.as_ref().map(|p| p.display().to_string()),
+        "allow_normalized": args.allow_normalized,
         "tie_rule": "descending normalised value, ties by ascending first source column",
     });
     build_store(
@@ -222,6 +245,8 @@ fn tokenize_scgpt(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<TokenStor
         "pad_id": tokenizer.pad_id(),
         "pad_value": o.pad_value,
         "seed": o.seed,
+        "genes_in_input": stats.n_genes,
+        "genes_mapped": stats.n_genes_matched,
         "binning": "per-cell quantile edges of the non-zero values; random bin at repeated edges (seeded)",
     });
     build_store(
@@ -276,7 +301,7 @@ fn build_store(
 fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
     let input = &args.input;
     if input.is_dir() {
-        let column = match (scgpt, args.gene_ids) {
+        let column = match (scgpt || args.orthologs.is_some(), args.gene_ids) {
             (true, _) | (false, GeneIds::Symbol) => GeneIdColumn::Symbol,
             (false, GeneIds::Ensembl) => GeneIdColumn::Id,
         };
@@ -285,12 +310,16 @@ fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
     if !input.exists() {
         bail!("{}: no such file or folder", input.display());
     }
-    let extension = input
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match extension.as_str() {
+    // `x.h5ad.gz` / `x.loom.gz`: decompress to a temporary file and read that.
+    let decompressed = decompress_if_gzip(input)?;
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
+    let extension = name.rsplit('.').next().unwrap_or("");
+    let input = decompressed.as_ref().map(|t| t.path()).unwrap_or(input);
+    match extension {
         "h5ad" => {
             let mut options = H5adOptions {
                 layer: args.layer.clone(),

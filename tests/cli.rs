@@ -449,3 +449,45 @@ fn tokenize_10x_for_scgpt_writes_binned_values() {
         .iter()
         .all(|&v| v == -2.0 || (1.0..=50.0).contains(&v) && v.fract() == 0.0));
 }
+
+#[test]
+fn tokenize_mouse_h5ad_gz_through_the_ortholog_table() {
+    let (Some(dicts), Some(paul15), Some(table)) = (
+        shared_data("geneformer/v2"),
+        shared_data("cells/paul15.h5ad.gz"),
+        shared_data("orthologs/Ensembl105_Human2Mouse_Genes.csv"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&paul15),
+        "--model-kind",
+        "geneformer-v2",
+        "--orthologs",
+        path_str(&table),
+        "--dictionaries",
+        path_str(&dicts),
+        "--obs-columns",
+        "paul15_clusters",
+        "--out",
+        path_str(&store),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mapped = manifest["options"]["genes_mapped"].as_u64().unwrap();
+    assert!(
+        mapped >= 2_800,
+        "only {mapped} paul15 genes map to Geneformer V2 tokens"
+    );
+    assert_eq!(
+        manifest["n_cells"].as_u64().unwrap() + manifest["n_cells_dropped"].as_u64().unwrap(),
+        2_730
+    );
+    let cells = std::fs::read_to_string(store.join("cells.tsv")).unwrap();
+    assert!(cells.starts_with("cell\tpaul15_clusters\n"), "{}", &cells[..40]);
+}

@@ -6,6 +6,7 @@
 pub mod h5ad;
 mod hdf5_util;
 pub mod loom;
+pub mod orthologs;
 pub mod tenx;
 
 use std::collections::BTreeMap;
@@ -142,4 +143,30 @@ impl CellsError {
             reason: reason.into(),
         }
     }
+}
+
+/// If `path` is gzip-compressed (by its magic bytes), decompresses it into a temporary file in the system
+/// temporary folder and returns that file (deleted when dropped); otherwise `None`. Lets users pass
+/// `cells.h5ad.gz` as it was downloaded.
+pub fn decompress_if_gzip(path: &Path) -> Result<Option<tempfile::NamedTempFile>, CellsError> {
+    use std::io::Read;
+    let io = |source| CellsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 2];
+    if file.read(&mut magic).map_err(io)? < 2 || magic != [0x1f, 0x8b] {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut decoder = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+    let mut tmp = tempfile::NamedTempFile::new().map_err(io)?;
+    std::io::copy(&mut decoder, &mut tmp).map_err(|e| {
+        CellsError::invalid(
+            path,
+            format!("gzip data is truncated or corrupt ({e}); download the file again"),
+        )
+    })?;
+    Ok(Some(tmp))
 }

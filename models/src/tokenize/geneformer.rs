@@ -116,7 +116,8 @@ pub enum TokenizeError {
     #[error(
         "the matrix does not hold raw counts ({example}). Geneformer ranks raw counts normalised by each \
          cell's total; a log-normalised (or otherwise transformed) matrix cannot be tokenized. Pass the raw \
-         count matrix (e.g. adata.raw.X or adata.layers[\"counts\"])"
+         count matrix (e.g. adata.raw.X or adata.layers[\"counts\"]), or --allow-normalized for a \
+         non-negative normalised matrix"
     )]
     NotCounts { example: String },
     #[error("obs column `n_counts` {reason}")]
@@ -249,6 +250,9 @@ pub struct TokenizerOptions {
     /// Length of the emitted sequences, specials included (V2 default 4,096; V1 2,048). Smaller values are
     /// allowed (V2 ≥ 3, V1 ≥ 1); larger ones are refused.
     pub model_input_size: usize,
+    /// Accept a matrix whose values are not integer counts (e.g. already normalised) as long as they are
+    /// non-negative and finite. Off by default: Geneformer was trained on raw counts.
+    pub allow_normalized: bool,
 }
 
 impl TokenizerOptions {
@@ -258,6 +262,7 @@ impl TokenizerOptions {
             gene_id_kind: GeneIdKind::Ensembl,
             collapse_gene_ids: true,
             model_input_size: version.default_input_size(),
+            allow_normalized: false,
         }
     }
 }
@@ -466,12 +471,19 @@ impl GeneformerTokenizer {
 
     /// Tokenizes every cell of `m` (see the module doc for the exact steps and the tie rule).
     pub fn tokenize(&self, m: &CountMatrix) -> Result<TokenizedCells, TokenizeError> {
-        if !m.looks_like_counts() {
+        let acceptable = |v: f32| {
+            if self.options.allow_normalized {
+                v >= 0.0 && v.is_finite()
+            } else {
+                v >= 0.0 && v.fract() == 0.0
+            }
+        };
+        if !m.values.iter().all(|&v| acceptable(v)) {
             let (i, v) = m
                 .values
                 .iter()
                 .enumerate()
-                .find(|(_, v)| !(**v >= 0.0 && v.fract() == 0.0))
+                .find(|(_, v)| !acceptable(**v))
                 .map(|(i, v)| (i, *v))
                 .unwrap_or((0, f32::NAN));
             let cell = m.indptr.partition_point(|&p| p <= i).saturating_sub(1);
