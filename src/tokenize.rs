@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -97,12 +98,14 @@ pub struct TokenizeArgs {
 
 pub fn run(args: TokenizeArgs) -> Result<()> {
     let scgpt = matches!(args.model, TokenizerKind::Scgpt);
+    let started = Instant::now();
     let mut matrix = read_cells(&args, scgpt)?;
     tracing::info!(
-        "read {} cells × {} genes from {}",
+        "read {} cells × {} genes from {} in {:.2} s",
         matrix.n_cells,
         matrix.n_genes,
-        args.input.display()
+        args.input.display(),
+        started.elapsed().as_secs_f64()
     );
     if let Some(table_path) = &args.orthologs {
         let table = OrthologTable::read(table_path)?;
@@ -113,12 +116,19 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
             table_path.display()
         );
     }
+    let started = Instant::now();
     let store = if scgpt {
         tokenize_scgpt(&args, &matrix)?
     } else {
         tokenize_geneformer(&args, &matrix)?
     };
+    tracing::info!(
+        "tokenized (and hashed the inputs) in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
     store.write(&args.out, args.overwrite)?;
+    tracing::debug!("store written in {:.2} s", started.elapsed().as_secs_f64());
     tracing::info!(
         "wrote {} ({} cells, {} tokens, {} cells dropped for having no token)",
         args.out.display(),

@@ -34,6 +34,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::cells::{CountMatrix, ObsColumn};
 use crate::checkpoint::pickle::{self, PickleError, Value};
 
@@ -526,61 +528,85 @@ impl GeneformerTokenizer {
             true => self.options.model_input_size - 2,
             false => self.options.model_input_size,
         };
-        let mut acc = vec![0.0f64; map.targets.len()];
-        let mut touched: Vec<u32> = Vec::new();
-        let mut ranked: Vec<(f64, u32)> = Vec::new();
-        let mut out = TokenizedCells {
-            stats,
-            ..TokenizedCells::default()
-        };
-        for c in 0..m.n_cells {
-            touched.clear();
-            let mut total = 0.0f64;
-            for (g, v) in m.cell(c) {
-                total += v as f64;
-                if let Some(l) = map.col_target[g] {
-                    if acc[l as usize] == 0.0 {
-                        touched.push(l);
+        // Cells are independent: tokenize them on the rayon pool, each worker with its own scratch
+        // buffers, then assemble in cell order (so the output and the first error do not depend on
+        // the thread count).
+        let per_cell: Vec<Result<Option<Vec<u32>>, TokenizeError>> = (0..m.n_cells)
+            .into_par_iter()
+            .with_min_len(64)
+            .map_init(
+                || {
+                    (
+                        vec![0.0f64; map.targets.len()],
+                        Vec::<u32>::new(),
+                        Vec::<(f64, u32)>::new(),
+                    )
+                },
+                |(acc, touched, ranked), c| {
+                    touched.clear();
+                    let mut total = 0.0f64;
+                    for (g, v) in m.cell(c) {
+                        total += v as f64;
+                        if let Some(l) = map.col_target[g] {
+                            if acc[l as usize] == 0.0 {
+                                touched.push(l);
+                            }
+                            acc[l as usize] += v as f64;
+                        }
                     }
-                    acc[l as usize] += v as f64;
-                }
-            }
-            let n_counts = given.map_or(total, |n| n[c]);
-            ranked.clear();
-            for &l in &touched {
-                let count = std::mem::replace(&mut acc[l as usize], 0.0);
-                if count > 0.0 {
-                    let gene = &self.genes[map.targets[l as usize]];
-                    let x = count / n_counts * TARGET_SUM / gene.median;
-                    if x.is_nan() || x.is_infinite() {
+                    let n_counts = given.map_or(total, |n| n[c]);
+                    ranked.clear();
+                    let mut bad_n_counts = false;
+                    for &l in touched.iter() {
+                        let count = std::mem::replace(&mut acc[l as usize], 0.0);
+                        if count > 0.0 {
+                            let gene = &self.genes[map.targets[l as usize]];
+                            let x = count / n_counts * TARGET_SUM / gene.median;
+                            if x.is_nan() || x.is_infinite() {
+                                bad_n_counts = true;
+                            } else if x > 0.0 {
+                                ranked.push((x, l));
+                            }
+                        }
+                    }
+                    if bad_n_counts {
                         return Err(TokenizeError::NCounts {
                             reason: format!(
                                 "is {n_counts} for cell {c}, which has counts; it must be positive"
                             ),
                         });
                     }
-                    if x > 0.0 {
-                        ranked.push((x, l));
+                    if ranked.is_empty() {
+                        return Ok(None);
                     }
+                    // Descending x; ties by ascending first source column (local indices follow first
+                    // columns).
+                    ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    let n = ranked.len().min(keep);
+                    let mut seq = Vec::with_capacity(n + 2);
+                    seq.extend(self.cls);
+                    seq.extend(
+                        ranked[..n]
+                            .iter()
+                            .map(|&(_, l)| self.genes[map.targets[l as usize]].token),
+                    );
+                    seq.extend(self.eos);
+                    Ok(Some(seq))
+                },
+            )
+            .collect();
+        let mut out = TokenizedCells {
+            stats,
+            ..TokenizedCells::default()
+        };
+        for (c, result) in per_cell.into_iter().enumerate() {
+            match result? {
+                Some(seq) => {
+                    out.tokens.push(seq);
+                    out.kept_cells.push(c);
                 }
+                None => out.dropped_cells.push(c),
             }
-            if ranked.is_empty() {
-                out.dropped_cells.push(c);
-                continue;
-            }
-            // Descending x; ties by ascending first source column (local indices follow first columns).
-            ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let n = ranked.len().min(keep);
-            let mut seq = Vec::with_capacity(n + 2);
-            seq.extend(self.cls);
-            seq.extend(
-                ranked[..n]
-                    .iter()
-                    .map(|&(_, l)| self.genes[map.targets[l as usize]].token),
-            );
-            seq.extend(self.eos);
-            out.tokens.push(seq);
-            out.kept_cells.push(c);
         }
         if !out.dropped_cells.is_empty() {
             tracing::warn!(
