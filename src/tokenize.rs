@@ -331,24 +331,19 @@ fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
     let input = decompressed.as_ref().map(|t| t.path()).unwrap_or(input);
     match extension {
         "h5ad" => {
-            let mut options = H5adOptions {
+            let options = H5adOptions {
                 layer: args.layer.clone(),
                 use_raw: args.use_raw,
                 gene_id_column: args.gene_id_column.clone(),
                 obs_columns: args.obs_columns.clone(),
+                // Geneformer normalises by each cell's total count over all genes: carry `n_counts`
+                // when the file has it.
+                optional_obs_columns: if scgpt {
+                    Vec::new()
+                } else {
+                    vec!["n_counts".into()]
+                },
             };
-            // Geneformer normalises by the cell's total count over all genes: carry `n_counts` when
-            // the file has it (the reader reports a missing column as an error, hence the retry).
-            if !scgpt && !options.obs_columns.iter().any(|c| c == "n_counts") {
-                options.obs_columns.push("n_counts".into());
-                match read_h5ad(input, &options) {
-                    Ok(m) => return Ok(m),
-                    Err(e) if e.to_string().contains("`n_counts`") => {
-                        options.obs_columns.pop();
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
             Ok(read_h5ad(input, &options)?)
         }
         "loom" => Ok(read_loom(

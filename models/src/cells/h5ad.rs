@@ -39,8 +39,10 @@ pub struct H5adOptions {
     pub use_raw: bool,
     /// The var column holding the gene ids; `None` = the var index.
     pub gene_id_column: Option<String>,
-    /// obs columns to carry into [`CountMatrix::obs`]; empty = none.
+    /// obs columns to carry into [`CountMatrix::obs`]; empty = none. A missing one is an error.
     pub obs_columns: Vec<String>,
+    /// obs columns carried when the file has them and skipped otherwise (e.g. `n_counts`).
+    pub optional_obs_columns: Vec<String>,
 }
 
 /// Var columns that usually hold gene symbols, in order of preference.
@@ -137,6 +139,11 @@ fn read_inner(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsEr
             )));
         }
         obs_out.insert(col.clone(), obs.column(&h5, col)?);
+    }
+    for col in &options.optional_obs_columns {
+        if obs.columns.contains(col) && !obs_out.contains_key(col) {
+            obs_out.insert(col.clone(), obs.column(&h5, col)?);
+        }
     }
 
     let m = CountMatrix {
@@ -485,6 +492,17 @@ pub(crate) mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn optional_obs_columns_are_carried_when_present_and_skipped_otherwise() {
+        let opts = H5adOptions {
+            optional_obs_columns: vec!["n_counts".into(), "not_there".into()],
+            ..Default::default()
+        };
+        let m = read_h5ad(&fixture("csr_gzip.h5ad"), &opts).unwrap();
+        assert!(matches!(m.obs.get("n_counts"), Some(ObsColumn::Number(_))));
+        assert!(!m.obs.contains_key("not_there"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error};
 
-use super::{CellsError, ObsColumn};
+use super::{csr_from_triplets, CellsError, ObsColumn};
 
 /// An open HDF5 file plus its path, for error messages.
 pub(crate) struct Hdf5 {
@@ -360,38 +360,16 @@ impl Csr {
         if let Some(i) = minor.iter().find(|&&i| i >= n_minor) {
             return Err(format!("index {i} out of range ({n_minor})"));
         }
-        // Triplets grouped by row.
-        let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n_rows];
+        // Triplets (row, col) from the compressed layout, then the shared CSR builder.
+        let (mut rows, mut cols) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
         for major in 0..n_major {
-            for k in indptr[major]..indptr[major + 1] {
-                let (r, c) = if by_row {
-                    (major, minor[k])
-                } else {
-                    (minor[k], major)
-                };
-                rows[r].push((c as u32, data[k]));
+            for &m in &minor[indptr[major]..indptr[major + 1]] {
+                let (r, c) = if by_row { (major, m) } else { (m, major) };
+                rows.push(r as u32);
+                cols.push(c as u32);
             }
         }
-        let mut out_ptr = Vec::with_capacity(n_rows + 1);
-        let (mut indices, mut values) = (Vec::new(), Vec::new());
-        out_ptr.push(0);
-        for mut row in rows {
-            row.sort_by_key(|e| e.0);
-            let mut i = 0;
-            while i < row.len() {
-                let (c, mut v) = row[i];
-                i += 1;
-                while i < row.len() && row[i].0 == c {
-                    v += row[i].1;
-                    i += 1;
-                }
-                if v != 0.0 {
-                    indices.push(c);
-                    values.push(v);
-                }
-            }
-            out_ptr.push(indices.len());
-        }
+        let (out_ptr, indices, values) = csr_from_triplets(n_rows, &rows, &cols, &data[..indptr[n_major]]);
         Ok(Csr {
             indptr: out_ptr,
             indices,

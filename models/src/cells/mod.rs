@@ -121,6 +121,81 @@ impl CountMatrix {
     }
 }
 
+/// A small matrix from per-cell `(gene, value)` lists, for unit tests of the tokenizers.
+#[cfg(test)]
+pub(crate) fn test_matrix(gene_ids: Vec<String>, rows: &[Vec<(u32, f32)>]) -> CountMatrix {
+    let mut indptr = vec![0];
+    let (mut indices, mut values) = (Vec::new(), Vec::new());
+    for r in rows {
+        for &(g, v) in r {
+            indices.push(g);
+            values.push(v);
+        }
+        indptr.push(indices.len());
+    }
+    let m = CountMatrix {
+        n_cells: rows.len(),
+        n_genes: gene_ids.len(),
+        indptr,
+        indices,
+        values,
+        gene_ids,
+        gene_symbols: None,
+        cell_names: (0..rows.len()).map(|i| format!("cell{i}")).collect(),
+        obs: BTreeMap::new(),
+    };
+    m.validate().expect("test matrix is consistent");
+    m
+}
+
+/// CSR arrays from `(row, col, value)` triplets in any order: a counting sort by row, columns ascending
+/// within a row, duplicates summed (in f64), zeros (explicit or summed) dropped. Every sparse reader ends
+/// here, so all of them clean their input the same way. Callers check lengths and bounds first.
+pub(crate) fn csr_from_triplets(
+    n_rows: usize,
+    rows: &[u32],
+    cols: &[u32],
+    values: &[f32],
+) -> (Vec<usize>, Vec<u32>, Vec<f32>) {
+    let mut start = vec![0usize; n_rows + 1];
+    for &r in rows {
+        start[r as usize + 1] += 1;
+    }
+    for i in 0..n_rows {
+        start[i + 1] += start[i];
+    }
+    let mut next = start.clone();
+    let mut pairs = vec![(0u32, 0f32); rows.len()];
+    for ((&r, &c), &v) in rows.iter().zip(cols).zip(values) {
+        let slot = &mut next[r as usize];
+        pairs[*slot] = (c, v);
+        *slot += 1;
+    }
+    let mut indptr = Vec::with_capacity(n_rows + 1);
+    indptr.push(0);
+    let mut indices = Vec::with_capacity(pairs.len());
+    let mut out_values = Vec::with_capacity(pairs.len());
+    for r in 0..n_rows {
+        let row = &mut pairs[start[r]..start[r + 1]];
+        row.sort_unstable_by_key(|&(c, _)| c);
+        let mut i = 0;
+        while i < row.len() {
+            let c = row[i].0;
+            let mut sum = 0f64;
+            while i < row.len() && row[i].0 == c {
+                sum += row[i].1 as f64;
+                i += 1;
+            }
+            if sum != 0.0 {
+                indices.push(c);
+                out_values.push(sum as f32);
+            }
+        }
+        indptr.push(indices.len());
+    }
+    (indptr, indices, out_values)
+}
+
 /// Errors of the cell-matrix readers. Every message names the file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum CellsError {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
 
-use super::{CellsError, CountMatrix};
+use super::{csr_from_triplets, CellsError, CountMatrix};
 
 /// Which column of `features.tsv` / `genes.tsv` becomes [`CountMatrix::gene_ids`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub fn read_10x_mtx(dir: &Path, gene_id_column: GeneIdColumn) -> Result<CountMat
         ));
     }
 
-    let (indptr, indices, values) = to_csr(mtx.n_cells, mtx.cells, mtx.genes, mtx.values);
+    let (indptr, indices, values) = csr_from_triplets(mtx.n_cells, &mtx.cells, &mtx.genes, &mtx.values);
     let matrix = CountMatrix {
         n_cells: cell_names.len(),
         n_genes: features.ids.len(),
@@ -454,56 +454,6 @@ fn read_mtx(path: &Path) -> Result<Mtx, CellsError> {
         cells,
         values,
     })
-}
-
-/// Transposes coordinate entries into CSR by cell: gene indices ascending within a cell, duplicate
-/// (cell, gene) entries summed (in f64), zeros (explicit or summed) dropped.
-fn to_csr(
-    n_cells: usize,
-    cells: Vec<u32>,
-    genes: Vec<u32>,
-    values: Vec<f32>,
-) -> (Vec<usize>, Vec<u32>, Vec<f32>) {
-    // Counting sort by cell.
-    let mut start = vec![0usize; n_cells + 1];
-    for &c in &cells {
-        start[c as usize + 1] += 1;
-    }
-    for i in 0..n_cells {
-        start[i + 1] += start[i];
-    }
-    let mut next = start.clone();
-    let mut pairs = vec![(0u32, 0f32); cells.len()];
-    for ((&c, &g), &v) in cells.iter().zip(&genes).zip(&values) {
-        let slot = &mut next[c as usize];
-        pairs[*slot] = (g, v);
-        *slot += 1;
-    }
-    drop((cells, genes, values));
-
-    let mut indptr = Vec::with_capacity(n_cells + 1);
-    indptr.push(0);
-    let mut indices = Vec::with_capacity(pairs.len());
-    let mut out_values = Vec::with_capacity(pairs.len());
-    for c in 0..n_cells {
-        let cell = &mut pairs[start[c]..start[c + 1]];
-        cell.sort_unstable_by_key(|&(g, _)| g);
-        let mut i = 0;
-        while i < cell.len() {
-            let g = cell[i].0;
-            let mut sum = 0f64;
-            while i < cell.len() && cell[i].0 == g {
-                sum += cell[i].1 as f64;
-                i += 1;
-            }
-            if sum != 0.0 {
-                indices.push(g);
-                out_values.push(sum as f32);
-            }
-        }
-        indptr.push(indices.len());
-    }
-    (indptr, indices, out_values)
 }
 
 #[cfg(test)]

@@ -200,7 +200,7 @@ impl Checkpoint {
             DType::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             DType::F16 => |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
             DType::BF16 => |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-            DType::F64 => |b| f64::from_le_bytes(b[..8].try_into().unwrap()) as f32,
+            DType::F64 => |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
             other => {
                 return Err(CheckpointError::Unsupported {
                     path: self.path.clone(),

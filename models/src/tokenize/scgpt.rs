@@ -565,35 +565,12 @@ impl ScgptTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/scgpt/whole-human");
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer/scgpt");
 
-    fn matrix(gene_ids: Vec<String>, rows: &[Vec<(u32, f32)>]) -> CountMatrix {
-        let mut indptr = vec![0];
-        let (mut indices, mut values) = (Vec::new(), Vec::new());
-        for r in rows {
-            for &(g, v) in r {
-                indices.push(g);
-                values.push(v);
-            }
-            indptr.push(indices.len());
-        }
-        let m = CountMatrix {
-            n_cells: rows.len(),
-            n_genes: gene_ids.len(),
-            indptr,
-            indices,
-            values,
-            gene_ids,
-            gene_symbols: None,
-            cell_names: (0..rows.len()).map(|i| format!("cell{i}")).collect(),
-            obs: BTreeMap::new(),
-        };
-        m.validate().unwrap();
-        m
-    }
+    use crate::cells::test_matrix as matrix;
 
     struct Fixture {
         name: String,
