@@ -11,7 +11,8 @@ use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, Pac
 use scinterp_models::synthetic::{splitmix64, tensor_values, SyntheticSpec};
 use serde_json::json;
 
-use crate::forward::{forward_to_file, load_geneformer};
+use crate::forward::{forward_to_file, load_model};
+use crate::tokens_json::InputCells;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -64,12 +65,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     // 1. The forward pass through the same code as `scinterp forward`: the residual stream after the
     //    embedding and after every block (the logits over 20,275 tokens would be 200 MB, so not here).
-    let model = load_geneformer(&model_dir, true)?;
+    let loaded = load_model(&model_dir, true)?;
+    let model = loaded.encoder.as_ref();
     let hooks: Vec<HookPoint> = std::iter::once(HookPoint::Embed)
         .chain((0..LAYERS).map(HookPoint::ResidPost))
         .collect();
     let forward_path = out.join("forward.safetensors");
-    let summary = forward_to_file(&model, &cells, &hooks, false, &forward_path, 16_384)?;
+    let input = InputCells {
+        tokens: cells.clone(),
+        values: None,
+    };
+    let summary = forward_to_file(model, &input, &hooks, false, &forward_path, 16_384)?;
     println!(
         "  forward  {}: {} hooks (hook_embed, blocks.*.hook_resid_post), {} tokens in {:.3} s ({:.0} tokens/s, {} threads)",
         forward_path.display(),
@@ -84,13 +90,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let batch = PackedBatch::from_cells(&cells)?;
     let last = HookPoint::ResidPost(LAYERS - 1);
     let plan = HookPlan::new().capture(HookPoint::ResidPost(1)).capture(last);
-    let mut full = run_encoder(&model, &batch, &plan, Start::Embed, true)?;
+    let mut full = run_encoder(model, &batch, &plan, Start::Embed, true)?;
     let state = full
         .captures
         .take(HookPoint::ResidPost(1))
         .context("capture missing")?;
     let replay = run_encoder(
-        &model,
+        model,
         &batch,
         &HookPlan::new(),
         Start::BlockInput { layer: 2, state },
@@ -105,9 +111,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let edit_plan = HookPlan::new()
         .edit(HookPoint::ResidPost(1), Edit::add_direction(rows, direction, 4.0))
         .capture_many((2..LAYERS).map(HookPoint::ResidPost));
-    let edited = run_encoder(&model, &batch, &edit_plan, Start::Embed, true)?;
+    let edited = run_encoder(model, &batch, &edit_plan, Start::Embed, true)?;
     let clean_plan = HookPlan::new().capture_many((2..LAYERS).map(HookPoint::ResidPost));
-    let clean = run_encoder(&model, &batch, &clean_plan, Start::Embed, true)?;
+    let clean = run_encoder(model, &batch, &clean_plan, Start::Embed, true)?;
     let mut effects = Vec::new();
     for l in 2..LAYERS {
         let h = HookPoint::ResidPost(l);

@@ -1,5 +1,7 @@
-//! `scinterp forward`: a forward pass with hook points over ragged cells; writes one f32 tensor per hook
-//! (`[n_cells, max_len, d_model]`, zeros after each cell's length), `lengths`, and optionally `logits`.
+//! `scinterp forward`: a forward pass with hook points over ragged cells, for Geneformer and scGPT
+//! folders alike. Writes one f32 tensor per hook (`[n_cells, max_len, d_model]`, zeros after each
+//! cell's length), `lengths`, the model's cell embedding when it has one (scGPT: `cell_embedding`), and
+//! with `--head` the head's outputs (Geneformer `logits`; scGPT `expr_pred` and `mvc_pred`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,26 +12,30 @@ use scinterp_engine::batching::group_by_token_budget;
 use scinterp_engine::{run as run_encoder, Encoder, HookPlan, HookPoint, PackedBatch, Start};
 use scinterp_models::checkpoint::{write_safetensors, TensorToWrite};
 use scinterp_models::geneformer::{Geneformer, LoadOptions};
+use scinterp_models::scgpt::{is_scgpt_dir, Scgpt, ScgptLoadOptions};
 use scinterp_models::token_store::TokenStore;
 use serde::Serialize;
 
-use crate::tokens_json::read_input_ids;
+use crate::tokens_json::{read_input_cells, InputCells};
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
-    /// Model folder: config.json with model.safetensors or pytorch_model.bin.
+    /// Model folder: Geneformer (config.json with model.safetensors or pytorch_model.bin) or scGPT
+    /// (args.json, vocab.json and best_model.pt or model.safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Cells: token ids as JSON, {"input_ids": [[...], ...]} (one list per cell, lengths may differ), or a
-    /// Geneformer token store made by `scinterp tokenize`.
+    /// Cells: JSON with one list per cell (lengths may differ), {"input_ids": [[...], ...]} for
+    /// Geneformer or {"gene_ids": [[...], ...], "values": [[...], ...]} for scGPT; or a token store made
+    /// by `scinterp tokenize` for the same model.
     #[arg(long)]
     input: PathBuf,
     /// Hooks to capture: a comma list (e.g. hook_embed,blocks.3.hook_resid_post) or `all`.
     #[arg(long, default_value = "")]
     hooks: String,
-    /// Also write the MLM logits, [n_cells, max_len, vocab].
-    #[arg(long)]
-    logits: bool,
+    /// Also write the output head: Geneformer's MLM `logits` [n_cells, max_len, vocab]; scGPT's
+    /// `expr_pred` and `mvc_pred` [n_cells, max_len].
+    #[arg(long, alias = "logits")]
+    head: bool,
     /// Output safetensors file (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -48,7 +54,8 @@ pub struct ForwardSummary {
     pub cells: usize,
     pub tokens: usize,
     pub hooks: Vec<String>,
-    pub logits: bool,
+    /// Names of the tensors written besides the hooks and `lengths`.
+    pub outputs: Vec<String>,
     pub threads: usize,
     /// Seconds spent in the forward passes alone (no loading, no writing).
     pub forward_seconds: f64,
@@ -56,18 +63,43 @@ pub struct ForwardSummary {
     pub out: String,
 }
 
+/// The architectures `scinterp forward` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Geneformer,
+    Scgpt,
+}
+
+impl ModelKind {
+    /// The `tokenizer` of the token stores this model reads.
+    fn tokenizer(self) -> &'static str {
+        match self {
+            ModelKind::Geneformer => "geneformer",
+            ModelKind::Scgpt => "scgpt",
+        }
+    }
+}
+
+/// A model loaded from a folder, whichever architecture it is.
+pub struct LoadedModel {
+    pub encoder: Box<dyn Encoder>,
+    pub kind: ModelKind,
+    /// scGPT's `<cls>` id: its cell embedding is read at position 0, which should hold it.
+    cls_id: Option<u32>,
+}
+
 pub fn run(args: ForwardArgs) -> Result<()> {
-    let cells = read_cells(&args.input)?;
-    let model = load_geneformer(&args.model, args.logits)?;
-    let hooks = parse_hooks(&args.hooks, model.dims().n_layers)?;
-    if hooks.is_empty() && !args.logits {
-        bail!("nothing to write: give --hooks (a comma list or `all`) and/or --logits");
+    let model = load_model(&args.model, args.head)?;
+    let cells = read_cells(&args.input, &model)?;
+    let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
+    if hooks.is_empty() && !args.head && model.kind == ModelKind::Geneformer {
+        bail!("nothing to write: give --hooks (a comma list or `all`) and/or --head");
     }
     let mut summary = forward_to_file(
-        &model,
+        model.encoder.as_ref(),
         &cells,
         &hooks,
-        args.logits,
+        args.head,
         &args.out,
         args.max_batch_tokens,
     )
@@ -87,43 +119,88 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
-/// Token lists from a JSON file or a token store folder.
-fn read_cells(input: &Path) -> Result<Vec<Vec<u32>>> {
-    if !input.is_dir() {
-        return read_input_ids(input);
+/// Cells from a JSON file or a token store folder, checked against what the model reads.
+fn read_cells(input: &Path, model: &LoadedModel) -> Result<InputCells> {
+    let cells = if input.is_dir() {
+        let store = TokenStore::read(input)?;
+        if store.manifest.tokenizer != model.kind.tokenizer() {
+            bail!(
+                "{}: a {} token store, but --model is a {} model; tokenize the cells for this model                  (scinterp tokenize --model-kind ...)",
+                input.display(),
+                store.manifest.tokenizer,
+                model.kind.tokenizer()
+            );
+        }
+        if store.cells.is_empty() {
+            bail!("{}: the token store holds no cells", input.display());
+        }
+        InputCells {
+            tokens: store.cells,
+            values: store.values,
+        }
+    } else {
+        read_input_cells(input)?
+    };
+    match (model.kind, cells.values.is_some()) {
+        (ModelKind::Scgpt, false) => bail!(
+            "{}: scGPT needs an expression value for every gene: give {{\"gene_ids\": [[...]], \"values\": \
+             [[...]]}} or an scGPT token store",
+            input.display()
+        ),
+        (ModelKind::Geneformer, true) => bail!(
+            "{}: these cells carry expression values (scGPT input), but --model is a Geneformer model, \
+             which reads rank-ordered token ids only ({{\"input_ids\": [[...]]}} or a Geneformer token store)",
+            input.display()
+        ),
+        _ => {}
     }
-    let store = TokenStore::read(input)?;
-    if store.manifest.tokenizer != "geneformer" {
-        bail!(
-            "{}: a {} token store; this forward pass runs Geneformer models (scGPT support comes with its model)",
-            input.display(),
-            store.manifest.tokenizer
-        );
+    if let Some(cls) = model.cls_id {
+        let without = cells.tokens.iter().filter(|c| c[0] != cls).count();
+        if without > 0 {
+            tracing::warn!(
+                "{}: {without} of {} cells do not start with <cls> (id {cls}); their cell_embedding is \
+                 the state of their first gene",
+                input.display(),
+                cells.tokens.len()
+            );
+        }
     }
-    if store.cells.is_empty() {
-        bail!("{}: the token store holds no cells", input.display());
-    }
-    Ok(store.cells)
+    Ok(cells)
 }
 
-pub fn load_geneformer(dir: &Path, with_head: bool) -> Result<Geneformer> {
+/// Loads a Geneformer or scGPT folder (scGPT when it holds `args.json`).
+pub fn load_model(dir: &Path, with_head: bool) -> Result<LoadedModel> {
     if !dir.is_dir() {
         bail!(
-            "--model {}: not a folder; point it at a model folder holding config.json and model.safetensors \
-             (or pytorch_model.bin)",
+            "--model {}: not a folder; point it at a Geneformer folder (config.json and model.safetensors) \
+             or an scGPT folder (args.json, vocab.json, best_model.pt)",
             dir.display()
         );
     }
     let started = Instant::now();
-    let model = Geneformer::load(dir, LoadOptions { with_head })?;
+    let (encoder, kind, cls_id, weights): (Box<dyn Encoder>, _, _, PathBuf) = if is_scgpt_dir(dir) {
+        let model = Scgpt::load(dir, ScgptLoadOptions { with_head })?;
+        let weights = model.weights_path().to_path_buf();
+        let cls = model.cls_id();
+        (Box::new(model), ModelKind::Scgpt, Some(cls), weights)
+    } else {
+        let model = Geneformer::load(dir, LoadOptions { with_head })?;
+        let weights = model.weights_path().to_path_buf();
+        (Box::new(model), ModelKind::Geneformer, None, weights)
+    };
     tracing::info!(
-        "loaded {} ({} layers, d_model {}) in {:.2} s",
-        model.weights_path().display(),
-        model.dims().n_layers,
-        model.dims().d_model,
+        "loaded {} ({:?}, {} layers, d_model {}) in {:.2} s",
+        weights.display(),
+        kind,
+        encoder.dims().n_layers,
+        encoder.dims().d_model,
         started.elapsed().as_secs_f64()
     );
-    Ok(model)
+    Ok(LoadedModel {
+        encoder,
+        kind,
+        cls_id,
+    })
 }
 
 /// `all`, empty, or a comma list of hook names checked against the model depth.
@@ -147,20 +224,25 @@ pub fn parse_hooks(spec: &str, n_layers: usize) -> Result<Vec<HookPoint>> {
 /// Runs `model` over `cells` in token-budget batches and writes the padded outputs to `out`.
 pub fn forward_to_file(
     model: &dyn Encoder,
-    cells: &[Vec<u32>],
+    cells: &InputCells,
     hooks: &[HookPoint],
-    logits: bool,
+    with_head: bool,
     out: &Path,
     max_batch_tokens: usize,
 ) -> Result<ForwardSummary> {
     let dims = model.dims().clone();
-    let n_cells = cells.len();
-    let lengths: Vec<usize> = cells.iter().map(Vec::len).collect();
+    let n_cells = cells.tokens.len();
+    let lengths: Vec<usize> = cells.tokens.iter().map(Vec::len).collect();
     let max_len = lengths.iter().copied().max().unwrap_or(0);
     let tokens: usize = lengths.iter().sum();
-    let vocab = dims.vocab_size;
+    let head_outputs = if with_head {
+        model.head_outputs()
+    } else {
+        Vec::new()
+    };
+    let head_width: usize = head_outputs.iter().map(|(_, w)| w).sum();
 
-    let per_cell_floats = max_len * (hooks.len() * dims.d_model + if logits { vocab } else { 0 });
+    let per_cell_floats = max_len * (hooks.len() * dims.d_model + head_width) + dims.d_model;
     let bytes = (n_cells * per_cell_floats * 4) as f64;
     if bytes > 32.0 * (1u64 << 30) as f64 {
         bail!(
@@ -173,18 +255,22 @@ pub fn forward_to_file(
         .iter()
         .map(|_| vec![0.0; n_cells * max_len * dims.d_model])
         .collect();
-    let mut logit_buffer = if logits {
-        vec![0.0f32; n_cells * max_len * vocab]
-    } else {
-        Vec::new()
-    };
+    let mut head_buffers: Vec<Vec<f32>> = head_outputs
+        .iter()
+        .map(|(_, w)| vec![0.0f32; n_cells * max_len * w])
+        .collect();
+    let mut cell_embeddings: Option<Vec<f32>> = None;
 
     let plan = HookPlan::new().capture_many(hooks.iter().copied());
     let mut forward_seconds = 0.0;
     for group in group_by_token_budget(&lengths, max_batch_tokens.max(1)) {
-        let batch = PackedBatch::from_cells(&cells[group.clone()])?;
+        let mut batch = PackedBatch::from_cells(&cells.tokens[group.clone()])?;
+        if let Some(values) = &cells.values {
+            batch = batch.with_values(values[group.clone()].concat())?;
+        }
         let started = Instant::now();
-        let mut output = run_encoder(model, &batch, &plan, Start::Embed, logits)?;
+        let mut output = run_encoder(model, &batch, &plan, Start::Embed, with_head)?;
+        let cell_embedding = model.cell_embedding(&output.final_state, &batch);
         forward_seconds += started.elapsed().as_secs_f64();
         for (hook, buffer) in hooks.iter().zip(hook_buffers.iter_mut()) {
             let captured = output
@@ -200,16 +286,20 @@ pub fn forward_to_file(
                 buffer,
             );
         }
-        if logits {
-            let head = output.head.context("the model was loaded without its MLM head")?;
-            scatter_padded(
-                &batch,
-                group.start,
-                max_len,
-                head.as_slice(),
-                vocab,
-                &mut logit_buffer,
-            );
+        if let Some(emb) = cell_embedding {
+            let buffer = cell_embeddings.get_or_insert_with(|| vec![0.0; n_cells * dims.d_model]);
+            buffer[group.start * dims.d_model..group.end * dims.d_model].copy_from_slice(emb.as_slice());
+        }
+        if with_head {
+            let head = output
+                .head
+                .context("the model was loaded without its output head")?;
+            let mut column = 0;
+            for ((_, width), buffer) in head_outputs.iter().zip(head_buffers.iter_mut()) {
+                let part = columns(head.as_slice(), head.cols(), column, *width);
+                scatter_padded(&batch, group.start, max_len, &part, *width, buffer);
+                column += width;
+            }
         }
     }
 
@@ -230,13 +320,29 @@ pub fn forward_to_file(
         shape: vec![n_cells],
         bytes: bytemuck::cast_slice(&lengths_i64),
     });
-    if logits {
+    let mut outputs = Vec::new();
+    if let Some(buffer) = &cell_embeddings {
         tensors.push(TensorToWrite {
-            name: "logits".into(),
+            name: "cell_embedding".into(),
             dtype: safetensors::Dtype::F32,
-            shape: vec![n_cells, max_len, vocab],
-            bytes: bytemuck::cast_slice(&logit_buffer),
+            shape: vec![n_cells, dims.d_model],
+            bytes: bytemuck::cast_slice(buffer),
         });
+        outputs.push("cell_embedding".to_string());
+    }
+    for ((name, width), buffer) in head_outputs.iter().zip(&head_buffers) {
+        // Per-position scalars (scGPT's predictions) drop the trailing axis of width 1.
+        let mut shape = vec![n_cells, max_len];
+        if *width > 1 {
+            shape.push(*width);
+        }
+        tensors.push(TensorToWrite {
+            name: name.to_string(),
+            dtype: safetensors::Dtype::F32,
+            shape,
+            bytes: bytemuck::cast_slice(buffer),
+        });
+        outputs.push(name.to_string());
     }
     write_safetensors(out, &tensors, None)?;
 
@@ -245,12 +351,22 @@ pub fn forward_to_file(
         cells: n_cells,
         tokens,
         hooks: hooks.iter().map(ToString::to_string).collect(),
-        logits,
+        outputs,
         threads: rayon::current_num_threads(),
         forward_seconds,
         tokens_per_second: tokens as f64 / forward_seconds.max(1e-12),
         out: out.display().to_string(),
     })
+}
+
+/// Columns `start..start + width` of a row-major `[rows, cols]` buffer, as `[rows, width]`.
+fn columns(data: &[f32], cols: usize, start: usize, width: usize) -> Vec<f32> {
+    if start == 0 && width == cols {
+        return data.to_vec();
+    }
+    data.chunks_exact(cols)
+        .flat_map(|row| row[start..start + width].iter().copied())
+        .collect()
 }
 
 /// Copies packed rows `[tokens, width]` into a padded `[n_cells, max_len, width]` buffer, at the

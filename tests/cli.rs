@@ -491,3 +491,243 @@ fn tokenize_mouse_h5ad_gz_through_the_ortholog_table() {
     let cells = std::fs::read_to_string(store.join("cells.tsv")).unwrap();
     assert!(cells.starts_with("cell\tpaul15_clusters\n"), "{}", &cells[..40]);
 }
+
+/// Reads an F32 tensor of a safetensors file written by `scinterp forward`.
+fn f32_tensor(file: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = file.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    let values = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (t.shape().to_vec(), values)
+}
+
+/// Checks an scGPT forward output against the torch fixture at real positions, and zeros past them.
+fn check_scgpt_output(out_path: &Path, expected: &ExpectedFile, lengths: &[usize]) -> usize {
+    let bytes = std::fs::read(out_path).unwrap();
+    let written = SafeTensors::deserialize(&bytes).unwrap();
+    let mut compared = 0;
+    for name in written.names() {
+        if name == "lengths" || !expected.has(name) {
+            continue;
+        }
+        let (shape, got) = f32_tensor(&written, name);
+        let want = expected.get(name);
+        assert_eq!(shape, want.shape, "{name}");
+        if name == "cell_embedding" {
+            assert!(relative_error(&got, &want.values) <= 1e-4, "{name}");
+        } else {
+            let width = shape.get(2).copied().unwrap_or(1);
+            let max_len = shape[1];
+            let (mut real, mut want_real) = (Vec::new(), Vec::new());
+            for (c, &len) in lengths.iter().enumerate() {
+                let cell = c * max_len * width;
+                real.extend_from_slice(&got[cell..cell + len * width]);
+                want_real.extend_from_slice(&want.values[cell..cell + len * width]);
+                assert!(
+                    got[cell + len * width..cell + max_len * width]
+                        .iter()
+                        .all(|&v| v == 0.0),
+                    "{name}: cell {c} is not zero past its length"
+                );
+            }
+            let err = relative_error(&real, &want_real);
+            assert!(err <= 1e-4, "{name} differs from torch by {err:e}");
+        }
+        compared += 1;
+    }
+    compared
+}
+
+#[test]
+fn forward_runs_scgpt_folders_from_json_and_from_a_token_store() {
+    let dir = common::scgpt_fixture("tiny");
+    let expected = ExpectedFile::open(&dir.join("expected.safetensors"));
+    let lengths: Vec<usize> = expected
+        .get("lengths")
+        .values
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("out.safetensors");
+    let run = |input: &Path| {
+        scinterp(&[
+            "forward",
+            "--model",
+            path_str(&dir),
+            "--input",
+            path_str(input),
+            "--hooks",
+            "all",
+            "--head",
+            "--out",
+            path_str(&out_path),
+            "--json",
+        ])
+    };
+    let out = run(&dir.join("input.json"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["outputs"],
+        serde_json::json!(["cell_embedding", "expr_pred", "mvc_pred"])
+    );
+    // 1 + 4·2 hooks, the cell embedding, two heads.
+    assert_eq!(check_scgpt_output(&out_path, &expected, &lengths), 12);
+
+    // The same cells as an scGPT token store (what `scinterp tokenize --model-kind scgpt` writes).
+    let input: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("input.json")).unwrap()).unwrap();
+    let lists = |key: &str| -> Vec<Vec<f64>> {
+        input[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let cells: Vec<Vec<u32>> = lists("gene_ids")
+        .iter()
+        .map(|c| c.iter().map(|&v| v as u32).collect())
+        .collect();
+    let values: Vec<Vec<f32>> = lists("values")
+        .iter()
+        .map(|c| c.iter().map(|&v| v as f32).collect())
+        .collect();
+    let store_dir = tmp.path().join("store");
+    let store = scinterp_models::token_store::TokenStore {
+        manifest: scinterp_models::token_store::TokenStoreManifest {
+            format: scinterp_models::token_store::FORMAT.into(),
+            format_version: scinterp_models::token_store::FORMAT_VERSION,
+            tokenizer: "scgpt".into(),
+            tokenizer_version: "whole-human".into(),
+            options: serde_json::json!({}),
+            dictionaries: Default::default(),
+            source_path: "input.json".into(),
+            source_sha256: String::new(),
+            n_cells: cells.len(),
+            n_tokens: cells.iter().map(Vec::len).sum(),
+            max_len: cells.iter().map(Vec::len).max().unwrap(),
+            has_values: true,
+            n_cells_dropped: 0,
+            scinterp_version: "test".into(),
+        },
+        cell_table: (
+            vec!["cell".into()],
+            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
+        ),
+        cells,
+        values: Some(values),
+    };
+    store.write(&store_dir, false).unwrap();
+    let out = run(&store_dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(check_scgpt_output(&out_path, &expected, &lengths), 12);
+}
+
+#[test]
+fn forward_refuses_inputs_made_for_the_other_model() {
+    let scgpt = common::scgpt_fixture("tiny");
+    let geneformer = fixture("tiny_v2");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ids_only = write(t, "ids.json", r#"{"input_ids": [[2, 5, 3]]}"#);
+    assert_fails_with(
+        &forward_err(&scgpt, &ids_only, "all"),
+        &["ids.json", "scGPT needs an expression value"],
+    );
+    let with_values = write(
+        t,
+        "vals.json",
+        r#"{"gene_ids": [[2, 5, 3]], "values": [[-2, 1, 4]]}"#,
+    );
+    assert_fails_with(
+        &forward_err(&geneformer, &with_values, "all"),
+        &["vals.json", "Geneformer"],
+    );
+    let unknown = write(
+        t,
+        "unknown.json",
+        r#"{"gene_ids": [[2, 99999]], "values": [[-2, 1]]}"#,
+    );
+    assert_fails_with(
+        &forward_err(&scgpt, &unknown, "all"),
+        &["cell 0 position 1", "gene id 99999", "vocab.json"],
+    );
+}
+
+/// Real cells end to end: the 10x chr21 matrix tokenized with the real vocabulary, then run through the
+/// real-width fixture model (which has the real 60,697-token vocabulary).
+#[test]
+fn tokenize_10x_for_scgpt_then_forward_at_the_real_width() {
+    let (Some(whole_human), Some(tenx)) = (
+        shared_data("scgpt/whole-human"),
+        shared_data("cells/10x_chr21_v3"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&tenx),
+        "--model-kind",
+        "scgpt",
+        "--vocab",
+        path_str(&whole_human),
+        "--out",
+        path_str(&store),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let src = common::scgpt_fixture("width512");
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(src.join("args.json"), model.join("args.json")).unwrap();
+    std::fs::copy(whole_human.join("vocab.json"), model.join("vocab.json")).unwrap();
+    let gz = std::fs::File::open(src.join("best_model.pt.gz")).unwrap();
+    let mut weights = std::fs::File::create(model.join("best_model.pt")).unwrap();
+    std::io::copy(&mut flate2::read::GzDecoder::new(gz), &mut weights).unwrap();
+
+    let fwd = tmp.path().join("f.safetensors");
+    let o = scinterp(&[
+        "forward",
+        "--model",
+        path_str(&model),
+        "--input",
+        path_str(&store),
+        "--hooks",
+        "blocks.1.hook_resid_post",
+        "--out",
+        path_str(&fwd),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stored = scinterp_models::token_store::TokenStore::read(&store).unwrap();
+    assert_eq!(summary["cells"].as_u64().unwrap() as usize, stored.cells.len());
+    let bytes = std::fs::read(&fwd).unwrap();
+    let written = SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, emb) = f32_tensor(&written, "cell_embedding");
+    assert_eq!(shape, vec![stored.cells.len(), 512]);
+    // The cell embedding is the final state at <cls>, position 0 of every cell.
+    let (_, last) = f32_tensor(&written, "blocks.1.hook_resid_post");
+    let max_len = stored.manifest.max_len;
+    for c in [0, stored.cells.len() - 1] {
+        assert_eq!(
+            &emb[c * 512..(c + 1) * 512],
+            &last[c * max_len * 512..c * max_len * 512 + 512]
+        );
+    }
+    assert!(emb.iter().all(|v| v.is_finite()));
+}

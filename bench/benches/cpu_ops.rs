@@ -20,8 +20,14 @@ fn filled(rows: usize, cols: usize, seed: u64) -> Matrix {
 
 fn bench_linear(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear");
-    // V1-10M FFN-in and V2-316M FFN-in shapes over one 2,048-token cell.
-    for &(tokens, d_in, d_out) in &[(2048usize, 256usize, 512usize), (2048, 1152, 4608)] {
+    // V1-10M FFN-in and V2-316M FFN-in shapes over one 2,048-token cell; scGPT's QKV and FFN over four
+    // 1,200-token cells.
+    for &(tokens, d_in, d_out) in &[
+        (2048usize, 256usize, 512usize),
+        (2048, 1152, 4608),
+        (4800, 512, 1536),
+        (4800, 512, 512),
+    ] {
         let x = filled(tokens, d_in, 1);
         let w = filled(d_out, d_in, 2);
         let lw = LinearWeights::new(w.into_vec(), Some(vec![0.1; d_out]), d_out, d_in).unwrap();
@@ -36,11 +42,13 @@ fn bench_linear(c: &mut Criterion) {
 fn bench_attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention_varlen");
     g.sample_size(10);
-    for &(len, heads) in &[(2048usize, 4usize), (4096, 2)] {
-        let qkv = filled(len, 3 * heads * 64, 3);
-        g.throughput(Throughput::Elements((4 * len * len * heads * 64) as u64));
-        g.bench_function(format!("len{len}_heads{heads}"), |b| {
-            b.iter(|| cpu::attention_varlen(&qkv, &[0, len], heads, 64, 0.125))
+    // (cell length, heads, cells): Geneformer V2-104M / V1-like cells, and scGPT whole-human.
+    for &(len, heads, cells) in &[(2048usize, 4usize, 1usize), (4096, 2, 1), (1200, 8, 4)] {
+        let qkv = filled(len * cells, 3 * heads * 64, 3);
+        let offsets: Vec<usize> = (0..=cells).map(|c| c * len).collect();
+        g.throughput(Throughput::Elements((4 * len * len * heads * 64 * cells) as u64));
+        g.bench_function(format!("len{len}_heads{heads}_cells{cells}"), |b| {
+            b.iter(|| cpu::attention_varlen(&qkv, &offsets, heads, 64, 0.125))
         });
     }
     g.finish();

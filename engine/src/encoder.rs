@@ -216,7 +216,18 @@ pub trait Encoder: Send + Sync {
     /// Weights of block `layer` (0-based, `layer < dims().n_layers`).
     fn block(&self, layer: usize) -> &PostLnBlock;
 
-    /// The output head on the final state (Geneformer: MLM logits `[tokens, vocab]`), or `None` when the
-    /// model was loaded without one.
+    /// The output head on the final state, `[tokens, Σ widths of head_outputs()]` (Geneformer: MLM logits;
+    /// scGPT: expression and MVC predictions side by side), or `None` when the model was loaded without one.
     fn head(&self, final_state: &Matrix, batch: &PackedBatch) -> Option<Matrix>;
+
+    /// Names and widths of the head's outputs, in column order (e.g. `[("logits", vocab)]`). Outputs of
+    /// width 1 are per-position scalars.
+    fn head_outputs(&self) -> Vec<(&'static str, usize)>;
+
+    /// The model's own cell embedding from the final state, `[cells, d_model]`, when it defines one
+    /// (scGPT: the `<cls>` position, raw, not L2-normalised). Geneformer defines none: its users pool
+    /// gene positions at a layer of their choice.
+    fn cell_embedding(&self, _final_state: &Matrix, _batch: &PackedBatch) -> Option<Matrix> {
+        None
+    }
 }

@@ -16,9 +16,9 @@ pub enum ModelError {
     },
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
-    #[error("{dir} holds no weights: expected model.safetensors or pytorch_model.bin next to config.json")]
-    NoWeights { dir: PathBuf },
-    #[error("{path} does not match its config ({count} problem{s}):\n  {list}\nCheck that config.json belongs to these weights.",
+    #[error("{dir} holds no weights: expected {expected}")]
+    NoWeights { dir: PathBuf, expected: &'static str },
+    #[error("{path} does not match its config ({count} problem{s}):\n  {list}\nCheck that the config next to it (config.json or args.json) belongs to these weights.",
         count = problems.len(), s = if problems.len() == 1 { "" } else { "s" }, list = problems.join("\n  "))]
     Weights { path: PathBuf, problems: Vec<String> },
 }

@@ -5,8 +5,10 @@ pub mod cells;
 pub mod checkpoint;
 pub mod error;
 pub mod geneformer;
+pub mod scgpt;
 pub mod synthetic;
 pub mod token_store;
 pub mod tokenize;
+pub mod weights;
 
 pub use error::ModelError;

@@ -13,6 +13,12 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+pub fn scgpt_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/scgpt")
+        .join(name)
+}
+
 /// A tensor from an `expected.safetensors`, as f64 values plus its shape.
 pub struct Expected {
     pub shape: Vec<usize>,
@@ -82,6 +88,17 @@ impl ExpectedFile {
             })
             .collect()
     }
+}
+
+/// Per-position rows of a padded `[n_cells, max_len]` tensor (e.g. scGPT's `expr_pred`), real positions
+/// only, concatenated in cell order.
+pub fn real_positions(t: &Expected, lengths: &[usize]) -> Vec<f64> {
+    let max_len = t.shape[1];
+    let mut out = Vec::new();
+    for (c, &len) in lengths.iter().enumerate() {
+        out.extend_from_slice(&t.values[c * max_len..c * max_len + len]);
+    }
+    out
 }
 
 /// The metric of the parity tests: max |a − b| / max(1, max |b|) over the given values.

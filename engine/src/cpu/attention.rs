@@ -1,17 +1,23 @@
 //! Multi-head self-attention over packed variable-length cells.
 //!
 //! Each cell attends only within itself, so no mask is needed and no pad token is ever computed.
-//! Work is split into (cell, head, block of queries) jobs run on the rayon pool; each job does two
-//! sequential faer GEMMs (`S = Q·Kᵀ·scale`, `ctx = softmax(S)·V`) over strided views of the fused QKV
-//! matrix. The score block is `QUERY_BLOCK × cell_len`, so memory stays bounded at 4,096-token cells.
+//! Work is split into (cell, block of query rows) jobs on the rayon pool. A job owns its rows of the
+//! output, and for each head does two sequential faer GEMMs over strided views of the fused QKV matrix:
+//! `S = Q·Kᵀ·scale`, then `exp(S - max)·V`, which is divided by the softmax sums on its way into the
+//! job's rows of the output (head_dim values per row instead of one per score). Score
+//! blocks hold at most [`SCORE_BLOCK_FLOATS`] values, so memory stays bounded at 4,096-token cells, and
+//! each worker reuses one score buffer for all its jobs.
 
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::softmax::softmax_in_place;
+use super::softmax::exp_rows_in_place;
 use crate::matrix::Matrix;
 
-const QUERY_BLOCK: usize = 256;
+/// Most scores one job holds at once (4 MiB of f32).
+const SCORE_BLOCK_FLOATS: usize = 1 << 20;
+/// Jobs per thread to aim for, so that uneven cells still keep every thread busy.
+const JOBS_PER_THREAD: usize = 4;
 
 /// `qkv`: `[tokens, 3·H]` with columns `[q | k | v]`, head `h` at columns `h·head_dim..` of each part.
 /// Returns the merged context `[tokens, H]` (heads concatenated), before the output projection.
@@ -26,52 +32,76 @@ pub fn attention_varlen(
     assert_eq!(qkv.cols(), 3 * hidden, "attention: qkv width must be 3·H");
     let tokens = qkv.rows();
     let mut ctx = Matrix::zeros(tokens, hidden);
+    let n_cells = offsets.len().saturating_sub(1);
+    if tokens == 0 || n_cells == 0 {
+        return ctx;
+    }
 
+    // Jobs: (cell start, cell end, first query row, end query row), in row order.
+    let wanted_blocks = (JOBS_PER_THREAD * rayon::current_num_threads()).div_ceil(n_cells);
     let mut jobs = Vec::new();
     for cell in offsets.windows(2) {
         let (start, end) = (cell[0], cell[1]);
-        for head in 0..n_heads {
-            let mut q = start;
-            while q < end {
-                let q_end = (q + QUERY_BLOCK).min(end);
-                jobs.push((start, end, head, q, q_end));
-                q = q_end;
-            }
+        let len = end - start;
+        let max_rows = (SCORE_BLOCK_FLOATS / len.max(1)).max(1);
+        let n_blocks = len.div_ceil(max_rows).max(wanted_blocks).min(len.max(1));
+        let block = len.div_ceil(n_blocks).max(1);
+        let mut q = start;
+        while q < end {
+            let q_end = (q + block).min(end);
+            jobs.push((start, end, q, q_end));
+            q = q_end;
         }
+    }
+    // Each job's rows of the output, as disjoint mutable slices.
+    let mut outputs = Vec::with_capacity(jobs.len());
+    let mut rest = ctx.as_mut_slice();
+    for &(_, _, q0, q1) in &jobs {
+        let (mine, tail) = rest.split_at_mut((q1 - q0) * hidden);
+        outputs.push(mine);
+        rest = tail;
     }
 
     let stride = 3 * hidden;
     let data = qkv.as_slice();
-    let results: Vec<Vec<f32>> = jobs
-        .par_iter()
-        .map(|&(start, end, head, q0, q1)| {
+    jobs.par_iter().zip(outputs).for_each_init(
+        || (Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new()),
+        |(scores, inv_sums, head_out), (&(start, end, q0, q1), out)| {
             let len = end - start;
             let rows = q1 - q0;
+            scores.resize(rows * len, 0.0);
+            inv_sums.resize(rows, 0.0);
+            head_out.resize(rows * head_dim, 0.0);
             let view = |row: usize, col: usize, nrows: usize| {
                 MatRef::from_row_major_slice_with_stride(&data[row * stride + col..], nrows, head_dim, stride)
             };
-            let q = view(q0, head * head_dim, rows);
-            let k = view(start, hidden + head * head_dim, len);
-            let v = view(start, 2 * hidden + head * head_dim, len);
+            for head in 0..n_heads {
+                let q = view(q0, head * head_dim, rows);
+                let k = view(start, hidden + head * head_dim, len);
+                let v = view(start, 2 * hidden + head * head_dim, len);
+                let s = MatMut::from_row_major_slice_mut(&mut scores[..rows * len], rows, len);
+                faer::linalg::matmul::matmul(s, Accum::Replace, q, k.transpose(), scale, Par::Seq);
+                exp_rows_in_place(&mut scores[..rows * len], len, &mut inv_sums[..rows]);
 
-            let mut scores = vec![0.0f32; rows * len];
-            let s = MatMut::from_row_major_slice_mut(&mut scores, rows, len);
-            faer::linalg::matmul::matmul(s, Accum::Replace, q, k.transpose(), scale, Par::Seq);
-            softmax_in_place(&mut scores, len);
-
-            let mut out = vec![0.0f32; rows * head_dim];
-            let p = MatRef::from_row_major_slice(&scores, rows, len);
-            let o = MatMut::from_row_major_slice_mut(&mut out, rows, head_dim);
-            faer::linalg::matmul::matmul(o, Accum::Replace, p, v, 1.0f32, Par::Seq);
-            out
-        })
-        .collect();
-
-    for (&(_, _, head, q0, _), out) in jobs.iter().zip(&results) {
-        for (i, chunk) in out.chunks_exact(head_dim).enumerate() {
-            ctx.row_mut(q0 + i)[head * head_dim..(head + 1) * head_dim].copy_from_slice(chunk);
-        }
-    }
+                // Into a contiguous buffer, not straight into the strided rows of `out`: faer's kernels
+                // may store whole SIMD tiles past a narrow destination's last column (seen with
+                // head_dim 8), which would overwrite the neighbouring head.
+                let p = MatRef::from_row_major_slice(&scores[..rows * len], rows, len);
+                let o = MatMut::from_row_major_slice_mut(&mut head_out[..rows * head_dim], rows, head_dim);
+                faer::linalg::matmul::matmul(o, Accum::Replace, p, v, 1.0f32, Par::Seq);
+                let columns = head * head_dim..(head + 1) * head_dim;
+                for ((row, src), inv) in out
+                    .chunks_exact_mut(hidden)
+                    .zip(head_out.chunks_exact(head_dim))
+                    .zip(inv_sums.iter())
+                {
+                    for (x, y) in row[columns.clone()].iter_mut().zip(src) {
+                        *x = y * inv;
+                    }
+                }
+            }
+        },
+    );
     ctx
 }
 
@@ -110,7 +140,7 @@ mod tests {
     #[test]
     fn packed_cells_attend_only_within_themselves() {
         let (heads, dh) = (3, 8);
-        let lens = [300usize, 1, 17];
+        let lens = [300usize, 1, 17, 1100];
         let tokens: usize = lens.iter().sum();
         let mut offsets = vec![0];
         for l in lens {

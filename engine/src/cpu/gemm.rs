@@ -1,6 +1,7 @@
 //! Linear layers `y = x·Wᵀ + b` with PyTorch-layout weights `W: [out, in]`, through faer's GEMM.
 
-use faer::{Accum, MatRef, Par};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 use crate::encoder::LinearWeights;
 use crate::matrix::Matrix;
@@ -32,8 +33,28 @@ pub fn linear_into(x: &Matrix, w: &LinearWeights, out: &mut Matrix) {
     };
     // W is [out, in] row-major, so Wᵀ is the same buffer seen as an [in, out] column-major matrix.
     let wt = MatRef::from_row_major_slice(w.weight(), w.out_features(), w.in_features()).transpose();
-    faer::linalg::matmul::matmul(out.as_faer_mut(), accum, x.as_faer(), wt, 1.0f32, Par::rayon(0));
+    let threads = rayon::current_num_threads();
+    if w.out_features() >= ROW_SPLIT_MAX_OUT || x.rows() < 64 * threads || threads == 1 {
+        faer::linalg::matmul::matmul(out.as_faer_mut(), accum, x.as_faer(), wt, 1.0f32, Par::rayon(0));
+        return;
+    }
+    // Narrow outputs (scGPT's 512-wide projections): one single-threaded GEMM per thread over its own
+    // rows beats faer's own split (measured: 4,800×512→512 in 14.9 ms instead of 17.9 ms on 2 cores).
+    let (cols_in, cols_out) = (x.cols(), out.cols());
+    let rows_per = x.rows().div_ceil(threads);
+    out.as_mut_slice()
+        .par_chunks_mut(rows_per * cols_out)
+        .zip(x.as_slice().par_chunks(rows_per * cols_in))
+        .for_each(|(o, xi)| {
+            let rows = xi.len() / cols_in;
+            let o = MatMut::from_row_major_slice_mut(o, rows, cols_out);
+            let xi = MatRef::from_row_major_slice(xi, rows, cols_in);
+            faer::linalg::matmul::matmul(o, accum, xi, wt, 1.0f32, Par::Seq);
+        });
 }
+
+/// Output widths from which faer's own parallel GEMM is used instead of a split by rows.
+const ROW_SPLIT_MAX_OUT: usize = 1024;
 
 #[cfg(test)]
 mod tests {

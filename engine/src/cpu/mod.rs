@@ -9,7 +9,7 @@ mod softmax;
 pub use attention::attention_varlen;
 pub use gemm::{linear, linear_into};
 pub use norm::{layer_norm, layer_norm_of_sum};
-pub use softmax::softmax_in_place;
+pub use softmax::{exp_rows_in_place, softmax_in_place};
 
 use rayon::prelude::*;
 

@@ -13,57 +13,79 @@ pub fn softmax_in_place(x: &mut [f32], cols: usize) {
     if cols == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { softmax_avx512(x, cols) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { softmax_avx2(x, cols) };
-        }
-    }
-    softmax_rows(x, cols)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(x: &mut [f32], cols: usize) {
-    softmax_rows(x, cols)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(x: &mut [f32], cols: usize) {
-    softmax_rows(x, cols)
-}
-
-#[inline(always)]
-fn softmax_rows(x: &mut [f32], cols: usize) {
-    for row in x.chunks_exact_mut(cols) {
-        let max = row_max(row);
-        // Separate elementwise passes: each is a plain loop that LLVM vectorises on its own.
-        for v in row.iter_mut() {
-            *v = exp(*v - max);
-        }
-        let inv = 1.0 / row_sum(row);
+    let mut inv_sums = vec![0.0f32; x.len() / cols];
+    exp_rows_in_place(x, cols, &mut inv_sums);
+    for (row, inv) in x.chunks_exact_mut(cols).zip(&inv_sums) {
         for v in row.iter_mut() {
             *v *= inv;
         }
     }
 }
 
-#[inline(always)]
-fn row_sum(row: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (s, &v) in lanes.iter_mut().zip(chunk) {
-            *s += v;
+/// The unnormalised softmax of each `cols`-wide row: `x ← exp(x - max)`, and `inv_sums[r] = 1 / Σ`.
+/// Attention multiplies by `inv_sums` after the `P·V` product instead, on head_dim values per row
+/// rather than on every score.
+pub fn exp_rows_in_place(x: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    assert_eq!(
+        x.len(),
+        cols * inv_sums.len(),
+        "exp_rows_in_place: one sum per row"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { exp_rows_avx512(x, cols, inv_sums) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { exp_rows_avx2(x, cols, inv_sums) };
         }
     }
-    chunks.remainder().iter().sum::<f32>() + lanes.iter().sum::<f32>()
+    exp_rows(x, cols, inv_sums)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_rows_avx512(x: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+    exp_rows(x, cols, inv_sums)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_rows_avx2(x: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+    exp_rows(x, cols, inv_sums)
+}
+
+#[inline(always)]
+fn exp_rows(x: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+    for (row, inv) in x.chunks_exact_mut(cols).zip(inv_sums.iter_mut()) {
+        let max = row_max(row);
+        *inv = 1.0 / exp_sum_in_place(row, max);
+    }
+}
+
+/// `row ← exp(row - max)` and the sum of the results, in one pass (16 independent partial sums so the
+/// loop vectorises).
+#[inline(always)]
+fn exp_sum_in_place(row: &mut [f32], max: f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp(*v - max);
+            *s += *v;
+        }
+    }
+    let mut tail = 0.0f32;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        tail += *v;
+    }
+    tail + lanes.iter().sum::<f32>()
 }
 
 #[inline(always)]

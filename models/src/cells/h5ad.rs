@@ -214,16 +214,17 @@ fn read_matrix(h5: &Hdf5, name: &str, n_rows: usize, n_cols: usize) -> Result<Cs
             return Err(h5.err(format!("sparse matrix `{name}` lacks `{part}`")));
         }
     }
-    let indptr = h5.read_index(&format!("{name}/indptr"))?;
+    let indptr = h5.read_index(&format!("{name}/indptr"), u64::MAX)?;
     let major = indptr.len().saturating_sub(1);
     if by_row {
         check(major, n_cols)?;
     } else {
         check(n_rows, major)?;
     }
-    let indices = h5.read_index(&format!("{name}/indices"))?;
+    let n_minor = if by_row { n_cols } else { n_rows };
+    let indices = h5.read_index(&format!("{name}/indices"), n_minor as u64)?;
     let data = h5.read_f32(&format!("{name}/data"))?;
-    Csr::from_compressed(n_rows, n_cols, by_row, &indptr, &indices, &data)
+    Csr::from_compressed(n_rows, n_cols, by_row, indptr, indices, data)
         .map_err(|e| h5.err(format!("sparse matrix `{name}`: {e}")))
 }
 

@@ -5,6 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error};
 
 use super::{csr_from_triplets, CellsError, ObsColumn};
@@ -122,6 +123,48 @@ impl Hdf5 {
 
     /// Any integer / float / enum (h5py bool) dataset, as f64.
     pub fn read_f64(&self, name: &str) -> Result<Vec<f64>, CellsError> {
+        let (dt, raw) = self.read_numeric_raw(name)?;
+        decode_numeric(&dt, &raw).map_err(|e| self.err(format!("`{name}`: {e}")))
+    }
+
+    /// A numeric dataset as f32 (matrix values), decoded straight to f32 on the rayon pool: matrices
+    /// hold tens of millions of values, and an f64 intermediate would double the memory traffic.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, CellsError> {
+        let (dt, raw) = self.read_numeric_raw(name)?;
+        decode_map(&dt, &raw, |x| x as f32).map_err(|e| self.err(format!("`{name}`: {e}")))
+    }
+
+    /// An integer dataset as non-negative indices below `bound` (sparse `indices` / `indptr`).
+    pub fn read_index(&self, name: &str, bound: u64) -> Result<Vec<u64>, CellsError> {
+        let (dt, raw) = self.read_numeric_raw(name)?;
+        if !matches!(dt, DatatypeMessage::FixedPoint { .. }) {
+            return Err(self.err(format!("`{name}` is not an integer dataset ({dt:?})")));
+        }
+        // Integers up to 2^53 decode exactly through f64; a negative or huge value maps to the bound.
+        let v = decode_map(&dt, &raw, |x| {
+            if (0.0..bound as f64).contains(&x) {
+                x as u64
+            } else {
+                u64::MAX
+            }
+        })
+        .map_err(|e| self.err(format!("`{name}`: {e}")))?;
+        if let Some(i) = v.par_iter().position_any(|&x| x == u64::MAX) {
+            let shown = decode_numeric(
+                &dt,
+                &raw[i * dt.element_size() as usize..][..dt.element_size() as usize],
+            )
+            .ok()
+            .and_then(|x| x.first().copied())
+            .unwrap_or(f64::NAN);
+            return Err(self.err(format!(
+                "`{name}` holds {shown} at position {i}, not an index in 0..{bound}"
+            )));
+        }
+        Ok(v)
+    }
+
+    fn read_numeric_raw(&self, name: &str) -> Result<(DatatypeMessage, Vec<u8>), CellsError> {
         let ds = self.dataset(name)?;
         let dt = ds
             .datatype()
@@ -129,26 +172,7 @@ impl Hdf5 {
         let raw = ds
             .read_raw_bytes()
             .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))?;
-        decode_numeric(&dt, &raw).map_err(|e| self.err(format!("`{name}`: {e}")))
-    }
-
-    /// A numeric dataset as f32 (matrix values).
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, CellsError> {
-        Ok(self.read_f64(name)?.into_iter().map(|v| v as f32).collect())
-    }
-
-    /// An integer dataset as non-negative indices.
-    pub fn read_index(&self, name: &str) -> Result<Vec<usize>, CellsError> {
-        let v = self.read_f64(name)?;
-        v.iter()
-            .map(|&x| {
-                if x >= 0.0 && x.fract() == 0.0 && x < 9.0e15 {
-                    Ok(x as usize)
-                } else {
-                    Err(self.err(format!("`{name}` holds {x}, not a non-negative integer index")))
-                }
-            })
-            .collect()
+        Ok((dt, raw))
     }
 
     /// A string dataset (variable-length or fixed-length, UTF-8 or ASCII).
@@ -228,53 +252,72 @@ impl Hdf5 {
 /// Decodes a buffer of numeric elements (any standard-width integer, IEEE f32/f64, or an enum over an
 /// integer such as h5py's bool) to f64.
 pub(crate) fn decode_numeric(dt: &DatatypeMessage, raw: &[u8]) -> Result<Vec<f64>, String> {
-    fn chunk<const N: usize>(c: &[u8], order: &ByteOrder) -> [u8; N] {
+    decode_map(dt, raw, |x| x)
+}
+
+/// Decodes numeric elements and maps each one (through an exact f64) to `T`, in parallel.
+pub(crate) fn decode_map<T: Send>(
+    dt: &DatatypeMessage,
+    raw: &[u8],
+    map: impl Fn(f64) -> T + Sync + Send,
+) -> Result<Vec<T>, String> {
+    fn chunk<const N: usize>(c: &[u8], big_endian: bool) -> [u8; N] {
         let mut a = [0u8; N];
         a.copy_from_slice(c);
-        if matches!(order, ByteOrder::BigEndian) {
+        if big_endian {
             a.reverse();
         }
         a
     }
-    match dt {
+    let (w, kind, big) = match dt {
         DatatypeMessage::FixedPoint {
             size,
             byte_order,
             signed,
             ..
-        } => {
-            let w = *size as usize;
-            if !matches!(w, 1 | 2 | 4 | 8) || !raw.len().is_multiple_of(w) {
-                return Err(format!("unsupported integer width {w}"));
-            }
-            Ok(raw
-                .chunks_exact(w)
-                .map(|c| match (w, signed) {
-                    (1, true) => c[0] as i8 as f64,
-                    (1, false) => c[0] as f64,
-                    (2, true) => i16::from_le_bytes(chunk(c, byte_order)) as f64,
-                    (2, false) => u16::from_le_bytes(chunk(c, byte_order)) as f64,
-                    (4, true) => i32::from_le_bytes(chunk(c, byte_order)) as f64,
-                    (4, false) => u32::from_le_bytes(chunk(c, byte_order)) as f64,
-                    (8, true) => i64::from_le_bytes(chunk(c, byte_order)) as f64,
-                    _ => u64::from_le_bytes(chunk(c, byte_order)) as f64,
-                })
-                .collect())
+        } => (
+            *size as usize,
+            if *signed { 'i' } else { 'u' },
+            matches!(byte_order, ByteOrder::BigEndian),
+        ),
+        DatatypeMessage::FloatingPoint { size, byte_order, .. } => {
+            (*size as usize, 'f', matches!(byte_order, ByteOrder::BigEndian))
         }
-        DatatypeMessage::FloatingPoint { size, byte_order, .. } => match *size {
-            4 if raw.len().is_multiple_of(4) => Ok(raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(chunk(c, byte_order)) as f64)
-                .collect()),
-            8 if raw.len().is_multiple_of(8) => Ok(raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(chunk(c, byte_order)))
-                .collect()),
-            w => Err(format!("unsupported float width {w}")),
-        },
-        DatatypeMessage::Enum { base, .. } => decode_numeric(base, raw),
-        other => Err(format!("not a numeric dataset ({other:?})")),
+        DatatypeMessage::Enum { base, .. } => return decode_map(base, raw, map),
+        other => return Err(format!("not a numeric dataset ({other:?})")),
+    };
+    let supported = match kind {
+        'f' => matches!(w, 4 | 8),
+        _ => matches!(w, 1 | 2 | 4 | 8),
+    };
+    if !supported {
+        return Err(format!("unsupported numeric width {w} bytes"));
     }
+    if !raw.len().is_multiple_of(w) {
+        return Err(format!(
+            "{} bytes is not a whole number of {w}-byte elements",
+            raw.len()
+        ));
+    }
+    let decode = |c: &[u8]| -> f64 {
+        match (kind, w) {
+            ('i', 1) => c[0] as i8 as f64,
+            ('u', 1) => c[0] as f64,
+            ('i', 2) => i16::from_le_bytes(chunk(c, big)) as f64,
+            ('u', 2) => u16::from_le_bytes(chunk(c, big)) as f64,
+            ('i', 4) => i32::from_le_bytes(chunk(c, big)) as f64,
+            ('u', 4) => u32::from_le_bytes(chunk(c, big)) as f64,
+            ('i', 8) => i64::from_le_bytes(chunk(c, big)) as f64,
+            ('u', 8) => u64::from_le_bytes(chunk(c, big)) as f64,
+            ('f', 4) => f32::from_le_bytes(chunk(c, big)) as f64,
+            _ => f64::from_le_bytes(chunk(c, big)),
+        }
+    };
+    Ok(raw
+        .par_chunks_exact(w)
+        .with_min_len(1 << 14)
+        .map(|c| map(decode(c)))
+        .collect())
 }
 
 /// A cells × genes matrix in CSR layout.
@@ -335,9 +378,9 @@ impl Csr {
         n_rows: usize,
         n_cols: usize,
         by_row: bool,
-        indptr: &[usize],
-        minor: &[usize],
-        data: &[f32],
+        indptr: Vec<u64>,
+        minor: Vec<u64>,
+        data: Vec<f32>,
     ) -> Result<Self, String> {
         let n_major = if by_row { n_rows } else { n_cols };
         let n_minor = if by_row { n_cols } else { n_rows };
@@ -354,19 +397,40 @@ impl Csr {
         if minor.len() != data.len() {
             return Err(format!("{} indices but {} values", minor.len(), data.len()));
         }
+        let indptr: Vec<usize> = indptr.into_iter().map(|p| p as usize).collect();
         if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) || indptr[n_major] > data.len() {
             return Err("indptr is not a valid non-decreasing offset array".into());
         }
-        if let Some(i) = minor.iter().find(|&&i| i >= n_minor) {
+        if let Some(i) = minor.iter().find(|&&i| i >= n_minor as u64) {
             return Err(format!("index {i} out of range ({n_minor})"));
+        }
+        let minor: Vec<u32> = minor.into_par_iter().map(|i| i as u32).collect();
+        // What anndata writes for CSR is usually canonical already (columns strictly ascending within
+        // each row, no stored zeros): then the arrays are the result as they are.
+        let canonical = by_row
+            && indptr[n_major] == data.len()
+            && (0..n_major).into_par_iter().all(|r| {
+                let (cols, vals) = (&minor[indptr[r]..indptr[r + 1]], &data[indptr[r]..indptr[r + 1]]);
+                cols.windows(2).all(|w| w[0] < w[1]) && vals.iter().all(|&v| v != 0.0)
+            });
+        if canonical {
+            return Ok(Csr {
+                indptr,
+                indices: minor,
+                values: data,
+            });
         }
         // Triplets (row, col) from the compressed layout, then the shared CSR builder.
         let (mut rows, mut cols) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
         for major in 0..n_major {
             for &m in &minor[indptr[major]..indptr[major + 1]] {
-                let (r, c) = if by_row { (major, m) } else { (m, major) };
+                let (r, c) = if by_row {
+                    (major, m)
+                } else {
+                    (m as usize, major as u32)
+                };
                 rows.push(r as u32);
-                cols.push(c as u32);
+                cols.push(c);
             }
         }
         let (out_ptr, indices, values) = csr_from_triplets(n_rows, &rows, &cols, &data[..indptr[n_major]]);

@@ -1,7 +1,6 @@
 //! Geneformer as an [`Encoder`]: BERT embeddings (word + token type 0 + absolute position, then LN),
 //! post-LN blocks, and the optional tied MLM head.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use scinterp_engine::cpu;
@@ -13,6 +12,22 @@ use scinterp_engine::{
 use super::config::BertConfig;
 use crate::checkpoint::Checkpoint;
 use crate::error::ModelError;
+use crate::weights::{IgnoredKeys, WeightReader};
+
+/// Keys the forward pass does not read: buffers, tied copies of the word embeddings (read only with the
+/// head), and the heads of other BERT tasks (with a warning).
+const GENEFORMER_IGNORED_KEYS: IgnoredKeys<'static> = IgnoredKeys {
+    silently: &[
+        "bert.embeddings.position_ids",
+        "bert.embeddings.token_type_ids",
+        "cls.predictions.decoder.weight",
+        "cls.predictions.decoder.bias",
+    ],
+    with_warning: &[
+        ("bert.pooler.", "not part of BertForMaskedLM"),
+        ("cls.seq_relationship.", "not part of BertForMaskedLM"),
+    ],
+};
 
 /// What to load besides the encoder.
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +91,7 @@ impl Geneformer {
             }
             return Err(ModelError::NoWeights {
                 dir: dir.to_path_buf(),
+                expected: "model.safetensors or pytorch_model.bin next to config.json",
             });
         };
         let checkpoint = Checkpoint::open(&weights)?;
@@ -95,7 +111,7 @@ impl Geneformer {
             config.intermediate_size,
         );
         let eps = config.layer_norm_eps;
-        let mut w = WeightReader::new(checkpoint);
+        let mut w = WeightReader::new(checkpoint, GENEFORMER_IGNORED_KEYS);
 
         let word_embeddings = w.take("bert.embeddings.word_embeddings.weight", &[v, h]);
         let position_embeddings = w.take("bert.embeddings.position_embeddings.weight", &[p, h]);
@@ -275,106 +291,8 @@ impl Encoder for Geneformer {
         let t = cpu::layer_norm(&t, &head.ln);
         Some(cpu::linear(&t, &head.decoder))
     }
-}
 
-/// Reads named tensors from a checkpoint, collecting every problem instead of stopping at the first,
-/// so that one error lists all missing, mis-shaped and unexpected tensors.
-struct WeightReader<'a> {
-    checkpoint: &'a Checkpoint,
-    used: BTreeSet<String>,
-    problems: Vec<String>,
-}
-
-/// Keys that carry no weights the forward pass needs.
-const IGNORED_SILENTLY: &[&str] = &["bert.embeddings.position_ids", "bert.embeddings.token_type_ids"];
-/// Keys of other BERT heads: ignored with a warning.
-const IGNORED_WITH_WARNING: &[&str] = &["bert.pooler.", "cls.seq_relationship."];
-
-impl<'a> WeightReader<'a> {
-    fn new(checkpoint: &'a Checkpoint) -> Self {
-        WeightReader {
-            checkpoint,
-            used: BTreeSet::new(),
-            problems: Vec::new(),
-        }
-    }
-
-    fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
-        self.used.insert(name.to_string());
-        let Some(entry) = self.checkpoint.entry(name) else {
-            self.problems
-                .push(format!("missing tensor `{name}` (expected shape {shape:?})"));
-            return Vec::new();
-        };
-        if entry.shape != shape {
-            self.problems.push(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?}",
-                entry.shape
-            ));
-            return Vec::new();
-        }
-        match self.checkpoint.to_f32(name) {
-            Ok(v) => v,
-            Err(e) => {
-                self.problems.push(e.to_string());
-                Vec::new()
-            }
-        }
-    }
-
-    fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<LinearWeights, String> {
-        let weight = self.take(&format!("{prefix}.weight"), &[out, inp]);
-        let bias = self.take(&format!("{prefix}.bias"), &[out]);
-        LinearWeights::new(weight, Some(bias), out, inp)
-    }
-
-    fn layer_norm(&mut self, prefix: &str, width: usize, eps: f64) -> Result<LayerNormWeights, String> {
-        let gamma = self.take(&format!("{prefix}.weight"), &[width]);
-        let beta = self.take(&format!("{prefix}.bias"), &[width]);
-        LayerNormWeights::new(gamma, beta, eps)
-    }
-
-    fn mark_used(&mut self, name: &str) {
-        self.used.insert(name.to_string());
-    }
-
-    fn mark_used_prefix(&mut self, prefix: &str) {
-        let names: Vec<String> = self
-            .checkpoint
-            .names()
-            .filter(|n| n.starts_with(prefix))
-            .map(str::to_string)
-            .collect();
-        self.used.extend(names);
-    }
-
-    fn finish(mut self) -> Result<(), ModelError> {
-        let mut warned = BTreeSet::new();
-        for name in self.checkpoint.names() {
-            if self.used.contains(name) || IGNORED_SILENTLY.contains(&name) {
-                continue;
-            }
-            if name == "cls.predictions.decoder.weight" || name == "cls.predictions.decoder.bias" {
-                continue; // tied copies; used only when the head is loaded
-            }
-            if let Some(prefix) = IGNORED_WITH_WARNING.iter().find(|p| name.starts_with(**p)) {
-                if warned.insert(*prefix) {
-                    tracing::warn!(
-                        "{}: ignoring `{prefix}*` tensors (not part of BertForMaskedLM)",
-                        self.checkpoint.path().display()
-                    );
-                }
-                continue;
-            }
-            self.problems.push(format!("unexpected tensor `{name}`"));
-        }
-        if self.problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ModelError::Weights {
-                path: self.checkpoint.path().to_path_buf(),
-                problems: std::mem::take(&mut self.problems),
-            })
-        }
+    fn head_outputs(&self) -> Vec<(&'static str, usize)> {
+        vec![("logits", self.dims.vocab_size)]
     }
 }
