@@ -159,7 +159,9 @@ fn tokenize_geneformer(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<Toke
         TokenizerKind::GeneformerV1 => GeneformerVersion::V1,
         _ => GeneformerVersion::V2,
     };
+    let started = Instant::now();
     let dicts = GeneformerDictionaries::load(version, dir)?;
+    tracing::debug!("dictionaries read in {:.2} s", started.elapsed().as_secs_f64());
     let mut options = TokenizerOptions::new(version);
     // Orthologs yield human symbols whatever the input's ids were.
     options.gene_id_kind = match (args.orthologs.is_some(), args.gene_ids) {
@@ -171,9 +173,11 @@ fn tokenize_geneformer(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<Toke
         options.model_input_size = n;
     }
     let tokenizer = GeneformerTokenizer::new(&dicts, options)?;
+    let started = Instant::now();
     let tokenized = tokenizer
         .tokenize(matrix)
         .with_context(|| format!("tokenizing {}", args.input.display()))?;
+    tracing::debug!("cells ranked in {:.2} s", started.elapsed().as_secs_f64());
     let stats = &tokenized.stats;
     tracing::info!(
         "{} of {} genes map to the {version} vocabulary ({} unmapped, e.g. {:?})",

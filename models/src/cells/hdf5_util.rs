@@ -413,6 +413,11 @@ impl Csr {
                 let (cols, vals) = (&minor[indptr[r]..indptr[r + 1]], &data[indptr[r]..indptr[r + 1]]);
                 cols.windows(2).all(|w| w[0] < w[1]) && vals.iter().all(|&v| v != 0.0)
             });
+        tracing::debug!(
+            "{} matrix is {}canonical",
+            if by_row { "CSR" } else { "CSC" },
+            if canonical { "" } else { "not " }
+        );
         if canonical {
             return Ok(Csr {
                 indptr,
