@@ -6,16 +6,22 @@
 //! - [`hooks`]: TransformerLens-named hook points; captures and edits (edits are data, not closures).
 //! - [`encoder`]: the [`Encoder`] trait that models implement, and the post-LN block weights.
 //! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay).
+//! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
+//! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
 
 pub mod batching;
 pub mod cpu;
 pub mod encoder;
 pub mod error;
 pub mod executor;
+pub mod extract;
 pub mod hooks;
 pub mod matrix;
 pub mod npy;
 pub mod packed;
+pub mod rng;
+pub mod sae;
+pub mod store;
 
 pub use encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
 pub use error::EngineError;

@@ -15,13 +15,7 @@ use serde::Deserialize;
 
 use crate::checkpoint::{write_safetensors, CheckpointError, TensorToWrite};
 
-/// The splitmix64 finaliser (Steele, Lea, Flood 2014) applied to `x + golden gamma`.
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use scinterp_engine::rng::splitmix64;
 
 /// Element values of tensor number `index` of a synthetic model.
 pub fn tensor_values(seed: u64, index: u64, numel: usize, center: f64, scale: f64) -> Vec<f32> {

@@ -637,9 +637,9 @@ impl RankSorter {
 
     fn sort(&mut self, keys: &mut Vec<u128>) {
         let high = |k: u128| (k >> 32) as u64;
-        let (min, max) = keys
-            .iter()
-            .fold((u64::MAX, 0u64), |(lo, hi), &k| (lo.min(high(k)), hi.max(high(k))));
+        let (min, max) = keys.iter().fold((u64::MAX, 0u64), |(lo, hi), &k| {
+            (lo.min(high(k)), hi.max(high(k)))
+        });
         if keys.len() < 256 || min == max {
             keys.sort_unstable();
             return;
@@ -703,7 +703,9 @@ mod tests {
     fn the_bucket_sort_equals_a_plain_sort() {
         let mut state = 7u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             state >> 33
         };
         let mut sorter = RankSorter::default();

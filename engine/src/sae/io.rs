@@ -1,0 +1,229 @@
+//! SAE folders in SAELens' layout: `cfg.json` and `sae_weights.safetensors` with `W_enc` [d_in, d_sae],
+//! `b_enc` [d_sae], `W_dec` [d_sae, d_in], `b_dec` [d_in] (f32). `sae_lens.SAE.load_from_disk` reads
+//! them; scinterp's own fields (hook, model, training summary) go in `metadata`, which SAELens keeps.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+
+use super::TopKSae;
+
+pub const CFG_FILE: &str = "cfg.json";
+pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
+
+/// A problem with an SAE folder, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct SaeFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+fn err(path: &Path, reason: impl Into<String>) -> SaeFileError {
+    SaeFileError {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// An SAE with its `metadata` (hook name, model, normalisation, training summary).
+#[derive(Clone, Debug)]
+pub struct SaeFolder {
+    pub sae: TopKSae,
+    pub metadata: Value,
+}
+
+impl SaeFolder {
+    pub fn hook_name(&self) -> Option<&str> {
+        self.metadata.get("hook_name").and_then(Value::as_str)
+    }
+}
+
+/// Writes `cfg.json` and `sae_weights.safetensors` into `dir` (created if needed), each through a
+/// temporary name and a rename.
+pub fn save(dir: &Path, sae: &TopKSae, metadata: &Value) -> Result<(), SaeFileError> {
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create the folder: {e}")))?;
+    let w_enc_t = transpose(&sae.w_enc, sae.d_sae, sae.d_in);
+    let tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
+        ("W_enc", vec![sae.d_in, sae.d_sae], &w_enc_t),
+        ("b_enc", vec![sae.d_sae], &sae.b_enc),
+        ("W_dec", vec![sae.d_sae, sae.d_in], &sae.w_dec),
+        ("b_dec", vec![sae.d_in], &sae.b_dec),
+    ];
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| err(dir, format!("cannot build tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| err(&weights_path, format!("cannot serialise: {e}")))?;
+    write_atomically(&weights_path, &bytes)?;
+
+    let cfg = json!({
+        "architecture": "topk",
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "k": sae.k,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": true,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "rescale_acts_by_decoder_norm": false,
+        "metadata": metadata,
+    });
+    let cfg_path = dir.join(CFG_FILE);
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| err(&cfg_path, e.to_string()))?;
+    write_atomically(&cfg_path, text.as_bytes())
+}
+
+/// Reads an SAE folder written by scinterp or SAELens (TopK, f32, `apply_b_dec_to_input` true,
+/// no activation normalisation left to apply).
+pub fn load(dir: &Path) -> Result<SaeFolder, SaeFileError> {
+    let cfg_path = dir.join(CFG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+        err(
+            &cfg_path,
+            format!("cannot read ({e}); --sae must be an SAE folder (cfg.json, sae_weights.safetensors)"),
+        )
+    })?;
+    let cfg: Value =
+        serde_json::from_str(&text).map_err(|e| err(&cfg_path, format!("not valid JSON: {e}")))?;
+    let field = |name: &str| {
+        cfg.get(name)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| err(&cfg_path, format!("has no integer `{name}`")))
+    };
+    let (d_in, d_sae, k) = (field("d_in")?, field("d_sae")?, field("k")?);
+    let architecture = cfg.get("architecture").and_then(Value::as_str).unwrap_or("topk");
+    if architecture != "topk" {
+        return Err(err(
+            &cfg_path,
+            format!("architecture `{architecture}`: scinterp reads TopK SAEs only"),
+        ));
+    }
+    if cfg.get("apply_b_dec_to_input").and_then(Value::as_bool) == Some(false) {
+        return Err(err(
+            &cfg_path,
+            "apply_b_dec_to_input is false; fold b_dec into b_enc (b_enc −= b_dec·W_enc) and set it to true",
+        ));
+    }
+    match cfg.get("normalize_activations").and_then(Value::as_str) {
+        None | Some("none") => {}
+        Some(other) => {
+            return Err(err(
+                &cfg_path,
+                format!("normalize_activations is `{other}`; fold the scaling into the weights first"),
+            ))
+        }
+    }
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights_path).map_err(|e| err(&weights_path, format!("cannot read: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        err(
+            &weights_path,
+            format!("not a valid safetensors file (truncated?): {e}"),
+        )
+    })?;
+    let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, SaeFileError> {
+        let t = st
+            .tensor(name)
+            .map_err(|_| err(&weights_path, format!("has no tensor `{name}`")))?;
+        if t.shape() != shape {
+            return Err(err(
+                &weights_path,
+                format!(
+                    "`{name}` is {:?}, but cfg.json (d_in {d_in}, d_sae {d_sae}) implies {shape:?}",
+                    t.shape()
+                ),
+            ));
+        }
+        if t.dtype() != Dtype::F32 {
+            return Err(err(
+                &weights_path,
+                format!("`{name}` is {:?}; scinterp reads f32 SAE weights", t.dtype()),
+            ));
+        }
+        Ok(bytemuck::pod_collect_to_vec(t.data()))
+    };
+    let w_enc_t = get("W_enc", &[d_in, d_sae])?;
+    let sae = TopKSae {
+        d_in,
+        d_sae,
+        k,
+        w_enc: transpose(&w_enc_t, d_in, d_sae),
+        b_enc: get("b_enc", &[d_sae])?,
+        w_dec: get("W_dec", &[d_sae, d_in])?,
+        b_dec: get("b_dec", &[d_in])?,
+    };
+    sae.validate().map_err(|e| err(&cfg_path, e))?;
+    let metadata = cfg.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    Ok(SaeFolder { sae, metadata })
+}
+
+/// `[rows, cols]` → `[cols, rows]`, row-major.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = a[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Writes `bytes` to a temporary name beside `path`, fsyncs, and renames it into place.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SaeFileError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| err(&tmp, format!("cannot create: {e}")))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(path, format!("cannot replace: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_names_bad_files() {
+        let sae = crate::sae::tests::random_sae(6, 10, 3, 4);
+        let dir = tempfile::tempdir().unwrap();
+        save(
+            dir.path(),
+            &sae,
+            &json!({"hook_name": "blocks.1.hook_resid_post"}),
+        )
+        .unwrap();
+        let back = load(dir.path()).unwrap();
+        assert_eq!(back.sae, sae);
+        assert_eq!(back.hook_name(), Some("blocks.1.hook_resid_post"));
+
+        let weights = dir.path().join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(
+            e.path.ends_with(WEIGHTS_FILE) && e.reason.contains("truncated"),
+            "{e}"
+        );
+
+        save(dir.path(), &sae, &json!({})).unwrap();
+        let cfg_path = dir.path().join(CFG_FILE);
+        let text = std::fs::read_to_string(&cfg_path)
+            .unwrap()
+            .replace("\"d_in\": 6", "\"d_in\": 7");
+        std::fs::write(&cfg_path, text).unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.reason.contains("d_in 7"), "{e}");
+    }
+}

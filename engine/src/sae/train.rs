@@ -1,0 +1,906 @@
+//! Training a TopK SAE the way Gao et al. (2024) describe it, with a sparse backward:
+//!
+//! - `b_dec` starts at the geometric median of a sample; it is subtracted before encoding and added
+//!   after decoding (so its gradient has both paths);
+//! - decoder rows start as random unit vectors, the encoder as the decoder's transpose;
+//! - decoder rows stay at unit norm: the gradient component along each row is removed before the
+//!   Adam step and the rows are renormalised after it;
+//! - AuxK: the residual is also fitted by the top-`k_aux` latents among the dead ones (no firing for
+//!   `dead_after_tokens` tokens), weighted by `aux_coef`, which revives them;
+//! - Adam with linear warm-up and a linear decay to zero over the last part of training;
+//! - inputs scaled by one constant so that the mean row norm is √d_in, folded into the weights at the
+//!   end (the SAE on disk reads raw activations).
+//!
+//! Only the encoder GEMM is dense (every pre-activation is needed to choose the top k). Decoding, the
+//! latent gradients and the weight gradients touch only the k (+ k_aux) active latents of each row:
+//! per step that is O(B·d·F) for the GEMM and O(B·(k + k_aux)·d) for the rest, against about five dense
+//! GEMMs for a dense implementation.
+//!
+//! Rows stream from a [`RowSource`] (a memory-mapped store may exceed RAM): the training rows are cut
+//! into pieces of consecutive rows, the pieces are visited in a seeded random order, loaded into a
+//! shuffle buffer of bounded size, and the buffer's rows are shuffled before they are batched.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use faer::Accum;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, SparseCodes, TopKSae};
+use crate::rng::{splitmix64, unit_f64, Rng};
+use crate::store::HookArray;
+
+/// Rows of activations, read by range.
+pub trait RowSource: Sync {
+    fn d(&self) -> usize;
+    fn n_rows(&self) -> usize;
+    /// Rows `start..start + out.len() / d` as f32.
+    fn read(&self, start: usize, out: &mut [f32]);
+}
+
+impl RowSource for HookArray {
+    fn d(&self) -> usize {
+        HookArray::d(self)
+    }
+    fn n_rows(&self) -> usize {
+        HookArray::n_rows(self)
+    }
+    fn read(&self, start: usize, out: &mut [f32]) {
+        self.read_rows(start, out)
+    }
+}
+
+/// Rows held in memory, `[n, d]` row-major.
+pub struct MemoryRows {
+    pub d: usize,
+    pub data: Vec<f32>,
+}
+
+impl RowSource for MemoryRows {
+    fn d(&self) -> usize {
+        self.d
+    }
+    fn n_rows(&self) -> usize {
+        self.data.len() / self.d
+    }
+    fn read(&self, start: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.data[start * self.d..start * self.d + out.len()]);
+    }
+}
+
+/// Whether `cell` belongs to the held-out split: a seeded hash of the cell index, so that the split is
+/// by cell (all of a cell's rows on one side) and the same for every hook and every rerun.
+pub fn is_heldout(cell: u64, seed: u64, fraction: f64) -> bool {
+    unit_f64(splitmix64(splitmix64(seed ^ 0x4845_4C44_4F55_54AA) ^ cell)) < fraction
+}
+
+/// Training settings. [`TrainConfig::new`] fills the defaults of Gao et al.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub d_sae: usize,
+    pub k: usize,
+    pub batch_size: usize,
+    pub total_tokens: u64,
+    /// Peak learning rate (default 2e-4 / √(d_sae / 2¹⁴)).
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// Fraction of the steps, at the end, over which the learning rate falls linearly to 0.
+    pub decay_fraction: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub aux_k: usize,
+    pub aux_coef: f32,
+    /// A latent that has not fired for this many training tokens is dead (and trained by AuxK).
+    pub dead_after_tokens: u64,
+    /// Scale inputs to a mean row norm of √d_in during training (folded into the saved weights).
+    pub normalize: bool,
+    pub shuffle_buffer_rows: usize,
+    /// Rows used to estimate the input scale and the geometric median for `b_dec`.
+    pub init_sample_rows: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn new(d_in: usize, d_sae: usize, k: usize, total_tokens: u64) -> Self {
+        let batch_size = 4096;
+        let steps = total_tokens.div_ceil(batch_size as u64) as usize;
+        TrainConfig {
+            d_sae,
+            k,
+            batch_size,
+            total_tokens,
+            lr: 2e-4 / (d_sae as f64 / 16384.0).sqrt(),
+            warmup_steps: (steps / 20).clamp(1, 1000),
+            decay_fraction: 0.2,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            aux_k: (d_in / 2).max(1),
+            aux_coef: 1.0 / 32.0,
+            dead_after_tokens: 10_000_000,
+            normalize: true,
+            shuffle_buffer_rows: 1 << 17,
+            init_sample_rows: 1 << 15,
+            seed: 0,
+        }
+    }
+
+    fn steps(&self) -> usize {
+        self.total_tokens.div_ceil(self.batch_size as u64) as usize
+    }
+
+    fn lr_at(&self, step: usize) -> f64 {
+        let steps = self.steps().max(1);
+        let warm = (step + 1) as f64 / self.warmup_steps.max(1) as f64;
+        let decay_steps = (self.decay_fraction * steps as f64).max(1.0);
+        let left = (steps - step) as f64 / decay_steps;
+        self.lr * warm.min(1.0) * left.min(1.0)
+    }
+
+    pub fn validate(&self, d_in: usize) -> Result<(), String> {
+        if self.k == 0 || self.k > self.d_sae {
+            return Err(format!(
+                "--k {} must be between 1 and --d-sae {}",
+                self.k, self.d_sae
+            ));
+        }
+        if self.batch_size == 0 || self.total_tokens == 0 {
+            return Err("batch size and token count must be positive".into());
+        }
+        if d_in == 0 {
+            return Err("the activations have width 0".into());
+        }
+        if self.shuffle_buffer_rows < self.batch_size {
+            return Err(format!(
+                "the shuffle buffer ({} rows) must hold at least one batch ({} rows)",
+                self.shuffle_buffer_rows, self.batch_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What training did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub tokens_trained: u64,
+    pub train_seconds: f64,
+    pub tokens_per_second: f64,
+    pub input_scale: f64,
+    /// Latents that had not fired for `dead_after_tokens` tokens when training ended.
+    pub dead_latents_at_end: usize,
+    /// Mean normalised MSE (Σ‖x − x̂‖² / Σ‖x‖² on the scaled inputs) over the last 5 % of steps.
+    pub final_train_nmse: f64,
+    pub final_aux_loss: f64,
+}
+
+/// Trains an SAE on the rows `train` (ranges of `source` rows); `progress(step, steps, nmse)` is
+/// called after every step.
+pub fn train(
+    source: &dyn RowSource,
+    train: &[Range<usize>],
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<(TopKSae, TrainSummary), String> {
+    let d = source.d();
+    cfg.validate(d)?;
+    let n_train: usize = train.iter().map(|r| r.len()).sum();
+    if n_train == 0 {
+        return Err("there are no training rows".into());
+    }
+    let mut loader = Loader::new(source, train, cfg);
+    let sample = loader.sample(cfg.init_sample_rows.min(n_train));
+    let scale = if cfg.normalize {
+        let mean_norm =
+            sample.chunks(d).map(|r| dot(r, r).sqrt() as f64).sum::<f64>() / (sample.len() / d) as f64;
+        if mean_norm > 0.0 {
+            (d as f64).sqrt() / mean_norm
+        } else {
+            1.0
+        }
+    } else {
+        1.0
+    };
+    let scaled: Vec<f32> = sample.iter().map(|&v| (v as f64 * scale) as f32).collect();
+    let b_dec = geometric_median(&scaled, d, 50);
+    let mut sae = init_sae(d, cfg, b_dec);
+    let mut state = TrainState::new(&sae);
+    let steps = cfg.steps();
+    let started = Instant::now();
+    let mut summary = TrainSummary {
+        input_scale: scale,
+        ..Default::default()
+    };
+    let tail_from = steps - (steps / 20).max(1).min(steps);
+    let (mut tail_nmse, mut tail_aux, mut tail_n) = (0.0f64, 0.0f64, 0usize);
+    let mut batch = vec![0.0f32; cfg.batch_size * d];
+    for step in 0..steps {
+        let rows = (cfg.total_tokens - summary.tokens_trained).min(cfg.batch_size as u64) as usize;
+        let x = &mut batch[..rows * d];
+        loader.next_batch(x);
+        if scale != 1.0 {
+            let s = scale as f32;
+            x.par_iter_mut().for_each(|v| *v *= s);
+        }
+        let (nmse, aux) = state.step(&mut sae, x, cfg, cfg.lr_at(step));
+        summary.tokens_trained += rows as u64;
+        if step >= tail_from {
+            tail_nmse += nmse;
+            tail_aux += aux;
+            tail_n += 1;
+        }
+        progress(step + 1, steps, nmse);
+    }
+    summary.steps = steps;
+    summary.train_seconds = started.elapsed().as_secs_f64();
+    summary.tokens_per_second = summary.tokens_trained as f64 / summary.train_seconds.max(1e-9);
+    summary.dead_latents_at_end = state
+        .tokens_since_fired
+        .iter()
+        .filter(|&&t| t >= cfg.dead_after_tokens)
+        .count();
+    summary.final_train_nmse = tail_nmse / tail_n.max(1) as f64;
+    summary.final_aux_loss = tail_aux / tail_n.max(1) as f64;
+    fold_input_scale(&mut sae, scale);
+    Ok((sae, summary))
+}
+
+/// Rewrites an SAE trained on `x·scale` to read raw `x`: `W_enc·scale`, `W_dec/scale`, `b_dec/scale`.
+fn fold_input_scale(sae: &mut TopKSae, scale: f64) {
+    if scale == 1.0 {
+        return;
+    }
+    let (up, down) = (scale as f32, (1.0 / scale) as f32);
+    sae.w_enc.par_iter_mut().for_each(|v| *v *= up);
+    sae.w_dec.par_iter_mut().for_each(|v| *v *= down);
+    sae.b_dec.iter_mut().for_each(|v| *v *= down);
+}
+
+fn init_sae(d: usize, cfg: &TrainConfig, b_dec: Vec<f32>) -> TopKSae {
+    let mut rng = Rng::new(cfg.seed, 0x5AE);
+    let mut w_dec: Vec<f32> = (0..cfg.d_sae * d).map(|_| rng.normal() as f32).collect();
+    w_dec.par_chunks_mut(d).for_each(normalise);
+    TopKSae {
+        d_in: d,
+        d_sae: cfg.d_sae,
+        k: cfg.k,
+        w_enc: w_dec.clone(),
+        b_enc: vec![0.0; cfg.d_sae],
+        w_dec,
+        b_dec,
+    }
+}
+
+fn normalise(row: &mut [f32]) {
+    let norm = dot(row, row).sqrt();
+    if norm > 0.0 {
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// Weiszfeld iterations from the mean: the point minimising the sum of distances to the rows.
+pub fn geometric_median(rows: &[f32], d: usize, iterations: usize) -> Vec<f32> {
+    let n = rows.len() / d;
+    let mut m: Vec<f64> = vec![0.0; d];
+    for r in rows.chunks(d) {
+        for (a, &v) in m.iter_mut().zip(r) {
+            *a += v as f64 / n as f64;
+        }
+    }
+    for _ in 0..iterations {
+        let (num, den) = rows
+            .par_chunks(d)
+            .map(|r| {
+                let dist = r
+                    .iter()
+                    .zip(&m)
+                    .map(|(&v, &c)| (v as f64 - c).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let w = 1.0 / dist.max(1e-8);
+                (r.iter().map(|&v| v as f64 * w).collect::<Vec<_>>(), w)
+            })
+            .reduce(
+                || (vec![0.0; d], 0.0),
+                |(mut a, wa), (b, wb)| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    (a, wa + wb)
+                },
+            );
+        let next: Vec<f64> = num.iter().map(|v| v / den).collect();
+        let moved = next
+            .iter()
+            .zip(&m)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        m = next;
+        if moved < 1e-7 {
+            break;
+        }
+    }
+    m.into_iter().map(|v| v as f32).collect()
+}
+
+/// Streams shuffled training rows: pieces of consecutive rows in a seeded random order, through a
+/// shuffle buffer.
+struct Loader<'a> {
+    source: &'a dyn RowSource,
+    d: usize,
+    pieces: Vec<Range<usize>>,
+    order: Vec<usize>,
+    next_piece: usize,
+    buffer: Vec<f32>,
+    buffer_rows: usize,
+    cursor: usize,
+    capacity: usize,
+    rng: Rng,
+}
+
+const PIECE_ROWS: usize = 256;
+
+impl<'a> Loader<'a> {
+    fn new(source: &'a dyn RowSource, train: &[Range<usize>], cfg: &TrainConfig) -> Self {
+        let mut pieces = Vec::new();
+        for r in train {
+            let mut s = r.start;
+            while s < r.end {
+                let e = (s + PIECE_ROWS).min(r.end);
+                pieces.push(s..e);
+                s = e;
+            }
+        }
+        let n_rows: usize = pieces.iter().map(|p| p.len()).sum();
+        let capacity = cfg.shuffle_buffer_rows.min(n_rows).max(1);
+        Loader {
+            source,
+            d: source.d(),
+            order: Vec::new(),
+            next_piece: 0,
+            pieces,
+            buffer: Vec::new(),
+            buffer_rows: 0,
+            cursor: 0,
+            capacity,
+            rng: Rng::new(cfg.seed, 0x10AD),
+        }
+    }
+
+    /// Up to `n` rows drawn from random pieces (for the initial statistics), without consuming the
+    /// training stream.
+    fn sample(&mut self, n: usize) -> Vec<f32> {
+        let mut rng = self.rng.clone();
+        let mut order: Vec<usize> = (0..self.pieces.len()).collect();
+        rng.shuffle(&mut order);
+        let mut out = Vec::with_capacity(n * self.d);
+        for &p in &order {
+            let piece = &self.pieces[p];
+            let take = piece.len().min(n - out.len() / self.d);
+            let at = out.len();
+            out.resize(at + take * self.d, 0.0);
+            self.source.read(piece.start, &mut out[at..]);
+            if out.len() / self.d >= n {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Refills the buffer with the next pieces (starting a new epoch when all were used) and shuffles
+    /// its rows.
+    fn refill(&mut self) {
+        let d = self.d;
+        self.buffer.resize(self.capacity * d, 0.0);
+        let mut filled = 0usize;
+        while filled < self.capacity {
+            if self.next_piece == self.order.len() {
+                self.order = (0..self.pieces.len()).collect();
+                self.rng.shuffle(&mut self.order);
+                self.next_piece = 0;
+            }
+            let piece = self.pieces[self.order[self.next_piece]].clone();
+            if filled + piece.len() > self.capacity && filled > 0 {
+                break; // the piece goes first into the next buffer
+            }
+            let take = piece.len().min(self.capacity - filled);
+            self.source
+                .read(piece.start, &mut self.buffer[filled * d..(filled + take) * d]);
+            filled += take;
+            self.next_piece += 1;
+        }
+        self.buffer_rows = filled;
+        // Shuffle rows: a permutation applied by copying.
+        let mut perm: Vec<usize> = (0..filled).collect();
+        self.rng.shuffle(&mut perm);
+        let mut shuffled = vec![0.0f32; filled * d];
+        shuffled
+            .par_chunks_mut(d)
+            .zip(perm.par_iter())
+            .for_each(|(dst, &src)| dst.copy_from_slice(&self.buffer[src * d..(src + 1) * d]));
+        self.buffer = shuffled;
+        self.cursor = 0;
+    }
+
+    fn next_batch(&mut self, out: &mut [f32]) {
+        let d = self.d;
+        let mut done = 0usize;
+        let want = out.len() / d;
+        while done < want {
+            if self.cursor == self.buffer_rows {
+                self.refill();
+            }
+            let take = (want - done).min(self.buffer_rows - self.cursor);
+            out[done * d..(done + take) * d]
+                .copy_from_slice(&self.buffer[self.cursor * d..(self.cursor + take) * d]);
+            self.cursor += take;
+            done += take;
+        }
+    }
+}
+
+/// Adam moments, gradients and dead-latent counters.
+struct TrainState {
+    step: u64,
+    m: Params,
+    v: Params,
+    g: Params,
+    tokens_since_fired: Vec<u64>,
+}
+
+/// One buffer per parameter array, in the same layout as [`TopKSae`].
+#[derive(Clone)]
+struct Params {
+    w_enc: Vec<f32>,
+    b_enc: Vec<f32>,
+    w_dec: Vec<f32>,
+    b_dec: Vec<f32>,
+}
+
+impl Params {
+    fn zeros_like(sae: &TopKSae) -> Self {
+        Params {
+            w_enc: vec![0.0; sae.w_enc.len()],
+            b_enc: vec![0.0; sae.b_enc.len()],
+            w_dec: vec![0.0; sae.w_dec.len()],
+            b_dec: vec![0.0; sae.b_dec.len()],
+        }
+    }
+}
+
+/// One (row, coefficient) contribution to a latent's gradients.
+#[derive(Clone, Copy)]
+struct Touch {
+    row: u32,
+    /// The latent's value (for the decoder gradient).
+    value: f32,
+    /// ∂L/∂pre (for the encoder gradient); 0 when the ReLU was closed.
+    grad_pre: f32,
+    /// Whether this came from the AuxK path (its decoder gradient uses the AuxK residual).
+    aux: bool,
+}
+
+impl TrainState {
+    fn new(sae: &TopKSae) -> Self {
+        TrainState {
+            step: 0,
+            m: Params::zeros_like(sae),
+            v: Params::zeros_like(sae),
+            g: Params::zeros_like(sae),
+            tokens_since_fired: vec![0; sae.d_sae],
+        }
+    }
+
+    /// One optimiser step on the rows `x` (already scaled). Returns (normalised MSE, AuxK loss).
+    fn step(&mut self, sae: &mut TopKSae, x: &[f32], cfg: &TrainConfig, lr: f64) -> (f64, f64) {
+        let d = sae.d_in;
+        let f_count = sae.d_sae;
+        let b = x.len() / d;
+        let norm = 1.0 / (b * d) as f32;
+
+        // Forward: centre, dense encoder GEMM, top-k.
+        let mut xc = x.to_vec();
+        xc.par_chunks_mut(d).for_each(|r| {
+            for (v, c) in r.iter_mut().zip(&sae.b_dec) {
+                *v -= c;
+            }
+        });
+        let mut pre = vec![0.0f32; b * f_count];
+        pre.par_chunks_mut(f_count)
+            .for_each(|r| r.copy_from_slice(&sae.b_enc));
+        gemm_rows_by_latents(&xc, &sae.w_enc, d, &mut pre, f_count, Accum::Add);
+        let codes = top_k_rows(&pre, f_count, sae.k);
+
+        // AuxK over the latents that are dead now.
+        let dead: Vec<u32> = (0..f_count as u32)
+            .filter(|&f| self.tokens_since_fired[f as usize] >= cfg.dead_after_tokens)
+            .collect();
+        let aux_codes = (!dead.is_empty()).then(|| {
+            let k_aux = cfg.aux_k.min(dead.len());
+            let mut dead_pre = vec![0.0f32; b * dead.len()];
+            dead_pre
+                .par_chunks_mut(dead.len())
+                .enumerate()
+                .for_each(|(r, out)| {
+                    for (o, &f) in out.iter_mut().zip(&dead) {
+                        *o = pre[r * f_count + f as usize];
+                    }
+                });
+            let mut c = top_k_rows(&dead_pre, dead.len(), k_aux);
+            c.indices.iter_mut().for_each(|i| *i = dead[*i as usize]);
+            c
+        });
+        drop(pre);
+
+        // Residuals: e = x − x̂ (main), r = e − ê (AuxK).
+        let recon = sae.decode(&codes);
+        let residual: Vec<f32> = x.par_iter().zip(&recon).map(|(a, b)| a - b).collect();
+        let aux_residual: Option<Vec<f32>> = aux_codes.as_ref().map(|c| {
+            let mut r = residual.clone();
+            r.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
+                let (idx, val) = c.row(row);
+                for (&f, &v) in idx.iter().zip(val) {
+                    if v != 0.0 {
+                        axpy(out, -v, sae.decoder_row(f as usize));
+                    }
+                }
+            });
+            r
+        });
+        let sq = |v: &[f32]| v.par_iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>();
+        let err = sq(&residual);
+        let energy = sq(x).max(1e-30);
+        let aux_loss = aux_residual.as_ref().map_or(0.0, |r| sq(r) * norm as f64);
+
+        // ∂L/∂x̂ = −2e·norm and ∂L/∂ê = −2·aux_coef·r·norm; the latents' gradients are their dot
+        // products with the decoder rows, through the ReLU.
+        let grad_main = -2.0 * norm;
+        let grad_aux = -2.0 * cfg.aux_coef * norm;
+        let mut touches: Vec<Vec<(u32, Touch)>> = vec![Vec::new(); b];
+        touches.par_iter_mut().enumerate().for_each(|(row, list)| {
+            let mut add = |codes: &SparseCodes, target: &[f32], scale: f32, aux: bool| {
+                let (idx, val) = codes.row(row);
+                for (&f, &v) in idx.iter().zip(val) {
+                    let g = if v > 0.0 {
+                        scale * dot(&target[row * d..(row + 1) * d], sae.decoder_row(f as usize))
+                    } else {
+                        0.0
+                    };
+                    list.push((
+                        f,
+                        Touch {
+                            row: row as u32,
+                            value: v,
+                            grad_pre: g,
+                            aux,
+                        },
+                    ));
+                }
+            };
+            add(&codes, &residual, grad_main, false);
+            if let (Some(c), Some(r)) = (&aux_codes, &aux_residual) {
+                add(c, r, grad_aux, true);
+            }
+        });
+
+        // ∂L/∂xc = Σ grad_pre·W_enc[f] per row; b_dec gets ∂L/∂x̂ summed minus that.
+        let grad_xc: Vec<f32> = {
+            let mut g = vec![0.0f32; b * d];
+            g.par_chunks_mut(d)
+                .zip(touches.par_iter())
+                .for_each(|(out, list)| {
+                    for (f, t) in list {
+                        if t.grad_pre != 0.0 {
+                            axpy(out, t.grad_pre, sae.encoder_row(*f as usize));
+                        }
+                    }
+                });
+            g
+        };
+        for (j, gb) in self.g.b_dec.iter_mut().enumerate() {
+            let mut s = 0.0f64;
+            for row in 0..b {
+                s += (grad_main * residual[row * d + j] - grad_xc[row * d + j]) as f64;
+            }
+            *gb = s as f32;
+        }
+
+        // Per-latent gradients: gather the touches of each latent (counting sort by latent).
+        let mut counts = vec![0usize; f_count + 1];
+        for list in &touches {
+            for (f, _) in list {
+                counts[*f as usize + 1] += 1;
+            }
+        }
+        for f in 0..f_count {
+            counts[f + 1] += counts[f];
+        }
+        let mut by_latent = vec![
+            Touch {
+                row: 0,
+                value: 0.0,
+                grad_pre: 0.0,
+                aux: false
+            };
+            counts[f_count]
+        ];
+        let mut fill = counts.clone();
+        for list in &touches {
+            for (f, t) in list {
+                by_latent[fill[*f as usize]] = *t;
+                fill[*f as usize] += 1;
+            }
+        }
+        drop(touches);
+        let g = &mut self.g;
+        g.w_dec
+            .par_chunks_mut(d)
+            .zip(g.w_enc.par_chunks_mut(d))
+            .zip(g.b_enc.par_iter_mut())
+            .enumerate()
+            .for_each(|(f, ((gd, ge), gbe))| {
+                gd.fill(0.0);
+                ge.fill(0.0);
+                *gbe = 0.0;
+                let list = &by_latent[counts[f]..counts[f + 1]];
+                for t in list {
+                    let row = t.row as usize;
+                    let target = if t.aux {
+                        aux_residual.as_deref().unwrap_or(&residual)
+                    } else {
+                        &residual
+                    };
+                    let coef = if t.aux { grad_aux } else { grad_main };
+                    if t.value != 0.0 {
+                        axpy(gd, coef * t.value, &target[row * d..(row + 1) * d]);
+                    }
+                    if t.grad_pre != 0.0 {
+                        axpy(ge, t.grad_pre, &xc[row * d..(row + 1) * d]);
+                        *gbe += t.grad_pre;
+                    }
+                }
+                // Keep the decoder row on the unit sphere: drop the gradient along it.
+                if !list.is_empty() {
+                    let w = &sae.w_dec[f * d..(f + 1) * d];
+                    let along = dot(gd, w);
+                    axpy(gd, -along, w);
+                }
+            });
+
+        // Dead-latent counters.
+        let mut fired = vec![false; f_count];
+        for (&f, &v) in codes.indices.iter().zip(&codes.values) {
+            if v > 0.0 {
+                fired[f as usize] = true;
+            }
+        }
+        for (t, &hit) in self.tokens_since_fired.iter_mut().zip(&fired) {
+            *t = if hit { 0 } else { *t + b as u64 };
+        }
+
+        self.adam(sae, cfg, lr);
+        sae.w_dec.par_chunks_mut(d).for_each(normalise);
+        (err / energy, aux_loss)
+    }
+
+    fn adam(&mut self, sae: &mut TopKSae, cfg: &TrainConfig, lr: f64) {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (cfg.beta1 as f32, cfg.beta2 as f32);
+        let c1 = 1.0 / (1.0 - cfg.beta1.powi(t)) as f32;
+        let c2 = 1.0 / (1.0 - cfg.beta2.powi(t)) as f32;
+        let (lr, eps) = (lr as f32, cfg.adam_eps as f32);
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            p.par_chunks_mut(4096)
+                .zip(m.par_chunks_mut(4096))
+                .zip(v.par_chunks_mut(4096))
+                .zip(g.par_chunks(4096))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                        p[i] -= lr * (m[i] * c1) / ((v[i] * c2).sqrt() + eps);
+                    }
+                });
+        };
+        update(
+            &mut sae.w_enc,
+            &mut self.m.w_enc,
+            &mut self.v.w_enc,
+            &self.g.w_enc,
+        );
+        update(
+            &mut sae.b_enc,
+            &mut self.m.b_enc,
+            &mut self.v.b_enc,
+            &self.g.b_enc,
+        );
+        update(
+            &mut sae.w_dec,
+            &mut self.m.w_dec,
+            &mut self.v.w_dec,
+            &self.g.w_dec,
+        );
+        update(
+            &mut sae.b_dec,
+            &mut self.m.b_dec,
+            &mut self.v.b_dec,
+            &self.g.b_dec,
+        );
+    }
+}
+
+/// Reconstruction quality of an SAE over rows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalStats {
+    pub rows: usize,
+    /// Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − x̄‖² (x̄ = the mean of these rows).
+    pub fvu: f64,
+    pub mse: f64,
+    /// Mean number of latents with a value > 0 per row.
+    pub l0: f64,
+    /// Latents that never fired on these rows.
+    pub dead_latents: usize,
+    pub dead_fraction: f64,
+    /// Rows on which each latent fired.
+    #[serde(skip)]
+    pub fire_counts: Vec<u64>,
+}
+
+/// Encodes and decodes the rows `ranges` of `source` in chunks and measures the reconstruction.
+pub fn evaluate(sae: &TopKSae, source: &dyn RowSource, ranges: &[Range<usize>]) -> EvalStats {
+    let d = sae.d_in;
+    let mut sum = vec![0.0f64; d];
+    let (mut sum_sq, mut err, mut active, mut rows) = (0.0f64, 0.0f64, 0usize, 0usize);
+    let mut fire_counts = vec![0u64; sae.d_sae];
+    const CHUNK: usize = 4096;
+    let mut x = vec![0.0f32; CHUNK * d];
+    for range in ranges {
+        let mut s = range.start;
+        while s < range.end {
+            let n = (range.end - s).min(CHUNK);
+            let x = &mut x[..n * d];
+            source.read(s, x);
+            let codes = sae.encode(x);
+            let recon = sae.decode(&codes);
+            err += x
+                .par_iter()
+                .zip(&recon)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            for r in x.chunks(d) {
+                for (acc, &v) in sum.iter_mut().zip(r) {
+                    *acc += v as f64;
+                }
+                sum_sq += r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+            }
+            for (&f, &v) in codes.indices.iter().zip(&codes.values) {
+                if v > 0.0 {
+                    fire_counts[f as usize] += 1;
+                    active += 1;
+                }
+            }
+            rows += n;
+            s += n;
+        }
+    }
+    let n = rows.max(1) as f64;
+    let total_var = sum_sq - sum.iter().map(|s| s * s).sum::<f64>() / n;
+    let dead = fire_counts.iter().filter(|&&c| c == 0).count();
+    EvalStats {
+        rows,
+        fvu: if total_var > 0.0 {
+            err / total_var
+        } else {
+            f64::NAN
+        },
+        mse: err / (n * d as f64),
+        l0: active as f64 / n,
+        dead_latents: dead,
+        dead_fraction: dead as f64 / sae.d_sae as f64,
+        fire_counts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sparse backward equals finite differences of the loss.
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn gradients_match_finite_differences() {
+        let (d, f, k, b) = (6usize, 16usize, 3usize, 5usize);
+        let mut sae = crate::sae::tests::random_sae(d, f, k, 9);
+        sae.w_dec.chunks_mut(d).for_each(normalise);
+        let mut rng = Rng::new(11, 0);
+        let x: Vec<f32> = (0..b * d).map(|_| rng.normal() as f32).collect();
+        let mut cfg = TrainConfig::new(d, f, k, 100);
+        cfg.aux_k = 2;
+        cfg.aux_coef = 0.5;
+        cfg.dead_after_tokens = 1;
+        let mut state = TrainState::new(&sae);
+        // Latents 0..8 are dead (never fired), so AuxK is active over them.
+        for (i, t) in state.tokens_since_fired.iter_mut().enumerate() {
+            *t = if i < 8 { 10 } else { 0 };
+        }
+        let dead: Vec<usize> = (0..8).collect();
+        let residual = |s: &TopKSae| -> Vec<f64> {
+            let recon = s.decode(&s.encode(&x));
+            x.iter().zip(&recon).map(|(a, b)| (*a - *b) as f64).collect()
+        };
+        // The AuxK target is the main residual of the unperturbed SAE (detached, as in training).
+        let e0 = residual(&sae);
+        let loss = |s: &TopKSae| -> f64 {
+            let e = residual(s);
+            let main: f64 = e.iter().map(|v| v * v).sum::<f64>() / (b * d) as f64;
+            // AuxK: top-2 dead latents per row of the pre-activations, ReLU, decode without bias.
+            let pre = s.pre_activations(&x);
+            let mut aux = 0.0;
+            for r in 0..b {
+                let mut cand: Vec<(f32, usize)> = dead.iter().map(|&j| (pre[r * f + j], j)).collect();
+                cand.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+                for i in 0..d {
+                    let mut ehat = 0.0f64;
+                    for &(v, j) in &cand[..2] {
+                        ehat += v.max(0.0) as f64 * s.decoder_row(j)[i] as f64;
+                    }
+                    aux += (e0[r * d + i] - ehat).powi(2);
+                }
+            }
+            main + 0.5 * aux / (b * d) as f64
+        };
+        // Run the step with lr 0 to fill the gradients only.
+        let mut probe = sae.clone();
+        state.step(&mut probe, &x, &cfg, 0.0);
+        let eps = 1e-3f32;
+        let checks: Vec<(&str, usize)> = vec![("b_dec", 2), ("b_enc", 9), ("w_enc", 9 * d + 1), ("b_enc", 3)];
+        for (name, i) in checks {
+            let mut plus = sae.clone();
+            let mut minus = sae.clone();
+            let (p, m, g) = match name {
+                "b_dec" => (&mut plus.b_dec, &mut minus.b_dec, state.g.b_dec[i]),
+                "b_enc" => (&mut plus.b_enc, &mut minus.b_enc, state.g.b_enc[i]),
+                _ => (&mut plus.w_enc, &mut minus.w_enc, state.g.w_enc[i]),
+            };
+            p[i] += eps;
+            m[i] -= eps;
+            let numeric = (loss(&plus) - loss(&minus)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - g as f64).abs() < 2e-3 * (1.0 + numeric.abs()),
+                "{name}[{i}]: numeric {numeric} vs {g}"
+            );
+        }
+        // Decoder: the projected gradient is the numeric one minus its component along the row.
+        let row = 10;
+        let w = sae.decoder_row(row).to_vec();
+        let mut numeric = vec![0.0f64; d];
+        for i in 0..d {
+            let mut plus = sae.clone();
+            let mut minus = sae.clone();
+            plus.w_dec[row * d + i] += eps;
+            minus.w_dec[row * d + i] -= eps;
+            numeric[i] = (loss(&plus) - loss(&minus)) / (2.0 * eps as f64);
+        }
+        let along: f64 = numeric.iter().zip(&w).map(|(a, b)| a * *b as f64).sum();
+        for i in 0..d {
+            let want = numeric[i] - along * w[i] as f64;
+            let got = state.g.w_dec[row * d + i] as f64;
+            assert!(
+                (want - got).abs() < 2e-3 * (1.0 + want.abs()),
+                "W_dec[{row},{i}]: {want} vs {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_heldout_split_is_by_cell_and_seeded() {
+        let picked: Vec<u64> = (0..1000).filter(|&c| is_heldout(c, 0, 0.1)).collect();
+        assert!((60..140).contains(&picked.len()), "{}", picked.len());
+        let again: Vec<u64> = (0..1000).filter(|&c| is_heldout(c, 0, 0.1)).collect();
+        assert_eq!(picked, again);
+        let other: Vec<u64> = (0..1000).filter(|&c| is_heldout(c, 1, 0.1)).collect();
+        assert_ne!(picked, other);
+    }
+}
