@@ -84,8 +84,13 @@ impl ModelKind {
 pub struct LoadedModel {
     pub encoder: Box<dyn Encoder>,
     pub kind: ModelKind,
+    /// The weights file that was read.
+    pub weights: PathBuf,
     /// scGPT's `<cls>` id: its cell embedding is read at position 0, which should hold it.
     cls_id: Option<u32>,
+    /// scGPT's `<cls>` and `<pad>` ids (positions that are not genes); empty for Geneformer, whose
+    /// special ids depend on the tokenizer version.
+    pub special_ids: Vec<u32>,
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
@@ -120,7 +125,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
 }
 
 /// Cells from a JSON file or a token store folder, checked against what the model reads.
-fn read_cells(input: &Path, model: &LoadedModel) -> Result<InputCells> {
+pub fn read_cells(input: &Path, model: &LoadedModel) -> Result<InputCells> {
     let cells = if input.is_dir() {
         let store = TokenStore::read(input)?;
         if store.manifest.tokenizer != model.kind.tokenizer() {
@@ -178,15 +183,16 @@ pub fn load_model(dir: &Path, with_head: bool) -> Result<LoadedModel> {
         );
     }
     let started = Instant::now();
-    let (encoder, kind, cls_id, weights): (Box<dyn Encoder>, _, _, PathBuf) = if is_scgpt_dir(dir) {
+    type Loaded = (Box<dyn Encoder>, ModelKind, Option<u32>, Vec<u32>, PathBuf);
+    let (encoder, kind, cls_id, special_ids, weights): Loaded = if is_scgpt_dir(dir) {
         let model = Scgpt::load(dir, ScgptLoadOptions { with_head })?;
         let weights = model.weights_path().to_path_buf();
-        let cls = model.cls_id();
-        (Box::new(model), ModelKind::Scgpt, Some(cls), weights)
+        let (cls, pad) = (model.cls_id(), model.pad_id());
+        (Box::new(model), ModelKind::Scgpt, Some(cls), vec![cls, pad], weights)
     } else {
         let model = Geneformer::load(dir, LoadOptions { with_head })?;
         let weights = model.weights_path().to_path_buf();
-        (Box::new(model), ModelKind::Geneformer, None, weights)
+        (Box::new(model), ModelKind::Geneformer, None, Vec::new(), weights)
     };
     tracing::info!(
         "loaded {} ({:?}, {} layers, d_model {}) in {:.2} s",
@@ -199,7 +205,9 @@ pub fn load_model(dir: &Path, with_head: bool) -> Result<LoadedModel> {
     Ok(LoadedModel {
         encoder,
         kind,
+        weights,
         cls_id,
+        special_ids,
     })
 }
 

@@ -2,7 +2,10 @@
 //! libraries and reports. No science lives here.
 
 mod demo;
+mod extract;
 mod forward;
+mod progress;
+mod sae;
 mod tokenize;
 mod tokens_json;
 
@@ -38,11 +41,16 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Tokenize real cells for a model; writes a token store.
     Tokenize(tokenize::TokenizeArgs),
+    /// Run a model over a token store and write hook activations to a (resumable) activation store.
+    Extract(extract::ExtractArgs),
+    /// TopK sparse autoencoders: train, encode, eval, synth.
+    Sae(sae::SaeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    progress::set_hidden(cli.quiet);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Extract(args) => extract::run(args),
+        Command::Sae(args) => sae::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -178,8 +178,8 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Reads a store, checking that its arrays agree with each other and with the manifest.
-    pub fn read(dir: &Path) -> Result<TokenStore, TokenStoreError> {
+    /// Reads and checks a store's `manifest.json` alone.
+    pub fn read_manifest(dir: &Path) -> Result<TokenStoreManifest, TokenStoreError> {
         let invalid = |path: &Path, reason: String| TokenStoreError::Invalid {
             path: path.to_path_buf(),
             reason,
@@ -205,6 +205,16 @@ impl TokenStore {
                 ),
             ));
         }
+        Ok(manifest)
+    }
+
+    /// Reads a store, checking that its arrays agree with each other and with the manifest.
+    pub fn read(dir: &Path) -> Result<TokenStore, TokenStoreError> {
+        let invalid = |path: &Path, reason: String| TokenStoreError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let manifest = Self::read_manifest(dir)?;
         let read = |name: &str, dtype: NpyDtype| -> Result<Vec<u8>, TokenStoreError> {
             let p = dir.join(name);
             let (h, bytes) = read_npy_bytes(&p).map_err(|e| invalid(&p, e))?;

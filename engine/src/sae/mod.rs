@@ -11,6 +11,7 @@
 //! latent, SAELens' `W_enc` transposed) so that the sparse backward touches contiguous rows.
 
 pub mod io;
+pub mod splice;
 pub mod synth;
 pub mod train;
 

@@ -1,0 +1,208 @@
+//! `scinterp extract`: a batched forward pass over a token store, writing the captured hooks at gene
+//! positions to an activation store (resumable; see `scinterp_engine::store`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use scinterp_engine::extract::{extract, ExtractCells};
+use scinterp_engine::store::{ActDtype, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT};
+use scinterp_models::token_store::sha256_of;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::forward::{load_model, parse_hooks, read_cells, ModelKind};
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// Model folder (Geneformer or scGPT), as for `scinterp forward`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Token store made by `scinterp tokenize` for this model.
+    #[arg(long)]
+    input: PathBuf,
+    /// Hooks to store: a comma list (e.g. blocks.5.hook_resid_post) or `all`.
+    #[arg(long)]
+    hooks: String,
+    /// Activation store folder to create, or to resume if a run was interrupted.
+    #[arg(long)]
+    out: PathBuf,
+    /// Element type of the stored activations.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    dtype: DtypeArg,
+    /// Also store the special-token positions (<cls>, <eos>); by default only genes get rows.
+    #[arg(long)]
+    include_special: bool,
+    /// Most tokens run together in one packed batch (bounds memory; part of the store's settings).
+    #[arg(long, default_value_t = 16_384)]
+    max_batch_tokens: usize,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DtypeArg {
+    F16,
+    F32,
+}
+
+#[derive(Debug, Serialize)]
+struct ExtractSummary {
+    out: String,
+    hooks: Vec<String>,
+    n_cells: usize,
+    n_rows: usize,
+    /// Cells that were already in the store when this run started.
+    resumed_from_cell: usize,
+    cells_run: usize,
+    tokens_run: usize,
+    seconds: f64,
+    cells_per_second: f64,
+}
+
+pub fn run(args: ExtractArgs) -> Result<()> {
+    if !args.input.is_dir() {
+        bail!(
+            "--input {}: not a token store folder; make one with `scinterp tokenize`",
+            args.input.display()
+        );
+    }
+    let model = load_model(&args.model, false)?;
+    let cells = read_cells(&args.input, &model)?;
+    let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
+    if hooks.is_empty() {
+        bail!("--hooks names no hook; give a comma list such as blocks.5.hook_resid_post, or `all`");
+    }
+    let special_ids = special_token_ids(&args.input, &model)?;
+    let job = ExtractCells {
+        tokens: &cells.tokens,
+        values: cells.values.as_deref(),
+        special_ids: &special_ids,
+        include_special: args.include_special,
+    };
+    let rows = job.row_index();
+    if rows.is_empty() {
+        bail!(
+            "{}: no position to store (every token is special); pass --include-special",
+            args.input.display()
+        );
+    }
+    let manifest = StoreManifest {
+        format: STORE_FORMAT.into(),
+        format_version: 1,
+        model: model_identity(&args.model, &model)?,
+        source: source_identity(&args.input)?,
+        hooks: hooks.iter().map(ToString::to_string).collect(),
+        dtype: match args.dtype {
+            DtypeArg::F16 => ActDtype::F16,
+            DtypeArg::F32 => ActDtype::F32,
+        },
+        d_model: model.encoder.dims().d_model,
+        include_special: args.include_special,
+        n_cells: cells.tokens.len(),
+        n_rows: rows.len(),
+        max_batch_tokens: args.max_batch_tokens.max(1),
+        cells_complete: 0,
+        rows_complete: 0,
+        complete: false,
+        scinterp_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut writer = match StoreWriter::open(&args.out, manifest, &rows)? {
+        OpenedStore::AlreadyComplete(m) => {
+            tracing::info!(
+                "{} is already complete ({} cells, {} rows); nothing to do",
+                args.out.display(),
+                m.n_cells,
+                m.n_rows
+            );
+            return Ok(());
+        }
+        OpenedStore::Writer(w) => w,
+    };
+    let resumed_from = writer.manifest().cells_complete;
+    if resumed_from > 0 {
+        tracing::info!(
+            "resuming {} at cell {resumed_from} of {}",
+            args.out.display(),
+            cells.tokens.len()
+        );
+    }
+    let bar = crate::progress::bar(cells.tokens.len() as u64, resumed_from as u64, "cells");
+    let stats = extract(model.encoder.as_ref(), &job, &hooks, &mut writer, &mut |p| {
+        bar.set_position(p.cells_done as u64)
+    })
+    .with_context(|| format!("extracting into {}", args.out.display()))?;
+    bar.finish_and_clear();
+    let summary = ExtractSummary {
+        out: args.out.display().to_string(),
+        hooks: hooks.iter().map(ToString::to_string).collect(),
+        n_cells: cells.tokens.len(),
+        n_rows: rows.len(),
+        resumed_from_cell: resumed_from,
+        cells_run: stats.cells_run,
+        tokens_run: stats.tokens_run,
+        seconds: stats.seconds,
+        cells_per_second: stats.cells_run as f64 / stats.seconds.max(1e-9),
+    };
+    tracing::info!(
+        "{} cells ({} tokens) in {:.2} s ({:.1} cells/s); {} rows × {} hooks in {}",
+        summary.cells_run,
+        summary.tokens_run,
+        summary.seconds,
+        summary.cells_per_second,
+        summary.n_rows,
+        hooks.len(),
+        args.out.display()
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+/// Token ids whose positions are not genes: Geneformer V2 `<pad> <mask> <cls> <eos>` (0–3), V1
+/// `<pad> <mask>` (0–1); scGPT `<cls>` and `<pad>`.
+pub fn special_token_ids(store: &Path, model: &crate::forward::LoadedModel) -> Result<Vec<u32>> {
+    Ok(match model.kind {
+        ModelKind::Scgpt => model.special_ids.clone(),
+        ModelKind::Geneformer => {
+            let manifest = scinterp_models::token_store::TokenStore::read_manifest(store)?;
+            if manifest.tokenizer_version.eq_ignore_ascii_case("v1") {
+                vec![0, 1]
+            } else {
+                vec![0, 1, 2, 3]
+            }
+        }
+    })
+}
+
+/// The model as the store records it: folder, kind, weights file and its sha256.
+fn model_identity(dir: &Path, model: &crate::forward::LoadedModel) -> Result<serde_json::Value> {
+    let weights = &model.weights;
+    let hash = sha256_of(weights).with_context(|| format!("hashing {}", weights.display()))?;
+    Ok(json!({
+        "path": absolute(dir),
+        "kind": format!("{:?}", model.kind).to_lowercase(),
+        "weights": absolute(weights),
+        "weights_sha256": hash,
+    }))
+}
+
+/// The cells as the store records them: token store folder and the hashes of its arrays.
+fn source_identity(dir: &Path) -> Result<serde_json::Value> {
+    let tokens = dir.join("tokens.npy");
+    let offsets = dir.join("offsets.npy");
+    Ok(json!({
+        "path": absolute(dir),
+        "tokens_sha256": sha256_of(&tokens).with_context(|| format!("hashing {}", tokens.display()))?,
+        "offsets_sha256": sha256_of(&offsets).with_context(|| format!("hashing {}", offsets.display()))?,
+    }))
+}
+
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
