@@ -1,7 +1,8 @@
 //! `scinterp demo`: the main job on the embedded default. It makes a small Geneformer-V2-shaped model
 //! and a few cells with our own seeded code, writes them to disk, loads them back through the real
 //! readers, runs the forward pass with every hook, and shows what the hooks can do (a tail replay and an
-//! edit). Later pipeline steps (tokenize, extract, SAE, trace, …) will extend it.
+//! edit), then writes a token store of more cells, extracts a layer's residual stream into an
+//! activation store and trains a TopK SAE on it. Later steps (analysis, tracing, …) will extend it.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 use scinterp_models::synthetic::{splitmix64, tensor_values, SyntheticSpec};
+use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
 use serde_json::json;
 
 use crate::forward::{forward_to_file, load_model};
@@ -132,8 +134,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     println!("  edit     mean |Δ logit| per position in cell 0: {logit_shift:.4}");
 
+    // 4. Extract + SAE: a token store of 96 cells, blocks.2.hook_resid_post at gene positions into an
+    //    activation store (f16), and a TopK SAE (4× wide, k 16) trained on it.
+    let (extract_summary, sae_report) = extract_and_train(out, &model_dir, args.seed)?;
+
     let summary_path = out.join("summary.json");
     let report = json!({
+        "extract": extract_summary,
+        "sae": sae_report,
         "seed": args.seed,
         "model": model_dir.display().to_string(),
         "cells": cells.len(),
@@ -147,6 +155,108 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
     println!("  summary  {}", summary_path.display());
     Ok(())
+}
+
+/// Steps 4–5 of the demo: token store → activation store → SAE.
+fn extract_and_train(
+    out: &Path,
+    model_dir: &Path,
+    seed: u64,
+) -> Result<(Option<crate::extract::ExtractSummary>, crate::sae::TrainReport)> {
+    let cells = demo_cells(seed ^ 0x5A3, 96);
+    let n_tokens: usize = cells.iter().map(Vec::len).sum();
+    let store_dir = out.join("tokens");
+    let store = TokenStore {
+        manifest: TokenStoreManifest {
+            format: scinterp_models::token_store::FORMAT.into(),
+            format_version: scinterp_models::token_store::FORMAT_VERSION,
+            tokenizer: "geneformer".into(),
+            tokenizer_version: "V2".into(),
+            options: json!({"demo_seed": seed}),
+            dictionaries: Default::default(),
+            source_path: "demo (seeded synthetic cells)".into(),
+            source_sha256: String::new(),
+            n_cells: cells.len(),
+            n_tokens,
+            max_len: cells.iter().map(Vec::len).max().unwrap_or(0),
+            has_values: false,
+            n_cells_dropped: 0,
+            scinterp_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        cell_table: (
+            vec!["cell".into()],
+            (0..cells.len()).map(|c| vec![format!("demo_cell_{c}")]).collect(),
+        ),
+        cells,
+        values: None,
+    };
+    store.write(&store_dir, true)?;
+    let acts = out.join("acts");
+    let hook = "blocks.2.hook_resid_post";
+    // A rerun of the demo starts the store afresh (its settings may differ from an older demo's).
+    if acts.exists() {
+        std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
+    }
+    let extracted = crate::extract::extract_store(crate::extract::ExtractArgs {
+        model: model_dir.to_path_buf(),
+        input: store_dir.clone(),
+        hooks: hook.into(),
+        out: acts.clone(),
+        dtype: crate::extract::DtypeArg::F16,
+        include_special: false,
+        max_batch_tokens: 4096,
+        json: false,
+    })?;
+    if let Some(s) = &extracted {
+        println!(
+            "  extract  {}: {hook} at {} gene positions of {} cells (f16), {:.1} cells/s",
+            acts.display(),
+            s.n_rows,
+            s.n_cells,
+            s.cells_per_second
+        );
+    }
+    let sae_dir = out.join("sae");
+    let report = crate::sae::train_sae(crate::sae::TrainArgs {
+        acts: acts.clone(),
+        hook: hook.into(),
+        d_sae: 4 * HIDDEN,
+        k: 16,
+        out: sae_dir.clone(),
+        tokens: Some(200_000),
+        batch_size: 1024,
+        lr: None,
+        warmup_steps: None,
+        aux_k: None,
+        aux_coef: 1.0 / 32.0,
+        dead_after_tokens: 50_000,
+        no_normalize: false,
+        holdout: 0.1,
+        shuffle_buffer_rows: 1 << 15,
+        splice_cells: 8,
+        seed,
+        overwrite: true,
+        json: false,
+    })?;
+    println!(
+        "  sae      {}: {}→{} TopK (k {}), {} tokens at {:.0} tokens/s; held-out FVU {:.3}, L0 {:.1}, dead {:.1} %",
+        sae_dir.display(),
+        report.d_in,
+        report.d_sae,
+        report.k,
+        report.summary.tokens_trained,
+        report.summary.tokens_per_second,
+        report.heldout.fvu,
+        report.heldout.l0,
+        100.0 * report.heldout.dead_fraction
+    );
+    if let Some(s) = &report.spliced {
+        println!(
+            "  sae      masked-gene cross-entropy: clean {:.3}, SAE spliced in {:.3}, zero-ablated {:.3} (loss recovered {:.2})",
+            s.clean, s.spliced, s.zero_ablated, s.loss_recovered
+        );
+    }
+    Ok((extracted, report))
 }
 
 /// Writes `config.json` and `model.safetensors` of the demo model.

@@ -17,28 +17,28 @@ use crate::forward::{load_model, parse_hooks, read_cells, ModelKind};
 pub struct ExtractArgs {
     /// Model folder (Geneformer or scGPT), as for `scinterp forward`.
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Token store made by `scinterp tokenize` for this model.
     #[arg(long)]
-    input: PathBuf,
+    pub(crate) input: PathBuf,
     /// Hooks to store: a comma list (e.g. blocks.5.hook_resid_post) or `all`.
     #[arg(long)]
-    hooks: String,
+    pub(crate) hooks: String,
     /// Activation store folder to create, or to resume if a run was interrupted.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Element type of the stored activations.
     #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
-    dtype: DtypeArg,
+    pub(crate) dtype: DtypeArg,
     /// Also store the special-token positions (<cls>, <eos>); by default only genes get rows.
     #[arg(long)]
-    include_special: bool,
+    pub(crate) include_special: bool,
     /// Most tokens run together in one packed batch (bounds memory; part of the store's settings).
     #[arg(long, default_value_t = 16_384)]
-    max_batch_tokens: usize,
+    pub(crate) max_batch_tokens: usize,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -48,20 +48,31 @@ pub enum DtypeArg {
 }
 
 #[derive(Debug, Serialize)]
-struct ExtractSummary {
-    out: String,
-    hooks: Vec<String>,
-    n_cells: usize,
-    n_rows: usize,
+pub struct ExtractSummary {
+    pub(crate) out: String,
+    pub(crate) hooks: Vec<String>,
+    pub(crate) n_cells: usize,
+    pub(crate) n_rows: usize,
     /// Cells that were already in the store when this run started.
-    resumed_from_cell: usize,
-    cells_run: usize,
-    tokens_run: usize,
-    seconds: f64,
-    cells_per_second: f64,
+    pub(crate) resumed_from_cell: usize,
+    pub(crate) cells_run: usize,
+    pub(crate) tokens_run: usize,
+    pub(crate) seconds: f64,
+    pub(crate) cells_per_second: f64,
 }
 
 pub fn run(args: ExtractArgs) -> Result<()> {
+    let json = args.json;
+    if let Some(summary) = extract_store(args)? {
+        if json {
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+    }
+    Ok(())
+}
+
+/// Extracts into the store (or finishes it); `None` when it was already complete.
+pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
     if !args.input.is_dir() {
         bail!(
             "--input {}: not a token store folder; make one with `scinterp tokenize`",
@@ -116,7 +127,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
                 m.n_cells,
                 m.n_rows
             );
-            return Ok(());
+            return Ok(None);
         }
         OpenedStore::Writer(w) => w,
     };
@@ -155,10 +166,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
         hooks.len(),
         args.out.display()
     );
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    }
-    Ok(())
+    Ok(Some(summary))
 }
 
 /// Token ids whose positions are not genes: Geneformer V2 `<pad> <mask> <cls> <eos>` (0–3), V1

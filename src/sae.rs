@@ -49,79 +49,89 @@ pub fn run(args: SaeArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
-struct TrainArgs {
+pub struct TrainArgs {
     /// Activation store made by `scinterp extract` (or `scinterp sae synth`).
     #[arg(long)]
-    acts: PathBuf,
+    pub(crate) acts: PathBuf,
     /// Hook to train on (one of the store's).
     #[arg(long)]
-    hook: String,
+    pub(crate) hook: String,
     /// Number of latents.
     #[arg(long)]
-    d_sae: usize,
+    pub(crate) d_sae: usize,
     /// Active latents per row.
     #[arg(long)]
-    k: usize,
+    pub(crate) k: usize,
     /// SAE folder to write (SAELens layout).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Training tokens (rows); default one pass over the training rows.
     #[arg(long)]
-    tokens: Option<u64>,
+    pub(crate) tokens: Option<u64>,
     #[arg(long, default_value_t = 4096)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Peak learning rate (default 2e-4 / sqrt(d_sae / 2^14), Gao et al.).
     #[arg(long)]
-    lr: Option<f64>,
+    pub(crate) lr: Option<f64>,
     /// Warm-up steps (default 5 % of the steps, at most 1,000).
     #[arg(long)]
-    warmup_steps: Option<usize>,
+    pub(crate) warmup_steps: Option<usize>,
     /// AuxK latents (default d_in / 2).
     #[arg(long)]
-    aux_k: Option<usize>,
+    pub(crate) aux_k: Option<usize>,
     #[arg(long, default_value_t = 1.0 / 32.0)]
-    aux_coef: f32,
+    pub(crate) aux_coef: f32,
     /// Tokens without firing after which a latent counts as dead.
     #[arg(long, default_value_t = 10_000_000)]
-    dead_after_tokens: u64,
+    pub(crate) dead_after_tokens: u64,
     /// Train on the raw scale instead of rows scaled to a mean norm of sqrt(d_in).
     #[arg(long)]
-    no_normalize: bool,
+    pub(crate) no_normalize: bool,
     /// Fraction of cells held out for evaluation.
     #[arg(long, default_value_t = 0.1)]
-    holdout: f64,
+    pub(crate) holdout: f64,
     /// Rows in the shuffle buffer (bounds memory: rows × d_in × 4 bytes).
     #[arg(long, default_value_t = 1 << 17)]
-    shuffle_buffer_rows: usize,
+    pub(crate) shuffle_buffer_rows: usize,
     /// Held-out cells run through the model to measure the spliced loss (0: skip).
     #[arg(long, default_value_t = 16)]
-    splice_cells: usize,
+    pub(crate) splice_cells: usize,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Replace an existing SAE folder.
     #[arg(long)]
-    overwrite: bool,
+    pub(crate) overwrite: bool,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct TrainReport {
-    out: String,
-    hook: String,
-    d_in: usize,
-    d_sae: usize,
-    k: usize,
-    train_rows: usize,
-    heldout_cells: usize,
+pub struct TrainReport {
+    pub(crate) out: String,
+    pub(crate) hook: String,
+    pub(crate) d_in: usize,
+    pub(crate) d_sae: usize,
+    pub(crate) k: usize,
+    pub(crate) train_rows: usize,
+    pub(crate) heldout_cells: usize,
     #[serde(flatten)]
-    summary: TrainSummary,
-    heldout: EvalStats,
-    spliced: Option<SpliceLosses>,
+    pub(crate) summary: TrainSummary,
+    pub(crate) heldout: EvalStats,
+    pub(crate) spliced: Option<SpliceLosses>,
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
+    let json = args.json;
+    let report = train_sae(args)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+/// Trains, evaluates and writes the SAE folder.
+pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
     if args.out.join("cfg.json").exists() && !args.overwrite {
         bail!(
             "{} already holds an SAE; pass --overwrite or choose another --out",
@@ -250,10 +260,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
             s.loss_recovered
         );
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    }
-    Ok(())
+    Ok(report)
 }
 
 /// Training and held-out rows (as ranges of consecutive rows) by cell.

@@ -6,7 +6,7 @@ Usage (from the repository root; needs `pip install sae-lens` in the venv, check
 
     /tmp/pyenv/venv/bin/python bench/compat/saelens.py --sae SAE_DIR --acts STORE \\
         (--scinterp target/release/scinterp | --codes CODES_DIR) [--hook HOOK] [--rows 20000] [--seed 0] \\
-        [--tol 1e-3] [--tie-tol 1e-4] [--workdir DIR] [--json-out FILE]
+        [--tol 1e-3] [--tie-tol 1e-4] [--workdir DIR] [--json-out FILE] [--allow-metadata-loss]
 
   --scinterp BIN  runs `BIN sae encode --sae SAE_DIR --acts STORE --out WORKDIR/codes [--hook HOOK]` first
                   (WORKDIR defaults to a temporary folder, removed on success);
@@ -16,7 +16,8 @@ What it does:
   1. reads SAE_DIR/cfg.json and checks the SAELens fields scinterp promises (architecture "topk", k, d_in, d_sae,
      apply_b_dec_to_input true, normalize_activations "none", metadata.hook_name); loads the folder with
      `sae_lens.SAE.load_from_disk(SAE_DIR, device="cpu")` and checks that SAELens kept metadata.hook_name
-     (it drops the metadata block unless metadata.sae_lens_version >= 6 is present);
+     (sae-lens 6 treats a cfg.json without metadata.sae_lens_version >= 6.0 as a pre-6.0 config and rebuilds
+     metadata from top-level keys, dropping hook_name; a failure unless --allow-metadata-loss);
   2. checks CODES: indices.npy int16 when d_sae <= 32767 else int32, values.npy f16, both [n_rows, k] with
      n_rows = the store's rows; per row: indices in [0, d_sae) and distinct, values >= 0 and sorted descending;
   3. on --rows rows of the store's hook array (all rows if fewer; otherwise a seeded random sample), encodes
@@ -67,6 +68,8 @@ def main() -> int:
     ap.add_argument("--tie-tol", type=float, default=1e-4)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--allow-metadata-loss", action="store_true",
+                    help="report, but do not fail on, SAELens dropping cfg.json's metadata")
     args = ap.parse_args()
 
     import torch
@@ -74,6 +77,7 @@ def main() -> int:
     from sae_lens import SAE
 
     problems: list[str] = []
+    warnings: list[str] = []
 
     # ---- 1. cfg.json and loading
     cfg = json.loads((args.sae / "cfg.json").read_text())
@@ -91,7 +95,7 @@ def main() -> int:
     sae = SAE.load_from_disk(str(args.sae), device="cpu")
     sae.eval()
     if meta.get("hook_name") and sae.cfg.metadata.hook_name != meta.get("hook_name"):
-        problems.append(f"SAELens dropped metadata.hook_name (loaded metadata: {sae.cfg.metadata.to_dict()}); "
+        (warnings if args.allow_metadata_loss else problems).append(f"SAELens dropped metadata.hook_name (loaded metadata: {sae.cfg.metadata.to_dict()}); "
                         "write metadata.sae_lens_version (>= 6.0.0) in cfg.json so that SAELens keeps metadata")
     d_in, d_sae, k = sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k
     if hook is None:
@@ -243,7 +247,7 @@ def main() -> int:
         "worst_abs_value_err": worst_abs, "worst_rel_value_err": worst_rel,
         "l0_saelens": l0_ref / n, "l0_scinterp": l0_sci / n,
         "fvu_saelens_on_compared_rows": sse / sst if sst > 0 else None,
-        "encode_seconds": encode_seconds, "format_problems": problems,
+        "encode_seconds": encode_seconds, "format_problems": problems, "warnings": warnings,
     }
     ok = not problems and n_set_bad == 0 and n_val_bad == 0 and n_zero_bad == 0 and n_fmt_bad == 0
     summary["ok"] = ok
@@ -257,6 +261,8 @@ def main() -> int:
           + (f"; scinterp sae encode took {encode_seconds:.2f} s" if encode_seconds is not None else ""))
     for p in problems:
         print("  FORMAT:", p)
+    for w in warnings:
+        print("  WARNING:", w)
     for e in examples:
         print("  e.g.", e)
     print("PASS" if ok else "FAIL")
