@@ -188,7 +188,13 @@ pub fn load_model(dir: &Path, with_head: bool) -> Result<LoadedModel> {
         let model = Scgpt::load(dir, ScgptLoadOptions { with_head })?;
         let weights = model.weights_path().to_path_buf();
         let (cls, pad) = (model.cls_id(), model.pad_id());
-        (Box::new(model), ModelKind::Scgpt, Some(cls), vec![cls, pad], weights)
+        (
+            Box::new(model),
+            ModelKind::Scgpt,
+            Some(cls),
+            vec![cls, pad],
+            weights,
+        )
     } else {
         let model = Geneformer::load(dir, LoadOptions { with_head })?;
         let weights = model.weights_path().to_path_buf();

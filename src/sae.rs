@@ -14,7 +14,9 @@ use scinterp_engine::sae::splice::{splice_losses, SpliceLosses};
 use scinterp_engine::sae::synth::{recovery, Recovery, SynthSpec};
 use scinterp_engine::sae::train::{evaluate, is_heldout, train, EvalStats, TrainConfig, TrainSummary};
 use scinterp_engine::sae::TopKSae;
-use scinterp_engine::store::{ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT};
+use scinterp_engine::store::{
+    ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT,
+};
 use scinterp_engine::{HookPoint, Matrix, PackedBatch};
 use serde::Serialize;
 use serde_json::json;
@@ -146,7 +148,10 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
     let rows = store.rows()?;
     let split = split_by_cell(&rows, args.seed, args.holdout);
     if split.train_rows == 0 {
-        bail!("{}: no training rows (every cell was held out)", args.acts.display());
+        bail!(
+            "{}: no training rows (every cell was held out)",
+            args.acts.display()
+        );
     }
     if args.holdout > 0.0 && split.heldout_cells.is_empty() {
         bail!(
@@ -227,8 +232,13 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
     save_sae(&args.out, &sae, &metadata)?;
     let cells: Vec<i64> = split.heldout_cells.iter().map(|&c| c as i64).collect();
     let cells_path = args.out.join("heldout_cells.npy");
-    write_npy(&cells_path, NpyDtype::I64, &[cells.len()], bytemuck::cast_slice(&cells))
-        .with_context(|| format!("writing {}", cells_path.display()))?;
+    write_npy(
+        &cells_path,
+        NpyDtype::I64,
+        &[cells.len()],
+        bytemuck::cast_slice(&cells),
+    )
+    .with_context(|| format!("writing {}", cells_path.display()))?;
     let report = TrainReport {
         out: args.out.display().to_string(),
         hook: args.hook.clone(),
@@ -316,8 +326,18 @@ fn spliced_loss_on_store(
     cells: &[u64],
     n_cells: usize,
 ) -> Result<Option<SpliceLosses>> {
-    let model_dir = store.manifest.model.get("path").and_then(|v| v.as_str()).map(PathBuf::from);
-    let token_dir = store.manifest.source.get("path").and_then(|v| v.as_str()).map(PathBuf::from);
+    let model_dir = store
+        .manifest
+        .model
+        .get("path")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from);
+    let token_dir = store
+        .manifest
+        .source
+        .get("path")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from);
     let (Some(model_dir), Some(token_dir)) = (model_dir, token_dir) else {
         tracing::info!("the store records no model (synthetic rows?): no spliced loss");
         return Ok(None);
@@ -428,7 +448,11 @@ struct EncodeArgs {
 }
 
 /// Opens the SAE, the store and the hook, and checks that their widths agree.
-fn open_pair(sae_dir: &Path, acts: &Path, hook: Option<&str>) -> Result<(SaeFolder, ActStore, HookArray, String)> {
+fn open_pair(
+    sae_dir: &Path,
+    acts: &Path,
+    hook: Option<&str>,
+) -> Result<(SaeFolder, ActStore, HookArray, String)> {
     let folder = load_sae(sae_dir)?;
     let store = ActStore::open(acts)?;
     let hook_name = match (hook, folder.hook_name()) {
@@ -458,7 +482,10 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
     let (folder, store, array, hook) = open_pair(&args.sae, &args.acts, args.hook.as_deref())?;
     if args.out.exists() {
         if !args.overwrite {
-            bail!("{} exists; pass --overwrite or choose another --out", args.out.display());
+            bail!(
+                "{} exists; pass --overwrite or choose another --out",
+                args.out.display()
+            );
         }
         std::fs::remove_dir_all(&args.out).with_context(|| format!("removing {}", args.out.display()))?;
     }
@@ -517,7 +544,10 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
         "d_sae": sae.d_sae,
         "rows": "row r of indices.npy / values.npy is row r of the store (rows.npy gives its cell, position, token)",
     });
-    std::fs::write(tmp.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+    std::fs::write(
+        tmp.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("moving {} into place", tmp.display()))?;
     tracing::info!(
         "encoded {n} rows of {hook} from {} ({} cells) into {}",
@@ -563,7 +593,10 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let (folder, store, array, hook) = open_pair(&args.sae, &args.acts, args.hook.as_deref())?;
     let rows = store.rows()?;
     let (ranges, cells): (Vec<Range<usize>>, Vec<u64>) = match args.rows.as_str() {
-        "all" => (std::iter::once(0..array.n_rows()).collect(), (0..store.manifest.n_cells as u64).collect()),
+        "all" => (
+            std::iter::once(0..array.n_rows()).collect(),
+            (0..store.manifest.n_cells as u64).collect(),
+        ),
         "heldout" => {
             let path = args.sae.join("heldout_cells.npy");
             let (_, bytes) = read_npy_bytes(&path).map_err(|e| anyhow::anyhow!(e))?;
@@ -588,7 +621,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let recovery = match &args.truth {
         Some(path) => {
             let (header, bytes) = read_npy_bytes(path).map_err(|e| anyhow::anyhow!(e))?;
-            if header.dtype != NpyDtype::F32 || header.shape.len() != 2 || header.shape[1] != folder.sae.d_in {
+            if header.dtype != NpyDtype::F32 || header.shape.len() != 2 || header.shape[1] != folder.sae.d_in
+            {
                 bail!(
                     "{}: expected a float32 [atoms, {}] dictionary, found {:?} {:?}",
                     path.display(),
@@ -597,7 +631,11 @@ fn run_eval(args: EvalArgs) -> Result<()> {
                     header.shape
                 );
             }
-            Some(recovery(&folder.sae, &bytemuck::pod_collect_to_vec::<u8, f32>(&bytes), 0.9))
+            Some(recovery(
+                &folder.sae,
+                &bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
+                0.9,
+            ))
         }
         None => None,
     };

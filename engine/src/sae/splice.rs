@@ -33,9 +33,9 @@ pub fn splice_losses(
 ) -> Result<SpliceLosses, EngineError> {
     let head_of = |plan: &HookPlan| -> Result<(Matrix, crate::hooks::Captures), EngineError> {
         let out = run(encoder, batch, plan, Start::Embed, true)?;
-        let head = out
-            .head
-            .ok_or_else(|| EngineError::InvalidBatch("the model was loaded without its output head".into()))?;
+        let head = out.head.ok_or_else(|| {
+            EngineError::InvalidBatch("the model was loaded without its output head".into())
+        })?;
         Ok((head, out.captures))
     };
     let (clean_head, mut captures) = head_of(&HookPlan::new().capture(hook))?;

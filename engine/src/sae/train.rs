@@ -291,25 +291,32 @@ pub fn geometric_median(rows: &[f32], d: usize, iterations: usize) -> Vec<f32> {
         }
     }
     for _ in 0..iterations {
-        let (num, den) = rows
-            .par_chunks(d)
-            .map(|r| {
-                let dist = r
-                    .iter()
-                    .zip(&m)
-                    .map(|(&v, &c)| (v as f64 - c).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                let w = 1.0 / dist.max(1e-8);
-                (r.iter().map(|&v| v as f64 * w).collect::<Vec<_>>(), w)
+        // Partial sums over fixed blocks, added in order: the result does not depend on scheduling.
+        let partials: Vec<(Vec<f64>, f64)> = rows
+            .par_chunks(d * 256)
+            .map(|block| {
+                let mut num = vec![0.0f64; d];
+                let mut den = 0.0f64;
+                for r in block.chunks(d) {
+                    let dist = r
+                        .iter()
+                        .zip(&m)
+                        .map(|(&v, &c)| (v as f64 - c).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let w = 1.0 / dist.max(1e-8);
+                    num.iter_mut().zip(r).for_each(|(a, &v)| *a += v as f64 * w);
+                    den += w;
+                }
+                (num, den)
             })
-            .reduce(
-                || (vec![0.0; d], 0.0),
-                |(mut a, wa), (b, wb)| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    (a, wa + wb)
-                },
-            );
+            .collect();
+        let mut num = vec![0.0f64; d];
+        let mut den = 0.0f64;
+        for (n, w) in &partials {
+            num.iter_mut().zip(n).for_each(|(a, b)| *a += b);
+            den += w;
+        }
         let next: Vec<f64> = num.iter().map(|v| v / den).collect();
         let moved = next
             .iter()

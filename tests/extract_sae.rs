@@ -1,0 +1,465 @@
+//! End-to-end tests of `scinterp extract` (activation stores: values, resume after a kill, refusals)
+//! and `scinterp sae` (training on planted dictionaries, SAELens files, encode, eval, width checks).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{fixture, relative_error, ExpectedFile};
+use safetensors::SafeTensors;
+use scinterp_engine::npy::{read_npy_bytes, NpyDtype};
+use scinterp_engine::store::ActStore;
+use scinterp_models::token_store::{TokenStore, TokenStoreManifest, FORMAT, FORMAT_VERSION};
+
+fn scinterp_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scinterp"));
+    cmd.args(args).env("SCINTERP_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run scinterp")
+}
+
+fn scinterp(args: &[&str]) -> Output {
+    scinterp_env(args, &[])
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scinterp failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A V2 Geneformer token store of the tiny_v2 fixture's cells, repeated `copies` times.
+fn token_store(dir: &Path, copies: usize) -> Vec<Vec<u32>> {
+    let expected = ExpectedFile::open(&fixture("tiny_v2").join("expected.safetensors"));
+    let base = expected.cells();
+    let cells: Vec<Vec<u32>> = (0..copies).flat_map(|_| base.iter().cloned()).collect();
+    let store = TokenStore {
+        manifest: TokenStoreManifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            tokenizer: "geneformer".into(),
+            tokenizer_version: "V2".into(),
+            options: serde_json::json!({}),
+            dictionaries: Default::default(),
+            source_path: "test".into(),
+            source_sha256: String::new(),
+            n_cells: cells.len(),
+            n_tokens: cells.iter().map(Vec::len).sum(),
+            max_len: cells.iter().map(Vec::len).max().unwrap(),
+            has_values: false,
+            n_cells_dropped: 0,
+            scinterp_version: "test".into(),
+        },
+        cell_table: (
+            vec!["cell".into()],
+            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
+        ),
+        cells: cells.clone(),
+        values: None,
+    };
+    store.write(dir, false).unwrap();
+    cells
+}
+
+fn f32_tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    (t.shape().to_vec(), bytemuck::pod_collect_to_vec(t.data()))
+}
+
+#[test]
+fn extract_equals_forward_at_gene_positions_and_resumes_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    let cells = token_store(&tokens, 6);
+    let model = fixture("tiny_v2");
+    let hooks = "hook_embed,blocks.1.hook_resid_post";
+    let extract = |out: &Path, dtype: &str, env: &[(&str, &str)]| {
+        scinterp_env(
+            &[
+                "extract",
+                "--model",
+                s(&model),
+                "--input",
+                s(&tokens),
+                "--hooks",
+                hooks,
+                "--out",
+                s(out),
+                "--dtype",
+                dtype,
+                "--max-batch-tokens",
+                "64",
+                "--json",
+            ],
+            env,
+        )
+    };
+
+    // An uninterrupted run.
+    let full = tmp.path().join("full");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&extract(&full, "f32", &[]))).unwrap();
+    let store = ActStore::open(&full).unwrap();
+    let rows = store.rows().unwrap();
+    // Gene positions only: <cls> (2), <eos> (3) and <pad>/<mask> get no row.
+    let genes: usize = cells.iter().flatten().filter(|&&t| t > 3).count();
+    assert_eq!(rows.len(), genes);
+    assert_eq!(summary["n_rows"], genes);
+    assert!(rows
+        .iter()
+        .all(|r| r[2] > 3 && cells[r[0] as usize][r[1] as usize] == r[2] as u32));
+
+    // The stored rows equal `scinterp forward` at those positions.
+    let fwd = tmp.path().join("fwd.safetensors");
+    ok(&scinterp(&[
+        "forward",
+        "--model",
+        s(&model),
+        "--input",
+        s(&tokens),
+        "--hooks",
+        hooks,
+        "--out",
+        s(&fwd),
+    ]));
+    let bytes = std::fs::read(&fwd).unwrap();
+    for hook in ["hook_embed", "blocks.1.hook_resid_post"] {
+        let (shape, padded) = f32_tensor(&bytes, hook);
+        let (max_len, d) = (shape[1], shape[2]);
+        let array = store.hook(hook).unwrap();
+        let mut got = vec![0.0f32; rows.len() * d];
+        array.read_rows(0, &mut got);
+        let want: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| {
+                let at = (r[0] as usize * max_len + r[1] as usize) * d;
+                padded[at..at + d].iter().map(|&v| v as f64)
+            })
+            .collect();
+        let err = relative_error(&got, &want);
+        assert!(err < 1e-5, "{hook}: {err}");
+    }
+
+    // Killed after the second batch's rows were written but before its checkpoint, then rerun.
+    let resumed = tmp.path().join("resumed");
+    let killed = extract(&resumed, "f32", &[("SCINTERP_FAULT_AFTER_BATCHES", "2")]);
+    assert!(!killed.status.success());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(resumed.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], false);
+    let done = manifest["cells_complete"].as_u64().unwrap();
+    assert!(done > 0 && (done as usize) < cells.len(), "cells_complete {done}");
+    assert!(
+        ActStore::open(&resumed).is_err(),
+        "an unfinished store must not open"
+    );
+    let rerun: serde_json::Value = serde_json::from_str(&ok(&extract(&resumed, "f32", &[]))).unwrap();
+    assert_eq!(rerun["resumed_from_cell"], done);
+    for name in [
+        "rows.npy",
+        "hook_embed.npy",
+        "blocks.1.hook_resid_post.npy",
+        "manifest.json",
+    ] {
+        assert!(
+            std::fs::read(full.join(name)).unwrap() == std::fs::read(resumed.join(name)).unwrap(),
+            "{name} differs after the resume"
+        );
+    }
+    // Complete: a rerun does nothing; other settings are refused and change nothing.
+    ok(&extract(&resumed, "f32", &[]));
+    let before = std::fs::read(resumed.join("hook_embed.npy")).unwrap();
+    fails_with(&extract(&resumed, "f16", &[]), &["other settings", "dtype"]);
+    assert!(before == std::fs::read(resumed.join("hook_embed.npy")).unwrap());
+
+    // f16 by default, readable as numpy's <f2.
+    let half = tmp.path().join("half");
+    ok(&scinterp(&[
+        "extract",
+        "--model",
+        s(&model),
+        "--input",
+        s(&tokens),
+        "--hooks",
+        "blocks.1.hook_resid_post",
+        "--out",
+        s(&half),
+    ]));
+    let (header, _) = read_npy_bytes(&half.join("blocks.1.hook_resid_post.npy")).unwrap();
+    assert_eq!(header.dtype, NpyDtype::F16);
+    assert_eq!(header.shape, vec![genes, 128]);
+}
+
+#[test]
+fn extract_refuses_bad_inputs_with_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    token_store(&tokens, 1);
+    let model = fixture("tiny_v2");
+    let out = tmp.path().join("acts");
+    let run = |input: &Path, hooks: &str, out: &Path| {
+        scinterp(&[
+            "extract",
+            "--model",
+            s(&model),
+            "--input",
+            s(input),
+            "--hooks",
+            hooks,
+            "--out",
+            s(out),
+        ])
+    };
+    fails_with(&run(&tokens, "blocks.9.hook_resid_post", &out), &["layer 9"]);
+    fails_with(
+        &run(&tmp.path().join("nope"), "hook_embed", &out),
+        &["not a token store"],
+    );
+    // A folder with other files is never written into.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("keep.txt"), "x").unwrap();
+    fails_with(&run(&tokens, "hook_embed", &busy), &["not an activation store"]);
+    assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1);
+    // A truncated hook file is found by the readers.
+    ok(&run(&tokens, "hook_embed", &out));
+    let path = out.join("hook_embed.npy");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    let sae = tmp.path().join("sae");
+    fails_with(
+        &scinterp(&[
+            "sae",
+            "train",
+            "--acts",
+            s(&out),
+            "--hook",
+            "hook_embed",
+            "--d-sae",
+            "64",
+            "--k",
+            "4",
+            "--out",
+            s(&sae),
+        ]),
+        &["hook_embed.npy", "truncated"],
+    );
+    assert!(!sae.exists());
+}
+
+#[test]
+fn sae_train_recovers_planted_atoms_and_encode_eval_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = tmp.path().join("acts");
+    ok(&scinterp(&[
+        "sae",
+        "synth",
+        "--d-in",
+        "32",
+        "--atoms",
+        "128",
+        "--rows",
+        "60000",
+        "--active",
+        "3",
+        "--seed",
+        "7",
+        "--out",
+        s(&acts),
+    ]));
+    let sae = tmp.path().join("sae");
+    let report: serde_json::Value = serde_json::from_str(&ok(&scinterp(&[
+        "sae",
+        "train",
+        "--acts",
+        s(&acts),
+        "--hook",
+        "blocks.0.hook_resid_post",
+        "--d-sae",
+        "256",
+        "--k",
+        "3",
+        "--out",
+        s(&sae),
+        "--tokens",
+        "1500000",
+        "--batch-size",
+        "1024",
+        "--dead-after-tokens",
+        "50000",
+        "--seed",
+        "7",
+        "--json",
+    ])))
+    .unwrap();
+    let heldout_fvu = report["heldout"]["fvu"].as_f64().unwrap();
+    assert!(heldout_fvu < 0.2, "held-out FVU {heldout_fvu}");
+    assert_eq!(report["heldout"]["l0"].as_f64().unwrap(), 3.0);
+    assert!(report["heldout_cells"].as_u64().unwrap() > 0);
+
+    // SAELens layout and keys.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sae.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "topk");
+    assert_eq!(
+        (cfg["d_in"].as_u64(), cfg["d_sae"].as_u64(), cfg["k"].as_u64()),
+        (Some(32), Some(256), Some(3))
+    );
+    assert_eq!(cfg["apply_b_dec_to_input"], true);
+    assert_eq!(cfg["normalize_activations"], "none");
+    assert_eq!(cfg["metadata"]["hook_name"], "blocks.0.hook_resid_post");
+    let weights = std::fs::read(sae.join("sae_weights.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&weights).unwrap();
+    assert_eq!(st.tensor("W_enc").unwrap().shape(), &[32, 256]);
+    assert_eq!(st.tensor("W_dec").unwrap().shape(), &[256, 32]);
+
+    // Eval on the held-out cells, with the planted dictionary.
+    let eval: serde_json::Value = serde_json::from_str(&ok(&scinterp(&[
+        "sae",
+        "eval",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&acts),
+        "--rows",
+        "heldout",
+        "--truth",
+        s(&acts.join("dictionary.npy")),
+        "--json",
+    ])))
+    .unwrap();
+    let recovered = eval["recovery"]["recovered_fraction"].as_f64().unwrap();
+    assert!(recovered >= 0.9, "recovered {recovered}");
+    assert!((eval["rows"]["fvu"].as_f64().unwrap() - heldout_fvu).abs() < 1e-9);
+
+    // Encode: int16 indices and f16 values [rows, k], equal to the engine's encode of the same rows.
+    let codes = tmp.path().join("codes");
+    ok(&scinterp(&[
+        "sae",
+        "encode",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&acts),
+        "--out",
+        s(&codes),
+    ]));
+    let (ih, ib) = read_npy_bytes(&codes.join("indices.npy")).unwrap();
+    let (vh, vb) = read_npy_bytes(&codes.join("values.npy")).unwrap();
+    assert_eq!((ih.dtype, ih.shape.clone()), (NpyDtype::I16, vec![60000, 3]));
+    assert_eq!((vh.dtype, vh.shape.clone()), (NpyDtype::F16, vec![60000, 3]));
+    let indices: Vec<i16> = bytemuck::pod_collect_to_vec(&ib);
+    let values: Vec<half::f16> = bytemuck::pod_collect_to_vec(&vb);
+    let folder = scinterp_engine::sae::io::load(&sae).unwrap();
+    let store = ActStore::open(&acts).unwrap();
+    let array = store.hook("blocks.0.hook_resid_post").unwrap();
+    let mut x = vec![0.0f32; 500 * 32];
+    array.read_rows(1000, &mut x);
+    let want = folder.sae.encode(&x);
+    for j in 0..want.indices.len() {
+        assert_eq!(indices[1000 * 3 + j] as u32, want.indices[j]);
+        assert_eq!(values[1000 * 3 + j], half::f16::from_f32(want.values[j]));
+    }
+
+    // An SAE of another width is refused, naming both files.
+    let narrow = tmp.path().join("narrow");
+    ok(&scinterp(&[
+        "sae",
+        "synth",
+        "--d-in",
+        "16",
+        "--rows",
+        "500",
+        "--out",
+        s(&narrow),
+    ]));
+    fails_with(
+        &scinterp(&[
+            "sae",
+            "encode",
+            "--sae",
+            s(&sae),
+            "--acts",
+            s(&narrow),
+            "--out",
+            s(&tmp.path().join("c2")),
+        ]),
+        &["d_in = 32", "width 16", s(&narrow)],
+    );
+    // An existing SAE is not overwritten by accident.
+    fails_with(
+        &scinterp(&[
+            "sae",
+            "train",
+            "--acts",
+            s(&acts),
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--d-sae",
+            "64",
+            "--k",
+            "3",
+            "--out",
+            s(&sae),
+        ]),
+        &["already holds an SAE", "--overwrite"],
+    );
+}
+
+#[test]
+fn sae_training_is_reproducible_for_a_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = tmp.path().join("acts");
+    ok(&scinterp(&[
+        "sae",
+        "synth",
+        "--d-in",
+        "16",
+        "--rows",
+        "8000",
+        "--out",
+        s(&acts),
+    ]));
+    let train = |out: &Path, seed: &str| {
+        ok(&scinterp(&[
+            "sae",
+            "train",
+            "--acts",
+            s(&acts),
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--d-sae",
+            "64",
+            "--k",
+            "4",
+            "--out",
+            s(out),
+            "--batch-size",
+            "512",
+            "--seed",
+            seed,
+        ]));
+        std::fs::read(out.join("sae_weights.safetensors")).unwrap()
+    };
+    let a = train(&tmp.path().join("a"), "3");
+    let b = train(&tmp.path().join("b"), "3");
+    let c = train(&tmp.path().join("c"), "4");
+    assert!(a == b, "same seed, different weights");
+    assert!(a != c, "another seed gave the same weights");
+}
