@@ -141,15 +141,17 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums: vectorises and keeps the rounding independent of the thread count.
     let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += x[l] * y[l];
         }
-    }
-    let mut tail = 0.0f32;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
     }
     acc.iter().sum::<f32>() + tail
 }

@@ -27,7 +27,7 @@ use faer::Accum;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, SparseCodes, TopKSae};
+use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, TopKSae};
 use crate::rng::{splitmix64, unit_f64, Rng};
 use crate::store::HookArray;
 
@@ -476,8 +476,8 @@ impl Params {
     }
 }
 
-/// One (row, coefficient) contribution to a latent's gradients.
-#[derive(Clone, Copy)]
+/// One (row, slot) contribution to a latent's gradients, for the per-latent pass.
+#[derive(Clone, Copy, Default)]
 struct Touch {
     row: u32,
     /// The latent's value (for the decoder gradient).
@@ -487,6 +487,10 @@ struct Touch {
     /// Whether this came from the AuxK path (its decoder gradient uses the AuxK residual).
     aux: bool,
 }
+
+/// Rows per block of the fused per-row pass (partial sums are per block, added in order, so the
+/// result does not depend on thread scheduling).
+const ROW_BLOCK: usize = 64;
 
 impl TrainState {
     fn new(sae: &TopKSae) -> Self {
@@ -523,8 +527,8 @@ impl TrainState {
         let dead: Vec<u32> = (0..f_count as u32)
             .filter(|&f| self.tokens_since_fired[f as usize] >= cfg.dead_after_tokens)
             .collect();
-        let aux_codes = (!dead.is_empty()).then(|| {
-            let k_aux = cfg.aux_k.min(dead.len());
+        let k_aux = cfg.aux_k.min(dead.len());
+        let aux_codes = (k_aux > 0).then(|| {
             let mut dead_pre = vec![0.0f32; b * dead.len()];
             dead_pre
                 .par_chunks_mut(dead.len())
@@ -540,106 +544,119 @@ impl TrainState {
         });
         drop(pre);
 
-        // Residuals: e = x − x̂ (main), r = e − ê (AuxK).
-        let recon = sae.decode(&codes);
-        let residual: Vec<f32> = x.par_iter().zip(&recon).map(|(a, b)| a - b).collect();
-        let aux_residual: Option<Vec<f32>> = aux_codes.as_ref().map(|c| {
-            let mut r = residual.clone();
-            r.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
-                let (idx, val) = c.row(row);
-                for (&f, &v) in idx.iter().zip(val) {
-                    if v != 0.0 {
-                        axpy(out, -v, sae.decoder_row(f as usize));
+        // Fused per-row pass (each row's k decoder rows are read from memory once and reused from
+        // cache): x̂ = b_dec + Σ v·W_dec[f], e = x − x̂; AuxK residual r = e − Σ v_aux·W_dec[f_aux];
+        // ∂L/∂pre = ∂L/∂x̂ · W_dec[f] through the ReLU (∂L/∂x̂ = −2e·norm, ∂L/∂ê = −2·aux_coef·r·norm);
+        // ∂L/∂xc = Σ ∂L/∂pre · W_enc[f]; and b_dec's gradient −2e·norm − ∂L/∂xc, summed per block.
+        let grad_main = -2.0 * norm;
+        let grad_aux = -2.0 * cfg.aux_coef * norm;
+        let k = sae.k;
+        let slots = k + k_aux;
+        let mut residual = vec![0.0f32; b * d];
+        // (Untouched, and so never paged in, when there is no AuxK term.)
+        let mut aux_residual = vec![0.0f32; b * d];
+        let mut grad_pre = vec![0.0f32; b * slots];
+        let n_blocks = b.div_ceil(ROW_BLOCK);
+        let mut block_sums = vec![(0.0f64, 0.0f64, 0.0f64, vec![0.0f32; d]); n_blocks];
+        residual
+            .par_chunks_mut(ROW_BLOCK * d)
+            .zip(aux_residual.par_chunks_mut(ROW_BLOCK * d))
+            .zip(grad_pre.par_chunks_mut(ROW_BLOCK * slots))
+            .zip(block_sums.par_iter_mut())
+            .enumerate()
+            .for_each(|(block, (((res, aux_res), gp), sums))| {
+                let (err, aux_err, energy, bdec) = sums;
+                let mut grad_xc = vec![0.0f32; d];
+                for (i, res_row) in res.chunks_mut(d).enumerate() {
+                    let row = block * ROW_BLOCK + i;
+                    let x_row = &x[row * d..(row + 1) * d];
+                    let (idx, val) = codes.row(row);
+                    // e = x − b_dec − Σ v·W_dec[f]
+                    for ((e, &xv), &bd) in res_row.iter_mut().zip(x_row).zip(&sae.b_dec) {
+                        *e = xv - bd;
+                    }
+                    for (&f, &v) in idx.iter().zip(val) {
+                        if v != 0.0 {
+                            axpy(res_row, -v, sae.decoder_row(f as usize));
+                        }
+                    }
+                    *err += dot(res_row, res_row) as f64;
+                    *energy += dot(x_row, x_row) as f64;
+                    let gp_row = &mut gp[i * slots..(i + 1) * slots];
+                    grad_xc.fill(0.0);
+                    for (j, (&f, &v)) in idx.iter().zip(val).enumerate() {
+                        if v > 0.0 {
+                            let g = grad_main * dot(res_row, sae.decoder_row(f as usize));
+                            gp_row[j] = g;
+                            axpy(&mut grad_xc, g, sae.encoder_row(f as usize));
+                        }
+                    }
+                    if let Some(aux) = &aux_codes {
+                        let r_row = &mut aux_res[i * d..(i + 1) * d];
+                        r_row.copy_from_slice(res_row);
+                        let (aidx, aval) = aux.row(row);
+                        for (&f, &v) in aidx.iter().zip(aval) {
+                            if v != 0.0 {
+                                axpy(r_row, -v, sae.decoder_row(f as usize));
+                            }
+                        }
+                        *aux_err += dot(r_row, r_row) as f64;
+                        for (j, (&f, &v)) in aidx.iter().zip(aval).enumerate() {
+                            if v > 0.0 {
+                                let g = grad_aux * dot(r_row, sae.decoder_row(f as usize));
+                                gp_row[k + j] = g;
+                                axpy(&mut grad_xc, g, sae.encoder_row(f as usize));
+                            }
+                        }
+                    }
+                    for ((acc, &e), &gx) in bdec.iter_mut().zip(res_row.iter()).zip(&grad_xc) {
+                        *acc += grad_main * e - gx;
                     }
                 }
             });
-            r
-        });
-        let sq = |v: &[f32]| v.par_iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>();
-        let err = sq(&residual);
-        let energy = sq(x).max(1e-30);
-        let aux_loss = aux_residual.as_ref().map_or(0.0, |r| sq(r) * norm as f64);
-
-        // ∂L/∂x̂ = −2e·norm and ∂L/∂ê = −2·aux_coef·r·norm; the latents' gradients are their dot
-        // products with the decoder rows, through the ReLU.
-        let grad_main = -2.0 * norm;
-        let grad_aux = -2.0 * cfg.aux_coef * norm;
-        let mut touches: Vec<Vec<(u32, Touch)>> = vec![Vec::new(); b];
-        touches.par_iter_mut().enumerate().for_each(|(row, list)| {
-            let mut add = |codes: &SparseCodes, target: &[f32], scale: f32, aux: bool| {
-                let (idx, val) = codes.row(row);
-                for (&f, &v) in idx.iter().zip(val) {
-                    let g = if v > 0.0 {
-                        scale * dot(&target[row * d..(row + 1) * d], sae.decoder_row(f as usize))
-                    } else {
-                        0.0
-                    };
-                    list.push((
-                        f,
-                        Touch {
-                            row: row as u32,
-                            value: v,
-                            grad_pre: g,
-                            aux,
-                        },
-                    ));
-                }
-            };
-            add(&codes, &residual, grad_main, false);
-            if let (Some(c), Some(r)) = (&aux_codes, &aux_residual) {
-                add(c, r, grad_aux, true);
-            }
-        });
-
-        // ∂L/∂xc = Σ grad_pre·W_enc[f] per row; b_dec gets ∂L/∂x̂ summed minus that.
-        let grad_xc: Vec<f32> = {
-            let mut g = vec![0.0f32; b * d];
-            g.par_chunks_mut(d)
-                .zip(touches.par_iter())
-                .for_each(|(out, list)| {
-                    for (f, t) in list {
-                        if t.grad_pre != 0.0 {
-                            axpy(out, t.grad_pre, sae.encoder_row(*f as usize));
-                        }
-                    }
-                });
-            g
-        };
-        for (j, gb) in self.g.b_dec.iter_mut().enumerate() {
-            let mut s = 0.0f64;
-            for row in 0..b {
-                s += (grad_main * residual[row * d + j] - grad_xc[row * d + j]) as f64;
-            }
-            *gb = s as f32;
+        let (mut err, mut aux_err, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+        self.g.b_dec.fill(0.0);
+        for (e, a, en, bdec) in &block_sums {
+            err += e;
+            aux_err += a;
+            energy += en;
+            self.g.b_dec.iter_mut().zip(bdec).for_each(|(g, v)| *g += v);
         }
+        let aux_loss = aux_err * norm as f64;
 
-        // Per-latent gradients: gather the touches of each latent (counting sort by latent).
+        // Per-latent gradients: the touches of each latent, gathered by a counting sort.
+        let slot_latent = |row: usize, j: usize| -> (u32, f32, bool) {
+            if j < k {
+                let (idx, val) = codes.row(row);
+                (idx[j], val[j], false)
+            } else {
+                let (idx, val) = aux_codes.as_ref().map(|c| c.row(row)).unwrap_or((&[], &[]));
+                (idx[j - k], val[j - k], true)
+            }
+        };
         let mut counts = vec![0usize; f_count + 1];
-        for list in &touches {
-            for (f, _) in list {
-                counts[*f as usize + 1] += 1;
+        for row in 0..b {
+            for j in 0..slots {
+                counts[slot_latent(row, j).0 as usize + 1] += 1;
             }
         }
         for f in 0..f_count {
             counts[f + 1] += counts[f];
         }
-        let mut by_latent = vec![
-            Touch {
-                row: 0,
-                value: 0.0,
-                grad_pre: 0.0,
-                aux: false
-            };
-            counts[f_count]
-        ];
+        let mut by_latent = vec![Touch::default(); counts[f_count]];
         let mut fill = counts.clone();
-        for list in &touches {
-            for (f, t) in list {
-                by_latent[fill[*f as usize]] = *t;
-                fill[*f as usize] += 1;
+        for row in 0..b {
+            for j in 0..slots {
+                let (f, value, aux) = slot_latent(row, j);
+                by_latent[fill[f as usize]] = Touch {
+                    row: row as u32,
+                    value,
+                    grad_pre: grad_pre[row * slots + j],
+                    aux,
+                };
+                fill[f as usize] += 1;
             }
         }
-        drop(touches);
         let g = &mut self.g;
         g.w_dec
             .par_chunks_mut(d)
@@ -653,12 +670,11 @@ impl TrainState {
                 let list = &by_latent[counts[f]..counts[f + 1]];
                 for t in list {
                     let row = t.row as usize;
-                    let target = if t.aux {
-                        aux_residual.as_deref().unwrap_or(&residual)
+                    let (target, coef) = if t.aux {
+                        (&aux_residual, grad_aux)
                     } else {
-                        &residual
+                        (&residual, grad_main)
                     };
-                    let coef = if t.aux { grad_aux } else { grad_main };
                     if t.value != 0.0 {
                         axpy(gd, coef * t.value, &target[row * d..(row + 1) * d]);
                     }
@@ -688,7 +704,7 @@ impl TrainState {
 
         self.adam(sae, cfg, lr);
         sae.w_dec.par_chunks_mut(d).for_each(normalise);
-        (err / energy, aux_loss)
+        (err / energy.max(1e-30), aux_loss)
     }
 
     fn adam(&mut self, sae: &mut TopKSae, cfg: &TrainConfig, lr: f64) {
