@@ -463,3 +463,32 @@ fn sae_training_is_reproducible_for_a_seed() {
     assert!(a == b, "same seed, different weights");
     assert!(a != c, "another seed gave the same weights");
 }
+
+/// A disk too small for the store: one clear error before any work, and no half-made store. Needs a
+/// small tmpfs; skipped (with a message) where mounting one is not allowed.
+#[test]
+fn extract_reports_a_full_disk_before_working_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    token_store(&tokens, 40);
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", s(&small)])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let out = small.join("acts");
+    let result = scinterp(&[
+        "extract", "--model", s(&fixture("tiny_v2")), "--input", s(&tokens), "--hooks", "all", "--out", s(&out),
+        "--dtype", "f32",
+    ]);
+    let leftover = out.exists();
+    let _ = Command::new("umount").arg(s(&small)).output();
+    fails_with(&result, &["free", "choose another --out"]);
+    assert!(!leftover, "a half-made store was left behind");
+}

@@ -223,14 +223,14 @@ impl StoreWriter {
                 return Err(StoreError::new(
                     dir,
                     format!(
-                        "needs {:.2} GiB for {} hooks × {} rows × {} values ({:?}) but the disk has {:.2} GiB \
-                         free; free space, capture fewer hooks, use --dtype f16, or choose another --out",
-                        gib(needed),
+                        "needs {} for {} hooks × {} rows × {} values ({:?}) but the disk has {} free; free \
+                         space, capture fewer hooks, use --dtype f16, or choose another --out",
+                        human_bytes(needed),
                         manifest.hooks.len(),
                         rows.len(),
                         manifest.d_model,
                         manifest.dtype,
-                        gib(free)
+                        human_bytes(free)
                     ),
                 ));
             }
@@ -364,8 +364,14 @@ impl StoreWriter {
     }
 }
 
-fn gib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
+        _ => format!("{:.2} GiB", b / 1_073_741_824.0),
+    }
 }
 
 /// Free bytes on the file system holding `dir`, when the OS tells.
