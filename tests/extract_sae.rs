@@ -484,8 +484,17 @@ fn extract_reports_a_full_disk_before_working_and_leaves_nothing() {
     }
     let out = small.join("acts");
     let result = scinterp(&[
-        "extract", "--model", s(&fixture("tiny_v2")), "--input", s(&tokens), "--hooks", "all", "--out", s(&out),
-        "--dtype", "f32",
+        "extract",
+        "--model",
+        s(&fixture("tiny_v2")),
+        "--input",
+        s(&tokens),
+        "--hooks",
+        "all",
+        "--out",
+        s(&out),
+        "--dtype",
+        "f32",
     ]);
     let leftover = out.exists();
     let _ = Command::new("umount").arg(s(&small)).output();

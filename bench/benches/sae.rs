@@ -31,9 +31,14 @@ fn trained_sae(data: &[f32]) -> TopKSae {
         data: data.to_vec(),
     };
     let cfg = TrainConfig::new(D, F, K, 4096);
-    train(&source, std::slice::from_ref(&(0..data.len() / D)), &cfg, &mut |_, _, _| {})
-        .expect("training")
-        .0
+    train(
+        &source,
+        std::slice::from_ref(&(0..data.len() / D)),
+        &cfg,
+        &mut |_, _, _| {},
+    )
+    .expect("training")
+    .0
 }
 
 fn bench_sae(c: &mut Criterion) {
@@ -47,11 +52,21 @@ fn bench_sae(c: &mut Criterion) {
     let codes = sae.encode(&data);
     g.bench_function("decode 4096 rows (sparse)", |b| b.iter(|| sae.decode(&codes)));
     // Four training steps of 4,096 rows each (the set-up: scale, geometric median, is included).
-    let source = MemoryRows { d: D, data: rows(4 * batch) };
+    let source = MemoryRows {
+        d: D,
+        data: rows(4 * batch),
+    };
     let cfg = TrainConfig::new(D, F, K, 4 * batch as u64);
     g.throughput(Throughput::Elements(4 * batch as u64));
     g.bench_function("train 4 steps x 4096 rows", |b| {
-        b.iter(|| train(&source, std::slice::from_ref(&(0..4 * batch)), &cfg, &mut |_, _, _| {}))
+        b.iter(|| {
+            train(
+                &source,
+                std::slice::from_ref(&(0..4 * batch)),
+                &cfg,
+                &mut |_, _, _| {},
+            )
+        })
     });
     g.finish();
 }

@@ -22,6 +22,9 @@ pub mod packed;
 pub mod rng;
 pub mod sae;
 pub mod store;
+#[cfg(test)]
+mod test_model;
+pub mod trace;
 
 pub use encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
 pub use error::EngineError;

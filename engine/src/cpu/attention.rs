@@ -16,8 +16,8 @@ use crate::matrix::Matrix;
 
 /// Most scores one job holds at once (4 MiB of f32).
 const SCORE_BLOCK_FLOATS: usize = 1 << 20;
-/// Jobs per thread to aim for, so that uneven cells still keep every thread busy.
-const JOBS_PER_THREAD: usize = 4;
+/// Query rows per job (fewer for cells so long that the scores would exceed SCORE_BLOCK_FLOATS).
+const QUERY_BLOCK: usize = 128;
 
 /// `qkv`: `[tokens, 3·H]` with columns `[q | k | v]`, head `h` at columns `h·head_dim..` of each part.
 /// Returns the merged context `[tokens, H]` (heads concatenated), before the output projection.
@@ -37,15 +37,14 @@ pub fn attention_varlen(
         return ctx;
     }
 
-    // Jobs: (cell start, cell end, first query row, end query row), in row order.
-    let wanted_blocks = (JOBS_PER_THREAD * rayon::current_num_threads()).div_ceil(n_cells);
+    // Jobs: (cell start, cell end, first query row, end query row), in row order. The blocks of a
+    // cell depend on its length alone, never on the other cells of the batch, so a cell's result is
+    // the same bit for bit whichever cells are packed with it.
     let mut jobs = Vec::new();
     for cell in offsets.windows(2) {
         let (start, end) = (cell[0], cell[1]);
         let len = end - start;
-        let max_rows = (SCORE_BLOCK_FLOATS / len.max(1)).max(1);
-        let n_blocks = len.div_ceil(max_rows).max(wanted_blocks).min(len.max(1));
-        let block = len.div_ceil(n_blocks).max(1);
+        let block = QUERY_BLOCK.min(SCORE_BLOCK_FLOATS / len.max(1)).max(1);
         let mut q = start;
         while q < end {
             let q_end = (q + block).min(end);

@@ -83,9 +83,8 @@ impl TopKSae {
             }
         });
         let mut pre = vec![0.0f32; rows * self.d_sae];
-        for row in pre.chunks_mut(self.d_sae) {
-            row.copy_from_slice(&self.b_enc);
-        }
+        pre.par_chunks_mut(self.d_sae)
+            .for_each(|row| row.copy_from_slice(&self.b_enc));
         gemm_rows_by_latents(&centred, &self.w_enc, self.d_in, &mut pre, self.d_sae, Accum::Add);
         pre
     }
@@ -205,7 +204,7 @@ pub(crate) fn top_k_of_row(row: &[f32], idx: &mut [u32], val: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rng::Rng;
 

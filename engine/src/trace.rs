@@ -1,0 +1,552 @@
+//! Causal tracing of SAE features: ablate a source feature inside the residual stream, replay only the
+//! layers after it, and measure how every downstream SAE feature changes.
+//!
+//! For a source feature f at `blocks.L.hook_resid_post` and a cell where f fires, the ablation adds
+//! `δ(t) = −a_f(t)·W_dec[f]` to the true residual at the positions t where f fires. The SAE's error
+//! term is kept (the state is not replaced by the reconstruction). Blocks `L+1..` are then replayed
+//! from that state. The clean run, its source state and its downstream codes are computed once per
+//! cell; many (feature, cell) ablations are packed into one tail pass. For each target feature g the
+//! observation of a cell is the mean over f's active positions of `a'_g(t) − a_g(t)` (codes after the
+//! ReLU, 0 when g is not among the top k).
+//!
+//! This equals the naive computation (a hooked full forward for every (feature, cell)) exactly: tail
+//! replay reproduces the full pass bit for bit, and a cell's rows do not depend on the other cells
+//! packed with it (tested in `tests`).
+
+use std::collections::HashMap;
+
+use crate::encoder::Encoder;
+use crate::error::EngineError;
+use crate::executor::{run, Start};
+use crate::hooks::{HookPlan, HookPoint};
+use crate::matrix::Matrix;
+use crate::packed::PackedBatch;
+use crate::sae::{SparseCodes, TopKSae};
+
+/// One traced layer pair setup.
+pub struct TraceSetup<'a> {
+    /// The source hook is `blocks.{source_layer}.hook_resid_post`.
+    pub source_layer: usize,
+    pub source_sae: &'a TopKSae,
+    /// Downstream hooks (`hook_resid_post` of later layers) and their SAEs.
+    pub targets: Vec<(HookPoint, &'a TopKSae)>,
+    /// Token ids whose positions the SAEs never read (special tokens).
+    pub special_ids: Vec<u32>,
+    /// Most tokens per packed tail pass (bounds memory).
+    pub max_batch_tokens: usize,
+}
+
+/// Running sums of one (source feature, target hook, target feature) edge over cells. Cells where the
+/// target did not change contribute zeros, which are implicit: `n` comes from the source's cell count.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EdgeSums {
+    pub sum: f64,
+    pub sum_sq: f64,
+    pub positive: u32,
+    pub negative: u32,
+}
+
+/// Accumulated effects of the traced source features.
+#[derive(Clone, Debug, Default)]
+pub struct TraceAccumulator {
+    /// Cells in which each source feature fired (the `n` of its edges).
+    pub cells_active: HashMap<u32, u32>,
+    /// (source feature, target index, target feature) → sums over cells.
+    pub edges: HashMap<(u32, u16, u32), EdgeSums>,
+    /// (feature, cell) ablations run.
+    pub ablations: u64,
+}
+
+impl TraceAccumulator {
+    fn add_cell(&mut self, feature: u32, target: u16, changes: &HashMap<u32, f64>) {
+        for (&g, &x) in changes {
+            if x == 0.0 {
+                continue;
+            }
+            let e = self.edges.entry((feature, target, g)).or_default();
+            e.sum += x;
+            e.sum_sq += x * x;
+            if x > 0.0 {
+                e.positive += 1;
+            } else {
+                e.negative += 1;
+            }
+        }
+    }
+
+    /// Adds another accumulator (another batch of cells or another shard).
+    pub fn merge(&mut self, other: TraceAccumulator) {
+        for (f, n) in other.cells_active {
+            *self.cells_active.entry(f).or_default() += n;
+        }
+        for (k, e) in other.edges {
+            let mine = self.edges.entry(k).or_default();
+            mine.sum += e.sum;
+            mine.sum_sq += e.sum_sq;
+            mine.positive += e.positive;
+            mine.negative += e.negative;
+        }
+        self.ablations += other.ablations;
+    }
+}
+
+/// A cell's clean run, kept for all its ablations.
+struct CleanCell {
+    tokens: Vec<u32>,
+    values: Option<Vec<f32>>,
+    /// `blocks.L.hook_resid_post`, `[len, d]`.
+    source_state: Matrix,
+    /// Positions the SAEs read, and their source codes (one row per such position).
+    sae_positions: Vec<usize>,
+    source_codes: SparseCodes,
+    /// Per target: the clean state at `sae_positions`, `[positions, d]` row-major.
+    target_states: Vec<Vec<f32>>,
+}
+
+/// One pending ablation: cell index in the chunk, feature, and the positions with their activations.
+struct Ablation {
+    cell: usize,
+    feature: u32,
+    /// (index into `sae_positions`, a_f) of the positions where the feature fires.
+    active: Vec<(usize, f32)>,
+}
+
+/// Traces `features` over a chunk of cells (`tokens`, optional scGPT `values`) and adds the effects to
+/// `acc`. `progress(ablations_done)` is called after every tail pass.
+pub fn trace_cells(
+    encoder: &dyn Encoder,
+    setup: &TraceSetup,
+    features: &[u32],
+    tokens: &[Vec<u32>],
+    values: Option<&[Vec<f32>]>,
+    acc: &mut TraceAccumulator,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), EngineError> {
+    let source_hook = HookPoint::ResidPost(setup.source_layer);
+    for (hook, sae) in &setup.targets {
+        if hook.layer().is_none_or(|l| l <= setup.source_layer) {
+            return Err(EngineError::InvalidStart(format!(
+                "target {hook} is not downstream of {source_hook}"
+            )));
+        }
+        if sae.d_in != encoder.dims().d_model {
+            return Err(EngineError::InvalidStart(format!(
+                "the SAE of {hook} reads width {}, the model has {}",
+                sae.d_in,
+                encoder.dims().d_model
+            )));
+        }
+    }
+    let clean = clean_runs(encoder, setup, tokens, values)?;
+
+    // Which (feature, cell) pairs to ablate: only where the feature fires.
+    let wanted: HashMap<u32, ()> = features.iter().map(|&f| (f, ())).collect();
+    let mut ablations = Vec::new();
+    for (c, cell) in clean.iter().enumerate() {
+        let mut by_feature: HashMap<u32, Vec<(usize, f32)>> = HashMap::new();
+        for p in 0..cell.sae_positions.len() {
+            let (idx, val) = cell.source_codes.row(p);
+            for (&f, &v) in idx.iter().zip(val) {
+                if v > 0.0 && wanted.contains_key(&f) {
+                    by_feature.entry(f).or_default().push((p, v));
+                }
+            }
+        }
+        let mut feats: Vec<u32> = by_feature.keys().copied().collect();
+        feats.sort_unstable();
+        for f in feats {
+            *acc.cells_active.entry(f).or_default() += 1;
+            ablations.push(Ablation {
+                cell: c,
+                feature: f,
+                active: by_feature.remove(&f).unwrap_or_default(),
+            });
+        }
+    }
+
+    // Pack ablations into tail passes under the token budget.
+    let plan = HookPlan::new().capture_many(setup.targets.iter().map(|(h, _)| *h));
+    let mut start = 0;
+    while start < ablations.len() {
+        let mut end = start;
+        let mut tokens_in = 0;
+        while end < ablations.len() {
+            let len = clean[ablations[end].cell].tokens.len();
+            if end > start && tokens_in + len > setup.max_batch_tokens {
+                break;
+            }
+            tokens_in += len;
+            end += 1;
+        }
+        let group = &ablations[start..end];
+        let cells: Vec<&[u32]> = group.iter().map(|a| clean[a.cell].tokens.as_slice()).collect();
+        let mut batch = PackedBatch::from_cells(&cells)?;
+        if values.is_some() {
+            let flat: Vec<f32> = group
+                .iter()
+                .flat_map(|a| clean[a.cell].values.iter().flatten().copied())
+                .collect();
+            batch = batch.with_values(flat)?;
+        }
+        let d = encoder.dims().d_model;
+        let mut state = Matrix::zeros(batch.n_tokens(), d);
+        for (i, a) in group.iter().enumerate() {
+            let cell = &clean[a.cell];
+            let rows = batch.cell_range(i);
+            state.as_mut_slice()[rows.start * d..rows.end * d].copy_from_slice(cell.source_state.as_slice());
+            let direction = setup.source_sae.decoder_row(a.feature as usize);
+            for &(p, v) in &a.active {
+                let row = state.row_mut(rows.start + cell.sae_positions[p]);
+                for (x, w) in row.iter_mut().zip(direction) {
+                    *x -= v * w;
+                }
+            }
+        }
+        let out = run(
+            encoder,
+            &batch,
+            &plan,
+            Start::BlockInput {
+                layer: setup.source_layer + 1,
+                state,
+            },
+            false,
+        )?;
+        for (t, (hook, sae)) in setup.targets.iter().enumerate() {
+            let captured = out
+                .captures
+                .get(*hook)
+                .ok_or_else(|| EngineError::InvalidStart(format!("{hook} was not captured")))?;
+            // Clean and ablated rows of every ablation go through one encode call, so that a row
+            // the ablation did not change gets exactly the same code (no rounding noise as effect).
+            let mut x = Vec::new();
+            for (i, a) in group.iter().enumerate() {
+                let cell = &clean[a.cell];
+                for &(p, _) in &a.active {
+                    x.extend_from_slice(&cell.target_states[t][p * d..(p + 1) * d]);
+                }
+                let base = batch.cell_range(i).start;
+                for &(p, _) in &a.active {
+                    x.extend_from_slice(captured.row(base + cell.sae_positions[p]));
+                }
+            }
+            let codes = sae.encode(&x);
+            let mut row = 0;
+            for a in group {
+                let n = a.active.len();
+                let mut changes: HashMap<u32, f64> = HashMap::new();
+                for j in 0..n {
+                    let (ci, cv) = codes.row(row + j);
+                    for (&g, &v) in ci.iter().zip(cv) {
+                        *changes.entry(g).or_default() -= v as f64;
+                    }
+                    let (ai, av) = codes.row(row + n + j);
+                    for (&g, &v) in ai.iter().zip(av) {
+                        *changes.entry(g).or_default() += v as f64;
+                    }
+                }
+                row += 2 * n;
+                changes.values_mut().for_each(|v| *v /= n as f64);
+                acc.add_cell(a.feature, t as u16, &changes);
+            }
+        }
+        acc.ablations += group.len() as u64;
+        progress(acc.ablations);
+        start = end;
+    }
+    Ok(())
+}
+
+/// Clean runs of every cell: the source state, and the source and target codes at the SAE positions.
+fn clean_runs(
+    encoder: &dyn Encoder,
+    setup: &TraceSetup,
+    tokens: &[Vec<u32>],
+    values: Option<&[Vec<f32>]>,
+) -> Result<Vec<CleanCell>, EngineError> {
+    let source_hook = HookPoint::ResidPost(setup.source_layer);
+    let plan = HookPlan::new()
+        .capture(source_hook)
+        .capture_many(setup.targets.iter().map(|(h, _)| *h));
+    let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+    let mut out = Vec::with_capacity(tokens.len());
+    for group in crate::batching::group_by_token_budget(&lengths, setup.max_batch_tokens) {
+        let mut batch = PackedBatch::from_cells(&tokens[group.clone()])?;
+        if let Some(v) = values {
+            batch = batch.with_values(v[group.clone()].iter().flatten().copied().collect())?;
+        }
+        let result = run(encoder, &batch, &plan, Start::Embed, false)?;
+        let source = result
+            .captures
+            .get(source_hook)
+            .ok_or_else(|| EngineError::InvalidStart("source not captured".into()))?;
+        for (i, c) in group.clone().enumerate() {
+            let rows = batch.cell_range(i);
+            let sae_positions: Vec<usize> = tokens[c]
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !setup.special_ids.contains(t))
+                .map(|(p, _)| p)
+                .collect();
+            let gather = |m: &Matrix| -> Vec<f32> {
+                sae_positions
+                    .iter()
+                    .flat_map(|&p| m.row(rows.start + p).iter().copied())
+                    .collect()
+            };
+            let source_codes = setup.source_sae.encode(&gather(source));
+            let mut target_states = Vec::with_capacity(setup.targets.len());
+            for (hook, _) in &setup.targets {
+                let m = result
+                    .captures
+                    .get(*hook)
+                    .ok_or_else(|| EngineError::InvalidStart(format!("{hook} not captured")))?;
+                target_states.push(gather(m));
+            }
+            out.push(CleanCell {
+                tokens: tokens[c].clone(),
+                values: values.map(|v| v[c].clone()),
+                source_state: source.slice_rows(rows.start, rows.end),
+                sae_positions,
+                source_codes,
+                target_states,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Per-edge statistics across cells (zeros included for cells where the target did not change).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdgeStats {
+    pub n: u32,
+    pub mean: f64,
+    pub sd: f64,
+    pub cohens_d: f64,
+    pub hedges_g: f64,
+    /// Fraction of cells whose change has the majority sign (zeros count for neither sign).
+    pub sign_consistency: f64,
+    /// One-sample t statistic of the mean against 0.
+    pub t: f64,
+}
+
+impl EdgeSums {
+    pub fn stats(&self, n: u32) -> EdgeStats {
+        let nf = n as f64;
+        let mean = self.sum / nf;
+        let var = if n > 1 {
+            ((self.sum_sq - nf * mean * mean) / (nf - 1.0)).max(0.0)
+        } else {
+            f64::NAN
+        };
+        let sd = var.sqrt();
+        let d = mean / sd;
+        // Hedges' small-sample correction J = 1 − 3/(4·df − 1), df = n − 1.
+        let j = 1.0 - 3.0 / (4.0 * (nf - 1.0) - 1.0);
+        EdgeStats {
+            n,
+            mean,
+            sd,
+            cohens_d: d,
+            hedges_g: d * j,
+            sign_consistency: self.positive.max(self.negative) as f64 / nf,
+            t: mean / (sd / nf.sqrt()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::Edit;
+    use crate::test_model::tiny_encoder;
+
+    /// The batched tail-replay tracer equals a hooked full forward per (feature, cell).
+    #[test]
+    fn batched_tail_replay_equals_the_naive_loop() {
+        let enc = tiny_encoder(3, 64, 2, 128, 50, 7);
+        let d = 64;
+        let sae = |seed| crate::sae::tests::random_sae(d, 48, 4, seed);
+        let (src, tgt1, tgt2) = (sae(1), sae(2), sae(3));
+        let setup = TraceSetup {
+            source_layer: 0,
+            source_sae: &src,
+            targets: vec![(HookPoint::ResidPost(1), &tgt1), (HookPoint::ResidPost(2), &tgt2)],
+            special_ids: vec![0],
+            max_batch_tokens: 40,
+        };
+        let mut rng = crate::rng::Rng::new(4, 0);
+        let cells: Vec<Vec<u32>> = (0..5)
+            .map(|c| {
+                let mut cell = vec![0u32];
+                cell.extend((0..6 + 3 * c).map(|_| 1 + rng.below(49) as u32));
+                cell
+            })
+            .collect();
+        let features: Vec<u32> = (0..48).collect();
+        let mut acc = TraceAccumulator::default();
+        trace_cells(&enc, &setup, &features, &cells, None, &mut acc, &mut |_| {}).unwrap();
+        assert!(acc.ablations > 0);
+
+        // Naive: a full forward with an AddDirection edit for every (feature, cell) where it fires.
+        let mut naive: HashMap<(u32, u16, u32), EdgeSums> = HashMap::new();
+        let mut naive_active: HashMap<u32, u32> = HashMap::new();
+        for cell in &cells {
+            let batch = PackedBatch::from_cells(&[cell.clone()]).unwrap();
+            let hooks = [
+                HookPoint::ResidPost(0),
+                HookPoint::ResidPost(1),
+                HookPoint::ResidPost(2),
+            ];
+            let clean = run(
+                &enc,
+                &batch,
+                &HookPlan::new().capture_many(hooks),
+                Start::Embed,
+                false,
+            )
+            .unwrap();
+            let positions: Vec<usize> = (1..cell.len()).collect();
+            let rows_of =
+                |m: &Matrix| -> Vec<f32> { positions.iter().flat_map(|&p| m.row(p).to_vec()).collect() };
+            let codes = src.encode(&rows_of(clean.captures.get(hooks[0]).unwrap()));
+            for f in 0..48u32 {
+                let active: Vec<(usize, f32)> = (0..positions.len())
+                    .filter_map(|p| {
+                        let (i, v) = codes.row(p);
+                        i.iter()
+                            .zip(v)
+                            .find(|(&g, &v)| g == f && v > 0.0)
+                            .map(|(_, &v)| (p, v))
+                    })
+                    .collect();
+                if active.is_empty() {
+                    continue;
+                }
+                *naive_active.entry(f).or_default() += 1;
+                let rows: Vec<usize> = active.iter().map(|&(p, _)| positions[p]).collect();
+                let scales: Vec<f32> = active.iter().map(|&(_, v)| -v).collect();
+                let edit = Edit::AddDirection {
+                    rows,
+                    direction: src.decoder_row(f as usize).to_vec(),
+                    scales,
+                };
+                let plan = HookPlan::new().edit(hooks[0], edit).capture_many(hooks);
+                let ablated = run(&enc, &batch, &plan, Start::Embed, false).unwrap();
+                for (t, (hook, tsae)) in setup.targets.iter().enumerate() {
+                    let pick = |m: &Matrix| -> Vec<f32> {
+                        active
+                            .iter()
+                            .flat_map(|&(p, _)| m.row(positions[p]).to_vec())
+                            .collect()
+                    };
+                    let n = active.len();
+                    let mut both = pick(clean.captures.get(*hook).unwrap());
+                    both.extend(pick(ablated.captures.get(*hook).unwrap()));
+                    let codes = tsae.encode(&both);
+                    let mut dense = vec![0.0f64; 48];
+                    for j in 0..n {
+                        let (bi, bv) = codes.row(j);
+                        let (ai, av) = codes.row(n + j);
+                        bi.iter()
+                            .zip(bv)
+                            .for_each(|(&g, &v)| dense[g as usize] -= v as f64);
+                        ai.iter()
+                            .zip(av)
+                            .for_each(|(&g, &v)| dense[g as usize] += v as f64);
+                    }
+                    for (g, x) in dense.iter().enumerate() {
+                        let x = x / active.len() as f64;
+                        if x != 0.0 {
+                            let e = naive.entry((f, t as u16, g as u32)).or_default();
+                            e.sum += x;
+                            e.sum_sq += x * x;
+                            if x > 0.0 {
+                                e.positive += 1
+                            } else {
+                                e.negative += 1
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(acc.cells_active, naive_active);
+        // Equal up to the rounding of GEMMs over other row counts (the SAE encodes here run over one
+        // ablation's rows, there over a whole packed group): no edge above 1e-6 is missing on either
+        // side, and the sums agree.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+        for (k, e) in &naive {
+            let got = acc.edges.get(k).copied().unwrap_or_default();
+            assert!(close(got.sum, e.sum), "{k:?}: {got:?} vs {e:?}");
+            if e.sum.abs() > 1e-6 {
+                assert_eq!((got.positive, got.negative), (e.positive, e.negative), "{k:?}");
+            }
+        }
+        for (k, e) in &acc.edges {
+            let want = naive.get(k).copied().unwrap_or_default();
+            assert!(close(e.sum, want.sum), "{k:?}: {e:?} vs {want:?}");
+        }
+    }
+
+    /// A feature that never fires is never ablated; one that fires in a cell changes something there.
+    #[test]
+    fn inactive_features_are_skipped() {
+        let enc = tiny_encoder(2, 64, 2, 128, 50, 9);
+        let src = crate::sae::tests::random_sae(64, 48, 2, 5);
+        let tgt = crate::sae::tests::random_sae(64, 48, 4, 6);
+        let setup = TraceSetup {
+            source_layer: 0,
+            source_sae: &src,
+            targets: vec![(HookPoint::ResidPost(1), &tgt)],
+            special_ids: vec![],
+            max_batch_tokens: 1000,
+        };
+        let cells: Vec<Vec<u32>> = vec![(1..12).collect(), (20..31).collect()];
+        let mut all = TraceAccumulator::default();
+        let features: Vec<u32> = (0..48).collect();
+        trace_cells(&enc, &setup, &features, &cells, None, &mut all, &mut |_| {}).unwrap();
+        let silent: Vec<u32> = features
+            .iter()
+            .copied()
+            .filter(|f| !all.cells_active.contains_key(f))
+            .collect();
+        assert!(!silent.is_empty(), "every feature fired; pick a sparser SAE");
+        let mut acc = TraceAccumulator::default();
+        trace_cells(&enc, &setup, &silent, &cells, None, &mut acc, &mut |_| {}).unwrap();
+        assert_eq!(acc.ablations, 0);
+        assert!(acc.edges.is_empty());
+        assert!(all.edges.keys().all(|(f, _, _)| all.cells_active.contains_key(f)));
+    }
+
+    #[test]
+    fn a_cell_does_not_depend_on_the_cells_packed_with_it() {
+        let enc = tiny_encoder(2, 64, 4, 128, 40, 3);
+        let cells: Vec<Vec<u32>> = (0..4)
+            .map(|c| (0..20 + 7 * c).map(|i| (i * 7 + c) as u32 % 40).collect())
+            .collect();
+        let hook = HookPoint::ResidPost(1);
+        let plan = HookPlan::new().capture(hook);
+        let alone = run(
+            &enc,
+            &PackedBatch::from_cells(&cells[2..3]).unwrap(),
+            &plan,
+            Start::Embed,
+            false,
+        )
+        .unwrap();
+        let packed = run(
+            &enc,
+            &PackedBatch::from_cells(&cells).unwrap(),
+            &plan,
+            Start::Embed,
+            false,
+        )
+        .unwrap();
+        let batch = PackedBatch::from_cells(&cells).unwrap();
+        let r = batch.cell_range(2);
+        let a = alone.captures.get(hook).unwrap();
+        let p = packed.captures.get(hook).unwrap().slice_rows(r.start, r.end);
+        assert_eq!(a.as_slice(), p.as_slice());
+    }
+}
