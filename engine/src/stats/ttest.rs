@@ -212,4 +212,21 @@ mod tests {
         assert!((hedges_j(2.0) * std::f64::consts::PI.sqrt() - 1.0).abs() < 1e-14);
         assert!((hedges_j(1e7) - 1.0).abs() < 1e-7);
     }
+
+    #[test]
+    fn tails_are_complementary_and_monotone() {
+        for &df in &[0.5, 1.0, 2.5, 7.0, 40.0, 1e3, 1e5] {
+            let mut last = 1.0;
+            for i in -200..=200 {
+                let t = f64::from(i) * 0.05;
+                let (s, c) = (student_t_sf(t, df), student_t_cdf(t, df));
+                assert!((s + c - 1.0).abs() < 1e-14, "df={df} t={t}: {s} + {c}");
+                assert!(s <= last, "df={df} t={t}: sf not decreasing");
+                last = s;
+                let two = student_t_two_sided(t, df);
+                let want = 2.0 * student_t_sf(t.abs(), df);
+                assert!((two - want).abs() <= 1e-15 + 1e-14 * want, "df={df} t={t}");
+            }
+        }
+    }
 }
