@@ -8,6 +8,8 @@
 //! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay).
 //! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
 //! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
+//! - [`stats`]: hypergeometric/Fisher and Student t tails in log space, BH/BY q-values, effect sizes,
+//!   streaming mean/variance (f64).
 
 pub mod batching;
 pub mod cpu;
@@ -21,6 +23,7 @@ pub mod npy;
 pub mod packed;
 pub mod rng;
 pub mod sae;
+pub mod stats;
 pub mod store;
 #[cfg(test)]
 mod test_model;
