@@ -22,6 +22,7 @@ use crate::hooks::{HookPlan, HookPoint};
 use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
 use crate::sae::{SparseCodes, TopKSae};
+use crate::stats::{cohens_d, hedges_g, one_sample_t_test, RunningStats};
 
 /// One traced layer pair setup.
 pub struct TraceSetup<'a> {
@@ -36,12 +37,12 @@ pub struct TraceSetup<'a> {
     pub max_batch_tokens: usize,
 }
 
-/// Running sums of one (source feature, target hook, target feature) edge over cells. Cells where the
-/// target did not change contribute zeros, which are implicit: `n` comes from the source's cell count.
+/// Running statistics of one (source feature, target hook, target feature) edge over cells. Only the
+/// cells where the target changed are pushed; the zeros of the other cells are implicit, and `n`
+/// comes from the source's cell count.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EdgeSums {
-    pub sum: f64,
-    pub sum_sq: f64,
+    pub nonzero: RunningStats,
     pub positive: u32,
     pub negative: u32,
 }
@@ -64,8 +65,7 @@ impl TraceAccumulator {
                 continue;
             }
             let e = self.edges.entry((feature, target, g)).or_default();
-            e.sum += x;
-            e.sum_sq += x * x;
+            e.nonzero.push(x);
             if x > 0.0 {
                 e.positive += 1;
             } else {
@@ -81,8 +81,7 @@ impl TraceAccumulator {
         }
         for (k, e) in other.edges {
             let mine = self.edges.entry(k).or_default();
-            mine.sum += e.sum;
-            mine.sum_sq += e.sum_sq;
+            mine.nonzero.merge(&e.nonzero);
             mine.positive += e.positive;
             mine.negative += e.negative;
         }
@@ -323,34 +322,32 @@ pub struct EdgeStats {
     pub mean: f64,
     pub sd: f64,
     pub cohens_d: f64,
+    /// Cohen's d with the exact small-sample correction J(n − 1).
     pub hedges_g: f64,
     /// Fraction of cells whose change has the majority sign (zeros count for neither sign).
     pub sign_consistency: f64,
-    /// One-sample t statistic of the mean against 0.
+    /// One-sample t statistic of the mean against 0, and its two-sided p-value (NaN when n < 2).
     pub t: f64,
+    pub p: f64,
 }
 
 impl EdgeSums {
+    /// Statistics over the `n` cells where the source fired (`n` ≥ the cells pushed).
     pub fn stats(&self, n: u32) -> EdgeStats {
-        let nf = n as f64;
-        let mean = self.sum / nf;
-        let var = if n > 1 {
-            ((self.sum_sq - nf * mean * mean) / (nf - 1.0)).max(0.0)
-        } else {
-            f64::NAN
-        };
-        let sd = var.sqrt();
-        let d = mean / sd;
-        // Hedges' small-sample correction J = 1 − 3/(4·df − 1), df = n − 1.
-        let j = 1.0 - 3.0 / (4.0 * (nf - 1.0) - 1.0);
+        let mut all = RunningStats::zeros(u64::from(n).saturating_sub(self.nonzero.count()));
+        all.merge(&self.nonzero);
+        let (mean, sd) = (all.mean(), all.sd());
+        let test = one_sample_t_test(all.count(), mean, sd, 0.0);
+        let d = cohens_d(mean, sd, 0.0);
         EdgeStats {
             n,
             mean,
             sd,
             cohens_d: d,
-            hedges_g: d * j,
-            sign_consistency: self.positive.max(self.negative) as f64 / nf,
-            t: mean / (sd / nf.sqrt()),
+            hedges_g: hedges_g(d, test.df),
+            sign_consistency: self.positive.max(self.negative) as f64 / n.max(1) as f64,
+            t: test.t,
+            p: test.p_two_sided,
         }
     }
 }
@@ -392,7 +389,7 @@ mod tests {
         let mut naive: HashMap<(u32, u16, u32), EdgeSums> = HashMap::new();
         let mut naive_active: HashMap<u32, u32> = HashMap::new();
         for cell in &cells {
-            let batch = PackedBatch::from_cells(&[cell.clone()]).unwrap();
+            let batch = PackedBatch::from_cells(std::slice::from_ref(cell)).unwrap();
             let hooks = [
                 HookPoint::ResidPost(0),
                 HookPoint::ResidPost(1),
@@ -459,8 +456,7 @@ mod tests {
                         let x = x / active.len() as f64;
                         if x != 0.0 {
                             let e = naive.entry((f, t as u16, g as u32)).or_default();
-                            e.sum += x;
-                            e.sum_sq += x * x;
+                            e.nonzero.push(x);
                             if x > 0.0 {
                                 e.positive += 1
                             } else {
@@ -476,16 +472,20 @@ mod tests {
         // ablation's rows, there over a whole packed group): no edge above 1e-6 is missing on either
         // side, and the sums agree.
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+        let sum = |e: &EdgeSums| e.nonzero.mean() * e.nonzero.count() as f64;
         for (k, e) in &naive {
             let got = acc.edges.get(k).copied().unwrap_or_default();
-            assert!(close(got.sum, e.sum), "{k:?}: {got:?} vs {e:?}");
-            if e.sum.abs() > 1e-6 {
+            assert!(close(sum(&got), sum(e)), "{k:?}: {got:?} vs {e:?}");
+            if sum(e).abs() > 1e-6 {
                 assert_eq!((got.positive, got.negative), (e.positive, e.negative), "{k:?}");
+                let n = naive_active[&k.0];
+                let (a, b) = (got.stats(n), e.stats(n));
+                assert!(close(a.t, b.t) || (a.t.is_nan() && b.t.is_nan()), "{k:?}: t {} vs {}", a.t, b.t);
             }
         }
         for (k, e) in &acc.edges {
             let want = naive.get(k).copied().unwrap_or_default();
-            assert!(close(e.sum, want.sum), "{k:?}: {e:?} vs {want:?}");
+            assert!(close(sum(e), sum(&want)), "{k:?}: {e:?} vs {want:?}");
         }
     }
 

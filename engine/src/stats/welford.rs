@@ -21,6 +21,15 @@ impl RunningStats {
         RunningStats::default()
     }
 
+    /// `n` values equal to 0 (sparse data whose zeros are implicit).
+    pub fn zeros(n: u64) -> RunningStats {
+        RunningStats {
+            n,
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
     /// Adds one value.
     pub fn push(&mut self, x: f64) {
         self.n += 1;
