@@ -8,6 +8,7 @@ mod progress;
 mod sae;
 mod tokenize;
 mod tokens_json;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ enum Command {
     Extract(extract::ExtractArgs),
     /// TopK sparse autoencoders: train, encode, eval, synth.
     Sae(sae::SaeArgs),
+    /// Trace causal edges between SAE features by ablation with tail replay.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Extract(args) => extract::run(args),
         Command::Sae(args) => sae::run(args),
+        Command::Trace(args) => trace::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

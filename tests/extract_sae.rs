@@ -48,7 +48,20 @@ fn s(p: &Path) -> &str {
 fn token_store(dir: &Path, copies: usize) -> Vec<Vec<u32>> {
     let expected = ExpectedFile::open(&fixture("tiny_v2").join("expected.safetensors"));
     let base = expected.cells();
-    let cells: Vec<Vec<u32>> = (0..copies).flat_map(|_| base.iter().cloned()).collect();
+    // Copies after the first have their genes rotated: distinct cells, same vocabulary.
+    let cells: Vec<Vec<u32>> = (0..copies)
+        .flat_map(|copy| {
+            base.iter().map(move |cell| {
+                let mut cell = cell.clone();
+                let genes = 1..cell.len() - 1;
+                let len = genes.len();
+                if len > 1 {
+                    cell[genes].rotate_left(copy % len);
+                }
+                cell
+            })
+        })
+        .collect();
     let store = TokenStore {
         manifest: TokenStoreManifest {
             format: FORMAT.into(),
@@ -500,4 +513,78 @@ fn extract_reports_a_full_disk_before_working_and_leaves_nothing() {
     let _ = Command::new("umount").arg(s(&small)).output();
     fails_with(&result, &["free", "choose another --out"]);
     assert!(!leftover, "a half-made store was left behind");
+}
+
+/// `scinterp trace` end to end on the tiny model: an edge table whose statistics are recomputable from
+/// its own columns, a summary that accounts for every feature, and clear refusals.
+#[test]
+fn trace_writes_edges_with_recomputable_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    token_store(&tokens, 4);
+    let model = fixture("tiny_v2");
+    let acts = tmp.path().join("acts");
+    let (src, tgt) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
+    ok(&scinterp(&[
+        "extract", "--model", s(&model), "--input", s(&tokens), "--hooks", &format!("{src},{tgt}"), "--out",
+        s(&acts),
+    ]));
+    let saes = tmp.path().join("saes");
+    for hook in [src, tgt] {
+        ok(&scinterp(&[
+            "sae", "train", "--acts", s(&acts), "--hook", hook, "--d-sae", "64", "--k", "4", "--out",
+            s(&saes.join(hook)), "--tokens", "20000", "--batch-size", "256", "--splice-cells", "0",
+        ]));
+    }
+    let edges = tmp.path().join("edges.tsv");
+    let trace = |extra: &[&str]| {
+        let mut a = vec![
+            "trace", "--model", s(&model), "--input", s(&tokens), "--saes", s(&saes), "--source", src, "--targets",
+            tgt, "--out", s(&edges), "--json",
+        ];
+        a.extend_from_slice(extra);
+        scinterp(&a)
+    };
+    let summary: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "1"]))).unwrap();
+    let requested = summary["features_requested"].as_u64().unwrap();
+    assert_eq!(requested, 64);
+    assert_eq!(
+        summary["features_traced"].as_u64().unwrap() + summary["features_skipped_never_fired"].as_u64().unwrap(),
+        requested
+    );
+    let text = std::fs::read_to_string(&edges).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len() as u64, summary["edges_written"].as_u64().unwrap());
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let num = |name: &str| r[col(name)].parse::<f64>().unwrap();
+        let (n, mean, sd) = (num("n_cells"), num("mean_change"), num("sd_change"));
+        let t = mean / (sd / n.sqrt());
+        assert!((t - num("t")).abs() <= 1e-9 * t.abs().max(1.0), "t {t} vs {}", num("t"));
+        let p = scinterp_engine::stats::student_t_two_sided(t, n - 1.0);
+        assert!((p - num("p")).abs() <= 1e-9 * p.max(1e-300), "p {p} vs {}", num("p"));
+        assert!(num("q") >= num("p") && num("q") <= 1.0);
+        assert!((num("cohens_d") - mean / sd).abs() <= 1e-9 * (mean / sd).abs().max(1.0));
+    }
+    // A stricter q keeps a subset.
+    let strict: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "0.001"]))).unwrap();
+    assert!(strict["edges_written"].as_u64().unwrap() <= rows.len() as u64);
+
+    fails_with(
+        &scinterp(&[
+            "trace", "--model", s(&model), "--input", s(&tokens), "--saes", s(&saes), "--source",
+            "blocks.0.hook_mlp_out", "--targets", tgt, "--out", s(&edges),
+        ]),
+        &["hook_resid_post"],
+    );
+    fails_with(
+        &scinterp(&[
+            "trace", "--model", s(&model), "--input", s(&tokens), "--saes", s(&saes), "--source", src,
+            "--targets", "blocks.3.hook_resid_post", "--out", s(&edges),
+        ]),
+        &["no SAE for blocks.3.hook_resid_post"],
+    );
 }

@@ -480,7 +480,12 @@ mod tests {
                 assert_eq!((got.positive, got.negative), (e.positive, e.negative), "{k:?}");
                 let n = naive_active[&k.0];
                 let (a, b) = (got.stats(n), e.stats(n));
-                assert!(close(a.t, b.t) || (a.t.is_nan() && b.t.is_nan()), "{k:?}: t {} vs {}", a.t, b.t);
+                assert!(
+                    close(a.t, b.t) || (a.t.is_nan() && b.t.is_nan()),
+                    "{k:?}: t {} vs {}",
+                    a.t,
+                    b.t
+                );
             }
         }
         for (k, e) in &acc.edges {
