@@ -2,7 +2,7 @@
 //! and a few cells with our own seeded code, writes them to disk, loads them back through the real
 //! readers, runs the forward pass with every hook, and shows what the hooks can do (a tail replay and an
 //! edit), then writes a token store of more cells, extracts a layer's residual stream into an
-//! activation store and trains a TopK SAE on it. Later steps (analysis, tracing, …) will extend it.
+//! activation store, trains TopK SAEs and traces a few features. Later steps (analysis, …) will extend it.
 
 use std::path::{Path, PathBuf};
 
@@ -136,12 +136,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     // 4. Extract + SAE: a token store of 96 cells, blocks.2.hook_resid_post at gene positions into an
     //    activation store (f16), and a TopK SAE (4× wide, k 16) trained on it.
-    let (extract_summary, sae_report) = extract_and_train(out, &model_dir, args.seed)?;
+    let (extract_summary, sae_report, trace_summary) = extract_and_train(out, &model_dir, args.seed)?;
 
     let summary_path = out.join("summary.json");
     let report = json!({
         "extract": extract_summary,
         "sae": sae_report,
+        "trace": trace_summary,
         "seed": args.seed,
         "model": model_dir.display().to_string(),
         "cells": cells.len(),
@@ -157,12 +158,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Steps 4–5 of the demo: token store → activation store → SAE.
+/// Steps 4–6 of the demo: token store → activation store → SAEs → trace.
 fn extract_and_train(
     out: &Path,
     model_dir: &Path,
     seed: u64,
-) -> Result<(Option<crate::extract::ExtractSummary>, crate::sae::TrainReport)> {
+) -> Result<(
+    Option<crate::extract::ExtractSummary>,
+    crate::sae::TrainReport,
+    crate::trace::TraceSummary,
+)> {
     let cells = demo_cells(seed ^ 0x5A3, 96);
     let n_tokens: usize = cells.iter().map(Vec::len).sum();
     let store_dir = out.join("tokens");
@@ -193,6 +198,7 @@ fn extract_and_train(
     store.write(&store_dir, true)?;
     let acts = out.join("acts");
     let hook = "blocks.2.hook_resid_post";
+    let hooks = "blocks.1.hook_resid_post,blocks.2.hook_resid_post,blocks.3.hook_resid_post";
     // A rerun of the demo starts the store afresh (its settings may differ from an older demo's).
     if acts.exists() {
         std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
@@ -200,7 +206,7 @@ fn extract_and_train(
     let extracted = crate::extract::extract_store(crate::extract::ExtractArgs {
         model: model_dir.to_path_buf(),
         input: store_dir.clone(),
-        hooks: hook.into(),
+        hooks: hooks.into(),
         out: acts.clone(),
         dtype: crate::extract::DtypeArg::F16,
         include_special: false,
@@ -209,7 +215,7 @@ fn extract_and_train(
     })?;
     if let Some(s) = &extracted {
         println!(
-            "  extract  {}: {hook} at {} gene positions of {} cells (f16), {:.1} cells/s",
+            "  extract  {}: {hooks} at {} gene positions of {} cells (f16), {:.1} cells/s",
             acts.display(),
             s.n_rows,
             s.n_cells,
@@ -256,7 +262,58 @@ fn extract_and_train(
             s.clean, s.spliced, s.zero_ablated, s.loss_recovered
         );
     }
-    Ok((extracted, report))
+    // 6. A small trace: ablate 16 features of an SAE at blocks.1, replay blocks 2–3, and test how the
+    //    features of an SAE at blocks.3 change.
+    let saes = out.join("saes");
+    for h in ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"] {
+        crate::sae::train_sae(crate::sae::TrainArgs {
+            acts: acts.clone(),
+            hook: h.into(),
+            d_sae: 2 * HIDDEN,
+            k: 8,
+            out: saes.join(h),
+            tokens: Some(100_000),
+            batch_size: 1024,
+            lr: None,
+            warmup_steps: None,
+            aux_k: None,
+            aux_coef: 1.0 / 32.0,
+            dead_after_tokens: 50_000,
+            no_normalize: false,
+            holdout: 0.1,
+            shuffle_buffer_rows: 1 << 15,
+            splice_cells: 0,
+            seed,
+            overwrite: true,
+            json: false,
+        })?;
+    }
+    let edges = out.join("edges.tsv");
+    let trace = crate::trace::trace_edges(crate::trace::TraceArgs {
+        model: model_dir.to_path_buf(),
+        input: store_dir.clone(),
+        saes: saes.clone(),
+        source: "blocks.1.hook_resid_post".into(),
+        features: (0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(","),
+        targets: "blocks.3.hook_resid_post".into(),
+        cells: Some(32),
+        out: edges.clone(),
+        min_abs_d: 0.5,
+        max_q: 0.05,
+        min_consistency: 0.0,
+        chunk_cells: 64,
+        max_batch_tokens: 16_384,
+        json: false,
+    })?;
+    println!(
+        "  trace    {}: 16 features of blocks.1 × 32 cells = {} ablations ({:.0}/s), {} tests, {} edges at q ≤ 0.05 and |d| ≥ 0.5 to blocks.3",
+        edges.display(),
+        trace.ablations,
+        trace.ablations_per_second,
+        trace.tests_performed,
+        trace.edges_written
+    );
+    Ok((extracted, report, trace))
 }
 
 /// Writes `config.json` and `model.safetensors` of the demo model.

@@ -19,71 +19,71 @@ use crate::forward::{load_model, read_cells};
 pub struct TraceArgs {
     /// Model folder (Geneformer or scGPT).
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Token store of the cells to trace on.
     #[arg(long)]
-    input: PathBuf,
+    pub(crate) input: PathBuf,
     /// Folder of SAE folders, one per hook: `<saes>/<hook>/cfg.json` (or any subfolder whose
     /// cfg.json names the hook in metadata.hook_name).
     #[arg(long)]
-    saes: PathBuf,
+    pub(crate) saes: PathBuf,
     /// Source hook (a `blocks.L.hook_resid_post`).
     #[arg(long)]
-    source: String,
+    pub(crate) source: String,
     /// Source features: `all`, a comma list (`3,17,40`), or `top:N` (the N that fire in most cells).
     #[arg(long, default_value = "all")]
-    features: String,
+    pub(crate) features: String,
     /// Downstream hooks (comma list of later `hook_resid_post`s).
     #[arg(long)]
-    targets: String,
+    pub(crate) targets: String,
     /// Trace on the first N cells of the store (default: all).
     #[arg(long)]
-    cells: Option<usize>,
+    pub(crate) cells: Option<usize>,
     /// Edge table (TSV), written atomically; a JSON summary is written beside it (`.summary.json`).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Keep edges with |Cohen's d| at least this.
     #[arg(long, default_value_t = 0.0)]
-    min_abs_d: f64,
+    pub(crate) min_abs_d: f64,
     /// Keep edges with BH q at most this.
     #[arg(long, default_value_t = 0.05)]
-    max_q: f64,
+    pub(crate) max_q: f64,
     /// Keep edges whose sign agrees in at least this fraction of cells.
     #[arg(long, default_value_t = 0.0)]
-    min_consistency: f64,
+    pub(crate) min_consistency: f64,
     /// Cells per clean-run chunk (bounds memory: their states at the source and target hooks).
     #[arg(long, default_value_t = 64)]
-    chunk_cells: usize,
+    pub(crate) chunk_cells: usize,
     #[arg(long, default_value_t = 16_384)]
-    max_batch_tokens: usize,
+    pub(crate) max_batch_tokens: usize,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct TraceSummary {
-    source: String,
-    targets: Vec<String>,
-    cells: usize,
-    features_requested: usize,
-    features_traced: usize,
+pub struct TraceSummary {
+    pub(crate) source: String,
+    pub(crate) targets: Vec<String>,
+    pub(crate) cells: usize,
+    pub(crate) features_requested: usize,
+    pub(crate) features_traced: usize,
     /// Requested features that never fired in the traced cells (nothing to ablate).
-    features_skipped_never_fired: usize,
-    ablations: u64,
-    seconds: f64,
-    ablations_per_second: f64,
+    pub(crate) features_skipped_never_fired: usize,
+    pub(crate) ablations: u64,
+    pub(crate) seconds: f64,
+    pub(crate) ablations_per_second: f64,
     /// Edges whose target changed in at least one cell and whose statistics were tested.
-    tests_performed: usize,
+    pub(crate) tests_performed: usize,
     /// (feature, target feature) pairs whose change was zero in every cell: counted, not tested.
-    all_zero_targets: u64,
+    pub(crate) all_zero_targets: u64,
     /// Edges with n < 2 (a feature firing in one cell): not tested.
-    untestable_edges: usize,
-    edges_written: usize,
-    edges_per_target: BTreeMap<String, usize>,
-    excitatory_fraction: f64,
-    inhibitory_fraction: f64,
-    filters: serde_json::Value,
-    out: String,
+    pub(crate) untestable_edges: usize,
+    pub(crate) edges_written: usize,
+    pub(crate) edges_per_target: BTreeMap<String, usize>,
+    pub(crate) excitatory_fraction: f64,
+    pub(crate) inhibitory_fraction: f64,
+    pub(crate) filters: serde_json::Value,
+    pub(crate) out: String,
 }
 
 /// Finds the SAE of `hook` under `dir`.
@@ -118,6 +118,16 @@ fn resid_post_layer(name: &str) -> Result<usize> {
 }
 
 pub fn run(args: TraceArgs) -> Result<()> {
+    let json = args.json;
+    let summary = trace_edges(args)?;
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+/// Traces, writes the edge table and its summary, and returns the summary.
+pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
     let started = std::time::Instant::now();
     let model = load_model(&args.model, false)?;
     let cells = read_cells(&args.input, &model)?;
@@ -283,10 +293,7 @@ pub fn run(args: TraceArgs) -> Result<()> {
         written,
         args.out.display()
     );
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    }
-    Ok(())
+    Ok(summary)
 }
 
 fn parse_features(spec: &str, d_sae: u32) -> Result<Vec<u32>> {

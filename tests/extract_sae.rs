@@ -526,21 +526,56 @@ fn trace_writes_edges_with_recomputable_statistics() {
     let acts = tmp.path().join("acts");
     let (src, tgt) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
     ok(&scinterp(&[
-        "extract", "--model", s(&model), "--input", s(&tokens), "--hooks", &format!("{src},{tgt}"), "--out",
+        "extract",
+        "--model",
+        s(&model),
+        "--input",
+        s(&tokens),
+        "--hooks",
+        &format!("{src},{tgt}"),
+        "--out",
         s(&acts),
     ]));
     let saes = tmp.path().join("saes");
     for hook in [src, tgt] {
         ok(&scinterp(&[
-            "sae", "train", "--acts", s(&acts), "--hook", hook, "--d-sae", "64", "--k", "4", "--out",
-            s(&saes.join(hook)), "--tokens", "20000", "--batch-size", "256", "--splice-cells", "0",
+            "sae",
+            "train",
+            "--acts",
+            s(&acts),
+            "--hook",
+            hook,
+            "--d-sae",
+            "64",
+            "--k",
+            "4",
+            "--out",
+            s(&saes.join(hook)),
+            "--tokens",
+            "20000",
+            "--batch-size",
+            "256",
+            "--splice-cells",
+            "0",
         ]));
     }
     let edges = tmp.path().join("edges.tsv");
     let trace = |extra: &[&str]| {
         let mut a = vec![
-            "trace", "--model", s(&model), "--input", s(&tokens), "--saes", s(&saes), "--source", src, "--targets",
-            tgt, "--out", s(&edges), "--json",
+            "trace",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--saes",
+            s(&saes),
+            "--source",
+            src,
+            "--targets",
+            tgt,
+            "--out",
+            s(&edges),
+            "--json",
         ];
         a.extend_from_slice(extra);
         scinterp(&a)
@@ -549,7 +584,8 @@ fn trace_writes_edges_with_recomputable_statistics() {
     let requested = summary["features_requested"].as_u64().unwrap();
     assert_eq!(requested, 64);
     assert_eq!(
-        summary["features_traced"].as_u64().unwrap() + summary["features_skipped_never_fired"].as_u64().unwrap(),
+        summary["features_traced"].as_u64().unwrap()
+            + summary["features_skipped_never_fired"].as_u64().unwrap(),
         requested
     );
     let text = std::fs::read_to_string(&edges).unwrap();
@@ -563,9 +599,17 @@ fn trace_writes_edges_with_recomputable_statistics() {
         let num = |name: &str| r[col(name)].parse::<f64>().unwrap();
         let (n, mean, sd) = (num("n_cells"), num("mean_change"), num("sd_change"));
         let t = mean / (sd / n.sqrt());
-        assert!((t - num("t")).abs() <= 1e-9 * t.abs().max(1.0), "t {t} vs {}", num("t"));
+        assert!(
+            (t - num("t")).abs() <= 1e-9 * t.abs().max(1.0),
+            "t {t} vs {}",
+            num("t")
+        );
         let p = scinterp_engine::stats::student_t_two_sided(t, n - 1.0);
-        assert!((p - num("p")).abs() <= 1e-9 * p.max(1e-300), "p {p} vs {}", num("p"));
+        assert!(
+            (p - num("p")).abs() <= 1e-9 * p.max(1e-300),
+            "p {p} vs {}",
+            num("p")
+        );
         assert!(num("q") >= num("p") && num("q") <= 1.0);
         assert!((num("cohens_d") - mean / sd).abs() <= 1e-9 * (mean / sd).abs().max(1.0));
     }
@@ -575,15 +619,37 @@ fn trace_writes_edges_with_recomputable_statistics() {
 
     fails_with(
         &scinterp(&[
-            "trace", "--model", s(&model), "--input", s(&tokens), "--saes", s(&saes), "--source",
-            "blocks.0.hook_mlp_out", "--targets", tgt, "--out", s(&edges),
+            "trace",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--saes",
+            s(&saes),
+            "--source",
+            "blocks.0.hook_mlp_out",
+            "--targets",
+            tgt,
+            "--out",
+            s(&edges),
         ]),
         &["hook_resid_post"],
     );
     fails_with(
         &scinterp(&[
-            "trace", "--model", s(&model), "--input", s(&tokens), "--saes", s(&saes), "--source", src,
-            "--targets", "blocks.3.hook_resid_post", "--out", s(&edges),
+            "trace",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--saes",
+            s(&saes),
+            "--source",
+            src,
+            "--targets",
+            "blocks.3.hook_resid_post",
+            "--out",
+            s(&edges),
         ]),
         &["no SAE for blocks.3.hook_resid_post"],
     );
