@@ -290,14 +290,16 @@ fn extract_and_train(
     }
     let edges = out.join("edges.tsv");
     let trace = crate::trace::trace_edges(crate::trace::TraceArgs {
-        model: model_dir.to_path_buf(),
-        input: store_dir.clone(),
-        saes: saes.clone(),
-        source: "blocks.1.hook_resid_post".into(),
+        command: None,
+        shard: None,
+        model: Some(model_dir.to_path_buf()),
+        input: Some(store_dir.clone()),
+        saes: Some(saes.clone()),
+        source: Some("blocks.1.hook_resid_post".into()),
         features: (0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(","),
-        targets: "blocks.3.hook_resid_post".into(),
+        targets: Some("blocks.3.hook_resid_post".into()),
         cells: Some(32),
-        out: edges.clone(),
+        out: Some(edges.clone()),
         min_abs_d: 0.5,
         max_q: 0.05,
         min_consistency: 0.0,

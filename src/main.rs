@@ -46,7 +46,9 @@ enum Command {
     Extract(extract::ExtractArgs),
     /// TopK sparse autoencoders: train, encode, eval, synth.
     Sae(sae::SaeArgs),
-    /// Trace causal edges between SAE features by ablation with tail replay.
+    /// Trace causal edges between SAE features by ablation with tail replay (`trace merge` combines
+    /// shards).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Trace(trace::TraceArgs),
 }
 

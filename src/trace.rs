@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use scinterp_engine::sae::io::{load as load_sae, SaeFolder};
 use scinterp_engine::stats::bh_qvalues;
 use scinterp_engine::trace::{trace_cells, TraceAccumulator, TraceSetup};
@@ -17,31 +17,39 @@ use crate::forward::{load_model, read_cells};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<TraceCommand>,
     /// Model folder (Geneformer or scGPT).
-    #[arg(long)]
-    pub(crate) model: PathBuf,
+    #[arg(long, required = true)]
+    pub(crate) model: Option<PathBuf>,
     /// Token store of the cells to trace on.
-    #[arg(long)]
-    pub(crate) input: PathBuf,
+    #[arg(long, required = true)]
+    pub(crate) input: Option<PathBuf>,
     /// Folder of SAE folders, one per hook: `<saes>/<hook>/cfg.json` (or any subfolder whose
     /// cfg.json names the hook in metadata.hook_name).
-    #[arg(long)]
-    pub(crate) saes: PathBuf,
+    #[arg(long, required = true)]
+    pub(crate) saes: Option<PathBuf>,
     /// Source hook (a `blocks.L.hook_resid_post`).
-    #[arg(long)]
-    pub(crate) source: String,
+    #[arg(long, required = true)]
+    pub(crate) source: Option<String>,
     /// Source features: `all`, a comma list (`3,17,40`), or `top:N` (the N that fire in most cells).
     #[arg(long, default_value = "all")]
     pub(crate) features: String,
     /// Downstream hooks (comma list of later `hook_resid_post`s).
-    #[arg(long)]
-    pub(crate) targets: String,
+    #[arg(long, required = true)]
+    pub(crate) targets: Option<String>,
     /// Trace on the first N cells of the store (default: all).
     #[arg(long)]
     pub(crate) cells: Option<usize>,
     /// Edge table (TSV), written atomically; a JSON summary is written beside it (`.summary.json`).
-    #[arg(long)]
-    pub(crate) out: PathBuf,
+    /// A checkpoint (`.checkpoint`) is kept beside it while the trace runs: rerunning the same command
+    /// after a kill resumes from it. With --shard, the shard's accumulator is written here instead.
+    #[arg(long, required = true)]
+    pub(crate) out: Option<PathBuf>,
+    /// Trace only every n-th requested feature starting at i (`i/n`, 0-based); combine the shards'
+    /// outputs with `scinterp trace merge`.
+    #[arg(long, value_parser = parse_shard)]
+    pub(crate) shard: Option<(usize, usize)>,
     /// Keep edges with |Cohen's d| at least this.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) min_abs_d: f64,
@@ -117,7 +125,50 @@ fn resid_post_layer(name: &str) -> Result<usize> {
     }
 }
 
+#[derive(Subcommand, Debug)]
+pub enum TraceCommand {
+    /// Combine the accumulators of `scinterp trace --shard i/n` runs into one edge table.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard files (comma list), as written by `scinterp trace --shard i/n --out FILE`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    shards: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0.0)]
+    min_abs_d: f64,
+    #[arg(long, default_value_t = 0.05)]
+    max_q: f64,
+    #[arg(long, default_value_t = 0.0)]
+    min_consistency: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (i, n) = text.split_once('/').ok_or("expected i/n, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| "i must be a number")?,
+        n.trim().parse().map_err(|_| "n must be a number")?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 ≤ i < n"));
+    }
+    Ok((i, n))
+}
+
 pub fn run(args: TraceArgs) -> Result<()> {
+    if let Some(TraceCommand::Merge(m)) = args.command {
+        let json = m.json;
+        let summary = merge(m)?;
+        if json {
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        return Ok(());
+    }
     let json = args.json;
     let summary = trace_edges(args)?;
     if json {
@@ -129,13 +180,19 @@ pub fn run(args: TraceArgs) -> Result<()> {
 /// Traces, writes the edge table and its summary, and returns the summary.
 pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
     let started = std::time::Instant::now();
-    let model = load_model(&args.model, false)?;
-    let cells = read_cells(&args.input, &model)?;
+    let need = |what: &str| anyhow::anyhow!("--{what} is required");
+    let model_dir = args.model.clone().ok_or_else(|| need("model"))?;
+    let input = args.input.clone().ok_or_else(|| need("input"))?;
+    let saes = args.saes.clone().ok_or_else(|| need("saes"))?;
+    let source = args.source.clone().ok_or_else(|| need("source"))?;
+    let targets_spec = args.targets.clone().ok_or_else(|| need("targets"))?;
+    let out = args.out.clone().ok_or_else(|| need("out"))?;
+    let model = load_model(&model_dir, false)?;
+    let cells = read_cells(&input, &model)?;
     let n_cells = args.cells.unwrap_or(cells.tokens.len()).min(cells.tokens.len());
-    let source_layer = resid_post_layer(&args.source)?;
-    let source_sae = find_sae(&args.saes, &args.source)?;
-    let target_names: Vec<String> = args
-        .targets
+    let source_layer = resid_post_layer(&source)?;
+    let source_sae = find_sae(&saes, &source)?;
+    let target_names: Vec<String> = targets_spec
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -150,14 +207,14 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         if layer <= source_layer || layer >= model.encoder.dims().n_layers {
             bail!(
                 "--targets {name}: must be a block after the source ({}) and within the model's {} layers",
-                args.source,
+                source,
                 model.encoder.dims().n_layers
             );
         }
-        targets.push((HookPoint::ResidPost(layer), find_sae(&args.saes, name)?));
+        targets.push((HookPoint::ResidPost(layer), find_sae(&saes, name)?));
     }
-    for (what, sae) in std::iter::once((&args.source, &source_sae))
-        .chain(target_names.iter().zip(targets.iter().map(|(_, s)| s)))
+    for (what, sae) in
+        std::iter::once((&source, &source_sae)).chain(target_names.iter().zip(targets.iter().map(|(_, s)| s)))
     {
         if sae.sae.d_in != model.encoder.dims().d_model {
             bail!(
@@ -167,7 +224,7 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
             );
         }
     }
-    let special_ids = crate::extract::special_token_ids(&args.input, &model)?;
+    let special_ids = crate::extract::special_token_ids(&input, &model)?;
     let setup = TraceSetup {
         source_layer,
         source_sae: &source_sae.sae,
@@ -176,16 +233,61 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         max_batch_tokens: args.max_batch_tokens.max(1),
     };
     let d_sae = source_sae.sae.d_sae as u32;
-    let features = parse_features(&args.features, d_sae)?;
+    let mut features = parse_features(&args.features, d_sae)?;
+    if let Some((i, n)) = args.shard {
+        features = features
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| j % n == i)
+            .map(|(_, f)| f)
+            .collect();
+    }
     let values = cells.values.as_deref();
+    let plan = TracePlan {
+        source: source.clone(),
+        targets: target_names.clone(),
+        target_d_sae: targets.iter().map(|(_, s)| s.sae.d_sae).collect(),
+        features_requested: parse_features(&args.features, d_sae)?.len(),
+        cells: n_cells,
+        settings: serde_json::json!({
+            "model": absolute(&model_dir),
+            "input": absolute(&input),
+            "saes": absolute(&saes),
+            "source": source,
+            "targets": target_names,
+            "features": args.features,
+            "cells": n_cells,
+            "chunk_cells": args.chunk_cells.max(1),
+            "max_batch_tokens": args.max_batch_tokens.max(1),
+        }),
+    };
+    let shard_tag = args.shard.map(|(i, n)| serde_json::json!([i, n]));
+    let settings = serde_json::json!({"plan": plan.settings, "shard": shard_tag});
 
-    let mut acc = TraceAccumulator::default();
-    let bar = crate::progress::bar(n_cells as u64, 0, "cells");
+    // Resume from a checkpoint of the same command, if any.
+    let checkpoint_path = out.with_extension("checkpoint");
+    let (mut acc, mut first) = match read_checkpoint(&checkpoint_path)? {
+        Some((saved, cells_done, acc)) if saved == settings => {
+            tracing::info!("resuming from {} at cell {cells_done}", checkpoint_path.display());
+            (acc, cells_done)
+        }
+        Some(_) => bail!(
+            "{} holds the checkpoint of a trace with other settings; rerun that command to finish it, or remove \
+             the file to start this one",
+            checkpoint_path.display()
+        ),
+        None => (TraceAccumulator::default(), 0),
+    };
+    let bar = crate::progress::bar(n_cells as u64, first as u64, "cells");
     let chunk = args.chunk_cells.max(1);
-    let mut first = 0;
+    let fault_after = std::env::var("SCINTERP_FAULT_AFTER_CHUNKS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut chunks_done = 0usize;
     while first < n_cells {
         let last = (first + chunk).min(n_cells);
         let mut part = TraceAccumulator::default();
+        let before = acc.ablations;
         trace_cells(
             model.encoder.as_ref(),
             &setup,
@@ -193,15 +295,75 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
             &cells.tokens[first..last],
             values.map(|v| &v[first..last]),
             &mut part,
-            &mut |done| bar.set_message(format!("{} ablations", acc.ablations + done)),
+            &mut |done| bar.set_message(format!("{} ablations", before + done)),
         )
         .with_context(|| format!("tracing cells {first}..{last}"))?;
         acc.merge(part);
         first = last;
+        write_checkpoint(&checkpoint_path, &settings, first, &acc)?;
+        chunks_done += 1;
+        if fault_after == Some(chunks_done) {
+            // Test hook standing in for `kill -9` right after a checkpoint.
+            std::process::abort();
+        }
         bar.set_position(first as u64);
     }
     bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
 
+    if args.shard.is_some() {
+        // A shard writes its accumulator; `scinterp trace merge` makes the table.
+        write_shard(&out, &plan, &settings, &acc)?;
+        let _ = std::fs::remove_file(&checkpoint_path);
+        tracing::info!(
+            "shard: {} ablations in {seconds:.1} s; accumulator written to {} (combine shards with `scinterp trace merge`)",
+            acc.ablations,
+            out.display()
+        );
+        return Ok(TraceSummary::for_shard(&plan, &acc, seconds, &out));
+    }
+    let summary = write_table(&plan, &acc, &args.filters(), &out, seconds)?;
+    let _ = std::fs::remove_file(&checkpoint_path);
+    Ok(summary)
+}
+
+/// What a trace was asked to do, as the table and the shards need it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct TracePlan {
+    source: String,
+    targets: Vec<String>,
+    target_d_sae: Vec<usize>,
+    features_requested: usize,
+    cells: usize,
+    /// Everything that decides the result (for resume and for checking shards belong together).
+    settings: serde_json::Value,
+}
+
+/// Edge filters of the table.
+struct Filters {
+    max_q: f64,
+    min_abs_d: f64,
+    min_consistency: f64,
+}
+
+impl TraceArgs {
+    fn filters(&self) -> Filters {
+        Filters {
+            max_q: self.max_q,
+            min_abs_d: self.min_abs_d,
+            min_consistency: self.min_consistency,
+        }
+    }
+}
+
+/// Statistics of every edge, BH over every test performed, the filtered TSV and its summary.
+fn write_table(
+    plan: &TracePlan,
+    acc: &TraceAccumulator,
+    filters: &Filters,
+    out: &Path,
+    seconds: f64,
+) -> Result<TraceSummary> {
     // Statistics of every edge; BH over every test performed.
     let mut keys: Vec<(u32, u16, u32)> = acc.edges.keys().copied().collect();
     keys.sort_unstable();
@@ -216,7 +378,7 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         q[i] = qv;
     }
 
-    let tmp = args.out.with_extension("tsv.partial");
+    let tmp = out.with_extension("tsv.partial");
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
     );
@@ -230,17 +392,17 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
     let (mut excitatory, mut inhibitory) = (0usize, 0usize);
     for (i, &(f, t, g)) in keys.iter().enumerate() {
         let s = &stats[i];
-        if !(q[i] <= args.max_q
-            && s.cohens_d.abs() >= args.min_abs_d
-            && s.sign_consistency >= args.min_consistency)
+        if !(q[i] <= filters.max_q
+            && s.cohens_d.abs() >= filters.min_abs_d
+            && s.sign_consistency >= filters.min_consistency)
         {
             continue;
         }
-        let target = &target_names[t as usize];
+        let target = &plan.targets[t as usize];
         writeln!(
             w,
             "{}\t{f}\t{target}\t{g}\t{}\t{:e}\t{:e}\t{:e}\t{:e}\t{}\t{:e}\t{:e}\t{:e}",
-            args.source, s.n, s.mean, s.sd, s.cohens_d, s.hedges_g, s.sign_consistency, s.t, s.p, q[i]
+            plan.source, s.n, s.mean, s.sd, s.cohens_d, s.hedges_g, s.sign_consistency, s.t, s.p, q[i]
         )?;
         written += 1;
         *per_target.entry(target.clone()).or_default() += 1;
@@ -252,18 +414,17 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
     }
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} into place", tmp.display()))?;
 
     let traced = acc.cells_active.len();
-    let target_latents: u64 = targets.iter().map(|(_, s)| s.sae.d_sae as u64).sum();
-    let seconds = started.elapsed().as_secs_f64();
+    let target_latents: u64 = plan.target_d_sae.iter().map(|&d| d as u64).sum();
     let summary = TraceSummary {
-        source: args.source.clone(),
-        targets: target_names.clone(),
-        cells: n_cells,
-        features_requested: features.len(),
+        source: plan.source.clone(),
+        targets: plan.targets.clone(),
+        cells: plan.cells,
+        features_requested: plan.features_requested,
         features_traced: traced,
-        features_skipped_never_fired: features.len() - traced,
+        features_skipped_never_fired: plan.features_requested - traced,
         ablations: acc.ablations,
         seconds,
         ablations_per_second: acc.ablations as f64 / seconds.max(1e-9),
@@ -275,23 +436,23 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         excitatory_fraction: excitatory as f64 / written.max(1) as f64,
         inhibitory_fraction: inhibitory as f64 / written.max(1) as f64,
         filters: serde_json::json!({
-            "max_q": args.max_q, "min_abs_d": args.min_abs_d, "min_consistency": args.min_consistency,
+            "max_q": filters.max_q, "min_abs_d": filters.min_abs_d, "min_consistency": filters.min_consistency,
             "fdr": "Benjamini-Hochberg over every test performed (edges with n >= 2 and a finite p)",
         }),
-        out: args.out.display().to_string(),
+        out: out.display().to_string(),
     };
-    let summary_path = args.out.with_extension("summary.json");
+    let summary_path = out.with_extension("summary.json");
     std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
     tracing::info!(
         "{} ablations over {} cells in {:.1} s ({:.1}/s); {} tests, {} edges written to {}",
         summary.ablations,
-        n_cells,
+        plan.cells,
         seconds,
         summary.ablations_per_second,
         summary.tests_performed,
         written,
-        args.out.display()
+        out.display()
     );
     Ok(summary)
 }
@@ -317,4 +478,153 @@ fn parse_features(spec: &str, d_sae: u32) -> Result<Vec<u32>> {
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+impl TraceSummary {
+    fn for_shard(plan: &TracePlan, acc: &TraceAccumulator, seconds: f64, out: &Path) -> TraceSummary {
+        TraceSummary {
+            source: plan.source.clone(),
+            targets: plan.targets.clone(),
+            cells: plan.cells,
+            features_requested: plan.features_requested,
+            features_traced: acc.cells_active.len(),
+            features_skipped_never_fired: 0,
+            ablations: acc.ablations,
+            seconds,
+            ablations_per_second: acc.ablations as f64 / seconds.max(1e-9),
+            tests_performed: 0,
+            all_zero_targets: 0,
+            untestable_edges: 0,
+            edges_written: 0,
+            edges_per_target: BTreeMap::new(),
+            excitatory_fraction: 0.0,
+            inhibitory_fraction: 0.0,
+            filters: serde_json::json!(null),
+            out: out.display().to_string(),
+        }
+    }
+}
+
+const SHARD_MAGIC: &[u8; 8] = b"SCISHARD";
+
+/// `[magic][u64 len][settings JSON][u64 cells_done][accumulator]`, through a temporary name.
+fn write_state(
+    path: &Path,
+    magic: &[u8; 8],
+    settings: &serde_json::Value,
+    cells_done: usize,
+    acc: &TraceAccumulator,
+) -> Result<()> {
+    let text = serde_json::to_vec(settings)?;
+    let mut bytes = Vec::with_capacity(text.len() + 64);
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&text);
+    bytes.extend_from_slice(&(cells_done as u64).to_le_bytes());
+    bytes.extend_from_slice(&acc.to_bytes());
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(&bytes)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+}
+
+fn read_state(path: &Path, magic: &[u8; 8]) -> Result<Option<(serde_json::Value, usize, TraceAccumulator)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let damaged = || {
+        anyhow::anyhow!(
+            "{}: damaged or not a scinterp trace file; remove it and rerun",
+            path.display()
+        )
+    };
+    if bytes.get(..8) != Some(&magic[..]) {
+        return Err(damaged());
+    }
+    let len = u64::from_le_bytes(bytes.get(8..16).ok_or_else(damaged)?.try_into()?) as usize;
+    let settings: serde_json::Value =
+        serde_json::from_slice(bytes.get(16..16 + len).ok_or_else(damaged)?).map_err(|_| damaged())?;
+    let at = 16 + len;
+    let cells_done = u64::from_le_bytes(bytes.get(at..at + 8).ok_or_else(damaged)?.try_into()?) as usize;
+    let acc = TraceAccumulator::from_bytes(&bytes[at + 8..]).ok_or_else(damaged)?;
+    Ok(Some((settings, cells_done, acc)))
+}
+
+fn write_checkpoint(
+    path: &Path,
+    settings: &serde_json::Value,
+    cells_done: usize,
+    acc: &TraceAccumulator,
+) -> Result<()> {
+    write_state(path, b"SCICHECK", settings, cells_done, acc)
+}
+
+fn read_checkpoint(path: &Path) -> Result<Option<(serde_json::Value, usize, TraceAccumulator)>> {
+    read_state(path, b"SCICHECK")
+}
+
+fn write_shard(
+    path: &Path,
+    plan: &TracePlan,
+    settings: &serde_json::Value,
+    acc: &TraceAccumulator,
+) -> Result<()> {
+    let with_plan = serde_json::json!({"settings": settings, "plan": plan});
+    write_state(path, SHARD_MAGIC, &with_plan, plan.cells, acc)
+}
+
+/// `scinterp trace merge`: shards of one trace (same settings, shards 0..n of n, each once) → table.
+fn merge(args: MergeArgs) -> Result<TraceSummary> {
+    let started = std::time::Instant::now();
+    let mut plan: Option<TracePlan> = None;
+    let mut seen = Vec::new();
+    let mut acc = TraceAccumulator::default();
+    for path in &args.shards {
+        let (meta, _, part) = read_state(path, SHARD_MAGIC)?
+            .ok_or_else(|| anyhow::anyhow!("{}: no such shard file", path.display()))?;
+        let this: TracePlan = serde_json::from_value(meta["plan"].clone())
+            .map_err(|e| anyhow::anyhow!("{}: not a shard file ({e})", path.display()))?;
+        let shard = meta["settings"]["shard"].clone();
+        let (i, n) = (shard[0].as_u64().unwrap_or(0), shard[1].as_u64().unwrap_or(0));
+        if let Some(p) = &plan {
+            if p.settings != this.settings {
+                bail!(
+                    "{}: a shard of another trace (settings differ from {})",
+                    path.display(),
+                    args.shards[0].display()
+                );
+            }
+        }
+        if seen.contains(&(i, n)) {
+            bail!("{}: shard {i}/{n} given twice", path.display());
+        }
+        seen.push((i, n));
+        plan.get_or_insert(this);
+        acc.merge(part);
+    }
+    let plan = plan.ok_or_else(|| anyhow::anyhow!("--shards names no file"))?;
+    let n = seen.first().map(|s| s.1).unwrap_or(0);
+    if seen.len() as u64 != n || seen.iter().any(|s| s.1 != n) {
+        bail!(
+            "got shards {seen:?}; all of 0/{n}..{}/{n} are needed, once each",
+            n.saturating_sub(1)
+        );
+    }
+    let filters = Filters {
+        max_q: args.max_q,
+        min_abs_d: args.min_abs_d,
+        min_consistency: args.min_consistency,
+    };
+    write_table(&plan, &acc, &filters, &args.out, started.elapsed().as_secs_f64())
+}
+
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }

@@ -517,13 +517,12 @@ fn extract_reports_a_full_disk_before_working_and_leaves_nothing() {
 
 /// `scinterp trace` end to end on the tiny model: an edge table whose statistics are recomputable from
 /// its own columns, a summary that accounts for every feature, and clear refusals.
-#[test]
-fn trace_writes_edges_with_recomputable_statistics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let tokens = tmp.path().join("tokens");
+/// A token store, an activation store and SAEs at blocks.0 and blocks.2 of the tiny model.
+fn trace_fixture(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let tokens = tmp.join("tokens");
     token_store(&tokens, 4);
     let model = fixture("tiny_v2");
-    let acts = tmp.path().join("acts");
+    let acts = tmp.join("acts");
     let (src, tgt) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
     ok(&scinterp(&[
         "extract",
@@ -536,7 +535,7 @@ fn trace_writes_edges_with_recomputable_statistics() {
         "--out",
         s(&acts),
     ]));
-    let saes = tmp.path().join("saes");
+    let saes = tmp.join("saes");
     for hook in [src, tgt] {
         ok(&scinterp(&[
             "sae",
@@ -559,6 +558,14 @@ fn trace_writes_edges_with_recomputable_statistics() {
             "0",
         ]));
     }
+    (model, tokens, saes)
+}
+
+#[test]
+fn trace_writes_edges_with_recomputable_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tokens, saes) = trace_fixture(tmp.path());
+    let (src, tgt) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
     let edges = tmp.path().join("edges.tsv");
     let trace = |extra: &[&str]| {
         let mut a = vec![
@@ -652,5 +659,73 @@ fn trace_writes_edges_with_recomputable_statistics() {
             s(&edges),
         ]),
         &["no SAE for blocks.3.hook_resid_post"],
+    );
+}
+
+/// Killed after a checkpoint and rerun, a trace writes the same table; shards merged equal one run.
+#[test]
+fn trace_resumes_after_a_kill_and_shards_merge_to_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tokens, saes) = trace_fixture(tmp.path());
+    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let mut a = vec![
+            "trace",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--saes",
+            s(&saes),
+            "--source",
+            "blocks.0.hook_resid_post",
+            "--targets",
+            "blocks.2.hook_resid_post",
+            "--out",
+            s(out),
+            "--max-q",
+            "1",
+            "--chunk-cells",
+            "3",
+        ];
+        a.extend_from_slice(extra);
+        scinterp_env(&a, env)
+    };
+    let full = tmp.path().join("full.tsv");
+    ok(&run(&full, &[], &[]));
+    let resumed = tmp.path().join("resumed.tsv");
+    let killed = run(&resumed, &[], &[("SCINTERP_FAULT_AFTER_CHUNKS", "2")]);
+    assert!(!killed.status.success());
+    assert!(!resumed.exists() && resumed.with_extension("checkpoint").exists());
+    ok(&run(&resumed, &[], &[]));
+    assert!(
+        std::fs::read(&full).unwrap() == std::fs::read(&resumed).unwrap(),
+        "resumed table differs"
+    );
+    assert!(!resumed.with_extension("checkpoint").exists());
+
+    let shards: Vec<std::path::PathBuf> = (0..3).map(|i| tmp.path().join(format!("shard{i}.bin"))).collect();
+    for (i, shard) in shards.iter().enumerate() {
+        ok(&run(shard, &["--shard", &format!("{i}/3")], &[]));
+    }
+    let merged = tmp.path().join("merged.tsv");
+    let list = shards.iter().map(|p| s(p)).collect::<Vec<_>>().join(",");
+    ok(&scinterp(&[
+        "trace",
+        "merge",
+        "--shards",
+        &list,
+        "--out",
+        s(&merged),
+        "--max-q",
+        "1",
+    ]));
+    assert!(
+        std::fs::read(&full).unwrap() == std::fs::read(&merged).unwrap(),
+        "merged table differs"
+    );
+    let two = format!("{},{}", s(&shards[0]), s(&shards[1]));
+    fails_with(
+        &scinterp(&["trace", "merge", "--shards", &two, "--out", s(&merged)]),
+        &["once each"],
     );
 }

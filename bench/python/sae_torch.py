@@ -30,7 +30,7 @@ epoch of the training rows), with torch.set_num_threads(--threads).
 
 Reported (one JSON object on stdout with --json, else a readable summary):
   tokens_trained, steps, train_seconds (the training loop only: gather, forward, backward, Adam, decoder
-  normalisation), tokens_per_second, load_seconds (reading + centring, not in train_seconds), and
+  normalisation), tokens_per_second, train_cpu_seconds (process CPU time of the loop, all threads), load_seconds (reading + centring, not in train_seconds), and
   heldout = {rows, cells, fvu, ve, l0, dead_fraction, mse}:
     fvu  = Σ‖x − x̂‖² / Σ‖x − mean_heldout‖² over held-out rows (x̂ in the original, un-centred space);
     ve   = 1 − fvu;  l0 = mean number of latents with value > 0 per held-out row;
@@ -267,6 +267,7 @@ def main() -> int:
     loss_last = float("nan")
     sae.train()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     while seen < total:
         perm = rng.permutation(len(x_train))
         for s in range(0, len(perm), B):
@@ -286,6 +287,7 @@ def main() -> int:
             if seen >= total:
                 break
     train_seconds = time.perf_counter() - t0
+    train_cpu_seconds = time.process_time() - c0
     sae.eval()
 
     t_eval0 = time.perf_counter()
@@ -310,6 +312,7 @@ def main() -> int:
         "epochs": seen / len(x_train),
         "train_seconds": train_seconds,
         "tokens_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
+        "train_cpu_seconds": train_cpu_seconds,
         "final_batch_mse_centred": loss_last,
         "load_seconds": load_seconds,
         "eval_seconds": eval_seconds,

@@ -89,6 +89,88 @@ impl TraceAccumulator {
     }
 }
 
+const ACC_MAGIC: &[u8; 8] = b"SCITRACE";
+const ACC_VERSION: u32 = 1;
+
+impl TraceAccumulator {
+    /// Serialises the accumulator (little-endian, entries sorted by key, so equal accumulators give
+    /// equal bytes). Used for checkpoints and shards.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.edges.len() * 42);
+        out.extend_from_slice(ACC_MAGIC);
+        out.extend_from_slice(&ACC_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.ablations.to_le_bytes());
+        let mut active: Vec<_> = self.cells_active.iter().collect();
+        active.sort_unstable();
+        out.extend_from_slice(&(active.len() as u64).to_le_bytes());
+        for (f, n) in active {
+            out.extend_from_slice(&f.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        let mut edges: Vec<_> = self.edges.iter().collect();
+        edges.sort_unstable_by_key(|(k, _)| **k);
+        out.extend_from_slice(&(edges.len() as u64).to_le_bytes());
+        for ((f, t, g), e) in edges {
+            let (n, mean, m2) = e.nonzero.parts();
+            out.extend_from_slice(&f.to_le_bytes());
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&g.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&mean.to_le_bytes());
+            out.extend_from_slice(&m2.to_le_bytes());
+            out.extend_from_slice(&e.positive.to_le_bytes());
+            out.extend_from_slice(&e.negative.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads what [`TraceAccumulator::to_bytes`] wrote; `None` if the bytes are not such a file
+    /// (truncated, another format or version).
+    pub fn from_bytes(bytes: &[u8]) -> Option<TraceAccumulator> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = bytes.get(at..at + n)?;
+            at += n;
+            Some(s)
+        };
+        if take(8)? != ACC_MAGIC || u32::from_le_bytes(take(4)?.try_into().ok()?) != ACC_VERSION {
+            return None;
+        }
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+        let mut acc = TraceAccumulator {
+            ablations: u64_of(take(8)?),
+            ..Default::default()
+        };
+        let n_active = u64_of(take(8)?);
+        for _ in 0..n_active {
+            let f = u32_of(take(4)?);
+            let n = u32_of(take(4)?);
+            acc.cells_active.insert(f, n);
+        }
+        let n_edges = u64_of(take(8)?);
+        for _ in 0..n_edges {
+            let f = u32_of(take(4)?);
+            let t = u16::from_le_bytes(take(2)?.try_into().ok()?);
+            let g = u32_of(take(4)?);
+            let n = u64_of(take(8)?);
+            let mean = f64::from_le_bytes(take(8)?.try_into().ok()?);
+            let m2 = f64::from_le_bytes(take(8)?.try_into().ok()?);
+            let positive = u32_of(take(4)?);
+            let negative = u32_of(take(4)?);
+            acc.edges.insert(
+                (f, t, g),
+                EdgeSums {
+                    nonzero: RunningStats::from_parts(n, mean, m2),
+                    positive,
+                    negative,
+                },
+            );
+        }
+        (at == bytes.len()).then_some(acc)
+    }
+}
+
 /// A cell's clean run, kept for all its ablations.
 struct CleanCell {
     tokens: Vec<u32>,
@@ -492,6 +574,26 @@ mod tests {
             let want = naive.get(k).copied().unwrap_or_default();
             assert!(close(sum(e), sum(&want)), "{k:?}: {e:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn accumulators_round_trip_through_bytes() {
+        let mut acc = TraceAccumulator {
+            ablations: 7,
+            ..Default::default()
+        };
+        acc.cells_active.insert(3, 2);
+        let mut changes = HashMap::new();
+        changes.insert(5u32, 0.25f64);
+        changes.insert(9u32, -1.5f64);
+        acc.add_cell(3, 1, &changes);
+        acc.add_cell(3, 1, &changes);
+        let bytes = acc.to_bytes();
+        let back = TraceAccumulator::from_bytes(&bytes).unwrap();
+        assert_eq!(back.edges, acc.edges);
+        assert_eq!(back.cells_active, acc.cells_active);
+        assert_eq!(back.to_bytes(), bytes);
+        assert!(TraceAccumulator::from_bytes(&bytes[..bytes.len() - 1]).is_none());
     }
 
     /// A feature that never fires is never ablated; one that fires in a cell changes something there.

@@ -21,6 +21,16 @@ impl RunningStats {
         RunningStats::default()
     }
 
+    /// The raw state (n, mean, M2), e.g. to store it.
+    pub fn parts(&self) -> (u64, f64, f64) {
+        (self.n, self.mean, self.m2)
+    }
+
+    /// An accumulator from a stored state (see [`RunningStats::parts`]).
+    pub fn from_parts(n: u64, mean: f64, m2: f64) -> RunningStats {
+        RunningStats { n, mean, m2 }
+    }
+
     /// `n` values equal to 0 (sparse data whose zeros are implicit).
     pub fn zeros(n: u64) -> RunningStats {
         RunningStats {
