@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use scinterp_engine::sae::io::{load as load_sae, SaeFolder};
 use scinterp_engine::stats::bh_qvalues;
-use scinterp_engine::trace::{trace_cells, TraceAccumulator, TraceSetup};
+use scinterp_engine::trace::{source_cell_counts, trace_cells, TraceAccumulator, TraceSetup};
 use scinterp_engine::HookPoint;
 use serde::Serialize;
 
@@ -32,7 +32,8 @@ pub struct TraceArgs {
     /// Source hook (a `blocks.L.hook_resid_post`).
     #[arg(long, required = true)]
     pub(crate) source: Option<String>,
-    /// Source features: `all`, a comma list (`3,17,40`), or `top:N` (the N that fire in most cells).
+    /// Source features: `all`, a comma list (`3,17,40`), or `top:N` (the N that fire in most of the
+    /// traced cells; ties to the lower index).
     #[arg(long, default_value = "all")]
     pub(crate) features: String,
     /// Downstream hooks (comma list of later `hook_resid_post`s).
@@ -233,7 +234,27 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         max_batch_tokens: args.max_batch_tokens.max(1),
     };
     let d_sae = source_sae.sae.d_sae as u32;
-    let mut features = parse_features(&args.features, d_sae)?;
+    let mut features = match args.features.trim().strip_prefix("top:") {
+        Some(n) => {
+            let n: usize = n
+                .parse()
+                .with_context(|| format!("--features {}: expected top:N with a number N", args.features))?;
+            let counts = source_cell_counts(
+                model.encoder.as_ref(),
+                &setup,
+                &cells.tokens[..n_cells],
+                cells.values.as_deref().map(|v| &v[..n_cells]),
+            )?;
+            // Most cells first, ties by index; features that never fire are not taken.
+            let mut order: Vec<u32> = (0..d_sae).filter(|&f| counts[f as usize] > 0).collect();
+            order.sort_by_key(|&f| (std::cmp::Reverse(counts[f as usize]), f));
+            order.truncate(n);
+            order.sort_unstable();
+            order
+        }
+        None => parse_features(&args.features, d_sae)?,
+    };
+    let features_requested = features.len();
     if let Some((i, n)) = args.shard {
         features = features
             .into_iter()
@@ -247,7 +268,7 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         source: source.clone(),
         targets: target_names.clone(),
         target_d_sae: targets.iter().map(|(_, s)| s.sae.d_sae).collect(),
-        features_requested: parse_features(&args.features, d_sae)?.len(),
+        features_requested,
         cells: n_cells,
         settings: serde_json::json!({
             "model": absolute(&model_dir),
@@ -461,9 +482,6 @@ fn parse_features(spec: &str, d_sae: u32) -> Result<Vec<u32>> {
     let spec = spec.trim();
     if spec == "all" {
         return Ok((0..d_sae).collect());
-    }
-    if spec.starts_with("top:") {
-        bail!("--features top:N is not available yet; give `all` or a comma list");
     }
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {

@@ -338,6 +338,40 @@ pub fn trace_cells(
     Ok(())
 }
 
+/// For every source latent, the number of cells in which it fires (at any SAE position): the basis
+/// of `--features top:N`.
+pub fn source_cell_counts(
+    encoder: &dyn Encoder,
+    setup: &TraceSetup,
+    tokens: &[Vec<u32>],
+    values: Option<&[Vec<f32>]>,
+) -> Result<Vec<u32>, EngineError> {
+    let no_targets = TraceSetup {
+        source_layer: setup.source_layer,
+        source_sae: setup.source_sae,
+        targets: Vec::new(),
+        special_ids: setup.special_ids.clone(),
+        max_batch_tokens: setup.max_batch_tokens,
+    };
+    let mut counts = vec![0u32; setup.source_sae.d_sae];
+    for cell in clean_runs(encoder, &no_targets, tokens, values)? {
+        let mut fired: Vec<u32> = cell
+            .source_codes
+            .indices
+            .iter()
+            .zip(&cell.source_codes.values)
+            .filter(|(_, &v)| v > 0.0)
+            .map(|(&f, _)| f)
+            .collect();
+        fired.sort_unstable();
+        fired.dedup();
+        for f in fired {
+            counts[f as usize] += 1;
+        }
+    }
+    Ok(counts)
+}
+
 /// Clean runs of every cell: the source state, and the source and target codes at the SAE positions.
 fn clean_runs(
     encoder: &dyn Encoder,
