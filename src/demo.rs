@@ -223,27 +223,16 @@ fn extract_and_train(
         );
     }
     let sae_dir = out.join("sae");
-    let report = crate::sae::train_sae(crate::sae::TrainArgs {
-        acts: acts.clone(),
-        hook: hook.into(),
-        d_sae: 4 * HIDDEN,
-        k: 16,
-        out: sae_dir.clone(),
-        tokens: Some(200_000),
-        batch_size: 1024,
-        lr: None,
-        warmup_steps: None,
-        aux_k: None,
-        aux_coef: 1.0 / 32.0,
-        dead_after_tokens: 50_000,
-        no_normalize: false,
-        holdout: 0.1,
-        shuffle_buffer_rows: 1 << 15,
-        splice_cells: 8,
+    let report = crate::sae::train_sae(demo_sae_args(
+        &acts,
+        hook,
+        4 * HIDDEN,
+        16,
+        &sae_dir,
+        200_000,
+        8,
         seed,
-        overwrite: true,
-        json: false,
-    })?;
+    ))?;
     println!(
         "  sae      {}: {}→{} TopK (k {}), {} tokens at {:.0} tokens/s; held-out FVU {:.3}, L0 {:.1}, dead {:.1} %",
         sae_dir.display(),
@@ -266,27 +255,16 @@ fn extract_and_train(
     //    features of an SAE at blocks.3 change.
     let saes = out.join("saes");
     for h in ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"] {
-        crate::sae::train_sae(crate::sae::TrainArgs {
-            acts: acts.clone(),
-            hook: h.into(),
-            d_sae: 2 * HIDDEN,
-            k: 8,
-            out: saes.join(h),
-            tokens: Some(100_000),
-            batch_size: 1024,
-            lr: None,
-            warmup_steps: None,
-            aux_k: None,
-            aux_coef: 1.0 / 32.0,
-            dead_after_tokens: 50_000,
-            no_normalize: false,
-            holdout: 0.1,
-            shuffle_buffer_rows: 1 << 15,
-            splice_cells: 0,
+        crate::sae::train_sae(demo_sae_args(
+            &acts,
+            h,
+            2 * HIDDEN,
+            8,
+            &saes.join(h),
+            100_000,
+            0,
             seed,
-            overwrite: true,
-            json: false,
-        })?;
+        ))?;
     }
     let edges = out.join("edges.tsv");
     let trace = crate::trace::trace_edges(crate::trace::TraceArgs {
@@ -316,6 +294,42 @@ fn extract_and_train(
         trace.edges_written
     );
     Ok((extracted, report, trace))
+}
+
+/// The demo's SAE training settings (batches of 1,024 rows, a 32k-row shuffle buffer, dead after
+/// 50k tokens, 10 % of cells held out).
+#[allow(clippy::too_many_arguments)]
+fn demo_sae_args(
+    acts: &Path,
+    hook: &str,
+    d_sae: usize,
+    k: usize,
+    out: &Path,
+    tokens: u64,
+    splice_cells: usize,
+    seed: u64,
+) -> crate::sae::TrainArgs {
+    crate::sae::TrainArgs {
+        acts: acts.to_path_buf(),
+        hook: hook.into(),
+        d_sae,
+        k,
+        out: out.to_path_buf(),
+        tokens: Some(tokens),
+        batch_size: 1024,
+        lr: None,
+        warmup_steps: None,
+        aux_k: None,
+        aux_coef: 1.0 / 32.0,
+        dead_after_tokens: 50_000,
+        no_normalize: false,
+        holdout: 0.1,
+        shuffle_buffer_rows: 1 << 15,
+        splice_cells,
+        seed,
+        overwrite: true,
+        json: false,
+    }
 }
 
 /// Writes `config.json` and `model.safetensors` of the demo model.

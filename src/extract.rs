@@ -208,7 +208,8 @@ fn source_identity(dir: &Path) -> Result<serde_json::Value> {
     }))
 }
 
-fn absolute(path: &Path) -> String {
+/// A path as recorded in manifests: absolute when it exists.
+pub fn absolute(path: &Path) -> String {
     std::fs::canonicalize(path)
         .unwrap_or_else(|_| path.to_path_buf())
         .display()

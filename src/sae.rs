@@ -21,6 +21,7 @@ use scinterp_engine::{HookPoint, Matrix, PackedBatch};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::extract::absolute;
 use crate::forward::{load_model, read_cells, ModelKind};
 
 #[derive(Args, Debug)]
@@ -762,11 +763,4 @@ fn run_synth(args: SynthArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
 }

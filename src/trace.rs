@@ -13,6 +13,7 @@ use scinterp_engine::trace::{source_cell_counts, trace_cells, TraceAccumulator, 
 use scinterp_engine::HookPoint;
 use serde::Serialize;
 
+use crate::extract::absolute;
 use crate::forward::{load_model, read_cells};
 
 #[derive(Args, Debug)]
@@ -638,11 +639,4 @@ fn merge(args: MergeArgs) -> Result<TraceSummary> {
         min_consistency: args.min_consistency,
     };
     write_table(&plan, &acc, &filters, &args.out, started.elapsed().as_secs_f64())
-}
-
-fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
 }

@@ -622,7 +622,13 @@ fn trace_writes_edges_with_recomputable_statistics() {
     }
     // top:N takes the N features that fire in most cells.
     let top: serde_json::Value = serde_json::from_str(&ok(&trace(&["--features", "top:3"]))).unwrap();
-    assert_eq!((top["features_requested"].as_u64(), top["features_traced"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (
+            top["features_requested"].as_u64(),
+            top["features_traced"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
     // A stricter q keeps a subset.
     let strict: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "0.001"]))).unwrap();
     assert!(strict["edges_written"].as_u64().unwrap() <= rows.len() as u64);

@@ -46,7 +46,13 @@ fn read_edges(path: &Path) -> BTreeMap<Key, Vec<f64>> {
     let mut edges = BTreeMap::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<&str> = line.split('\t').collect();
-        assert_eq!(f.len(), COLUMNS.len(), "{} line {}: {line}", path.display(), i + 2);
+        assert_eq!(
+            f.len(),
+            COLUMNS.len(),
+            "{} line {}: {line}",
+            path.display(),
+            i + 2
+        );
         let key = (
             f[0].to_string(),
             f[1].parse().unwrap(),
@@ -156,7 +162,10 @@ fn trace_statistics_equal_the_naive_hooked_forward_reference() {
             failures.push(format!("{name}: {err:.3e} at {at:?}"));
         }
     }
-    assert!(failures.is_empty(), "columns off by more than {TOL}: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "columns off by more than {TOL}: {failures:#?}"
+    );
 }
 
 /// The default filter (q ≤ 0.05) and the |d| / consistency filters keep exactly the rows of the full
@@ -170,7 +179,14 @@ fn trace_filters_select_rows_of_the_full_table() {
     let filtered_path = tmp.path().join("filtered.tsv");
     run_trace(
         &filtered_path,
-        &["--max-q", "0.05", "--min-abs-d", "0.5", "--min-consistency", "0.7"],
+        &[
+            "--max-q",
+            "0.05",
+            "--min-abs-d",
+            "0.5",
+            "--min-consistency",
+            "0.7",
+        ],
     );
     let filtered = read_edges(&filtered_path);
     // n_cells mean sd d g consistency t p q → d = 3, consistency = 5, q = 8.
