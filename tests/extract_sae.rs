@@ -738,3 +738,157 @@ fn trace_resumes_after_a_kill_and_shards_merge_to_the_same_table() {
         &["once each"],
     );
 }
+
+/// scGPT: a token store with values extracts gene positions only (not <cls>), equal to `forward`, and
+/// an SAE trained on it reports the model's expression loss with the SAE spliced in.
+#[test]
+fn scgpt_extract_and_sae_with_the_spliced_expression_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::scgpt_fixture("tiny");
+    let input: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("input.json")).unwrap()).unwrap();
+    let as_u32 = |c: &serde_json::Value| -> Vec<u32> {
+        c.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let as_f32 = |c: &serde_json::Value| -> Vec<f32> {
+        c.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    // The fixture's cells, three times (values rotated with their genes to make the copies distinct).
+    let mut cells = Vec::new();
+    let mut values = Vec::new();
+    for copy in 0..3 {
+        for (g, v) in input["gene_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(input["values"].as_array().unwrap())
+        {
+            let (mut g, mut v) = (as_u32(g), as_f32(v));
+            let n = g.len() - 1;
+            g[1..].rotate_left(copy % n);
+            v[1..].rotate_left(copy % n);
+            cells.push(g);
+            values.push(v);
+        }
+    }
+    let tokens = tmp.path().join("tokens");
+    TokenStore {
+        manifest: TokenStoreManifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            tokenizer: "scgpt".into(),
+            tokenizer_version: "whole-human".into(),
+            options: serde_json::json!({}),
+            dictionaries: Default::default(),
+            source_path: "test".into(),
+            source_sha256: String::new(),
+            n_cells: cells.len(),
+            n_tokens: cells.iter().map(Vec::len).sum(),
+            max_len: cells.iter().map(Vec::len).max().unwrap(),
+            has_values: true,
+            n_cells_dropped: 0,
+            scinterp_version: "test".into(),
+        },
+        cell_table: (
+            vec!["cell".into()],
+            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
+        ),
+        cells: cells.clone(),
+        values: Some(values),
+    }
+    .write(&tokens, false)
+    .unwrap();
+    let acts = tmp.path().join("acts");
+    let hook = "blocks.1.hook_resid_post";
+    ok(&scinterp(&[
+        "extract",
+        "--model",
+        s(&dir),
+        "--input",
+        s(&tokens),
+        "--hooks",
+        hook,
+        "--out",
+        s(&acts),
+        "--dtype",
+        "f32",
+    ]));
+    let store = ActStore::open(&acts).unwrap();
+    let rows = store.rows().unwrap();
+    let genes: usize = cells.iter().map(|c| c.len() - 1).sum();
+    assert_eq!(rows.len(), genes);
+    assert!(
+        rows.iter().all(|r| r[1] > 0 && r[2] != 41),
+        "<cls> must get no row"
+    );
+    let fwd = tmp.path().join("fwd.safetensors");
+    ok(&scinterp(&[
+        "forward",
+        "--model",
+        s(&dir),
+        "--input",
+        s(&tokens),
+        "--hooks",
+        hook,
+        "--out",
+        s(&fwd),
+    ]));
+    let bytes = std::fs::read(&fwd).unwrap();
+    let (shape, padded) = f32_tensor(&bytes, hook);
+    let (max_len, d) = (shape[1], shape[2]);
+    let mut got = vec![0.0f32; rows.len() * d];
+    store.hook(hook).unwrap().read_rows(0, &mut got);
+    let want: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| {
+            let at = (r[0] as usize * max_len + r[1] as usize) * d;
+            padded[at..at + d].iter().map(|&v| v as f64)
+        })
+        .collect();
+    assert!(relative_error(&got, &want) < 1e-5);
+
+    let sae = tmp.path().join("sae");
+    let report: serde_json::Value = serde_json::from_str(&ok(&scinterp(&[
+        "sae",
+        "train",
+        "--acts",
+        s(&acts),
+        "--hook",
+        hook,
+        "--d-sae",
+        "128",
+        "--k",
+        "8",
+        "--out",
+        s(&sae),
+        "--tokens",
+        "20000",
+        "--batch-size",
+        "128",
+        "--holdout",
+        "0.3",
+        "--splice-cells",
+        "4",
+        "--json",
+    ])))
+    .unwrap();
+    let spliced = &report["spliced"];
+    let (clean, with_sae, zero) = (
+        spliced["clean"].as_f64().unwrap(),
+        spliced["spliced"].as_f64().unwrap(),
+        spliced["zero_ablated"].as_f64().unwrap(),
+    );
+    assert!(
+        clean.is_finite() && with_sae.is_finite() && zero.is_finite(),
+        "{spliced}"
+    );
+    assert!(clean >= 0.0 && with_sae >= 0.0);
+}
