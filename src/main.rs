@@ -6,6 +6,7 @@ mod extract;
 mod forward;
 mod progress;
 mod sae;
+mod table;
 mod tokenize;
 mod tokens_json;
 mod trace;
