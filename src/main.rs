@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Tokenize(args) => tokenize::run(args),
+        Command::Tokenize(args) => tokenize::run(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,10 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
+/// Hash maps of the VM: foldhash (seeded per process) is several times faster than SipHash on the
+/// hundreds of thousands of short string keys of a dictionary pickle.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use super::DType;
 
 /// Deepest nesting accepted when copying the result out (also stops self-referencing containers).
@@ -196,7 +200,7 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
         heap: Vec::new(),
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
+        memo: FastMap::default(),
         // Hashing dict keys and copying out the object graph both walk shared objects again, so a
         // hostile file could make them cost far more than its size (a "billion laughs" list that
         // doubles at every step, a long string used as a key thousands of times). Legitimate files
@@ -246,7 +250,7 @@ enum Obj {
 struct DictObj {
     items: Vec<(Id, Id)>,
     /// Position of each key in `items`, so that a repeated key replaces the value as in Python.
-    index: HashMap<Key, usize>,
+    index: FastMap<Key, usize>,
 }
 
 /// The hashable identity of a dict key. Python's `True == 1 == 1.0`, so those collapse to `Int`.
@@ -271,7 +275,7 @@ struct Vm<'a> {
     stack: Vec<Id>,
     /// Stack depths recorded by `MARK`.
     marks: Vec<usize>,
-    memo: HashMap<u64, Id>,
+    memo: FastMap<u64, Id>,
     /// Work left for key hashing and copying out, in objects (long strings count per 8 bytes).
     budget: Cell<usize>,
 }
