@@ -228,6 +228,11 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&store.manifest)?);
     }
+    // The process ends here: hand the matrix and the tokens (hundreds of MB for big inputs) back to the
+    // OS with it instead of freeing them piece by piece.
+    drop(job);
+    std::mem::forget(store);
+    std::mem::forget(matrix);
     Ok(())
 }
 

@@ -551,15 +551,29 @@ impl GeneformerTokenizer {
     /// Checks the matrix (raw counts, `n_counts`) and maps its gene ids, once for all its cells; then
     /// [`Self::tokenize_cells`] tokenizes any range of cells.
     pub fn prepare<'m>(&self, m: &'m CountMatrix) -> Result<PreparedMatrix<'m>, TokenizeError> {
-        let acceptable = |v: f32| {
-            if self.options.allow_normalized {
+        let allow_normalized = self.options.allow_normalized;
+        let acceptable = move |v: f32| {
+            if allow_normalized {
                 v >= 0.0 && v.is_finite()
+            } else if v < 8_388_608.0 {
+                // Below 2^23 the round trip through an integer is exact for integers only (and cheaper
+                // than `fract`, a libm call); NaN fails `v >= 0`.
+                v >= 0.0 && (v as u32) as f32 == v
             } else {
-                v >= 0.0 && v.fract() == 0.0
+                // Every finite f32 from 2^23 up is an integer.
+                v.is_finite()
             }
         };
-        // A plain scan: it vectorises, and is much faster than a short-circuiting parallel search.
-        if let Some(i) = m.values.iter().position(|&v| !acceptable(v)) {
+        // Blocks scanned side by side, each with a plain (vectorised) loop; the position is looked up only
+        // when a block fails.
+        let bad = m
+            .values
+            .par_chunks(1 << 18)
+            .any(|block| block.iter().any(|&v| !acceptable(v)));
+        if let Some(i) = bad
+            .then(|| m.values.iter().position(|&v| !acceptable(v)))
+            .flatten()
+        {
             let v = m.values[i];
             let cell = m.indptr.partition_point(|&p| p <= i).saturating_sub(1);
             let gene = m.indices.get(i).map(|&g| g as usize).unwrap_or(0);
@@ -848,6 +862,21 @@ mod tests {
                 sorter.sort(&mut keys);
                 assert_eq!(keys, want, "n {n} spread {spread}");
             }
+            // A tight cluster and one outlier: most keys share a bucket.
+            let mut keys: Vec<u128> = (0..n)
+                .map(|l| {
+                    let x = if l == 0 {
+                        1e9
+                    } else {
+                        1.0 + (next() % 1000) as f64 * 1e-12
+                    };
+                    rank_key(x, l as u32)
+                })
+                .collect();
+            let mut want = keys.clone();
+            want.sort_unstable();
+            sorter.sort(&mut keys);
+            assert_eq!(keys, want, "n {n} clustered");
         }
     }
 
@@ -1017,6 +1046,30 @@ mod tests {
             msg.contains("log-normalised") && msg.contains("cell 1") && msg.contains("GB"),
             "{msg}"
         );
+
+        // Counts are non-negative integers, at any size; anything else is refused.
+        for (v, ok) in [
+            (0.0, true),
+            (3.0, true),
+            (8_388_607.0, true),
+            (8_388_607.5, false),
+            (8_388_608.0, true),
+            (16_777_216.0, true),
+            (3e38, true),
+            (0.5, false),
+            (-1.0, false),
+            (f32::INFINITY, false),
+            (f32::NAN, false),
+        ] {
+            let mut m = matrix(ids(&["GA", "GB"]), &[vec![(0, 1.0)], vec![(1, 1.0)]]);
+            m.values[1] = v;
+            let r = tk.tokenize(&m);
+            assert_eq!(
+                !matches!(r, Err(TokenizeError::NotCounts { .. })),
+                ok,
+                "value {v}: {r:?}"
+            );
+        }
 
         let m = matrix(ids(&["X1", "X2"]), &[vec![(0, 1.0)]]);
         let msg = tk.tokenize(&m).unwrap_err().to_string();
