@@ -246,6 +246,15 @@ fn read_dict<T>(
         path: path.to_path_buf(),
         source,
     })?;
+    // Flat str → str / int dictionaries (most of the bytes) take the fast path.
+    if let Some(items) = pickle::load_flat_dict(&bytes) {
+        let mut out = HashMap::with_capacity(items.len());
+        for (k, v) in items {
+            let v = value(path, &v)?;
+            out.insert(k, v);
+        }
+        return Ok(out);
+    }
     let items = pickle::load_dict(&bytes).map_err(|source| TokenizeError::Pickle {
         path: path.to_path_buf(),
         source,
