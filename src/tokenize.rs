@@ -160,7 +160,7 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     }
     let started = Instant::now();
     let job = match dictionaries {
-        Dictionaries::Geneformer(dicts) => Job::geneformer(&args, &dicts, &matrix),
+        Dictionaries::Geneformer(tokenizer, hashes) => Job::geneformer(&args, tokenizer, hashes, &matrix),
         Dictionaries::Scgpt(vocab, model_args) => Job::scgpt(&args, vocab, &model_args, &matrix),
     };
     // A gene id column that maps badly is refused (or warned about) with the column to use instead.
@@ -419,7 +419,8 @@ fn resume_key(
 
 /// Decoded dictionaries of either tokenizer.
 enum Dictionaries {
-    Geneformer(GeneformerDictionaries),
+    /// The tokenizer (built beside the matrix read) and the hash of each dictionary file.
+    Geneformer(Box<GeneformerTokenizer>, BTreeMap<String, String>),
     Scgpt(ScgptVocab, ScgptArgs),
 }
 
@@ -442,11 +443,27 @@ fn load_dictionaries(args: &TokenizeArgs) -> Result<Dictionaries> {
                 .dictionaries
                 .as_deref()
                 .context("--dictionaries is required for Geneformer")?;
-            Dictionaries::Geneformer(GeneformerDictionaries::load_for(
-                geneformer_version(args),
-                dir,
-                gene_id_kind(args),
-            )?)
+            let version = geneformer_version(args);
+            let dicts = GeneformerDictionaries::load_for(version, dir, gene_id_kind(args))?;
+            let mut options = TokenizerOptions::new(version);
+            options.gene_id_kind = gene_id_kind(args);
+            options.allow_normalized = args.allow_normalized;
+            if let Some(n) = args.max_len {
+                options.model_input_size = n;
+            }
+            tracing::debug!("dictionaries decoded in {:.2} s", started.elapsed().as_secs_f64());
+            let tokenizer = Box::new(GeneformerTokenizer::new(&dicts, options)?);
+            // The process is about to end with these; hand them back to the OS with it.
+            std::mem::forget(dicts);
+            let mut hashes = BTreeMap::new();
+            for name in version.dictionary_files() {
+                let path = dir.join(&name);
+                hashes.insert(
+                    name,
+                    hash_of(&path).with_context(|| format!("hashing {}", path.display()))?,
+                );
+            }
+            Dictionaries::Geneformer(tokenizer, hashes)
         }
     };
     tracing::debug!("dictionaries read in {:.2} s", started.elapsed().as_secs_f64());
@@ -488,27 +505,17 @@ enum JobKind<'m> {
 impl<'m> Job<'m> {
     fn geneformer(
         args: &TokenizeArgs,
-        dicts: &GeneformerDictionaries,
+        tokenizer: Box<GeneformerTokenizer>,
+        dictionaries: BTreeMap<String, String>,
         matrix: &'m CountMatrix,
     ) -> Result<Self> {
-        let dir = args
-            .dictionaries
-            .as_deref()
-            .context("--dictionaries is required for Geneformer")?;
-        let version = geneformer_version(args);
-        let mut options = TokenizerOptions::new(version);
-        options.gene_id_kind = gene_id_kind(args);
-        options.allow_normalized = args.allow_normalized;
-        if let Some(n) = args.max_len {
-            options.model_input_size = n;
-        }
+        let version = tokenizer.options().version;
         let started = Instant::now();
-        let tokenizer = Box::new(GeneformerTokenizer::new(dicts, options)?);
         let prepared = tokenizer
             .prepare(matrix)
             .with_context(|| format!("tokenizing {}", args.input.display()))?;
         tracing::debug!(
-            "tokenizer built and gene ids mapped in {:.2} s",
+            "gene ids mapped and counts checked in {:.2} s",
             started.elapsed().as_secs_f64()
         );
         let stats = prepared.stats();
@@ -519,14 +526,6 @@ impl<'m> Job<'m> {
             stats.n_genes_unmapped,
             stats.unmapped_examples.iter().take(3).collect::<Vec<_>>()
         );
-        let mut dictionaries = BTreeMap::new();
-        for name in version.dictionary_files() {
-            let path = dir.join(&name);
-            dictionaries.insert(
-                name,
-                hash_of(&path).with_context(|| format!("hashing {}", path.display()))?,
-            );
-        }
         let options = json!({
             "model_input_size": tokenizer.options().model_input_size,
             "gene_id_kind": format!("{:?}", tokenizer.options().gene_id_kind),

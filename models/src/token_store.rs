@@ -81,8 +81,9 @@ pub struct TokenStore {
     pub cell_table: (Vec<String>, Vec<Vec<String>>),
 }
 
-/// BLAKE3 of a file (or of every file of a directory, in name order), hex. Large files are memory-mapped
-/// and hashed on the rayon pool.
+/// BLAKE3 of a file (or of every file of a directory, in name order), hex. Files are memory-mapped and
+/// hashed on the calling thread (SIMD), so that hashing beside other work does not queue that work's
+/// jobs behind its own on the rayon pool.
 pub fn hash_of(path: &Path) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
     let mut files = vec![path.to_path_buf()];
@@ -93,7 +94,7 @@ pub fn hash_of(path: &Path) -> std::io::Result<String> {
         files.sort();
     }
     for f in files.iter().filter(|f| f.is_file()) {
-        hasher.update_mmap_rayon(f)?;
+        hasher.update_mmap(f)?;
     }
     Ok(hasher.finalize().to_hex().to_string())
 }

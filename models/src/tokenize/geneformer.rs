@@ -186,24 +186,27 @@ impl GeneformerDictionaries {
     /// (`gene_name_id`, only used for symbols) is left empty instead of being decoded.
     pub fn load_for(version: GeneformerVersion, dir: &Path, kind: GeneIdKind) -> Result<Self, TokenizeError> {
         let [token_f, median_f, names_f, mapping_f] = version.dictionary_files();
-        // The four files are independent: decode them side by side.
-        let ((token, median), (gene_name_id, ensembl_mapping)) = rayon::join(
-            || {
-                rayon::join(
-                    || Self::read_tokens(&dir.join(&token_f)),
-                    || Self::read_medians(&dir.join(&median_f)),
-                )
-            },
-            || {
-                rayon::join(
-                    || match kind {
-                        GeneIdKind::Symbol => read_dict(&dir.join(&names_f), string_value),
-                        GeneIdKind::Ensembl => Ok(HashMap::new()),
-                    },
-                    || read_dict(&dir.join(&mapping_f), string_value),
-                )
-            },
-        );
+        // The four files are independent: decode them side by side, on threads of their own (not the
+        // rayon pool, which the caller may be keeping busy with a matrix meanwhile).
+        let (token, median, gene_name_id, ensembl_mapping) = std::thread::scope(|s| {
+            let token = s.spawn(|| Self::read_tokens(&dir.join(&token_f)));
+            let median = s.spawn(|| Self::read_medians(&dir.join(&median_f)));
+            let names = s.spawn(|| match kind {
+                GeneIdKind::Symbol => read_dict(&dir.join(&names_f), string_value),
+                GeneIdKind::Ensembl => Ok(HashMap::new()),
+            });
+            let mapping = read_dict(&dir.join(&mapping_f), string_value);
+            let failed = |name: &str| TokenizeError::Dictionary {
+                path: dir.join(name),
+                reason: "the thread decoding it failed".into(),
+            };
+            (
+                token.join().unwrap_or_else(|_| Err(failed(&token_f))),
+                median.join().unwrap_or_else(|_| Err(failed(&median_f))),
+                names.join().unwrap_or_else(|_| Err(failed(&names_f))),
+                mapping,
+            )
+        });
         let (token, median, gene_name_id, ensembl_mapping) =
             (token?, median?, gene_name_id?, ensembl_mapping?);
         let specials: &[&str] = if version.special_tokens() {
