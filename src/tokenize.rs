@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use scinterp_models::cells::h5ad::{read_h5ad, read_var_text_columns, H5adOptions};
 use scinterp_models::cells::loom::read_loom;
 use scinterp_models::cells::orthologs::OrthologTable;
@@ -287,10 +287,16 @@ fn cell_bar(quiet: bool, n_cells: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(n_cells as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "tokenizing [{bar:30}] {human_pos}/{human_len} cells, {per_sec}, ETA {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
+    if let Ok(style) =
+        ProgressStyle::with_template("tokenizing [{bar:25}] {human_pos}/{human_len} cells, {rate}, ETA {eta}")
+    {
+        bar.set_style(
+            style
+                .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} cells/s", s.per_sec());
+                })
+                .progress_chars("=> "),
+        );
     }
     bar
 }

@@ -351,6 +351,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_format_1_manifests_with_sha256() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        store().write(&dir, false).unwrap();
+        let path = dir.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let o = m.as_object_mut().unwrap();
+        o.remove("hash_algorithm");
+        let hash = o.remove("source_hash").unwrap();
+        o.insert("source_sha256".into(), hash);
+        o.insert("format_version".into(), 1.into());
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let back = TokenStore::read(&dir).unwrap();
+        assert_eq!(back.manifest.hash_algorithm, "sha256");
+        assert_eq!(back.manifest.source_hash, "00");
+        assert_eq!(back.cells, store().cells);
+    }
+
+    #[test]
     fn round_trips_refuses_to_clobber_and_detects_corruption() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("store");
