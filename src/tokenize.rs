@@ -347,7 +347,9 @@ fn run_chunks(
     let bar = cell_bar(quiet, n);
     bar.inc(done.iter().flatten().map(|c| c.n_cells as u64).sum::<u64>());
     let started = Instant::now();
-    let checkpoint_after = std::time::Duration::from_secs_f64(args.checkpoint_secs.max(0.0));
+    // Negative or NaN: from the start; too large to represent: never.
+    let checkpoint_after = std::time::Duration::try_from_secs_f64(args.checkpoint_secs.max(0.0))
+        .unwrap_or(std::time::Duration::MAX);
     let mut unsaved: Vec<usize> = Vec::new();
     let mut computed = 0usize;
     for (i, r) in ranges.iter().enumerate() {
