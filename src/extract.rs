@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use scinterp_engine::extract::{extract, ExtractCells};
 use scinterp_engine::store::{ActDtype, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT};
-use scinterp_models::token_store::sha256_of;
+use scinterp_models::token_store::hash_of;
 use serde::Serialize;
 use serde_json::json;
 
@@ -185,15 +185,15 @@ pub fn special_token_ids(store: &Path, model: &crate::forward::LoadedModel) -> R
     })
 }
 
-/// The model as the store records it: folder, kind, weights file and its sha256.
+/// The model as the store records it: folder, kind, weights file and its BLAKE3 hash.
 fn model_identity(dir: &Path, model: &crate::forward::LoadedModel) -> Result<serde_json::Value> {
     let weights = &model.weights;
-    let hash = sha256_of(weights).with_context(|| format!("hashing {}", weights.display()))?;
+    let hash = hash_of(weights).with_context(|| format!("hashing {}", weights.display()))?;
     Ok(json!({
         "path": absolute(dir),
         "kind": format!("{:?}", model.kind).to_lowercase(),
         "weights": absolute(weights),
-        "weights_sha256": hash,
+        "weights_blake3": hash,
     }))
 }
 
@@ -203,8 +203,8 @@ fn source_identity(dir: &Path) -> Result<serde_json::Value> {
     let offsets = dir.join("offsets.npy");
     Ok(json!({
         "path": absolute(dir),
-        "tokens_sha256": sha256_of(&tokens).with_context(|| format!("hashing {}", tokens.display()))?,
-        "offsets_sha256": sha256_of(&offsets).with_context(|| format!("hashing {}", offsets.display()))?,
+        "tokens_blake3": hash_of(&tokens).with_context(|| format!("hashing {}", tokens.display()))?,
+        "offsets_blake3": hash_of(&offsets).with_context(|| format!("hashing {}", offsets.display()))?,
     }))
 }
 

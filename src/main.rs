@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Tokenize(args) => tokenize::run(args),
+        Command::Tokenize(args) => tokenize::run(args, cli.quiet),
         Command::Extract(args) => extract::run(args),
         Command::Sae(args) => sae::run(args),
         Command::Trace(args) => trace::run(args),

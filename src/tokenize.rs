@@ -2,21 +2,30 @@
 //! Geneformer (V1/V2 rank value encoding) or scGPT (binned values).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use scinterp_models::cells::h5ad::{read_h5ad, H5adOptions};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use scinterp_models::cells::h5ad::{read_h5ad, read_var_text_columns, H5adOptions};
 use scinterp_models::cells::loom::read_loom;
 use scinterp_models::cells::orthologs::OrthologTable;
 use scinterp_models::cells::tenx::read_10x_mtx;
 use scinterp_models::cells::{decompress_if_gzip, CountMatrix, GeneIdColumn, ObsColumn};
-use scinterp_models::token_store::{sha256_of, TokenStore, TokenStoreManifest, FORMAT, FORMAT_VERSION};
-use scinterp_models::tokenize::geneformer::{
-    GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, TokenizerOptions,
+use scinterp_models::token_chunks::{PartialDir, TokenChunk};
+use scinterp_models::token_store::{
+    hash_of, TokenStore, TokenStoreError, TokenStoreManifest, FORMAT, FORMAT_VERSION, HASH_ALGORITHM,
 };
-use scinterp_models::tokenize::scgpt::{ScgptArgs, ScgptTokenizer, ScgptTokenizerOptions, ScgptVocab};
+use scinterp_models::tokenize::geneformer::{
+    GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, PreparedMatrix,
+    TokenizeError, TokenizerOptions,
+};
+use scinterp_models::tokenize::scgpt::{
+    ScgptArgs, ScgptTokenizeError, ScgptTokenizeStats, ScgptTokenizer, ScgptTokenizerOptions, ScgptVocab,
+};
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -94,18 +103,45 @@ pub struct TokenizeArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     json: bool,
+    /// Once the run has lasted this many seconds, completed chunks of cells are saved in `<out>.partial`,
+    /// so that a killed run resumes when the same command is run again (0: save every chunk).
+    #[arg(long, default_value_t = 20.0)]
+    checkpoint_secs: f64,
+    /// Cells per chunk (the unit of progress and checkpoints).
+    #[arg(long, default_value_t = CHUNK_CELLS, hide = true)]
+    chunk_cells: usize,
+    /// Testing: stop with an error after this many chunks, as if killed (their checkpoints are saved).
+    #[arg(long, hide = true)]
+    stop_after_chunks: Option<usize>,
 }
 
-pub fn run(args: TokenizeArgs) -> Result<()> {
+/// Cells per chunk: the unit of progress and of checkpoints.
+const CHUNK_CELLS: usize = 2048;
+
+pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     let scgpt = matches!(args.model, TokenizerKind::Scgpt);
+    if args.out.exists() && !args.overwrite {
+        return Err(TokenStoreError::Exists {
+            path: args.out.clone(),
+        }
+        .into());
+    }
     // The manifest's source hash reads the whole input once more; do it beside the reading and
     // tokenizing instead of after them.
-    let hashing = {
-        let input = args.input.clone();
-        std::thread::spawn(move || sha256_of(&input))
-    };
+    let mut source_hash = SourceHash::spawn(&args.input);
     let started = Instant::now();
-    let mut matrix = read_cells(&args, scgpt)?;
+    let reading = spinner(quiet, format!("reading {}", args.input.display()));
+    // The dictionaries are decoded while the matrix is read.
+    let (matrix, dictionaries) = std::thread::scope(|s| {
+        let dictionaries = s.spawn(|| load_dictionaries(&args));
+        let matrix = read_cells(&args, scgpt);
+        let dictionaries = dictionaries
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread reading the dictionaries failed"));
+        (matrix, dictionaries)
+    });
+    reading.finish_and_clear();
+    let (mut matrix, dictionaries) = (matrix?, dictionaries??);
     tracing::info!(
         "read {} cells × {} genes from {} in {:.2} s",
         matrix.n_cells,
@@ -123,22 +159,67 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let store = if scgpt {
-        tokenize_scgpt(&args, &matrix)?
-    } else {
-        tokenize_geneformer(&args, &matrix)?
+    let job = match dictionaries {
+        Dictionaries::Geneformer(tokenizer, hashes) => Job::geneformer(&args, tokenizer, hashes, &matrix),
+        Dictionaries::Scgpt(vocab, model_args) => Job::scgpt(&args, vocab, &model_args, &matrix),
     };
+    // A gene id column that maps badly is refused (or warned about) with the column to use instead.
+    let job = match job {
+        Ok(job) => {
+            if let Some(e) = check_gene_column(&args, &matrix, job.genes_mapped())? {
+                return Err(e);
+            }
+            job
+        }
+        Err(e) if no_gene_mapped(&e) => return Err(check_gene_column(&args, &matrix, 0)?.unwrap_or(e)),
+        Err(e) => return Err(e),
+    };
+    let chunks = run_chunks(&args, &job, &matrix, &mut source_hash, quiet)?;
     tracing::info!("tokenized in {:.2} s", started.elapsed().as_secs_f64());
-    let mut store = store;
-    store.manifest.source_sha256 = hashing
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread hashing {} failed", args.input.display()))?
-        .with_context(|| format!("hashing {}", args.input.display()))?;
+
+    let mut tokens = Vec::with_capacity(matrix.n_cells);
+    let mut values = job.has_values().then(|| Vec::with_capacity(matrix.n_cells));
+    let (mut kept, mut dropped) = (Vec::with_capacity(matrix.n_cells), Vec::new());
+    let (mut n_sampled, mut n_random_bins) = (0, 0);
+    for chunk in chunks {
+        tokens.extend(chunk.tokens);
+        if let (Some(all), Some(v)) = (values.as_mut(), chunk.values) {
+            all.extend(v);
+        }
+        kept.extend(chunk.kept);
+        dropped.extend(chunk.dropped);
+        n_sampled += chunk.n_sampled;
+        n_random_bins += chunk.n_random_bins;
+    }
+    job.log_summary(n_sampled, n_random_bins);
+    if !dropped.is_empty() {
+        let examples: Vec<&str> = dropped
+            .iter()
+            .take(3)
+            .map(|&c| matrix.cell_names[c].as_str())
+            .collect();
+        tracing::warn!(
+            "{} of {} cells have no gene in the {} vocabulary and were skipped (e.g. {}); they are not in \
+             the store and are counted in the manifest's n_cells_dropped",
+            dropped.len(),
+            matrix.n_cells,
+            job.name(),
+            examples.join(", ")
+        );
+    }
+    let mut store = build_store(&args, &matrix, job.info(), tokens, values, &kept, dropped.len());
+    store.manifest.source_hash = source_hash.get()?;
     let started = Instant::now();
     store.write(&args.out, args.overwrite)?;
     tracing::debug!("store written in {:.2} s", started.elapsed().as_secs_f64());
+    PartialDir::for_output(&args.out).remove().with_context(|| {
+        format!(
+            "removing the checkpoints of {} (the store itself is complete)",
+            args.out.display()
+        )
+    })?;
     tracing::info!(
-        "wrote {} ({} cells, {} tokens, {} cells dropped for having no token)",
+        "wrote {} ({} cells, {} tokens, {} cells skipped for having no token)",
         args.out.display(),
         store.manifest.n_cells,
         store.manifest.n_tokens,
@@ -147,142 +228,645 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&store.manifest)?);
     }
+    // The process ends here: hand the matrix and the tokens (hundreds of MB for big inputs) back to the
+    // OS with it instead of freeing them piece by piece.
+    drop(job);
+    std::mem::forget(store);
+    std::mem::forget(matrix);
     Ok(())
 }
 
-fn tokenize_geneformer(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<TokenStore> {
-    let dir = args
-        .dictionaries
-        .as_deref()
-        .context("--dictionaries is required for Geneformer")?;
-    let version = match args.model {
-        TokenizerKind::GeneformerV1 => GeneformerVersion::V1,
-        _ => GeneformerVersion::V2,
-    };
-    let started = Instant::now();
-    let dicts = GeneformerDictionaries::load(version, dir)?;
-    tracing::debug!("dictionaries read in {:.2} s", started.elapsed().as_secs_f64());
-    let mut options = TokenizerOptions::new(version);
-    // Orthologs yield human symbols whatever the input's ids were.
-    options.gene_id_kind = match (args.orthologs.is_some(), args.gene_ids) {
-        (true, _) | (false, GeneIds::Symbol) => GeneIdKind::Symbol,
-        (false, GeneIds::Ensembl) => GeneIdKind::Ensembl,
-    };
-    options.allow_normalized = args.allow_normalized;
-    if let Some(n) = args.max_len {
-        options.model_input_size = n;
-    }
-    let tokenizer = GeneformerTokenizer::new(&dicts, options)?;
-    let started = Instant::now();
-    let tokenized = tokenizer
-        .tokenize(matrix)
-        .with_context(|| format!("tokenizing {}", args.input.display()))?;
-    tracing::debug!("cells ranked in {:.2} s", started.elapsed().as_secs_f64());
-    let stats = &tokenized.stats;
-    tracing::info!(
-        "{} of {} genes map to the {version} vocabulary ({} unmapped, e.g. {:?})",
-        stats.n_genes_mapped,
-        stats.n_genes,
-        stats.n_genes_unmapped,
-        stats.unmapped_examples.iter().take(3).collect::<Vec<_>>()
-    );
-    let mut dictionaries = BTreeMap::new();
-    for name in version.dictionary_files() {
-        let path = dir.join(&name);
-        dictionaries.insert(
-            name,
-            sha256_of(&path).with_context(|| format!("hashing {}", path.display()))?,
-        );
-    }
-    let options = json!({
-        "model_input_size": tokenizer.options().model_input_size,
-        "gene_id_kind": format!("{:?}", tokenizer.options().gene_id_kind),
-        "collapse_gene_ids": tokenizer.options().collapse_gene_ids,
-        "n_counts_computed": stats.n_counts_computed,
-        "genes_in_input": stats.n_genes,
-        "genes_mapped": stats.n_genes_mapped,
-        "orthologs": args.orthologs.as_ref().map(|p| p.display().to_string()),
-        "allow_normalized": args.allow_normalized,
-        "tie_rule": "descending normalised value, ties by ascending first source column",
-    });
-    build_store(
-        args,
-        matrix,
-        ("geneformer", version.to_string(), options, dictionaries),
-        tokenized.tokens,
-        None,
-        &tokenized.kept_cells,
-        tokenized.dropped_cells.len(),
-    )
+/// The input's hash, computed on a thread of its own and waited for when first needed.
+struct SourceHash {
+    path: PathBuf,
+    thread: Option<std::thread::JoinHandle<std::io::Result<String>>>,
+    value: Option<String>,
 }
 
-fn tokenize_scgpt(args: &TokenizeArgs, matrix: &CountMatrix) -> Result<TokenStore> {
-    let dir = args.vocab.as_deref().context("--vocab is required for scGPT")?;
-    let vocab_path = dir.join("vocab.json");
-    let args_path = dir.join("args.json");
-    let vocab = ScgptVocab::load(&vocab_path)?;
-    let model_args = if args_path.is_file() {
-        ScgptArgs::load(&args_path)?
-    } else {
-        ScgptArgs::default()
-    };
-    let mut options = ScgptTokenizerOptions::from_args(&model_args);
-    options.cls_value = args.cls_value;
-    options.seed = args.seed;
-    if let Some(n) = args.max_len {
-        options.max_seq_len = n;
+impl SourceHash {
+    fn spawn(input: &Path) -> Self {
+        let path = input.to_path_buf();
+        let thread = {
+            let path = path.clone();
+            Some(std::thread::spawn(move || hash_of(&path)))
+        };
+        SourceHash {
+            path,
+            thread,
+            value: None,
+        }
     }
-    let tokenizer = ScgptTokenizer::new(vocab, options)?;
-    let cells = tokenizer
-        .tokenize(matrix)
-        .with_context(|| format!("tokenizing {}", args.input.display()))?;
-    let stats = &cells.stats;
-    tracing::info!(
-        "{} of {} genes match the scGPT vocabulary ({} unmatched, e.g. {:?}); {} cells subsampled to {} tokens",
-        stats.n_genes_matched,
-        stats.n_genes,
-        stats.n_genes_unmatched,
-        stats.unmatched_examples.iter().take(3).collect::<Vec<_>>(),
-        stats.n_cells_sampled,
-        tokenizer.options().max_seq_len
-    );
-    let mut dictionaries = BTreeMap::new();
-    for path in [&vocab_path, &args_path] {
-        if path.is_file() {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            dictionaries.insert(
-                name,
-                sha256_of(path).with_context(|| format!("hashing {}", path.display()))?,
+
+    fn get(&mut self) -> Result<String> {
+        if let Some(t) = self.thread.take() {
+            let hash = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread hashing {} failed", self.path.display()))?
+                .with_context(|| format!("hashing {}", self.path.display()))?;
+            self.value = Some(hash);
+        }
+        self.value
+            .clone()
+            .with_context(|| format!("hashing {} failed earlier", self.path.display()))
+    }
+}
+
+/// A spinner on stderr while a step without a count runs; hidden when quiet or not on a terminal.
+fn spinner(quiet: bool, message: String) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// The progress bar over cells; hidden when quiet or not on a terminal.
+fn cell_bar(quiet: bool, n_cells: usize) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n_cells as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("tokenizing [{bar:25}] {human_pos}/{human_len} cells, {rate}, ETA {eta}")
+    {
+        bar.set_style(
+            style
+                .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} cells/s", s.per_sec());
+                })
+                .progress_chars("=> "),
+        );
+    }
+    bar
+}
+
+/// Tokenizes the matrix chunk by chunk, resuming from the checkpoints of an interrupted run of the same
+/// command, and saving checkpoints once the run has lasted `--checkpoint-secs`.
+fn run_chunks(
+    args: &TokenizeArgs,
+    job: &Job<'_>,
+    matrix: &CountMatrix,
+    source_hash: &mut SourceHash,
+    quiet: bool,
+) -> Result<Vec<TokenChunk>> {
+    let n = matrix.n_cells;
+    let size = args.chunk_cells.max(1);
+    let ranges: Vec<Range<usize>> = (0..n.div_ceil(size))
+        .map(|i| i * size..((i + 1) * size).min(n))
+        .collect();
+    let partial = PartialDir::for_output(&args.out);
+    let mut done: Vec<Option<TokenChunk>> = vec![None; ranges.len()];
+    // Whether the partial folder holds this run's key (checkpoints may be added to it).
+    let mut started_partial = false;
+    let mut key = None;
+    if partial.exists() {
+        let k = resume_key(args, job, source_hash.get()?, size, n);
+        if partial.key().as_ref() == Some(&k) {
+            for (slot, r) in done.iter_mut().zip(&ranges) {
+                *slot = partial.load(r.start, r.len(), job.has_values());
+            }
+            let n_done = done.iter().filter(|c| c.is_some()).count();
+            tracing::info!(
+                "resuming the interrupted run from {}: {n_done} of {} chunks of cells already done",
+                partial.dir.display(),
+                ranges.len()
+            );
+            started_partial = true;
+        } else {
+            tracing::info!(
+                "{} holds checkpoints of a run with other options or another input; starting over",
+                partial.dir.display()
+            );
+            partial
+                .remove()
+                .with_context(|| format!("removing {}", partial.dir.display()))?;
+        }
+        key = Some(k);
+    }
+    let bar = cell_bar(quiet, n);
+    bar.inc(done.iter().flatten().map(|c| c.n_cells as u64).sum::<u64>());
+    let started = Instant::now();
+    // Negative or NaN: from the start; too large to represent: never.
+    let checkpoint_after = std::time::Duration::try_from_secs_f64(args.checkpoint_secs.max(0.0))
+        .unwrap_or(std::time::Duration::MAX);
+    let mut unsaved: Vec<usize> = Vec::new();
+    let mut computed = 0usize;
+    for (i, r) in ranges.iter().enumerate() {
+        if done[i].is_some() {
+            continue;
+        }
+        done[i] = Some(job.tokenize(matrix, r.clone())?);
+        unsaved.push(i);
+        computed += 1;
+        bar.inc(r.len() as u64);
+        let stop = args.stop_after_chunks.is_some_and(|s| computed >= s) && i + 1 < ranges.len();
+        if stop || started.elapsed() >= checkpoint_after {
+            if !started_partial {
+                let k = match key.take() {
+                    Some(k) => k,
+                    None => resume_key(args, job, source_hash.get()?, size, n),
+                };
+                partial.start(&k)?;
+                started_partial = true;
+            }
+            for j in unsaved.drain(..) {
+                if let Some(c) = &done[j] {
+                    partial.save(c)?;
+                }
+            }
+        }
+        if stop {
+            bar.abandon();
+            bail!(
+                "stopped after {computed} chunks as asked (--stop-after-chunks); rerun without it to resume \
+                 from {}",
+                partial.dir.display()
             );
         }
     }
-    let o = tokenizer.options();
-    let options = json!({
-        "max_seq_len": o.max_seq_len,
-        "n_bins": o.n_bins,
-        "cls_value": o.cls_value,
-        "pad_id": tokenizer.pad_id(),
-        "pad_value": o.pad_value,
-        "seed": o.seed,
-        "genes_in_input": stats.n_genes,
-        "genes_mapped": stats.n_genes_matched,
-        "binning": "per-cell quantile edges of the non-zero values; random bin at repeated edges (seeded)",
-    });
-    build_store(
-        args,
-        matrix,
-        ("scgpt", "whole-human".to_string(), options, dictionaries),
-        cells.gene_ids,
-        Some(cells.values),
-        &cells.kept_cells,
-        cells.dropped_cells.len(),
-    )
+    bar.finish_and_clear();
+    tracing::debug!(
+        "{computed} chunks of cells tokenized in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// Everything the tokens of a run depend on; a rerun resumes only from checkpoints with an equal key.
+fn resume_key(
+    args: &TokenizeArgs,
+    job: &Job<'_>,
+    source_hash: String,
+    chunk_cells: usize,
+    n_cells: usize,
+) -> serde_json::Value {
+    let (kind, version, options, dictionaries) = job.info();
+    json!({
+        "format": "scinterp-tokenize-checkpoints",
+        "format_version": 1,
+        "scinterp_version": env!("CARGO_PKG_VERSION"),
+        "source_path": args.input.display().to_string(),
+        "hash_algorithm": HASH_ALGORITHM,
+        "source_hash": source_hash,
+        "tokenizer": kind,
+        "tokenizer_version": version,
+        "options": options,
+        "dictionaries": dictionaries,
+        "gene_ids": format!("{:?}", args.gene_ids),
+        "gene_id_column": args.gene_id_column,
+        "layer": args.layer,
+        "use_raw": args.use_raw,
+        "max_len": args.max_len,
+        "seed": args.seed,
+        "cls_value": args.cls_value,
+        "chunk_cells": chunk_cells,
+        "n_cells": n_cells,
+    })
+}
+
+/// Decoded dictionaries of either tokenizer.
+enum Dictionaries {
+    /// The tokenizer (built beside the matrix read) and the hash of each dictionary file.
+    Geneformer(Box<GeneformerTokenizer>, BTreeMap<String, String>),
+    Scgpt(ScgptVocab, ScgptArgs),
+}
+
+fn load_dictionaries(args: &TokenizeArgs) -> Result<Dictionaries> {
+    let started = Instant::now();
+    let d = match args.model {
+        TokenizerKind::Scgpt => {
+            let dir = args.vocab.as_deref().context("--vocab is required for scGPT")?;
+            let vocab = ScgptVocab::load(&dir.join("vocab.json"))?;
+            let args_path = dir.join("args.json");
+            let model_args = if args_path.is_file() {
+                ScgptArgs::load(&args_path)?
+            } else {
+                ScgptArgs::default()
+            };
+            Dictionaries::Scgpt(vocab, model_args)
+        }
+        _ => {
+            let dir = args
+                .dictionaries
+                .as_deref()
+                .context("--dictionaries is required for Geneformer")?;
+            let version = geneformer_version(args);
+            let dicts = GeneformerDictionaries::load_for(version, dir, gene_id_kind(args))?;
+            let mut options = TokenizerOptions::new(version);
+            options.gene_id_kind = gene_id_kind(args);
+            options.allow_normalized = args.allow_normalized;
+            if let Some(n) = args.max_len {
+                options.model_input_size = n;
+            }
+            tracing::debug!("dictionaries decoded in {:.2} s", started.elapsed().as_secs_f64());
+            let tokenizer = Box::new(GeneformerTokenizer::new(&dicts, options)?);
+            // The process is about to end with these; hand them back to the OS with it.
+            std::mem::forget(dicts);
+            let mut hashes = BTreeMap::new();
+            for name in version.dictionary_files() {
+                let path = dir.join(&name);
+                hashes.insert(
+                    name,
+                    hash_of(&path).with_context(|| format!("hashing {}", path.display()))?,
+                );
+            }
+            Dictionaries::Geneformer(tokenizer, hashes)
+        }
+    };
+    tracing::debug!("dictionaries read in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(d)
+}
+
+fn geneformer_version(args: &TokenizeArgs) -> GeneformerVersion {
+    match args.model {
+        TokenizerKind::GeneformerV1 => GeneformerVersion::V1,
+        _ => GeneformerVersion::V2,
+    }
+}
+
+/// What the Geneformer tokenizer is given: orthologs yield human symbols whatever the input's ids were.
+fn gene_id_kind(args: &TokenizeArgs) -> GeneIdKind {
+    match (args.orthologs.is_some(), args.gene_ids) {
+        (true, _) | (false, GeneIds::Symbol) => GeneIdKind::Symbol,
+        (false, GeneIds::Ensembl) => GeneIdKind::Ensembl,
+    }
+}
+
+/// A tokenizer bound to a matrix, with what the manifest says about it.
+struct Job<'m> {
+    kind: JobKind<'m>,
+    info: TokenizerInfo,
+}
+
+enum JobKind<'m> {
+    Geneformer {
+        tokenizer: Box<GeneformerTokenizer>,
+        prepared: PreparedMatrix<'m>,
+    },
+    Scgpt {
+        tokenizer: Box<ScgptTokenizer>,
+        stats: ScgptTokenizeStats,
+    },
+}
+
+impl<'m> Job<'m> {
+    fn geneformer(
+        args: &TokenizeArgs,
+        tokenizer: Box<GeneformerTokenizer>,
+        dictionaries: BTreeMap<String, String>,
+        matrix: &'m CountMatrix,
+    ) -> Result<Self> {
+        let version = tokenizer.options().version;
+        let started = Instant::now();
+        let prepared = tokenizer
+            .prepare(matrix)
+            .with_context(|| format!("tokenizing {}", args.input.display()))?;
+        tracing::debug!(
+            "gene ids mapped and counts checked in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        let stats = prepared.stats();
+        tracing::info!(
+            "{} of {} genes map to the {version} vocabulary ({} unmapped, e.g. {:?})",
+            stats.n_genes_mapped,
+            stats.n_genes,
+            stats.n_genes_unmapped,
+            stats.unmapped_examples.iter().take(3).collect::<Vec<_>>()
+        );
+        let options = json!({
+            "model_input_size": tokenizer.options().model_input_size,
+            "gene_id_kind": format!("{:?}", tokenizer.options().gene_id_kind),
+            "collapse_gene_ids": tokenizer.options().collapse_gene_ids,
+            "n_counts_computed": stats.n_counts_computed,
+            "genes_in_input": stats.n_genes,
+            "genes_mapped": stats.n_genes_mapped,
+            "orthologs": args.orthologs.as_ref().map(|p| p.display().to_string()),
+            "allow_normalized": args.allow_normalized,
+            "tie_rule": "descending normalised value, ties by ascending first source column",
+        });
+        Ok(Job {
+            info: ("geneformer", version.to_string(), options, dictionaries),
+            kind: JobKind::Geneformer { tokenizer, prepared },
+        })
+    }
+
+    fn scgpt(
+        args: &TokenizeArgs,
+        vocab: ScgptVocab,
+        model_args: &ScgptArgs,
+        matrix: &CountMatrix,
+    ) -> Result<Self> {
+        let dir = args.vocab.as_deref().context("--vocab is required for scGPT")?;
+        let mut options = ScgptTokenizerOptions::from_args(model_args);
+        options.cls_value = args.cls_value;
+        options.seed = args.seed;
+        if let Some(n) = args.max_len {
+            options.max_seq_len = n;
+        }
+        let tokenizer = Box::new(ScgptTokenizer::new(vocab, options)?);
+        // The gene matching of the whole matrix (and its refusals), from a run over no cell.
+        let stats = tokenizer
+            .tokenize_with_offset(&matrix.slice_rows(0..0), 0)
+            .with_context(|| format!("tokenizing {}", args.input.display()))?
+            .stats;
+        let mut dictionaries = BTreeMap::new();
+        for path in [dir.join("vocab.json"), dir.join("args.json")] {
+            if path.is_file() {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                dictionaries.insert(
+                    name,
+                    hash_of(&path).with_context(|| format!("hashing {}", path.display()))?,
+                );
+            }
+        }
+        let o = tokenizer.options();
+        let options = json!({
+            "max_seq_len": o.max_seq_len,
+            "n_bins": o.n_bins,
+            "cls_value": o.cls_value,
+            "pad_id": tokenizer.pad_id(),
+            "pad_value": o.pad_value,
+            "seed": o.seed,
+            "genes_in_input": stats.n_genes,
+            "genes_mapped": stats.n_genes_matched,
+            "binning": "per-cell quantile edges of the non-zero values; random bin at repeated edges (seeded)",
+        });
+        Ok(Job {
+            info: ("scgpt", "whole-human".to_string(), options, dictionaries),
+            kind: JobKind::Scgpt { tokenizer, stats },
+        })
+    }
+
+    /// Input genes that map to the vocabulary.
+    fn genes_mapped(&self) -> usize {
+        match &self.kind {
+            JobKind::Geneformer { prepared, .. } => prepared.stats().n_genes_mapped,
+            JobKind::Scgpt { stats, .. } => stats.n_genes_matched,
+        }
+    }
+
+    fn info(&self) -> TokenizerInfo {
+        self.info.clone()
+    }
+
+    fn name(&self) -> String {
+        match &self.kind {
+            JobKind::Geneformer { tokenizer, .. } => format!("Geneformer {}", tokenizer.options().version),
+            JobKind::Scgpt { .. } => "scGPT".into(),
+        }
+    }
+
+    fn has_values(&self) -> bool {
+        matches!(self.kind, JobKind::Scgpt { .. })
+    }
+
+    /// Tokenizes the cells `r` of the matrix.
+    fn tokenize(&self, matrix: &CountMatrix, r: Range<usize>) -> Result<TokenChunk> {
+        let (first, n_cells) = (r.start, r.len());
+        Ok(match &self.kind {
+            JobKind::Geneformer { tokenizer, prepared } => {
+                let t = tokenizer.tokenize_cells(prepared, r)?;
+                TokenChunk {
+                    first,
+                    n_cells,
+                    kept: t.kept_cells,
+                    dropped: t.dropped_cells,
+                    tokens: t.tokens,
+                    values: None,
+                    n_sampled: 0,
+                    n_random_bins: 0,
+                }
+            }
+            JobKind::Scgpt { tokenizer, .. } => {
+                let t = tokenizer.tokenize_with_offset(&matrix.slice_rows(r), first)?;
+                TokenChunk {
+                    first,
+                    n_cells,
+                    kept: t.kept_cells,
+                    dropped: t.dropped_cells,
+                    tokens: t.gene_ids,
+                    values: Some(t.values),
+                    n_sampled: t.stats.n_cells_sampled,
+                    n_random_bins: t.stats.n_random_bins,
+                }
+            }
+        })
+    }
+
+    fn log_summary(&self, n_sampled: usize, n_random_bins: usize) {
+        if let JobKind::Scgpt { tokenizer, stats } = &self.kind {
+            tracing::info!(
+                "{} of {} genes match the scGPT vocabulary ({} unmatched, e.g. {:?}); {n_sampled} cells \
+                 subsampled to {} tokens; {n_random_bins} bins drawn at repeated edges",
+                stats.n_genes_matched,
+                stats.n_genes,
+                stats.n_genes_unmatched,
+                stats.unmatched_examples.iter().take(3).collect::<Vec<_>>(),
+                tokenizer.options().max_seq_len
+            );
+        }
+    }
 }
 
 type TokenizerInfo = (&'static str, String, serde_json::Value, BTreeMap<String, String>);
+
+/// Whether an error is the tokenizers' "no gene maps".
+fn no_gene_mapped(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<TokenizeError>(),
+        Some(TokenizeError::NoGenesMapped { .. })
+    ) || matches!(
+        e.downcast_ref::<ScgptTokenizeError>(),
+        Some(ScgptTokenizeError::NoGenesMatched { .. })
+    )
+}
+
+/// A column of the input that could hold the gene ids, and how to choose it on the command line.
+struct GeneColumn {
+    /// e.g. "the var index", "var column `gene_ids`".
+    label: String,
+    /// The flags that choose it (empty: the default).
+    flags: Vec<String>,
+    ids: Vec<String>,
+}
+
+/// The columns of the input that could hold gene ids: for an .h5ad file, the var index and every text
+/// column of var; otherwise the ids the reader took and, when the file has them, the symbols.
+fn gene_columns(args: &TokenizeArgs, matrix: &CountMatrix) -> Vec<GeneColumn> {
+    let is_h5ad = args
+        .input
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().ends_with(".h5ad"));
+    if is_h5ad {
+        let options = H5adOptions {
+            use_raw: args.use_raw,
+            ..H5adOptions::default()
+        };
+        let var = if args.use_raw { "raw/var" } else { "var" };
+        if let Ok(columns) = read_var_text_columns(&args.input, &options) {
+            return columns
+                .into_iter()
+                .map(|(name, ids)| match name {
+                    None => GeneColumn {
+                        label: format!("the {var} index"),
+                        flags: Vec::new(),
+                        ids,
+                    },
+                    Some(c) => GeneColumn {
+                        label: format!("{var} column `{c}`"),
+                        flags: vec![format!("--gene-id-column {c}")],
+                        ids,
+                    },
+                })
+                .collect();
+        }
+    }
+    let mut out = vec![GeneColumn {
+        label: "the gene ids read".into(),
+        flags: args
+            .gene_id_column
+            .iter()
+            .map(|c| format!("--gene-id-column {c}"))
+            .collect(),
+        ids: matrix.gene_ids.clone(),
+    }];
+    if let Some(symbols) = &matrix.gene_symbols {
+        out.push(GeneColumn {
+            label: "the gene symbols of the file".into(),
+            flags: vec![if args.input.is_dir() {
+                "--gene-ids symbol".into()
+            } else {
+                "--gene-id-column <the symbol column>".into()
+            }],
+            ids: symbols.clone(),
+        });
+    }
+    out
+}
+
+/// When few of the input's genes map (`mapped` of them), counts the matches of every candidate column
+/// (and, for Geneformer, as Ensembl ids and as symbols). Refuses (returns the error) when nothing maps, or
+/// when under 10 % map and another column maps five times as many; warns when under half map and
+/// another column maps 1.5 times as many.
+fn check_gene_column(
+    args: &TokenizeArgs,
+    matrix: &CountMatrix,
+    mapped: usize,
+) -> Result<Option<anyhow::Error>> {
+    let n = matrix.n_genes;
+    if args.orthologs.is_some() || n == 0 || mapped * 2 >= n {
+        return Ok(None);
+    }
+    let columns = gene_columns(args, matrix);
+    // (column, --gene-ids flag, matches) for every way of reading each column.
+    let mut counts: Vec<(usize, Option<GeneIds>, usize)> = Vec::new();
+    let model = match args.model {
+        TokenizerKind::Scgpt => {
+            let dir = args.vocab.as_deref().context("--vocab is required for scGPT")?;
+            let vocab = ScgptVocab::load(&dir.join("vocab.json"))?;
+            for (i, c) in columns.iter().enumerate() {
+                counts.push((
+                    i,
+                    None,
+                    c.ids.iter().filter(|s| vocab.gene_id(s).is_some()).count(),
+                ));
+            }
+            "scGPT".to_string()
+        }
+        _ => {
+            let dir = args
+                .dictionaries
+                .as_deref()
+                .context("--dictionaries is required for Geneformer")?;
+            let version = geneformer_version(args);
+            let dicts = GeneformerDictionaries::load(version, dir)?;
+            for kind in [GeneIds::Ensembl, GeneIds::Symbol] {
+                let mut options = TokenizerOptions::new(version);
+                options.gene_id_kind = match kind {
+                    GeneIds::Ensembl => GeneIdKind::Ensembl,
+                    GeneIds::Symbol => GeneIdKind::Symbol,
+                };
+                let tokenizer = GeneformerTokenizer::new(&dicts, options)?;
+                for (i, c) in columns.iter().enumerate() {
+                    counts.push((i, Some(kind), tokenizer.count_mapped(&c.ids)));
+                }
+            }
+            format!("Geneformer {version}")
+        }
+    };
+    let describe = |kind: Option<GeneIds>| match kind {
+        Some(GeneIds::Ensembl) => " as Ensembl ids",
+        Some(GeneIds::Symbol) => " as symbols",
+        None => "",
+    };
+    let table = counts
+        .iter()
+        .map(|&(i, kind, m)| format!("{}{}: {m}", columns[i].label, describe(kind)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    // The best reading; ties go to the first listed (the index, then Ensembl ids).
+    let best = counts
+        .iter()
+        .copied()
+        .reduce(|a, b| if b.2 > a.2 { b } else { a });
+    let current = match (&args.gene_id_column, args.model) {
+        (Some(c), _) => format!("var column `{c}`"),
+        (None, _) => "the gene ids read (the var index for .h5ad)".to_string(),
+    };
+    let head = format!(
+        "{}: only {mapped} of {n} genes map to the {model} vocabulary with {current}{}",
+        args.input.display(),
+        match args.model {
+            TokenizerKind::Scgpt => "",
+            _ => describe(Some(args.gene_ids)),
+        }
+    );
+    let Some((bi, bkind, bm)) = best.filter(|b| b.2 > mapped) else {
+        if mapped == 0 {
+            let need = match args.model {
+                TokenizerKind::Scgpt => "human gene symbols",
+                _ => "human Ensembl ids (ENSG…) or human gene symbols",
+            };
+            return Ok(Some(anyhow::anyhow!(
+                "{head}, and no other column maps any better ({table}). {model} needs {need}; for mouse \
+                 data pass --orthologs with a human–mouse ortholog table"
+            )));
+        }
+        return Ok(None);
+    };
+    let mut flags = columns[bi].flags.clone();
+    if let Some(kind) = bkind {
+        flags.push(match kind {
+            GeneIds::Ensembl => "--gene-ids ensembl".into(),
+            GeneIds::Symbol => "--gene-ids symbol".into(),
+        });
+    }
+    let advice = if columns[bi].flags.is_empty() && args.gene_id_column.is_some() {
+        format!(
+            "drop --gene-id-column{}",
+            flags.iter().map(|f| format!(" and pass {f}")).collect::<String>()
+        )
+    } else {
+        format!("pass {}", flags.join(" "))
+    };
+    let message = format!(
+        "{head}; {} maps {bm}{}. Matches per column: {table}. To use it, {advice}",
+        columns[bi].label,
+        describe(bkind)
+    );
+    if mapped == 0 || (mapped * 10 < n && bm >= 5 * mapped) {
+        Ok(Some(anyhow::anyhow!(message)))
+    } else {
+        if bm * 2 >= mapped * 3 {
+            tracing::warn!("{message}");
+        }
+        Ok(None)
+    }
+}
 
 fn build_store(
     args: &TokenizeArgs,
@@ -292,20 +876,21 @@ fn build_store(
     values: Option<Vec<Vec<f32>>>,
     kept_cells: &[usize],
     n_dropped: usize,
-) -> Result<TokenStore> {
+) -> TokenStore {
     let header = cell_table_header(matrix);
     let rows = kept_cells.iter().map(|&c| cell_table_row(matrix, c)).collect();
-    Ok(TokenStore {
+    TokenStore {
         manifest: TokenStoreManifest {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             tokenizer: kind.into(),
             tokenizer_version: version,
             options,
+            hash_algorithm: HASH_ALGORITHM.into(),
             dictionaries,
             source_path: args.input.display().to_string(),
             // Filled in by `run` from the hashing thread.
-            source_sha256: String::new(),
+            source_hash: String::new(),
             n_cells: cells.len(),
             n_tokens: cells.iter().map(Vec::len).sum(),
             max_len: cells.iter().map(Vec::len).max().unwrap_or(0),
@@ -316,7 +901,7 @@ fn build_store(
         cells,
         values,
         cell_table: (header, rows),
-    })
+    }
 }
 
 /// Reads a count matrix, choosing the reader from what the path is.

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::extract::absolute;
 use crate::forward::{load_model, read_cells};
+use crate::table::{Column, Table};
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -43,7 +44,8 @@ pub struct TraceArgs {
     /// Trace on the first N cells of the store (default: all).
     #[arg(long)]
     pub(crate) cells: Option<usize>,
-    /// Edge table (TSV), written atomically; a JSON summary is written beside it (`.summary.json`).
+    /// Edge table, `.parquet` or `.tsv` (by the extension), written atomically; a JSON summary is
+    /// written beside it (`.summary.json`).
     /// A checkpoint (`.checkpoint`) is kept beside it while the trace runs: rerunning the same command
     /// after a kill resumes from it. With --shard, the shard's accumulator is written here instead.
     #[arg(long, required = true)]
@@ -400,43 +402,55 @@ fn write_table(
         q[i] = qv;
     }
 
-    let tmp = out.with_extension("tsv.partial");
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
-    );
-    writeln!(
-        w,
-        "source_hook\tsource_feature\ttarget_hook\ttarget_feature\tn_cells\tmean_change\tsd_change\tcohens_d\t\
-         hedges_g\tsign_consistency\tt\tp\tq"
-    )?;
-    let mut written = 0usize;
+    let kept: Vec<usize> = (0..keys.len())
+        .filter(|&i| {
+            let s = &stats[i];
+            q[i] <= filters.max_q
+                && s.cohens_d.abs() >= filters.min_abs_d
+                && s.sign_consistency >= filters.min_consistency
+        })
+        .collect();
+    let f64s = |get: &dyn Fn(usize) -> f64| Column::F64(kept.iter().map(|&i| get(i)).collect());
+    let table = Table::new()
+        .column("source_hook", Column::Str(vec![plan.source.clone(); kept.len()]))
+        .column(
+            "source_feature",
+            Column::I64(kept.iter().map(|&i| i64::from(keys[i].0)).collect()),
+        )
+        .column(
+            "target_hook",
+            Column::Str(
+                kept.iter()
+                    .map(|&i| plan.targets[keys[i].1 as usize].clone())
+                    .collect(),
+            ),
+        )
+        .column(
+            "target_feature",
+            Column::I64(kept.iter().map(|&i| i64::from(keys[i].2)).collect()),
+        )
+        .column(
+            "n_cells",
+            Column::I64(kept.iter().map(|&i| i64::from(stats[i].n)).collect()),
+        )
+        .column("mean_change", f64s(&|i| stats[i].mean))
+        .column("sd_change", f64s(&|i| stats[i].sd))
+        .column("cohens_d", f64s(&|i| stats[i].cohens_d))
+        .column("hedges_g", f64s(&|i| stats[i].hedges_g))
+        .column("sign_consistency", f64s(&|i| stats[i].sign_consistency))
+        .column("t", f64s(&|i| stats[i].t))
+        .column("p", f64s(&|i| stats[i].p))
+        .column("q", f64s(&|i| q[i]));
+    table.write(out)?;
+    let written = kept.len();
     let mut per_target: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut excitatory, mut inhibitory) = (0usize, 0usize);
-    for (i, &(f, t, g)) in keys.iter().enumerate() {
-        let s = &stats[i];
-        if !(q[i] <= filters.max_q
-            && s.cohens_d.abs() >= filters.min_abs_d
-            && s.sign_consistency >= filters.min_consistency)
-        {
-            continue;
-        }
-        let target = &plan.targets[t as usize];
-        writeln!(
-            w,
-            "{}\t{f}\t{target}\t{g}\t{}\t{:e}\t{:e}\t{:e}\t{:e}\t{}\t{:e}\t{:e}\t{:e}",
-            plan.source, s.n, s.mean, s.sd, s.cohens_d, s.hedges_g, s.sign_consistency, s.t, s.p, q[i]
-        )?;
-        written += 1;
-        *per_target.entry(target.clone()).or_default() += 1;
-        if s.mean > 0.0 {
-            excitatory += 1;
-        } else {
-            inhibitory += 1;
-        }
+    for &i in &kept {
+        *per_target
+            .entry(plan.targets[keys[i].1 as usize].clone())
+            .or_default() += 1;
     }
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    let excitatory = kept.iter().filter(|&&i| stats[i].mean > 0.0).count();
+    let inhibitory = written - excitatory;
 
     let traced = acc.cells_active.len();
     let target_latents: u64 = plan.target_d_sae.iter().map(|&d| d as u64).sum();

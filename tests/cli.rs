@@ -611,9 +611,10 @@ fn forward_runs_scgpt_folders_from_json_and_from_a_token_store() {
             tokenizer: "scgpt".into(),
             tokenizer_version: "whole-human".into(),
             options: serde_json::json!({}),
+            hash_algorithm: scinterp_models::token_store::HASH_ALGORITHM.into(),
             dictionaries: Default::default(),
             source_path: "input.json".into(),
-            source_sha256: String::new(),
+            source_hash: String::new(),
             n_cells: cells.len(),
             n_tokens: cells.iter().map(Vec::len).sum(),
             max_len: cells.iter().map(Vec::len).max().unwrap(),
@@ -730,4 +731,235 @@ fn tokenize_10x_for_scgpt_then_forward_at_the_real_width() {
         );
     }
     assert!(emb.iter().all(|v| v.is_finite()));
+}
+
+/// Runs `scinterp tokenize` with `args` after the common ones, logging at info level (for resume messages).
+fn tokenize_info(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scinterp"))
+        .arg("tokenize")
+        .args(args)
+        .env("SCINTERP_LOG", "info")
+        .output()
+        .expect("run scinterp")
+}
+
+/// Every file of a token store, by name.
+fn store_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tokenize_refuses_a_gene_column_that_maps_nothing_and_names_the_one_to_use() {
+    let (Some(dicts), Some(vocab)) = (shared_data("geneformer/v2"), shared_data("scgpt/whole-human")) else {
+        return;
+    };
+    // Index = symbols (2 of them unknown), var["gene_ids"] = the Ensembl ids, var["feature_types"] = a
+    // constant (tests/reference/make_cells_fixtures.py).
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells/symbol_index.h5ad");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&input),
+        "--model-kind",
+        "geneformer-v2",
+        "--dictionaries",
+        path_str(&dicts),
+        "--gene-id-column",
+        "feature_types",
+        "--out",
+        path_str(&store),
+    ]);
+    assert_fails_with(
+        &out,
+        &[
+            "symbol_index.h5ad",
+            "only 0 of 12 genes map to the Geneformer V2 vocabulary",
+            "var column `gene_ids` maps 12",
+            "the var index as Ensembl ids: 10",
+            "pass --gene-id-column gene_ids --gene-ids ensembl",
+        ],
+    );
+    assert!(!store.exists());
+
+    // scGPT reads symbols: the Ensembl column maps nothing, the index does.
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&input),
+        "--model-kind",
+        "scgpt",
+        "--vocab",
+        path_str(&vocab),
+        "--gene-id-column",
+        "gene_ids",
+        "--out",
+        path_str(&store),
+    ]);
+    assert_fails_with(
+        &out,
+        &[
+            "only 0 of 12 genes map to the scGPT vocabulary with var column `gene_ids`",
+            "the var index maps 10",
+            "drop --gene-id-column",
+        ],
+    );
+    assert!(!store.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn tokenize_counts_and_skips_cells_without_tokens() {
+    let Some(dicts) = shared_data("geneformer/v2") else {
+        return;
+    };
+    // 6 cells; cell2 has no count at all.
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells/symbol_index.h5ad");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = scinterp(&[
+        "tokenize",
+        "--input",
+        path_str(&input),
+        "--model-kind",
+        "geneformer-v2",
+        "--dictionaries",
+        path_str(&dicts),
+        "--gene-id-column",
+        "gene_ids",
+        "--out",
+        path_str(&store),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 of 6 cells") && stderr.contains("skipped") && stderr.contains("cell2"),
+        "the skipped cell is reported: {stderr}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["n_cells"], 5);
+    assert_eq!(manifest["n_cells_dropped"], 1);
+    assert_eq!(manifest["options"]["genes_mapped"], 12);
+    let cells = std::fs::read_to_string(store.join("cells.tsv")).unwrap();
+    assert_eq!(cells, "cell\ncell0\ncell1\ncell3\ncell4\ncell5\n");
+    let (h, _) = scinterp_engine::npy::read_npy_bytes(&store.join("offsets.npy")).unwrap();
+    assert_eq!(h.shape, vec![6], "offsets hold the 5 kept cells");
+}
+
+#[test]
+fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
+    let (Some(dicts), Some(vocab), Some(tenx)) = (
+        shared_data("geneformer/v2"),
+        shared_data("scgpt/whole-human"),
+        shared_data("cells/10x_chr21_v3"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (model, dict_flag, dict) in [
+        ("geneformer-v2", "--dictionaries", &dicts),
+        ("scgpt", "--vocab", &vocab),
+    ] {
+        let common = |out: &Path| -> Vec<String> {
+            [
+                "--input",
+                path_str(&tenx),
+                "--model-kind",
+                model,
+                dict_flag,
+                path_str(dict),
+                "--out",
+                path_str(out),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let run = |out: &Path, extra: &[&str]| {
+            let mut args = common(out);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            tokenize_info(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        // Uninterrupted, default chunking.
+        let reference = tmp.path().join(format!("{model}-reference"));
+        let o = run(&reference, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+        // Killed after 3 chunks of 100 cells (1,107 cells: 12 chunks), with checkpoints from the start.
+        let store = tmp.path().join(format!("{model}-store"));
+        let partial = tmp.path().join(format!("{model}-store.partial"));
+        let chunked = ["--chunk-cells", "100", "--checkpoint-secs", "0"];
+        let mut stop = chunked.to_vec();
+        stop.extend(["--stop-after-chunks", "3"]);
+        let o = run(&store, &stop);
+        assert_fails_with(&o, &["stopped after 3 chunks", "resume"]);
+        assert!(!store.exists(), "no store from a killed run");
+        let saved = std::fs::read_dir(&partial)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("chunk-")
+            })
+            .count();
+        assert_eq!(saved, 3);
+
+        // The same command resumes and ends with the bytes of the uninterrupted run.
+        let o = run(&store, &chunked);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("resuming") && stderr.contains("3 of 12 chunks"),
+            "{stderr}"
+        );
+        assert_eq!(
+            store_files(&store),
+            store_files(&reference),
+            "{model}: resumed store differs"
+        );
+        assert!(
+            !partial.exists(),
+            "checkpoints are removed once the store is written"
+        );
+
+        // Checkpoints of a run with other options are not reused.
+        let o = run(&store, &{
+            let mut s = stop.clone();
+            s.push("--overwrite");
+            s
+        });
+        assert!(!o.status.success());
+        let o = run(
+            &store,
+            &["--chunk-cells", "100", "--max-len", "64", "--overwrite"],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("starting over") && !stderr.contains("resuming"),
+            "{stderr}"
+        );
+        let fresh = tmp.path().join(format!("{model}-max64"));
+        assert!(run(&fresh, &["--max-len", "64"]).status.success());
+        assert_eq!(store_files(&store), store_files(&fresh));
+        assert_ne!(store_files(&store), store_files(&reference));
+        assert!(!partial.exists());
+    }
 }

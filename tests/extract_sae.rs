@@ -71,7 +71,8 @@ fn token_store(dir: &Path, copies: usize) -> Vec<Vec<u32>> {
             options: serde_json::json!({}),
             dictionaries: Default::default(),
             source_path: "test".into(),
-            source_sha256: String::new(),
+            hash_algorithm: "blake3".into(),
+            source_hash: String::new(),
             n_cells: cells.len(),
             n_tokens: cells.iter().map(Vec::len).sum(),
             max_len: cells.iter().map(Vec::len).max().unwrap(),
@@ -620,6 +621,31 @@ fn trace_writes_edges_with_recomputable_statistics() {
         assert!(num("q") >= num("p") && num("q") <= 1.0);
         assert!((num("cohens_d") - mean / sd).abs() <= 1e-9 * (mean / sd).abs().max(1.0));
     }
+    // The same table as Parquet.
+    let pq = tmp.path().join("edges.parquet");
+    let pq_summary: serde_json::Value = serde_json::from_str(&ok(&scinterp(&[
+        "trace",
+        "--model",
+        s(&model),
+        "--input",
+        s(&tokens),
+        "--saes",
+        s(&saes),
+        "--source",
+        src,
+        "--targets",
+        tgt,
+        "--out",
+        s(&pq),
+        "--max-q",
+        "1",
+        "--json",
+    ])))
+    .unwrap();
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(&pq).unwrap()).unwrap();
+    assert_eq!(reader.metadata().file_metadata().num_rows() as usize, rows.len());
+    assert_eq!(pq_summary["edges_written"], summary["edges_written"]);
     // top:N takes the N features that fire in most cells.
     let top: serde_json::Value = serde_json::from_str(&ok(&trace(&["--features", "top:3"]))).unwrap();
     assert_eq!(
@@ -789,7 +815,8 @@ fn scgpt_extract_and_sae_with_the_spliced_expression_loss() {
             options: serde_json::json!({}),
             dictionaries: Default::default(),
             source_path: "test".into(),
-            source_sha256: String::new(),
+            hash_algorithm: "blake3".into(),
+            source_hash: String::new(),
             n_cells: cells.len(),
             n_tokens: cells.iter().map(Vec::len).sum(),
             max_len: cells.iter().map(Vec::len).max().unwrap(),

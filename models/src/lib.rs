@@ -7,6 +7,7 @@ pub mod error;
 pub mod geneformer;
 pub mod scgpt;
 pub mod synthetic;
+pub mod token_chunks;
 pub mod token_store;
 pub mod tokenize;
 pub mod weights;

@@ -1,8 +1,8 @@
 //! The token store: tokenized cells on disk, readable from Python without scinterp.
 //!
 //! A directory holding
-//! - `manifest.json`: tokenizer kind, version and options, sha256 of every dictionary and of the source
-//!   file, cell and token counts;
+//! - `manifest.json`: tokenizer kind, version and options, a hash (BLAKE3, named in `hash_algorithm`) of
+//!   every dictionary and of the source file, cell and token counts;
 //! - `tokens.npy` (int32, all cells packed end to end) and `offsets.npy` (int64, `n_cells + 1`): cell `c`
 //!   is `tokens[offsets[c]:offsets[c+1]]`;
 //! - `values.npy` (float32, packed like the tokens; scGPT's expression bins only);
@@ -12,15 +12,21 @@
 //! never leaves a half-written store under the final name.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use scinterp_engine::npy::{read_npy_bytes, write_npy, NpyDtype};
+use scinterp_engine::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "scinterp-token-store";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the hashes are BLAKE3 (`hash_algorithm`), and `source_sha256` became `source_hash`.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The hash of the source and dictionaries in manifests written now.
+pub const HASH_ALGORITHM: &str = "blake3";
+
+fn sha256_name() -> String {
+    "sha256".into()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
@@ -47,10 +53,15 @@ pub struct TokenStoreManifest {
     pub tokenizer_version: String,
     /// Every option that changes the tokens (input size, CLS value, seed, id kind, …).
     pub options: serde_json::Value,
-    /// File name → sha256 of each dictionary / vocabulary used.
+    /// The hash function of `dictionaries` and `source_hash` (`blake3`; stores of format 1: `sha256`).
+    #[serde(default = "sha256_name")]
+    pub hash_algorithm: String,
+    /// File name → hash (hex) of each dictionary / vocabulary used.
     pub dictionaries: BTreeMap<String, String>,
     pub source_path: String,
-    pub source_sha256: String,
+    /// Hash (hex) of the source file (or of a 10x folder's files, in name order).
+    #[serde(alias = "source_sha256")]
+    pub source_hash: String,
     pub n_cells: usize,
     pub n_tokens: usize,
     pub max_len: usize,
@@ -70,9 +81,11 @@ pub struct TokenStore {
     pub cell_table: (Vec<String>, Vec<Vec<String>>),
 }
 
-/// sha256 of a file (or of every file of a directory, in name order), hex.
-pub fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
+/// BLAKE3 of a file (or of every file of a directory, in name order), hex. Files are memory-mapped and
+/// hashed on the calling thread (SIMD), so that hashing beside other work does not queue that work's
+/// jobs behind its own on the rayon pool.
+pub fn hash_of(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
     let mut files = vec![path.to_path_buf()];
     if path.is_dir() {
         files = std::fs::read_dir(path)?
@@ -80,18 +93,28 @@ pub fn sha256_of(path: &Path) -> std::io::Result<String> {
             .collect::<Result<_, _>>()?;
         files.sort();
     }
-    let mut buf = vec![0u8; 1 << 20];
     for f in files.iter().filter(|f| f.is_file()) {
-        let mut file = std::fs::File::open(f)?;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        hasher.update_mmap(f)?;
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Writes a 1-D `.npy` array given as consecutive byte slices (each a whole number of elements),
+/// fsynced: the same bytes as `write_npy` of their concatenation.
+fn write_npy_parts<'a>(
+    path: &Path,
+    dtype: NpyDtype,
+    parts: impl Iterator<Item = &'a [u8]> + Clone,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let n_bytes: usize = parts.clone().map(<[u8]>::len).sum();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    w.write_all(&header_bytes(dtype, &[n_bytes / dtype.size_in_bytes()]))?;
+    for part in parts {
+        w.write_all(part)?;
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
 }
 
 fn clean_field(s: &str) -> String {
@@ -136,13 +159,25 @@ impl TokenStore {
             std::fs::remove_dir_all(dir).map_err(werr(dir))?;
         }
         std::fs::create_dir_all(dir).map_err(werr(dir))?;
-        let tokens: Vec<i32> = self.cells.iter().flatten().map(|&t| t as i32).collect();
         let mut offsets = vec![0i64];
         for c in &self.cells {
             offsets.push(offsets.last().copied().unwrap_or(0) + c.len() as i64);
         }
         let p = dir.join("tokens.npy");
-        write_npy(&p, NpyDtype::I32, &[tokens.len()], bytemuck::cast_slice(&tokens)).map_err(werr(&p))?;
+        if self.cells.iter().flatten().any(|&t| t > i32::MAX as u32) {
+            return Err(TokenStoreError::Invalid {
+                path: p,
+                reason: "a token id does not fit in int32".into(),
+            });
+        }
+        // u32 ids below 2^31 have the bytes of the same int32: write the cells as they are, with no packed
+        // copy of all tokens in memory.
+        write_npy_parts(
+            &p,
+            NpyDtype::I32,
+            self.cells.iter().map(|c| bytemuck::cast_slice(c)),
+        )
+        .map_err(werr(&p))?;
         let p = dir.join("offsets.npy");
         write_npy(
             &p,
@@ -152,9 +187,9 @@ impl TokenStore {
         )
         .map_err(werr(&p))?;
         if let Some(values) = &self.values {
-            let flat: Vec<f32> = values.iter().flatten().copied().collect();
             let p = dir.join("values.npy");
-            write_npy(&p, NpyDtype::F32, &[flat.len()], bytemuck::cast_slice(&flat)).map_err(werr(&p))?;
+            write_npy_parts(&p, NpyDtype::F32, values.iter().map(|c| bytemuck::cast_slice(c)))
+                .map_err(werr(&p))?;
         }
         let (header, rows) = &self.cell_table;
         let mut tsv = header
@@ -307,7 +342,8 @@ mod tests {
                 options: serde_json::json!({ "model_input_size": 4096 }),
                 dictionaries: BTreeMap::new(),
                 source_path: "x.h5ad".into(),
-                source_sha256: "00".into(),
+                hash_algorithm: HASH_ALGORITHM.into(),
+                source_hash: "00".into(),
                 n_cells: 2,
                 n_tokens: 7,
                 max_len: 4,
@@ -322,6 +358,25 @@ mod tests {
                 vec![vec!["a".into(), "T".into()], vec!["b".into(), "B\tx".into()]],
             ),
         }
+    }
+
+    #[test]
+    fn reads_format_1_manifests_with_sha256() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        store().write(&dir, false).unwrap();
+        let path = dir.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let o = m.as_object_mut().unwrap();
+        o.remove("hash_algorithm");
+        let hash = o.remove("source_hash").unwrap();
+        o.insert("source_sha256".into(), hash);
+        o.insert("format_version".into(), 1.into());
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let back = TokenStore::read(&dir).unwrap();
+        assert_eq!(back.manifest.hash_algorithm, "sha256");
+        assert_eq!(back.manifest.source_hash, "00");
+        assert_eq!(back.cells, store().cells);
     }
 
     #[test]

@@ -13,6 +13,11 @@ One seeded 30 cells x 40 genes count matrix is written in every layout the reade
                       `encoding-type` but with `h5sparse_format`
 - `cells.loom`        loompy file: /matrix genes x cells, row_attrs Gene + Accession, col_attrs CellID
 - `expected.json`     the dense counts (cells x genes), gene ids / symbols, cell names and obs columns
+- `symbol_index.h5ad` real human genes with the var index holding symbols and `var["gene_ids"]` their
+                      Ensembl ids (plus a column that maps nothing), 6 cells of which one has no count:
+                      for the refusal that names the gene id column to use, and for skipped empty cells.
+                      Needs the Geneformer V2 dictionaries (`--dictionaries`, default
+                      ../shared/data/geneformer/v2); `--only-symbol-index` writes just this file.
 
 Run (from the repository root):
 
@@ -25,10 +30,15 @@ Checked with anndata 0.12.19, h5py 3.16.0, loompy 3.0.8.
 
 import json
 import os
+import pickle
+import sys
 
 import anndata as ad
 import h5py
-import loompy
+try:
+    import loompy
+except ImportError:  # only needed for cells.loom (not for --only-symbol-index)
+    loompy = None
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -96,8 +106,37 @@ def write_legacy_07(path, counts, obs, var):
         v.create_dataset("gene_symbols", data=np.array(var["gene_symbols"], dtype=object), dtype=vlen)
 
 
+def write_symbol_index(dictionaries):
+    """12 real V2 genes; the var index holds their symbols except for two genes whose "symbols" are unknown
+    names, so the `gene_ids` column (Ensembl ids) maps all 12 and the index (as symbols) only 10."""
+    with open(os.path.join(dictionaries, "gene_name_id_dict_gc104M.pkl"), "rb") as f:
+        name_id = pickle.load(f)
+    with open(os.path.join(dictionaries, "token_dictionary_gc104M.pkl"), "rb") as f:
+        tokens = pickle.load(f)
+    wanted = ["CD3E", "CD19", "MS4A1", "NKG7", "LYZ", "GAPDH", "ACTB", "B2M", "CD14", "IL7R", "GNLY", "PTPRC"]
+    ids = [name_id[s] for s in wanted]
+    assert all(i in tokens for i in ids)
+    symbols = list(wanted)
+    symbols[4], symbols[9] = "NOT_A_GENE_1", "NOT_A_GENE_2"
+    rng = np.random.default_rng(20261129)
+    counts = rng.poisson(3.0, size=(6, 12)).astype(np.float32)
+    counts[2, :] = 0  # a cell without any count: it has no token and is skipped
+    var = pd.DataFrame(
+        {"gene_ids": ids, "feature_types": ["Gene Expression"] * 12}, index=pd.Index(symbols, name="symbol")
+    )
+    obs = pd.DataFrame(index=pd.Index([f"cell{c}" for c in range(6)], name="barcode"))
+    a = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    a.write_h5ad(os.path.join(OUT, "symbol_index.h5ad"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    dictionaries = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "geneformer", "v2")
+    if "--dictionaries" in sys.argv:
+        dictionaries = sys.argv[sys.argv.index("--dictionaries") + 1]
+    write_symbol_index(dictionaries)
+    if "--only-symbol-index" in sys.argv:
+        return
     counts, obs, var = make_data()
 
     a = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=var)

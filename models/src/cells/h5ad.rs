@@ -55,6 +55,34 @@ const SYMBOL_COLUMNS: &[&str] = &[
     "symbol",
 ];
 
+/// Named text columns of a dataframe; `None` names the index.
+pub type VarColumns = Vec<(Option<String>, Vec<String>)>;
+
+/// The var index (`None`) and every text column of the var dataframe of the matrix `options` choose
+/// (`var`, or `raw/var` with `use_raw`), for finding the column that holds usable gene ids.
+pub fn read_var_text_columns(path: &Path, options: &H5adOptions) -> Result<VarColumns, CellsError> {
+    guard(path, || {
+        let h5 = Hdf5::open(path)?;
+        let var_path = if options.use_raw {
+            if h5.exists("raw/var") {
+                "raw/var"
+            } else {
+                "raw.var"
+            }
+        } else {
+            "var"
+        };
+        let var = Frame::open(&h5, var_path)?;
+        let mut out = vec![(None, var.index.clone())];
+        for c in &var.columns {
+            if let Ok(ObsColumn::Text(v)) = var.column(&h5, c) {
+                out.push((Some(c.clone()), v));
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Reads an `.h5ad` file into a [`CountMatrix`].
 pub fn read_h5ad(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsError> {
     guard(path, || read_inner(path, options))
@@ -94,11 +122,21 @@ fn read_inner(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsEr
         (None, false) => ("X".to_string(), "var".to_string()),
     };
 
+    let started = std::time::Instant::now();
     let obs = Frame::open(&h5, "obs")?;
     let var = Frame::open(&h5, &var_path)?;
     let n_cells = obs.index.len();
     let n_genes = var.index.len();
+    tracing::debug!(
+        "obs and var indexes read in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = std::time::Instant::now();
     let csr = read_matrix(&h5, &matrix, n_cells, n_genes)?;
+    tracing::debug!(
+        "matrix `{matrix}` read in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let gene_ids = match &options.gene_id_column {
         None => var.index.clone(),
@@ -222,9 +260,26 @@ fn read_matrix(h5: &Hdf5, name: &str, n_rows: usize, n_cols: usize) -> Result<Cs
         check(n_rows, major)?;
     }
     let n_minor = if by_row { n_cols } else { n_rows };
-    let indices = h5.read_index(&format!("{name}/indices"), n_minor as u64)?;
-    let data = h5.read_f32(&format!("{name}/data"))?;
-    Csr::from_compressed(n_rows, n_cols, by_row, indptr, indices, data)
+    let n_minor = u32::try_from(n_minor).map_err(|_| {
+        h5.err(format!(
+            "`{name}`: {n_minor} rows or columns are more than this reader handles"
+        ))
+    })?;
+    // `indices` and `data` are read side by side, the second through a handle of its own (a handle is
+    // not shared between threads).
+    let data_name = format!("{name}/data");
+    let path = h5.path.clone();
+    let (indices, data) = std::thread::scope(|s| {
+        let data = s.spawn(move || guard(&path, || Hdf5::open(&path)?.read_f32(&data_name)));
+        let indices = h5.read_index_u32(&format!("{name}/indices"), n_minor);
+        let data = data.join().unwrap_or_else(|_| {
+            Err(h5.err(
+                "the HDF5 decoder failed on this file (corrupt or truncated?); re-write it with h5py/anndata",
+            ))
+        });
+        (indices, data)
+    });
+    Csr::from_compressed(n_rows, n_cols, by_row, indptr, indices?, data?)
         .map_err(|e| h5.err(format!("sparse matrix `{name}`: {e}")))
 }
 

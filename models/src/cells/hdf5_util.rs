@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error};
+use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error, MappedView};
 
 use super::{csr_from_triplets, CellsError, ObsColumn};
 
@@ -24,6 +24,27 @@ pub(crate) fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, CellsError>) -
             path,
             "the HDF5 decoder failed on this file (corrupt or truncated?); re-write it with h5py/anndata",
         )),
+    }
+}
+
+/// A numeric dataset's stored bytes, borrowed from the file's memory map or owned.
+enum RawBytes {
+    Mapped8(MappedView<u8>),
+    Mapped16(MappedView<u16>),
+    Mapped32(MappedView<u32>),
+    Mapped64(MappedView<u64>),
+    Owned(Vec<u8>),
+}
+
+impl RawBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RawBytes::Mapped8(v) => v,
+            RawBytes::Mapped16(v) => bytemuck::cast_slice(v),
+            RawBytes::Mapped32(v) => bytemuck::cast_slice(v),
+            RawBytes::Mapped64(v) => bytemuck::cast_slice(v),
+            RawBytes::Owned(v) => v,
+        }
     }
 }
 
@@ -124,55 +145,134 @@ impl Hdf5 {
     /// Any integer / float / enum (h5py bool) dataset, as f64.
     pub fn read_f64(&self, name: &str) -> Result<Vec<f64>, CellsError> {
         let (dt, raw) = self.read_numeric_raw(name)?;
-        decode_numeric(&dt, &raw).map_err(|e| self.err(format!("`{name}`: {e}")))
+        decode_numeric(&dt, raw.bytes()).map_err(|e| self.err(format!("`{name}`: {e}")))
     }
 
     /// A numeric dataset as f32 (matrix values), decoded straight to f32 on the rayon pool: matrices
     /// hold tens of millions of values, and an f64 intermediate would double the memory traffic.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, CellsError> {
+        // The usual case (float32 values as anndata writes them): read straight into the result.
+        if let DatatypeMessage::FloatingPoint {
+            size: 4,
+            byte_order: ByteOrder::LittleEndian,
+            ..
+        } = self.datatype(name)?
+        {
+            return self
+                .dataset(name)?
+                .read_raw::<f32>()
+                .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")));
+        }
         let (dt, raw) = self.read_numeric_raw(name)?;
-        decode_map(&dt, &raw, |x| x as f32).map_err(|e| self.err(format!("`{name}`: {e}")))
+        decode_map(&dt, raw.bytes(), |x| x as f32).map_err(|e| self.err(format!("`{name}`: {e}")))
+    }
+
+    fn datatype(&self, name: &str) -> Result<DatatypeMessage, CellsError> {
+        self.dataset(name)?
+            .datatype()
+            .map_err(|e| self.err(format!("cannot read the datatype of `{name}`: {e:?}")))
     }
 
     /// An integer dataset as non-negative indices below `bound` (sparse `indices` / `indptr`).
     pub fn read_index(&self, name: &str, bound: u64) -> Result<Vec<u64>, CellsError> {
-        let (dt, raw) = self.read_numeric_raw(name)?;
-        if !matches!(dt, DatatypeMessage::FixedPoint { .. }) {
-            return Err(self.err(format!("`{name}` is not an integer dataset ({dt:?})")));
-        }
-        // Integers up to 2^53 decode exactly through f64; a negative or huge value maps to the bound.
-        let v = decode_map(&dt, &raw, |x| {
-            if (0.0..bound as f64).contains(&x) {
-                x as u64
-            } else {
-                u64::MAX
-            }
-        })
-        .map_err(|e| self.err(format!("`{name}`: {e}")))?;
-        if let Some(i) = v.par_iter().position_any(|&x| x == u64::MAX) {
-            let shown = decode_numeric(
-                &dt,
-                &raw[i * dt.element_size() as usize..][..dt.element_size() as usize],
-            )
-            .ok()
-            .and_then(|x| x.first().copied())
-            .unwrap_or(f64::NAN);
-            return Err(self.err(format!(
-                "`{name}` holds {shown} at position {i}, not an index in 0..{bound}"
-            )));
-        }
-        Ok(v)
+        self.read_index_as(name, bound, |x| x)
     }
 
-    fn read_numeric_raw(&self, name: &str) -> Result<(DatatypeMessage, Vec<u8>), CellsError> {
+    /// An integer dataset as indices below `bound` (at most 2^32), as u32 (sparse `indices`).
+    pub fn read_index_u32(&self, name: &str, bound: u32) -> Result<Vec<u32>, CellsError> {
+        // The usual case (int32 indices as anndata writes them): read straight into the result, then
+        // check the bound (and the sign) in place.
+        if let DatatypeMessage::FixedPoint {
+            size: 4,
+            byte_order: ByteOrder::LittleEndian,
+            signed,
+            ..
+        } = self.datatype(name)?
+        {
+            let v = self
+                .dataset(name)?
+                .read_raw::<u32>()
+                .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))?;
+            let shown = |x: u32| if signed { i64::from(x as i32) } else { i64::from(x) };
+            // Negative i32 values read as u32 are ≥ 2^31; bounds beyond that never occur in practice.
+            let limit = if signed { bound.min(1 << 31) } else { bound };
+            // A plain scan (vectorised) is faster than a short-circuiting parallel search here.
+            if let Some(i) = v.iter().position(|&x| x >= limit) {
+                return Err(self.err(format!(
+                    "`{name}` holds {} at position {i}, not an index in 0..{bound}",
+                    shown(v[i])
+                )));
+            }
+            return Ok(v);
+        }
+        self.read_index_as(name, u64::from(bound), |x| x as u32)
+    }
+
+    /// An integer dataset whose values must lie in `0..bound`, each mapped by `to` (given a value in range).
+    fn read_index_as<T: Send>(
+        &self,
+        name: &str,
+        bound: u64,
+        to: impl Fn(u64) -> T + Sync + Send,
+    ) -> Result<Vec<T>, CellsError> {
+        let (dt, raw) = self.read_numeric_raw(name)?;
+        let bytes = raw.bytes();
+        let DatatypeMessage::FixedPoint {
+            size,
+            byte_order,
+            signed,
+            ..
+        } = &dt
+        else {
+            return Err(self.err(format!("`{name}` is not an integer dataset ({dt:?})")));
+        };
+        let (w, signed) = (*size as usize, *signed);
+        let big = matches!(byte_order, ByteOrder::BigEndian);
+        if !matches!(w, 1 | 2 | 4 | 8) {
+            return Err(self.err(format!("`{name}`: unsupported integer width {w} bytes")));
+        }
+        if !bytes.len().is_multiple_of(w) {
+            return Err(self.err(format!(
+                "`{name}`: {} bytes is not a whole number of {w}-byte elements",
+                bytes.len()
+            )));
+        }
+        let converted = match w {
+            1 => index_pass::<1, T>(bytes, big, signed, bound, &to),
+            2 => index_pass::<2, T>(bytes, big, signed, bound, &to),
+            4 => index_pass::<4, T>(bytes, big, signed, bound, &to),
+            _ => index_pass::<8, T>(bytes, big, signed, bound, &to),
+        };
+        converted.map_err(|(i, v)| {
+            self.err(format!(
+                "`{name}` holds {v} at position {i}, not an index in 0..{bound}"
+            ))
+        })
+    }
+
+    /// The stored bytes of a numeric dataset: a view into the file's memory map when the dataset is one
+    /// uncompressed, contiguous stretch of the file in host byte order (no read, no copy), else a copy
+    /// read (and decompressed) by rust-hdf5.
+    fn read_numeric_raw(&self, name: &str) -> Result<(DatatypeMessage, RawBytes), CellsError> {
         let ds = self.dataset(name)?;
         let dt = ds
             .datatype()
             .map_err(|e| self.err(format!("cannot read the datatype of `{name}`: {e:?}")))?;
+        let mapped = match dt.element_size() {
+            1 => ds.read_mapped::<u8>().map(RawBytes::Mapped8),
+            2 => ds.read_mapped::<u16>().map(RawBytes::Mapped16),
+            4 => ds.read_mapped::<u32>().map(RawBytes::Mapped32),
+            8 => ds.read_mapped::<u64>().map(RawBytes::Mapped64),
+            w => Err(Hdf5Error::InvalidState(format!("{w}-byte elements"))),
+        };
+        match mapped {
+            Ok(m) => return Ok((dt, m)),
+            Err(e) => tracing::trace!("`{name}` is read by copy, not mapped: {e}"),
+        }
         let raw = ds
             .read_raw_bytes()
             .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))?;
-        Ok((dt, raw))
+        Ok((dt, RawBytes::Owned(raw)))
     }
 
     /// A string dataset (variable-length or fixed-length, UTF-8 or ASCII).
@@ -247,6 +347,63 @@ impl Hdf5 {
         }
         Ok(out)
     }
+}
+
+/// One integer element of width `W` as i128 (exact for every width and sign).
+#[inline(always)]
+fn int_value<const W: usize>(c: &[u8], big: bool, signed: bool) -> i128 {
+    let mut a = [0u8; 8];
+    if big {
+        for (d, s) in a.iter_mut().zip(c[..W].iter().rev()) {
+            *d = *s;
+        }
+    } else {
+        a[..W].copy_from_slice(&c[..W]);
+    }
+    let u = u64::from_le_bytes(a);
+    if !signed {
+        i128::from(u)
+    } else if W == 8 {
+        i128::from(u as i64)
+    } else if (u >> (8 * W - 1)) & 1 == 1 {
+        i128::from(u) - (1i128 << (8 * W))
+    } else {
+        i128::from(u)
+    }
+}
+
+/// Converts integer elements of width `W` in one parallel pass, each mapped by `to` when it lies in
+/// `0..bound`; on failure, the position and value of the first element out of range.
+fn index_pass<const W: usize, T: Send>(
+    bytes: &[u8],
+    big: bool,
+    signed: bool,
+    bound: u64,
+    to: &(impl Fn(u64) -> T + Sync + Send),
+) -> Result<Vec<T>, (usize, i128)> {
+    let in_range = |v: i128| v >= 0 && v < i128::from(bound);
+    let bad = std::sync::atomic::AtomicBool::new(false);
+    let out: Vec<T> = bytes
+        .par_chunks_exact(W)
+        .with_min_len(1 << 16)
+        .map(|c| {
+            let v = int_value::<W>(c, big, signed);
+            if !in_range(v) {
+                bad.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            to(v.clamp(0, i128::from(u64::MAX)) as u64)
+        })
+        .collect();
+    if bad.into_inner() {
+        let first = bytes
+            .chunks_exact(W)
+            .map(|c| int_value::<W>(c, big, signed))
+            .enumerate()
+            .find(|&(_, v)| !in_range(v))
+            .unwrap_or((0, 0));
+        return Err(first);
+    }
+    Ok(out)
 }
 
 /// Decodes a buffer of numeric elements (any standard-width integer, IEEE f32/f64, or an enum over an
@@ -379,7 +536,7 @@ impl Csr {
         n_cols: usize,
         by_row: bool,
         indptr: Vec<u64>,
-        minor: Vec<u64>,
+        minor: Vec<u32>,
         data: Vec<f32>,
     ) -> Result<Self, String> {
         let n_major = if by_row { n_rows } else { n_cols };
@@ -401,10 +558,9 @@ impl Csr {
         if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) || indptr[n_major] > data.len() {
             return Err("indptr is not a valid non-decreasing offset array".into());
         }
-        if let Some(i) = minor.iter().find(|&&i| i >= n_minor as u64) {
+        if let Some(i) = minor.iter().find(|&&i| i as usize >= n_minor) {
             return Err(format!("index {i} out of range ({n_minor})"));
         }
-        let minor: Vec<u32> = minor.into_par_iter().map(|i| i as u32).collect();
         // What anndata writes for CSR is usually canonical already (columns strictly ascending within
         // each row, no stored zeros): then the arrays are the result as they are.
         let canonical = by_row

@@ -12,6 +12,8 @@ pub mod tenx;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 pub use tenx::GeneIdColumn;
 
 /// A per-cell annotation column.
@@ -51,6 +53,38 @@ impl CountMatrix {
             .zip(self.values[range].iter().copied())
     }
 
+    /// A copy of the cells `rows` (all genes), with their names and obs values; rows beyond the matrix
+    /// are left out.
+    pub fn slice_rows(&self, rows: std::ops::Range<usize>) -> CountMatrix {
+        let end = rows.end.min(self.n_cells);
+        let rows = rows.start.min(end)..end;
+        let (a, b) = (self.indptr[rows.start], self.indptr[rows.end]);
+        CountMatrix {
+            n_cells: rows.len(),
+            n_genes: self.n_genes,
+            indptr: self.indptr[rows.start..=rows.end]
+                .iter()
+                .map(|&p| p - a)
+                .collect(),
+            indices: self.indices[a..b].to_vec(),
+            values: self.values[a..b].to_vec(),
+            gene_ids: self.gene_ids.clone(),
+            gene_symbols: self.gene_symbols.clone(),
+            cell_names: self.cell_names[rows.clone()].to_vec(),
+            obs: self
+                .obs
+                .iter()
+                .map(|(k, col)| {
+                    let col = match col {
+                        ObsColumn::Text(v) => ObsColumn::Text(v[rows.clone()].to_vec()),
+                        ObsColumn::Number(v) => ObsColumn::Number(v[rows.clone()].to_vec()),
+                    };
+                    (k.clone(), col)
+                })
+                .collect(),
+        }
+    }
+
     /// Checks the internal consistency of the arrays (readers call this before returning).
     pub fn validate(&self) -> Result<(), String> {
         if self.indptr.len() != self.n_cells + 1 || self.indptr.first() != Some(&0) {
@@ -74,11 +108,16 @@ impl CountMatrix {
         if let Some(g) = self.indices.iter().find(|&&g| g as usize >= self.n_genes) {
             return Err(format!("gene index {g} out of range ({} genes)", self.n_genes));
         }
-        for c in 0..self.n_cells {
-            let idx = &self.indices[self.indptr[c]..self.indptr[c + 1]];
-            if idx.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(format!("cell {c}: gene indices not strictly ascending"));
-            }
+        if let Some(c) = (0..self.n_cells)
+            .into_par_iter()
+            .with_min_len(64)
+            .find_first(|&c| {
+                self.indices[self.indptr[c]..self.indptr[c + 1]]
+                    .windows(2)
+                    .any(|w| w[0] >= w[1])
+            })
+        {
+            return Err(format!("cell {c}: gene indices not strictly ascending"));
         }
         if self.gene_ids.len() != self.n_genes {
             return Err(format!(
@@ -244,4 +283,31 @@ pub fn decompress_if_gzip(path: &Path) -> Result<Option<tempfile::NamedTempFile>
         )
     })?;
     Ok(Some(tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_rows_copies_cells_names_and_obs() {
+        let mut m = test_matrix(
+            vec!["a".into(), "b".into(), "c".into()],
+            &[vec![(0, 1.0)], vec![], vec![(1, 2.0), (2, 3.0)], vec![(2, 4.0)]],
+        );
+        m.obs
+            .insert("n".into(), ObsColumn::Number(vec![1.0, 0.0, 5.0, 4.0]));
+        let s = m.slice_rows(1..3);
+        s.validate().unwrap();
+        assert_eq!((s.n_cells, s.n_genes), (2, 3));
+        assert_eq!(s.indptr, vec![0, 0, 2]);
+        assert_eq!(
+            (s.indices.clone(), s.values.clone()),
+            (vec![1, 2], vec![2.0, 3.0])
+        );
+        assert_eq!(s.cell_names, vec!["cell1".to_string(), "cell2".to_string()]);
+        assert_eq!(s.obs["n"], ObsColumn::Number(vec![0.0, 5.0]));
+        assert_eq!(m.slice_rows(3..9).n_cells, 1);
+        assert_eq!(m.slice_rows(0..0).n_cells, 0);
+    }
 }

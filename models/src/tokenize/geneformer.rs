@@ -156,27 +156,59 @@ pub struct GeneformerDictionaries {
 }
 
 impl GeneformerDictionaries {
-    /// Reads the four pickles of `version` from `dir` (V2: `*_gc104M.pkl`, V1: `*_gc30M.pkl`).
-    pub fn load(version: GeneformerVersion, dir: &Path) -> Result<Self, TokenizeError> {
-        let [token_f, median_f, names_f, mapping_f] = version.dictionary_files();
-        let token = read_dict(&dir.join(token_f), |path, v| {
+    fn read_tokens(path: &Path) -> Result<HashMap<String, u32>, TokenizeError> {
+        read_dict(path, |path, v| {
             v.as_i64()
                 .and_then(|i| u32::try_from(i).ok())
                 .ok_or_else(|| TokenizeError::Dictionary {
                     path: path.to_path_buf(),
                     reason: format!("token ids must be non-negative integers, found a {}", v.kind()),
                 })
-        })?;
-        let median_path = dir.join(median_f);
-        let median = read_dict(&median_path, |path, v| match v.as_f64() {
+        })
+    }
+
+    fn read_medians(path: &Path) -> Result<HashMap<String, f64>, TokenizeError> {
+        read_dict(path, |path, v| match v.as_f64() {
             Some(m) if m.is_finite() && m > 0.0 => Ok(m),
             _ => Err(TokenizeError::Dictionary {
                 path: path.to_path_buf(),
                 reason: format!("medians must be positive finite numbers, found {v:?}"),
             }),
-        })?;
-        let gene_name_id = read_dict(&dir.join(names_f), string_value)?;
-        let ensembl_mapping = read_dict(&dir.join(mapping_f), string_value)?;
+        })
+    }
+
+    /// Reads the four pickles of `version` from `dir` (V2: `*_gc104M.pkl`, V1: `*_gc30M.pkl`).
+    pub fn load(version: GeneformerVersion, dir: &Path) -> Result<Self, TokenizeError> {
+        Self::load_for(version, dir, GeneIdKind::Symbol)
+    }
+
+    /// [`Self::load`] for a matrix whose ids are `kind`: for Ensembl ids the symbol dictionary
+    /// (`gene_name_id`, only used for symbols) is left empty instead of being decoded.
+    pub fn load_for(version: GeneformerVersion, dir: &Path, kind: GeneIdKind) -> Result<Self, TokenizeError> {
+        let [token_f, median_f, names_f, mapping_f] = version.dictionary_files();
+        // The four files are independent: decode them side by side, on threads of their own (not the
+        // rayon pool, which the caller may be keeping busy with a matrix meanwhile).
+        let (token, median, gene_name_id, ensembl_mapping) = std::thread::scope(|s| {
+            let token = s.spawn(|| Self::read_tokens(&dir.join(&token_f)));
+            let median = s.spawn(|| Self::read_medians(&dir.join(&median_f)));
+            let names = s.spawn(|| match kind {
+                GeneIdKind::Symbol => read_dict(&dir.join(&names_f), string_value),
+                GeneIdKind::Ensembl => Ok(HashMap::new()),
+            });
+            let mapping = read_dict(&dir.join(&mapping_f), string_value);
+            let failed = |name: &str| TokenizeError::Dictionary {
+                path: dir.join(name),
+                reason: "the thread decoding it failed".into(),
+            };
+            (
+                token.join().unwrap_or_else(|_| Err(failed(&token_f))),
+                median.join().unwrap_or_else(|_| Err(failed(&median_f))),
+                names.join().unwrap_or_else(|_| Err(failed(&names_f))),
+                mapping,
+            )
+        });
+        let (token, median, gene_name_id, ensembl_mapping) =
+            (token?, median?, gene_name_id?, ensembl_mapping?);
         let specials: &[&str] = if version.special_tokens() {
             &["<pad>", "<mask>", "<cls>", "<eos>"]
         } else {
@@ -217,6 +249,15 @@ fn read_dict<T>(
         path: path.to_path_buf(),
         source,
     })?;
+    // Flat str → str / int dictionaries (most of the bytes) take the fast path.
+    if let Some(items) = pickle::load_flat_dict(&bytes) {
+        let mut out = HashMap::with_capacity(items.len());
+        for (k, v) in items {
+            let v = value(path, &v)?;
+            out.insert(k, v);
+        }
+        return Ok(out);
+    }
     let items = pickle::load_dict(&bytes).map_err(|source| TokenizeError::Pickle {
         path: path.to_path_buf(),
         source,
@@ -328,6 +369,19 @@ struct ColumnMap {
     stats: TokenizeStats,
 }
 
+/// The per-cell tables of a [`ColumnMap`], laid out for the ranking loop.
+struct CellTables {
+    /// Per input column: the local target index, or `UNMAPPED`.
+    col_local: Vec<u32>,
+    /// Per local target: its median and its token.
+    median: Vec<f64>,
+    token: Vec<u32>,
+    /// No two columns share a target: each count is its gene's count, nothing is summed.
+    injective: bool,
+}
+
+const UNMAPPED: u32 = u32::MAX;
+
 impl GeneformerTokenizer {
     pub fn new(dicts: &GeneformerDictionaries, options: TokenizerOptions) -> Result<Self, TokenizeError> {
         let version = options.version;
@@ -404,6 +458,25 @@ impl GeneformerTokenizer {
         &self.options
     }
 
+    /// How many of `gene_ids` map to a vocabulary gene with this tokenizer's options (for diagnosing a
+    /// gene id column that maps badly; no error when none does).
+    pub fn count_mapped(&self, gene_ids: &[String]) -> usize {
+        gene_ids
+            .iter()
+            .filter(|raw| {
+                let id: &str = match self.options.gene_id_kind {
+                    GeneIdKind::Symbol => self.gene_name_id.get(*raw).map(String::as_str).unwrap_or(raw),
+                    GeneIdKind::Ensembl => raw,
+                };
+                if self.options.collapse_gene_ids {
+                    self.mapping.contains_key(&id.to_uppercase())
+                } else {
+                    self.by_id.contains_key(id)
+                }
+            })
+            .count()
+    }
+
     /// Resolves the matrix's gene ids to vocabulary genes (step 1 of the module doc).
     fn map_columns(&self, gene_ids: &[String]) -> Result<ColumnMap, TokenizeError> {
         let mut col_target = Vec::with_capacity(gene_ids.len());
@@ -473,14 +546,46 @@ impl GeneformerTokenizer {
 
     /// Tokenizes every cell of `m` (see the module doc for the exact steps and the tie rule).
     pub fn tokenize(&self, m: &CountMatrix) -> Result<TokenizedCells, TokenizeError> {
-        let acceptable = |v: f32| {
-            if self.options.allow_normalized {
+        let prepared = self.prepare(m)?;
+        let mut out = self.tokenize_cells(&prepared, 0..m.n_cells)?;
+        out.stats = prepared.stats().clone();
+        if !out.dropped_cells.is_empty() {
+            tracing::warn!(
+                "{} of {} cells have no gene in the Geneformer {} vocabulary and were dropped",
+                out.dropped_cells.len(),
+                m.n_cells,
+                self.options.version
+            );
+        }
+        Ok(out)
+    }
+
+    /// Checks the matrix (raw counts, `n_counts`) and maps its gene ids, once for all its cells; then
+    /// [`Self::tokenize_cells`] tokenizes any range of cells.
+    pub fn prepare<'m>(&self, m: &'m CountMatrix) -> Result<PreparedMatrix<'m>, TokenizeError> {
+        let allow_normalized = self.options.allow_normalized;
+        let acceptable = move |v: f32| {
+            if allow_normalized {
                 v >= 0.0 && v.is_finite()
+            } else if v < 8_388_608.0 {
+                // Below 2^23 the round trip through an integer is exact for integers only (and cheaper
+                // than `fract`, a libm call); NaN fails `v >= 0`.
+                v >= 0.0 && (v as u32) as f32 == v
             } else {
-                v >= 0.0 && v.fract() == 0.0
+                // Every finite f32 from 2^23 up is an integer.
+                v.is_finite()
             }
         };
-        if let Some(i) = m.values.par_iter().position_first(|&v| !acceptable(v)) {
+        // Blocks scanned side by side, each with a plain (vectorised) loop; the position is looked up only
+        // when a block fails.
+        let bad = m
+            .values
+            .par_chunks(1 << 18)
+            .any(|block| block.iter().any(|&v| !acceptable(v)));
+        if let Some(i) = bad
+            .then(|| m.values.iter().position(|&v| !acceptable(v)))
+            .flatten()
+        {
             let v = m.values[i];
             let cell = m.indptr.partition_point(|&p| p <= i).saturating_sub(1);
             let gene = m.indices.get(i).map(|&g| g as usize).unwrap_or(0);
@@ -489,8 +594,7 @@ impl GeneformerTokenizer {
                 example: format!("value {v} in cell {cell}, gene {name}; counts are non-negative integers"),
             });
         }
-        let map = self.map_columns(&m.gene_ids)?;
-        let mut stats = map.stats.clone();
+        let mut map = self.map_columns(&m.gene_ids)?;
 
         let given: Option<&[f64]> = match m.obs.get("n_counts") {
             Some(ObsColumn::Number(v)) => {
@@ -509,7 +613,7 @@ impl GeneformerTokenizer {
             None => None,
         };
         if given.is_none() && m.n_cells > 0 {
-            stats.n_counts_computed = true;
+            map.stats.n_counts_computed = true;
             tracing::warn!(
                 "no `n_counts` obs column: using each cell's total over the {} genes of the matrix. Geneformer \
                  expects the total over all genes before any filtering; supply `n_counts` if the matrix was \
@@ -517,7 +621,36 @@ impl GeneformerTokenizer {
                 m.n_genes
             );
         }
+        let tables = CellTables {
+            col_local: map.col_target.iter().map(|t| t.unwrap_or(UNMAPPED)).collect(),
+            median: map.targets.iter().map(|&g| self.genes[g].median).collect(),
+            token: map.targets.iter().map(|&g| self.genes[g].token).collect(),
+            injective: map.targets.len() == map.stats.n_genes_mapped,
+        };
+        Ok(PreparedMatrix {
+            m,
+            map,
+            tables,
+            given,
+        })
+    }
 
+    /// Tokenizes the cells `cells` of a prepared matrix. `kept_cells` and `dropped_cells` hold indices into
+    /// the whole matrix, so that ranges tokenized one after the other equal one call over all cells. The
+    /// stats are left empty (they belong to the matrix: [`PreparedMatrix::stats`]); no warning is logged.
+    pub fn tokenize_cells(
+        &self,
+        prepared: &PreparedMatrix<'_>,
+        cells: std::ops::Range<usize>,
+    ) -> Result<TokenizedCells, TokenizeError> {
+        let PreparedMatrix { m, tables, given, .. } = prepared;
+        let (m, given) = (*m, *given);
+        if cells.end > m.n_cells {
+            return Err(TokenizeError::Options(format!(
+                "cells {cells:?} asked of a matrix of {} cells",
+                m.n_cells
+            )));
+        }
         let keep = match self.options.version.special_tokens() {
             true => self.options.model_input_size - 2,
             false => self.options.model_input_size,
@@ -525,43 +658,61 @@ impl GeneformerTokenizer {
         // Cells are independent: tokenize them on the rayon pool, each worker with its own scratch
         // buffers, then assemble in cell order (so the output and the first error do not depend on
         // the thread count).
-        let per_cell: Vec<Result<Option<Vec<u32>>, TokenizeError>> = (0..m.n_cells)
+        let per_cell: Vec<Result<Option<Vec<u32>>, TokenizeError>> = cells
+            .clone()
             .into_par_iter()
             .with_min_len(64)
             .map_init(
                 || {
                     (
-                        vec![0.0f64; map.targets.len()],
+                        vec![0.0f64; if tables.injective { 0 } else { tables.median.len() }],
                         Vec::<u32>::new(),
                         Vec::<u128>::new(),
                         RankSorter::default(),
                     )
                 },
                 |(acc, touched, ranked, sorter), c| {
-                    touched.clear();
-                    let mut total = 0.0f64;
-                    for (g, v) in m.cell(c) {
-                        total += v as f64;
-                        if let Some(l) = map.col_target[g] {
-                            if acc[l as usize] == 0.0 {
-                                touched.push(l);
-                            }
-                            acc[l as usize] += v as f64;
-                        }
-                    }
-                    let n_counts = given.map_or(total, |n| n[c]);
+                    let range = m.indptr[c]..m.indptr[c + 1];
+                    let (cols, vals) = (&m.indices[range.clone()], &m.values[range]);
+                    // n_counts: summed in f64 in stored order (the order of the reference).
+                    let n_counts = match given {
+                        Some(n) => n[c],
+                        None => vals.iter().fold(0.0f64, |t, &v| t + v as f64),
+                    };
                     ranked.clear();
                     let mut bad_n_counts = false;
-                    for &l in touched.iter() {
-                        let count = std::mem::replace(&mut acc[l as usize], 0.0);
+                    let mut rank = |count: f64, l: u32| {
                         if count > 0.0 {
-                            let gene = &self.genes[map.targets[l as usize]];
-                            let x = count / n_counts * TARGET_SUM / gene.median;
+                            let x = count / n_counts * TARGET_SUM / tables.median[l as usize];
                             if x.is_nan() || x.is_infinite() {
                                 bad_n_counts = true;
                             } else if x > 0.0 {
                                 ranked.push(rank_key(x, l));
                             }
+                        }
+                    };
+                    if tables.injective {
+                        // Each mapped column is its own gene: rank the stored values directly.
+                        for (&g, &v) in cols.iter().zip(vals) {
+                            let l = tables.col_local[g as usize];
+                            if l != UNMAPPED {
+                                rank(v as f64, l);
+                            }
+                        }
+                    } else {
+                        // Sum the columns of each gene first.
+                        touched.clear();
+                        for (&g, &v) in cols.iter().zip(vals) {
+                            let l = tables.col_local[g as usize];
+                            if l != UNMAPPED {
+                                if acc[l as usize] == 0.0 {
+                                    touched.push(l);
+                                }
+                                acc[l as usize] += v as f64;
+                            }
+                        }
+                        for &l in touched.iter() {
+                            rank(std::mem::replace(&mut acc[l as usize], 0.0), l);
                         }
                     }
                     if bad_n_counts {
@@ -580,21 +731,14 @@ impl GeneformerTokenizer {
                     let n = ranked.len().min(keep);
                     let mut seq = Vec::with_capacity(n + 2);
                     seq.extend(self.cls);
-                    seq.extend(
-                        ranked[..n]
-                            .iter()
-                            .map(|&key| self.genes[map.targets[key as u32 as usize]].token),
-                    );
+                    seq.extend(ranked[..n].iter().map(|&key| tables.token[key as u32 as usize]));
                     seq.extend(self.eos);
                     Ok(Some(seq))
                 },
             )
             .collect();
-        let mut out = TokenizedCells {
-            stats,
-            ..TokenizedCells::default()
-        };
-        for (c, result) in per_cell.into_iter().enumerate() {
+        let mut out = TokenizedCells::default();
+        for (c, result) in cells.zip(per_cell) {
             match result? {
                 Some(seq) => {
                     out.tokens.push(seq);
@@ -603,15 +747,22 @@ impl GeneformerTokenizer {
                 None => out.dropped_cells.push(c),
             }
         }
-        if !out.dropped_cells.is_empty() {
-            tracing::warn!(
-                "{} of {} cells have no gene in the Geneformer {} vocabulary and were dropped",
-                out.dropped_cells.len(),
-                m.n_cells,
-                self.options.version
-            );
-        }
         Ok(out)
+    }
+}
+
+/// A matrix checked and mapped by [`GeneformerTokenizer::prepare`].
+pub struct PreparedMatrix<'m> {
+    m: &'m CountMatrix,
+    map: ColumnMap,
+    tables: CellTables,
+    given: Option<&'m [f64]>,
+}
+
+impl PreparedMatrix<'_> {
+    /// The mapping statistics of the matrix.
+    pub fn stats(&self) -> &TokenizeStats {
+        &self.map.stats
     }
 }
 
@@ -723,6 +874,21 @@ mod tests {
                 sorter.sort(&mut keys);
                 assert_eq!(keys, want, "n {n} spread {spread}");
             }
+            // A tight cluster and one outlier: most keys share a bucket.
+            let mut keys: Vec<u128> = (0..n)
+                .map(|l| {
+                    let x = if l == 0 {
+                        1e9
+                    } else {
+                        1.0 + (next() % 1000) as f64 * 1e-12
+                    };
+                    rank_key(x, l as u32)
+                })
+                .collect();
+            let mut want = keys.clone();
+            want.sort_unstable();
+            sorter.sort(&mut keys);
+            assert_eq!(keys, want, "n {n} clustered");
         }
     }
 
@@ -826,6 +992,61 @@ mod tests {
     }
 
     #[test]
+    fn ranges_of_cells_equal_one_call_and_both_ranking_paths_agree() {
+        let d = toy_dicts(GeneformerVersion::V2);
+        let tk = GeneformerTokenizer::new(&d, TokenizerOptions::new(GeneformerVersion::V2)).unwrap();
+        // Pseudo-random cells over 6 columns; `ids_collapsed` sums two columns into GA.
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let mut rows: Vec<Vec<(u32, f32)>> = (0..50)
+            .map(|_| {
+                let mut row = Vec::new();
+                for g in 0..6u32 {
+                    let (keep, v) = (next() % 3 != 0, (next() % 5) as f32);
+                    if keep && v > 0.0 {
+                        row.push((g, v));
+                    }
+                }
+                row
+            })
+            .collect();
+        // A cell without counts and one with counts only in an unmapped column: both dropped.
+        rows[10].clear();
+        rows[20] = vec![(5, 3.0)];
+        for names in [
+            ["GA", "GB", "GC", "GD", "OLD", "NOPE"],
+            ["GA", "GB", "alias_a", "GD", "GC", "OLD"],
+        ] {
+            let m = matrix(ids(&names), &rows);
+            let whole = tk.tokenize(&m).unwrap();
+            let prepared = tk.prepare(&m).unwrap();
+            assert_eq!(prepared.tables.injective, names[2] != "alias_a");
+            let mut joined = TokenizedCells::default();
+            for r in [0..7, 7..8, 8..8, 8..50] {
+                let part = tk.tokenize_cells(&prepared, r).unwrap();
+                joined.tokens.extend(part.tokens);
+                joined.kept_cells.extend(part.kept_cells);
+                joined.dropped_cells.extend(part.dropped_cells);
+            }
+            joined.stats = prepared.stats().clone();
+            assert_eq!(joined, whole);
+            assert!(!whole.dropped_cells.is_empty() && !whole.kept_cells.is_empty());
+            assert!(tk.tokenize_cells(&prepared, 0..51).is_err());
+            // Against the accumulate-then-rank path on the same cells: forcing it must not change a token.
+            let mut forced = tk.prepare(&m).unwrap();
+            forced.tables.injective = false;
+            let again = tk.tokenize_cells(&forced, 0..50).unwrap();
+            assert_eq!(again.tokens, whole.tokens);
+        }
+        assert_eq!(tk.count_mapped(&ids(&["GA", "alias_a", "OLD", "x", "GD"])), 3);
+    }
+
+    #[test]
     fn refuses_non_counts_and_bad_options() {
         let d = toy_dicts(GeneformerVersion::V2);
         let tk = GeneformerTokenizer::new(&d, TokenizerOptions::new(GeneformerVersion::V2)).unwrap();
@@ -837,6 +1058,30 @@ mod tests {
             msg.contains("log-normalised") && msg.contains("cell 1") && msg.contains("GB"),
             "{msg}"
         );
+
+        // Counts are non-negative integers, at any size; anything else is refused.
+        for (v, ok) in [
+            (0.0, true),
+            (3.0, true),
+            (8_388_607.0, true),
+            (8_388_607.5, false),
+            (8_388_608.0, true),
+            (16_777_216.0, true),
+            (3e38, true),
+            (0.5, false),
+            (-1.0, false),
+            (f32::INFINITY, false),
+            (f32::NAN, false),
+        ] {
+            let mut m = matrix(ids(&["GA", "GB"]), &[vec![(0, 1.0)], vec![(1, 1.0)]]);
+            m.values[1] = v;
+            let r = tk.tokenize(&m);
+            assert_eq!(
+                !matches!(r, Err(TokenizeError::NotCounts { .. })),
+                ok,
+                "value {v}: {r:?}"
+            );
+        }
 
         let m = matrix(ids(&["X1", "X2"]), &[vec![(0, 1.0)]]);
         let msg = tk.tokenize(&m).unwrap_err().to_string();
