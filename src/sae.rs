@@ -206,6 +206,8 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
     };
     let hook_point = HookPoint::parse(&args.hook).ok();
     let metadata = json!({
+        // sae-lens ≥ 6 reads a cfg.json without this as an old-format config and drops the metadata.
+        "sae_lens_version": "6.54.12",
         "hook_name": args.hook,
         "hook_layer": hook_point.and_then(|h| h.layer()),
         "model_name": store.manifest.model.get("path").cloned().unwrap_or(json!(null)),
@@ -217,7 +219,7 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
             "normalization": {
                 "kind": if cfg.normalize { "mean row norm scaled to sqrt(d_in) while training" } else { "none" },
                 "scale": summary.input_scale,
-                "folded_into_weights": true,
+                "folded_into": "b_enc and b_dec divided by the scale (codes in raw units, decoder rows unit norm)",
             },
             "holdout": {
                 "rule": "cell c is held out iff unit(splitmix64(splitmix64(seed ^ 0x48454C444F5554AA) ^ c)) < fraction",

@@ -342,6 +342,13 @@ fn sae_train_recovers_planted_atoms_and_encode_eval_agree() {
     let st = SafeTensors::deserialize(&weights).unwrap();
     assert_eq!(st.tensor("W_enc").unwrap().shape(), &[32, 256]);
     assert_eq!(st.tensor("W_dec").unwrap().shape(), &[256, 32]);
+    // Decoder rows stay unit norm on disk (the input scale is folded into the biases).
+    let w_dec: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("W_dec").unwrap().data());
+    for row in w_dec.chunks(32) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "decoder row norm {norm}");
+    }
+    assert!(cfg["metadata"]["sae_lens_version"].is_string());
 
     // Eval on the held-out cells, with the planted dictionary.
     let eval: serde_json::Value = serde_json::from_str(&ok(&scinterp(&[

@@ -196,10 +196,16 @@ pub(crate) fn top_k_of_row(row: &[f32], idx: &mut [u32], val: &mut [f32]) {
         val[pos] = v;
         idx[pos] = i as u32;
     }
-    // Rows with fewer than k finite values: pad with zeros.
+    // Rows with fewer than k finite values (NaNs): pad with zero values at the lowest unused indices,
+    // so that a row never names a latent twice.
+    let mut next = 0u32;
     for j in filled..k {
+        while idx[..j].contains(&next) {
+            next += 1;
+        }
         val[j] = 0.0;
-        idx[j] = 0;
+        idx[j] = next;
+        next += 1;
     }
 }
 
@@ -237,6 +243,15 @@ pub(crate) mod tests {
             assert_eq!(idx, want, "n {n} k {k}");
             assert_eq!(val, order[..k].iter().map(|&i| row[i]).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn nan_rows_never_repeat_a_latent() {
+        let row = [f32::NAN, 2.0, f32::NAN, f32::NAN];
+        let (mut idx, mut val) = ([9u32; 3], [9.0f32; 3]);
+        top_k_of_row(&row, &mut idx, &mut val);
+        assert_eq!(idx, [1, 0, 2]);
+        assert_eq!(val, [2.0, 0.0, 0.0]);
     }
 
     #[test]

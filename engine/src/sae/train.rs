@@ -8,8 +8,8 @@
 //! - AuxK: the residual is also fitted by the top-`k_aux` latents among the dead ones (no firing for
 //!   `dead_after_tokens` tokens), weighted by `aux_coef`, which revives them;
 //! - Adam with linear warm-up and a linear decay to zero over the last part of training;
-//! - inputs scaled by one constant so that the mean row norm is √d_in, folded into the weights at the
-//!   end (the SAE on disk reads raw activations).
+//! - inputs scaled by one constant so that the mean row norm is √d_in, folded into the biases at the
+//!   end (the SAE on disk reads raw activations and keeps unit-norm decoder rows).
 //!
 //! Only the encoder GEMM is dense (every pre-activation is needed to choose the top k). Decoding, the
 //! latent gradients and the weight gradients touch only the k (+ k_aux) active latents of each row:
@@ -248,14 +248,15 @@ pub fn train(
     Ok((sae, summary))
 }
 
-/// Rewrites an SAE trained on `x·scale` to read raw `x`: `W_enc·scale`, `W_dec/scale`, `b_dec/scale`.
+/// Rewrites an SAE trained on `x·scale` to read raw `x`, exactly: with `b_enc/scale` and `b_dec/scale`,
+/// every pre-activation is the trained one divided by `scale` (same top-k, ReLU commutes with a positive
+/// factor), so codes come out in raw units and the decoder rows keep their unit norm.
 fn fold_input_scale(sae: &mut TopKSae, scale: f64) {
     if scale == 1.0 {
         return;
     }
-    let (up, down) = (scale as f32, (1.0 / scale) as f32);
-    sae.w_enc.par_iter_mut().for_each(|v| *v *= up);
-    sae.w_dec.par_iter_mut().for_each(|v| *v *= down);
+    let down = (1.0 / scale) as f32;
+    sae.b_enc.iter_mut().for_each(|v| *v *= down);
     sae.b_dec.iter_mut().for_each(|v| *v *= down);
 }
 
