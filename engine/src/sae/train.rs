@@ -548,7 +548,9 @@ impl TrainState {
         // Fused per-row pass (each row's k decoder rows are read from memory once and reused from
         // cache): x̂ = b_dec + Σ v·W_dec[f], e = x − x̂; AuxK residual r = e − Σ v_aux·W_dec[f_aux];
         // ∂L/∂pre = ∂L/∂x̂ · W_dec[f] through the ReLU (∂L/∂x̂ = −2e·norm, ∂L/∂ê = −2·aux_coef·r·norm);
-        // ∂L/∂xc = Σ ∂L/∂pre · W_enc[f]; and b_dec's gradient −2e·norm − ∂L/∂xc, summed per block.
+        // and the decoder side of b_dec's gradient, Σ −2e·norm, summed per block. (Its encoder side,
+        // −Σ_rows ∂L/∂xc = −Σ_f ∂L/∂b_enc[f]·W_enc[f], is added once per step after the latent pass,
+        // instead of gathering k encoder rows for every row.)
         let grad_main = -2.0 * norm;
         let grad_aux = -2.0 * cfg.aux_coef * norm;
         let k = sae.k;
@@ -567,7 +569,6 @@ impl TrainState {
             .enumerate()
             .for_each(|(block, (((res, aux_res), gp), sums))| {
                 let (err, aux_err, energy, bdec) = sums;
-                let mut grad_xc = vec![0.0f32; d];
                 for (i, res_row) in res.chunks_mut(d).enumerate() {
                     let row = block * ROW_BLOCK + i;
                     let x_row = &x[row * d..(row + 1) * d];
@@ -584,12 +585,9 @@ impl TrainState {
                     *err += dot(res_row, res_row) as f64;
                     *energy += dot(x_row, x_row) as f64;
                     let gp_row = &mut gp[i * slots..(i + 1) * slots];
-                    grad_xc.fill(0.0);
                     for (j, (&f, &v)) in idx.iter().zip(val).enumerate() {
                         if v > 0.0 {
-                            let g = grad_main * dot(res_row, sae.decoder_row(f as usize));
-                            gp_row[j] = g;
-                            axpy(&mut grad_xc, g, sae.encoder_row(f as usize));
+                            gp_row[j] = grad_main * dot(res_row, sae.decoder_row(f as usize));
                         }
                     }
                     if let Some(aux) = &aux_codes {
@@ -604,14 +602,12 @@ impl TrainState {
                         *aux_err += dot(r_row, r_row) as f64;
                         for (j, (&f, &v)) in aidx.iter().zip(aval).enumerate() {
                             if v > 0.0 {
-                                let g = grad_aux * dot(r_row, sae.decoder_row(f as usize));
-                                gp_row[k + j] = g;
-                                axpy(&mut grad_xc, g, sae.encoder_row(f as usize));
+                                gp_row[k + j] = grad_aux * dot(r_row, sae.decoder_row(f as usize));
                             }
                         }
                     }
-                    for ((acc, &e), &gx) in bdec.iter_mut().zip(res_row.iter()).zip(&grad_xc) {
-                        *acc += grad_main * e - gx;
+                    for (acc, &e) in bdec.iter_mut().zip(res_row.iter()) {
+                        *acc += grad_main * e;
                     }
                 }
             });
@@ -691,6 +687,13 @@ impl TrainState {
                     axpy(gd, -along, w);
                 }
             });
+
+        // The encoder side of b_dec's gradient: −Σ_f ∂L/∂b_enc[f]·W_enc[f] (latents in order).
+        for (f, &gb) in self.g.b_enc.iter().enumerate() {
+            if gb != 0.0 {
+                axpy(&mut self.g.b_dec, -gb, sae.encoder_row(f));
+            }
+        }
 
         // Dead-latent counters.
         let mut fired = vec![false; f_count];
