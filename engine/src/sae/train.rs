@@ -455,6 +455,17 @@ struct TrainState {
     v: Params,
     g: Params,
     tokens_since_fired: Vec<u64>,
+    /// Per-step buffers, kept between steps so that their pages are not faulted in again every step.
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    xc: Vec<f32>,
+    pre: Vec<f32>,
+    residual: Vec<f32>,
+    aux_residual: Vec<f32>,
+    grad_pre: Vec<f32>,
 }
 
 /// One buffer per parameter array, in the same layout as [`TopKSae`].
@@ -501,6 +512,7 @@ impl TrainState {
             v: Params::zeros_like(sae),
             g: Params::zeros_like(sae),
             tokens_since_fired: vec![0; sae.d_sae],
+            scratch: Scratch::default(),
         }
     }
 
@@ -512,13 +524,17 @@ impl TrainState {
         let norm = 1.0 / (b * d) as f32;
 
         // Forward: centre, dense encoder GEMM, top-k.
-        let mut xc = x.to_vec();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut xc = std::mem::take(&mut scratch.xc);
+        xc.clear();
+        xc.extend_from_slice(x);
         xc.par_chunks_mut(d).for_each(|r| {
             for (v, c) in r.iter_mut().zip(&sae.b_dec) {
                 *v -= c;
             }
         });
-        let mut pre = vec![0.0f32; b * f_count];
+        let mut pre = std::mem::take(&mut scratch.pre);
+        pre.resize(b * f_count, 0.0);
         pre.par_chunks_mut(f_count)
             .for_each(|r| r.copy_from_slice(&sae.b_enc));
         gemm_rows_by_latents(&xc, &sae.w_enc, d, &mut pre, f_count, Accum::Add);
@@ -543,7 +559,7 @@ impl TrainState {
             c.indices.iter_mut().for_each(|i| *i = dead[*i as usize]);
             c
         });
-        drop(pre);
+        scratch.pre = pre;
 
         // Fused per-row pass (each row's k decoder rows are read from memory once and reused from
         // cache): x̂ = b_dec + Σ v·W_dec[f], e = x − x̂; AuxK residual r = e − Σ v_aux·W_dec[f_aux];
@@ -555,10 +571,13 @@ impl TrainState {
         let grad_aux = -2.0 * cfg.aux_coef * norm;
         let k = sae.k;
         let slots = k + k_aux;
-        let mut residual = vec![0.0f32; b * d];
-        // (Untouched, and so never paged in, when there is no AuxK term.)
-        let mut aux_residual = vec![0.0f32; b * d];
-        let mut grad_pre = vec![0.0f32; b * slots];
+        let mut residual = std::mem::take(&mut scratch.residual);
+        residual.resize(b * d, 0.0);
+        let mut aux_residual = std::mem::take(&mut scratch.aux_residual);
+        aux_residual.resize(b * d, 0.0);
+        let mut grad_pre = std::mem::take(&mut scratch.grad_pre);
+        grad_pre.clear();
+        grad_pre.resize(b * slots, 0.0);
         let n_blocks = b.div_ceil(ROW_BLOCK);
         let mut block_sums = vec![(0.0f64, 0.0f64, 0.0f64, vec![0.0f32; d]); n_blocks];
         residual
@@ -706,6 +725,13 @@ impl TrainState {
             *t = if hit { 0 } else { *t + b as u64 };
         }
 
+        self.scratch = Scratch {
+            xc,
+            pre: scratch.pre,
+            residual,
+            aux_residual,
+            grad_pre,
+        };
         self.adam(sae, cfg, lr);
         sae.w_dec.par_chunks_mut(d).for_each(normalise);
         (err / energy.max(1e-30), aux_loss)
