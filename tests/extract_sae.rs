@@ -44,6 +44,43 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Writes a token store of `cells` (and scGPT `values`) the way `scinterp tokenize` would.
+fn write_token_store(
+    dir: &Path,
+    tokenizer: &str,
+    version: &str,
+    cells: &[Vec<u32>],
+    values: Option<Vec<Vec<f32>>>,
+) {
+    TokenStore {
+        manifest: TokenStoreManifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            tokenizer: tokenizer.into(),
+            tokenizer_version: version.into(),
+            options: serde_json::json!({}),
+            hash_algorithm: "blake3".into(),
+            dictionaries: Default::default(),
+            source_path: "test".into(),
+            source_hash: String::new(),
+            n_cells: cells.len(),
+            n_tokens: cells.iter().map(Vec::len).sum(),
+            max_len: cells.iter().map(Vec::len).max().unwrap(),
+            has_values: values.is_some(),
+            n_cells_dropped: 0,
+            scinterp_version: "test".into(),
+        },
+        cell_table: (
+            vec!["cell".into()],
+            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
+        ),
+        cells: cells.to_vec(),
+        values,
+    }
+    .write(dir, false)
+    .unwrap();
+}
+
 /// A V2 Geneformer token store of the tiny_v2 fixture's cells, repeated `copies` times.
 fn token_store(dir: &Path, copies: usize) -> Vec<Vec<u32>> {
     let expected = ExpectedFile::open(&fixture("tiny_v2").join("expected.safetensors"));
@@ -62,32 +99,7 @@ fn token_store(dir: &Path, copies: usize) -> Vec<Vec<u32>> {
             })
         })
         .collect();
-    let store = TokenStore {
-        manifest: TokenStoreManifest {
-            format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
-            tokenizer: "geneformer".into(),
-            tokenizer_version: "V2".into(),
-            options: serde_json::json!({}),
-            dictionaries: Default::default(),
-            source_path: "test".into(),
-            hash_algorithm: "blake3".into(),
-            source_hash: String::new(),
-            n_cells: cells.len(),
-            n_tokens: cells.iter().map(Vec::len).sum(),
-            max_len: cells.iter().map(Vec::len).max().unwrap(),
-            has_values: false,
-            n_cells_dropped: 0,
-            scinterp_version: "test".into(),
-        },
-        cell_table: (
-            vec!["cell".into()],
-            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
-        ),
-        cells: cells.clone(),
-        values: None,
-    };
-    store.write(dir, false).unwrap();
+    write_token_store(dir, "geneformer", "V2", &cells, None);
     cells
 }
 
@@ -813,33 +825,7 @@ fn scgpt_extract_and_sae_with_the_spliced_expression_loss() {
         }
     }
     let tokens = tmp.path().join("tokens");
-    TokenStore {
-        manifest: TokenStoreManifest {
-            format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
-            tokenizer: "scgpt".into(),
-            tokenizer_version: "whole-human".into(),
-            options: serde_json::json!({}),
-            dictionaries: Default::default(),
-            source_path: "test".into(),
-            hash_algorithm: "blake3".into(),
-            source_hash: String::new(),
-            n_cells: cells.len(),
-            n_tokens: cells.iter().map(Vec::len).sum(),
-            max_len: cells.iter().map(Vec::len).max().unwrap(),
-            has_values: true,
-            n_cells_dropped: 0,
-            scinterp_version: "test".into(),
-        },
-        cell_table: (
-            vec!["cell".into()],
-            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
-        ),
-        cells: cells.clone(),
-        values: Some(values),
-    }
-    .write(&tokens, false)
-    .unwrap();
+    write_token_store(&tokens, "scgpt", "whole-human", &cells, Some(values));
     let acts = tmp.path().join("acts");
     let hook = "blocks.1.hook_resid_post";
     ok(&scinterp(&[
