@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -431,17 +431,24 @@ fn spliced_loss_on_store(
     Ok(Some(losses))
 }
 
+/// An SAE and the activation store it reads (shared by `encode` and `eval`).
 #[derive(Args, Debug)]
-struct EncodeArgs {
+struct SaeOnStore {
     /// SAE folder (SAELens layout).
     #[arg(long)]
     sae: PathBuf,
-    /// Activation store to encode.
+    /// Activation store.
     #[arg(long)]
     acts: PathBuf,
-    /// Hook of the store to encode (default: the SAE's hook_name).
+    /// Hook of the store to read (default: the SAE's hook_name).
     #[arg(long)]
     hook: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct EncodeArgs {
+    #[command(flatten)]
+    input: SaeOnStore,
     /// Output folder: indices.npy (int16 when d_sae ≤ 32,767, else int32) and values.npy (f16),
     /// both [n_rows, k], each row's latents by descending value.
     #[arg(long)]
@@ -451,11 +458,8 @@ struct EncodeArgs {
 }
 
 /// Opens the SAE, the store and the hook, and checks that their widths agree.
-fn open_pair(
-    sae_dir: &Path,
-    acts: &Path,
-    hook: Option<&str>,
-) -> Result<(SaeFolder, ActStore, HookArray, String)> {
+fn open_pair(pair: &SaeOnStore) -> Result<(SaeFolder, ActStore, HookArray, String)> {
+    let (sae_dir, acts, hook) = (pair.sae.as_path(), pair.acts.as_path(), pair.hook.as_deref());
     let folder = load_sae(sae_dir)?;
     let store = ActStore::open(acts)?;
     let hook_name = match (hook, folder.hook_name()) {
@@ -482,7 +486,7 @@ fn open_pair(
 }
 
 fn run_encode(args: EncodeArgs) -> Result<()> {
-    let (folder, store, array, hook) = open_pair(&args.sae, &args.acts, args.hook.as_deref())?;
+    let (folder, store, array, hook) = open_pair(&args.input)?;
     if args.out.exists() {
         if !args.overwrite {
             bail!(
@@ -539,8 +543,8 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
     let manifest = json!({
         "format": "scinterp-sae-codes",
         "format_version": 1,
-        "sae": absolute(&args.sae),
-        "activation_store": absolute(&args.acts),
+        "sae": absolute(&args.input.sae),
+        "activation_store": absolute(&args.input.acts),
         "hook_name": hook,
         "n_rows": n,
         "k": sae.k,
@@ -554,7 +558,7 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
     std::fs::rename(&tmp, &args.out).with_context(|| format!("moving {} into place", tmp.display()))?;
     tracing::info!(
         "encoded {n} rows of {hook} from {} ({} cells) into {}",
-        args.acts.display(),
+        args.input.acts.display(),
         store.manifest.n_cells,
         args.out.display()
     );
@@ -563,12 +567,8 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    #[arg(long)]
-    sae: PathBuf,
-    #[arg(long)]
-    acts: PathBuf,
-    #[arg(long)]
-    hook: Option<String>,
+    #[command(flatten)]
+    input: SaeOnStore,
     /// Rows to measure on: `heldout` (the cells the SAE's training held out; needs heldout_cells.npy
     /// in the SAE folder) or `all`.
     #[arg(long, default_value = "all")]
@@ -593,7 +593,7 @@ struct EvalReport {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let (folder, store, array, hook) = open_pair(&args.sae, &args.acts, args.hook.as_deref())?;
+    let (folder, store, array, hook) = open_pair(&args.input)?;
     let rows = store.rows()?;
     let (ranges, cells): (Vec<Range<usize>>, Vec<u64>) = match args.rows.as_str() {
         "all" => (
@@ -601,7 +601,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             (0..store.manifest.n_cells as u64).collect(),
         ),
         "heldout" => {
-            let path = args.sae.join("heldout_cells.npy");
+            let path = args.input.sae.join("heldout_cells.npy");
             let (_, bytes) = read_npy_bytes(&path).map_err(|e| anyhow::anyhow!(e))?;
             let cells: Vec<i64> = bytemuck::pod_collect_to_vec(&bytes);
             let wanted: std::collections::HashSet<i64> = cells.iter().copied().collect();

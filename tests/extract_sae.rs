@@ -587,7 +587,7 @@ fn trace_writes_edges_with_recomputable_statistics() {
     let (model, tokens, saes) = trace_fixture(tmp.path());
     let (src, tgt) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
     let edges = tmp.path().join("edges.tsv");
-    let trace = |extra: &[&str]| {
+    let trace_to = |out: &Path, extra: &[&str]| {
         let mut a = vec![
             "trace",
             "--model",
@@ -601,12 +601,13 @@ fn trace_writes_edges_with_recomputable_statistics() {
             "--targets",
             tgt,
             "--out",
-            s(&edges),
+            s(out),
             "--json",
         ];
         a.extend_from_slice(extra);
         scinterp(&a)
     };
+    let trace = |extra: &[&str]| trace_to(&edges, extra);
     let summary: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "1"]))).unwrap();
     let requested = summary["features_requested"].as_u64().unwrap();
     assert_eq!(requested, 64);
@@ -642,25 +643,7 @@ fn trace_writes_edges_with_recomputable_statistics() {
     }
     // The same table as Parquet.
     let pq = tmp.path().join("edges.parquet");
-    let pq_summary: serde_json::Value = serde_json::from_str(&ok(&scinterp(&[
-        "trace",
-        "--model",
-        s(&model),
-        "--input",
-        s(&tokens),
-        "--saes",
-        s(&saes),
-        "--source",
-        src,
-        "--targets",
-        tgt,
-        "--out",
-        s(&pq),
-        "--max-q",
-        "1",
-        "--json",
-    ])))
-    .unwrap();
+    let pq_summary: serde_json::Value = serde_json::from_str(&ok(&trace_to(&pq, &["--max-q", "1"]))).unwrap();
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(std::fs::File::open(&pq).unwrap()).unwrap();
     assert_eq!(reader.metadata().file_metadata().num_rows() as usize, rows.len());
