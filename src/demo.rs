@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
+use scinterp_models::checkpoint::{write_safetensors, TensorToWrite};
 use scinterp_models::synthetic::{splitmix64, tensor_values, SyntheticSpec};
 use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
 use serde_json::json;
@@ -34,6 +35,12 @@ const FFN: usize = 512;
 const VOCAB: usize = 20_275;
 const MAX_POS: usize = 512;
 const CLS: u32 = 2;
+/// Gene programs planted in the demo model's embeddings (see [`demo_programs`]).
+const PROGRAMS: usize = 12;
+const PROGRAM_SIZE: usize = 20;
+const POOL_START: u32 = 4;
+const POOL: usize = 800;
+const PROGRAM_STRENGTH: f32 = 0.5;
 const EOS: u32 = 3;
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -137,12 +144,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 4. Extract + SAE: a token store of 96 cells, blocks.2.hook_resid_post at gene positions into an
     //    activation store (f16), and a TopK SAE (4× wide, k 16) trained on it.
     let (extract_summary, sae_report, trace_summary) = extract_and_train(out, &model_dir, args.seed)?;
+    // 7. Analysis: the catalogue of the blocks.2 SAE and the comparison of the three layers' SAEs.
+    let (catalog, layers) = analyze_step(out, args.seed)?;
 
     let summary_path = out.join("summary.json");
     let report = json!({
         "extract": extract_summary,
         "sae": sae_report,
         "trace": trace_summary,
+        "analyze": catalog,
+        "layers": layers,
         "seed": args.seed,
         "model": model_dir.display().to_string(),
         "cells": cells.len(),
@@ -168,7 +179,7 @@ fn extract_and_train(
     crate::sae::TrainReport,
     crate::trace::TraceSummary,
 )> {
-    let cells = demo_cells(seed ^ 0x5A3, 96);
+    let cells = program_cells(seed ^ 0x5A3, 160);
     let n_tokens: usize = cells.iter().map(Vec::len).sum();
     let store_dir = out.join("tokens");
     let store = TokenStore {
@@ -297,6 +308,85 @@ fn extract_and_train(
     Ok((extracted, report, trace))
 }
 
+/// Step 7: `scinterp analyze` on the blocks.2 SAE (gene names from a TSV the demo writes: gene
+/// `DEMO<token>`), then `scinterp layers` over the SAEs of blocks 1, 2 and 3.
+fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json::Value)> {
+    let genes = out.join("genes.tsv");
+    let mut text = String::from("token\tgene_id\tsymbol\n");
+    for t in POOL_START..POOL_START + POOL as u32 {
+        text.push_str(&format!("{t}\tDEMO{t}\tDEMO{t}\n"));
+    }
+    std::fs::write(&genes, text).with_context(|| format!("cannot write {}", genes.display()))?;
+    let catalog_dir = out.join("catalog");
+    let catalog = crate::analyze::analyze(crate::analyze::AnalyzeArgs {
+        acts: out.join("acts"),
+        sae: out.join("sae"),
+        hook: None,
+        out: catalog_dir.clone(),
+        genes: Some(genes),
+        format: crate::analyze::TableFormat::Parquet,
+        top_genes: 20,
+        min_support: 5,
+        top_cells: 10,
+        svd_axes: 50,
+        svd_sample_rows: 50_000,
+        no_coactivation: false,
+        coact_alpha: 0.05,
+        coact_min_cocount: 10,
+        coact_min_pmi: 1.0,
+        leiden_resolution: 1.0,
+        min_module_size: 3,
+        chunk_rows: 8192,
+        seed,
+        overwrite: true,
+        json: false,
+    })?;
+    println!(
+        "  analyze  {}: {} of {} latents alive; top-50 SVD axes explain {:.1} % vs the SAE's {:.1} %; {} aligned \
+         at |cos| > 0.5, {} above the random-direction null in projection; {} co-activation edges → {} modules",
+        catalog_dir.display(),
+        catalog["alive"],
+        catalog["d_sae"],
+        100.0 * catalog["svd"]["variance_explained"].as_f64().unwrap_or(f64::NAN),
+        100.0 * catalog["svd"]["sae_variance_explained_all_rows"].as_f64().unwrap_or(f64::NAN),
+        catalog["svd"]["aligned_max_abs_cos_gt_0_5"],
+        catalog["svd"]["projection_above_null_q99"],
+        catalog["coactivation"]["edges"],
+        catalog["modules"]["count"],
+    );
+    let layers_dir = out.join("layers");
+    let saes = out.join("saes");
+    let layers = crate::layers::compare_layers(crate::layers::LayersArgs {
+        acts: out.join("acts"),
+        saes: vec![
+            saes.join("blocks.1.hook_resid_post"),
+            out.join("sae"),
+            saes.join("blocks.3.hook_resid_post"),
+        ],
+        out: layers_dir.clone(),
+        format: crate::analyze::TableFormat::Parquet,
+        match_threshold: 0.7,
+        strong_threshold: 0.9,
+        highway_min_fires: 100,
+        highway_min_cocount: 20,
+        highway_pmi: 3.0,
+        chunk_rows: 8192,
+        overwrite: true,
+        json: false,
+    })?;
+    let pair = &layers["highways"]["pairs"][0];
+    println!(
+        "  layers   {}: blocks.1→2 decoder matches {} of {}; highways {} of {} sources (permuted pairing: {})",
+        layers_dir.display(),
+        layers["matching"]["pairs"][0]["matches"],
+        layers["matching"]["pairs"][0]["alive_from"],
+        pair["highways"],
+        pair["eligible_sources"],
+        pair["highways_permuted_pairing"],
+    );
+    Ok((catalog, layers))
+}
+
 /// The demo's SAE training settings (batches of 1,024 rows, a 32k-row shuffle buffer, dead after
 /// 50k tokens, 10 % of cells held out).
 #[allow(clippy::too_many_arguments)]
@@ -415,8 +505,80 @@ fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
         centers,
         scales,
     };
-    spec.write_safetensors(&dir.join("model.safetensors"))?;
+    // Plant the gene programs: every gene of program p gets the same unit direction added to its
+    // embedding, so the residual stream carries the program and SAE features can find it.
+    let mut tensors = spec.generate();
+    let embeddings = &mut tensors[0].2;
+    for (p, genes) in demo_programs().iter().enumerate() {
+        let direction = unit_direction(seed ^ (0x9E0 + p as u64), HIDDEN);
+        for &g in genes {
+            let row = &mut embeddings[g as usize * HIDDEN..(g as usize + 1) * HIDDEN];
+            row.iter_mut()
+                .zip(&direction)
+                .for_each(|(e, d)| *e += PROGRAM_STRENGTH * d);
+        }
+    }
+    let to_write: Vec<TensorToWrite<'_>> = tensors
+        .iter()
+        .map(|(name, shape, values)| TensorToWrite {
+            name: name.clone(),
+            dtype: safetensors::Dtype::F32,
+            shape: shape.clone(),
+            bytes: bytemuck::cast_slice(values),
+        })
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), &to_write, None)?;
     Ok(())
+}
+
+/// Demo gene programs: `PROGRAMS` disjoint sets of `PROGRAM_SIZE` genes from the start of the pool.
+fn demo_programs() -> Vec<Vec<u32>> {
+    (0..PROGRAMS)
+        .map(|p| {
+            (0..PROGRAM_SIZE)
+                .map(|i| POOL_START + (p * PROGRAM_SIZE + i) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Cells for the extract → SAE → analyze → annotate steps: each expresses three programs in full plus
+/// random other genes of a pool of `POOL` genes (so every gene is seen often enough to rank).
+fn program_cells(seed: u64, n: usize) -> Vec<Vec<u32>> {
+    let programs = demo_programs();
+    let mut state = splitmix64(seed ^ 0x9E11);
+    let mut next = move || {
+        state = splitmix64(state);
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let mut genes: Vec<u32> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            while genes.len() < 3 * PROGRAM_SIZE {
+                let p = (next() % PROGRAMS as u64) as usize;
+                if seen.insert(programs[p][0]) {
+                    genes.extend(&programs[p]);
+                    seen.extend(&programs[p]);
+                }
+            }
+            let extra = 40 + (next() % 160) as usize;
+            while genes.len() < 3 * PROGRAM_SIZE + extra {
+                let g = POOL_START + (next() % POOL as u64) as u32;
+                if seen.insert(g) {
+                    genes.push(g);
+                }
+            }
+            // A seeded shuffle: rank order is not informative here.
+            for i in (1..genes.len()).rev() {
+                genes.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            std::iter::once(CLS)
+                .chain(genes)
+                .chain(std::iter::once(EOS))
+                .collect()
+        })
+        .collect()
 }
 
 /// `n` cells of seeded lengths in V2 form: `<cls>`, distinct gene tokens (ids ≥ 4), `<eos>`.

@@ -1,9 +1,12 @@
 //! `scinterp`: the command line. One module per subcommand; each parses its arguments, calls the
 //! libraries and reports. No science lives here.
 
+mod analyze;
 mod demo;
 mod extract;
 mod forward;
+mod genes;
+mod layers;
 mod progress;
 mod sae;
 mod table;
@@ -51,6 +54,11 @@ enum Command {
     /// shards).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Trace(trace::TraceArgs),
+    /// Build the feature catalogue of an SAE over an activation store: statistics, top genes and cells,
+    /// SVD comparison, co-activation modules.
+    Analyze(analyze::AnalyzeArgs),
+    /// Compare SAEs across layers: decoder matching, lifespans, PMI highways with a permuted-pairing null.
+    Layers(layers::LayersArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +81,8 @@ fn main() -> ExitCode {
         Command::Extract(args) => extract::run(args),
         Command::Sae(args) => sae::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Analyze(args) => analyze::run(args),
+        Command::Layers(args) => layers::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

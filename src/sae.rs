@@ -459,7 +459,16 @@ struct EncodeArgs {
 
 /// Opens the SAE, the store and the hook, and checks that their widths agree.
 fn open_pair(pair: &SaeOnStore) -> Result<(SaeFolder, ActStore, HookArray, String)> {
-    let (sae_dir, acts, hook) = (pair.sae.as_path(), pair.acts.as_path(), pair.hook.as_deref());
+    open_sae_on_store(&pair.sae, &pair.acts, pair.hook.as_deref())
+}
+
+/// Opens an SAE folder and an activation store, picks the hook (given, or the SAE's hook_name) and
+/// checks that the widths agree.
+pub(crate) fn open_sae_on_store(
+    sae_dir: &std::path::Path,
+    acts: &std::path::Path,
+    hook: Option<&str>,
+) -> Result<(SaeFolder, ActStore, HookArray, String)> {
     let folder = load_sae(sae_dir)?;
     let store = ActStore::open(acts)?;
     let hook_name = match (hook, folder.hook_name()) {

@@ -895,3 +895,286 @@ fn scgpt_extract_and_sae_with_the_spliced_expression_loss() {
     );
     assert!(clean >= 0.0 && with_sae >= 0.0);
 }
+
+/// A TSV table as rows of (column → text).
+fn read_tsv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split('\t').map(String::from).collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split('\t').map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+/// |a − b| / |b| (0 when equal).
+fn rel(a: f64, b: f64) -> f64 {
+    if a == b {
+        0.0
+    } else {
+        ((a - b) / b).abs()
+    }
+}
+
+fn num(row: &std::collections::HashMap<String, String>, col: &str) -> f64 {
+    row[col]
+        .parse()
+        .unwrap_or_else(|_| panic!("{col} = {}", row[col]))
+}
+
+#[test]
+fn analyze_catalog_equals_an_independent_recount_and_layers_match_the_decoders() {
+    use std::collections::HashMap;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, saes) = trace_fixture(tmp.path());
+    let acts = tmp.path().join("acts");
+    let hook = "blocks.0.hook_resid_post";
+    let sae_dir = saes.join(hook);
+    let store = ActStore::open(&acts).unwrap();
+    let rows = store.rows().unwrap();
+    let genes = tmp.path().join("genes.tsv");
+    let mut names = String::from("token\tgene_id\tsymbol\n");
+    for t in 0..25_000 {
+        names.push_str(&format!("{t}\tENSG{t:011}\tG{t}\n"));
+    }
+    std::fs::write(&genes, names).unwrap();
+    let cat = tmp.path().join("catalog");
+    let analyze = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "--acts",
+            s(&acts),
+            "--sae",
+            s(&sae_dir),
+            "--out",
+            s(&cat),
+            "--format",
+            "tsv",
+            "--genes",
+            s(&genes),
+            "--min-support",
+            "2",
+            "--top-genes",
+            "5",
+            "--coact-min-cocount",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        scinterp(&args)
+    };
+    ok(&analyze(&[]));
+
+    // The recount: encode every row with the SAE and count in the plainest way.
+    let sae = scinterp_engine::sae::io::load(&sae_dir).unwrap().sae;
+    let array = store.hook(hook).unwrap();
+    let mut x = vec![0.0f32; rows.len() * array.d()];
+    array.read_rows(0, &mut x);
+    let codes = sae.encode(&x);
+    let d_sae = sae.d_sae;
+    let mut fire = vec![0u64; d_sae];
+    let mut sum = vec![0.0f64; d_sae];
+    let mut cells_fired: Vec<std::collections::HashSet<i32>> = vec![Default::default(); d_sae];
+    let mut per_gene: HashMap<(usize, i32), (u64, f64)> = HashMap::new();
+    let mut positions: HashMap<i32, u64> = HashMap::new();
+    let mut active_rows: Vec<Vec<usize>> = Vec::new();
+    for (r, meta) in rows.iter().enumerate() {
+        *positions.entry(meta[2]).or_default() += 1;
+        let (idx, val) = codes.row(r);
+        let mut act = Vec::new();
+        for (&f, &v) in idx.iter().zip(val) {
+            if v > 0.0 {
+                let f = f as usize;
+                fire[f] += 1;
+                sum[f] += v as f64;
+                cells_fired[f].insert(meta[0]);
+                let e = per_gene.entry((f, meta[2])).or_default();
+                e.0 += 1;
+                e.1 += v as f64;
+                act.push(f);
+            }
+        }
+        active_rows.push(act);
+    }
+    let features = read_tsv(&cat.join("features.tsv"));
+    assert_eq!(features.len(), d_sae);
+    for row in &features {
+        let f = num(row, "feature") as usize;
+        assert_eq!(num(row, "fire_count") as u64, fire[f], "feature {f}");
+        assert_eq!(
+            num(row, "cells_fired") as usize,
+            cells_fired[f].len(),
+            "feature {f}"
+        );
+        assert_eq!(num(row, "alive") == 1.0, fire[f] > 0);
+        if fire[f] > 0 {
+            let mean = sum[f] / fire[f] as f64;
+            assert!(rel(num(row, "mean_when_active"), mean) < 1e-9, "feature {f}");
+            let norm = sae.decoder_row(f).iter().map(|x| x * x).sum::<f32>().sqrt() as f64;
+            assert!((num(row, "decoder_norm") - norm).abs() < 1e-6);
+        }
+    }
+    let gene_rows = read_tsv(&cat.join("genes.tsv"));
+    assert_eq!(gene_rows.len(), positions.len());
+    for g in &gene_rows {
+        let t = num(g, "token") as i32;
+        assert_eq!(num(g, "n_positions") as u64, positions[&t]);
+        assert_eq!(g["gene_id"], format!("ENSG{t:011}"));
+        assert_eq!(g["symbol"], format!("G{t}"));
+    }
+    // Top genes by mass and by conditional mean (support ≥ 2), ties broken by token.
+    let top = read_tsv(&cat.join("top_genes.tsv"));
+    for f in (0..d_sae).filter(|&f| fire[f] > 0) {
+        let mut genes: Vec<(i32, u64, f64)> = per_gene
+            .iter()
+            .filter(|((g, _), _)| *g == f)
+            .map(|(&(_, t), &(n, s))| (t, n, s))
+            .collect();
+        genes.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        let want_mass: Vec<i32> = genes.iter().take(5).map(|g| g.0).collect();
+        genes.retain(|g| g.1 >= 2);
+        genes.sort_by(|a, b| {
+            (b.2 / b.1 as f64)
+                .total_cmp(&(a.2 / a.1 as f64))
+                .then(a.0.cmp(&b.0))
+        });
+        let want_mean: Vec<i32> = genes.iter().take(5).map(|g| g.0).collect();
+        for (ranking, want) in [("mass", want_mass), ("conditional_mean", want_mean)] {
+            let got: Vec<i32> = top
+                .iter()
+                .filter(|r| num(r, "feature") as usize == f && r["ranking"] == ranking)
+                .map(|r| num(r, "token") as i32)
+                .collect();
+            assert_eq!(got, want, "feature {f} by {ranking}");
+        }
+    }
+    for r in &top {
+        let (n, s) = per_gene[&(num(r, "feature") as usize, num(r, "token") as i32)];
+        assert_eq!(num(r, "n_fired") as u64, n);
+        assert!(rel(num(r, "mean_when_fired"), s / n as f64) < 1e-9);
+    }
+    // Co-activation edges: co-counts and expected co-counts recounted per cell.
+    let edges = read_tsv(&cat.join("coactivation.tsv"));
+    assert!(!edges.is_empty(), "the fixture has co-activating features");
+    for e in &edges {
+        let (a, b) = (num(e, "feature_a") as usize, num(e, "feature_b") as usize);
+        let (mut o, mut expected) = (0u64, 0.0f64);
+        let mut per_cell: HashMap<i32, (f64, f64, f64)> = HashMap::new();
+        for (r, act) in active_rows.iter().enumerate() {
+            let c = per_cell.entry(rows[r][0]).or_default();
+            c.0 += 1.0;
+            c.1 += act.contains(&a) as u8 as f64;
+            c.2 += act.contains(&b) as u8 as f64;
+            o += (act.contains(&a) && act.contains(&b)) as u64;
+        }
+        for (n, ca, cb) in per_cell.values() {
+            expected += ca * cb / n;
+        }
+        assert_eq!(num(e, "cocount") as u64, o, "{a}-{b}");
+        assert!(rel(num(e, "expected_cocount"), expected) < 1e-9, "{a}-{b}");
+        assert!(num(e, "q_value") <= 0.05 && num(e, "pmi") >= 1.0 && o >= 3);
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cat.join("catalog.json")).unwrap()).unwrap();
+    let alive = fire.iter().filter(|&&n| n > 0).count();
+    assert_eq!(summary["alive"].as_u64(), Some(alive as u64));
+    assert_eq!(summary["n_rows"].as_u64(), Some(rows.len() as u64));
+    let explained = summary["svd"]["variance_explained"].as_f64().unwrap();
+    assert!(explained > 0.0 && explained <= 1.0 + 1e-9, "{explained}");
+
+    // Refusals: an existing catalog, a genes file of the wrong shape.
+    fails_with(&analyze(&[]), &["already holds a catalog", "--overwrite"]);
+    let bad = tmp.path().join("bad.tsv");
+    std::fs::write(&bad, "id\tname\n1\tA\n").unwrap();
+    fails_with(
+        &scinterp(&[
+            "analyze",
+            "--acts",
+            s(&acts),
+            "--sae",
+            s(&sae_dir),
+            "--out",
+            s(&tmp.path().join("c2")),
+            "--genes",
+            s(&bad),
+        ]),
+        &["bad.tsv", "token<TAB>gene_id"],
+    );
+
+    // Layers: every alive feature's best |cos| against the other SAE's alive decoders.
+    let layers = tmp.path().join("layers");
+    let other = saes.join("blocks.2.hook_resid_post");
+    ok(&scinterp(&[
+        "layers",
+        "--acts",
+        s(&acts),
+        "--saes",
+        &format!("{},{}", s(&sae_dir), s(&other)),
+        "--out",
+        s(&layers),
+        "--format",
+        "tsv",
+        "--highway-min-fires",
+        "5",
+        "--highway-min-cocount",
+        "3",
+    ]));
+    let sae_b = scinterp_engine::sae::io::load(&other).unwrap().sae;
+    let mut x_b = vec![0.0f32; rows.len() * array.d()];
+    store
+        .hook("blocks.2.hook_resid_post")
+        .unwrap()
+        .read_rows(0, &mut x_b);
+    let codes_b = sae_b.encode(&x_b);
+    let alive_b: Vec<bool> = (0..sae_b.d_sae)
+        .map(|f| {
+            codes_b
+                .indices
+                .iter()
+                .zip(&codes_b.values)
+                .any(|(&i, &v)| i as usize == f && v > 0.0)
+        })
+        .collect();
+    let unit = |w: &[f32]| -> Vec<f64> {
+        let n = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        w.iter().map(|&x| x as f64 / n).collect()
+    };
+    let matches = read_tsv(&layers.join("matches.tsv"));
+    assert_eq!(matches.len(), alive);
+    for m in &matches {
+        let f = num(m, "feature") as usize;
+        let wa = unit(sae.decoder_row(f));
+        let best = (0..sae_b.d_sae)
+            .filter(|&g| alive_b[g])
+            .map(|g| {
+                unit(sae_b.decoder_row(g))
+                    .iter()
+                    .zip(&wa)
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    .abs()
+            })
+            .fold(0.0f64, f64::max);
+        assert!(
+            (num(m, "abs_cos") - best).abs() < 1e-5,
+            "feature {f}: {} vs {best}",
+            num(m, "abs_cos")
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(layers.join("layers.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["matching"]["pairs"][0]["alive_from"].as_u64(),
+        Some(alive as u64)
+    );
+    assert!(
+        summary["highways"]["pairs"][0]["eligible_sources"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}

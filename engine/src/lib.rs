@@ -8,9 +8,11 @@
 //! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay).
 //! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
 //! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
+//! - [`analyze`]: the feature catalogue, SVD comparison, co-activation modules and cross-layer matching.
 //! - [`stats`]: hypergeometric/Fisher and Student t tails in log space, BH/BY q-values, effect sizes,
 //!   streaming mean/variance (f64).
 
+pub mod analyze;
 pub mod batching;
 pub mod cpu;
 pub mod encoder;

@@ -18,6 +18,7 @@
 
 pub mod hypergeom;
 pub mod multitest;
+pub mod normal;
 pub mod special;
 pub mod ttest;
 pub mod welford;
@@ -31,6 +32,7 @@ pub use hypergeom::{
     hypergeom_upper_tail,
 };
 pub use multitest::{bh_qvalues, by_qvalues, fdr_adjust, FdrMethod};
+pub use normal::{normal_ln_sf, normal_sf};
 pub use special::{ln_beta, ln_gamma};
 pub use ttest::{
     cohens_d, hedges_g, hedges_j, hedges_j_approx, one_sample_t_test, student_t_cdf, student_t_ln_sf,
