@@ -25,6 +25,11 @@ pub struct DemoArgs {
     /// Seed of the synthetic model and cells.
     #[arg(long, default_value_t = 20_261_121)]
     seed: u64,
+    /// Also run the pipeline on real cells: the reference data folder (`../shared/data` layout:
+    /// cells/paul15.h5ad.gz, orthologs/, geneformer/v2/, genesets/, trrust/). The model keeps its
+    /// synthetic weights, so the features are plumbing, not biology.
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 /// A Geneformer-V2-shaped config at small width (real V2 vocabulary size and special tokens).
@@ -147,6 +152,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 7. Analysis: the catalogue of the blocks.2 SAE and the comparison of the three layers' SAEs.
     let (catalog, layers) = analyze_step(out, args.seed)?;
 
+    let real = match &args.data {
+        Some(data) => Some(real_cells_step(out, &model_dir, data, args.seed)?),
+        None => None,
+    };
+
     let summary_path = out.join("summary.json");
     let report = json!({
         "extract": extract_summary,
@@ -154,6 +164,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "trace": trace_summary,
         "analyze": catalog,
         "layers": layers,
+        "real_cells": real,
         "seed": args.seed,
         "model": model_dir.display().to_string(),
         "cells": cells.len(),
@@ -385,6 +396,112 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         pair["highways_permuted_pairing"],
     );
     Ok((catalog, layers))
+}
+
+/// Parses a subcommand's arguments exactly as the command line would.
+#[derive(clap::Parser)]
+struct Parsed<T: clap::Args> {
+    #[command(flatten)]
+    args: T,
+}
+
+fn parse<T: clap::Args>(argv: &[&str]) -> Result<T> {
+    use clap::Parser;
+    Ok(Parsed::<T>::try_parse_from(std::iter::once("scinterp").chain(argv.iter().copied()))?.args)
+}
+
+/// Step 8 (with `--data`): real mouse myeloid progenitors (paul15, mapped to human genes through
+/// orthologs) → Geneformer V2 tokens → the demo model → activation store → SAE → catalogue.
+fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Result<serde_json::Value> {
+    let need = |rel: &str| -> Result<String> {
+        let p = data.join(rel);
+        if !p.exists() {
+            anyhow::bail!(
+                "{} is missing: --data must be a folder laid out like ../shared/data (see its README)",
+                p.display()
+            );
+        }
+        Ok(p.display().to_string())
+    };
+    let real = out.join("real");
+    let tokens = real.join("tokens");
+    let (cells, dictionaries) = (need("cells/paul15.h5ad.gz")?, need("geneformer/v2")?);
+    let orthologs = need("orthologs/Ensembl105_Human2Mouse_Genes.csv")?;
+    crate::tokenize::run(
+        parse(&[
+            "--input",
+            &cells,
+            "--model-kind",
+            "geneformer-v2",
+            "--dictionaries",
+            &dictionaries,
+            "--orthologs",
+            &orthologs,
+            "--gene-ids",
+            "symbol",
+            "--obs-columns",
+            "paul15_clusters",
+            "--max-len",
+            "256",
+            "--out",
+            &tokens.display().to_string(),
+            "--overwrite",
+        ])?,
+        true,
+    )?;
+    let acts = real.join("acts");
+    if acts.exists() {
+        std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
+    }
+    let hook = "blocks.2.hook_resid_post";
+    let extracted = crate::extract::extract_store(parse(&[
+        "--model",
+        &model_dir.display().to_string(),
+        "--input",
+        &tokens.display().to_string(),
+        "--hooks",
+        hook,
+        "--out",
+        &acts.display().to_string(),
+    ])?)?;
+    let sae_dir = real.join("sae");
+    let report = crate::sae::train_sae(demo_sae_args(
+        &acts,
+        hook,
+        4 * HIDDEN,
+        16,
+        &sae_dir,
+        400_000,
+        0,
+        seed,
+    ))?;
+    let catalog_dir = real.join("catalog");
+    let catalog = crate::analyze::analyze(parse(&[
+        "--acts",
+        &acts.display().to_string(),
+        "--sae",
+        &sae_dir.display().to_string(),
+        "--genes",
+        &dictionaries,
+        "--out",
+        &catalog_dir.display().to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--overwrite",
+    ])?)?;
+    println!(
+        "  real     {}: paul15 ({} cells, mouse → human orthologs) tokenized for Geneformer V2 (256 tokens), \
+         {hook} of the demo model (synthetic weights) → {} rows; SAE held-out FVU {:.3}; catalogue: {} of {} \
+         latents alive over {} genes",
+        real.display(),
+        catalog["n_cells"],
+        extracted.as_ref().map_or(0, |e| e.n_rows),
+        report.heldout.fvu,
+        catalog["alive"],
+        catalog["d_sae"],
+        catalog["n_genes"],
+    );
+    Ok(serde_json::json!({ "catalog": catalog, "sae_heldout_fvu": report.heldout.fvu }))
 }
 
 /// The demo's SAE training settings (batches of 1,024 rows, a 32k-row shuffle buffer, dead after
