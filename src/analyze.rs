@@ -521,6 +521,7 @@ fn write_tables(
             .column("feature_b", i64s(&mut e.iter().map(|e| e.b as i64)))
             .column("cocount", i64s(&mut e.iter().map(|e| e.cocount as i64)))
             .column("expected_cocount", f64s(&mut e.iter().map(|e| e.expected)))
+            .column("null_variance", f64s(&mut e.iter().map(|e| e.variance)))
             .column("z", f64s(&mut e.iter().map(|e| e.z)))
             .column("p_value", f64s(&mut e.iter().map(|e| e.p_value)))
             .column("q_value", f64s(&mut e.iter().map(|e| e.q_value)))

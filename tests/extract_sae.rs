@@ -1077,6 +1077,9 @@ fn analyze_catalog_equals_an_independent_recount_and_layers_match_the_decoders()
         assert_eq!(num(e, "cocount") as u64, o, "{a}-{b}");
         assert!(rel(num(e, "expected_cocount"), expected) < 1e-9, "{a}-{b}");
         assert!(num(e, "q_value") <= 0.05 && num(e, "pmi") >= 1.0 && o >= 3);
+        // The row alone gives z (and p = norm.sf(z), checked against scipy in the engine's fixture test).
+        let z = (o as f64 - num(e, "expected_cocount") - 0.5) / num(e, "null_variance").sqrt();
+        assert!((z - num(e, "z")).abs() < 1e-9 * z.abs().max(1.0), "{a}-{b}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cat.join("catalog.json")).unwrap()).unwrap();

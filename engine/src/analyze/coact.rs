@@ -49,6 +49,8 @@ pub struct CoactEdge {
     pub b: u32,
     pub cocount: u64,
     pub expected: f64,
+    /// The null variance V; z = (cocount − expected − ½)/√V and p = P[Z > z] (scipy: `norm.sf(z)`).
+    pub variance: f64,
     pub z: f64,
     pub p_value: f64,
     pub q_value: f64,
@@ -209,6 +211,7 @@ impl CoactBuilder {
                 b: j as u32,
                 cocount: o,
                 expected: self.expected[i * d + j],
+                variance: self.variance[i * d + j],
                 z,
                 p_value: p,
                 q_value: q,
