@@ -306,6 +306,8 @@ fn extract_and_train(
         min_consistency: 0.0,
         chunk_cells: 64,
         max_batch_tokens: 16_384,
+        null_permutations: 20,
+        seed,
         json: false,
     })?;
     println!(

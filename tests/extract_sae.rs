@@ -660,6 +660,34 @@ fn trace_writes_edges_with_recomputable_statistics() {
     // A stricter q keeps a subset.
     let strict: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "0.001"]))).unwrap();
     assert!(strict["edges_written"].as_u64().unwrap() <= rows.len() as u64);
+    // The sign-flip null leaves the table as it is and reports the rule's empirical FDR.
+    let plain_table = std::fs::read_to_string(&edges).unwrap();
+    let with_null: serde_json::Value = serde_json::from_str(&ok(&trace(&[
+        "--max-q",
+        "0.001",
+        "--null-permutations",
+        "30",
+        "--seed",
+        "4",
+    ])))
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&edges).unwrap(), plain_table);
+    let null = &with_null["null"];
+    let counts: Vec<f64> = null["null_edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 30);
+    let mean = counts.iter().sum::<f64>() / 30.0;
+    assert!((null["null_edges_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    let written = with_null["edges_written"].as_f64().unwrap();
+    assert!((null["empirical_fdr"].as_f64().unwrap() - mean / written.max(1.0)).abs() < 1e-12);
+    assert!(
+        mean < written,
+        "the fixture's edges are real: {mean} null vs {written} observed"
+    );
 
     fails_with(
         &scinterp(&[
@@ -723,6 +751,8 @@ fn trace_resumes_after_a_kill_and_shards_merge_to_the_same_table() {
             "1",
             "--chunk-cells",
             "3",
+            "--null-permutations",
+            "5",
         ];
         a.extend_from_slice(extra);
         scinterp_env(&a, env)

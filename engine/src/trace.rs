@@ -21,6 +21,7 @@ use crate::executor::{run, Start};
 use crate::hooks::{HookPlan, HookPoint};
 use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
+use crate::rng::splitmix64;
 use crate::sae::{SparseCodes, TopKSae};
 use crate::stats::{cohens_d, hedges_g, one_sample_t_test, RunningStats};
 
@@ -35,6 +36,46 @@ pub struct TraceSetup<'a> {
     pub special_ids: Vec<u32>,
     /// Most tokens per packed tail pass (bounds memory).
     pub max_batch_tokens: usize,
+    /// Sign-flip null: permutations kept per edge (0: none), and their seed.
+    pub null: SignFlipNull,
+}
+
+/// The sign-flip permutation null of the edge tests: permutation b multiplies the observation of
+/// (source feature f, cell c) by a sign drawn from (seed, b, f, the cell's tokens), the same for every
+/// target, so the dependence between tests is kept. Under the null of no effect the per-cell changes
+/// are symmetric about 0, so the flipped statistics show how many edges a rule passes by chance.
+/// The signs depend on the cell's content, not its index, so chunking, shards and resumes agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SignFlipNull {
+    pub permutations: usize,
+    pub seed: u64,
+}
+
+impl SignFlipNull {
+    /// The signs (±1) of the `permutations` flips of one (feature, cell) observation.
+    pub fn signs(&self, feature: u32, cell_tokens: &[u32]) -> Vec<f64> {
+        let mut h = splitmix64(self.seed ^ 0x51_6E_F1_1B ^ u64::from(feature));
+        for &t in cell_tokens {
+            h = splitmix64(h ^ u64::from(t));
+        }
+        (0..self.permutations as u64)
+            .map(|b| {
+                if splitmix64(h ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 63 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect()
+    }
+}
+
+/// One sign-flip permutation's sums of an edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlipSums {
+    pub sum: f64,
+    pub positive: u32,
+    pub negative: u32,
 }
 
 /// Running statistics of one (source feature, target hook, target feature) edge over cells. Only the
@@ -56,10 +97,12 @@ pub struct TraceAccumulator {
     pub edges: HashMap<(u32, u16, u32), EdgeSums>,
     /// (feature, cell) ablations run.
     pub ablations: u64,
+    /// Sign-flip permutations per edge (empty without a null).
+    pub null: HashMap<(u32, u16, u32), Vec<FlipSums>>,
 }
 
 impl TraceAccumulator {
-    fn add_cell(&mut self, feature: u32, target: u16, changes: &HashMap<u32, f64>) {
+    fn add_cell(&mut self, feature: u32, target: u16, changes: &HashMap<u32, f64>, signs: &[f64]) {
         for (&g, &x) in changes {
             if x == 0.0 {
                 continue;
@@ -70,6 +113,20 @@ impl TraceAccumulator {
                 e.positive += 1;
             } else {
                 e.negative += 1;
+            }
+            if !signs.is_empty() {
+                let flips = self
+                    .null
+                    .entry((feature, target, g))
+                    .or_insert_with(|| vec![FlipSums::default(); signs.len()]);
+                for (fl, &s) in flips.iter_mut().zip(signs) {
+                    fl.sum += s * x;
+                    if s * x > 0.0 {
+                        fl.positive += 1;
+                    } else {
+                        fl.negative += 1;
+                    }
+                }
             }
         }
     }
@@ -85,12 +142,23 @@ impl TraceAccumulator {
             mine.positive += e.positive;
             mine.negative += e.negative;
         }
+        for (k, flips) in other.null {
+            let mine = self
+                .null
+                .entry(k)
+                .or_insert_with(|| vec![FlipSums::default(); flips.len()]);
+            for (m, o) in mine.iter_mut().zip(&flips) {
+                m.sum += o.sum;
+                m.positive += o.positive;
+                m.negative += o.negative;
+            }
+        }
         self.ablations += other.ablations;
     }
 }
 
 const ACC_MAGIC: &[u8; 8] = b"SCITRACE";
-const ACC_VERSION: u32 = 1;
+const ACC_VERSION: u32 = 2;
 
 impl TraceAccumulator {
     /// Serialises the accumulator (little-endian, entries sorted by key, so equal accumulators give
@@ -120,6 +188,21 @@ impl TraceAccumulator {
             out.extend_from_slice(&m2.to_le_bytes());
             out.extend_from_slice(&e.positive.to_le_bytes());
             out.extend_from_slice(&e.negative.to_le_bytes());
+        }
+        let mut null: Vec<_> = self.null.iter().collect();
+        null.sort_unstable_by_key(|(k, _)| **k);
+        let b = null.first().map_or(0, |(_, v)| v.len());
+        out.extend_from_slice(&(null.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(b as u64).to_le_bytes());
+        for ((f, t, g), flips) in null {
+            out.extend_from_slice(&f.to_le_bytes());
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&g.to_le_bytes());
+            for fl in flips {
+                out.extend_from_slice(&fl.sum.to_le_bytes());
+                out.extend_from_slice(&fl.positive.to_le_bytes());
+                out.extend_from_slice(&fl.negative.to_le_bytes());
+            }
         }
         out
     }
@@ -166,6 +249,22 @@ impl TraceAccumulator {
                     negative,
                 },
             );
+        }
+        let n_null = u64_of(take(8)?);
+        let b = u64_of(take(8)?) as usize;
+        for _ in 0..n_null {
+            let f = u32_of(take(4)?);
+            let t = u16::from_le_bytes(take(2)?.try_into().ok()?);
+            let g = u32_of(take(4)?);
+            let mut flips = Vec::with_capacity(b);
+            for _ in 0..b {
+                flips.push(FlipSums {
+                    sum: f64::from_le_bytes(take(8)?.try_into().ok()?),
+                    positive: u32_of(take(4)?),
+                    negative: u32_of(take(4)?),
+                });
+            }
+            acc.null.insert((f, t, g), flips);
         }
         (at == bytes.len()).then_some(acc)
     }
@@ -261,6 +360,10 @@ pub fn trace_cells(
         }
         let group = &ablations[start..end];
         let cells: Vec<&[u32]> = group.iter().map(|a| clean[a.cell].tokens.as_slice()).collect();
+        let group_signs: Vec<Vec<f64>> = group
+            .iter()
+            .map(|a| setup.null.signs(a.feature, &clean[a.cell].tokens))
+            .collect();
         let mut batch = PackedBatch::from_cells(&cells)?;
         if values.is_some() {
             let flat: Vec<f32> = group
@@ -313,7 +416,7 @@ pub fn trace_cells(
             }
             let codes = sae.encode(&x);
             let mut row = 0;
-            for a in group {
+            for (a, signs) in group.iter().zip(&group_signs) {
                 let n = a.active.len();
                 let mut changes: HashMap<u32, f64> = HashMap::new();
                 for j in 0..n {
@@ -328,7 +431,7 @@ pub fn trace_cells(
                 }
                 row += 2 * n;
                 changes.values_mut().for_each(|v| *v /= n as f64);
-                acc.add_cell(a.feature, t as u16, &changes);
+                acc.add_cell(a.feature, t as u16, &changes, signs);
             }
         }
         acc.ablations += group.len() as u64;
@@ -352,6 +455,7 @@ pub fn source_cell_counts(
         targets: Vec::new(),
         special_ids: setup.special_ids.clone(),
         max_batch_tokens: setup.max_batch_tokens,
+        null: SignFlipNull::default(),
     };
     let mut counts = vec![0u32; setup.source_sae.d_sae];
     for cell in clean_runs(encoder, &no_targets, tokens, values)? {
@@ -448,6 +552,23 @@ pub struct EdgeStats {
 }
 
 impl EdgeSums {
+    /// [`EdgeSums::stats`] of one sign-flip permutation: the sum and signs are the flipped ones,
+    /// the sum of squares is unchanged.
+    pub fn flipped_stats(&self, n: u32, flip: &FlipSums) -> EdgeStats {
+        let (k, mean, m2) = self.nonzero.parts();
+        let sum_sq = m2 + k as f64 * mean * mean;
+        let nf = f64::from(n);
+        let flipped_mean = flip.sum / nf;
+        // Σ(x − x̄)² = Σx² − n·x̄² over all n cells (zeros included).
+        let m2_all = (sum_sq - nf * flipped_mean * flipped_mean).max(0.0);
+        let flipped = EdgeSums {
+            nonzero: RunningStats::from_parts(u64::from(n), flipped_mean, m2_all),
+            positive: flip.positive,
+            negative: flip.negative,
+        };
+        flipped.stats(n)
+    }
+
     /// Statistics over the `n` cells where the source fired (`n` ≥ the cells pushed).
     pub fn stats(&self, n: u32) -> EdgeStats {
         let mut all = RunningStats::zeros(u64::from(n).saturating_sub(self.nonzero.count()));
@@ -487,6 +608,7 @@ mod tests {
             targets: vec![(HookPoint::ResidPost(1), &tgt1), (HookPoint::ResidPost(2), &tgt2)],
             special_ids: vec![0],
             max_batch_tokens: 40,
+            null: SignFlipNull::default(),
         };
         let mut rng = crate::rng::Rng::new(4, 0);
         let cells: Vec<Vec<u32>> = (0..5)
@@ -620,14 +742,59 @@ mod tests {
         let mut changes = HashMap::new();
         changes.insert(5u32, 0.25f64);
         changes.insert(9u32, -1.5f64);
-        acc.add_cell(3, 1, &changes);
-        acc.add_cell(3, 1, &changes);
+        acc.add_cell(3, 1, &changes, &[1.0, -1.0]);
+        acc.add_cell(3, 1, &changes, &[1.0, -1.0]);
         let bytes = acc.to_bytes();
         let back = TraceAccumulator::from_bytes(&bytes).unwrap();
         assert_eq!(back.edges, acc.edges);
         assert_eq!(back.cells_active, acc.cells_active);
+        assert_eq!(back.null, acc.null);
+        assert_eq!(acc.null[&(3, 1, 9)][1].sum, 3.0);
         assert_eq!(back.to_bytes(), bytes);
         assert!(TraceAccumulator::from_bytes(&bytes[..bytes.len() - 1]).is_none());
+    }
+
+    /// A permutation whose signs are all + gives the observed statistics; flipping every sign negates
+    /// the mean and keeps |d|; the signs are ±1 at about half each, and depend on the cell's content.
+    #[test]
+    fn sign_flips_reproduce_and_mirror_the_statistics() {
+        let mut acc = TraceAccumulator::default();
+        let obs = [0.5, -0.25, 1.0, 0.75];
+        for x in obs {
+            let mut changes = HashMap::new();
+            changes.insert(2u32, x);
+            acc.add_cell(1, 0, &changes, &[1.0, -1.0]);
+        }
+        let e = acc.edges[&(1, 0, 2)];
+        let flips = &acc.null[&(1, 0, 2)];
+        // Six cells: two with no change.
+        let (plain, same, mirrored) = (
+            e.stats(6),
+            e.flipped_stats(6, &flips[0]),
+            e.flipped_stats(6, &flips[1]),
+        );
+        for (a, b) in [
+            (plain.mean, same.mean),
+            (plain.sd, same.sd),
+            (plain.t, same.t),
+            (plain.p, same.p),
+        ] {
+            assert!((a - b).abs() < 1e-12 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!(
+            (mirrored.mean + plain.mean).abs() < 1e-12 && (mirrored.cohens_d + plain.cohens_d).abs() < 1e-12
+        );
+        assert_eq!(mirrored.sign_consistency, plain.sign_consistency);
+        let null = SignFlipNull {
+            permutations: 4000,
+            seed: 3,
+        };
+        let signs = null.signs(7, &[5, 6, 7]);
+        let plus = signs.iter().filter(|&&s| s > 0.0).count();
+        assert!((1800..2200).contains(&plus), "{plus}");
+        assert_eq!(signs, null.signs(7, &[5, 6, 7]));
+        assert_ne!(signs, null.signs(7, &[5, 6, 8]));
+        assert_ne!(signs, null.signs(8, &[5, 6, 7]));
     }
 
     /// A feature that never fires is never ablated; one that fires in a cell changes something there.
@@ -642,6 +809,7 @@ mod tests {
             targets: vec![(HookPoint::ResidPost(1), &tgt)],
             special_ids: vec![],
             max_batch_tokens: 1000,
+            null: SignFlipNull::default(),
         };
         let cells: Vec<Vec<u32>> = vec![(1..12).collect(), (20..31).collect()];
         let mut all = TraceAccumulator::default();
