@@ -95,3 +95,63 @@ impl Encoder for TinyEncoder {
         Vec::new()
     }
 }
+
+/// Planted circuit (width 16, 2 blocks, one head): tokens `4·m + i` (i < 4, m < 6) carry direction
+/// e_i with strength 2 + m/4; the other tokens carry none. Block 0 is the identity on normalised states
+/// (zero attention and FFN outputs, unit LayerNorms); block 1's FFN writes `6·ReLU(x_i − 0.5)` along
+/// e_{4+σ(i)}, and attention moves nothing between positions. So source direction i drives target
+/// direction 4 + σ(i) and nothing else. Tokens 24.. are fillers (an anchor and a variable direction).
+pub fn planted_circuit_encoder(sigma: [usize; 4]) -> TinyEncoder {
+    let d = 16;
+    let vocab = 34;
+    let e = |i: usize| (0..d).map(move |k| if k == i { 1.0f32 } else { 0.0 });
+    let mut embedding = Vec::with_capacity(vocab * d);
+    for t in 0..vocab {
+        let mut row = vec![0.0f32; d];
+        row[15] = 1.0;
+        if t < 24 {
+            let (m, i) = (t / 4, t % 4);
+            row[i] = 2.0 + m as f32 / 4.0;
+            row[8 + m] += 0.3;
+        } else {
+            row[8 + t % 6] += 0.5;
+        }
+        embedding.extend(row);
+    }
+    let zeros = |out: usize, inp: usize| {
+        LinearWeights::new(vec![0.0; out * inp], Some(vec![0.0; out]), out, inp).unwrap()
+    };
+    let unit_ln = || LayerNormWeights::new(vec![1.0; d], vec![0.0; d], 1e-12).unwrap();
+    let block = |ffn_in: LinearWeights, ffn_out: LinearWeights| PostLnBlock {
+        n_heads: 1,
+        head_dim: d,
+        qkv: zeros(3 * d, d),
+        attn_out: zeros(d, d),
+        ln_attn: unit_ln(),
+        ffn_in,
+        ffn_out,
+        ln_out: unit_ln(),
+        activation: Activation::Relu,
+    };
+    let ff = 4;
+    let ffn_in = LinearWeights::new((0..ff).flat_map(e).collect(), Some(vec![-0.5; ff]), ff, d).unwrap();
+    // ffn_out is [d, ff]: column i writes 6·e_{4+σ(i)}.
+    let mut w_out = vec![0.0f32; d * ff];
+    for (i, &s) in sigma.iter().enumerate() {
+        w_out[(4 + s) * ff + i] = 6.0;
+    }
+    let ffn_out = LinearWeights::new(w_out, Some(vec![0.0; d]), d, ff).unwrap();
+    TinyEncoder {
+        dims: EncoderDims {
+            n_layers: 2,
+            d_model: d,
+            n_heads: 1,
+            head_dim: d,
+            d_ff: ff,
+            vocab_size: vocab,
+            max_len: None,
+        },
+        embedding,
+        blocks: vec![block(zeros(ff, d), zeros(d, ff)), block(ffn_in, ffn_out)],
+    }
+}

@@ -797,6 +797,81 @@ mod tests {
         assert_ne!(signs, null.signs(8, &[5, 6, 7]));
     }
 
+    /// The planted circuit (test_model::planted_circuit_encoder): source feature i (direction e_i at
+    /// blocks.0) drives target feature σ(i) (direction e_{4+σ(i)} at blocks.1) and nothing else. Every
+    /// planted edge is found with the right sign (ablating the source lowers the target) at q ≤ 0.05, and
+    /// no other edge is found at any threshold (nothing else changes at all).
+    #[test]
+    fn recovers_a_planted_circuit_and_nothing_else() {
+        let sigma = [2usize, 0, 3, 1];
+        let enc = crate::test_model::planted_circuit_encoder(sigma);
+        let d = 16;
+        // SAEs reading unit directions, k = 1, with a threshold so that unrelated positions stay inactive.
+        let sae = |offset: usize, n: usize| {
+            let rows: Vec<f32> = (0..n)
+                .flat_map(|f| (0..d).map(move |k| (k == offset + f) as u8 as f32))
+                .collect();
+            TopKSae {
+                d_in: d,
+                d_sae: n,
+                k: 1,
+                w_enc: rows.clone(),
+                b_enc: vec![-0.3; n],
+                w_dec: rows,
+                b_dec: vec![0.0; d],
+            }
+        };
+        let (src, tgt) = (sae(0, 4), sae(4, 4));
+        let setup = TraceSetup {
+            source_layer: 0,
+            source_sae: &src,
+            targets: vec![(HookPoint::ResidPost(1), &tgt)],
+            special_ids: vec![],
+            max_batch_tokens: 200,
+            null: SignFlipNull::default(),
+        };
+        let mut rng = crate::rng::Rng::new(11, 12);
+        let cells: Vec<Vec<u32>> = (0..40)
+            .map(|_| {
+                (0..12)
+                    .map(|_| {
+                        if rng.uniform() < 0.5 {
+                            rng.below(24) as u32
+                        } else {
+                            24 + rng.below(10) as u32
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut acc = TraceAccumulator::default();
+        trace_cells(&enc, &setup, &[0, 1, 2, 3], &cells, None, &mut acc, &mut |_| {}).unwrap();
+        let keys: Vec<_> = acc.edges.keys().copied().collect();
+        let stats: Vec<EdgeStats> = keys
+            .iter()
+            .map(|k| acc.edges[k].stats(acc.cells_active[&k.0]))
+            .collect();
+        let q = crate::stats::bh_qvalues(&stats.iter().map(|s| s.p).collect::<Vec<_>>()).unwrap();
+        let mut found: Vec<(u32, u32)> = keys
+            .iter()
+            .zip(&stats)
+            .zip(&q)
+            .filter(|((_, _), &q)| q <= 0.05)
+            .map(|((k, s), _)| {
+                assert!(s.mean < 0.0 && s.sign_consistency == 1.0, "{k:?}: {s:?}");
+                (k.0, k.2)
+            })
+            .collect();
+        found.sort_unstable();
+        let planted: Vec<(u32, u32)> = (0..4).map(|i| (i as u32, sigma[i] as u32)).collect();
+        assert_eq!(found, planted);
+        // Nothing else changed anywhere: the only edges with any change are the planted ones.
+        let mut any: Vec<(u32, u32)> = keys.iter().map(|k| (k.0, k.2)).collect();
+        any.sort_unstable();
+        assert_eq!(any, planted);
+        assert!(acc.cells_active.values().all(|&n| n >= 10));
+    }
+
     /// A feature that never fires is never ablated; one that fires in a cell changes something there.
     #[test]
     fn inactive_features_are_skipped() {
