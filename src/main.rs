@@ -3,6 +3,7 @@
 
 mod analyze;
 mod demo;
+mod effects;
 mod extract;
 mod forward;
 mod genes;
@@ -59,6 +60,9 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Compare SAEs across layers: decoder matching, lifespans, PMI highways with a permuted-pairing null.
     Layers(layers::LayersArgs),
+    /// Feature → output: ablate or steer SAE features and read the MLM logits (gene set vs others) and a
+    /// direction, against a norm-matched random-direction control.
+    Effects(effects::EffectsArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => trace::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Layers(args) => layers::run(args),
+        Command::Effects(args) => effects::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

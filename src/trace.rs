@@ -119,7 +119,7 @@ pub struct NullSummary {
 }
 
 /// Finds the SAE of `hook` under `dir`.
-fn find_sae(dir: &Path, hook: &str) -> Result<SaeFolder> {
+pub(crate) fn find_sae(dir: &Path, hook: &str) -> Result<SaeFolder> {
     let direct = dir.join(hook);
     if direct.join("cfg.json").exists() {
         return Ok(load_sae(&direct)?);
@@ -558,7 +558,7 @@ fn null_edges(
     }))
 }
 
-fn parse_features(spec: &str, d_sae: u32) -> Result<Vec<u32>> {
+pub(crate) fn parse_features(spec: &str, d_sae: u32) -> Result<Vec<u32>> {
     let spec = spec.trim();
     if spec == "all" {
         return Ok((0..d_sae).collect());

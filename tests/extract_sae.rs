@@ -1211,3 +1211,54 @@ fn analyze_catalog_equals_an_independent_recount_and_layers_match_the_decoders()
             > 0
     );
 }
+
+/// `scinterp effects`: α = 1 changes nothing; ablation and steering rows for every feature that fired,
+/// with the control columns; a malformed readout set is refused.
+#[test]
+fn effects_ablate_and_steer_with_a_random_direction_control() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tokens, saes) = trace_fixture(tmp.path());
+    let out = tmp.path().join("effects.tsv");
+    let run = |readout: &str| {
+        scinterp(&[
+            "effects",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--saes",
+            s(&saes),
+            "--source",
+            "blocks.0.hook_resid_post",
+            "--features",
+            "all",
+            "--alphas",
+            "0,1,3",
+            "--readout-tokens",
+            readout,
+            "--out",
+            s(&out),
+            "--json",
+        ])
+    };
+    let summary: serde_json::Value = serde_json::from_str(&ok(&run("5,6,7,8,9,10,11,12,13,14,15"))).unwrap();
+    let rows = read_tsv(&out);
+    let fired = summary["features_fired"].as_u64().unwrap() as usize;
+    assert!(fired > 0);
+    assert_eq!(rows.len(), 3 * fired);
+    for r in &rows {
+        assert!(num(r, "n_cells") >= 1.0);
+        if num(r, "alpha") == 1.0 {
+            assert_eq!(num(r, "other_logit_change"), 0.0, "α = 1 is the identity edit");
+            assert_eq!(num(r, "control_target_minus_other"), 0.0);
+        }
+        let (p, q) = (num(r, "vs_control_p"), num(r, "vs_control_q"));
+        assert!(p.is_nan() || (q >= p && q <= 1.0));
+    }
+    assert!(
+        rows.iter()
+            .any(|r| num(r, "alpha") == 0.0 && num(r, "other_logit_change") != 0.0),
+        "ablation changes the logits"
+    );
+    fails_with(&run("5,x"), &["--readout-tokens", "`x` is not a token id"]);
+}

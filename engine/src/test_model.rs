@@ -10,6 +10,8 @@ pub struct TinyEncoder {
     dims: EncoderDims,
     embedding: Vec<f32>,
     blocks: Vec<PostLnBlock>,
+    /// A linear MLM-style head `[vocab, d]` (logits = state · Wᵀ), when present.
+    head: Option<Vec<f32>>,
 }
 
 /// `layers` blocks of width `d` with `heads` heads, FFN `ff`, vocabulary `vocab`, seeded weights.
@@ -50,7 +52,10 @@ pub fn tiny_encoder(
             activation: Activation::Relu,
         })
         .collect();
+    // Drawn after everything else, so the other weights do not depend on it.
+    let head = Some(draw(vocab * d, 1.0 / (d as f64).sqrt()));
     TinyEncoder {
+        head,
         dims: EncoderDims {
             n_layers: layers,
             d_model: d,
@@ -87,12 +92,28 @@ impl Encoder for TinyEncoder {
         &self.blocks[layer]
     }
 
-    fn head(&self, _final_state: &Matrix, _batch: &PackedBatch) -> Option<Matrix> {
-        None
+    fn head(&self, final_state: &Matrix, _batch: &PackedBatch) -> Option<Matrix> {
+        let w = self.head.as_ref()?;
+        let (d, vocab) = (self.dims.d_model, self.dims.vocab_size);
+        let mut logits = Vec::with_capacity(final_state.rows() * vocab);
+        for r in 0..final_state.rows() {
+            let x = final_state.row(r);
+            logits.extend((0..vocab).map(|t| {
+                w[t * d..(t + 1) * d]
+                    .iter()
+                    .zip(x)
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+            }));
+        }
+        Some(Matrix::from_vec(final_state.rows(), vocab, logits))
     }
 
     fn head_outputs(&self) -> Vec<(&'static str, usize)> {
-        Vec::new()
+        match self.head {
+            Some(_) => vec![("logits", self.dims.vocab_size)],
+            None => Vec::new(),
+        }
     }
 }
 
@@ -142,6 +163,7 @@ pub fn planted_circuit_encoder(sigma: [usize; 4]) -> TinyEncoder {
     }
     let ffn_out = LinearWeights::new(w_out, Some(vec![0.0; d]), d, ff).unwrap();
     TinyEncoder {
+        head: None,
         dims: EncoderDims {
             n_layers: 2,
             d_model: d,

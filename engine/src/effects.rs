@@ -1,0 +1,414 @@
+//! Feature → output effects: ablate or scale an SAE feature inside the residual stream, replay the
+//! blocks after it and the head, and read the model's output (methods.md §7, A16–A18).
+//!
+//! For source feature f in a cell where it fires, the edit at f's active positions t is
+//! `δ(t) = (α − 1)·a_f(t)·w_f` (α = 0 ablates; α > 1 amplifies, i.e. steers), with the SAE's error term
+//! kept. Two readouts per (feature, α, cell):
+//! - the MLM logit of the token at each gene position, its change averaged over the positions whose
+//!   token is in a readout gene set and, separately, over the other positions (target vs others);
+//! - optionally the change of the final state's projection on a given direction, averaged over the
+//!   gene positions.
+//!
+//! A control runs the same edit with f's direction replaced by a seeded random direction of the same
+//! norm (magnitude-matched), so that effects specific to w_f can be told from effects of any push of
+//! that size at those positions.
+
+use std::collections::HashSet;
+
+use crate::encoder::Encoder;
+use crate::error::EngineError;
+use crate::executor::{run, Start};
+use crate::hooks::{HookPlan, HookPoint};
+use crate::matrix::Matrix;
+use crate::packed::PackedBatch;
+use crate::rng::Rng;
+use crate::sae::{SparseCodes, TopKSae};
+
+/// What to edit and what to read.
+pub struct EffectsSetup<'a> {
+    /// The source hook is `blocks.{source_layer}.hook_resid_post`.
+    pub source_layer: usize,
+    pub source_sae: &'a TopKSae,
+    /// Scales of a_f: 0 ablates, others steer (a dose list).
+    pub alphas: Vec<f32>,
+    /// Tokens of the readout gene set.
+    pub readout_tokens: HashSet<u32>,
+    /// A readout direction on the final state (`d_model` values), if any.
+    pub direction: Option<Vec<f32>>,
+    /// Seed of the random control directions (one per feature); `None` runs no control.
+    pub control_seed: Option<u64>,
+    pub special_ids: Vec<u32>,
+    pub max_batch_tokens: usize,
+}
+
+/// One (feature, α, cell) readout. NaN where no position of the kind exists.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EffectObservation {
+    pub feature: u32,
+    pub alpha: f32,
+    pub control: bool,
+    /// Index of the cell in the chunk given.
+    pub cell: usize,
+    pub target_logit_change: f64,
+    pub other_logit_change: f64,
+    pub direction_change: f64,
+}
+
+struct CleanCell {
+    tokens: Vec<u32>,
+    source_state: Matrix,
+    gene_positions: Vec<usize>,
+    codes: SparseCodes,
+    /// Own-token logit at each gene position, and the final state's projection on the direction.
+    logits: Vec<f32>,
+    projections: Vec<f64>,
+}
+
+/// A seeded random direction with the norm of `like`.
+pub fn control_direction(like: &[f32], seed: u64, feature: u32) -> Vec<f32> {
+    let mut rng = Rng::new(seed, 0xC0_47_20_1D ^ u64::from(feature));
+    let r: Vec<f32> = like.iter().map(|_| rng.normal() as f32).collect();
+    let (nr, nl) = (norm(&r), norm(like));
+    r.iter().map(|x| x * nl / nr.max(f32::MIN_POSITIVE)).collect()
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// Own-token logits and direction projections of the gene positions of cell `i` of `batch`.
+fn readouts(
+    head: &Matrix,
+    final_state: &Matrix,
+    batch: &PackedBatch,
+    i: usize,
+    tokens: &[u32],
+    positions: &[usize],
+    direction: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f64>) {
+    let base = batch.cell_range(i).start;
+    let logits = positions
+        .iter()
+        .map(|&p| head.row(base + p)[tokens[p] as usize])
+        .collect();
+    let projections = match direction {
+        Some(w) => positions
+            .iter()
+            .map(|&p| dot64(final_state.row(base + p), w))
+            .collect(),
+        None => vec![0.0; positions.len()],
+    };
+    (logits, projections)
+}
+
+/// Runs every (feature, α, control) edit of `features` in the cells `tokens` and returns one
+/// observation per (feature, α, control, cell where the feature fires).
+pub fn output_effects(
+    encoder: &dyn Encoder,
+    setup: &EffectsSetup,
+    features: &[u32],
+    tokens: &[Vec<u32>],
+) -> Result<Vec<EffectObservation>, EngineError> {
+    let d = encoder.dims().d_model;
+    if setup.source_sae.d_in != d {
+        return Err(EngineError::InvalidStart(format!(
+            "the source SAE reads width {}, the model has {d}",
+            setup.source_sae.d_in
+        )));
+    }
+    if setup.direction.as_ref().is_some_and(|w| w.len() != d) {
+        return Err(EngineError::InvalidStart(format!(
+            "the readout direction must have {d} values"
+        )));
+    }
+    let direction = setup.direction.as_deref();
+    let source_hook = HookPoint::ResidPost(setup.source_layer);
+    let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+    let mut clean = Vec::with_capacity(tokens.len());
+    for group in crate::batching::group_by_token_budget(&lengths, setup.max_batch_tokens) {
+        let batch = PackedBatch::from_cells(&tokens[group.clone()])?;
+        let out = run(
+            encoder,
+            &batch,
+            &HookPlan::new().capture(source_hook),
+            Start::Embed,
+            true,
+        )?;
+        let head = out
+            .head
+            .as_ref()
+            .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))?;
+        let source = out
+            .captures
+            .get(source_hook)
+            .ok_or_else(|| EngineError::InvalidStart("source not captured".into()))?;
+        for (i, c) in group.enumerate() {
+            let rows = batch.cell_range(i);
+            let gene_positions: Vec<usize> = (0..tokens[c].len())
+                .filter(|&p| !setup.special_ids.contains(&tokens[c][p]))
+                .collect();
+            let x: Vec<f32> = gene_positions
+                .iter()
+                .flat_map(|&p| source.row(rows.start + p).to_vec())
+                .collect();
+            let (logits, projections) = readouts(
+                head,
+                &out.final_state,
+                &batch,
+                i,
+                &tokens[c],
+                &gene_positions,
+                direction,
+            );
+            clean.push(CleanCell {
+                tokens: tokens[c].clone(),
+                source_state: source.slice_rows(rows.start, rows.end),
+                codes: setup.source_sae.encode(&x),
+                gene_positions,
+                logits,
+                projections,
+            });
+        }
+    }
+
+    // Every edit: (cell, feature, α, control, active (position index, value)).
+    struct EditJob {
+        cell: usize,
+        feature: u32,
+        alpha: f32,
+        control: bool,
+        active: Vec<(usize, f32)>,
+    }
+    let controls: &[bool] = if setup.control_seed.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut jobs = Vec::new();
+    for (c, cell) in clean.iter().enumerate() {
+        for &f in features {
+            let active: Vec<(usize, f32)> = (0..cell.gene_positions.len())
+                .filter_map(|p| {
+                    let (idx, val) = cell.codes.row(p);
+                    idx.iter()
+                        .zip(val)
+                        .find(|(&g, &v)| g == f && v > 0.0)
+                        .map(|(_, &v)| (p, v))
+                })
+                .collect();
+            if active.is_empty() {
+                continue;
+            }
+            for &alpha in &setup.alphas {
+                for &control in controls {
+                    jobs.push(EditJob {
+                        cell: c,
+                        feature: f,
+                        alpha,
+                        control,
+                        active: active.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut start = 0;
+    while start < jobs.len() {
+        let (mut end, mut used) = (start, 0);
+        while end < jobs.len() {
+            let len = clean[jobs[end].cell].tokens.len();
+            if end > start && used + len > setup.max_batch_tokens {
+                break;
+            }
+            used += len;
+            end += 1;
+        }
+        let group = &jobs[start..end];
+        let cells: Vec<&[u32]> = group.iter().map(|j| clean[j.cell].tokens.as_slice()).collect();
+        let batch = PackedBatch::from_cells(&cells)?;
+        let mut state = Matrix::zeros(batch.n_tokens(), d);
+        for (i, job) in group.iter().enumerate() {
+            let cell = &clean[job.cell];
+            let rows = batch.cell_range(i);
+            state.as_mut_slice()[rows.start * d..rows.end * d].copy_from_slice(cell.source_state.as_slice());
+            let w = setup.source_sae.decoder_row(job.feature as usize);
+            let w = if job.control {
+                control_direction(w, setup.control_seed.unwrap_or(0), job.feature)
+            } else {
+                w.to_vec()
+            };
+            for &(p, v) in &job.active {
+                let row = state.row_mut(rows.start + cell.gene_positions[p]);
+                let scale = (job.alpha - 1.0) * v;
+                row.iter_mut().zip(&w).for_each(|(x, wi)| *x += scale * wi);
+            }
+        }
+        let result = run(
+            encoder,
+            &batch,
+            &HookPlan::new(),
+            Start::BlockInput {
+                layer: setup.source_layer + 1,
+                state,
+            },
+            true,
+        )?;
+        let head = result
+            .head
+            .as_ref()
+            .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))?;
+        for (i, job) in group.iter().enumerate() {
+            let cell = &clean[job.cell];
+            let (logits, projections) = readouts(
+                head,
+                &result.final_state,
+                &batch,
+                i,
+                &cell.tokens,
+                &cell.gene_positions,
+                direction,
+            );
+            let (mut t_sum, mut t_n, mut o_sum, mut o_n) = (0.0f64, 0usize, 0.0f64, 0usize);
+            for (p, &pos) in cell.gene_positions.iter().enumerate() {
+                let change = (logits[p] - cell.logits[p]) as f64;
+                if setup.readout_tokens.contains(&cell.tokens[pos]) {
+                    t_sum += change;
+                    t_n += 1;
+                } else {
+                    o_sum += change;
+                    o_n += 1;
+                }
+            }
+            let n = cell.gene_positions.len().max(1) as f64;
+            let mean = |s: f64, n: usize| if n > 0 { s / n as f64 } else { f64::NAN };
+            out.push(EffectObservation {
+                feature: job.feature,
+                alpha: job.alpha,
+                control: job.control,
+                cell: job.cell,
+                target_logit_change: mean(t_sum, t_n),
+                other_logit_change: mean(o_sum, o_n),
+                direction_change: if direction.is_some() {
+                    projections
+                        .iter()
+                        .zip(&cell.projections)
+                        .map(|(a, b)| a - b)
+                        .sum::<f64>()
+                        / n
+                } else {
+                    f64::NAN
+                },
+            });
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::Edit;
+    use crate::test_model::tiny_encoder;
+
+    /// The batched tail replay equals a hooked full forward with the head, per (feature, α, cell),
+    /// for the feature's direction and for its random control; α = 1 changes nothing.
+    #[test]
+    fn batched_effects_equal_the_naive_loop() {
+        let enc = tiny_encoder(3, 64, 2, 128, 50, 21);
+        let sae = crate::sae::tests::random_sae(64, 48, 4, 22);
+        let readout: HashSet<u32> = (1..25).collect();
+        let direction: Vec<f32> = (0..64).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        let setup = EffectsSetup {
+            source_layer: 0,
+            source_sae: &sae,
+            alphas: vec![0.0, 1.0, 3.0],
+            readout_tokens: readout.clone(),
+            direction: Some(direction.clone()),
+            control_seed: Some(5),
+            special_ids: vec![0],
+            max_batch_tokens: 40,
+        };
+        let cells: Vec<Vec<u32>> = vec![
+            std::iter::once(0).chain(1..14).collect(),
+            std::iter::once(0).chain(20..40).collect(),
+            std::iter::once(0).chain((5..30).step_by(2)).collect(),
+        ];
+        let features: Vec<u32> = (0..48).collect();
+        let obs = output_effects(&enc, &setup, &features, &cells).unwrap();
+        assert!(!obs.is_empty());
+        let mut checked = 0;
+        for o in obs.iter().filter(|o| o.feature % 5 == 0) {
+            let cell = &cells[o.cell];
+            let batch = PackedBatch::from_cells(&[cell.as_slice()]).unwrap();
+            let hook = HookPoint::ResidPost(0);
+            let clean = run(&enc, &batch, &HookPlan::new().capture(hook), Start::Embed, true).unwrap();
+            let src = clean.captures.get(hook).unwrap();
+            let genes: Vec<usize> = (1..cell.len()).collect();
+            let x: Vec<f32> = genes.iter().flat_map(|&p| src.row(p).to_vec()).collect();
+            let codes = sae.encode(&x);
+            let (mut rows, mut scales) = (Vec::new(), Vec::new());
+            for (i, &p) in genes.iter().enumerate() {
+                let (idx, val) = codes.row(i);
+                if let Some((_, &v)) = idx.iter().zip(val).find(|(&g, &v)| g == o.feature && v > 0.0) {
+                    rows.push(p);
+                    scales.push((o.alpha - 1.0) * v);
+                }
+            }
+            let w = sae.decoder_row(o.feature as usize);
+            let w = if o.control {
+                control_direction(w, 5, o.feature)
+            } else {
+                w.to_vec()
+            };
+            let plan = HookPlan::new().edit(
+                hook,
+                Edit::AddDirection {
+                    rows,
+                    direction: w,
+                    scales,
+                },
+            );
+            let edited = run(&enc, &batch, &plan, Start::Embed, true).unwrap();
+            let (h0, h1) = (clean.head.as_ref().unwrap(), edited.head.as_ref().unwrap());
+            let (mut t, mut tn, mut other, mut on, mut proj) = (0.0f64, 0, 0.0f64, 0, 0.0f64);
+            for &p in &genes {
+                let change = (h1.row(p)[cell[p] as usize] - h0.row(p)[cell[p] as usize]) as f64;
+                if readout.contains(&cell[p]) {
+                    t += change;
+                    tn += 1;
+                } else {
+                    other += change;
+                    on += 1;
+                }
+                proj += dot64(edited.final_state.row(p), &direction)
+                    - dot64(clean.final_state.row(p), &direction);
+            }
+            let close =
+                |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+            let want_t = if tn > 0 { t / tn as f64 } else { f64::NAN };
+            let want_o = if on > 0 { other / on as f64 } else { f64::NAN };
+            assert!(close(o.target_logit_change, want_t), "{o:?} vs {want_t}");
+            assert!(close(o.other_logit_change, want_o), "{o:?} vs {want_o}");
+            assert!(close(o.direction_change, proj / genes.len() as f64), "{o:?}");
+            if o.alpha == 1.0 {
+                assert_eq!(
+                    (o.target_logit_change.abs().max(0.0), o.direction_change),
+                    (0.0, 0.0)
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 10, "{checked}");
+        // The control direction has the feature direction's norm and is seeded.
+        let w = sae.decoder_row(3);
+        let r = control_direction(w, 5, 3);
+        assert!((norm(&r) - norm(w)).abs() < 1e-5 && r == control_direction(w, 5, 3));
+    }
+}
