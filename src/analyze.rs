@@ -3,6 +3,8 @@
 //! Writes a catalog folder that `scinterp annotate` and `scinterp layers` read.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +17,7 @@ use scinterp_engine::analyze::{
 use scinterp_engine::npy::{write_npy, NpyDtype};
 use scinterp_engine::rng::{splitmix64, unit_f64};
 use scinterp_engine::sae::io::write_atomically;
-use scinterp_engine::sae::TopKSae;
+use scinterp_engine::sae::{SparseCodes, TopKSae};
 use serde_json::{json, Value};
 
 use crate::extract::absolute;
@@ -331,46 +333,81 @@ fn single_pass(
         min_support: args.min_support,
         top_cells: args.top_cells,
     };
-    let mut catalog = CatalogBuilder::new(sae.d_sae, CatalogBuilder::observed_tokens(rows), settings);
-    let mut coact = (!args.no_coactivation).then(|| CoactBuilder::new(sae.d_sae));
+    let catalog = CatalogBuilder::new(sae.d_sae, CatalogBuilder::observed_tokens(rows), settings);
+    let coact = (!args.no_coactivation).then(|| CoactBuilder::new(sae.d_sae));
     let sample_fraction = (args.svd_sample_rows as f64 / n.max(1) as f64).min(1.0);
     let mut svd_sample = Vec::new();
     let (mut err, mut sum_sq, mut sum) = (0.0f64, 0.0f64, vec![0.0f64; d]);
     let bar = crate::progress::bar(n as u64, 0, "rows");
-    let mut x = Vec::new();
-    let mut start = 0;
-    while start < n {
-        // Extend to the end of the cell that contains row start + chunk_rows − 1.
-        let mut end = (start + args.chunk_rows.max(1)).min(n);
-        while end < n && rows[end][0] == rows[end - 1][0] {
-            end += 1;
-        }
-        x.resize((end - start) * d, 0.0);
-        array.read_rows(start, &mut x);
-        let codes = sae.encode(&x);
-        let recon = sae.decode(&codes);
-        err += x
-            .par_iter()
-            .zip(&recon)
-            .map(|(&a, &b)| ((a - b) as f64).powi(2))
-            .sum::<f64>();
-        for (r, row) in x.chunks_exact(d).enumerate() {
-            for (s, &v) in sum.iter_mut().zip(row) {
-                *s += v as f64;
-                sum_sq += (v as f64) * (v as f64);
+    // The catalogue and the co-activation counts are serial; each runs on a thread of its own while the
+    // next chunk is read and encoded.
+    type Chunk = (usize, usize, Arc<SparseCodes>);
+    let (cat_tx, cat_rx) = sync_channel::<Chunk>(2);
+    let (co_tx, co_rx) = sync_channel::<Chunk>(2);
+    let (catalog, coact) = std::thread::scope(|scope| {
+        let cat_thread = scope.spawn(move || {
+            let mut catalog = catalog;
+            for (a, b, codes) in cat_rx {
+                catalog.push(&rows[a..b], &codes);
             }
-            if unit_f64(splitmix64(args.seed ^ (start + r) as u64)) < sample_fraction {
-                svd_sample.extend_from_slice(row);
+            catalog
+        });
+        let co_thread = coact.map(|mut coact| {
+            scope.spawn(move || {
+                for (a, b, codes) in co_rx {
+                    let cells: Vec<u32> = rows[a..b].iter().map(|r| r[0] as u32).collect();
+                    coact.push(&cells, &codes);
+                }
+                coact
+            })
+        });
+        let mut x = Vec::new();
+        let mut start = 0;
+        while start < n {
+            // Extend to the end of the cell that contains row start + chunk_rows − 1.
+            let mut end = (start + args.chunk_rows.max(1)).min(n);
+            while end < n && rows[end][0] == rows[end - 1][0] {
+                end += 1;
             }
+            x.resize((end - start) * d, 0.0);
+            array.read_rows(start, &mut x);
+            let codes = Arc::new(sae.encode(&x));
+            let recon = sae.decode(&codes);
+            err += x
+                .par_iter()
+                .zip(&recon)
+                .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            for (r, row) in x.chunks_exact(d).enumerate() {
+                for (s, &v) in sum.iter_mut().zip(row) {
+                    *s += v as f64;
+                    sum_sq += (v as f64) * (v as f64);
+                }
+                if unit_f64(splitmix64(args.seed ^ (start + r) as u64)) < sample_fraction {
+                    svd_sample.extend_from_slice(row);
+                }
+            }
+            // A send fails only if a worker panicked; its join below reports that.
+            let _ = cat_tx.send((start, end, codes.clone()));
+            if co_thread.is_some() {
+                let _ = co_tx.send((start, end, codes));
+            }
+            bar.set_position(end as u64);
+            start = end;
         }
-        catalog.push(&rows[start..end], &codes);
-        if let Some(c) = coact.as_mut() {
-            let cells: Vec<u32> = rows[start..end].iter().map(|r| r[0] as u32).collect();
-            c.push(&cells, &codes);
-        }
-        bar.set_position(end as u64);
-        start = end;
-    }
+        drop((cat_tx, co_tx));
+        let catalog = cat_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the catalogue thread failed"));
+        let coact = co_thread
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("the co-activation thread failed"))
+            })
+            .transpose();
+        (catalog, coact)
+    });
+    let (catalog, coact) = (catalog?, coact?);
     bar.finish_and_clear();
     let norms: Vec<f32> = (0..sae.d_sae)
         .map(|f| sae.decoder_row(f).iter().map(|x| x * x).sum::<f32>().sqrt())
