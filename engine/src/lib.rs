@@ -8,9 +8,12 @@
 //! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay).
 //! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
 //! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
+//! - [`annotate`]: feature annotation: gene-set (Fisher) and TRRUST/PPI edge enrichment with BH over
+//!   every test, and cell-type enrichment.
 //! - [`stats`]: hypergeometric/Fisher and Student t tails in log space, BH/BY q-values, effect sizes,
 //!   streaming mean/variance (f64).
 
+pub mod annotate;
 pub mod batching;
 pub mod cpu;
 pub mod encoder;
