@@ -1,6 +1,7 @@
 //! `scinterp`: the command line. One module per subcommand; each parses its arguments, calls the
 //! libraries and reports. No science lives here.
 
+mod annotate;
 mod demo;
 mod extract;
 mod forward;
@@ -51,6 +52,8 @@ enum Command {
     /// shards).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Trace(trace::TraceArgs),
+    /// Annotate a feature catalog: gene-set, TRRUST/PPI edge and cell-type enrichment with BH over every test
+    Annotate(annotate::AnnotateArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Extract(args) => extract::run(args),
         Command::Sae(args) => sae::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Annotate(args) => annotate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
