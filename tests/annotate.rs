@@ -70,6 +70,8 @@ struct Inputs {
     gmt_symbols: PathBuf,
     gmt_ensembl: PathBuf,
     trrust: PathBuf,
+    /// STRING-like: space-separated with a header and scores; edges below 500 are dropped by the run.
+    ppi: PathBuf,
     /// Feature 0's planted term, the TF whose targets feature 2 holds.
     planted_genes: Vec<usize>,
 }
@@ -134,6 +136,25 @@ fn write_inputs(dir: &Path) -> Inputs {
     }
     let trrust = dir.join("trrust.tsv");
     std::fs::write(&trrust, tr).unwrap();
+    // PPI: a clique among SYM320..SYM327 (feature 5.. do not hold it; feature 2 holds SYM300..SYM312, so a
+    // second clique SYM303..SYM308 lands in it), random edges among 50..400, and low-score edges.
+    let mut ppi = String::from("protein1 protein2 combined_score\n");
+    for (lo, hi) in [(320, 328), (303, 309)] {
+        for x in lo..hi {
+            for y in x + 1..hi {
+                writeln!(ppi, "{} {} {}", symbol(x), symbol(y), 700 + rng.below(300)).unwrap();
+            }
+        }
+    }
+    for g in 50..400 {
+        for _ in 0..3 {
+            let t = 50 + rng.below(350);
+            let score = if rng.below(4) == 0 { 200 } else { 800 };
+            writeln!(ppi, "{} {} {score}", symbol(g), symbol(t)).unwrap();
+        }
+    }
+    let ppi_path = dir.join("ppi.txt");
+    std::fs::write(&ppi_path, ppi).unwrap();
 
     // Token store: cells.tsv with a label column (some unlabelled).
     let store = dir.join("store");
@@ -263,6 +284,7 @@ fn write_inputs(dir: &Path) -> Inputs {
         gmt_symbols,
         gmt_ensembl,
         trrust,
+        ppi: ppi_path,
         planted_genes: planted,
     }
 }
@@ -299,6 +321,10 @@ fn check_with_python(py: &str, out: &Path, inputs: &Inputs, obs: bool) -> Output
         gene_sets,
         "--trrust".into(),
         s(&inputs.trrust).into(),
+        "--ppi".into(),
+        s(&inputs.ppi).into(),
+        "--ppi-min-score".into(),
+        "500".into(),
         "--alpha".into(),
         "0.1".into(),
     ];
@@ -335,6 +361,10 @@ fn run_annotate(inputs: &Inputs, out: &Path, format: &str) -> Output {
         &gene_sets,
         "--trrust",
         s(&inputs.trrust),
+        "--ppi",
+        s(&inputs.ppi),
+        "--ppi-min-score",
+        "500",
         "--obs-column",
         "cell_type",
         "--out",
@@ -366,7 +396,7 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     assert_eq!(summary["families"], written["families"]);
 
     // The family: 2 catalogs × 28 tested features (30, minus one dead, minus one with 2 genes) × (terms
-    // of both libraries and TRRUST TF sets in [5, 500] + 1 edge test).
+    // of both libraries and TRRUST TF sets in [5, 500] + 2 edge tests).
     let fam = &summary["families"]["gene_sets_and_edges"];
     let per_feature: u64 = summary["catalogs"][0]["libraries"]
         .as_array()
@@ -374,7 +404,7 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
         .iter()
         .map(|l| l["terms_tested"].as_u64().unwrap())
         .sum::<u64>()
-        + 1;
+        + 2;
     assert_eq!(summary["catalogs"][0]["tested_features"], 28);
     assert_eq!(summary["catalogs"][0]["alive_features"], 29);
     assert_eq!(fam["m"].as_u64().unwrap(), 2 * 28 * per_feature);
@@ -418,7 +448,7 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     let edges = read_tsv(&out.join("edge_enrichment.tsv"));
     let e = edges
         .iter()
-        .find(|r| r["feature"] == "2")
+        .find(|r| r["feature"] == "2" && r["network"] == "TRRUST_edges")
         .expect("feature 2 has TRRUST edges");
     assert_eq!(e["network"], "TRRUST_edges");
     assert!(e["observed_edges"].parse::<u32>().unwrap() >= 20, "{e:?}");
@@ -427,6 +457,18 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     assert!(
         best.iter().any(|r| r["feature"] == "2" && r["term"] == "SYM300"),
         "{best:?}"
+    );
+    // The PPI module in feature 2: the 15 pairs of SYM303..SYM308 (undirected, written `A-B`).
+    let p = edges
+        .iter()
+        .find(|r| r["feature"] == "2" && r["network"] == "PPI_edges")
+        .expect("feature 2 has PPI edges");
+    assert!(p["observed_edges"].parse::<u32>().unwrap() >= 15, "{p:?}");
+    assert!(p["p_value"].parse::<f64>().unwrap() < 0.01, "{p:?}");
+    assert!(p["edges"].contains("SYM303-SYM304"), "{p:?}");
+    assert!(
+        summary["families"]["gene_sets_and_edges"]["networks"]
+            == serde_json::json!(["TRRUST_edges", "PPI_edges"])
     );
     // Cell types: feature 0's top cells are B cells.
     let ct = read_tsv(&out.join("cell_types.tsv"));

@@ -10,13 +10,13 @@ Recomputes, from the inputs alone, every test of the run and compares with the o
     p = 1, plus one edge test per tested feature and network with the p of edge_enrichment, or 1);
   - completeness: the rows are exactly the pairs with q <= alpha on either q; best_terms is each annotated
     feature's lowest-p row;
-  - edge_enrichment: observed_edges = the directed TF -> target edges among the query genes (self-loops out);
-    features with edges and no row, or rows without edges, fail;
+  - edge_enrichment: observed_edges = the directed TF -> target edges (TRRUST) or the unordered pairs (PPI)
+    among the query genes (self-loops out); features with edges and no row, or rows without edges, fail;
   - cell_types (with --obs-column): the top-10 % rule, scipy's p, statsmodels q over every (feature, label)
     pair, and completeness.
 
     python check_annotate.py --out DIR --catalogs a,b --gene-sets x.gmt,y.gmt [--trrust t.tsv]
-        [--obs-column c] [--min-term-size 5] [--max-term-size 500] [--top-n 20] [--alpha 0.05]
+        [--ppi edges.txt [--ppi-min-score S]] [--obs-column c] [--min-term-size 5] [--max-term-size 500] [--top-n 20] [--alpha 0.05]
 
 Exit status 0 when everything agrees; 1 with the first mismatches listed otherwise.
 """
@@ -112,12 +112,43 @@ def read_trrust(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return edges, loops
 
 
+def read_ppi(path: Path, min_score: float | None) -> list[tuple[str, str]]:
+    edges, seen = [], set()
+    first = True
+    for line in path.read_text().splitlines():
+        line = line.rstrip("\r")
+        if not line.strip() or line.startswith("#"):
+            continue
+        f = [x.strip() for x in line.split("\t")] if "\t" in line else line.split()
+        was_first, first = first, False
+        score = None
+        if len(f) > 2:
+            try:
+                score = float(f[2])
+            except ValueError:
+                if was_first:
+                    continue
+                raise
+        if min_score is not None and (score is None or score < min_score):
+            continue
+        a, b = f[0], f[1]
+        ka, kb = a.upper(), b.upper()
+        k = (ka, kb) if ka < kb else (kb, ka)
+        if ka == kb or k in seen:
+            continue
+        seen.add(k)
+        edges.append((a, b))
+    return edges
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--catalogs", required=True)
     ap.add_argument("--gene-sets", default="")
     ap.add_argument("--trrust", type=Path)
+    ap.add_argument("--ppi", type=Path)
+    ap.add_argument("--ppi-min-score", type=float)
     ap.add_argument("--obs-column")
     ap.add_argument("--min-term-size", type=int, default=5)
     ap.add_argument("--max-term-size", type=int, default=500)
@@ -138,7 +169,7 @@ def main() -> None:
                 order.append(tf)
             targets[tf.upper()].append(t)
         libraries.append(("TRRUST_TF_targets", [(tf, targets[tf.upper()]) for tf in order]))
-    networks = ["TRRUST_edges"] if a.trrust else []
+    ppi_edges = read_ppi(a.ppi, a.ppi_min_score) if a.ppi else []
 
     catalog_dirs = [Path(p) for p in a.catalogs.split(",")]
     metas = [json.loads((d / "catalog.json").read_text()) for d in catalog_dirs]
@@ -204,34 +235,45 @@ def main() -> None:
                     p = float(hypergeom.sf(len(ov) - 1, big_n, k, n)) if ov else 1.0
                     fisher.append((name, f, lib_name, tname, p, len(ov), n, k, big_n,
                                    ",".join(display[g] for g in ov)))
-        # Edge tests.
+        # Edge tests: TRRUST directed (ordered pairs), PPI undirected (unordered pairs).
+        nets = []
         if a.trrust:
+            nets.append(("TRRUST_edges", trrust_edges, True))
+        if a.ppi:
+            nets.append(("PPI_edges", ppi_edges, False))
+        for net_name, net_edges, directed in nets:
             adj = set()
-            for u, v in trrust_edges:
+            for u, v in net_edges:
                 for gu in lookup.get(key(u), []):
                     for gv in lookup.get(key(v), []):
                         if gu != gv:
                             adj.add((gu, gv))
+                            if not directed:
+                                adj.add((gv, gu))
             for f in tested:
                 q = queries[f]
                 obs = sum(1 for u in q for v in q if (u, v) in adj)
-                row = edges_p.get((name, f, "TRRUST_edges"))
+                if not directed:
+                    obs //= 2
+                row = edges_p.get((name, f, net_name))
                 if obs == 0:
                     if row is not None:
-                        fail(f"edge row for {name} feature {f} with no observed edge")
-                    edge_tests.append((name, f, "TRRUST_edges", 1.0))
+                        fail(f"{net_name} row for {name} feature {f} with no observed edge")
+                    edge_tests.append((name, f, net_name, 1.0))
                 else:
                     if row is None:
-                        fail(f"{name} feature {f}: {obs} TRRUST edges but no edge_enrichment row")
-                        edge_tests.append((name, f, "TRRUST_edges", 1.0))
+                        fail(f"{name} feature {f}: {obs} {net_name} edges but no edge_enrichment row")
+                        edge_tests.append((name, f, net_name, 1.0))
                         continue
                     if int(row.observed_edges) != obs:
-                        fail(f"{name} feature {f}: observed_edges {row.observed_edges}, recomputed {obs}")
+                        fail(f"{name} feature {f}: {net_name} observed_edges {row.observed_edges}, recomputed {obs}")
+                    if len(str(row.edges).split(",")) != obs:
+                        fail(f"{name} feature {f}: {net_name} lists {row.edges} for {obs} edges")
                     B = int(row.permutations)
                     k = round(float(row.p_value) * (B + 1))
                     if not close(k / (B + 1), float(row.p_value), 1e-12) or not 1 <= k <= B + 1:
                         fail(f"{name} feature {f}: edge p {row.p_value} is not (1 + k)/(B + 1), B = {B}")
-                    edge_tests.append((name, f, "TRRUST_edges", float(row.p_value)))
+                    edge_tests.append((name, f, net_name, float(row.p_value)))
 
     # BH over the full family (atlas), and per catalog.
     all_p = np.array([t[4] for t in fisher] + [t[3] for t in edge_tests], dtype=float)
