@@ -2,6 +2,7 @@
 //! libraries and reports. No science lives here.
 
 mod analyze;
+mod annotate;
 mod demo;
 mod effects;
 mod extract;
@@ -63,6 +64,8 @@ enum Command {
     /// Feature → output: ablate or steer SAE features and read the MLM logits (gene set vs others) and a
     /// direction, against a norm-matched random-direction control.
     Effects(effects::EffectsArgs),
+    /// Annotate a feature catalog: gene-set, TRRUST/PPI edge and cell-type enrichment with BH over every test
+    Annotate(annotate::AnnotateArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::Layers(args) => layers::run(args),
         Command::Effects(args) => effects::run(args),
+        Command::Annotate(args) => annotate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

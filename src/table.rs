@@ -1,15 +1,23 @@
-//! Output tables (edges, and later feature catalogues and annotations): named, typed columns written
-//! as Parquet (Snappy-compressed, row groups of 1M rows; `pandas.read_parquet` opens them) or as TSV,
-//! chosen by the file's extension. Written to a temporary name, fsynced and renamed into place.
+//! Tables (edges, feature catalogues, annotations): named, typed columns written as Parquet
+//! (Snappy-compressed, row groups of 1M rows; `pandas.read_parquet` opens them) or as TSV, chosen by the
+//! file's extension. Written to a temporary name, fsynced and renamed into place.
+//!
+//! [`Table::read`] reads either format back: Parquet columns keep their type (INT32/INT64/BOOLEAN as
+//! integers, FLOAT/DOUBLE as floats, byte arrays as text; optional columns are accepted, a null reads as
+//! an empty text or NaN); TSV columns are text, converted by the typed getters, whose errors name the
+//! file, the column and the row.
 
+use std::borrow::Cow;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use parquet::basic::{Compression, ConvertedType, Repetition, Type as PhysicalType};
-use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
+use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
@@ -43,6 +51,8 @@ impl Column {
 #[derive(Default)]
 pub struct Table {
     columns: Vec<(String, Column)>,
+    /// The file a table was read from (for messages).
+    source: Option<PathBuf>,
 }
 
 const ROW_GROUP_ROWS: usize = 1 << 20;
@@ -160,6 +170,255 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Reads a `.parquet` or `.tsv` table (by the extension).
+    pub fn read(path: &Path) -> Result<Table> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let columns = match ext {
+            "parquet" => read_parquet(path),
+            "tsv" => read_tsv(path),
+            _ => bail!(
+                "{}: tables are read by their extension; expected .parquet or .tsv",
+                path.display()
+            ),
+        }
+        .with_context(|| format!("reading {}", path.display()))?;
+        let table = Table {
+            columns,
+            source: Some(path.to_path_buf()),
+        };
+        if let Some((name, c)) = table.columns.iter().find(|(_, c)| c.len() != table.rows()) {
+            bail!(
+                "{}: column {name} has {} rows, expected {}",
+                path.display(),
+                c.len(),
+                table.rows()
+            );
+        }
+        Ok(table)
+    }
+
+    fn source(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| "table".to_string(), |p| p.display().to_string())
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.columns.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn get(&self, name: &str) -> Result<&Column> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no column `{name}` (columns: {})",
+                    self.source(),
+                    self.names().join(", ")
+                )
+            })
+    }
+
+    /// An integer column (TSV text is parsed; a float column is refused).
+    pub fn i64s(&self, name: &str) -> Result<Cow<'_, [i64]>> {
+        match self.get(name)? {
+            Column::I64(v) => Ok(Cow::Borrowed(v)),
+            Column::Str(v) => v
+                .iter()
+                .enumerate()
+                .map(|(row, s)| {
+                    s.trim().parse::<i64>().map_err(|_| {
+                        anyhow!(
+                            "{}: column `{name}`, row {}: `{s}` is not an integer",
+                            self.source(),
+                            row + 1
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Cow::Owned),
+            Column::F64(_) => bail!(
+                "{}: column `{name}` holds floats, expected integers",
+                self.source()
+            ),
+        }
+    }
+
+    /// A float column (integers are converted; TSV text is parsed, `NaN`/`inf` included).
+    pub fn f64s(&self, name: &str) -> Result<Cow<'_, [f64]>> {
+        match self.get(name)? {
+            Column::F64(v) => Ok(Cow::Borrowed(v)),
+            Column::I64(v) => Ok(Cow::Owned(v.iter().map(|&x| x as f64).collect())),
+            Column::Str(v) => v
+                .iter()
+                .enumerate()
+                .map(|(row, s)| {
+                    s.trim().parse::<f64>().map_err(|_| {
+                        anyhow!(
+                            "{}: column `{name}`, row {}: `{s}` is not a number",
+                            self.source(),
+                            row + 1
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Cow::Owned),
+        }
+    }
+
+    /// A text column (numbers are formatted).
+    pub fn strs(&self, name: &str) -> Result<Cow<'_, [String]>> {
+        match self.get(name)? {
+            Column::Str(v) => Ok(Cow::Borrowed(v)),
+            c => Ok(Cow::Owned((0..c.len()).map(|r| c.cell(r)).collect())),
+        }
+    }
+}
+
+fn read_tsv(path: &Path) -> Result<Vec<(String, Column)>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+    let header = lines
+        .next()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("empty file, no header line"))?;
+    let names: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
+    let mut values: Vec<Vec<String>> = vec![Vec::new(); names.len()];
+    for (i, line) in lines.enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != names.len() {
+            bail!(
+                "line {}: {} fields, but the header names {} columns",
+                i + 2,
+                fields.len(),
+                names.len()
+            );
+        }
+        for (col, f) in values.iter_mut().zip(fields) {
+            col.push(f.to_string());
+        }
+    }
+    Ok(names
+        .into_iter()
+        .zip(values.into_iter().map(Column::Str))
+        .collect())
+}
+
+/// All values of one column chunk: the non-null values and, for optional columns, the levels.
+fn read_chunk<T: DataType>(reader: &mut ColumnReaderImpl<T>, rows: usize) -> Result<(Vec<T::T>, Vec<i16>)> {
+    let mut values = Vec::with_capacity(rows);
+    let mut defs = Vec::with_capacity(rows);
+    loop {
+        let (records, _, _) = reader.read_records(rows.max(1), Some(&mut defs), None, &mut values)?;
+        if records == 0 {
+            break;
+        }
+    }
+    Ok((values, defs))
+}
+
+/// Spreads the non-null `values` over the rows marked defined in `defs` (all rows when `defs` is
+/// empty, i.e. the column is required), filling nulls with `null`.
+fn with_nulls<T: Clone>(values: Vec<T>, defs: &[i16], max_def: i16, null: T) -> Vec<T> {
+    if max_def == 0 || defs.is_empty() {
+        return values;
+    }
+    let mut it = values.into_iter();
+    defs.iter()
+        .map(|&d| {
+            if d == max_def {
+                it.next().unwrap_or_else(|| null.clone())
+            } else {
+                null.clone()
+            }
+        })
+        .collect()
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<(String, Column)>> {
+    let file = std::fs::File::open(path)?;
+    let reader = SerializedFileReader::new(file)?;
+    let meta = reader.metadata();
+    let schema = meta.file_metadata().schema_descr();
+    let n = schema.num_columns();
+    let mut columns: Vec<(String, Option<Column>)> = (0..n)
+        .map(|j| (schema.column(j).name().to_string(), None))
+        .collect();
+    for j in 0..n {
+        if schema.column(j).max_rep_level() > 0 {
+            bail!(
+                "column {} is nested (a list); expected flat columns",
+                schema.column(j).path()
+            );
+        }
+    }
+    for g in 0..meta.num_row_groups() {
+        let group = reader.get_row_group(g)?;
+        let rows = group.metadata().num_rows().max(0) as usize;
+        for (j, (name, slot)) in columns.iter_mut().enumerate() {
+            let max_def = schema.column(j).max_def_level();
+            let part = match group.get_column_reader(j)? {
+                ColumnReader::Int64ColumnReader(mut r) => {
+                    let (v, d) = read_chunk(&mut r, rows)?;
+                    if max_def > 0 && d.iter().any(|&x| x < max_def) {
+                        bail!("column {name} has nulls; expected integers in every row");
+                    }
+                    Column::I64(v)
+                }
+                ColumnReader::Int32ColumnReader(mut r) => {
+                    let (v, d) = read_chunk(&mut r, rows)?;
+                    if max_def > 0 && d.iter().any(|&x| x < max_def) {
+                        bail!("column {name} has nulls; expected integers in every row");
+                    }
+                    Column::I64(v.into_iter().map(i64::from).collect())
+                }
+                ColumnReader::BoolColumnReader(mut r) => {
+                    let (v, d) = read_chunk(&mut r, rows)?;
+                    if max_def > 0 && d.iter().any(|&x| x < max_def) {
+                        bail!("column {name} has nulls; expected values in every row");
+                    }
+                    Column::I64(v.into_iter().map(i64::from).collect())
+                }
+                ColumnReader::DoubleColumnReader(mut r) => {
+                    let (v, d) = read_chunk(&mut r, rows)?;
+                    Column::F64(with_nulls(v, &d, max_def, f64::NAN))
+                }
+                ColumnReader::FloatColumnReader(mut r) => {
+                    let (v, d) = read_chunk(&mut r, rows)?;
+                    let v: Vec<f64> = v.into_iter().map(f64::from).collect();
+                    Column::F64(with_nulls(v, &d, max_def, f64::NAN))
+                }
+                ColumnReader::ByteArrayColumnReader(mut r) => {
+                    let (v, d) = read_chunk(&mut r, rows)?;
+                    let v: Vec<String> = v
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b.data()).into_owned())
+                        .collect();
+                    Column::Str(with_nulls(v, &d, max_def, String::new()))
+                }
+                _ => bail!("column {name}: unsupported Parquet type (expected int, float, bool or text)"),
+            };
+            match (slot.as_mut(), part) {
+                (None, part) => *slot = Some(part),
+                (Some(Column::I64(a)), Column::I64(b)) => a.extend(b),
+                (Some(Column::F64(a)), Column::F64(b)) => a.extend(b),
+                (Some(Column::Str(a)), Column::Str(b)) => a.extend(b),
+                _ => bail!("column {name} changes type between row groups"),
+            }
+        }
+    }
+    Ok(columns
+        .into_iter()
+        .map(|(name, c)| (name, c.unwrap_or(Column::Str(Vec::new()))))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +450,53 @@ mod tests {
         assert_eq!(text.lines().nth(2).unwrap(), "b c\t-2\t1e-300");
         assert!(table.write(&dir.path().join("t.csv")).is_err());
         assert!(!dir.path().join("t.csv.partial").exists());
+    }
+
+    #[test]
+    fn reads_back_parquet_and_tsv() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::new()
+            .column("name", Column::Str(vec!["a".into(), "".into(), "c".into()]))
+            .column("n", Column::I64(vec![1, -2, 3]))
+            .column("x", Column::F64(vec![0.5, 1e-300, f64::NAN]));
+        for ext in ["parquet", "tsv"] {
+            let path = dir.path().join(format!("t.{ext}"));
+            table.write(&path).unwrap();
+            let back = Table::read(&path).unwrap();
+            assert_eq!(back.rows(), 3);
+            assert_eq!(back.names(), ["name", "n", "x"]);
+            assert_eq!(&*back.strs("name").unwrap(), ["a", "", "c"]);
+            assert_eq!(&*back.i64s("n").unwrap(), [1, -2, 3]);
+            let x = back.f64s("x").unwrap();
+            assert_eq!((x[0], x[1]), (0.5, 1e-300));
+            assert!(x[2].is_nan());
+            assert_eq!(&*back.f64s("n").unwrap(), [1.0, -2.0, 3.0]);
+            assert_eq!(&*back.strs("n").unwrap(), ["1", "-2", "3"]);
+            let err = back.i64s("missing").unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("t.{ext}")) && err.contains("columns: name, n, x"),
+                "{err}"
+            );
+        }
+        let bad = dir.path().join("bad.tsv");
+        std::fs::write(&bad, "a\tb\n1\tx\n").unwrap();
+        let t = Table::read(&bad).unwrap();
+        let err = t.i64s("b").unwrap_err().to_string();
+        assert!(
+            err.contains("bad.tsv") && err.contains("row 1") && err.contains("`x`"),
+            "{err}"
+        );
+        std::fs::write(&bad, "a\tb\n1\n").unwrap();
+        assert!(Table::read(&bad).is_err());
+        // A table that spans row groups reads back whole.
+        let big = Table::new().column("i", Column::I64((0..(ROW_GROUP_ROWS as i64 + 5)).collect()));
+        let path = dir.path().join("big.parquet");
+        big.write(&path).unwrap();
+        let back = Table::read(&path).unwrap();
+        assert_eq!(back.rows(), ROW_GROUP_ROWS + 5);
+        assert_eq!(
+            back.i64s("i").unwrap()[ROW_GROUP_ROWS + 4],
+            ROW_GROUP_ROWS as i64 + 4
+        );
     }
 }

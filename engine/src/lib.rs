@@ -9,11 +9,14 @@
 //! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
 //! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
 //! - [`analyze`]: the feature catalogue, SVD comparison, co-activation modules and cross-layer matching.
+//! - [`annotate`]: feature annotation: gene-set (Fisher) and TRRUST/PPI edge enrichment with BH over
+//!   every test, and cell-type enrichment.
 //! - [`effects`]: feature → output effects (ablation and steering doses, logit and direction readouts).
 //! - [`stats`]: hypergeometric/Fisher and Student t tails in log space, BH/BY q-values, effect sizes,
 //!   streaming mean/variance (f64).
 
 pub mod analyze;
+pub mod annotate;
 pub mod batching;
 pub mod cpu;
 pub mod effects;

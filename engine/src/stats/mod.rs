@@ -9,7 +9,8 @@
 //! - [`hypergeom`]: pmf, upper/lower tails, one-sided Fisher exact tests.
 //! - [`ttest`]: Student t survival function and two-sided p-value, one-sample t-test from (n, mean, sd),
 //!   Cohen's d, Hedges' g (exact correction).
-//! - [`multitest`]: Benjamini–Hochberg and Benjamini–Yekutieli q-values.
+//! - [`multitest`]: Benjamini–Hochberg and Benjamini–Yekutieli q-values; BH over huge families whose
+//!   untested members have p = 1 ([`BhFamily`], [`bh_qvalues_with_ones`]).
 //! - [`welford`]: running mean/variance with merge.
 //! - [`special`]: ln Γ, ln B and the log-space building blocks.
 //!
@@ -31,7 +32,7 @@ pub use hypergeom::{
     hypergeom_ln_lower_tail, hypergeom_ln_pmf, hypergeom_ln_upper_tail, hypergeom_lower_tail, hypergeom_pmf,
     hypergeom_upper_tail,
 };
-pub use multitest::{bh_qvalues, by_qvalues, fdr_adjust, FdrMethod};
+pub use multitest::{bh_qvalues, bh_qvalues_with_ones, by_qvalues, fdr_adjust, BhFamily, FdrMethod};
 pub use normal::{normal_ln_sf, normal_sf};
 pub use special::{ln_beta, ln_gamma};
 pub use ttest::{
@@ -45,4 +46,6 @@ pub use welford::RunningStats;
 pub enum StatsError {
     #[error("p-value #{index} is {value}, outside [0, 1] (NaN is allowed and left out of the family)")]
     InvalidPValue { index: usize, value: f64 },
+    #[error("{explicit} explicit p-values in a family of {m} tests: the family must count every test")]
+    FamilyTooSmall { explicit: u64, m: u64 },
 }

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Write fake feature catalogs (the `scinterp analyze` layout) over the real Geneformer V2 gene universe, for
+benchmarking `scinterp annotate` and the published annotation procedure on the same input.
+
+Per catalog (one per layer, hooks blocks.{L}.hook_resid_post):
+  catalog.json     format scinterp-catalog v1, hook, token_store (absolute), table_format
+  genes.EXT        token, gene_id (Ensembl), symbol, n_positions, n_cells: `--background` genes drawn (seeded)
+                   from the Geneformer V2 token dictionary, symbols from its gene_name_id dictionary (or, with
+                   --gencode, from GENCODE v44's id -> name table)
+  features.EXT     feature, alive (about 1 % dead), fire_count
+  top_genes.EXT    feature, ranking (conditional_mean and mass), rank, token, gene_id, symbol, n_fired,
+                   n_positions, mean_when_fired, mass, fire_rate: `--top-n` genes per alive feature, drawn at
+                   random from the background, except that a `--planted` fraction of features take
+                   `--planted-genes` of them from one random term of the given GMT files (the rest random)
+  feature_cells.EXT feature, cell, n_active, mean_when_active: 20-80 random cells per alive feature
+and one shared token store folder `store/` holding only `cells.tsv` (barcode, cell_type: 8 labels).
+
+    /tmp/pyenv/venv/bin/python bench/python/make_fake_catalogs.py --out DIR [--catalogs 18] [--features 4608]
+        [--background 18000] [--top-n 20] [--planted 0.2] [--planted-genes 10] [--cells 2000]
+        [--format parquet|tsv] [--gene-sets a.gmt,b.gmt] [--seed 0] [--data ../shared/data]
+
+Seeded: the same arguments write the same files. The Geneformer dictionaries are Python pickles of plain str/int
+objects, read with `pickle` (a benchmark script on trusted reference files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def gene_universe(data: Path, gencode: bool) -> pd.DataFrame:
+    """Token, Ensembl id and symbol of every Geneformer V2 gene token."""
+    with open(data / "geneformer/v2/token_dictionary_gc104M.pkl", "rb") as f:
+        tokens = pickle.load(f)
+    if gencode:
+        t = pd.read_csv(data / "orthologs/GENCODEv44_Gene_id2name.csv", header=None, names=["id", "name"])
+        to_symbol = dict(zip(t["id"], t["name"]))
+    else:
+        with open(data / "geneformer/v2/gene_name_id_dict_gc104M.pkl", "rb") as f:
+            name_to_id = pickle.load(f)
+        to_symbol = {}
+        for name, ens in sorted(name_to_id.items()):
+            to_symbol.setdefault(ens, name)
+    rows = [(int(tok), ens, to_symbol.get(ens, "")) for ens, tok in tokens.items() if str(ens).startswith("ENSG")]
+    df = pd.DataFrame(rows, columns=["token", "gene_id", "symbol"]).sort_values("token").reset_index(drop=True)
+    return df
+
+
+def read_terms(paths: list[Path]) -> list[list[str]]:
+    terms = []
+    for p in paths:
+        for line in p.read_text().splitlines():
+            f = line.split("\t")
+            if len(f) > 2:
+                terms.append([g.split(",")[0].strip().upper() for g in f[2:] if g.strip()])
+    return terms
+
+
+def write(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        df.to_parquet(path.with_suffix(".parquet"), index=False)
+    else:
+        df.to_csv(path.with_suffix(".tsv"), sep="\t", index=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--catalogs", type=int, default=18)
+    ap.add_argument("--features", type=int, default=4608)
+    ap.add_argument("--background", type=int, default=18000)
+    ap.add_argument("--top-n", type=int, default=20)
+    ap.add_argument("--planted", type=float, default=0.2)
+    ap.add_argument("--planted-genes", type=int, default=10)
+    ap.add_argument("--cells", type=int, default=2000)
+    ap.add_argument("--format", choices=["parquet", "tsv"], default="parquet")
+    ap.add_argument("--gene-sets", default="")
+    ap.add_argument("--gencode", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data")
+    a = ap.parse_args()
+
+    rng = np.random.default_rng(a.seed)
+    universe = gene_universe(a.data, a.gencode)
+    pick = np.sort(rng.choice(len(universe), size=min(a.background, len(universe)), replace=False))
+    genes = universe.iloc[pick].reset_index(drop=True)
+    n_bg = len(genes)
+    genes["n_positions"] = rng.integers(10, 100_000, size=n_bg)
+    genes["n_cells"] = np.minimum(genes["n_positions"], a.cells)
+    by_symbol = {s.upper(): i for i, s in enumerate(genes["symbol"]) if s}
+    terms = []
+    for t in read_terms([Path(p) for p in a.gene_sets.split(",") if p]):
+        idx = sorted({by_symbol[g] for g in t if g in by_symbol})
+        if 15 <= len(idx) <= 300:
+            terms.append(np.array(idx))
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    store = (a.out / "store").resolve()
+    store.mkdir(exist_ok=True)
+    labels = [f"type_{i}" for i in range(8)]
+    cell_labels = rng.choice(labels, size=a.cells, p=np.linspace(2, 1, 8) / np.linspace(2, 1, 8).sum())
+    with open(store / "cells.tsv", "w") as f:
+        f.write("barcode\tcell_type\n")
+        for i, lab in enumerate(cell_labels):
+            f.write(f"cell{i:06d}\t{lab}\n")
+
+    tok = genes["token"].to_numpy()
+    gid = genes["gene_id"].to_numpy()
+    sym = genes["symbol"].to_numpy()
+    for layer in range(a.catalogs):
+        d = a.out / f"layer{layer:02d}"
+        d.mkdir(exist_ok=True)
+        hook = f"blocks.{layer}.hook_resid_post"
+        alive = (rng.random(a.features) > 0.01).astype(np.int64)
+        fire = np.where(alive == 1, rng.integers(100, 1_000_000, size=a.features), 0)
+        write(pd.DataFrame({"feature": np.arange(a.features), "alive": alive, "fire_count": fire}),
+              d / "features", a.format)
+        alive_ids = np.flatnonzero(alive)
+        n_top = a.top_n
+        top_idx = np.empty((len(alive_ids), n_top), dtype=np.int64)
+        planted = rng.random(len(alive_ids)) < a.planted
+        for r in range(len(alive_ids)):
+            chosen: list[int] = []
+            if planted[r] and terms:
+                t = terms[rng.integers(len(terms))]
+                k = min(a.planted_genes, len(t))
+                chosen = list(rng.choice(t, size=k, replace=False))
+            seen = set(chosen)
+            while len(chosen) < n_top:
+                g = int(rng.integers(n_bg))
+                if g not in seen:
+                    seen.add(g)
+                    chosen.append(g)
+            rng.shuffle(chosen)
+            top_idx[r] = chosen
+        feats = np.repeat(alive_ids, n_top)
+        flat = top_idx.ravel()
+        n_pos = genes["n_positions"].to_numpy()[flat]
+        n_fired = np.maximum(1, (n_pos * rng.random(len(flat))).astype(np.int64))
+        mean = np.sort(rng.gamma(2.0, 1.0, size=(len(alive_ids), n_top)), axis=1)[:, ::-1].ravel()
+        rate = n_fired / n_pos
+        ranks = np.tile(np.arange(n_top), len(alive_ids))
+        base = {
+            "feature": feats, "rank": ranks, "token": tok[flat], "gene_id": gid[flat], "symbol": sym[flat],
+            "n_fired": n_fired, "n_positions": n_pos, "mean_when_fired": mean, "mass": mean * rate,
+            "fire_rate": rate,
+        }
+        cm = pd.DataFrame({**base, "ranking": "conditional_mean"})
+        # The mass ranking: the same genes in another order (enough for a realistic file).
+        order = np.argsort(-(mean * rate).reshape(len(alive_ids), n_top), axis=1)
+        mass_flat = (top_idx[np.arange(len(alive_ids))[:, None], order]).ravel()
+        ms = cm.copy()
+        ms["ranking"] = "mass"
+        ms["token"], ms["gene_id"], ms["symbol"] = tok[mass_flat], gid[mass_flat], sym[mass_flat]
+        top = pd.concat([cm, ms], ignore_index=True)[
+            ["feature", "ranking", "rank", "token", "gene_id", "symbol", "n_fired", "n_positions",
+             "mean_when_fired", "mass", "fire_rate"]]
+        write(top, d / "top_genes", a.format)
+        write(genes, d / "genes", a.format)
+        n_cells_f = rng.integers(20, 81, size=len(alive_ids))
+        fc_feat = np.repeat(alive_ids, n_cells_f)
+        fc_cell = np.concatenate([rng.choice(a.cells, size=n, replace=False) for n in n_cells_f])
+        write(pd.DataFrame({
+            "feature": fc_feat, "cell": fc_cell,
+            "n_active": rng.integers(1, 50, size=len(fc_feat)),
+            "mean_when_active": rng.gamma(2.0, 1.0, size=len(fc_feat)),
+        }), d / "feature_cells", a.format)
+        (d / "catalog.json").write_text(json.dumps({
+            "format": "scinterp-catalog", "format_version": 1, "hook": hook, "token_store": str(store),
+            "table_format": a.format, "generator": "bench/python/make_fake_catalogs.py", "seed": a.seed,
+        }, indent=1))
+        print(f"{d}: {len(alive_ids)} alive features, {int(planted.sum())} planted, {n_bg} background genes",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
