@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rayon::prelude::*;
 use scinterp_engine::analyze::{
     leiden_modules, quantile_sorted, Catalog, CatalogBuilder, CatalogSettings, CoactBuilder, CoactResult,
@@ -22,22 +22,7 @@ use serde_json::{json, Value};
 
 use crate::extract::absolute;
 use crate::genes::GeneNames;
-use crate::table::{Column, Table};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum TableFormat {
-    Parquet,
-    Tsv,
-}
-
-impl TableFormat {
-    pub fn ext(self) -> &'static str {
-        match self {
-            TableFormat::Parquet => "parquet",
-            TableFormat::Tsv => "tsv",
-        }
-    }
-}
+use crate::table::{Column, Table, TableFormat};
 
 #[derive(Args, Debug, Clone)]
 pub struct AnalyzeArgs {

@@ -22,22 +22,7 @@ use scinterp_engine::annotate::Background;
 use serde_json::{json, Value};
 
 use crate::extract::absolute;
-use crate::table::{Column, Table};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TableFormat {
-    Parquet,
-    Tsv,
-}
-
-impl TableFormat {
-    fn ext(self) -> &'static str {
-        match self {
-            TableFormat::Parquet => "parquet",
-            TableFormat::Tsv => "tsv",
-        }
-    }
-}
+use crate::table::{Column, Table, TableFormat};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Ranking {

@@ -12,9 +12,8 @@ use scinterp_engine::sae::io::{load as load_sae, write_atomically, SaeFolder};
 use scinterp_engine::store::ActStore;
 use serde_json::{json, Value};
 
-use crate::analyze::TableFormat;
 use crate::extract::absolute;
-use crate::table::{Column, Table};
+use crate::table::{Column, Table, TableFormat};
 
 #[derive(Args, Debug, Clone)]
 pub struct LayersArgs {

@@ -21,6 +21,22 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
+/// The format of a command's output tables (`--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    Parquet,
+    Tsv,
+}
+
+impl TableFormat {
+    pub fn ext(self) -> &'static str {
+        match self {
+            TableFormat::Parquet => "parquet",
+            TableFormat::Tsv => "tsv",
+        }
+    }
+}
+
 /// One column's values.
 pub enum Column {
     Str(Vec<String>),

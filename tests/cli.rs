@@ -255,7 +255,13 @@ fn bad_inputs_get_one_clear_error_and_no_panic() {
 fn demo_runs_end_to_end_and_reports_what_it_did() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
-    let out = scinterp(&["demo", "--out", path_str(&out_dir)]);
+    // With the reference data, the demo also runs real cells through the whole pipeline.
+    let data = shared_data("");
+    let mut args = vec!["demo", "--out", path_str(&out_dir)];
+    if let Some(d) = &data {
+        args.extend(["--data", path_str(d)]);
+    }
+    let out = scinterp(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -274,6 +280,31 @@ fn demo_runs_end_to_end_and_reports_what_it_did() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["tail_replay_max_abs_diff"].as_f64(), Some(0.0));
+    // The catalogue and annotation of the planted programs: most programs come back as best terms, and
+    // far more features pick a program than a decoy set.
+    let ann = &summary["analyze"]["annotation"];
+    let recovered = ann["programs_recovered"].as_u64().unwrap();
+    assert!(
+        recovered >= 6,
+        "only {recovered} of 12 planted programs recovered"
+    );
+    assert!(
+        ann["features_with_a_program"].as_u64().unwrap() > 5 * ann["features_with_a_decoy"].as_u64().unwrap()
+    );
+    for f in [
+        "catalog/features.parquet",
+        "catalog/top_genes.parquet",
+        "catalog/modules.parquet",
+        "layers/matches.parquet",
+    ] {
+        assert!(out_dir.join(f).is_file(), "demo did not write {f}");
+    }
+    if data.is_some() {
+        let real = &summary["real_cells"];
+        assert_eq!(real["catalog"]["n_cells"].as_u64(), Some(2730));
+        assert!(real["annotation"]["catalogs"][0]["m"].as_u64().unwrap() > 1_000_000);
+        assert!(out_dir.join("real/annotation/annotate.json").is_file());
+    }
     for effect in summary["edit_effects"].as_array().unwrap() {
         assert!(
             effect["cell0"].as_f64().unwrap() > 1e-3,
