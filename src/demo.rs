@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
-use scinterp_models::checkpoint::{write_safetensors, TensorToWrite};
-use scinterp_models::synthetic::{splitmix64, tensor_values, SyntheticSpec};
+use scinterp_models::synthetic::{splitmix64, tensor_values, write_f32_tensors, SyntheticSpec};
 use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
 use serde_json::json;
 
@@ -742,16 +741,7 @@ fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
                 .for_each(|(e, d)| *e += PROGRAM_STRENGTH * d);
         }
     }
-    let to_write: Vec<TensorToWrite<'_>> = tensors
-        .iter()
-        .map(|(name, shape, values)| TensorToWrite {
-            name: name.clone(),
-            dtype: safetensors::Dtype::F32,
-            shape: shape.clone(),
-            bytes: bytemuck::cast_slice(values),
-        })
-        .collect();
-    write_safetensors(&dir.join("model.safetensors"), &to_write, None)?;
+    write_f32_tensors(&dir.join("model.safetensors"), &tensors)?;
     Ok(())
 }
 

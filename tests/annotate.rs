@@ -5,37 +5,17 @@
 //! statsmodels is found), bad input fails with one clear message, and a smoke test reads every real
 //! gene-set file and both TRRUST files of `../shared/data`.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{assert_fails_with, scinterp};
 use scinterp_engine::rng::Rng;
-
-fn scinterp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scinterp"))
-        .args(args)
-        .env("SCINTERP_LOG", "warn")
-        .output()
-        .expect("run scinterp")
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "panic instead of an error: {stderr}"
-    );
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
-    }
 }
 
 /// Number of background genes of the synthetic catalogs.

@@ -6,35 +6,11 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{fixture, real_rows, relative_error, ExpectedFile};
+use common::{assert_fails_with, fixture, real_rows, relative_error, scinterp, ExpectedFile};
 use safetensors::SafeTensors;
-
-fn scinterp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scinterp"))
-        .args(args)
-        .env("SCINTERP_LOG", "warn")
-        .output()
-        .expect("run scinterp")
-}
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Asserts a clean failure: non-zero exit, an error line containing every `needles`, no panic.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "panic instead of an error: {stderr}"
-    );
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
-    }
 }
 
 #[test]

@@ -69,18 +69,25 @@ impl SyntheticSpec {
 
     /// Writes the generated tensors as an f32 `model.safetensors`.
     pub fn write_safetensors(&self, path: &Path) -> Result<(), CheckpointError> {
-        let tensors = self.generate();
-        let to_write: Vec<TensorToWrite<'_>> = tensors
-            .iter()
-            .map(|(name, shape, values)| TensorToWrite {
-                name: name.clone(),
-                dtype: safetensors::Dtype::F32,
-                shape: shape.clone(),
-                bytes: bytemuck::cast_slice(values),
-            })
-            .collect();
-        write_safetensors(path, &to_write, None)
+        write_f32_tensors(path, &self.generate())
     }
+}
+
+/// Writes (name, shape, values) tensors as an f32 safetensors file.
+pub fn write_f32_tensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<(), CheckpointError> {
+    let to_write: Vec<TensorToWrite<'_>> = tensors
+        .iter()
+        .map(|(name, shape, values)| TensorToWrite {
+            name: name.clone(),
+            dtype: safetensors::Dtype::F32,
+            shape: shape.clone(),
+            bytes: bytemuck::cast_slice(values),
+        })
+        .collect();
+    write_safetensors(path, &to_write, None)
 }
 
 #[cfg(test)]

@@ -3,9 +3,35 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
 use scinterp_models::synthetic::SyntheticSpec;
+
+/// Runs the `scinterp` binary built for these tests (log level warn).
+pub fn scinterp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scinterp"))
+        .args(args)
+        .env("SCINTERP_LOG", "warn")
+        .output()
+        .expect("run scinterp")
+}
+
+/// Asserts a clean failure: non-zero exit, an error line containing every `needles`, no panic.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panic instead of an error: {stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
+    }
+}
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
