@@ -71,6 +71,28 @@ fn tiny_v2_safetensors_matches_transformers_on_every_hook_and_logits() {
     check_all_hooks(&load(&dir), &expected, "tiny_v2 safetensors");
 }
 
+/// `head_columns` (one decoder row per position) equals the full head's logits at those columns.
+#[test]
+fn own_token_head_columns_equal_the_full_logits() {
+    let dir = fixture("tiny_v2");
+    let model = load(&dir);
+    let cells = ExpectedFile::open(&dir.join("expected.safetensors")).cells();
+    let batch = PackedBatch::from_cells(&cells).unwrap();
+    let out = run(&model, &batch, &HookPlan::new(), Start::Embed, true).unwrap();
+    let full = out.head.unwrap();
+    let own = model
+        .head_columns(&out.final_state, &batch, batch.tokens())
+        .unwrap();
+    assert_eq!(own.len(), batch.n_tokens());
+    for (r, (&got, &t)) in own.iter().zip(batch.tokens()).enumerate() {
+        let want = full.row(r)[t as usize];
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "row {r}: {got} vs {want}"
+        );
+    }
+}
+
 #[test]
 fn tiny_v2_pytorch_bin_matches_transformers() {
     // A folder holding only config.json and the torch.save'd state dict (tied decoder stored as a view

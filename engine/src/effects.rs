@@ -80,21 +80,28 @@ fn dot64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
+/// The MLM logit of each row's own token (only those columns of the head are computed).
+fn own_token_logits(
+    encoder: &dyn Encoder,
+    final_state: &Matrix,
+    batch: &PackedBatch,
+) -> Result<Vec<f32>, EngineError> {
+    encoder
+        .head_columns(final_state, batch, batch.tokens())
+        .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))
+}
+
 /// Own-token logits and direction projections of the gene positions of cell `i` of `batch`.
 fn readouts(
-    head: &Matrix,
+    own_logits: &[f32],
     final_state: &Matrix,
     batch: &PackedBatch,
     i: usize,
-    tokens: &[u32],
     positions: &[usize],
     direction: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f64>) {
     let base = batch.cell_range(i).start;
-    let logits = positions
-        .iter()
-        .map(|&p| head.row(base + p)[tokens[p] as usize])
-        .collect();
+    let logits = positions.iter().map(|&p| own_logits[base + p]).collect();
     let projections = match direction {
         Some(w) => positions
             .iter()
@@ -136,12 +143,9 @@ pub fn output_effects(
             &batch,
             &HookPlan::new().capture(source_hook),
             Start::Embed,
-            true,
+            false,
         )?;
-        let head = out
-            .head
-            .as_ref()
-            .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))?;
+        let own = own_token_logits(encoder, &out.final_state, &batch)?;
         let source = out
             .captures
             .get(source_hook)
@@ -155,15 +159,8 @@ pub fn output_effects(
                 .iter()
                 .flat_map(|&p| source.row(rows.start + p).to_vec())
                 .collect();
-            let (logits, projections) = readouts(
-                head,
-                &out.final_state,
-                &batch,
-                i,
-                &tokens[c],
-                &gene_positions,
-                direction,
-            );
+            let (logits, projections) =
+                readouts(&own, &out.final_state, &batch, i, &gene_positions, direction);
             clean.push(CleanCell {
                 tokens: tokens[c].clone(),
                 source_state: source.slice_rows(rows.start, rows.end),
@@ -257,20 +254,16 @@ pub fn output_effects(
                 layer: setup.source_layer + 1,
                 state,
             },
-            true,
+            false,
         )?;
-        let head = result
-            .head
-            .as_ref()
-            .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))?;
+        let own = own_token_logits(encoder, &result.final_state, &batch)?;
         for (i, job) in group.iter().enumerate() {
             let cell = &clean[job.cell];
             let (logits, projections) = readouts(
-                head,
+                &own,
                 &result.final_state,
                 &batch,
                 i,
-                &cell.tokens,
                 &cell.gene_positions,
                 direction,
             );

@@ -224,6 +224,21 @@ pub trait Encoder: Send + Sync {
     /// width 1 are per-position scalars.
     fn head_outputs(&self) -> Vec<(&'static str, usize)>;
 
+    /// One head output per row of the final state: column `columns[r]` of row r (e.g. the MLM logit of
+    /// each position's own token), `[rows]`. The default computes the whole head and picks; models
+    /// override it to compute only those columns (Geneformer: one decoder row per position instead of
+    /// the whole vocabulary).
+    fn head_columns(&self, final_state: &Matrix, batch: &PackedBatch, columns: &[u32]) -> Option<Vec<f32>> {
+        let head = self.head(final_state, batch)?;
+        Some(
+            columns
+                .iter()
+                .enumerate()
+                .map(|(r, &c)| head.row(r)[c as usize])
+                .collect(),
+        )
+    }
+
     /// The model's own cell embedding from the final state, `[cells, d_model]`, when it defines one
     /// (scGPT: the `<cls>` position, raw, not L2-normalised). Geneformer defines none: its users pool
     /// gene positions at a layer of their choice.

@@ -295,4 +295,25 @@ impl Encoder for Geneformer {
     fn head_outputs(&self) -> Vec<(&'static str, usize)> {
         vec![("logits", self.dims.vocab_size)]
     }
+
+    fn head_columns(&self, final_state: &Matrix, _batch: &PackedBatch, columns: &[u32]) -> Option<Vec<f32>> {
+        let head = self.head.as_ref()?;
+        let mut t = cpu::linear(final_state, &head.transform);
+        cpu::relu_in_place(t.as_mut_slice());
+        let t = cpu::layer_norm(&t, &head.ln);
+        let (w, d) = (head.decoder.weight(), head.decoder.in_features());
+        let bias = head.decoder.bias();
+        Some(
+            columns
+                .iter()
+                .enumerate()
+                .map(|(r, &c)| {
+                    let c = c as usize;
+                    let row = &w[c * d..(c + 1) * d];
+                    let dot: f32 = t.row(r).iter().zip(row).map(|(a, b)| a * b).sum();
+                    dot + bias.map_or(0.0, |b| b[c])
+                })
+                .collect(),
+        )
+    }
 }
