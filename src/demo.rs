@@ -150,6 +150,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let (extract_summary, sae_report, trace_summary) = extract_and_train(out, &model_dir, args.seed)?;
     // 7. Analysis: the catalogue of the blocks.2 SAE and the comparison of the three layers' SAEs.
     let (catalog, layers) = analyze_step(out, args.seed)?;
+    // 8. Feature → output: ablate and steer blocks.1 features, read the logits of program 1's genes.
+    let effects = effects_step(out, &model_dir, args.seed)?;
 
     let real = match &args.data {
         Some(data) => Some(real_cells_step(out, &model_dir, data, args.seed)?),
@@ -163,6 +165,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "trace": trace_summary,
         "analyze": catalog,
         "layers": layers,
+        "effects": effects,
         "real_cells": real,
         "seed": args.seed,
         "model": model_dir.display().to_string(),
@@ -464,6 +467,48 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
         "features_with_a_decoy": decoys,
         "summary": summary,
     }))
+}
+
+/// Step 8: `scinterp effects` on 16 blocks.1 features over 32 cells, ablated (α = 0) and amplified
+/// (α = 3), reading the own-token logits of planted program 1's genes against the others, each edit
+/// next to a norm-matched random direction.
+fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::Value> {
+    let table = out.join("effects.parquet");
+    let readout: Vec<String> = demo_programs()[0].iter().map(u32::to_string).collect();
+    let summary = crate::effects::effects(parse(&[
+        "--model",
+        &model_dir.display().to_string(),
+        "--input",
+        &out.join("tokens").display().to_string(),
+        "--saes",
+        &out.join("saes").display().to_string(),
+        "--source",
+        "blocks.1.hook_resid_post",
+        "--features",
+        &(0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(","),
+        "--cells",
+        "32",
+        "--alphas",
+        "0,3",
+        "--readout-tokens",
+        &readout.join(","),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &table.display().to_string(),
+    ])?)?;
+    let rows = crate::table::Table::read(&table)?;
+    let q = rows.f64s("vs_control_q")?;
+    println!(
+        "  effects  {}: {} edits ({:.0}/s) of 16 blocks.1 features at α = 0 and 3 over 32 cells; {} of {} (feature, α) \
+         rows differ from the random-direction control at q ≤ 0.05",
+        table.display(),
+        summary["edits"],
+        summary["edits_per_second"].as_f64().unwrap_or(f64::NAN),
+        q.iter().filter(|&&q| q <= 0.05).count(),
+        q.len(),
+    );
+    Ok(summary)
 }
 
 /// Parses a subcommand's arguments exactly as the command line would.
