@@ -127,7 +127,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let edited = run_encoder(model, &batch, &edit_plan, Start::Embed, true)?;
     let clean_plan = HookPlan::new().capture_many((2..LAYERS).map(HookPoint::ResidPost));
     let clean = run_encoder(model, &batch, &clean_plan, Start::Embed, true)?;
-    let mut effects = Vec::new();
+    let mut edit_effects = Vec::new();
     for l in 2..LAYERS {
         let h = HookPoint::ResidPost(l);
         let (a, b) = (
@@ -137,7 +137,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let in_cell0 = mean_row_change(a, b, batch.cell_range(0));
         let in_cell1 = mean_row_change(a, b, batch.cell_range(1));
         println!("  edit     +4·w at 5 genes of cell 0 (blocks.1.hook_resid_post) → {h}: mean |Δ| per position {in_cell0:.4} in cell 0, {in_cell1:.1e} in cell 1");
-        effects.push(json!({ "hook": h.to_string(), "cell0": in_cell0, "cell1": in_cell1 }));
+        edit_effects.push(json!({ "hook": h.to_string(), "cell0": in_cell0, "cell1": in_cell1 }));
     }
     let logit_shift = match (&clean.head, &edited.head) {
         (Some(a), Some(b)) => mean_row_change(a, b, batch.cell_range(0)),
@@ -151,7 +151,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 7. Analysis: the catalogue of the blocks.2 SAE and the comparison of the three layers' SAEs.
     let (catalog, layers) = analyze_step(out, args.seed)?;
     // 8. Feature → output: ablate and steer blocks.1 features, read the logits of program 1's genes.
-    let effects = effects_step(out, &model_dir, args.seed)?;
+    let output_effects = effects_step(out, &model_dir, args.seed)?;
 
     let real = match &args.data {
         Some(data) => Some(real_cells_step(out, &model_dir, data, args.seed)?),
@@ -165,7 +165,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "trace": trace_summary,
         "analyze": catalog,
         "layers": layers,
-        "effects": effects,
+        "effects": output_effects,
         "real_cells": real,
         "seed": args.seed,
         "model": model_dir.display().to_string(),
@@ -173,7 +173,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "tokens": n_tokens,
         "forward": summary,
         "tail_replay_max_abs_diff": replay_diff,
-        "edit_effects": effects,
+        "edit_effects": edit_effects,
         "edit_mean_abs_logit_change_cell0": logit_shift,
     });
     std::fs::write(&summary_path, serde_json::to_string_pretty(&report)?)
