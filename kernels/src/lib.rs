@@ -5,7 +5,11 @@
 //! complete without any of this; [`cuda_available`] says, without panicking, whether a GPU can be used.
 
 pub mod compile;
+pub mod gpu;
 mod guard;
+
+/// cudarc, re-exported so that callers use the same version and features.
+pub use cudarc;
 
 pub use guard::{cuda_available, detect_cuda, GpuAbsence};
 
