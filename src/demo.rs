@@ -236,6 +236,7 @@ fn extract_and_train(
         dtype: crate::extract::DtypeArg::F16,
         include_special: false,
         max_batch_tokens: 4096,
+        device: scinterp_engine::device::DeviceChoice::Cpu,
         json: false,
     })?;
     if let Some(s) = &extracted {

@@ -11,7 +11,9 @@ use scinterp_models::token_store::hash_of;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::forward::{load_model, parse_hooks, read_cells, ModelKind};
+use scinterp_engine::device::DeviceChoice;
+
+use crate::forward::{load_model, parse_hooks, read_cells, resolve_device, ModelKind};
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -36,6 +38,9 @@ pub struct ExtractArgs {
     /// Most tokens run together in one packed batch (bounds memory; part of the store's settings).
     #[arg(long, default_value_t = 16_384)]
     pub(crate) max_batch_tokens: usize,
+    /// Backend: `auto`, `cpu` or `cuda`, as for `scinterp forward`.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: DeviceChoice,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -73,6 +78,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
 
 /// Extracts into the store (or finishes it); `None` when it was already complete.
 pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
+    resolve_device(args.device)?;
     if !args.input.is_dir() {
         bail!(
             "--input {}: not a token store folder; make one with `scinterp tokenize`",

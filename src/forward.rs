@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use scinterp_engine::batching::group_by_token_budget;
+use scinterp_engine::device::{Backend, DeviceChoice};
 use scinterp_engine::{run as run_encoder, Encoder, HookPlan, HookPoint, PackedBatch, Start};
 use scinterp_models::checkpoint::{write_safetensors, TensorToWrite};
 use scinterp_models::geneformer::{Geneformer, LoadOptions};
@@ -42,6 +43,10 @@ pub struct ForwardArgs {
     /// Most tokens run together in one packed batch (bounds memory).
     #[arg(long, default_value_t = 16_384)]
     max_batch_tokens: usize,
+    /// Backend: `auto` (CUDA when a driver and a GPU are present and the CUDA path is built, else CPU),
+    /// `cpu` or `cuda` (an error where no GPU is usable). Only the CPU path exists today.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: DeviceChoice,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     json: bool,
@@ -94,6 +99,7 @@ pub struct LoadedModel {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
+    resolve_device(args.device)?;
     let model = load_model(&args.model, args.head)?;
     let cells = read_cells(&args.input, &model)?;
     let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
@@ -120,6 +126,17 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     );
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+/// Resolves `--device` before any work (never panics without CUDA) and logs the choice. Only the CPU
+/// backend runs today, so a resolution to CUDA cannot happen until `CUDA_BACKEND_BUILT` is true.
+pub(crate) fn resolve_device(choice: DeviceChoice) -> Result<()> {
+    let resolved = choice.resolve()?;
+    tracing::info!("device: {}", resolved.reason);
+    if resolved.backend != Backend::Cpu {
+        bail!("--device {choice}: the CUDA forward pass is not built yet: run with --device cpu");
     }
     Ok(())
 }

@@ -970,3 +970,43 @@ fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
         assert!(!partial.exists());
     }
 }
+
+#[test]
+fn device_flag_resolves_without_panicking_and_cuda_errors_clearly_without_a_gpu() {
+    let model = fixture("tiny_v2");
+    let tmp = tempfile::tempdir().unwrap();
+    let cells = write(tmp.path(), "cells.json", r#"{"input_ids": [[2, 5, 3]]}"#);
+    let out = tmp.path().join("out.safetensors");
+    let run = |device: &str| {
+        scinterp(&[
+            "forward",
+            "--model",
+            path_str(&model),
+            "--input",
+            &cells,
+            "--hooks",
+            "hook_embed",
+            "--out",
+            path_str(&out),
+            "--device",
+            device,
+        ])
+    };
+    for device in ["cpu", "auto"] {
+        let o = run(device);
+        assert!(
+            o.status.success(),
+            "--device {device}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_fails_with(&run("tpu"), &["unknown device `tpu`", "auto, cpu or cuda"]);
+    // No GPU path exists yet: `cuda` is an error everywhere; without a GPU it says so.
+    let no_gpu = scinterp_engine::device::DeviceChoice::Cuda.resolve().is_err();
+    let needles: &[&str] = if no_gpu {
+        &["no CUDA driver/GPU found", "run with --device cpu"]
+    } else {
+        &["run with --device cpu"]
+    };
+    assert_fails_with(&run("cuda"), needles);
+}

@@ -12,6 +12,7 @@
 //! - [`annotate`]: feature annotation: gene-set (Fisher) and TRRUST/PPI edge enrichment with BH over
 //!   every test, and cell-type enrichment.
 //! - [`effects`]: feature → output effects (ablation and steering doses, logit and direction readouts).
+//! - [`device`]: `--device auto|cpu|cuda`, resolved without panicking where CUDA is absent.
 //! - [`stats`]: hypergeometric/Fisher and Student t tails in log space, BH/BY q-values, effect sizes,
 //!   streaming mean/variance (f64).
 
@@ -19,6 +20,7 @@ pub mod analyze;
 pub mod annotate;
 pub mod batching;
 pub mod cpu;
+pub mod device;
 pub mod effects;
 pub mod encoder;
 pub mod error;
