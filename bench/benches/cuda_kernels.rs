@@ -4,21 +4,15 @@
 //! see `.ci/run`). Without a GPU or NVRTC it prints why and measures nothing.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use scinterp_kernels::cudarc::driver::CudaContext;
-use scinterp_kernels::gpu::Kernels;
 
 fn bench_kernels(c: &mut Criterion) {
-    if let Err(e) = scinterp_kernels::cuda_available() {
-        println!("cuda_kernels skipped: no GPU ({e})");
-        return;
-    }
-    if let Err(e) = scinterp_kernels::compile::nvrtc() {
-        println!("cuda_kernels skipped: {e}");
-        return;
-    }
-    let ctx = CudaContext::new(0).expect("CUDA context on device 0");
-    let stream = ctx.default_stream();
-    let kernels = Kernels::load(&ctx).expect("load kernels");
+    let (_ctx, stream, kernels) = match scinterp_kernels::gpu::open_default() {
+        Ok(gpu) => gpu,
+        Err(why) => {
+            println!("cuda_kernels skipped: {why}");
+            return;
+        }
+    };
     let mut g = c.benchmark_group("cuda");
     // 16 cells of 2,048 tokens; d_model 1,152 and the FFN width 4,608.
     let (rows, dim, ffn) = (16 * 2048usize, 1152usize, 4608usize);

@@ -1,27 +1,25 @@
 //! CUDA kernels against their CPU references. Runs only where a GPU, its driver and NVRTC are present
-//! (`SCINTERP_NVRTC_LIB`, see `.ci/run`); elsewhere each test prints that it skipped.
+//! (kernels embedded at build time, or NVRTC at run time); elsewhere each test prints that it skipped.
 
 use std::sync::Arc;
 
 use scinterp_engine::cpu::{bias_relu_in_place, layer_norm_of_sum};
 use scinterp_engine::{LayerNormWeights, Matrix};
-use scinterp_kernels::cudarc::driver::{CudaContext, CudaStream};
+use scinterp_kernels::cudarc::driver::CudaStream;
 use scinterp_kernels::gpu::Kernels;
 
-/// Context, stream and kernels, or `None` after printing why the test skips.
+/// Stream and kernels, or `None` after printing why the test skips.
 fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    if let Err(e) = scinterp_kernels::cuda_available() {
-        println!("{test} skipped: no GPU ({e})");
-        return None;
+    match scinterp_kernels::gpu::open_default() {
+        Ok((_ctx, stream, kernels)) => {
+            println!("{test}: modules loaded from {:?}", kernels.formats);
+            Some((stream, kernels))
+        }
+        Err(why) => {
+            println!("{test} skipped: {why}");
+            None
+        }
     }
-    if let Err(e) = scinterp_kernels::compile::nvrtc() {
-        println!("{test} skipped: {e}");
-        return None;
-    }
-    let ctx = CudaContext::new(0).expect("CUDA context on device 0");
-    let kernels = Kernels::load(&ctx).unwrap_or_else(|e| panic!("{e}"));
-    println!("{test}: modules loaded from {:?}", kernels.formats);
-    Some((ctx.default_stream(), kernels))
 }
 
 /// Deterministic values in [-scale, scale) (xorshift), so failures reproduce.

@@ -10,8 +10,11 @@
 //! `Err`. `SCINTERP_NVRTC_LIB` names a folder holding `libnvrtc.so.13` (the `nvidia-cuda-nvrtc` wheel's
 //! `nvidia/cu13/lib`); it is dlopened by full path, after which cudarc's own `dlopen("libnvrtc.so.13")`
 //! finds it by soname. Without the variable, the system loader (LD_LIBRARY_PATH, ldconfig) decides.
-//! `SCINTERP_CUDA_INCLUDE` names the CUDA headers folder (`cuda_fp16.h`, …) of the `nvidia-cuda-runtime`
-//! wheel; our kernels need none today, but it is passed when set.
+//! `SCINTERP_CUDA_INCLUDE` names the CUDA headers folder (`cuda_bf16.h`, `mma.h`, …) of the
+//! `nvidia-cuda-runtime` wheel; when unset, `$SCINTERP_NVRTC_LIB/../include` is used if it holds them.
+//!
+//! The build script compiles every kernel with this same module and embeds the results (see `embedded`);
+//! the library calls it at run time only for a binary built without NVRTC.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use std::sync::OnceLock;
 use cudarc::nvrtc::sys;
 use thiserror::Error;
 
-use crate::{Kernel, HEADERS, KERNELS};
+use crate::registry::{Kernel, HEADERS, KERNELS};
 
 /// GPU architecture of the CUBIN (H100 and H200 are both sm_90).
 pub const CUBIN_ARCH: &str = "sm_90";
@@ -178,10 +181,20 @@ fn options(arch: &str) -> Vec<String> {
         "-std=c++17".into(),
         "--fmad=true".into(),
     ];
-    if let Some(dir) = std::env::var_os("SCINTERP_CUDA_INCLUDE") {
-        opts.push(format!("--include-path={}", Path::new(&dir).display()));
+    if let Some(dir) = cuda_include_dir() {
+        opts.push(format!("--include-path={}", dir.display()));
     }
     opts
+}
+
+/// `SCINTERP_CUDA_INCLUDE`, else the wheel layout's `include` beside `SCINTERP_NVRTC_LIB`.
+pub fn cuda_include_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SCINTERP_CUDA_INCLUDE") {
+        return Some(PathBuf::from(dir));
+    }
+    let lib = PathBuf::from(std::env::var_os("SCINTERP_NVRTC_LIB")?);
+    let include = lib.parent()?.join("include");
+    include.join("cuda_fp16.h").is_file().then_some(include)
 }
 
 /// One NVRTC program → its CUBIN or PTX bytes, plus the log.

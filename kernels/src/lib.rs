@@ -1,50 +1,22 @@
 //! CUDA kernels of scinterp and their registry.
 //!
-//! Every kernel is CUDA C++ under `kernels/src/*.cu`, embedded here as source and compiled through NVRTC
-//! ([`compile`]) to an sm_90 CUBIN plus a compute_90 PTX fallback. The CPU path in `scinterp-engine` is
-//! complete without any of this; [`cuda_available`] says, without panicking, whether a GPU can be used.
+//! Every kernel is CUDA C++ under `kernels/src/*.cu`, listed in [`registry`]. The build script compiles
+//! each through NVRTC 13.0 ([`compile`]) to an sm_90 CUBIN plus a compute_90 PTX fallback and embeds both
+//! in the binary ([`embedded`]), so a GPU host needs only the driver. A build without NVRTC embeds nothing
+//! and compiles at run time instead. The CPU path in `scinterp-engine` is complete without any of this;
+//! [`cuda_available`] says, without panicking, whether a GPU can be used.
 
 pub mod compile;
+pub mod embedded;
 pub mod gpu;
 mod guard;
+pub mod registry;
 
 /// cudarc, re-exported so that callers use the same version and features.
 pub use cudarc;
 
 pub use guard::{cuda_available, detect_cuda, GpuAbsence};
-
-/// One CUDA source file and the `extern "C"` kernels it defines.
-#[derive(Debug, Clone, Copy)]
-pub struct Kernel {
-    /// Registry name (the file stem).
-    pub name: &'static str,
-    /// The CUDA C++ source.
-    pub source: &'static str,
-    /// `extern "C" __global__` entry points, unmangled.
-    pub entry_points: &'static [&'static str],
-}
-
-/// Headers the sources include with `#include "…"`, handed to NVRTC in memory (no include path needed).
-pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("common.cuh"))];
-
-/// Every kernel of scinterp.
-pub const KERNELS: &[Kernel] = &[
-    Kernel {
-        name: "add_layer_norm",
-        source: include_str!("add_layer_norm.cu"),
-        entry_points: &["add_layer_norm_f32"],
-    },
-    Kernel {
-        name: "bias_relu",
-        source: include_str!("bias_relu.cu"),
-        entry_points: &["bias_relu_f32"],
-    },
-];
-
-/// The kernel registered under `name`.
-pub fn kernel(name: &str) -> Option<&'static Kernel> {
-    KERNELS.iter().find(|k| k.name == name)
-}
+pub use registry::{kernel, Kernel, HEADERS, KERNELS};
 
 #[cfg(test)]
 mod tests {
@@ -65,6 +37,8 @@ mod tests {
                     "{}: entry point {e} is not an extern \"C\" kernel of its source",
                     k.name
                 );
+                let owners = KERNELS.iter().filter(|o| o.entry_points.contains(e)).count();
+                assert_eq!(owners, 1, "entry point {e} is registered {owners} times");
             }
         }
         assert!(kernel("bias_relu").is_some());

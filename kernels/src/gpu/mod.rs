@@ -1,0 +1,137 @@
+//! Loading the compiled kernels into a CUDA context and launching them with checked arguments.
+//!
+//! Call only after [`crate::cuda_available`] returned `Ok`: cudarc panics when libcuda is missing.
+//! Modules load from the sm_90 CUBIN first (no JIT); the compute_90 PTX is the fallback for a GPU the
+//! CUBIN does not fit or a driver that refuses it. Each kernel's launch wrapper (argument checks, grid)
+//! is a method of [`Kernels`] in the submodule named after its source.
+
+mod epilogue;
+mod norm;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use thiserror::Error;
+
+use crate::compile::{self, CompileError, Compiled};
+use crate::{embedded, KERNELS};
+
+#[derive(Debug, Error)]
+pub enum GpuError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("CUDA: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    #[error("{kernel}: neither the CUBIN ({cubin}) nor the PTX ({ptx}) loads")]
+    Load {
+        kernel: &'static str,
+        cubin: String,
+        ptx: String,
+    },
+    #[error(
+        "{kernel}: not embedded in this binary (built without NVRTC) and run-time compilation failed: \
+         {why}; rebuild with SCINTERP_NVRTC_LIB set (see .ci/run) or set it now"
+    )]
+    NotEmbedded { kernel: &'static str, why: String },
+    #[error("{kernel}: {reason}")]
+    BadArgs { kernel: &'static str, reason: String },
+}
+
+/// Which artefact a module was loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleFormat {
+    Cubin,
+    Ptx,
+}
+
+/// Load one compiled kernel: CUBIN, else PTX.
+pub fn load_module(
+    ctx: &Arc<CudaContext>,
+    compiled: &Compiled,
+) -> Result<(Arc<CudaModule>, ModuleFormat), GpuError> {
+    let cubin_err = match ctx.load_module(Ptx::from_binary(compiled.cubin.clone())) {
+        Ok(m) => return Ok((m, ModuleFormat::Cubin)),
+        Err(e) => e.to_string(),
+    };
+    // cudarc unwraps a CString of the PTX: make sure that cannot fail.
+    if compiled.ptx.contains('\0') {
+        return Err(GpuError::Load {
+            kernel: compiled.kernel.name,
+            cubin: cubin_err,
+            ptx: "NUL in PTX".into(),
+        });
+    }
+    match ctx.load_module(Ptx::from_src(compiled.ptx.clone())) {
+        Ok(m) => Ok((m, ModuleFormat::Ptx)),
+        Err(e) => Err(GpuError::Load {
+            kernel: compiled.kernel.name,
+            cubin: cubin_err,
+            ptx: e.to_string(),
+        }),
+    }
+}
+
+/// Device 0, its default stream and every kernel loaded, or why not (no GPU; kernels neither embedded nor
+/// compilable). For tests and benches, which skip on `Err`.
+pub fn open_default() -> Result<(Arc<CudaContext>, Arc<CudaStream>, Kernels), String> {
+    crate::cuda_available().map_err(|e| format!("no GPU ({e})"))?;
+    let ctx = CudaContext::new(0).map_err(|e| format!("CUDA context on device 0: {e}"))?;
+    let kernels = Kernels::load(&ctx).map_err(|e| e.to_string())?;
+    let stream = ctx.default_stream();
+    Ok((ctx, stream, kernels))
+}
+
+/// Every kernel of the registry, loaded into one context; launch wrappers live in the submodules.
+pub struct Kernels {
+    functions: HashMap<&'static str, CudaFunction>,
+    /// Where each module came from, in registry order.
+    pub formats: Vec<(&'static str, ModuleFormat)>,
+}
+
+impl Kernels {
+    /// Load every registry kernel into `ctx`: the embedded CUBIN (else its PTX), or, for a binary built
+    /// without NVRTC, a run-time NVRTC compilation.
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Self, GpuError> {
+        let mut functions = HashMap::new();
+        let mut formats = Vec::new();
+        for kernel in KERNELS {
+            let compiled = match embedded::artefacts(kernel) {
+                Some(e) => Compiled {
+                    kernel,
+                    cubin: e.cubin.to_vec(),
+                    ptx: e.ptx.to_string(),
+                    ptx_isa: e.ptx_isa,
+                    log: String::new(),
+                },
+                None => compile::compile(kernel).map_err(|e| GpuError::NotEmbedded {
+                    kernel: kernel.name,
+                    why: e.to_string(),
+                })?,
+            };
+            let (module, format) = load_module(ctx, &compiled)?;
+            formats.push((kernel.name, format));
+            for entry in kernel.entry_points {
+                functions.insert(*entry, module.load_function(entry)?);
+            }
+        }
+        Ok(Kernels { functions, formats })
+    }
+
+    /// The loaded entry point `entry` (an `extern "C"` name of the registry).
+    pub fn function(&self, entry: &'static str) -> Result<&CudaFunction, GpuError> {
+        self.functions.get(entry).ok_or(GpuError::BadArgs {
+            kernel: entry,
+            reason: "not an entry point of the registry".into(),
+        })
+    }
+}
+
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<(), String> {
+    if got < want {
+        Err(format!("{what} holds {got} values, needs {want}"))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! The registry: every CUDA source file of scinterp and its `extern "C"` entry points.
+//!
+//! Shared verbatim by the build script (which compiles and embeds every kernel) and the library, so the
+//! list exists once. Add a kernel here and its launch wrapper under `gpu/`.
+
+/// One CUDA source file and the `extern "C"` kernels it defines.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// Registry name (the file stem).
+    pub name: &'static str,
+    /// The CUDA C++ source.
+    pub source: &'static str,
+    /// `extern "C" __global__` entry points, unmangled.
+    pub entry_points: &'static [&'static str],
+}
+
+/// Headers the sources include with `#include "…"`, handed to NVRTC in memory (no include path needed).
+pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("common.cuh"))];
+
+/// Every kernel of scinterp.
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "add_layer_norm",
+        source: include_str!("add_layer_norm.cu"),
+        entry_points: &["add_layer_norm_f32"],
+    },
+    Kernel {
+        name: "bias_relu",
+        source: include_str!("bias_relu.cu"),
+        entry_points: &["bias_relu_f32"],
+    },
+];
+
+/// The kernel registered under `name`.
+pub fn kernel(name: &str) -> Option<&'static Kernel> {
+    KERNELS.iter().find(|k| k.name == name)
+}
+
+/// FNV-1a of a kernel's source and the headers: the build script records it beside each embedded
+/// artefact, and the loader refuses an artefact whose source has changed since (a stale build).
+pub fn source_hash(kernel: &Kernel) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(kernel.source.as_bytes());
+    for (name, text) in HEADERS {
+        eat(name.as_bytes());
+        eat(text.as_bytes());
+    }
+    h
+}
