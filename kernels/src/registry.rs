@@ -29,6 +29,16 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("bias_relu.cu"),
         entry_points: &["bias_relu_f32"],
     },
+    Kernel {
+        name: "gemm_bf16",
+        source: include_str!("gemm_bf16.cu"),
+        entry_points: &["linear_bf16_f32out", "linear_bf16_bf16out"],
+    },
+    Kernel {
+        name: "convert",
+        source: include_str!("convert.cu"),
+        entry_points: &["f32_to_bf16", "bf16_to_f32", "f32_to_f16", "f16_to_f32"],
+    },
 ];
 
 /// The kernel registered under `name`.

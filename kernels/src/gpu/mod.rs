@@ -6,13 +6,17 @@
 //! is a method of [`Kernels`] in the submodule named after its source.
 
 mod epilogue;
+pub mod gemm;
+mod gemm_bf16;
 mod norm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+
 use cudarc::nvrtc::Ptx;
+pub use gemm_bf16::InHouseOutput;
 use thiserror::Error;
 
 use crate::compile::{self, CompileError, Compiled};
@@ -35,6 +39,13 @@ pub enum GpuError {
          {why}; rebuild with SCINTERP_NVRTC_LIB set (see .ci/run) or set it now"
     )]
     NotEmbedded { kernel: &'static str, why: String },
+    #[error(
+        "libcublasLt.so.13 could not be loaded (it is not part of the driver): install the CUDA 13 \
+             cuBLAS libraries or use the in-house GEMM"
+    )]
+    NoCublasLt,
+    #[error("cuBLASLt {call} failed: {status}")]
+    Cublas { call: &'static str, status: String },
     #[error("{kernel}: {reason}")]
     BadArgs { kernel: &'static str, reason: String },
 }
