@@ -29,6 +29,16 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("bias_relu.cu"),
         entry_points: &["bias_relu_f32"],
     },
+    Kernel {
+        name: "hook_edits",
+        source: include_str!("hook_edits.cu"),
+        entry_points: &["hook_edits_f32", "hook_edits_bf16"],
+    },
+    Kernel {
+        name: "trace",
+        source: include_str!("trace.cu"),
+        entry_points: &["trace_ablate_f32", "trace_reduce"],
+    },
 ];
 
 /// The kernel registered under `name`.

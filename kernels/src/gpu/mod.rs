@@ -6,7 +6,15 @@
 //! is a method of [`Kernels`] in the submodule named after its source.
 
 mod epilogue;
+mod hook_edits;
 mod norm;
+mod trace;
+
+pub use hook_edits::{DeviceEditList, EditList, EditListError, EditOp, EditRecord};
+pub use trace::{
+    sign_flip_hash, sign_flip_is_positive, AblationList, DeviceAblationList, EdgeStatsHost, TraceStats,
+    TraceStatsHost,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
