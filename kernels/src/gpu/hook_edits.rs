@@ -131,8 +131,9 @@ impl EditList {
             });
         }
         let records = self.records.len().checked_add(rows.len());
-        if records.is_none_or(|n| u32::try_from(n).is_err()) {
-            return Err(EditListError::TooLarge("more than u32::MAX records".into()));
+        // The kernel indexes records with `int`.
+        if records.is_none_or(|n| i32::try_from(n).is_err()) {
+            return Err(EditListError::TooLarge("more than i32::MAX records".into()));
         }
         // Every offset (the start of a pushed vector) must fit u32.
         let last_offset = (self.pool.len() + extra_pool).saturating_sub(self.d);

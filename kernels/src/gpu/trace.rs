@@ -92,8 +92,9 @@ impl AblationList {
                 self.tokens
             )));
         }
-        if u32::try_from(self.rows.len() + rows.len()).is_err() || self.features.len() >= 65_535 {
-            return Err(bad("more than 65,535 copies or u32::MAX entries".into()));
+        // Copies are the grid's y dimension; the kernel indexes entries with `int`.
+        if i32::try_from(self.rows.len() + rows.len()).is_err() || self.features.len() >= 65_535 {
+            return Err(bad("more than 65,535 copies or i32::MAX entries".into()));
         }
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_by_key(|&i| rows[i]); // stable: a repeated row keeps its order
