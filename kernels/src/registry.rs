@@ -39,6 +39,16 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("convert.cu"),
         entry_points: &["f32_to_bf16", "bf16_to_f32", "f32_to_f16", "f16_to_f32"],
     },
+    Kernel {
+        name: "hook_edits",
+        source: include_str!("hook_edits.cu"),
+        entry_points: &["hook_edits_f32", "hook_edits_bf16"],
+    },
+    Kernel {
+        name: "trace",
+        source: include_str!("trace.cu"),
+        entry_points: &["trace_ablate_f32", "trace_reduce"],
+    },
 ];
 
 /// The kernel registered under `name`.

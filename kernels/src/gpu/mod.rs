@@ -8,7 +8,15 @@
 mod epilogue;
 pub mod gemm;
 mod gemm_bf16;
+mod hook_edits;
 mod norm;
+mod trace;
+
+pub use hook_edits::{DeviceEditList, EditList, EditListError, EditOp, EditRecord};
+pub use trace::{
+    sign_flip_hash, sign_flip_is_positive, AblationList, DeviceAblationList, EdgeStatsHost, TraceStats,
+    TraceStatsHost,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
