@@ -7,6 +7,7 @@
 
 mod epilogue;
 mod norm;
+pub mod sae;
 
 use std::collections::HashMap;
 use std::sync::Arc;
