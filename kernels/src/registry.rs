@@ -49,6 +49,29 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("trace.cu"),
         entry_points: &["trace_ablate_f32", "trace_reduce"],
     },
+    Kernel {
+        name: "sae_topk",
+        source: include_str!("sae_topk.cu"),
+        entry_points: &["sae_topk_f32", "sae_topk_masked_f32"],
+    },
+    Kernel {
+        name: "sae_sparse",
+        source: include_str!("sae_sparse.cu"),
+        entry_points: &[
+            "sae_decode_f32",
+            "sae_decode_bf16",
+            "sae_residual_f32",
+            "sae_aux_residual_f32",
+            "sae_grad_pre_f32",
+            "sae_grad_scatter_f32",
+            "sae_grad_b_dec_f32",
+            "sae_remove_parallel_grad_f32",
+            "sae_renormalise_rows_f32",
+            "sae_fire_counters_add",
+            "sae_fire_counters_reset",
+            "sae_dead_mask",
+        ],
+    },
 ];
 
 /// The kernel registered under `name`.

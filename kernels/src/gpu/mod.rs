@@ -17,6 +17,7 @@ pub use trace::{
     sign_flip_hash, sign_flip_is_positive, AblationList, DeviceAblationList, EdgeStatsHost, TraceStats,
     TraceStatsHost,
 };
+pub mod sae;
 
 use std::collections::HashMap;
 use std::sync::Arc;
