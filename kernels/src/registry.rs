@@ -29,6 +29,11 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("bias_relu.cu"),
         entry_points: &["bias_relu_f32"],
     },
+    Kernel {
+        name: "attention_varlen",
+        source: include_str!("attention_varlen.cu"),
+        entry_points: &["attention_varlen_bf16", "attention_varlen_f32"],
+    },
 ];
 
 /// The kernel registered under `name`.
