@@ -72,6 +72,11 @@ pub const KERNELS: &[Kernel] = &[
             "sae_dead_mask",
         ],
     },
+    Kernel {
+        name: "attention_varlen",
+        source: include_str!("attention_varlen.cu"),
+        entry_points: &["attention_varlen_bf16", "attention_varlen_f32"],
+    },
 ];
 
 /// The kernel registered under `name`.

@@ -5,6 +5,7 @@
 //! CUBIN does not fit or a driver that refuses it. Each kernel's launch wrapper (argument checks, grid)
 //! is a method of [`Kernels`] in the submodule named after its source.
 
+pub mod attention;
 mod epilogue;
 pub mod gemm;
 mod gemm_bf16;
