@@ -87,7 +87,9 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi, float& lo_r, f
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     lo_r = __low2float(v);
     hi_r = __high2float(v);
-    return *reinterpret_cast<unsigned*>(&v);
+    unsigned bits;
+    memcpy(&bits, &v, sizeof bits);  // a register move, without type punning through a pointer
+    return bits;
 }
 
 extern "C" __global__ void attention_varlen_bf16(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ tiles,
@@ -169,10 +171,10 @@ extern "C" __global__ void attention_varlen_bf16(const __nv_bfloat16* __restrict
             if (key_kept(key_mask, kv0 + r, end)) {
                 v = *reinterpret_cast<const uint4*>(v_base + (size_t)(kv0 + r) * stride + col);
             }
-            const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+            const unsigned words[4] = {v.x, v.y, v.z, v.w};  // dims col + 2w (low half), col + 2w + 1
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                s_vt[(col + i) * BF_LDS + r] = e[i];
+                s_vt[(col + i) * BF_LDS + r] = __ushort_as_bfloat16((unsigned short)(words[i / 2] >> (16 * (i % 2))));
             }
         }
         __syncthreads();
