@@ -29,8 +29,9 @@
 // 4 warps = 128 threads, query tile BR = 64 (16 rows per warp, one m16 row block), key tile BC = 64.
 // Per warp in registers: Q fragments 16 regs, S 8×4 f32, O 8×4 f32 (the FA2 arrangement: the S
 // accumulator layout of m16n8 is exactly the A-operand layout of the next m16n8k16, so P never touches
-// shared memory). Shared memory, static: Q 64×72 bf16 (9 KB), K 64×72 (9 KB), Vᵀ 64×72 (9 KB) = 27 KB,
-// well inside 48 KB and small enough for several blocks per SM (registers, ~128 per thread, allow 4).
+// shared memory). Shared memory, static: Q 64×72 bf16 (9 KB), K 64×72 (9 KB), Vᵀ 64×72 (9 KB) and 64
+// key flags = 27 KB, well inside 48 KB and small enough for several blocks per SM (NVRTC 13.0 gives
+// 105 registers per thread, no spills, so registers allow 4 blocks = 16 warps per SM).
 // Rows are padded 64 → 72 bf16 (144 B = 36 words) so that the fragment loads (row g = lane/4, word t =
 // lane%4) hit 32 distinct banks. V is stored transposed (Vᵀ[dim][key]) so the B operand of PV is one
 // 32-bit load, like K's; the transposing stores go key-fastest across lanes, conflict-free. Exponentials
@@ -87,7 +88,9 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi, float& lo_r, f
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     lo_r = __low2float(v);
     hi_r = __high2float(v);
-    return *reinterpret_cast<unsigned*>(&v);
+    unsigned bits;
+    memcpy(&bits, &v, sizeof bits);  // a register move, without type punning through a pointer
+    return bits;
 }
 
 extern "C" __global__ void attention_varlen_bf16(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ tiles,
@@ -96,6 +99,7 @@ extern "C" __global__ void attention_varlen_bf16(const __nv_bfloat16* __restrict
     __shared__ __align__(16) __nv_bfloat16 s_q[BF_BR * BF_LDS];
     __shared__ __align__(16) __nv_bfloat16 s_k[BF_BC * BF_LDS];
     __shared__ __align__(16) __nv_bfloat16 s_vt[HEAD_DIM * BF_LDS];  // Vᵀ: [dim][key]
+    __shared__ unsigned char s_kept[BF_BC];                            // key of the tile is used
 
     const int q0 = tiles[3 * blockIdx.x];
     const int start = tiles[3 * blockIdx.x + 1];
@@ -169,11 +173,14 @@ extern "C" __global__ void attention_varlen_bf16(const __nv_bfloat16* __restrict
             if (key_kept(key_mask, kv0 + r, end)) {
                 v = *reinterpret_cast<const uint4*>(v_base + (size_t)(kv0 + r) * stride + col);
             }
-            const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
+            const unsigned words[4] = {v.x, v.y, v.z, v.w};  // dims col + 2w (low half), col + 2w + 1
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                s_vt[(col + i) * BF_LDS + r] = e[i];
+                s_vt[(col + i) * BF_LDS + r] = __ushort_as_bfloat16((unsigned short)(words[i / 2] >> (16 * (i % 2))));
             }
+        }
+        if (tid < BF_BC) {
+            s_kept[tid] = key_kept(key_mask, kv0 + tid, end) ? 1 : 0;
         }
         __syncthreads();
 
@@ -195,7 +202,7 @@ extern "C" __global__ void attention_varlen_bf16(const __nv_bfloat16* __restrict
         for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const bool kept = key_kept(key_mask, kv0 + nt * 8 + 2 * t + e, end);
+                const bool kept = s_kept[nt * 8 + 2 * t + e] != 0;
                 s[nt][e] = kept ? s[nt][e] * scale_log2 : NEG_INF;
                 s[nt][2 + e] = kept ? s[nt][2 + e] * scale_log2 : NEG_INF;
                 mx0 = fmaxf(mx0, s[nt][e]);

@@ -28,16 +28,20 @@ pub const KEY_TILE: usize = 64;
 const THREADS: u32 = 128;
 
 /// The per-block work list for query tiles of `query_tile` rows: `{q0, cell start, cell end}` per block,
-/// cells in order, empty cells skipped. `offsets` must start at 0, never decrease, and end at most at
-/// `i32::MAX`; the last offset is the token count.
+/// empty cells skipped. A block's work grows with its cell's length, so the longest cells come first
+/// (longest-processing-time order: short cells fill the tail of the grid instead of a long cell's blocks
+/// starting last); cells of equal length keep their order. No block's result depends on the order.
+/// `offsets` must start at 0, never decrease, and end at most at `i32::MAX`; the last offset is the
+/// token count.
 pub fn varlen_tiles(offsets: &[usize], query_tile: usize) -> Result<Vec<i32>, String> {
     if query_tile == 0 {
         return Err("query tile of 0 rows".into());
     }
     check_offsets(offsets)?;
+    let mut cells: Vec<(usize, usize)> = offsets.windows(2).map(|w| (w[0], w[1])).collect();
+    cells.sort_by_key(|&(start, end)| std::cmp::Reverse(end - start));
     let mut tiles = Vec::new();
-    for cell in offsets.windows(2) {
-        let (start, end) = (cell[0], cell[1]);
+    for (start, end) in cells {
         let mut q = start;
         while q < end {
             // check_offsets bounds every offset by i32::MAX.
@@ -283,6 +287,10 @@ mod tests {
         // 64 rows: 1 + 0 + 1 + 1 + 2 + 5 blocks.
         assert_eq!(varlen_tiles(&offsets, 64).unwrap().len(), 3 * 10);
         assert_eq!(varlen_tiles(&[0], 64).unwrap(), Vec::<i32>::new());
+        // Longest cell first, equal lengths in order.
+        let tiles = varlen_tiles(&[0, 10, 300, 310, 320], 64).unwrap();
+        let starts: Vec<i32> = tiles.chunks_exact(3).map(|t| t[1]).collect();
+        assert_eq!(starts, [10, 10, 10, 10, 10, 0, 300, 310]);
     }
 
     #[test]
