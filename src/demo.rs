@@ -88,7 +88,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         tokens: cells.clone(),
         values: None,
     };
-    let summary = forward_to_file(model, &input, &hooks, false, &forward_path, 16_384)?;
+    let summary = forward_to_file(
+        model,
+        &scinterp_engine::CpuForward,
+        &input,
+        &hooks,
+        false,
+        &forward_path,
+        16_384,
+    )?;
     println!(
         "  forward  {}: {} hooks (hook_embed, blocks.*.hook_resid_post), {} tokens in {:.3} s ({:.0} tokens/s, {} threads)",
         forward_path.display(),
@@ -237,6 +245,7 @@ fn extract_and_train(
         include_special: false,
         max_batch_tokens: 4096,
         device: scinterp_engine::device::DeviceChoice::Cpu,
+        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
     })?;
     if let Some(s) = &extracted {

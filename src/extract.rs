@@ -13,7 +13,9 @@ use serde_json::json;
 
 use scinterp_engine::device::DeviceChoice;
 
-use crate::forward::{load_model, parse_hooks, read_cells, resolve_device, ModelKind};
+use crate::forward::{
+    load_model, make_forward, parse_hooks, read_cells, resolve_device, GpuPrecisionArg, ModelKind,
+};
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -41,6 +43,9 @@ pub struct ExtractArgs {
     /// Backend: `auto`, `cpu` or `cuda`, as for `scinterp forward`.
     #[arg(long, default_value = "auto")]
     pub(crate) device: DeviceChoice,
+    /// With `--device cuda`: `bf16` (default) or `f32` (exact f32 GEMMs: the parity mode).
+    #[arg(long, default_value = "bf16")]
+    pub(crate) gpu_precision: GpuPrecisionArg,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -78,7 +83,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
 
 /// Extracts into the store (or finishes it); `None` when it was already complete.
 pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
-    resolve_device(args.device)?;
+    let backend = resolve_device(args.device)?;
     if !args.input.is_dir() {
         bail!(
             "--input {}: not a token store folder; make one with `scinterp tokenize`",
@@ -88,6 +93,7 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
     let model = load_model(&args.model, false)?;
     let cells = read_cells(&args.input, &model)?;
     let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
+    let forward = make_forward(backend, model.encoder.as_ref(), args.gpu_precision)?;
     if hooks.is_empty() {
         bail!("--hooks names no hook; give a comma list such as blocks.5.hook_resid_post, or `all`");
     }
@@ -146,9 +152,14 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         );
     }
     let bar = crate::progress::bar(cells.tokens.len() as u64, resumed_from as u64, "cells");
-    let stats = extract(model.encoder.as_ref(), &job, &hooks, &mut writer, &mut |p| {
-        bar.set_position(p.cells_done as u64)
-    })
+    let stats = extract(
+        model.encoder.as_ref(),
+        forward.as_ref(),
+        &job,
+        &hooks,
+        &mut writer,
+        &mut |p| bar.set_position(p.cells_done as u64),
+    )
     .with_context(|| format!("extracting into {}", args.out.display()))?;
     bar.finish_and_clear();
     let summary = ExtractSummary {

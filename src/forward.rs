@@ -9,8 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use scinterp_engine::batching::group_by_token_budget;
+use scinterp_engine::cuda::{CudaForward, GpuPrecision};
 use scinterp_engine::device::{Backend, DeviceChoice};
-use scinterp_engine::{run as run_encoder, Encoder, HookPlan, HookPoint, PackedBatch, Start};
+use scinterp_engine::{CpuForward, Encoder, Forward, HookPlan, HookPoint, PackedBatch, Start};
 use scinterp_models::checkpoint::{write_safetensors, TensorToWrite};
 use scinterp_models::geneformer::{Geneformer, LoadOptions};
 use scinterp_models::scgpt::{is_scgpt_dir, Scgpt, ScgptLoadOptions};
@@ -43,10 +44,13 @@ pub struct ForwardArgs {
     /// Most tokens run together in one packed batch (bounds memory).
     #[arg(long, default_value_t = 16_384)]
     max_batch_tokens: usize,
-    /// Backend: `auto` (CUDA when a driver and a GPU are present and the CUDA path is built, else CPU),
-    /// `cpu` or `cuda` (an error where no GPU is usable). Only the CPU path exists today.
+    /// Backend: `auto` (the CPU until the CUDA path is validated on a GPU), `cpu`, or `cuda` (bf16
+    /// GEMMs and attention, f32 residual stream; an error where no GPU is usable).
     #[arg(long, default_value = "auto")]
     pub(crate) device: DeviceChoice,
+    /// With `--device cuda`: `bf16` (default) or `f32` (exact f32 GEMMs: the parity mode).
+    #[arg(long, default_value = "bf16")]
+    pub(crate) gpu_precision: GpuPrecisionArg,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     json: bool,
@@ -99,8 +103,9 @@ pub struct LoadedModel {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
-    resolve_device(args.device)?;
+    let backend = resolve_device(args.device)?;
     let model = load_model(&args.model, args.head)?;
+    let forward = make_forward(backend, model.encoder.as_ref(), args.gpu_precision)?;
     let cells = read_cells(&args.input, &model)?;
     let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
     if hooks.is_empty() && !args.head && model.kind == ModelKind::Geneformer {
@@ -108,6 +113,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     }
     let mut summary = forward_to_file(
         model.encoder.as_ref(),
+        forward.as_ref(),
         &cells,
         &hooks,
         args.head,
@@ -130,15 +136,39 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves `--device` before any work (never panics without CUDA) and logs the choice. Only the CPU
-/// backend runs today, so a resolution to CUDA cannot happen until `CUDA_BACKEND_BUILT` is true.
-pub(crate) fn resolve_device(choice: DeviceChoice) -> Result<()> {
+/// Resolves `--device` before any work (never panics without CUDA) and logs the choice.
+pub(crate) fn resolve_device(choice: DeviceChoice) -> Result<Backend> {
     let resolved = choice.resolve()?;
     tracing::info!("device: {}", resolved.reason);
-    if resolved.backend != Backend::Cpu {
-        bail!("--device {choice}: the CUDA forward pass is not built yet: run with --device cpu");
-    }
-    Ok(())
+    Ok(resolved.backend)
+}
+
+/// `--gpu-precision`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum GpuPrecisionArg {
+    Bf16,
+    F32,
+}
+
+/// The backend that runs the blocks: the CPU, or the model's blocks uploaded to GPU 0.
+pub(crate) fn make_forward(
+    backend: Backend,
+    encoder: &dyn Encoder,
+    precision: GpuPrecisionArg,
+) -> Result<Box<dyn Forward>> {
+    Ok(match backend {
+        Backend::Cpu => Box::new(CpuForward),
+        Backend::Cuda => {
+            let precision = match precision {
+                GpuPrecisionArg::Bf16 => GpuPrecision::Bf16,
+                GpuPrecisionArg::F32 => GpuPrecision::F32,
+            };
+            let gpu = CudaForward::new(encoder, 0, precision)
+                .context("uploading the model to the GPU (--device cpu avoids the GPU)")?;
+            tracing::info!("forward pass: {}", gpu.name());
+            Box::new(gpu)
+        }
+    })
 }
 
 /// Cells from a JSON file or a token store folder, checked against what the model reads.
@@ -255,6 +285,7 @@ pub fn parse_hooks(spec: &str, n_layers: usize) -> Result<Vec<HookPoint>> {
 /// Runs `model` over `cells` in token-budget batches and writes the padded outputs to `out`.
 pub fn forward_to_file(
     model: &dyn Encoder,
+    forward: &dyn Forward,
     cells: &InputCells,
     hooks: &[HookPoint],
     with_head: bool,
@@ -300,7 +331,7 @@ pub fn forward_to_file(
             batch = batch.with_values(values[group.clone()].concat())?;
         }
         let started = Instant::now();
-        let mut output = run_encoder(model, &batch, &plan, Start::Embed, with_head)?;
+        let mut output = forward.run(model, &batch, &plan, Start::Embed, with_head)?;
         let cell_embedding = model.cell_embedding(&output.final_state, &batch);
         forward_seconds += started.elapsed().as_secs_f64();
         for (hook, buffer) in hooks.iter().zip(hook_buffers.iter_mut()) {

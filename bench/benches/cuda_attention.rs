@@ -14,12 +14,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 const HEADS: usize = 18;
 const HEAD_DIM: usize = 64;
 
-/// f32 → bf16 bits, round to nearest even (finite inputs).
-fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
 /// Deterministic values in [-1, 1) (xorshift): realistic, non-constant scores.
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.max(1);
@@ -53,9 +47,9 @@ fn bench_attention(c: &mut Criterion) {
         let flops = (4 * len * len * hidden * cells) as u64;
         g.throughput(Throughput::Elements(flops));
 
-        let bits: Vec<u16> = host.iter().map(|&x| bf16_bits(x)).collect();
+        let bits: Vec<half::bf16> = host.iter().map(|&x| half::bf16::from_f32(x)).collect();
         let qkv16 = stream.clone_htod(&bits).unwrap();
-        let mut ctx16 = stream.alloc_zeros::<u16>(tokens * hidden).unwrap();
+        let mut ctx16 = stream.alloc_zeros::<half::bf16>(tokens * hidden).unwrap();
         g.bench_function(format!("attention_varlen_bf16/{cells}x{len}/H{hidden}"), |b| {
             b.iter(|| {
                 kernels

@@ -55,7 +55,7 @@ fn bench_trace(c: &mut Criterion) {
     assert_eq!(list.len(), 4096);
     let dev = list.upload(&stream).unwrap();
     let mut x = stream.alloc_zeros::<f32>(tokens * d).unwrap();
-    let mut xb = stream.alloc_zeros::<u16>(tokens * d).unwrap();
+    let mut xb = stream.alloc_zeros::<half::bf16>(tokens * d).unwrap();
     // Per edited row: read and write the row, read its pool vector (replacements; directions and
     // means are shared and stay in L2): ≤ 12 B per element in f32, ≤ 8 B in bf16.
     let edited = dev.rows_edited();

@@ -5,14 +5,15 @@ use std::str::FromStr;
 
 use scinterp_kernels::GpuAbsence;
 
-/// Whether the CUDA forward pass exists yet. Until it does, `auto` stays on the CPU even with a GPU and
-/// `cuda` is refused with a clear message.
-pub const CUDA_BACKEND_BUILT: bool = false;
+/// Whether the CUDA forward pass ([`crate::cuda`]) may be chosen by `auto`. It is built and `--device
+/// cuda` runs it, but it has not yet been validated against the CPU path on a GPU (issue 8), so `auto`
+/// keeps to the CPU until a GPU run has shown agreement.
+pub const CUDA_BACKEND_VALIDATED: bool = false;
 
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// CUDA when a driver and a GPU are present (and the backend is built), else the CPU.
+    /// CUDA when a driver and a GPU are present (and the CUDA path is validated), else the CPU.
     #[default]
     Auto,
     Cpu,
@@ -39,7 +40,7 @@ pub enum DeviceError {
     Unknown(String),
     #[error("no CUDA driver/GPU found ({0}): run with --device cpu")]
     NoCuda(GpuAbsence),
-    #[error("the CUDA forward pass is not built yet (issue 8): run with --device cpu")]
+    #[error("the CUDA backend is not available for this command: run with --device cpu")]
     CudaBackendMissing,
 }
 
@@ -69,14 +70,15 @@ impl fmt::Display for DeviceChoice {
 impl DeviceChoice {
     /// Resolve against this machine (probes the CUDA driver only for `auto` and `cuda`).
     pub fn resolve(self) -> Result<DeviceResolution, DeviceError> {
-        self.resolve_with(scinterp_kernels::detect_cuda, CUDA_BACKEND_BUILT)
+        self.resolve_with(scinterp_kernels::detect_cuda, CUDA_BACKEND_VALIDATED)
     }
 
-    /// Resolve with an injected probe, so every branch is testable without a GPU.
+    /// Resolve with an injected probe, so every branch is testable without a GPU. `auto_may_pick_cuda`
+    /// is [`CUDA_BACKEND_VALIDATED`] in real use.
     pub fn resolve_with(
         self,
         probe: impl FnOnce() -> Result<usize, GpuAbsence>,
-        backend_built: bool,
+        auto_may_pick_cuda: bool,
     ) -> Result<DeviceResolution, DeviceError> {
         let cpu = |reason: String| {
             Ok(DeviceResolution {
@@ -88,9 +90,6 @@ impl DeviceChoice {
             DeviceChoice::Cpu => cpu("cpu (requested)".into()),
             DeviceChoice::Cuda => {
                 let n = probe().map_err(DeviceError::NoCuda)?;
-                if !backend_built {
-                    return Err(DeviceError::CudaBackendMissing);
-                }
                 Ok(DeviceResolution {
                     backend: Backend::Cuda,
                     reason: format!("cuda (requested; {n} GPU(s))"),
@@ -98,8 +97,9 @@ impl DeviceChoice {
             }
             DeviceChoice::Auto => match probe() {
                 Err(e) => cpu(format!("cpu (auto: {e})")),
-                Ok(n) if !backend_built => cpu(format!(
-                    "cpu (auto: {n} GPU(s) found, but the CUDA forward pass is not built yet)"
+                Ok(n) if !auto_may_pick_cuda => cpu(format!(
+                    "cpu (auto: {n} GPU(s) found, but the CUDA path is not yet validated against the \
+                     CPU; --device cuda runs it)"
                 )),
                 Ok(n) => Ok(DeviceResolution {
                     backend: Backend::Cuda,
@@ -150,9 +150,10 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("no CUDA driver/GPU found"), "{e}");
         assert!(e.to_string().ends_with("run with --device cpu"), "{e}");
+        // Explicit cuda runs the GPU path even before it is validated (auto does not).
         assert_eq!(
-            DeviceChoice::Cuda.resolve_with(|| Ok(1), false),
-            Err(DeviceError::CudaBackendMissing)
+            DeviceChoice::Cuda.resolve_with(|| Ok(1), false).unwrap().backend,
+            Backend::Cuda
         );
         assert_eq!(
             DeviceChoice::Cpu

@@ -16,4 +16,6 @@ pub enum EngineError {
     InvalidBatch(String),
     #[error("invalid tail replay: {0}")]
     InvalidStart(String),
+    #[error("GPU: {0}")]
+    Gpu(String),
 }

@@ -3,7 +3,7 @@
 //! after it).
 
 use crate::cpu;
-use crate::encoder::{Activation, Encoder, PostLnBlock};
+use crate::encoder::{Activation, Encoder, EncoderDims, PostLnBlock};
 use crate::error::EngineError;
 use crate::hooks::{Captures, HookPlan, HookPoint};
 use crate::matrix::Matrix;
@@ -40,14 +40,7 @@ pub fn run(
 ) -> Result<RunOutput, EngineError> {
     let dims = encoder.dims().clone();
     let tokens = batch.n_tokens();
-    for hook in plan.captures() {
-        hook.validate(dims.n_layers)?;
-    }
-    for (hook, edit) in plan.edits() {
-        hook.validate(dims.n_layers)?;
-        let width = dims.d_model;
-        edit.validate(hook, tokens, width)?;
-    }
+    plan.validate(&dims, tokens)?;
 
     let mut captures = Captures::default();
     let (first_layer, mut state) = match start {
@@ -57,20 +50,7 @@ pub fn run(
             (0, x)
         }
         Start::BlockInput { layer, state } => {
-            if layer > dims.n_layers {
-                return Err(EngineError::InvalidStart(format!(
-                    "layer {layer} is past the last block ({} layers)",
-                    dims.n_layers
-                )));
-            }
-            if state.rows() != tokens || state.cols() != dims.d_model {
-                return Err(EngineError::InvalidStart(format!(
-                    "state is {}×{}, expected {tokens}×{} for this batch",
-                    state.rows(),
-                    state.cols(),
-                    dims.d_model
-                )));
-            }
+            check_block_input(&dims, tokens, layer, &state)?;
             (layer, state)
         }
     };
@@ -88,6 +68,67 @@ pub fn run(
         final_state: state,
         head,
     })
+}
+
+/// Checks a tail-replay start against the model and the batch.
+pub(crate) fn check_block_input(
+    dims: &EncoderDims,
+    tokens: usize,
+    layer: usize,
+    state: &Matrix,
+) -> Result<(), EngineError> {
+    if layer > dims.n_layers {
+        return Err(EngineError::InvalidStart(format!(
+            "layer {layer} is past the last block ({} layers)",
+            dims.n_layers
+        )));
+    }
+    if state.rows() != tokens || state.cols() != dims.d_model {
+        return Err(EngineError::InvalidStart(format!(
+            "state is {}×{}, expected {tokens}×{} for this batch",
+            state.rows(),
+            state.cols(),
+            dims.d_model
+        )));
+    }
+    Ok(())
+}
+
+/// What runs an encoder's blocks: the CPU ([`CpuForward`], i.e. [`run`]) or a GPU
+/// (`cuda::CudaForward`). Both give the same hooks and outputs.
+pub trait Forward: Sync {
+    fn run(
+        &self,
+        encoder: &dyn Encoder,
+        batch: &PackedBatch,
+        plan: &HookPlan,
+        start: Start,
+        with_head: bool,
+    ) -> Result<RunOutput, EngineError>;
+
+    /// For logs and summaries, e.g. "cpu".
+    fn name(&self) -> String;
+}
+
+/// The CPU backend: [`run`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuForward;
+
+impl Forward for CpuForward {
+    fn run(
+        &self,
+        encoder: &dyn Encoder,
+        batch: &PackedBatch,
+        plan: &HookPlan,
+        start: Start,
+        with_head: bool,
+    ) -> Result<RunOutput, EngineError> {
+        run(encoder, batch, plan, start, with_head)
+    }
+
+    fn name(&self) -> String {
+        "cpu".into()
+    }
 }
 
 fn run_block(

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::batching::group_by_token_budget;
 use crate::encoder::Encoder;
-use crate::executor::{run, Start};
+use crate::executor::{Forward, Start};
 use crate::hooks::{HookPlan, HookPoint};
 use crate::packed::PackedBatch;
 use crate::store::{StoreError, StoreWriter};
@@ -76,6 +76,7 @@ pub enum ExtractError {
 /// Runs `encoder` over the cells not yet in the store and writes their rows.
 pub fn extract(
     encoder: &dyn Encoder,
+    forward: &dyn Forward,
     cells: &ExtractCells,
     hooks: &[HookPoint],
     writer: &mut StoreWriter,
@@ -128,7 +129,9 @@ pub fn extract(
                     let flat: Vec<f32> = values[group.clone()].iter().flatten().copied().collect();
                     batch = batch.with_values(flat).map_err(forward_error)?;
                 }
-                let mut out = run(encoder, &batch, &plan, Start::Embed, false).map_err(forward_error)?;
+                let mut out = forward
+                    .run(encoder, &batch, &plan, Start::Embed, false)
+                    .map_err(forward_error)?;
                 let kept_rows: Vec<usize> = (0..batch.n_tokens())
                     .filter(|&r| cells.keeps(batch.tokens()[r]))
                     .collect();

@@ -281,6 +281,27 @@ impl HookPlan {
         self.captures.contains(&hook) || self.edits.contains_key(&hook)
     }
 
+    /// The edits at `hook`, in the order they apply (for backends that apply them themselves).
+    pub(crate) fn edits_at(&self, hook: HookPoint) -> Option<&[Edit]> {
+        self.edits.get(&hook).map(Vec::as_slice)
+    }
+
+    pub(crate) fn captures_hook(&self, hook: HookPoint) -> bool {
+        self.captures.contains(&hook)
+    }
+
+    /// Checks every hook against the model and every edit against a `[tokens, d_model]` batch.
+    pub(crate) fn validate(&self, dims: &crate::EncoderDims, tokens: usize) -> Result<(), EngineError> {
+        for hook in self.captures() {
+            hook.validate(dims.n_layers)?;
+        }
+        for (hook, edit) in self.edits() {
+            hook.validate(dims.n_layers)?;
+            edit.validate(hook, tokens, dims.d_model)?;
+        }
+        Ok(())
+    }
+
     /// Applies this hook's edits to `x`, then records it if it is captured.
     pub(crate) fn visit(&self, hook: HookPoint, x: &mut Matrix, captures: &mut Captures) {
         if let Some(edits) = self.edits.get(&hook) {
@@ -291,6 +312,12 @@ impl HookPlan {
         if self.captures.contains(&hook) {
             captures.map.insert(hook, x.clone());
         }
+    }
+}
+
+impl Captures {
+    pub(crate) fn insert(&mut self, hook: HookPoint, x: Matrix) {
+        self.map.insert(hook, x);
     }
 }
 

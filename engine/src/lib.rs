@@ -5,7 +5,8 @@
 //! - [`cpu`]: the CPU backend's ops (faer GEMM, rayon threads, f32).
 //! - [`hooks`]: TransformerLens-named hook points; captures and edits (edits are data, not closures).
 //! - [`encoder`]: the [`Encoder`] trait that models implement, and the post-LN block weights.
-//! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay).
+//! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay);
+//!   [`Forward`] is the backend seam (CPU, or [`cuda`]'s GPU forward pass).
 //! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
 //! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
 //! - [`analyze`]: the feature catalogue, SVD comparison, co-activation modules and cross-layer matching.
@@ -20,6 +21,7 @@ pub mod analyze;
 pub mod annotate;
 pub mod batching;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod effects;
 pub mod encoder;
@@ -40,7 +42,7 @@ pub mod trace;
 
 pub use encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
 pub use error::EngineError;
-pub use executor::{run, RunOutput, Start};
+pub use executor::{run, CpuForward, Forward, RunOutput, Start};
 pub use hooks::{Captures, Edit, HookPlan, HookPoint};
 pub use matrix::Matrix;
 pub use packed::PackedBatch;

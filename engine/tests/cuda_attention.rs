@@ -405,12 +405,12 @@ fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
     }
 }
 
-fn to_bf16_bits(x: &[f32]) -> Vec<u16> {
-    x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
+fn to_bf16_bits(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
-fn from_bf16_bits(x: &[u16]) -> Vec<f32> {
-    x.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+fn from_bf16_bits(x: &[bf16]) -> Vec<f32> {
+    x.iter().map(|b| b.to_f32()).collect()
 }
 
 /// Run the f32 kernel; ctx starts as NaN so that any row the kernel fails to write shows.
@@ -457,7 +457,7 @@ fn run_bf16(
     let dqkv = stream.clone_htod(&to_bf16_bits(qkv)).unwrap();
     let dmask = mask.map(|m| stream.clone_htod(m).unwrap());
     let mut ctx = stream
-        .clone_htod(&vec![0xFFFFu16; tokens * heads * HEAD_DIM])
+        .clone_htod(&vec![bf16::from_bits(0xFFFF); tokens * heads * HEAD_DIM])
         .unwrap();
     kernels
         .attention_varlen_bf16(
@@ -612,9 +612,9 @@ fn bad_arguments_are_errors_not_launches() {
         "H larger than the buffers"
     );
 
-    let qkv16 = stream.alloc_zeros::<u16>(tokens * 3 * h).unwrap();
-    let mut ctx16 = stream.alloc_zeros::<u16>(tokens * h).unwrap();
-    let mut short_ctx16 = stream.alloc_zeros::<u16>(tokens * h - 1).unwrap();
+    let qkv16 = stream.alloc_zeros::<bf16>(tokens * 3 * h).unwrap();
+    let mut ctx16 = stream.alloc_zeros::<bf16>(tokens * h).unwrap();
+    let mut short_ctx16 = stream.alloc_zeros::<bf16>(tokens * h - 1).unwrap();
     let b =
         |ctx: &mut _, dims| kernels.attention_varlen_bf16(&stream, &qkv16, &batch, None, ctx, dims, SCALE);
     assert!(b(&mut ctx16, (heads, HEAD_DIM)).is_ok());

@@ -77,6 +77,11 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("attention_varlen.cu"),
         entry_points: &["attention_varlen_bf16", "attention_varlen_f32"],
     },
+    Kernel {
+        name: "sae_optim",
+        source: include_str!("sae_optim.cu"),
+        entry_points: &["sub_row_vector_f32", "adam_f32", "sum_squares_f64"],
+    },
 ];
 
 /// The kernel registered under `name`.

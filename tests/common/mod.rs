@@ -33,16 +33,20 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
+/// The repository root: `SCINTERP_TEST_ROOT` when set (test binaries built here and run from another
+/// checkout, e.g. by bench/gpu/run.sh on the GPU host), else this crate's folder.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("SCINTERP_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/geneformer")
-        .join(name)
+    repo_root().join("tests/fixtures/geneformer").join(name)
 }
 
 pub fn scgpt_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/scgpt")
-        .join(name)
+    repo_root().join("tests/fixtures/scgpt").join(name)
 }
 
 /// A tensor from an `expected.safetensors`, as f64 values plus its shape.

@@ -7,8 +7,7 @@
 //! cell). The returned [`VarlenBatch`] is reused by every layer of a forward pass, so the launches upload
 //! nothing. The raw offsets are not needed on the device.
 //!
-//! bf16 buffers are `CudaSlice<u16>` holding bf16 bit patterns (`half::bf16::to_bits`): the workspace
-//! builds cudarc without its `f16` feature, so `half::bf16` is not a device type here.
+//! bf16 buffers are `CudaSlice<half::bf16>`.
 
 use std::sync::Arc;
 
@@ -134,7 +133,7 @@ impl Kernels {
         })
     }
 
-    /// `ctx = attention(qkv)` for every cell of `batch`, bf16 in and out (bit patterns in `u16`), f32
+    /// `ctx = attention(qkv)` for every cell of `batch`, bf16 in and out, f32
     /// softmax and accumulation, tensor cores. `qkv`: `[tokens, 3·H]`, columns `[q | k | v]`, head `h` at
     /// columns `h·64..` of each part; `ctx`: `[tokens, H]`, H = n_heads · 64. `key_mask`: one byte per
     /// token, 0 = this key is left out (a query with every key left out gets zeros); `None` keeps all.
@@ -142,10 +141,10 @@ impl Kernels {
     pub fn attention_varlen_bf16(
         &self,
         stream: &Arc<CudaStream>,
-        qkv: &CudaSlice<u16>,
+        qkv: &CudaSlice<half::bf16>,
         batch: &VarlenBatch,
         key_mask: Option<&CudaSlice<u8>>,
-        ctx: &mut CudaSlice<u16>,
+        ctx: &mut CudaSlice<half::bf16>,
         (n_heads, head_dim): (usize, usize),
         scale: f32,
     ) -> Result<(), GpuError> {

@@ -1,0 +1,504 @@
+//! The forward pass on a CUDA GPU: the same blocks, hook points and [`RunOutput`] as the CPU
+//! [`executor::run`](crate::executor::run), so extraction, tracing and steering can use either.
+//!
+//! Numerics ([`GpuPrecision`]):
+//! - `Bf16`: weights converted to bf16 once at load; GEMM inputs and the attention operands in bf16,
+//!   f32 accumulation; the residual stream, every hook tensor, biases of residual-bound GEMMs and the
+//!   LayerNorm statistics stay f32.
+//! - `F32`: every GEMM in exact f32 (`CUBLAS_COMPUTE_32F`, never TF32) and f32 attention: the parity
+//!   mode, for checking the GPU path against the CPU at f32 precision.
+//!
+//! GEMMs go through cuBLASLt with cached plans when libcublasLt loads; otherwise through the in-house
+//! WMMA kernel (bf16 only). The embedding stage and the optional output head run on the CPU through the
+//! [`Encoder`] (they are a small part of the work). Hook edits run on the GPU (all of a hook's edits in
+//! one launch); captured tensors are copied to the host.
+
+use std::sync::{Arc, Mutex};
+
+use half::bf16;
+use scinterp_kernels::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use scinterp_kernels::gpu::attention::VarlenBatch;
+use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
+use scinterp_kernels::gpu::{EditList, GpuError, Kernels};
+
+use crate::encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
+use crate::error::EngineError;
+use crate::executor::{Forward, RunOutput, Start};
+use crate::hooks::{Captures, Edit, HookPlan, HookPoint};
+use crate::matrix::Matrix;
+use crate::packed::PackedBatch;
+
+/// Storage and arithmetic precision of the GPU forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuPrecision {
+    Bf16,
+    F32,
+}
+
+/// A linear layer's weights on the device: `W[out, in]` in the GEMM input precision, the bias in f32
+/// (and in bf16 for cuBLASLt GEMMs that write bf16, whose bias has the output type).
+struct DeviceLinear {
+    w_bf16: Option<CudaSlice<bf16>>,
+    w_f32: Option<CudaSlice<f32>>,
+    bias_f32: CudaSlice<f32>,
+    bias_bf16: CudaSlice<bf16>,
+    out_features: usize,
+    in_features: usize,
+}
+
+struct DeviceLayerNorm {
+    gamma: CudaSlice<f32>,
+    beta: CudaSlice<f32>,
+    eps: f32,
+}
+
+struct DeviceBlock {
+    n_heads: usize,
+    head_dim: usize,
+    qkv: DeviceLinear,
+    attn_out: DeviceLinear,
+    ln_attn: DeviceLayerNorm,
+    ffn_in: DeviceLinear,
+    ffn_out: DeviceLinear,
+    ln_out: DeviceLayerNorm,
+}
+
+/// Which GEMM implementation runs.
+enum Gemm {
+    CublasLt(CublasLt),
+    InHouse,
+}
+
+/// One encoder's blocks resident on a GPU, ready to run batches. Runs are serialised on one stream.
+pub struct CudaForward {
+    state: Mutex<DeviceState>,
+    dims: EncoderDims,
+    precision: GpuPrecision,
+    /// Where the GEMMs run, for the user ("cuBLASLt" or "in-house WMMA").
+    pub gemm_backend: &'static str,
+}
+
+struct DeviceState {
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    gemm: Gemm,
+    precision: GpuPrecision,
+    blocks: Vec<DeviceBlock>,
+}
+
+fn gpu_error(e: GpuError) -> EngineError {
+    EngineError::Gpu(e.to_string())
+}
+
+fn driver_error(e: scinterp_kernels::cudarc::driver::DriverError) -> EngineError {
+    EngineError::Gpu(format!("CUDA: {e}"))
+}
+
+impl CudaForward {
+    /// Uploads every block of `encoder` to GPU `ordinal` in `precision`. Call only after
+    /// [`scinterp_kernels::cuda_available`] returned `Ok`.
+    pub fn new(encoder: &dyn Encoder, ordinal: usize, precision: GpuPrecision) -> Result<Self, EngineError> {
+        let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
+        let stream = ctx.default_stream();
+        let kernels = Kernels::load(&ctx).map_err(gpu_error)?;
+        let (gemm, gemm_backend) = match CublasLt::new(&stream) {
+            Ok(lt) => (Gemm::CublasLt(lt), "cuBLASLt"),
+            Err(GpuError::NoCublasLt) if precision == GpuPrecision::Bf16 => (Gemm::InHouse, "in-house WMMA"),
+            Err(e) => return Err(gpu_error(e)),
+        };
+        let dims = encoder.dims().clone();
+        let mut blocks = Vec::with_capacity(dims.n_layers);
+        for layer in 0..dims.n_layers {
+            let b = encoder.block(layer);
+            b.validate(dims.d_model)
+                .map_err(|e| EngineError::Gpu(format!("block {layer}: {e}")))?;
+            blocks.push(upload_block(&stream, &kernels, b, precision)?);
+        }
+        stream.synchronize().map_err(driver_error)?;
+        Ok(CudaForward {
+            state: Mutex::new(DeviceState {
+                _ctx: ctx,
+                stream,
+                kernels,
+                gemm,
+                precision,
+                blocks,
+            }),
+            dims,
+            precision,
+            gemm_backend,
+        })
+    }
+
+    pub fn precision(&self) -> GpuPrecision {
+        self.precision
+    }
+}
+
+fn upload_block(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    b: &PostLnBlock,
+    precision: GpuPrecision,
+) -> Result<DeviceBlock, EngineError> {
+    match b.activation {
+        Activation::Relu => {}
+    }
+    Ok(DeviceBlock {
+        n_heads: b.n_heads,
+        head_dim: b.head_dim,
+        qkv: upload_linear(stream, kernels, &b.qkv, precision)?,
+        attn_out: upload_linear(stream, kernels, &b.attn_out, precision)?,
+        ln_attn: upload_layer_norm(stream, &b.ln_attn)?,
+        ffn_in: upload_linear(stream, kernels, &b.ffn_in, precision)?,
+        ffn_out: upload_linear(stream, kernels, &b.ffn_out, precision)?,
+        ln_out: upload_layer_norm(stream, &b.ln_out)?,
+    })
+}
+
+fn upload_linear(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    l: &LinearWeights,
+    precision: GpuPrecision,
+) -> Result<DeviceLinear, EngineError> {
+    let w = stream.clone_htod(l.weight()).map_err(driver_error)?;
+    let bias: Vec<f32> = match l.bias() {
+        Some(b) => b.to_vec(),
+        None => vec![0.0; l.out_features()],
+    };
+    let bias_f32 = stream.clone_htod(&bias).map_err(driver_error)?;
+    let mut bias_bf16 = stream.alloc_zeros::<bf16>(bias.len()).map_err(driver_error)?;
+    kernels
+        .f32_to_bf16(stream, &bias_f32, &mut bias_bf16)
+        .map_err(gpu_error)?;
+    let (w_bf16, w_f32) = match precision {
+        GpuPrecision::Bf16 => {
+            // Converted on the GPU, once; the f32 upload is freed when `w` drops.
+            let mut w16 = stream.alloc_zeros::<bf16>(w.len()).map_err(driver_error)?;
+            kernels.f32_to_bf16(stream, &w, &mut w16).map_err(gpu_error)?;
+            (Some(w16), None)
+        }
+        GpuPrecision::F32 => (None, Some(w)),
+    };
+    Ok(DeviceLinear {
+        w_bf16,
+        w_f32,
+        bias_f32,
+        bias_bf16,
+        out_features: l.out_features(),
+        in_features: l.in_features(),
+    })
+}
+
+fn upload_layer_norm(
+    stream: &Arc<CudaStream>,
+    ln: &LayerNormWeights,
+) -> Result<DeviceLayerNorm, EngineError> {
+    Ok(DeviceLayerNorm {
+        gamma: stream.clone_htod(ln.gamma()).map_err(driver_error)?,
+        beta: stream.clone_htod(ln.beta()).map_err(driver_error)?,
+        eps: ln.eps() as f32,
+    })
+}
+
+/// A GEMM input: the residual stream or an activation, in the GEMM input precision.
+enum Act {
+    Bf16(CudaSlice<bf16>),
+    F32(CudaSlice<f32>),
+}
+
+impl DeviceState {
+    /// `y = epilogue(x · Wᵀ + b)` in f32: the GEMMs whose output joins the residual stream, and every
+    /// GEMM of the f32 mode.
+    fn linear_f32(
+        &self,
+        x: &Act,
+        l: &DeviceLinear,
+        rows: usize,
+        epilogue: Epilogue,
+    ) -> Result<CudaSlice<f32>, EngineError> {
+        let shape = LinearShape {
+            m: rows,
+            n: l.out_features,
+            k: l.in_features,
+        };
+        let mut y = self
+            .stream
+            .alloc_zeros::<f32>(rows * l.out_features)
+            .map_err(driver_error)?;
+        let bias = Some(&l.bias_f32);
+        match (x, &self.gemm, &l.w_bf16, &l.w_f32) {
+            (Act::Bf16(x), Gemm::CublasLt(lt), Some(w), _) => lt.linear(x, w, bias, &mut y, shape, epilogue),
+            (Act::Bf16(x), Gemm::InHouse, Some(w), _) => {
+                self.kernels
+                    .linear_bf16(&self.stream, x, w, bias, &mut y, shape, epilogue)
+            }
+            (Act::F32(x), Gemm::CublasLt(lt), _, Some(w)) => lt.linear(x, w, bias, &mut y, shape, epilogue),
+            _ => return Err(EngineError::Gpu("GEMM input and weight precisions differ".into())),
+        }
+        .map_err(gpu_error)?;
+        Ok(y)
+    }
+
+    /// `y = epilogue(x · Wᵀ + b)` in the GEMM input precision: outputs that feed another GEMM or the
+    /// attention kernel.
+    fn linear_act(
+        &self,
+        x: &Act,
+        l: &DeviceLinear,
+        rows: usize,
+        epilogue: Epilogue,
+    ) -> Result<Act, EngineError> {
+        let Act::Bf16(x16) = x else {
+            return Ok(Act::F32(self.linear_f32(x, l, rows, epilogue)?));
+        };
+        let shape = LinearShape {
+            m: rows,
+            n: l.out_features,
+            k: l.in_features,
+        };
+        let w = l
+            .w_bf16
+            .as_ref()
+            .ok_or_else(|| EngineError::Gpu("GEMM input and weight precisions differ".into()))?;
+        let mut y = self
+            .stream
+            .alloc_zeros::<bf16>(rows * l.out_features)
+            .map_err(driver_error)?;
+        match &self.gemm {
+            Gemm::CublasLt(lt) => lt.linear(x16, w, Some(&l.bias_bf16), &mut y, shape, epilogue),
+            Gemm::InHouse => {
+                self.kernels
+                    .linear_bf16(&self.stream, x16, w, Some(&l.bias_f32), &mut y, shape, epilogue)
+            }
+        }
+        .map_err(gpu_error)?;
+        Ok(Act::Bf16(y))
+    }
+
+    /// The residual stream as a GEMM input.
+    fn gemm_input(&self, x: &CudaSlice<f32>) -> Result<Act, EngineError> {
+        match self.precision {
+            GpuPrecision::F32 => Ok(Act::F32(x.clone())),
+            GpuPrecision::Bf16 => {
+                let mut y = self.stream.alloc_zeros::<bf16>(x.len()).map_err(driver_error)?;
+                self.kernels
+                    .f32_to_bf16(&self.stream, x, &mut y)
+                    .map_err(gpu_error)?;
+                Ok(Act::Bf16(y))
+            }
+        }
+    }
+
+    fn attention(
+        &self,
+        qkv: &Act,
+        cells: &VarlenBatch,
+        block: &DeviceBlock,
+        rows: usize,
+    ) -> Result<Act, EngineError> {
+        let hidden = block.n_heads * block.head_dim;
+        let heads = (block.n_heads, block.head_dim);
+        let scale = 1.0 / (block.head_dim as f32).sqrt();
+        match qkv {
+            Act::Bf16(qkv) => {
+                let mut ctx = self
+                    .stream
+                    .alloc_zeros::<bf16>(rows * hidden)
+                    .map_err(driver_error)?;
+                self.kernels
+                    .attention_varlen_bf16(&self.stream, qkv, cells, None, &mut ctx, heads, scale)
+                    .map_err(gpu_error)?;
+                Ok(Act::Bf16(ctx))
+            }
+            Act::F32(qkv) => {
+                let mut ctx = self
+                    .stream
+                    .alloc_zeros::<f32>(rows * hidden)
+                    .map_err(driver_error)?;
+                self.kernels
+                    .attention_varlen_f32(&self.stream, qkv, cells, None, &mut ctx, heads, scale)
+                    .map_err(gpu_error)?;
+                Ok(Act::F32(ctx))
+            }
+        }
+    }
+
+    fn add_layer_norm(
+        &self,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        ln: &DeviceLayerNorm,
+        rows: usize,
+        d: usize,
+    ) -> Result<CudaSlice<f32>, EngineError> {
+        let mut out = self.stream.alloc_zeros::<f32>(rows * d).map_err(driver_error)?;
+        self.kernels
+            .add_layer_norm(
+                &self.stream,
+                a,
+                b,
+                &ln.gamma,
+                &ln.beta,
+                &mut out,
+                (rows, d),
+                ln.eps,
+            )
+            .map_err(gpu_error)?;
+        Ok(out)
+    }
+
+    /// Visits `hook`: its edits run on the GPU in one launch (`hook_edits.cu`), then a captured tensor
+    /// is copied to the host.
+    fn visit(
+        &self,
+        plan: &HookPlan,
+        hook: HookPoint,
+        x: &mut CudaSlice<f32>,
+        shape: (usize, usize),
+        captures: &mut Captures,
+    ) -> Result<(), EngineError> {
+        if let Some(edits) = plan.edits_at(hook) {
+            let list = edit_list(edits, shape).map_err(|e| EngineError::InvalidEdit {
+                hook: hook.to_string(),
+                reason: e,
+            })?;
+            let device = list.upload(&self.stream).map_err(gpu_error)?;
+            self.kernels
+                .hook_edits(&self.stream, x, shape, &device)
+                .map_err(gpu_error)?;
+        }
+        if plan.captures_hook(hook) {
+            let host = self.stream.clone_dtoh(x).map_err(driver_error)?;
+            captures.insert(hook, Matrix::from_vec(shape.0, shape.1, host));
+        }
+        Ok(())
+    }
+
+    fn run_block(
+        &self,
+        block: &DeviceBlock,
+        layer: usize,
+        x: CudaSlice<f32>,
+        cells: &VarlenBatch,
+        plan: &HookPlan,
+        captures: &mut Captures,
+    ) -> Result<CudaSlice<f32>, EngineError> {
+        let rows = cells.tokens();
+        let d = block.n_heads * block.head_dim;
+        let xin = self.gemm_input(&x)?;
+        let qkv = self.linear_act(&xin, &block.qkv, rows, Epilogue::Bias)?;
+        drop(xin);
+        let attn_ctx = self.attention(&qkv, cells, block, rows)?;
+        drop(qkv);
+        let mut attn = self.linear_f32(&attn_ctx, &block.attn_out, rows, Epilogue::Bias)?;
+        drop(attn_ctx);
+        self.visit(plan, HookPoint::AttnOut(layer), &mut attn, (rows, d), captures)?;
+
+        let mut mid = self.add_layer_norm(&x, &attn, &block.ln_attn, rows, d)?;
+        drop((x, attn));
+        self.visit(plan, HookPoint::ResidMid(layer), &mut mid, (rows, d), captures)?;
+
+        let mid_in = self.gemm_input(&mid)?;
+        let hidden = self.linear_act(&mid_in, &block.ffn_in, rows, Epilogue::BiasRelu)?;
+        drop(mid_in);
+        let mut mlp = self.linear_f32(&hidden, &block.ffn_out, rows, Epilogue::Bias)?;
+        drop(hidden);
+        self.visit(plan, HookPoint::MlpOut(layer), &mut mlp, (rows, d), captures)?;
+
+        let mut out = self.add_layer_norm(&mid, &mlp, &block.ln_out, rows, d)?;
+        self.visit(plan, HookPoint::ResidPost(layer), &mut out, (rows, d), captures)?;
+        Ok(out)
+    }
+}
+
+/// The engine's edits of one hook as the kernel's edit list (same order, same arithmetic).
+fn edit_list(edits: &[Edit], (tokens, d): (usize, usize)) -> Result<EditList, String> {
+    let mut list = EditList::new(tokens, d).map_err(|e| e.to_string())?;
+    for edit in edits {
+        match edit {
+            Edit::AddDirection {
+                rows,
+                direction,
+                scales,
+            } => list.add_direction(rows, direction, scales),
+            Edit::Zero { rows } => list.zero(rows),
+            Edit::Replace { rows, values } => list.replace(rows, values),
+            Edit::MeanAblate { rows, mean } => list.mean_ablate(rows, mean),
+        }
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(list)
+}
+
+impl Forward for CudaForward {
+    fn run(
+        &self,
+        encoder: &dyn Encoder,
+        batch: &PackedBatch,
+        plan: &HookPlan,
+        start: Start,
+        with_head: bool,
+    ) -> Result<RunOutput, EngineError> {
+        if encoder.dims() != &self.dims {
+            return Err(EngineError::Gpu(format!(
+                "the GPU holds a model of {:?}, but the run is for {:?}",
+                self.dims,
+                encoder.dims()
+            )));
+        }
+        let dims = &self.dims;
+        let tokens = batch.n_tokens();
+        plan.validate(dims, tokens)?;
+        let state = self
+            .state
+            .lock()
+            .map_err(|_| EngineError::Gpu("an earlier GPU run panicked".into()))?;
+        let mut captures = Captures::default();
+        let (first_layer, host_state) = match start {
+            Start::Embed => {
+                let mut x = encoder.embed(batch)?;
+                plan.visit(HookPoint::Embed, &mut x, &mut captures);
+                (0, x)
+            }
+            Start::BlockInput { layer, state } => {
+                crate::executor::check_block_input(dims, tokens, layer, &state)?;
+                (layer, state)
+            }
+        };
+        let mut x = state
+            .stream
+            .clone_htod(host_state.as_slice())
+            .map_err(driver_error)?;
+        drop(host_state);
+        // The cells' query tiles, uploaded once and shared by every layer's attention.
+        let cells = state
+            .kernels
+            .attention_batch(&state.stream, batch.offsets())
+            .map_err(gpu_error)?;
+        for layer in first_layer..dims.n_layers {
+            x = state.run_block(&state.blocks[layer], layer, x, &cells, plan, &mut captures)?;
+        }
+        let final_state = Matrix::from_vec(
+            tokens,
+            dims.d_model,
+            state.stream.clone_dtoh(&x).map_err(driver_error)?,
+        );
+        let head = if with_head {
+            encoder.head(&final_state, batch)
+        } else {
+            None
+        };
+        Ok(RunOutput {
+            captures,
+            final_state,
+            head,
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("cuda ({:?}, GEMMs: {})", self.precision, self.gemm_backend)
+    }
+}

@@ -1,0 +1,163 @@
+//! The CUDA forward pass against the CPU path on real-format models: every hook, tail replay and hook
+//! edits, in the f32 parity mode (tight) and in bf16 (the 2e-2). Runs only where a GPU is usable;
+//! elsewhere each test prints that it skipped. The per-layer errors are printed for the record.
+
+mod common;
+
+use common::{fixture, formula_model_dir, scgpt_fixture, ExpectedFile};
+use scinterp_engine::cuda::{CudaForward, GpuPrecision};
+use scinterp_engine::device::{Backend, DeviceChoice};
+use scinterp_engine::{
+    run, Edit, Encoder, Forward, HookPlan, HookPoint, Matrix, PackedBatch, RunOutput, Start,
+};
+use scinterp_models::geneformer::{Geneformer, LoadOptions};
+use scinterp_models::scgpt::{Scgpt, ScgptLoadOptions};
+
+fn gpu_available(test: &str) -> bool {
+    match DeviceChoice::Cuda.resolve() {
+        Ok(r) if r.backend == Backend::Cuda => true,
+        Ok(_) => unreachable!("--device cuda resolves to CUDA or fails"),
+        Err(e) => {
+            println!("{test} skipped: {e}");
+            false
+        }
+    }
+}
+
+/// max |a − b| / max(1, max |b|).
+fn scaled_error(got: &Matrix, want: &Matrix) -> f32 {
+    let scale = want.as_slice().iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    got.max_abs_diff(want) / scale
+}
+
+/// Runs `plan` from `start` on the CPU and on the GPU in both precisions, and compares every captured
+/// hook and the final state.
+fn compare(label: &str, encoder: &dyn Encoder, batch: &PackedBatch, plan: &HookPlan, start: Start) {
+    let cpu = run(encoder, batch, plan, start.clone(), false).unwrap_or_else(|e| panic!("{label}: {e}"));
+    for (precision, tolerance) in [(GpuPrecision::F32, 1e-4f32), (GpuPrecision::Bf16, 2e-2)] {
+        let gpu_forward = CudaForward::new(encoder, 0, precision).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let gpu: RunOutput = gpu_forward
+            .run(encoder, batch, plan, start.clone(), false)
+            .unwrap_or_else(|e| panic!("{label} {precision:?}: {e}"));
+        let mut worst = 0.0f32;
+        for (hook, want) in cpu.captures.iter() {
+            let got = gpu
+                .captures
+                .get(hook)
+                .unwrap_or_else(|| panic!("{label}: {hook} not captured"));
+            let err = scaled_error(got, want);
+            println!(
+                "{label} {precision:?} ({}): {hook} error {err:.2e}",
+                gpu_forward.name()
+            );
+            worst = worst.max(err);
+        }
+        let err = scaled_error(&gpu.final_state, &cpu.final_state);
+        println!("{label} {precision:?}: final state error {err:.2e}");
+        worst = worst.max(err);
+        assert!(
+            worst <= tolerance,
+            "{label} {precision:?}: worst error {worst:e} > {tolerance:e}"
+        );
+    }
+}
+
+fn all_hooks(encoder: &dyn Encoder) -> HookPlan {
+    HookPlan::new().capture_many(HookPoint::all(encoder.dims().n_layers))
+}
+
+fn check_model(label: &str, encoder: &dyn Encoder, batch: &PackedBatch) {
+    compare(label, encoder, batch, &all_hooks(encoder), Start::Embed);
+    // Tail replay from the middle, and an edit the GPU must apply before the layers after it.
+    let layers = encoder.dims().n_layers;
+    let d = encoder.dims().d_model;
+    let mid = layers / 2;
+    let clean = run(encoder, batch, &all_hooks(encoder), Start::Embed, false).unwrap();
+    let state = if mid == 0 {
+        clean.captures.get(HookPoint::Embed).unwrap().clone()
+    } else {
+        clean.captures.get(HookPoint::ResidPost(mid - 1)).unwrap().clone()
+    };
+    let tail = HookPlan::new().capture_many((mid..layers).map(HookPoint::ResidPost));
+    compare(
+        &format!("{label} tail from {mid}"),
+        encoder,
+        batch,
+        &tail,
+        Start::BlockInput { layer: mid, state },
+    );
+    let direction: Vec<f32> = (0..d).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+    let edited = all_hooks(encoder)
+        .edit(
+            HookPoint::ResidMid(mid),
+            Edit::add_direction(vec![0, 1, batch.n_tokens() - 1], direction, -2.0),
+        )
+        .edit(HookPoint::MlpOut(layers - 1), Edit::Zero { rows: vec![2] });
+    compare(&format!("{label} edited"), encoder, batch, &edited, Start::Embed);
+}
+
+#[test]
+fn geneformer_gpu_forward_matches_the_cpu() {
+    if !gpu_available("geneformer_gpu_forward") {
+        return;
+    }
+    for name in ["tiny_v2", "v1_10m_full", "ragged_v1"] {
+        let dir = fixture(name);
+        let folder;
+        let model_dir = if dir.join("model.safetensors").exists() {
+            dir.clone()
+        } else {
+            folder = formula_model_dir(&dir);
+            folder.path().to_path_buf()
+        };
+        let model = Geneformer::load(&model_dir, LoadOptions { with_head: false }).unwrap();
+        let cells = ExpectedFile::open(&dir.join("expected.safetensors")).cells();
+        let batch = PackedBatch::from_cells(&cells).unwrap();
+        check_model(name, &model, &batch);
+    }
+}
+
+#[test]
+fn scgpt_gpu_forward_matches_the_cpu() {
+    if !gpu_available("scgpt_gpu_forward") {
+        return;
+    }
+    let dir = scgpt_fixture("tiny");
+    let model = Scgpt::load(&dir, ScgptLoadOptions { with_head: false }).unwrap();
+    let expected = ExpectedFile::open(&dir.join("expected.safetensors"));
+    let ids = expected.get("gene_ids");
+    let values = expected.get("values");
+    let max_len = ids.shape[1];
+    let (mut tokens, mut vals) = (Vec::new(), Vec::new());
+    for (c, &len) in expected.get("lengths").values.iter().enumerate() {
+        let r = c * max_len..c * max_len + len as usize;
+        tokens.push(
+            ids.values[r.clone()]
+                .iter()
+                .map(|&v| v as u32)
+                .collect::<Vec<u32>>(),
+        );
+        vals.push(values.values[r].iter().map(|&v| v as f32).collect::<Vec<f32>>());
+    }
+    let batch = PackedBatch::from_cells(&tokens)
+        .unwrap()
+        .with_values(vals.concat())
+        .unwrap();
+    check_model("scgpt tiny", &model, &batch);
+}
+
+#[test]
+fn gpu_forward_refuses_another_models_batch() {
+    if !gpu_available("gpu_forward_refuses_another_model") {
+        return;
+    }
+    let tiny = Geneformer::load(&fixture("tiny_v2"), LoadOptions { with_head: false }).unwrap();
+    let other_dir = formula_model_dir(&fixture("v1_10m_full"));
+    let other = Geneformer::load(other_dir.path(), LoadOptions { with_head: false }).unwrap();
+    let gpu = CudaForward::new(&tiny, 0, GpuPrecision::Bf16).unwrap();
+    let batch = PackedBatch::from_cells(&[vec![2u32, 5, 6, 3]]).unwrap();
+    let err = gpu
+        .run(&other, &batch, &HookPlan::new(), Start::Embed, false)
+        .unwrap_err();
+    assert!(err.to_string().contains("GPU holds a model"), "{err}");
+}
