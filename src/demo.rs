@@ -697,6 +697,8 @@ fn demo_sae_args(
         splice_cells,
         seed,
         overwrite: true,
+        device: scinterp_engine::device::DeviceChoice::Cpu,
+        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
     }
 }

@@ -150,6 +150,15 @@ pub(crate) enum GpuPrecisionArg {
     F32,
 }
 
+impl From<GpuPrecisionArg> for GpuPrecision {
+    fn from(p: GpuPrecisionArg) -> Self {
+        match p {
+            GpuPrecisionArg::Bf16 => GpuPrecision::Bf16,
+            GpuPrecisionArg::F32 => GpuPrecision::F32,
+        }
+    }
+}
+
 /// The backend that runs the blocks: the CPU, or the model's blocks uploaded to GPU 0.
 pub(crate) fn make_forward(
     backend: Backend,
@@ -159,11 +168,7 @@ pub(crate) fn make_forward(
     Ok(match backend {
         Backend::Cpu => Box::new(CpuForward),
         Backend::Cuda => {
-            let precision = match precision {
-                GpuPrecisionArg::Bf16 => GpuPrecision::Bf16,
-                GpuPrecisionArg::F32 => GpuPrecision::F32,
-            };
-            let gpu = CudaForward::new(encoder, 0, precision)
+            let gpu = CudaForward::new(encoder, 0, precision.into())
                 .context("uploading the model to the GPU (--device cpu avoids the GPU)")?;
             tracing::info!("forward pass: {}", gpu.name());
             Box::new(gpu)

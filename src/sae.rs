@@ -8,11 +8,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use scinterp_engine::cuda::GpuSaeStepper;
+use scinterp_engine::device::{Backend, DeviceChoice};
 use scinterp_engine::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
 use scinterp_engine::sae::io::{load as load_sae, save as save_sae, SaeFolder};
 use scinterp_engine::sae::splice::{splice_losses, SpliceLosses};
 use scinterp_engine::sae::synth::{recovery, Recovery, SynthSpec};
-use scinterp_engine::sae::train::{evaluate, is_heldout, train, EvalStats, TrainConfig, TrainSummary};
+use scinterp_engine::sae::train::{
+    evaluate, is_heldout, train_with, CpuStepper, EvalStats, Stepper, TrainConfig, TrainSummary,
+};
 use scinterp_engine::sae::TopKSae;
 use scinterp_engine::store::{
     ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT,
@@ -22,7 +26,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::extract::absolute;
-use crate::forward::{load_model, read_cells, ModelKind};
+use crate::forward::{load_model, read_cells, resolve_device, GpuPrecisionArg, ModelKind};
 
 #[derive(Args, Debug)]
 pub struct SaeArgs {
@@ -104,6 +108,13 @@ pub struct TrainArgs {
     /// Replace an existing SAE folder.
     #[arg(long)]
     pub(crate) overwrite: bool,
+    /// Where the optimiser steps run: `auto` (the CPU until the GPU trainer is validated on a GPU),
+    /// `cpu`, or `cuda` (every parameter and gradient on GPU 0; needs libcublasLt).
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: DeviceChoice,
+    /// With `--device cuda`: the encoder GEMM in `bf16` (default; f32 accumulation) or exact `f32`.
+    #[arg(long, default_value = "bf16")]
+    pub(crate) gpu_precision: GpuPrecisionArg,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -189,8 +200,16 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
         split.train_rows,
         split.heldout_cells.len()
     );
+    let backend = resolve_device(args.device)?;
+    let precision = args.gpu_precision.into();
+    let make_stepper = |sae: TopKSae| -> Result<Box<dyn Stepper>, String> {
+        Ok(match backend {
+            Backend::Cpu => Box::new(CpuStepper::new(sae)),
+            Backend::Cuda => Box::new(GpuSaeStepper::new(sae, &cfg, precision)?),
+        })
+    };
     let bar = crate::progress::bar(steps, 0, "steps");
-    let (sae, summary) = train(&hook, &split.train, &cfg, &mut |step, _, nmse| {
+    let (sae, summary) = train_with(&hook, &split.train, &cfg, &make_stepper, &mut |step, _, nmse| {
         bar.set_position(step as u64);
         if step % 10 == 0 {
             bar.set_message(format!("nmse {nmse:.4}"));

@@ -127,11 +127,11 @@ impl TrainConfig {
         }
     }
 
-    fn steps(&self) -> usize {
+    pub fn steps(&self) -> usize {
         self.total_tokens.div_ceil(self.batch_size as u64) as usize
     }
 
-    fn lr_at(&self, step: usize) -> f64 {
+    pub fn lr_at(&self, step: usize) -> f64 {
         let steps = self.steps().max(1);
         let warm = (step + 1) as f64 / self.warmup_steps.max(1) as f64;
         let decay_steps = (self.decay_fraction * steps as f64).max(1.0);
@@ -185,6 +185,62 @@ pub fn train(
     cfg: &TrainConfig,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<(TopKSae, TrainSummary), String> {
+    train_with(
+        source,
+        train,
+        cfg,
+        &|sae| Ok(Box::new(CpuStepper::new(sae))),
+        progress,
+    )
+}
+
+/// Where the optimiser steps run: the CPU ([`CpuStepper`]) or a GPU (`crate::cuda::GpuSaeStepper`).
+/// Both implement the same step, so the loop around them (data, scaling, schedule, summary) is shared.
+pub trait Stepper {
+    /// One optimiser step on the rows `x` (already scaled) at learning rate `lr`. Returns
+    /// (normalised MSE, AuxK loss) of the step's forward pass.
+    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), String>;
+    /// The trained SAE and the number of latents dead (by `cfg.dead_after_tokens`) at the end.
+    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String>;
+}
+
+/// The CPU stepper: [`TrainState`]'s sparse backward and Adam, in place on the SAE.
+pub struct CpuStepper {
+    sae: TopKSae,
+    state: TrainState,
+}
+
+impl CpuStepper {
+    pub fn new(sae: TopKSae) -> Self {
+        let state = TrainState::new(&sae);
+        CpuStepper { sae, state }
+    }
+}
+
+impl Stepper for CpuStepper {
+    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), String> {
+        Ok(self.state.step(&mut self.sae, x, cfg, lr))
+    }
+
+    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String> {
+        let dead = self
+            .state
+            .tokens_since_fired
+            .iter()
+            .filter(|&&t| t >= cfg.dead_after_tokens)
+            .count();
+        Ok((self.sae, dead))
+    }
+}
+
+/// [`train`] with the steps run by the stepper that `make_stepper` builds from the initial SAE.
+pub fn train_with(
+    source: &dyn RowSource,
+    train: &[Range<usize>],
+    cfg: &TrainConfig,
+    make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, String>,
+    progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<(TopKSae, TrainSummary), String> {
     let d = source.d();
     cfg.validate(d)?;
     let n_train: usize = train.iter().map(|r| r.len()).sum();
@@ -206,8 +262,7 @@ pub fn train(
     };
     let scaled: Vec<f32> = sample.iter().map(|&v| (v as f64 * scale) as f32).collect();
     let b_dec = geometric_median(&scaled, d, 50);
-    let mut sae = init_sae(d, cfg, b_dec);
-    let mut state = TrainState::new(&sae);
+    let mut stepper = make_stepper(init_sae(d, cfg, b_dec))?;
     let steps = cfg.steps();
     let started = Instant::now();
     let mut summary = TrainSummary {
@@ -225,7 +280,7 @@ pub fn train(
             let s = scale as f32;
             x.par_iter_mut().for_each(|v| *v *= s);
         }
-        let (nmse, aux) = state.step(&mut sae, x, cfg, cfg.lr_at(step));
+        let (nmse, aux) = stepper.step(x, cfg, cfg.lr_at(step))?;
         summary.tokens_trained += rows as u64;
         if step >= tail_from {
             tail_nmse += nmse;
@@ -234,14 +289,11 @@ pub fn train(
         }
         progress(step + 1, steps, nmse);
     }
+    let (mut sae, dead) = stepper.finish(cfg)?;
     summary.steps = steps;
     summary.train_seconds = started.elapsed().as_secs_f64();
     summary.tokens_per_second = summary.tokens_trained as f64 / summary.train_seconds.max(1e-9);
-    summary.dead_latents_at_end = state
-        .tokens_since_fired
-        .iter()
-        .filter(|&&t| t >= cfg.dead_after_tokens)
-        .count();
+    summary.dead_latents_at_end = dead;
     summary.final_train_nmse = tail_nmse / tail_n.max(1) as f64;
     summary.final_aux_loss = tail_aux / tail_n.max(1) as f64;
     fold_input_scale(&mut sae, scale);

@@ -19,6 +19,7 @@ pub use trace::{
     TraceStatsHost,
 };
 pub mod sae;
+pub mod sae_optim;
 
 use std::collections::HashMap;
 use std::sync::Arc;

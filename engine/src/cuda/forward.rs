@@ -28,12 +28,7 @@ use crate::hooks::{Captures, Edit, HookPlan, HookPoint};
 use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
 
-/// Storage and arithmetic precision of the GPU forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuPrecision {
-    Bf16,
-    F32,
-}
+use super::{driver_error, gpu_error, GpuPrecision};
 
 /// A linear layer's weights on the device: `W[out, in]` in the GEMM input precision, the bias in f32
 /// (and in bf16 for cuBLASLt GEMMs that write bf16, whose bias has the output type).
@@ -85,14 +80,6 @@ struct DeviceState {
     gemm: Gemm,
     precision: GpuPrecision,
     blocks: Vec<DeviceBlock>,
-}
-
-fn gpu_error(e: GpuError) -> EngineError {
-    EngineError::Gpu(e.to_string())
-}
-
-fn driver_error(e: scinterp_kernels::cudarc::driver::DriverError) -> EngineError {
-    EngineError::Gpu(format!("CUDA: {e}"))
 }
 
 impl CudaForward {

@@ -1,0 +1,435 @@
+//! TopK SAE training steps on a GPU: the CPU trainer's step ([`crate::sae::train`]) kernel by kernel,
+//! with every parameter, Adam moment, gradient and dead-latent counter resident on the device.
+//!
+//! Per step: upload the batch (pinned staging), centre it, the dense encoder GEMM (cuBLASLt: exact f32,
+//! or bf16 operands with f32 accumulation and an f32 output), top-k, the dead mask and AuxK top-k, the
+//! residuals, the gradients at the active pre-activations, the sparse weight-gradient scatter, the `b_dec`
+//! gradient, the removal of the decoder-parallel gradient, the firing counters, Adam on all four arrays and
+//! the decoder renormalisation. Two small reads come back per step: the dead-latent count (AuxK's k) and
+//! the loss sums.
+//!
+//! Differences from the CPU, by design: the weight-gradient scatter adds with atomics (the summation
+//! order varies, so runs are not bit-identical), and in bf16 mode the encoder GEMM rounds its operands to
+//! bf16. Agreement is therefore statistical (FVU after the same tokens; `engine/tests/cuda_sae_train.rs`).
+
+use std::sync::Arc;
+
+use half::bf16;
+use scinterp_kernels::cudarc::driver::{CudaContext, CudaSlice, CudaStream, PinnedHostSlice};
+use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
+use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns};
+use scinterp_kernels::gpu::sae_optim::{AdamStep, SUM_BLOCKS};
+use scinterp_kernels::gpu::{GpuError, Kernels};
+
+use super::GpuPrecision;
+use crate::sae::train::{Stepper, TrainConfig};
+use crate::sae::{SparseCodes, TopKSae};
+
+/// The four parameter arrays (or their moments, or gradients) on the device.
+struct DeviceParams {
+    w_enc: CudaSlice<f32>,
+    b_enc: CudaSlice<f32>,
+    w_dec: CudaSlice<f32>,
+    b_dec: CudaSlice<f32>,
+}
+
+impl DeviceParams {
+    fn upload(stream: &Arc<CudaStream>, sae: &TopKSae) -> Result<Self, GpuError> {
+        Ok(DeviceParams {
+            w_enc: stream.clone_htod(&sae.w_enc)?,
+            b_enc: stream.clone_htod(&sae.b_enc)?,
+            w_dec: stream.clone_htod(&sae.w_dec)?,
+            b_dec: stream.clone_htod(&sae.b_dec)?,
+        })
+    }
+
+    fn zeros(stream: &Arc<CudaStream>, sae: &TopKSae) -> Result<Self, GpuError> {
+        Ok(DeviceParams {
+            w_enc: stream.alloc_zeros(sae.w_enc.len())?,
+            b_enc: stream.alloc_zeros(sae.b_enc.len())?,
+            w_dec: stream.alloc_zeros(sae.w_dec.len())?,
+            b_dec: stream.alloc_zeros(sae.b_dec.len())?,
+        })
+    }
+}
+
+/// Per-step buffers, sized for the largest batch.
+struct StepBuffers {
+    x: CudaSlice<f32>,
+    xc: CudaSlice<f32>,
+    xc16: Option<CudaSlice<bf16>>,
+    pre: CudaSlice<f32>,
+    idx: CudaSlice<u32>,
+    val: CudaSlice<f32>,
+    aux_idx: CudaSlice<u32>,
+    aux_val: CudaSlice<f32>,
+    e: CudaSlice<f32>,
+    aux_e: CudaSlice<f32>,
+    grad_pre: CudaSlice<f32>,
+    dead: CudaSlice<u8>,
+    n_dead: CudaSlice<u32>,
+    partial: CudaSlice<f64>,
+    /// Host staging of the batch in page-locked memory (full-speed, DMA-able copies).
+    staging: PinnedHostSlice<f32>,
+}
+
+/// A [`Stepper`] on GPU 0.
+pub struct GpuSaeStepper {
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    lt: CublasLt,
+    /// Shape constants of the SAE (the weights live on the device).
+    d_in: usize,
+    d_sae: usize,
+    k: usize,
+    aux_k: usize,
+    params: DeviceParams,
+    m: DeviceParams,
+    v: DeviceParams,
+    g: DeviceParams,
+    /// bf16 copy of `W_enc` for the bf16 encoder GEMM, refreshed after every Adam step.
+    w_enc16: Option<CudaSlice<bf16>>,
+    tokens_since_fired: CudaSlice<u64>,
+    buffers: StepBuffers,
+    step: u64,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("GPU: {e}")
+}
+
+impl GpuSaeStepper {
+    /// Uploads `sae` and allocates everything a step of `cfg.batch_size` rows needs. Needs cuBLASLt
+    /// (the encoder GEMM).
+    pub fn new(sae: TopKSae, cfg: &TrainConfig, precision: GpuPrecision) -> Result<Self, String> {
+        scinterp_kernels::cuda_available().map_err(err)?;
+        let ctx = CudaContext::new(0).map_err(err)?;
+        let stream = ctx.default_stream();
+        let kernels = Kernels::load(&ctx).map_err(err)?;
+        let lt = CublasLt::new(&stream).map_err(err)?;
+        let (d, f, b) = (sae.d_in, sae.d_sae, cfg.batch_size);
+        let aux_k = cfg.aux_k.min(f);
+        let slots = sae.k + aux_k;
+        let params = DeviceParams::upload(&stream, &sae).map_err(err)?;
+        let m = DeviceParams::zeros(&stream, &sae).map_err(err)?;
+        let v = DeviceParams::zeros(&stream, &sae).map_err(err)?;
+        let g = DeviceParams::zeros(&stream, &sae).map_err(err)?;
+        let w_enc16 = match precision {
+            GpuPrecision::Bf16 => {
+                let mut w = stream.alloc_zeros::<bf16>(f * d).map_err(err)?;
+                kernels.f32_to_bf16(&stream, &params.w_enc, &mut w).map_err(err)?;
+                Some(w)
+            }
+            GpuPrecision::F32 => None,
+        };
+        let alloc = |n: usize| stream.alloc_zeros::<f32>(n.max(1)).map_err(err);
+        let buffers = StepBuffers {
+            x: alloc(b * d)?,
+            xc: alloc(b * d)?,
+            xc16: match precision {
+                GpuPrecision::Bf16 => Some(stream.alloc_zeros::<bf16>(b * d).map_err(err)?),
+                GpuPrecision::F32 => None,
+            },
+            pre: alloc(b * f)?,
+            idx: stream.alloc_zeros::<u32>(b * sae.k).map_err(err)?,
+            val: alloc(b * sae.k)?,
+            aux_idx: stream.alloc_zeros::<u32>((b * aux_k).max(1)).map_err(err)?,
+            aux_val: alloc(b * aux_k)?,
+            e: alloc(b * d)?,
+            aux_e: alloc(b * d)?,
+            grad_pre: alloc(b * slots)?,
+            dead: stream.alloc_zeros::<u8>(f).map_err(err)?,
+            n_dead: stream.alloc_zeros::<u32>(1).map_err(err)?,
+            partial: stream.alloc_zeros::<f64>(SUM_BLOCKS).map_err(err)?,
+            // SAFETY: page-locked host memory, written by us before every copy and read by no kernel.
+            staging: unsafe { ctx.alloc_pinned::<f32>(b * d) }.map_err(err)?,
+        };
+        let tokens_since_fired = stream.alloc_zeros::<u64>(f).map_err(err)?;
+        Ok(GpuSaeStepper {
+            _ctx: ctx,
+            stream,
+            kernels,
+            lt,
+            d_in: d,
+            d_sae: f,
+            k: sae.k,
+            aux_k,
+            params,
+            m,
+            v,
+            g,
+            w_enc16,
+            tokens_since_fired,
+            buffers,
+            step: 0,
+        })
+    }
+
+    fn try_step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), GpuError> {
+        let (d, f, k) = (self.d_in, self.d_sae, self.k);
+        let rows = x.len() / d;
+        let shape = SaeShape {
+            rows,
+            d_in: d,
+            d_sae: f,
+        };
+        let norm = 1.0 / (rows * d) as f32;
+        let (grad_main, grad_aux) = (-2.0 * norm, -2.0 * cfg.aux_coef * norm);
+        let (s, kn) = (&self.stream, &self.kernels);
+        let buf = &mut self.buffers;
+
+        // Batch in: pinned staging, then one DMA copy.
+        buf.staging.as_mut_slice()?[..x.len()].copy_from_slice(x);
+        s.memcpy_htod(&buf.staging, &mut buf.x)?;
+
+        // Forward: xc = x − b_dec; pre = xc · W_encᵀ + b_enc; top-k.
+        kn.sub_row_vector(s, &buf.x, &self.params.b_dec, &mut buf.xc, rows)?;
+        let gemm = LinearShape { m: rows, n: f, k: d };
+        match (&mut buf.xc16, &self.w_enc16) {
+            (Some(xc16), Some(w16)) => {
+                kn.f32_to_bf16(s, &buf.xc, xc16)?;
+                self.lt.linear(
+                    xc16,
+                    w16,
+                    Some(&self.params.b_enc),
+                    &mut buf.pre,
+                    gemm,
+                    Epilogue::Bias,
+                )?;
+            }
+            _ => self.lt.linear(
+                &buf.xc,
+                &self.params.w_enc,
+                Some(&self.params.b_enc),
+                &mut buf.pre,
+                gemm,
+                Epilogue::Bias,
+            )?,
+        }
+        kn.sae_topk(s, &buf.pre, None, &mut buf.idx, &mut buf.val, (rows, f), k)?;
+
+        // AuxK over the latents dead before this step (the count decides k_aux, as on the CPU).
+        kn.sae_dead_mask(
+            s,
+            &self.tokens_since_fired,
+            cfg.dead_after_tokens,
+            &mut buf.dead,
+            &mut buf.n_dead,
+            f,
+        )?;
+        let n_dead = s.clone_dtoh(&buf.n_dead)?[0] as usize;
+        let k_aux = self.aux_k.min(n_dead);
+        if k_aux > 0 {
+            kn.sae_topk(
+                s,
+                &buf.pre,
+                Some(&buf.dead),
+                &mut buf.aux_idx,
+                &mut buf.aux_val,
+                (rows, f),
+                k_aux,
+            )?;
+        }
+        let codes = GpuCodes {
+            indices: &buf.idx,
+            values: &buf.val,
+            k,
+        };
+        let aux_codes = GpuCodes {
+            indices: &buf.aux_idx,
+            values: &buf.aux_val,
+            k: k_aux,
+        };
+        let slots = k + k_aux;
+
+        // Residuals and the gradients at the active pre-activations.
+        kn.sae_residual(
+            s,
+            &buf.x,
+            &self.params.b_dec,
+            codes,
+            &self.params.w_dec,
+            &mut buf.e,
+            shape,
+        )?;
+        let main_cols = SlotColumns {
+            stride: slots,
+            offset: 0,
+        };
+        let aux_cols = SlotColumns {
+            stride: slots,
+            offset: k,
+        };
+        kn.sae_grad_pre(
+            s,
+            &buf.e,
+            codes,
+            &self.params.w_dec,
+            grad_main,
+            &mut buf.grad_pre,
+            main_cols,
+            shape,
+        )?;
+        if k_aux > 0 {
+            kn.sae_aux_residual(s, &buf.e, aux_codes, &self.params.w_dec, &mut buf.aux_e, shape)?;
+            kn.sae_grad_pre(
+                s,
+                &buf.aux_e,
+                aux_codes,
+                &self.params.w_dec,
+                grad_aux,
+                &mut buf.grad_pre,
+                aux_cols,
+                shape,
+            )?;
+        }
+
+        // Weight gradients of the active latents, then b_dec's, then the decoder-parallel part removed.
+        let g = &mut self.g;
+        s.memset_zeros(&mut g.w_dec)?;
+        s.memset_zeros(&mut g.w_enc)?;
+        s.memset_zeros(&mut g.b_enc)?;
+        kn.sae_grad_scatter(
+            s,
+            codes,
+            &buf.grad_pre,
+            main_cols,
+            (&buf.e, grad_main),
+            (&buf.x, &self.params.b_dec),
+            (&mut g.w_dec, &mut g.w_enc, &mut g.b_enc),
+            shape,
+        )?;
+        if k_aux > 0 {
+            kn.sae_grad_scatter(
+                s,
+                aux_codes,
+                &buf.grad_pre,
+                aux_cols,
+                (&buf.aux_e, grad_aux),
+                (&buf.x, &self.params.b_dec),
+                (&mut g.w_dec, &mut g.w_enc, &mut g.b_enc),
+                shape,
+            )?;
+        }
+        kn.sae_grad_b_dec(
+            s,
+            &buf.e,
+            grad_main,
+            &g.b_enc,
+            &self.params.w_enc,
+            &mut g.b_dec,
+            shape,
+        )?;
+        kn.sae_remove_parallel_grad(s, &mut g.w_dec, &self.params.w_dec, (f, d))?;
+        kn.sae_update_fire_counters(s, codes, rows, &mut self.tokens_since_fired, f)?;
+
+        // Losses of this step's forward pass (before the update), as the CPU reports them.
+        let err = kn.sum_squares(s, &buf.e, rows * d, &mut buf.partial)?;
+        let energy = kn.sum_squares(s, &buf.x, rows * d, &mut buf.partial)?;
+        let aux_loss = if k_aux > 0 {
+            kn.sum_squares(s, &buf.aux_e, rows * d, &mut buf.partial)? * norm as f64
+        } else {
+            0.0
+        };
+
+        // Adam, then unit-norm decoder rows, then the bf16 copy of the encoder.
+        self.step += 1;
+        let t = self.step as i32;
+        let adam = AdamStep {
+            lr: lr as f32,
+            beta1: cfg.beta1 as f32,
+            beta2: cfg.beta2 as f32,
+            c1: (1.0 / (1.0 - cfg.beta1.powi(t))) as f32,
+            c2: (1.0 / (1.0 - cfg.beta2.powi(t))) as f32,
+            eps: cfg.adam_eps as f32,
+        };
+        let (p, m, v) = (&mut self.params, &mut self.m, &mut self.v);
+        kn.adam(s, &mut p.w_enc, (&mut m.w_enc, &mut v.w_enc), &g.w_enc, adam)?;
+        kn.adam(s, &mut p.b_enc, (&mut m.b_enc, &mut v.b_enc), &g.b_enc, adam)?;
+        kn.adam(s, &mut p.w_dec, (&mut m.w_dec, &mut v.w_dec), &g.w_dec, adam)?;
+        kn.adam(s, &mut p.b_dec, (&mut m.b_dec, &mut v.b_dec), &g.b_dec, adam)?;
+        kn.sae_renormalise_rows(s, &mut p.w_dec, (f, d))?;
+        if let Some(w16) = &mut self.w_enc16 {
+            kn.f32_to_bf16(s, &p.w_enc, w16)?;
+        }
+        Ok((err / energy.max(1e-30), aux_loss))
+    }
+}
+
+impl Stepper for GpuSaeStepper {
+    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), String> {
+        let rows = x.len() / self.d_in.max(1);
+        if rows == 0 || rows * self.d_in != x.len() || x.len() > self.buffers.x.len() {
+            return Err(format!(
+                "GPU SAE step: {} values are not 1..={} rows of {}",
+                x.len(),
+                self.buffers.x.len() / self.d_in.max(1),
+                self.d_in
+            ));
+        }
+        self.try_step(x, cfg, lr).map_err(err)
+    }
+
+    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String> {
+        let s = &self.stream;
+        let sae = TopKSae {
+            d_in: self.d_in,
+            d_sae: self.d_sae,
+            k: self.k,
+            w_enc: s.clone_dtoh(&self.params.w_enc).map_err(err)?,
+            b_enc: s.clone_dtoh(&self.params.b_enc).map_err(err)?,
+            w_dec: s.clone_dtoh(&self.params.w_dec).map_err(err)?,
+            b_dec: s.clone_dtoh(&self.params.b_dec).map_err(err)?,
+        };
+        let counters = s.clone_dtoh(&self.tokens_since_fired).map_err(err)?;
+        let dead = counters.iter().filter(|&&t| t >= cfg.dead_after_tokens).count();
+        Ok((sae, dead))
+    }
+}
+
+/// `sae.encode(x)` on GPU 0: centring, the encoder GEMM (exact f32 or bf16 operands) and the top-k
+/// kernel, `x` given as `[rows, d_in]`. Equal to the CPU's codes up to GEMM rounding (top-k sets differ
+/// only where two pre-activations are within it of each other).
+pub fn encode_on_gpu(sae: &TopKSae, x: &[f32], precision: GpuPrecision) -> Result<SparseCodes, String> {
+    sae.validate()?;
+    let (d, f) = (sae.d_in, sae.d_sae);
+    if x.is_empty() || !x.len().is_multiple_of(d) {
+        return Err(format!("{} values are not whole rows of {d}", x.len()));
+    }
+    let rows = x.len() / d;
+    scinterp_kernels::cuda_available().map_err(err)?;
+    let ctx = CudaContext::new(0).map_err(err)?;
+    let s = ctx.default_stream();
+    let kn = Kernels::load(&ctx).map_err(err)?;
+    let lt = CublasLt::new(&s).map_err(err)?;
+    let run = || -> Result<SparseCodes, GpuError> {
+        let dx = s.clone_htod(x)?;
+        let b_dec = s.clone_htod(&sae.b_dec)?;
+        let b_enc = s.clone_htod(&sae.b_enc)?;
+        let w_enc = s.clone_htod(&sae.w_enc)?;
+        let mut xc = s.alloc_zeros::<f32>(rows * d)?;
+        kn.sub_row_vector(&s, &dx, &b_dec, &mut xc, rows)?;
+        let mut pre = s.alloc_zeros::<f32>(rows * f)?;
+        let gemm = LinearShape { m: rows, n: f, k: d };
+        match precision {
+            GpuPrecision::F32 => lt.linear(&xc, &w_enc, Some(&b_enc), &mut pre, gemm, Epilogue::Bias)?,
+            GpuPrecision::Bf16 => {
+                let mut xc16 = s.alloc_zeros::<bf16>(rows * d)?;
+                let mut w16 = s.alloc_zeros::<bf16>(f * d)?;
+                kn.f32_to_bf16(&s, &xc, &mut xc16)?;
+                kn.f32_to_bf16(&s, &w_enc, &mut w16)?;
+                lt.linear(&xc16, &w16, Some(&b_enc), &mut pre, gemm, Epilogue::Bias)?;
+            }
+        }
+        let mut idx = s.alloc_zeros::<u32>(rows * sae.k)?;
+        let mut val = s.alloc_zeros::<f32>(rows * sae.k)?;
+        kn.sae_topk(&s, &pre, None, &mut idx, &mut val, (rows, f), sae.k)?;
+        Ok(SparseCodes {
+            k: sae.k,
+            indices: s.clone_dtoh(&idx)?,
+            values: s.clone_dtoh(&val)?,
+        })
+    };
+    run().map_err(err)
+}
