@@ -320,6 +320,8 @@ fn extract_and_train(
         max_batch_tokens: 16_384,
         null_permutations: 20,
         seed,
+        device: scinterp_engine::device::DeviceChoice::Cpu,
+        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
     })?;
     println!(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use scinterp_engine::device::DeviceChoice;
 use scinterp_engine::sae::io::{load as load_sae, SaeFolder};
 use scinterp_engine::stats::bh_qvalues;
 use scinterp_engine::trace::{source_cell_counts, trace_cells, TraceAccumulator, TraceSetup};
@@ -14,7 +15,7 @@ use scinterp_engine::HookPoint;
 use serde::Serialize;
 
 use crate::extract::absolute;
-use crate::forward::{load_model, read_cells};
+use crate::forward::{load_model, make_forward, read_cells, resolve_device, GpuPrecisionArg};
 use crate::table::{Column, Table};
 
 #[derive(Args, Debug)]
@@ -75,6 +76,13 @@ pub struct TraceArgs {
     /// Seed of the sign flips.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Where the clean runs and tail replays run: `auto` (the CPU until the CUDA path is validated on a
+    /// GPU), `cpu` or `cuda` (see `scinterp forward --help`); SAE encodes and statistics stay on the CPU.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: DeviceChoice,
+    /// With `--device cuda`: `bf16` (default) or `f32` (exact f32 GEMMs: the parity mode).
+    #[arg(long, default_value = "bf16")]
+    pub(crate) gpu_precision: GpuPrecisionArg,
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -211,7 +219,9 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
     let source = args.source.clone().ok_or_else(|| need("source"))?;
     let targets_spec = args.targets.clone().ok_or_else(|| need("targets"))?;
     let out = args.out.clone().ok_or_else(|| need("out"))?;
+    let backend = resolve_device(args.device)?;
     let model = load_model(&model_dir, false)?;
+    let forward = make_forward(backend, model.encoder.as_ref(), args.gpu_precision)?;
     let cells = read_cells(&input, &model)?;
     let n_cells = args.cells.unwrap_or(cells.tokens.len()).min(cells.tokens.len());
     let source_layer = resid_post_layer(&source)?;
@@ -268,6 +278,7 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
                 .with_context(|| format!("--features {}: expected top:N with a number N", args.features))?;
             let counts = source_cell_counts(
                 model.encoder.as_ref(),
+                forward.as_ref(),
                 &setup,
                 &cells.tokens[..n_cells],
                 cells.values.as_deref().map(|v| &v[..n_cells]),
@@ -339,7 +350,7 @@ pub fn trace_edges(args: TraceArgs) -> Result<TraceSummary> {
         let mut part = TraceAccumulator::default();
         let before = acc.ablations;
         trace_cells(
-            model.encoder.as_ref(),
+            (model.encoder.as_ref(), forward.as_ref()),
             &setup,
             &features,
             &cells.tokens[first..last],

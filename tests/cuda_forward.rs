@@ -161,3 +161,87 @@ fn gpu_forward_refuses_another_models_batch() {
         .unwrap_err();
     assert!(err.to_string().contains("GPU holds a model"), "{err}");
 }
+
+/// The scinterp binary: `SCINTERP_BIN` (set by bench/gpu/run.sh, where the build path does not exist),
+/// else the one cargo built.
+fn scinterp_bin() -> std::path::PathBuf {
+    std::env::var_os("SCINTERP_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_scinterp").into())
+}
+
+/// (source feature, target feature) → Cohen's d, from an edge table.
+fn edge_d(path: &std::path::Path) -> std::collections::BTreeMap<(u32, u32), f64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (s, t, d) = (col("source_feature"), col("target_feature"), col("cohens_d"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (
+                (f[s].parse().unwrap(), f[t].parse().unwrap()),
+                f[d].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_trace_finds_the_cpu_edges() {
+    if !gpu_available("gpu_trace") {
+        return;
+    }
+    let fx = common::repo_root().join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = |name: &str, device: &[&str]| {
+        let out = tmp.path().join(name);
+        let res = std::process::Command::new(scinterp_bin())
+            .arg("trace")
+            .arg("--model")
+            .arg(fx.join("geneformer/tiny_v2"))
+            .arg("--input")
+            .arg(fx.join("trace/tokens"))
+            .arg("--saes")
+            .arg(fx.join("trace/saes"))
+            .args([
+                "--source",
+                "blocks.0.hook_resid_post",
+                "--targets",
+                "blocks.2.hook_resid_post",
+            ])
+            .args(["--features", "all", "--out"])
+            .arg(&out)
+            .args(device)
+            .output()
+            .unwrap();
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        edge_d(&out)
+    };
+    let cpu = trace("cpu.tsv", &["--device", "cpu"]);
+    assert!(
+        !cpu.is_empty(),
+        "the fixture must give edges at the default thresholds"
+    );
+    for precision in ["f32", "bf16"] {
+        let gpu = trace(
+            &format!("gpu_{precision}.tsv"),
+            &["--device", "cuda", "--gpu-precision", precision],
+        );
+        let both = cpu.keys().filter(|k| gpu.contains_key(k)).count();
+        let union = cpu.len() + gpu.len() - both;
+        let jaccard = both as f64 / union.max(1) as f64;
+        let worst_d = cpu
+            .iter()
+            .filter_map(|(k, d)| gpu.get(k).map(|g| (g - d).abs()))
+            .fold(0.0f64, f64::max);
+        println!(
+            "trace {precision}: {} CPU edges, {} GPU edges, Jaccard {jaccard:.4}, max |Δd| {worst_d:.2e}",
+            cpu.len(),
+            gpu.len()
+        );
+        assert!(jaccard >= 0.98, "{precision}: edge-set Jaccard {jaccard}");
+        assert!(worst_d <= 1e-2, "{precision}: max |Δd| {worst_d}");
+    }
+}

@@ -18,6 +18,8 @@ if [[ ! -x "$bin/scinterp" ]]; then
 fi
 # Test binaries read fixtures relative to the repository they were built in; point them here.
 export SCINTERP_TEST_ROOT="$ROOT"
+# ...and at the carried binary (the build machine's target/ path does not exist here).
+export SCINTERP_BIN="$bin/scinterp"
 status=0
 
 {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use crate::encoder::Encoder;
 use crate::error::EngineError;
-use crate::executor::{run, Start};
+use crate::executor::{Forward, Start};
 use crate::hooks::{HookPlan, HookPoint};
 use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
@@ -292,9 +292,10 @@ struct Ablation {
 }
 
 /// Traces `features` over a chunk of cells (`tokens`, optional scGPT `values`) and adds the effects to
-/// `acc`. `progress(ablations_done)` is called after every tail pass.
+/// `acc`, with the model's runs on `forward` (CPU or GPU). `progress(ablations_done)` is called after
+/// every tail pass.
 pub fn trace_cells(
-    encoder: &dyn Encoder,
+    (encoder, forward): (&dyn Encoder, &dyn Forward),
     setup: &TraceSetup,
     features: &[u32],
     tokens: &[Vec<u32>],
@@ -317,7 +318,7 @@ pub fn trace_cells(
             )));
         }
     }
-    let clean = clean_runs(encoder, setup, tokens, values)?;
+    let clean = clean_runs(encoder, forward, setup, tokens, values)?;
 
     // Which (feature, cell) pairs to ablate: only where the feature fires.
     let wanted: HashMap<u32, ()> = features.iter().map(|&f| (f, ())).collect();
@@ -386,7 +387,7 @@ pub fn trace_cells(
                 }
             }
         }
-        let out = run(
+        let out = forward.run(
             encoder,
             &batch,
             &plan,
@@ -445,6 +446,7 @@ pub fn trace_cells(
 /// of `--features top:N`.
 pub fn source_cell_counts(
     encoder: &dyn Encoder,
+    forward: &dyn Forward,
     setup: &TraceSetup,
     tokens: &[Vec<u32>],
     values: Option<&[Vec<f32>]>,
@@ -458,7 +460,7 @@ pub fn source_cell_counts(
         null: SignFlipNull::default(),
     };
     let mut counts = vec![0u32; setup.source_sae.d_sae];
-    for cell in clean_runs(encoder, &no_targets, tokens, values)? {
+    for cell in clean_runs(encoder, forward, &no_targets, tokens, values)? {
         let mut fired: Vec<u32> = cell
             .source_codes
             .indices
@@ -479,6 +481,7 @@ pub fn source_cell_counts(
 /// Clean runs of every cell: the source state, and the source and target codes at the SAE positions.
 fn clean_runs(
     encoder: &dyn Encoder,
+    forward: &dyn Forward,
     setup: &TraceSetup,
     tokens: &[Vec<u32>],
     values: Option<&[Vec<f32>]>,
@@ -494,7 +497,7 @@ fn clean_runs(
         if let Some(v) = values {
             batch = batch.with_values(v[group.clone()].iter().flatten().copied().collect())?;
         }
-        let result = run(encoder, &batch, &plan, Start::Embed, false)?;
+        let result = forward.run(encoder, &batch, &plan, Start::Embed, false)?;
         let source = result
             .captures
             .get(source_hook)
@@ -592,6 +595,7 @@ impl EdgeSums {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::{run, CpuForward};
     use crate::hooks::Edit;
     use crate::test_model::tiny_encoder;
 
@@ -620,7 +624,16 @@ mod tests {
             .collect();
         let features: Vec<u32> = (0..48).collect();
         let mut acc = TraceAccumulator::default();
-        trace_cells(&enc, &setup, &features, &cells, None, &mut acc, &mut |_| {}).unwrap();
+        trace_cells(
+            (&enc, &CpuForward),
+            &setup,
+            &features,
+            &cells,
+            None,
+            &mut acc,
+            &mut |_| {},
+        )
+        .unwrap();
         assert!(acc.ablations > 0);
 
         // Naive: a full forward with an AddDirection edit for every (feature, cell) where it fires.
@@ -845,7 +858,16 @@ mod tests {
             })
             .collect();
         let mut acc = TraceAccumulator::default();
-        trace_cells(&enc, &setup, &[0, 1, 2, 3], &cells, None, &mut acc, &mut |_| {}).unwrap();
+        trace_cells(
+            (&enc, &CpuForward),
+            &setup,
+            &[0, 1, 2, 3],
+            &cells,
+            None,
+            &mut acc,
+            &mut |_| {},
+        )
+        .unwrap();
         let keys: Vec<_> = acc.edges.keys().copied().collect();
         let stats: Vec<EdgeStats> = keys
             .iter()
@@ -889,7 +911,16 @@ mod tests {
         let cells: Vec<Vec<u32>> = vec![(1..12).collect(), (20..31).collect()];
         let mut all = TraceAccumulator::default();
         let features: Vec<u32> = (0..48).collect();
-        trace_cells(&enc, &setup, &features, &cells, None, &mut all, &mut |_| {}).unwrap();
+        trace_cells(
+            (&enc, &CpuForward),
+            &setup,
+            &features,
+            &cells,
+            None,
+            &mut all,
+            &mut |_| {},
+        )
+        .unwrap();
         let silent: Vec<u32> = features
             .iter()
             .copied()
@@ -897,7 +928,16 @@ mod tests {
             .collect();
         assert!(!silent.is_empty(), "every feature fired; pick a sparser SAE");
         let mut acc = TraceAccumulator::default();
-        trace_cells(&enc, &setup, &silent, &cells, None, &mut acc, &mut |_| {}).unwrap();
+        trace_cells(
+            (&enc, &CpuForward),
+            &setup,
+            &silent,
+            &cells,
+            None,
+            &mut acc,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(acc.ablations, 0);
         assert!(acc.edges.is_empty());
         assert!(all.edges.keys().all(|(f, _, _)| all.cells_active.contains_key(f)));
