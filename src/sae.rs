@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use scinterp_engine::cuda::GpuSaeStepper;
+use scinterp_engine::cuda::{GpuSaeEncoder, GpuSaeStepper};
 use scinterp_engine::device::{Backend, DeviceChoice};
 use scinterp_engine::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
 use scinterp_engine::sae::io::{load as load_sae, save as save_sae, SaeFolder};
@@ -474,6 +474,14 @@ struct EncodeArgs {
     out: PathBuf,
     #[arg(long)]
     overwrite: bool,
+    /// `auto` (the CPU until the GPU path is validated on a GPU), `cpu`, or `cuda` (the SAE uploaded
+    /// once; centring, encoder GEMM and top-k on GPU 0).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// With `--device cuda`: the encoder GEMM in `bf16` (f32 accumulation) or exact `f32` (default, so
+    /// that the codes match the CPU's).
+    #[arg(long, default_value = "f32")]
+    gpu_precision: GpuPrecisionArg,
 }
 
 /// Opens the SAE, the store and the hook, and checks that their widths agree.
@@ -541,6 +549,13 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
     };
     let mut indices_out = open("indices.npy", index_dtype)?;
     let mut values_out = open("values.npy", NpyDtype::F16)?;
+    // The CPU encoder, or the SAE uploaded once to the GPU.
+    let gpu = match resolve_device(args.device)? {
+        Backend::Cpu => None,
+        Backend::Cuda => {
+            Some(GpuSaeEncoder::new(sae, args.gpu_precision.into()).map_err(anyhow::Error::msg)?)
+        }
+    };
     let bar = crate::progress::bar(n as u64, 0, "rows");
     const CHUNK: usize = 8192;
     let mut x = vec![0.0f32; CHUNK * sae.d_in];
@@ -549,7 +564,10 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
         let rows = (n - start).min(CHUNK);
         let x = &mut x[..rows * sae.d_in];
         array.read_rows(start, x);
-        let codes = sae.encode(x);
+        let codes = match &gpu {
+            Some(g) => g.encode(x).map_err(anyhow::Error::msg)?,
+            None => sae.encode(x),
+        };
         if wide {
             let idx: Vec<i32> = codes.indices.iter().map(|&i| i as i32).collect();
             indices_out.write_all(bytemuck::cast_slice(&idx))?;

@@ -12,6 +12,9 @@ bin="$ROOT/bench/gpu/bin"
 out="${OUT:-$ROOT/bench/gpu/out}"
 what="${1:-all}"
 mkdir -p "$out"
+if [[ -f "$bin/bundle.tar.gz" && ! -x "$bin/scinterp" ]]; then
+    tar -C "$bin" -xzf "$bin/bundle.tar.gz"
+fi
 if [[ ! -x "$bin/scinterp" ]]; then
     echo "error: $bin/scinterp missing: run bench/gpu/build.sh on a machine with the Rust toolchain and carry bench/gpu/bin" >&2
     exit 1

@@ -310,14 +310,8 @@ impl HookPlan {
             }
         }
         if self.captures.contains(&hook) {
-            captures.map.insert(hook, x.clone());
+            captures.insert(hook, x.clone());
         }
-    }
-}
-
-impl Captures {
-    pub(crate) fn insert(&mut self, hook: HookPoint, x: Matrix) {
-        self.map.insert(hook, x);
     }
 }
 
@@ -328,6 +322,11 @@ pub struct Captures {
 }
 
 impl Captures {
+    /// Records `x` as the tensor at `hook` (for backends that capture themselves).
+    pub(crate) fn insert(&mut self, hook: HookPoint, x: Matrix) {
+        self.map.insert(hook, x);
+    }
+
     pub fn get(&self, hook: HookPoint) -> Option<&Matrix> {
         self.map.get(&hook)
     }

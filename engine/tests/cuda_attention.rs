@@ -15,6 +15,7 @@ use half::bf16;
 use scinterp_engine::cpu::attention_varlen;
 use scinterp_engine::Matrix;
 use scinterp_kernels::cudarc::driver::CudaStream;
+use scinterp_kernels::gpu::open_or_skip as gpu;
 use scinterp_kernels::gpu::Kernels;
 
 const HEAD_DIM: usize = 64;
@@ -390,20 +391,6 @@ fn emulated_online_softmax_rescales_when_the_max_grows_across_key_tiles() {
 // ---------------------------------------------------------------------------------------------------
 // GPU
 // ---------------------------------------------------------------------------------------------------
-
-/// Stream and kernels, or `None` after printing why the test skips.
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    match scinterp_kernels::gpu::open_default() {
-        Ok((_ctx, stream, kernels)) => {
-            println!("{test}: modules loaded from {:?}", kernels.formats);
-            Some((stream, kernels))
-        }
-        Err(why) => {
-            println!("{test} skipped: {why}");
-            None
-        }
-    }
-}
 
 fn to_bf16_bits(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()

@@ -3,25 +3,10 @@
 //! `EditList::apply_host`) are tested everywhere; the kernels only where a GPU is present (elsewhere
 //! each GPU test prints that it skipped).
 
-use std::sync::Arc;
-
 use half::bf16;
 use scinterp_engine::{Edit, HookPoint, Matrix};
-use scinterp_kernels::cudarc::driver::CudaStream;
-use scinterp_kernels::gpu::{EditList, EditListError, EditOp, EditRecord, Kernels};
-
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    match scinterp_kernels::gpu::open_default() {
-        Ok((_ctx, stream, kernels)) => {
-            println!("{test}: modules loaded from {:?}", kernels.formats);
-            Some((stream, kernels))
-        }
-        Err(why) => {
-            println!("{test} skipped: {why}");
-            None
-        }
-    }
-}
+use scinterp_kernels::gpu::open_or_skip as gpu;
+use scinterp_kernels::gpu::{EditList, EditListError, EditOp, EditRecord};
 
 struct Rng(u64);
 

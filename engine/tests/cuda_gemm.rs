@@ -1,24 +1,12 @@
 //! GPU linear layers (cuBLASLt plans and the in-house WMMA kernel) and precision casts against the CPU
 //! `linear`. Runs only where a GPU is present; elsewhere each test prints that it skipped.
 
-use std::sync::Arc;
-
 use half::{bf16, f16};
 use scinterp_engine::cpu::linear;
 use scinterp_engine::{LinearWeights, Matrix};
-use scinterp_kernels::cudarc::driver::CudaStream;
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
-use scinterp_kernels::gpu::{GpuError, Kernels};
-
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    match scinterp_kernels::gpu::open_default() {
-        Ok((_ctx, stream, kernels)) => Some((stream, kernels)),
-        Err(why) => {
-            println!("{test} skipped: {why}");
-            None
-        }
-    }
-}
+use scinterp_kernels::gpu::open_or_skip as gpu;
+use scinterp_kernels::gpu::GpuError;
 
 /// Deterministic values in [-scale, scale) (xorshift).
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {

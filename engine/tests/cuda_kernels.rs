@@ -1,26 +1,9 @@
 //! CUDA kernels against their CPU references. Runs only where a GPU, its driver and NVRTC are present
 //! (kernels embedded at build time, or NVRTC at run time); elsewhere each test prints that it skipped.
 
-use std::sync::Arc;
-
 use scinterp_engine::cpu::{bias_relu_in_place, layer_norm_of_sum};
 use scinterp_engine::{LayerNormWeights, Matrix};
-use scinterp_kernels::cudarc::driver::CudaStream;
-use scinterp_kernels::gpu::Kernels;
-
-/// Stream and kernels, or `None` after printing why the test skips.
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    match scinterp_kernels::gpu::open_default() {
-        Ok((_ctx, stream, kernels)) => {
-            println!("{test}: modules loaded from {:?}", kernels.formats);
-            Some((stream, kernels))
-        }
-        Err(why) => {
-            println!("{test} skipped: {why}");
-            None
-        }
-    }
-}
+use scinterp_kernels::gpu::open_or_skip as gpu;
 
 /// Deterministic values in [-scale, scale) (xorshift), so failures reproduce.
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {

@@ -12,30 +12,13 @@
 // Index loops mirror the kernels' and the trainer's loops on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use std::sync::Arc;
-
 use scinterp_engine::rng::Rng;
 use scinterp_engine::sae::{top_k_rows, SparseCodes, TopKSae};
-use scinterp_kernels::cudarc::driver::CudaStream;
+use scinterp_kernels::gpu::open_or_skip as gpu;
 use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns, SAE_NO_INDEX, SAE_TOPK_MAX_K};
-use scinterp_kernels::gpu::Kernels;
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
-
-/// Stream and kernels, or `None` after printing why the test skips.
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    match scinterp_kernels::gpu::open_default() {
-        Ok((_ctx, stream, kernels)) => {
-            println!("{test}: modules loaded from {:?}", kernels.formats);
-            Some((stream, kernels))
-        }
-        Err(why) => {
-            println!("{test} skipped: {why}");
-            None
-        }
-    }
-}
 
 fn normals(n: usize, seed: u64, scale: f64) -> Vec<f32> {
     let mut rng = Rng::new(seed, 0);

@@ -2,7 +2,7 @@
 //! the same tokens within 0.5 percentage points, and top-k sets of the GPU encoder ≥ 99 % identical to
 //! the CPU's on the same SAE. Runs only where a GPU is usable; elsewhere each test says it skipped.
 
-use scinterp_engine::cuda::{encode_on_gpu, GpuPrecision, GpuSaeStepper};
+use scinterp_engine::cuda::{GpuPrecision, GpuSaeEncoder, GpuSaeStepper};
 use scinterp_engine::sae::synth::SynthSpec;
 use scinterp_engine::sae::train::{evaluate, train, train_with, MemoryRows, Stepper, TrainConfig};
 use scinterp_engine::sae::TopKSae;
@@ -108,7 +108,7 @@ fn gpu_encoding_picks_the_cpu_latents() {
     let x = &source.data[40_000 * 64..];
     let cpu = sae.encode(x);
     for (precision, floor) in [(GpuPrecision::F32, 0.999), (GpuPrecision::Bf16, 0.99)] {
-        let gpu = encode_on_gpu(&sae, x, precision).unwrap();
+        let gpu = GpuSaeEncoder::new(&sae, precision).unwrap().encode(x).unwrap();
         let agree = topk_agreement(&gpu, &cpu);
         let max_value_diff = gpu
             .values
@@ -120,5 +120,7 @@ fn gpu_encoding_picks_the_cpu_latents() {
         assert!(agree >= floor, "{precision:?}: top-k agreement {agree}");
     }
     // Bad input is an error, not a panic.
-    assert!(encode_on_gpu(&sae, &x[..63], GpuPrecision::F32).is_err());
+    let encoder = GpuSaeEncoder::new(&sae, GpuPrecision::F32).unwrap();
+    assert!(encoder.encode(&x[..63]).is_err());
+    assert!(encoder.encode(&[]).is_err());
 }

@@ -4,28 +4,14 @@
 //! test prints that it skipped).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use scinterp_engine::stats::RunningStats;
 use scinterp_engine::trace::{EdgeSums, FlipSums, SignFlipNull, TraceAccumulator};
 use scinterp_engine::{Edit, HookPoint, Matrix};
-use scinterp_kernels::cudarc::driver::CudaStream;
+use scinterp_kernels::gpu::open_or_skip as gpu;
 use scinterp_kernels::gpu::{
-    sign_flip_hash, sign_flip_is_positive, AblationList, Kernels, TraceStats, TraceStatsHost,
+    sign_flip_hash, sign_flip_is_positive, AblationList, TraceStats, TraceStatsHost,
 };
-
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
-    match scinterp_kernels::gpu::open_default() {
-        Ok((_ctx, stream, kernels)) => {
-            println!("{test}: modules loaded from {:?}", kernels.formats);
-            Some((stream, kernels))
-        }
-        Err(why) => {
-            println!("{test} skipped: {why}");
-            None
-        }
-    }
-}
 
 struct Rng(u64);
 

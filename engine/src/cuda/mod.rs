@@ -8,7 +8,7 @@ mod forward;
 mod sae;
 
 pub use forward::CudaForward;
-pub use sae::{encode_on_gpu, GpuSaeStepper};
+pub use sae::{GpuSaeEncoder, GpuSaeStepper};
 
 use scinterp_kernels::gpu::GpuError;
 

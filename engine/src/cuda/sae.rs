@@ -388,48 +388,91 @@ impl Stepper for GpuSaeStepper {
     }
 }
 
-/// `sae.encode(x)` on GPU 0: centring, the encoder GEMM (exact f32 or bf16 operands) and the top-k
-/// kernel, `x` given as `[rows, d_in]`. Equal to the CPU's codes up to GEMM rounding (top-k sets differ
-/// only where two pre-activations are within it of each other).
-pub fn encode_on_gpu(sae: &TopKSae, x: &[f32], precision: GpuPrecision) -> Result<SparseCodes, String> {
-    sae.validate()?;
-    let (d, f) = (sae.d_in, sae.d_sae);
-    if x.is_empty() || !x.len().is_multiple_of(d) {
-        return Err(format!("{} values are not whole rows of {d}", x.len()));
-    }
-    let rows = x.len() / d;
-    scinterp_kernels::cuda_available().map_err(err)?;
-    let ctx = CudaContext::new(0).map_err(err)?;
-    let s = ctx.default_stream();
-    let kn = Kernels::load(&ctx).map_err(err)?;
-    let lt = CublasLt::new(&s).map_err(err)?;
-    let run = || -> Result<SparseCodes, GpuError> {
-        let dx = s.clone_htod(x)?;
-        let b_dec = s.clone_htod(&sae.b_dec)?;
-        let b_enc = s.clone_htod(&sae.b_enc)?;
-        let w_enc = s.clone_htod(&sae.w_enc)?;
-        let mut xc = s.alloc_zeros::<f32>(rows * d)?;
-        kn.sub_row_vector(&s, &dx, &b_dec, &mut xc, rows)?;
-        let mut pre = s.alloc_zeros::<f32>(rows * f)?;
-        let gemm = LinearShape { m: rows, n: f, k: d };
-        match precision {
-            GpuPrecision::F32 => lt.linear(&xc, &w_enc, Some(&b_enc), &mut pre, gemm, Epilogue::Bias)?,
+/// `TopKSae::encode` on GPU 0, with the SAE's weights uploaded once: centring, the encoder GEMM (exact f32
+/// or bf16 operands, f32 accumulation) and the top-k kernel. Codes equal the CPU's up to GEMM rounding (top-k
+/// sets differ only where two pre-activations are within it of each other).
+pub struct GpuSaeEncoder {
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    lt: CublasLt,
+    d_in: usize,
+    d_sae: usize,
+    k: usize,
+    b_dec: CudaSlice<f32>,
+    b_enc: CudaSlice<f32>,
+    /// `W_enc` in f32 (exact mode) or its bf16 copy.
+    w_enc: Option<CudaSlice<f32>>,
+    w_enc16: Option<CudaSlice<bf16>>,
+}
+
+impl GpuSaeEncoder {
+    pub fn new(sae: &TopKSae, precision: GpuPrecision) -> Result<Self, String> {
+        sae.validate()?;
+        scinterp_kernels::cuda_available().map_err(err)?;
+        let ctx = CudaContext::new(0).map_err(err)?;
+        let stream = ctx.default_stream();
+        let kernels = Kernels::load(&ctx).map_err(err)?;
+        let lt = CublasLt::new(&stream).map_err(err)?;
+        let w = stream.clone_htod(&sae.w_enc).map_err(err)?;
+        let (w_enc, w_enc16) = match precision {
+            GpuPrecision::F32 => (Some(w), None),
             GpuPrecision::Bf16 => {
-                let mut xc16 = s.alloc_zeros::<bf16>(rows * d)?;
-                let mut w16 = s.alloc_zeros::<bf16>(f * d)?;
-                kn.f32_to_bf16(&s, &xc, &mut xc16)?;
-                kn.f32_to_bf16(&s, &w_enc, &mut w16)?;
-                lt.linear(&xc16, &w16, Some(&b_enc), &mut pre, gemm, Epilogue::Bias)?;
+                let mut w16 = stream.alloc_zeros::<bf16>(w.len()).map_err(err)?;
+                kernels.f32_to_bf16(&stream, &w, &mut w16).map_err(err)?;
+                (None, Some(w16))
             }
-        }
-        let mut idx = s.alloc_zeros::<u32>(rows * sae.k)?;
-        let mut val = s.alloc_zeros::<f32>(rows * sae.k)?;
-        kn.sae_topk(&s, &pre, None, &mut idx, &mut val, (rows, f), sae.k)?;
-        Ok(SparseCodes {
+        };
+        Ok(GpuSaeEncoder {
+            b_dec: stream.clone_htod(&sae.b_dec).map_err(err)?,
+            b_enc: stream.clone_htod(&sae.b_enc).map_err(err)?,
+            _ctx: ctx,
+            stream,
+            kernels,
+            lt,
+            d_in: sae.d_in,
+            d_sae: sae.d_sae,
             k: sae.k,
-            indices: s.clone_dtoh(&idx)?,
-            values: s.clone_dtoh(&val)?,
+            w_enc,
+            w_enc16,
         })
-    };
-    run().map_err(err)
+    }
+
+    /// The k active latents of each row of `x` (`[rows, d_in]`).
+    pub fn encode(&self, x: &[f32]) -> Result<SparseCodes, String> {
+        let (d, f) = (self.d_in, self.d_sae);
+        if x.is_empty() || !x.len().is_multiple_of(d) {
+            return Err(format!("{} values are not whole rows of {d}", x.len()));
+        }
+        let rows = x.len() / d;
+        let (s, kn) = (&self.stream, &self.kernels);
+        let run = || -> Result<SparseCodes, GpuError> {
+            let dx = s.clone_htod(x)?;
+            let mut xc = s.alloc_zeros::<f32>(rows * d)?;
+            kn.sub_row_vector(s, &dx, &self.b_dec, &mut xc, rows)?;
+            let mut pre = s.alloc_zeros::<f32>(rows * f)?;
+            let gemm = LinearShape { m: rows, n: f, k: d };
+            match (&self.w_enc, &self.w_enc16) {
+                (Some(w), _) => self
+                    .lt
+                    .linear(&xc, w, Some(&self.b_enc), &mut pre, gemm, Epilogue::Bias)?,
+                (None, Some(w16)) => {
+                    let mut xc16 = s.alloc_zeros::<bf16>(rows * d)?;
+                    kn.f32_to_bf16(s, &xc, &mut xc16)?;
+                    self.lt
+                        .linear(&xc16, w16, Some(&self.b_enc), &mut pre, gemm, Epilogue::Bias)?;
+                }
+                (None, None) => unreachable!("one encoder copy is always uploaded"),
+            }
+            let mut idx = s.alloc_zeros::<u32>(rows * self.k)?;
+            let mut val = s.alloc_zeros::<f32>(rows * self.k)?;
+            kn.sae_topk(s, &pre, None, &mut idx, &mut val, (rows, f), self.k)?;
+            Ok(SparseCodes {
+                k: self.k,
+                indices: s.clone_dtoh(&idx)?,
+                values: s.clone_dtoh(&val)?,
+            })
+        };
+        run().map_err(err)
+    }
 }

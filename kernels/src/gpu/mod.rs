@@ -105,6 +105,21 @@ pub fn open_default() -> Result<(Arc<CudaContext>, Arc<CudaStream>, Kernels), St
     Ok((ctx, stream, kernels))
 }
 
+/// [`open_default`] for tests and benches: the stream and kernels, or `None` after printing why `what`
+/// skips (so a run without a GPU says so instead of passing silently).
+pub fn open_or_skip(what: &str) -> Option<(Arc<CudaStream>, Kernels)> {
+    match open_default() {
+        Ok((_ctx, stream, kernels)) => {
+            println!("{what}: modules loaded from {:?}", kernels.formats);
+            Some((stream, kernels))
+        }
+        Err(why) => {
+            println!("{what} skipped: {why}");
+            None
+        }
+    }
+}
+
 /// Every kernel of the registry, loaded into one context; launch wrappers live in the submodules.
 pub struct Kernels {
     functions: HashMap<&'static str, CudaFunction>,
