@@ -205,6 +205,19 @@ pub struct EncoderDims {
     pub max_len: Option<usize>,
 }
 
+/// The tables of a BERT embedding stage, `LN((word[token] + token_type) + position[pos])` (Geneformer), so
+/// that a GPU backend can run it on the device. Each table is row-major with `d_model` columns.
+#[derive(Clone, Copy, Debug)]
+pub struct BertEmbedding<'a> {
+    /// `[vocab, d_model]`.
+    pub word: &'a [f32],
+    /// `[max_len, d_model]`.
+    pub position: &'a [f32],
+    /// The token-type-0 row, `[d_model]`.
+    pub token_type: &'a [f32],
+    pub ln: &'a LayerNormWeights,
+}
+
 /// A transformer encoder over packed cells, as tracing, extraction and steering see it.
 pub trait Encoder: Send + Sync {
     fn dims(&self) -> &EncoderDims;
@@ -213,6 +226,11 @@ pub trait Encoder: Send + Sync {
     /// token ids and cell lengths and report bad input as an error.
     fn embed(&self, batch: &PackedBatch) -> Result<Matrix, EngineError>;
 
+    /// The embedding tables when the embedding stage is BERT's (a GPU backend then embeds on the device);
+    /// `None` (the default) keeps [`Encoder::embed`] on the CPU.
+    fn bert_embedding(&self) -> Option<BertEmbedding<'_>> {
+        None
+    }
     /// Weights of block `layer` (0-based, `layer < dims().n_layers`).
     fn block(&self, layer: usize) -> &PostLnBlock;
 

@@ -40,7 +40,9 @@ pub mod store;
 mod test_model;
 pub mod trace;
 
-pub use encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
+pub use encoder::{
+    Activation, BertEmbedding, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock,
+};
 pub use error::EngineError;
 pub use executor::{run, CpuForward, Forward, RunOutput, Start};
 pub use hooks::{Captures, Edit, HookPlan, HookPoint};

@@ -82,6 +82,11 @@ pub const KERNELS: &[Kernel] = &[
         source: include_str!("sae_optim.cu"),
         entry_points: &["sub_row_vector_f32", "adam_f32", "sum_squares_f64"],
     },
+    Kernel {
+        name: "embed_bert",
+        source: include_str!("embed_bert.cu"),
+        entry_points: &["embed_bert_gather_f32"],
+    },
 ];
 
 /// The kernel registered under `name`.

@@ -9,15 +9,16 @@
 //!   mode, for checking the GPU path against the CPU at f32 precision.
 //!
 //! GEMMs go through cuBLASLt with cached plans when libcublasLt loads; otherwise through the in-house
-//! WMMA kernel (bf16 only). The embedding stage and the optional output head run on the CPU through the
-//! [`Encoder`] (they are a small part of the work). Hook edits run on the GPU (all of a hook's edits in
-//! one launch); captured tensors are copied to the host.
+//! WMMA kernel (bf16 only). BERT's embedding stage (Geneformer) runs on the GPU from the encoder's tables;
+//! other embeddings (scGPT) and the optional output head run on the CPU through the [`Encoder`]. Hook
+//! edits run on the GPU (all of a hook's edits in one launch); captured tensors are copied to the host.
 
 use std::sync::{Arc, Mutex};
 
 use half::bf16;
 use scinterp_kernels::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use scinterp_kernels::gpu::attention::VarlenBatch;
+use scinterp_kernels::gpu::embed::DeviceBertTables;
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
 use scinterp_kernels::gpu::{EditList, GpuError, Kernels};
 
@@ -73,12 +74,19 @@ pub struct CudaForward {
     pub gemm_backend: &'static str,
 }
 
+/// BERT's embedding tables and LayerNorm, when the encoder has them (Geneformer).
+struct DeviceEmbedding {
+    tables: DeviceBertTables,
+    ln: DeviceLayerNorm,
+}
+
 struct DeviceState {
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     gemm: Gemm,
     precision: GpuPrecision,
+    embedding: Option<DeviceEmbedding>,
     blocks: Vec<DeviceBlock>,
 }
 
@@ -102,6 +110,18 @@ impl CudaForward {
                 .map_err(|e| EngineError::Gpu(format!("block {layer}: {e}")))?;
             blocks.push(upload_block(&stream, &kernels, b, precision)?);
         }
+        let embedding = match encoder.bert_embedding() {
+            Some(e) => Some(DeviceEmbedding {
+                tables: DeviceBertTables {
+                    word: stream.clone_htod(e.word).map_err(driver_error)?,
+                    position: stream.clone_htod(e.position).map_err(driver_error)?,
+                    token_type: stream.clone_htod(e.token_type).map_err(driver_error)?,
+                    d: dims.d_model,
+                },
+                ln: upload_layer_norm(&stream, e.ln)?,
+            }),
+            None => None,
+        };
         stream.synchronize().map_err(driver_error)?;
         Ok(CudaForward {
             state: Mutex::new(DeviceState {
@@ -110,6 +130,7 @@ impl CudaForward {
                 kernels,
                 gemm,
                 precision,
+                embedding,
                 blocks,
             }),
             dims,
@@ -420,6 +441,56 @@ fn edit_list(edits: &[Edit], (tokens, d): (usize, usize)) -> Result<EditList, St
     Ok(list)
 }
 
+impl DeviceState {
+    /// BERT's embedding stage on the device: the gather, then LayerNorm (as `add_layer_norm` with a zero
+    /// second operand, which adds exactly nothing). The batch is checked as the CPU's `embed` does.
+    fn embed(
+        &self,
+        embedding: &DeviceEmbedding,
+        batch: &PackedBatch,
+        dims: &EncoderDims,
+    ) -> Result<CudaSlice<f32>, EngineError> {
+        if let Some(max_len) = dims.max_len {
+            if let Some(c) = (0..batch.n_cells()).find(|&c| batch.cell_len(c) > max_len) {
+                return Err(EngineError::InvalidBatch(format!(
+                    "cell {c} has {} tokens but the model accepts at most {max_len} \
+                     (max_position_embeddings); truncate it when tokenizing",
+                    batch.cell_len(c)
+                )));
+            }
+        }
+        if let Some((i, &t)) = batch
+            .tokens()
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= dims.vocab_size)
+        {
+            return Err(EngineError::InvalidBatch(format!(
+                "token id {t} at packed row {i} is outside the vocabulary (size {}); were the cells \
+                 tokenized with this model's dictionary?",
+                dims.vocab_size
+            )));
+        }
+        let (rows, d) = (batch.n_tokens(), dims.d_model);
+        let positions: Vec<u32> = batch.positions().iter().map(|&p| p as u32).collect();
+        let s = &self.stream;
+        let tokens_dev = s.clone_htod(batch.tokens()).map_err(driver_error)?;
+        let positions_dev = s.clone_htod(&positions).map_err(driver_error)?;
+        let mut sum = s.alloc_zeros::<f32>(rows * d).map_err(driver_error)?;
+        self.kernels
+            .embed_bert_gather(
+                s,
+                (&tokens_dev, batch.tokens()),
+                (&positions_dev, &positions),
+                &embedding.tables,
+                &mut sum,
+            )
+            .map_err(gpu_error)?;
+        let zero = s.alloc_zeros::<f32>(rows * d).map_err(driver_error)?;
+        self.add_layer_norm(&sum, &zero, &embedding.ln, rows, d)
+    }
+}
+
 impl Forward for CudaForward {
     fn run(
         &self,
@@ -444,22 +515,33 @@ impl Forward for CudaForward {
             .lock()
             .map_err(|_| EngineError::Gpu("an earlier GPU run panicked".into()))?;
         let mut captures = Captures::default();
-        let (first_layer, host_state) = match start {
-            Start::Embed => {
-                let mut x = encoder.embed(batch)?;
-                plan.visit(HookPoint::Embed, &mut x, &mut captures);
-                (0, x)
-            }
-            Start::BlockInput { layer, state } => {
-                crate::executor::check_block_input(dims, tokens, layer, &state)?;
-                (layer, state)
+        let (first_layer, mut x) = match start {
+            Start::Embed => match &state.embedding {
+                Some(embedding) => {
+                    let mut x = state.embed(embedding, batch, dims)?;
+                    state.visit(
+                        plan,
+                        HookPoint::Embed,
+                        &mut x,
+                        (tokens, dims.d_model),
+                        &mut captures,
+                    )?;
+                    (0, x)
+                }
+                None => {
+                    let mut x = encoder.embed(batch)?;
+                    plan.visit(HookPoint::Embed, &mut x, &mut captures);
+                    (0, state.stream.clone_htod(x.as_slice()).map_err(driver_error)?)
+                }
+            },
+            Start::BlockInput { layer, state: input } => {
+                crate::executor::check_block_input(dims, tokens, layer, &input)?;
+                (
+                    layer,
+                    state.stream.clone_htod(input.as_slice()).map_err(driver_error)?,
+                )
             }
         };
-        let mut x = state
-            .stream
-            .clone_htod(host_state.as_slice())
-            .map_err(driver_error)?;
-        drop(host_state);
         // The cells' query tiles, uploaded once and shared by every layer's attention.
         let cells = state
             .kernels

@@ -6,6 +6,7 @@
 //! is a method of [`Kernels`] in the submodule named after its source.
 
 pub mod attention;
+pub mod embed;
 mod epilogue;
 pub mod gemm;
 mod gemm_bf16;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use scinterp_engine::cpu;
 use scinterp_engine::{
-    Activation, Encoder, EncoderDims, EngineError, LayerNormWeights, LinearWeights, Matrix, PackedBatch,
-    PostLnBlock,
+    Activation, BertEmbedding, Encoder, EncoderDims, EngineError, LayerNormWeights, LinearWeights, Matrix,
+    PackedBatch, PostLnBlock,
 };
 
 use super::config::BertConfig;
@@ -278,6 +278,15 @@ impl Encoder for Geneformer {
             }
         }
         Ok(cpu::layer_norm(&x, &self.ln_embed))
+    }
+
+    fn bert_embedding(&self) -> Option<BertEmbedding<'_>> {
+        Some(BertEmbedding {
+            word: &self.word_embeddings,
+            position: &self.position_embeddings,
+            token_type: &self.token_type_0,
+            ln: &self.ln_embed,
+        })
     }
 
     fn block(&self, layer: usize) -> &PostLnBlock {
