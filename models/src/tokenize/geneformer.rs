@@ -617,13 +617,15 @@ impl GeneformerTokenizer {
         let acceptable = move |v: f32| {
             if allow_normalized {
                 v >= 0.0 && v.is_finite()
-            } else if v < 8_388_608.0 {
-                // Below 2^23 the round trip through an integer is exact for integers only (and cheaper
-                // than `fract`, a libm call); NaN fails `v >= 0`.
-                v >= 0.0 && (v as u32) as f32 == v
             } else {
-                // Every finite f32 from 2^23 up is an integer.
-                v.is_finite()
+                // Below 2^23, adding and subtracting 2^23 rounds to an integer (the spacing of f32 in
+                // [2^23, 2^24) is 1), so the value is unchanged exactly for integers; every finite f32 from
+                // 2^23 up is an integer. NaN fails every comparison. Only comparisons and additions: the
+                // loop over the values vectorises.
+                const TWO_23: f32 = 8_388_608.0;
+                let small = v >= 0.0 && v < TWO_23 && (v + TWO_23) - TWO_23 == v;
+                let large = v >= TWO_23 && v < f32::INFINITY;
+                small | large
             }
         };
         // Blocks scanned side by side, each with a plain (vectorised) loop; the position is looked up only
@@ -1279,6 +1281,11 @@ mod tests {
             (16_777_216.0, true),
             (3e38, true),
             (0.5, false),
+            (1.5, false),
+            (2.5, false),
+            (1e-45, false),
+            (-0.0, true),
+            (8_388_607.0, true),
             (-1.0, false),
             (f32::INFINITY, false),
             (f32::NAN, false),
