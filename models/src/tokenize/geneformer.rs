@@ -623,8 +623,8 @@ impl GeneformerTokenizer {
                 // 2^23 up is an integer. NaN fails every comparison. Only comparisons and additions: the
                 // loop over the values vectorises.
                 const TWO_23: f32 = 8_388_608.0;
-                let small = v >= 0.0 && v < TWO_23 && (v + TWO_23) - TWO_23 == v;
-                let large = v >= TWO_23 && v < f32::INFINITY;
+                let small = (0.0..TWO_23).contains(&v) && (v + TWO_23) - TWO_23 == v;
+                let large = (TWO_23..f32::INFINITY).contains(&v);
                 small | large
             }
         };
