@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,8 @@ use scinterp_models::cells::tenx::read_10x_mtx;
 use scinterp_models::cells::{decompress_if_gzip, CountMatrix, GeneIdColumn, ObsColumn};
 use scinterp_models::token_chunks::{PartialDir, TokenChunk};
 use scinterp_models::token_store::{
-    hash_of, TokenStore, TokenStoreError, TokenStoreManifest, FORMAT, FORMAT_VERSION, HASH_ALGORITHM,
+    hash_of, TokenStore, TokenStoreError, TokenStoreManifest, TokenStoreStream, FORMAT, FORMAT_VERSION,
+    HASH_ALGORITHM,
 };
 use scinterp_models::tokenize::geneformer::{
     GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, PreparedMatrix,
@@ -174,7 +176,13 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
         Err(e) if no_gene_mapped(&e) => return Err(check_gene_column(&args, &matrix, 0)?.unwrap_or(e)),
         Err(e) => return Err(e),
     };
-    let chunks = run_chunks(&args, &job, &matrix, &mut source_hash, quiet)?;
+    // tokens.npy is written (and flushed to the disk) chunk by chunk on a thread of its own while the
+    // next chunks are tokenized; the rest of the store follows at the end, then the folder is renamed
+    // into place as before.
+    let writer = StoreWriter::spawn(TokenStoreStream::create(&args.out, args.overwrite)?);
+    let chunks = run_chunks(&args, &job, &matrix, &mut source_hash, quiet, &|c| writer.send(c));
+    let stream = writer.join();
+    let (chunks, stream) = (chunks?, stream?);
     tracing::info!("tokenized in {:.2} s", started.elapsed().as_secs_f64());
 
     let mut tokens = Vec::with_capacity(matrix.n_cells);
@@ -182,6 +190,8 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     let (mut kept, mut dropped) = (Vec::with_capacity(matrix.n_cells), Vec::new());
     let (mut n_sampled, mut n_random_bins) = (0, 0);
     for chunk in chunks {
+        // The writer has let go of its references: no copy.
+        let chunk = Arc::unwrap_or_clone(chunk);
         tokens.extend(chunk.tokens);
         if let (Some(all), Some(v)) = (values.as_mut(), chunk.values) {
             all.extend(v);
@@ -210,7 +220,7 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     let mut store = build_store(&args, &matrix, job.info(), tokens, values, &kept, dropped.len());
     store.manifest.source_hash = source_hash.get()?;
     let started = Instant::now();
-    store.write(&args.out, args.overwrite)?;
+    stream.finish(&store)?;
     tracing::debug!("store written in {:.2} s", started.elapsed().as_secs_f64());
     PartialDir::for_output(&args.out).remove().with_context(|| {
         format!(
@@ -228,12 +238,58 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&store.manifest)?);
     }
-    // The process ends here: hand the matrix and the tokens (hundreds of MB for big inputs) back to the
-    // OS with it instead of freeing them piece by piece.
-    drop(job);
+    // The process ends here: hand the matrix, the tokens (hundreds of MB for big inputs) and the
+    // tokenizer's maps (hundreds of thousands of strings) back to the OS with it instead of freeing them
+    // piece by piece.
+    std::mem::forget(job);
     std::mem::forget(store);
     std::mem::forget(matrix);
     Ok(())
+}
+
+/// Writes the tokens of the chunks it is sent into a [`TokenStoreStream`], on a thread of its own.
+struct StoreWriter {
+    sender: Option<mpsc::Sender<Arc<TokenChunk>>>,
+    thread: std::thread::JoinHandle<Result<TokenStoreStream, TokenStoreError>>,
+}
+
+impl StoreWriter {
+    fn spawn(mut stream: TokenStoreStream) -> Self {
+        let (sender, chunks) = mpsc::channel::<Arc<TokenChunk>>();
+        let thread = std::thread::spawn(move || {
+            let mut busy = std::time::Duration::ZERO;
+            for chunk in chunks {
+                let started = Instant::now();
+                stream.append(&chunk.tokens)?;
+                busy += started.elapsed();
+            }
+            tracing::debug!(
+                "tokens written beside the tokenizing in {:.2} s",
+                busy.as_secs_f64()
+            );
+            Ok(stream)
+        });
+        StoreWriter {
+            sender: Some(sender),
+            thread,
+        }
+    }
+
+    /// Queues a chunk (a writer that failed says so in [`Self::join`]).
+    fn send(&self, chunk: &Arc<TokenChunk>) {
+        if let Some(s) = &self.sender {
+            let _ = s.send(Arc::clone(chunk));
+        }
+    }
+
+    /// Waits for every queued chunk to be written.
+    fn join(mut self) -> Result<TokenStoreStream> {
+        drop(self.sender.take());
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread writing the token store failed"))?
+            .map_err(Into::into)
+    }
 }
 
 /// The input's hash, computed on a thread of its own and waited for when first needed.
@@ -303,20 +359,22 @@ fn cell_bar(quiet: bool, n_cells: usize) -> ProgressBar {
 
 /// Tokenizes the matrix chunk by chunk, resuming from the checkpoints of an interrupted run of the same
 /// command, and saving checkpoints once the run has lasted `--checkpoint-secs`.
+/// Each chunk, resumed or computed, is handed to `sink` in order.
 fn run_chunks(
     args: &TokenizeArgs,
     job: &Job<'_>,
     matrix: &CountMatrix,
     source_hash: &mut SourceHash,
     quiet: bool,
-) -> Result<Vec<TokenChunk>> {
+    sink: &dyn Fn(&Arc<TokenChunk>),
+) -> Result<Vec<Arc<TokenChunk>>> {
     let n = matrix.n_cells;
     let size = args.chunk_cells.max(1);
     let ranges: Vec<Range<usize>> = (0..n.div_ceil(size))
         .map(|i| i * size..((i + 1) * size).min(n))
         .collect();
     let partial = PartialDir::for_output(&args.out);
-    let mut done: Vec<Option<TokenChunk>> = vec![None; ranges.len()];
+    let mut done: Vec<Option<Arc<TokenChunk>>> = vec![None; ranges.len()];
     // Whether the partial folder holds this run's key (checkpoints may be added to it).
     let mut started_partial = false;
     let mut key = None;
@@ -324,7 +382,7 @@ fn run_chunks(
         let k = resume_key(args, job, source_hash.get()?, size, n);
         if partial.key().as_ref() == Some(&k) {
             for (slot, r) in done.iter_mut().zip(&ranges) {
-                *slot = partial.load(r.start, r.len(), job.has_values());
+                *slot = partial.load(r.start, r.len(), job.has_values()).map(Arc::new);
             }
             let n_done = done.iter().filter(|c| c.is_some()).count();
             tracing::info!(
@@ -353,10 +411,13 @@ fn run_chunks(
     let mut unsaved: Vec<usize> = Vec::new();
     let mut computed = 0usize;
     for (i, r) in ranges.iter().enumerate() {
-        if done[i].is_some() {
+        if let Some(c) = &done[i] {
+            sink(c);
             continue;
         }
-        done[i] = Some(job.tokenize(matrix, r.clone())?);
+        let chunk = Arc::new(job.tokenize(matrix, r.clone())?);
+        sink(&chunk);
+        done[i] = Some(chunk);
         unsaved.push(i);
         computed += 1;
         bar.inc(r.len() as u64);
@@ -460,9 +521,8 @@ fn load_dictionaries(args: &TokenizeArgs) -> Result<Dictionaries> {
                 options.model_input_size = n;
             }
             tracing::debug!("dictionaries decoded in {:.2} s", started.elapsed().as_secs_f64());
-            let tokenizer = Box::new(GeneformerTokenizer::new(&dicts, options)?);
-            // The process is about to end with these; hand them back to the OS with it.
-            std::mem::forget(dicts);
+            // The tokenizer keeps the mapping and symbol maps of the dictionaries (no copy).
+            let tokenizer = Box::new(GeneformerTokenizer::from_dictionaries(dicts, options)?);
             let mut hashes = BTreeMap::new();
             for name in version.dictionary_files() {
                 let path = dir.join(&name);

@@ -121,6 +121,192 @@ fn clean_field(s: &str) -> String {
     s.replace(['\t', '\n', '\r'], " ")
 }
 
+/// The temporary sibling directory a store is written into before it is renamed to `dir`.
+fn temporary_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Creates `tmp` afresh (removing what a killed run may have left there).
+fn create_fresh_dir(tmp: &Path) -> Result<(), TokenStoreError> {
+    let werr = |source| TokenStoreError::Write {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).map_err(werr)?;
+    }
+    std::fs::create_dir_all(tmp).map_err(werr)
+}
+
+/// Moves the complete store in `tmp` to `dir` (replacing what is there); removes `tmp` on failure.
+fn commit(tmp: &Path, dir: &Path, written: Result<(), TokenStoreError>) -> Result<(), TokenStoreError> {
+    let result = written.and_then(|()| {
+        let werr = |source| TokenStoreError::Write {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(werr)?;
+        }
+        std::fs::rename(tmp, dir).map_err(werr)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    result
+}
+
+/// The error of a token id that does not fit the int32 of `tokens.npy`.
+fn check_token_ids(cells: &[Vec<u32>], path: &Path) -> Result<(), TokenStoreError> {
+    if cells.iter().flatten().any(|&t| t > i32::MAX as u32) {
+        return Err(TokenStoreError::Invalid {
+            path: path.to_path_buf(),
+            reason: "a token id does not fit in int32".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A store whose `tokens.npy` is written while the tokens are still being produced: chunks of cells are
+/// appended and flushed to the disk as they come (on the caller's thread, typically one of its own), so
+/// that the disk writes overlap the tokenizing. [`Self::finish`] then writes the `.npy` header, the other
+/// files, and renames the folder into place, exactly as [`TokenStore::write`] does: the files are
+/// byte-identical. Dropped unfinished, it removes its temporary folder.
+pub struct TokenStoreStream {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    /// Bytes reserved for the header at the start of `tokens.npy`.
+    header_len: usize,
+    n_tokens: usize,
+    finished: bool,
+}
+
+impl TokenStoreStream {
+    /// Starts a store at `dir` (written into a temporary sibling folder). An existing `dir` is an error
+    /// unless `overwrite`; it is replaced only by [`Self::finish`].
+    pub fn create(dir: &Path, overwrite: bool) -> Result<Self, TokenStoreError> {
+        use std::io::{Seek, SeekFrom};
+        if dir.exists() && !overwrite {
+            return Err(TokenStoreError::Exists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let tmp = temporary_dir(dir);
+        create_fresh_dir(&tmp)?;
+        let path = tmp.join("tokens.npy");
+        // The header's length for any count of tokens a machine can hold (checked again at the end).
+        let header_len = header_bytes(NpyDtype::I32, &[0]).len();
+        let opened = std::fs::File::create(&path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(header_len as u64))?;
+            Ok(f)
+        });
+        let file = match opened {
+            Ok(f) => f,
+            Err(source) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(TokenStoreError::Write { path, source });
+            }
+        };
+        Ok(TokenStoreStream {
+            dir: dir.to_path_buf(),
+            tmp,
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            header_len,
+            n_tokens: 0,
+            finished: false,
+        })
+    }
+
+    /// Appends the tokens of the next cells and starts writing them to the disk (on Linux, without
+    /// waiting: [`Self::finish`]'s `fsync` waits for all of them, as [`TokenStore::write`]'s does).
+    pub fn append(&mut self, cells: &[Vec<u32>]) -> Result<(), TokenStoreError> {
+        use std::io::Write;
+        let path = self.tmp.join("tokens.npy");
+        check_token_ids(cells, &path)?;
+        let werr = |source| TokenStoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        for c in cells {
+            self.file.write_all(bytemuck::cast_slice(c)).map_err(werr)?;
+        }
+        self.file.flush().map_err(werr)?;
+        start_writeback(self.file.get_ref());
+        self.n_tokens += cells.iter().map(Vec::len).sum::<usize>();
+        Ok(())
+    }
+
+    /// Completes the store: `store.cells` must be the cells appended, in order (their count of tokens is
+    /// checked); the other files are written from `store`.
+    pub fn finish(mut self, store: &TokenStore) -> Result<(), TokenStoreError> {
+        use std::io::{Seek, SeekFrom, Write};
+        self.finished = true;
+        let path = self.tmp.join("tokens.npy");
+        let expected: usize = store.cells.iter().map(Vec::len).sum();
+        let written = if expected != self.n_tokens {
+            Err(TokenStoreError::Invalid {
+                path: path.clone(),
+                reason: format!("{} tokens were streamed, the store has {expected}", self.n_tokens),
+            })
+        } else {
+            let header = header_bytes(NpyDtype::I32, &[self.n_tokens]);
+            let tokens = if header.len() == self.header_len {
+                self.file.flush().and_then(|()| {
+                    let f = self.file.get_mut();
+                    f.seek(SeekFrom::Start(0))?;
+                    f.write_all(&header)?;
+                    f.sync_all()
+                })
+            } else {
+                // Not reached for any real count (the header's length changes only past 10^60 tokens);
+                // kept so that the file is right whatever the count.
+                write_npy_parts(
+                    &path,
+                    NpyDtype::I32,
+                    store.cells.iter().map(|c| bytemuck::cast_slice(c)),
+                )
+            };
+            tokens
+                .map_err(|source| TokenStoreError::Write {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|()| store.write_all_but_tokens(&self.tmp))
+        };
+        commit(&self.tmp, &self.dir, written)
+    }
+}
+
+/// Starts the write-back of a file's dirty pages without waiting for it, so that the disk writes overlap
+/// what the caller does next and the final `fsync` has little left to wait for. Unlike `fdatasync`, it
+/// forces no journal commit (which on ext4 can wait behind other processes' dirty data). Only a hint: a
+/// failure is ignored (the final `fsync` reports errors).
+fn start_writeback(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on an open descriptor; offset 0 and length 0 mean the whole file.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+impl Drop for TokenStoreStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
 impl TokenStore {
     /// Writes the store to `dir` atomically. An existing `dir` is an error unless `overwrite`.
     pub fn write(&self, dir: &Path, overwrite: bool) -> Result<(), TokenStoreError> {
@@ -129,25 +315,9 @@ impl TokenStore {
                 path: dir.to_path_buf(),
             });
         }
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "store".into());
-        let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let result = self.write_into(&tmp).and_then(|()| {
-            let werr = |source| TokenStoreError::Write {
-                path: dir.to_path_buf(),
-                source,
-            };
-            if dir.exists() {
-                std::fs::remove_dir_all(dir).map_err(werr)?;
-            }
-            std::fs::rename(&tmp, dir).map_err(werr)
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+        let tmp = temporary_dir(dir);
+        let written = self.write_into(&tmp);
+        commit(&tmp, dir, written)
     }
 
     fn write_into(&self, dir: &Path) -> Result<(), TokenStoreError> {
@@ -155,21 +325,9 @@ impl TokenStore {
             let path = path.to_path_buf();
             move |source| TokenStoreError::Write { path, source }
         };
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(werr(dir))?;
-        }
-        std::fs::create_dir_all(dir).map_err(werr(dir))?;
-        let mut offsets = vec![0i64];
-        for c in &self.cells {
-            offsets.push(offsets.last().copied().unwrap_or(0) + c.len() as i64);
-        }
+        create_fresh_dir(dir)?;
         let p = dir.join("tokens.npy");
-        if self.cells.iter().flatten().any(|&t| t > i32::MAX as u32) {
-            return Err(TokenStoreError::Invalid {
-                path: p,
-                reason: "a token id does not fit in int32".into(),
-            });
-        }
+        check_token_ids(&self.cells, &p)?;
         // u32 ids below 2^31 have the bytes of the same int32: write the cells as they are, with no packed
         // copy of all tokens in memory.
         write_npy_parts(
@@ -178,6 +336,19 @@ impl TokenStore {
             self.cells.iter().map(|c| bytemuck::cast_slice(c)),
         )
         .map_err(werr(&p))?;
+        self.write_all_but_tokens(dir)
+    }
+
+    /// `offsets.npy`, `values.npy`, `cells.tsv` and `manifest.json` into `dir`.
+    fn write_all_but_tokens(&self, dir: &Path) -> Result<(), TokenStoreError> {
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TokenStoreError::Write { path, source }
+        };
+        let mut offsets = vec![0i64];
+        for c in &self.cells {
+            offsets.push(offsets.last().copied().unwrap_or(0) + c.len() as i64);
+        }
         let p = dir.join("offsets.npy");
         write_npy(
             &p,
@@ -377,6 +548,66 @@ mod tests {
         assert_eq!(back.manifest.hash_algorithm, "sha256");
         assert_eq!(back.manifest.source_hash, "00");
         assert_eq!(back.cells, store().cells);
+    }
+
+    /// Every file of a store folder, by name.
+    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_streamed_store_equals_a_written_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store();
+        let written = tmp.path().join("written");
+        s.write(&written, false).unwrap();
+        let streamed = tmp.path().join("streamed");
+        let mut stream = TokenStoreStream::create(&streamed, false).unwrap();
+        // Not yet in place while streaming.
+        assert!(!streamed.exists());
+        stream.append(&s.cells[..1]).unwrap();
+        stream.append(&[]).unwrap();
+        stream.append(&s.cells[1..]).unwrap();
+        stream.finish(&s).unwrap();
+        assert_eq!(files(&streamed), files(&written));
+        // Replacing needs overwrite, and then replaces.
+        assert!(matches!(
+            TokenStoreStream::create(&streamed, false),
+            Err(TokenStoreError::Exists { .. })
+        ));
+        let mut stream = TokenStoreStream::create(&streamed, true).unwrap();
+        stream.append(&s.cells).unwrap();
+        stream.finish(&s).unwrap();
+        assert_eq!(files(&streamed), files(&written));
+        // Cells that are not those of the store: refused, nothing replaced, nothing left behind.
+        let mut stream = TokenStoreStream::create(&streamed, true).unwrap();
+        stream.append(&s.cells[..1]).unwrap();
+        assert!(matches!(stream.finish(&s), Err(TokenStoreError::Invalid { .. })));
+        assert_eq!(files(&streamed), files(&written));
+        // Dropped unfinished: its temporary folder goes.
+        let stream = TokenStoreStream::create(&tmp.path().join("dropped"), false).unwrap();
+        drop(stream);
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["streamed", "written"]);
+        // A token id beyond int32 is refused as by `write`.
+        let mut stream = TokenStoreStream::create(&tmp.path().join("big"), false).unwrap();
+        assert!(matches!(
+            stream.append(&[vec![u32::MAX]]),
+            Err(TokenStoreError::Invalid { .. })
+        ));
     }
 
     #[test]

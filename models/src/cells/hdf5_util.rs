@@ -558,7 +558,7 @@ impl Csr {
         if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) || indptr[n_major] > data.len() {
             return Err("indptr is not a valid non-decreasing offset array".into());
         }
-        if let Some(i) = minor.iter().find(|&&i| i as usize >= n_minor) {
+        if let Some(i) = super::first_out_of_range(&minor, n_minor) {
             return Err(format!("index {i} out of range ({n_minor})"));
         }
         // What anndata writes for CSR is usually canonical already (columns strictly ascending within

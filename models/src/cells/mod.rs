@@ -105,7 +105,7 @@ impl CountMatrix {
                 self.values.len()
             ));
         }
-        if let Some(g) = self.indices.iter().find(|&&g| g as usize >= self.n_genes) {
+        if let Some(g) = first_out_of_range(&self.indices, self.n_genes) {
             return Err(format!("gene index {g} out of range ({} genes)", self.n_genes));
         }
         if let Some(c) = (0..self.n_cells)
@@ -185,6 +185,19 @@ pub(crate) fn test_matrix(gene_ids: Vec<String>, rows: &[Vec<(u32, f32)>]) -> Co
     };
     m.validate().expect("test matrix is consistent");
     m
+}
+
+/// The first of `indices` that is `>= bound`, if any. The blocks' maxima (a vectorised loop, blocks side by
+/// side) decide; the position is searched only when some index is out of range.
+pub(crate) fn first_out_of_range(indices: &[u32], bound: usize) -> Option<u32> {
+    let max = indices
+        .par_chunks(1 << 18)
+        .map(|b| b.iter().copied().fold(0, u32::max))
+        .max()?;
+    if (max as usize) < bound {
+        return None;
+    }
+    indices.iter().copied().find(|&g| g as usize >= bound)
 }
 
 /// CSR arrays from `(row, col, value)` triplets in any order: a counting sort by row, columns ascending
@@ -288,6 +301,21 @@ pub fn decompress_if_gzip(path: &Path) -> Result<Option<tempfile::NamedTempFile>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_index_out_of_range_is_found() {
+        let mut v: Vec<u32> = (0..1_000_000).map(|i| i % 977).collect();
+        assert_eq!(first_out_of_range(&v, 977), None);
+        assert_eq!(first_out_of_range(&[], 0), None);
+        v[700_000] = 5000;
+        v[900_000] = 977;
+        assert_eq!(first_out_of_range(&v, 977), Some(5000));
+        assert_eq!(first_out_of_range(&v, 5000), Some(5000));
+        assert_eq!(first_out_of_range(&v, 5001), None);
+        let mut m = test_matrix(vec!["a".into(), "b".into()], &[vec![(0, 1.0), (1, 2.0)]]);
+        m.indices[1] = 2;
+        assert_eq!(m.validate().unwrap_err(), "gene index 2 out of range (2 genes)");
+    }
 
     #[test]
     fn slice_rows_copies_cells_names_and_obs() {

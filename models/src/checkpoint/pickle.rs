@@ -218,11 +218,35 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
 /// again, later entries win as in Python), or `None` for anything else (any other opcode, nesting, a
 /// malformed or truncated input), in which case [`load_dict`] decides. It never executes code either.
 pub fn load_flat_dict(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
-    #[derive(Clone)]
-    enum Item {
+    Some(
+        flat_dict_entries(bytes)?
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    FlatValue::Str(s) => Value::String(s.to_owned()),
+                    FlatValue::Int(i) => Value::Int(i),
+                };
+                (k.to_owned(), v)
+            })
+            .collect(),
+    )
+}
+
+/// A value of a flat dictionary pickle, borrowed from its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlatValue<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+/// [`load_flat_dict`] without copying: the keys and string values borrow from `bytes`. Same entries, same
+/// refusals (`None` for anything but a flat str → str / int dict).
+pub fn flat_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, FlatValue<'_>)>> {
+    #[derive(Clone, Copy)]
+    enum Item<'a> {
         Dict,
         Mark,
-        Str(String),
+        Str(&'a str),
         Int(i64),
     }
     fn take_at<'a>(bytes: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
@@ -233,8 +257,9 @@ pub fn load_flat_dict(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
     let mut pos = 0usize;
     let mut stack: Vec<Item> = Vec::new();
     let mut memo: Vec<Item> = Vec::new();
-    let mut out: Vec<(String, Value)> = Vec::new();
-    // Memo references copy strings: bound the copying by the input's size, as `load` does.
+    let mut out: Vec<(&str, FlatValue)> = Vec::new();
+    // Memo references stand for copies of strings (as in `load_flat_dict`'s owned result): bound them by
+    // the input's size, as `load` does.
     let mut budget = bytes.len().saturating_mul(8).saturating_add(4096);
     let le = |b: &[u8]| -> u64 {
         let mut a = [0u8; 8];
@@ -259,23 +284,21 @@ pub fn load_flat_dict(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
                     _ => 8,
                 };
                 let n = usize::try_from(le(take_at(bytes, &mut pos, width)?)).ok()?;
-                stack.push(Item::Str(
-                    std::str::from_utf8(take_at(bytes, &mut pos, n)?).ok()?.to_owned(),
-                ));
+                stack.push(Item::Str(std::str::from_utf8(take_at(bytes, &mut pos, n)?).ok()?));
             }
             op::BININT1 => stack.push(Item::Int(i64::from(take_at(bytes, &mut pos, 1)?[0]))),
             op::BININT2 => stack.push(Item::Int(le(take_at(bytes, &mut pos, 2)?) as i64)),
             op::BININT => stack.push(Item::Int(i64::from(
                 le(take_at(bytes, &mut pos, 4)?) as u32 as i32
             ))),
-            op::MEMOIZE => memo.push(stack.last()?.clone()),
+            op::MEMOIZE => memo.push(*stack.last()?),
             op::BINPUT | op::LONG_BINPUT => {
                 let i = le(take_at(
                     bytes,
                     &mut pos,
                     if opcode == op::BINPUT { 1 } else { 4 },
                 )?) as usize;
-                let top = stack.last()?.clone();
+                let top = *stack.last()?;
                 match i.cmp(&memo.len()) {
                     std::cmp::Ordering::Less => memo[i] = top,
                     std::cmp::Ordering::Equal => memo.push(top),
@@ -288,11 +311,11 @@ pub fn load_flat_dict(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
                     &mut pos,
                     if opcode == op::BINGET { 1 } else { 4 },
                 )?) as usize;
-                let item = memo.get(i)?;
+                let item = *memo.get(i)?;
                 if let Item::Str(s) = item {
                     budget = budget.checked_sub(s.len())?;
                 }
-                stack.push(item.clone());
+                stack.push(item);
             }
             op::SETITEMS | op::SETITEM => {
                 let start = if opcode == op::SETITEMS {
@@ -314,9 +337,191 @@ pub fn load_flat_dict(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
                         return None;
                     };
                     let v = match v {
-                        Item::Str(s) => Value::String(s),
-                        Item::Int(i) => Value::Int(i),
+                        Item::Str(s) => FlatValue::Str(s),
+                        Item::Int(i) => FlatValue::Int(i),
                         _ => return None,
+                    };
+                    out.push((k, v));
+                }
+            }
+            op::STOP => {
+                return (pos == bytes.len() && matches!(stack.as_slice(), [Item::Dict])).then_some(out);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A fast path for a flat `dict` of string keys and numpy `float64` scalars (Geneformer's median
+/// dictionaries), borrowed from the bytes: the keys and values [`load_dict`] returns for such a file, in
+/// file order. Only the exact shape numpy writes is taken: `numpy.core.multiarray.scalar` (or
+/// `numpy._core.multiarray.scalar`) applied to `(dtype, 8 raw bytes)`, the dtype being
+/// `numpy.dtype('f8' or '<f8', bool, bool)` with a `BUILD` state of 8 fields whose byte order is `<` or
+/// `|`, and memo references to any of these. Anything else (another dtype or global, a big-endian byte
+/// order, nesting, a malformed or truncated input) returns `None`, and [`load_dict`] decides. It never
+/// executes code.
+pub fn f64_scalar_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, f64)>> {
+    #[derive(Clone, Copy)]
+    enum Item<'a> {
+        Dict,
+        Mark,
+        None,
+        Bool,
+        Int,
+        Str(&'a str),
+        Bytes(&'a [u8]),
+        ScalarFn,
+        DtypeFn,
+        /// `('f8', bool, bool)`.
+        DtypeArgs,
+        /// A little-endian float64 dtype.
+        Dtype,
+        /// A dtype state with its byte order.
+        DtypeState(&'a str),
+        /// `(dtype, raw)`.
+        ScalarArgs(&'a [u8]),
+        Float(f64),
+    }
+    fn take_at<'a>(bytes: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
+        let s = bytes.get(*pos..pos.checked_add(n)?)?;
+        *pos += n;
+        Some(s)
+    }
+    let le = |b: &[u8]| -> u64 {
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(a)
+    };
+    let mut pos = 0usize;
+    let mut stack: Vec<Item> = Vec::new();
+    let mut memo: Vec<Item> = Vec::new();
+    let mut out: Vec<(&str, f64)> = Vec::new();
+    loop {
+        let opcode = take_at(bytes, &mut pos, 1)?[0];
+        match opcode {
+            op::PROTO => {
+                take_at(bytes, &mut pos, 1)?;
+            }
+            op::FRAME => {
+                take_at(bytes, &mut pos, 8)?;
+            }
+            op::EMPTY_DICT => stack.push(Item::Dict),
+            op::MARK => stack.push(Item::Mark),
+            op::NONE => stack.push(Item::None),
+            op::NEWTRUE | op::NEWFALSE => stack.push(Item::Bool),
+            op::BININT1 => {
+                take_at(bytes, &mut pos, 1)?;
+                stack.push(Item::Int);
+            }
+            op::BININT2 => {
+                take_at(bytes, &mut pos, 2)?;
+                stack.push(Item::Int);
+            }
+            op::BININT => {
+                take_at(bytes, &mut pos, 4)?;
+                stack.push(Item::Int);
+            }
+            op::SHORT_BINUNICODE | op::BINUNICODE => {
+                let width = if opcode == op::SHORT_BINUNICODE { 1 } else { 4 };
+                let n = usize::try_from(le(take_at(bytes, &mut pos, width)?)).ok()?;
+                stack.push(Item::Str(std::str::from_utf8(take_at(bytes, &mut pos, n)?).ok()?));
+            }
+            op::SHORT_BINBYTES | op::BINBYTES => {
+                let width = if opcode == op::SHORT_BINBYTES { 1 } else { 4 };
+                let n = usize::try_from(le(take_at(bytes, &mut pos, width)?)).ok()?;
+                stack.push(Item::Bytes(take_at(bytes, &mut pos, n)?));
+            }
+            op::STACK_GLOBAL => {
+                let (Item::Str(name), Item::Str(module)) = (stack.pop()?, stack.pop()?) else {
+                    return None;
+                };
+                stack.push(match (module, name) {
+                    ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Item::ScalarFn,
+                    ("numpy", "dtype") => Item::DtypeFn,
+                    _ => return None,
+                });
+            }
+            op::TUPLE3 => {
+                let (Item::Bool, Item::Bool, Item::Str("f8" | "<f8")) =
+                    (stack.pop()?, stack.pop()?, stack.pop()?)
+                else {
+                    return None;
+                };
+                stack.push(Item::DtypeArgs);
+            }
+            op::TUPLE2 => {
+                let (Item::Bytes(raw), Item::Dtype) = (stack.pop()?, stack.pop()?) else {
+                    return None;
+                };
+                stack.push(Item::ScalarArgs(raw));
+            }
+            op::TUPLE => {
+                // The dtype state (version, byteorder, subarray, names, fields, elsize, alignment, flags).
+                let mark = stack.iter().rposition(|i| matches!(i, Item::Mark))?;
+                let state = match stack[mark + 1..] {
+                    [Item::Int, Item::Str(order), Item::None, Item::None, Item::None, Item::Int, Item::Int, Item::Int] => {
+                        Item::DtypeState(order)
+                    }
+                    _ => return None,
+                };
+                stack.truncate(mark);
+                stack.push(state);
+            }
+            op::REDUCE => {
+                let result = match (stack.pop()?, stack.pop()?) {
+                    (Item::DtypeArgs, Item::DtypeFn) => Item::Dtype,
+                    (Item::ScalarArgs(raw), Item::ScalarFn) => {
+                        Item::Float(f64::from_le_bytes(raw.try_into().ok()?))
+                    }
+                    _ => return None,
+                };
+                stack.push(result);
+            }
+            op::BUILD => {
+                let (Item::DtypeState("<" | "|"), Some(Item::Dtype)) = (stack.pop()?, stack.last()) else {
+                    return None;
+                };
+            }
+            op::MEMOIZE => memo.push(*stack.last()?),
+            op::BINPUT | op::LONG_BINPUT => {
+                let i = le(take_at(
+                    bytes,
+                    &mut pos,
+                    if opcode == op::BINPUT { 1 } else { 4 },
+                )?) as usize;
+                let top = *stack.last()?;
+                match i.cmp(&memo.len()) {
+                    std::cmp::Ordering::Less => memo[i] = top,
+                    std::cmp::Ordering::Equal => memo.push(top),
+                    std::cmp::Ordering::Greater => return None,
+                }
+            }
+            op::BINGET | op::LONG_BINGET => {
+                let i = le(take_at(
+                    bytes,
+                    &mut pos,
+                    if opcode == op::BINGET { 1 } else { 4 },
+                )?) as usize;
+                stack.push(*memo.get(i)?);
+            }
+            op::SETITEMS | op::SETITEM => {
+                let start = if opcode == op::SETITEMS {
+                    let mark = stack.iter().rposition(|i| matches!(i, Item::Mark))?;
+                    stack.remove(mark);
+                    mark
+                } else {
+                    stack.len().checked_sub(2)?
+                };
+                if start == 0
+                    || !matches!(stack[start - 1], Item::Dict)
+                    || !(stack.len() - start).is_multiple_of(2)
+                {
+                    return None;
+                }
+                let mut items = stack.drain(start..);
+                while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                    let (Item::Str(k), Item::Float(v)) = (k, v) else {
+                        return None;
                     };
                     out.push((k, v));
                 }
@@ -2146,6 +2351,99 @@ mod tests {
             taken >= 5,
             "the string dictionaries and the V2 tokens take the fast path ({taken})"
         );
+    }
+
+    #[test]
+    fn the_float_scalar_fast_path_equals_the_vm_on_every_real_dictionary() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/geneformer");
+        let mut taken = 0;
+        for version in ["v1", "v2"] {
+            let Ok(entries) = std::fs::read_dir(format!("{dir}/{version}")) else {
+                eprintln!("skipped: {dir} not found");
+                return;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                // Declined (the string dictionaries, V1's int16 tokens) or equal to the VM, bit for bit,
+                // in the same order.
+                if let Some(fast) = f64_scalar_dict_entries(&bytes) {
+                    let vm = load_dict(&bytes).unwrap();
+                    assert_eq!(fast.len(), vm.len(), "{}", path.display());
+                    for ((k, v), (vk, vv)) in fast.iter().zip(&vm) {
+                        assert_eq!(Some(*k), vk.as_str(), "{}", path.display());
+                        assert_eq!(
+                            Some(v.to_bits()),
+                            vv.as_f64().map(f64::to_bits),
+                            "{}",
+                            path.display()
+                        );
+                    }
+                    taken += 1;
+                }
+                for cut in [0, 1, 2, 11, 12, bytes.len() / 3, bytes.len() - 2, bytes.len() - 1] {
+                    assert!(
+                        f64_scalar_dict_entries(&bytes[..cut]).is_none(),
+                        "{} cut {cut}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert_eq!(taken, 2, "the V1 and V2 medians take the fast path");
+    }
+
+    #[test]
+    fn the_float_scalar_fast_path_declines_other_dtypes_and_byte_orders() {
+        // One entry {'a': scalar(dtype(spec) with BUILD byte order `order`, raw)}.
+        let scalar_dict = |spec: &str, order: &str, raw: &[u8]| {
+            P::proto(4)
+                .op(op::EMPTY_DICT)
+                .short_uni("a")
+                .short_uni("numpy.core.multiarray")
+                .short_uni("scalar")
+                .op(op::STACK_GLOBAL)
+                .short_uni("numpy")
+                .short_uni("dtype")
+                .op(op::STACK_GLOBAL)
+                .short_uni(spec)
+                .op(op::NEWFALSE)
+                .op(op::NEWTRUE)
+                .op(op::TUPLE3)
+                .op(op::REDUCE)
+                .op(op::MARK)
+                .int1(3)
+                .short_uni(order)
+                .op(op::NONE)
+                .op(op::NONE)
+                .op(op::NONE)
+                .op(op::BININT)
+                .raw(&(-1i32).to_le_bytes())
+                .op(op::BININT)
+                .raw(&(-1i32).to_le_bytes())
+                .int1(0)
+                .op(op::TUPLE)
+                .op(op::BUILD)
+                .op(op::SHORT_BINBYTES)
+                .raw(&[raw.len() as u8])
+                .raw(raw)
+                .op(op::TUPLE2)
+                .op(op::REDUCE)
+                .op(op::SETITEM)
+                .stop()
+        };
+        let ok = scalar_dict("f8", "<", &2.25f64.to_le_bytes());
+        assert_eq!(f64_scalar_dict_entries(&ok), Some(vec![("a", 2.25)]));
+        assert_eq!(load_dict(&ok).unwrap()[0].1.as_f64(), Some(2.25));
+        for bad in [
+            scalar_dict("f8", ">", &2.25f64.to_be_bytes()),
+            scalar_dict(">f8", "<", &2.25f64.to_be_bytes()),
+            scalar_dict("f4", "<", &2.25f32.to_le_bytes()),
+            scalar_dict("i2", "<", &3i16.to_le_bytes()),
+            scalar_dict("f8", "<", &[0; 4]),
+        ] {
+            assert!(f64_scalar_dict_entries(&bad).is_none());
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::cells::{CountMatrix, ObsColumn};
-use crate::checkpoint::pickle::{self, PickleError, Value};
+use crate::checkpoint::pickle::{self, FlatValue, PickleError, Value};
 
 /// `target_sum` of upstream's normalisation.
 pub const TARGET_SUM: f64 = 10_000.0;
@@ -141,22 +141,26 @@ pub enum TokenizeError {
     DuplicateGene { id: String, first: usize, second: usize },
 }
 
+/// A dictionary keyed by gene id or symbol. foldhash (seeded per process) instead of SipHash: these maps
+/// hold up to 174 k short keys, and building and probing them was a visible part of a run.
+pub type DictMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// The four Geneformer dictionaries, decoded.
 #[derive(Clone, Debug, Default)]
 pub struct GeneformerDictionaries {
     pub version: Option<GeneformerVersion>,
     /// Token id of each vocabulary entry (Ensembl ids and `<pad>`, `<mask>`, and for V2 `<cls>`, `<eos>`).
-    pub token: HashMap<String, u32>,
+    pub token: DictMap<u32>,
     /// Non-zero median of normalised expression over the pretraining corpus, by Ensembl id.
-    pub median: HashMap<String, f64>,
+    pub median: DictMap<f64>,
     /// Gene symbol → Ensembl id.
-    pub gene_name_id: HashMap<String, String>,
+    pub gene_name_id: DictMap<String>,
     /// Upper-case alias or id → canonical Ensembl id (unfiltered; the tokenizer filters it).
-    pub ensembl_mapping: HashMap<String, String>,
+    pub ensembl_mapping: DictMap<String>,
 }
 
 impl GeneformerDictionaries {
-    fn read_tokens(path: &Path) -> Result<HashMap<String, u32>, TokenizeError> {
+    fn read_tokens(path: &Path) -> Result<DictMap<u32>, TokenizeError> {
         read_dict(path, |path, v| {
             v.as_i64()
                 .and_then(|i| u32::try_from(i).ok())
@@ -167,7 +171,28 @@ impl GeneformerDictionaries {
         })
     }
 
-    fn read_medians(path: &Path) -> Result<HashMap<String, f64>, TokenizeError> {
+    fn read_medians(path: &Path) -> Result<DictMap<f64>, TokenizeError> {
+        let bytes = std::fs::read(path).map_err(|source| TokenizeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // The numpy float64 scalars of the median files take a fast path (the same values as the VM's).
+        if let Some(items) = pickle::f64_scalar_dict_entries(&bytes) {
+            let mut out = DictMap::with_capacity_and_hasher(items.len(), Default::default());
+            for (k, m) in items {
+                if !(m.is_finite() && m > 0.0) {
+                    return Err(TokenizeError::Dictionary {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "medians must be positive finite numbers, found {:?}",
+                            Value::Float(m)
+                        ),
+                    });
+                }
+                out.insert(k.to_owned(), m);
+            }
+            return Ok(out);
+        }
         read_dict(path, |path, v| match v.as_f64() {
             Some(m) if m.is_finite() && m > 0.0 => Ok(m),
             _ => Err(TokenizeError::Dictionary {
@@ -193,7 +218,7 @@ impl GeneformerDictionaries {
             let median = s.spawn(|| Self::read_medians(&dir.join(&median_f)));
             let names = s.spawn(|| match kind {
                 GeneIdKind::Symbol => read_dict(&dir.join(&names_f), string_value),
-                GeneIdKind::Ensembl => Ok(HashMap::new()),
+                GeneIdKind::Ensembl => Ok(DictMap::default()),
             });
             let mapping = read_dict(&dir.join(&mapping_f), string_value);
             let failed = |name: &str| TokenizeError::Dictionary {
@@ -232,29 +257,34 @@ impl GeneformerDictionaries {
     }
 }
 
-fn string_value(path: &Path, v: &Value) -> Result<String, TokenizeError> {
-    v.as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| TokenizeError::Dictionary {
+fn string_value(path: &Path, v: Value) -> Result<String, TokenizeError> {
+    match v {
+        Value::String(s) => Ok(s),
+        v => Err(TokenizeError::Dictionary {
             path: path.to_path_buf(),
             reason: format!("values must be strings, found a {}", v.kind()),
-        })
+        }),
+    }
 }
 
 fn read_dict<T>(
     path: &Path,
-    mut value: impl FnMut(&Path, &Value) -> Result<T, TokenizeError>,
-) -> Result<HashMap<String, T>, TokenizeError> {
+    mut value: impl FnMut(&Path, Value) -> Result<T, TokenizeError>,
+) -> Result<DictMap<T>, TokenizeError> {
     let bytes = std::fs::read(path).map_err(|source| TokenizeError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    // Flat str → str / int dictionaries (most of the bytes) take the fast path.
-    if let Some(items) = pickle::load_flat_dict(&bytes) {
-        let mut out = HashMap::with_capacity(items.len());
+    // Flat str → str / int dictionaries (most of the bytes) take the fast path, borrowed from the bytes:
+    // each key and value is copied once, into the map.
+    if let Some(items) = pickle::flat_dict_entries(&bytes) {
+        let mut out = DictMap::with_capacity_and_hasher(items.len(), Default::default());
         for (k, v) in items {
-            let v = value(path, &v)?;
-            out.insert(k, v);
+            let v = match v {
+                FlatValue::Str(s) => value(path, Value::String(s.to_owned()))?,
+                FlatValue::Int(i) => value(path, Value::Int(i))?,
+            };
+            out.insert(k.to_owned(), v);
         }
         return Ok(out);
     }
@@ -262,13 +292,15 @@ fn read_dict<T>(
         path: path.to_path_buf(),
         source,
     })?;
-    let mut out = HashMap::with_capacity(items.len());
-    for (k, v) in &items {
-        let key = k.as_str().ok_or_else(|| TokenizeError::Dictionary {
-            path: path.to_path_buf(),
-            reason: format!("keys must be strings, found a {}", k.kind()),
-        })?;
-        out.insert(key.to_owned(), value(path, v)?);
+    let mut out = DictMap::with_capacity_and_hasher(items.len(), Default::default());
+    for (k, v) in items {
+        let Value::String(key) = k else {
+            return Err(TokenizeError::Dictionary {
+                path: path.to_path_buf(),
+                reason: format!("keys must be strings, found a {}", k.kind()),
+            });
+        };
+        out.insert(key, value(path, v)?);
     }
     Ok(out)
 }
@@ -322,11 +354,12 @@ struct VocabGene {
 pub struct GeneformerTokenizer {
     options: TokenizerOptions,
     genes: Vec<VocabGene>,
-    /// Exact vocabulary id → index in `genes` (used with collapsing off).
-    by_id: HashMap<String, usize>,
-    /// Upper-case source id → index in `genes` (the mapping dictionary filtered to vocabulary targets).
-    mapping: HashMap<String, usize>,
-    gene_name_id: HashMap<String, String>,
+    /// Exact vocabulary id → index in `genes` (used with collapsing off, and for the mapping's targets).
+    by_id: DictMap<usize>,
+    /// Upper-case source id → canonical id (the whole mapping dictionary; a target that is not in `by_id`
+    /// is no mapping). Empty with collapsing off.
+    mapping: DictMap<String>,
+    gene_name_id: DictMap<String>,
     cls: Option<u32>,
     eos: Option<u32>,
 }
@@ -384,6 +417,33 @@ const UNMAPPED: u32 = u32::MAX;
 
 impl GeneformerTokenizer {
     pub fn new(dicts: &GeneformerDictionaries, options: TokenizerOptions) -> Result<Self, TokenizeError> {
+        let mut tokenizer = Self::build(dicts, options)?;
+        if options.collapse_gene_ids {
+            tokenizer.mapping = dicts.ensembl_mapping.clone();
+        }
+        if options.gene_id_kind == GeneIdKind::Symbol {
+            tokenizer.gene_name_id = dicts.gene_name_id.clone();
+        }
+        Ok(tokenizer)
+    }
+
+    /// [`Self::new`] taking the dictionaries, whose maps it keeps instead of copying them.
+    pub fn from_dictionaries(
+        mut dicts: GeneformerDictionaries,
+        options: TokenizerOptions,
+    ) -> Result<Self, TokenizeError> {
+        let mut tokenizer = Self::build(&dicts, options)?;
+        if options.collapse_gene_ids {
+            tokenizer.mapping = std::mem::take(&mut dicts.ensembl_mapping);
+        }
+        if options.gene_id_kind == GeneIdKind::Symbol {
+            tokenizer.gene_name_id = std::mem::take(&mut dicts.gene_name_id);
+        }
+        Ok(tokenizer)
+    }
+
+    /// Everything but the mapping and symbol dictionaries, which the callers add.
+    fn build(dicts: &GeneformerDictionaries, options: TokenizerOptions) -> Result<Self, TokenizeError> {
         let version = options.version;
         if let Some(v) = dicts.version {
             if v != version {
@@ -425,30 +485,17 @@ impl GeneformerTokenizer {
             .iter()
             .map(|&(_, token, median)| VocabGene { token, median })
             .collect();
-        let by_id: HashMap<String, usize> = vocab
+        let by_id: DictMap<usize> = vocab
             .iter()
             .enumerate()
             .map(|(i, &(id, _, _))| (id.clone(), i))
             .collect();
-        let mapping = if options.collapse_gene_ids {
-            dicts
-                .ensembl_mapping
-                .iter()
-                .filter_map(|(k, v)| by_id.get(v).map(|&i| (k.clone(), i)))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        let gene_name_id = match options.gene_id_kind {
-            GeneIdKind::Symbol => dicts.gene_name_id.clone(),
-            GeneIdKind::Ensembl => HashMap::new(),
-        };
         Ok(GeneformerTokenizer {
             options,
             genes,
             by_id,
-            mapping,
-            gene_name_id,
+            mapping: DictMap::default(),
+            gene_name_id: DictMap::default(),
             cls,
             eos,
         })
@@ -468,19 +515,26 @@ impl GeneformerTokenizer {
                     GeneIdKind::Symbol => self.gene_name_id.get(*raw).map(String::as_str).unwrap_or(raw),
                     GeneIdKind::Ensembl => raw,
                 };
-                if self.options.collapse_gene_ids {
-                    self.mapping.contains_key(&id.to_uppercase())
-                } else {
-                    self.by_id.contains_key(id)
-                }
+                self.gene_of(id).is_some()
             })
             .count()
+    }
+
+    /// The vocabulary gene (index in `genes`) of an Ensembl id or alias, if any.
+    fn gene_of(&self, id: &str) -> Option<usize> {
+        if self.options.collapse_gene_ids {
+            let target = self.mapping.get(&id.to_uppercase())?;
+            self.by_id.get(target).copied()
+        } else {
+            self.by_id.get(id).copied()
+        }
     }
 
     /// Resolves the matrix's gene ids to vocabulary genes (step 1 of the module doc).
     fn map_columns(&self, gene_ids: &[String]) -> Result<ColumnMap, TokenizeError> {
         let mut col_target = Vec::with_capacity(gene_ids.len());
-        let mut local: HashMap<usize, (u32, usize)> = HashMap::new(); // gene index → (local index, first column)
+        // gene index → (local index, first column)
+        let mut local: HashMap<usize, (u32, usize), foldhash::fast::RandomState> = HashMap::default();
         let mut targets = Vec::new();
         let mut stats = TokenizeStats {
             n_genes: gene_ids.len(),
@@ -491,11 +545,7 @@ impl GeneformerTokenizer {
                 GeneIdKind::Symbol => self.gene_name_id.get(raw).map(String::as_str).unwrap_or(raw),
                 GeneIdKind::Ensembl => raw,
             };
-            let gene = if self.options.collapse_gene_ids {
-                self.mapping.get(&id.to_uppercase()).copied()
-            } else {
-                self.by_id.get(id).copied()
-            };
+            let gene = self.gene_of(id);
             let Some(gene) = gene else {
                 stats.n_genes_unmapped += 1;
                 if stats.unmapped_examples.len() < 10 {
@@ -567,13 +617,15 @@ impl GeneformerTokenizer {
         let acceptable = move |v: f32| {
             if allow_normalized {
                 v >= 0.0 && v.is_finite()
-            } else if v < 8_388_608.0 {
-                // Below 2^23 the round trip through an integer is exact for integers only (and cheaper
-                // than `fract`, a libm call); NaN fails `v >= 0`.
-                v >= 0.0 && (v as u32) as f32 == v
             } else {
-                // Every finite f32 from 2^23 up is an integer.
-                v.is_finite()
+                // Below 2^23, adding and subtracting 2^23 rounds to an integer (the spacing of f32 in
+                // [2^23, 2^24) is 1), so the value is unchanged exactly for integers; every finite f32 from
+                // 2^23 up is an integer. NaN fails every comparison. Only comparisons and additions: the
+                // loop over the values vectorises.
+                const TWO_23: f32 = 8_388_608.0;
+                let small = (0.0..TWO_23).contains(&v) && (v + TWO_23) - TWO_23 == v;
+                let large = (TWO_23..f32::INFINITY).contains(&v);
+                small | large
             }
         };
         // Blocks scanned side by side, each with a plain (vectorised) loop; the position is looked up only
@@ -663,15 +715,8 @@ impl GeneformerTokenizer {
             .into_par_iter()
             .with_min_len(64)
             .map_init(
-                || {
-                    (
-                        vec![0.0f64; if tables.injective { 0 } else { tables.median.len() }],
-                        Vec::<u32>::new(),
-                        Vec::<u128>::new(),
-                        RankSorter::default(),
-                    )
-                },
-                |(acc, touched, ranked, sorter), c| {
+                || CellRanker::new(if tables.injective { 0 } else { tables.median.len() }),
+                |ranker, c| {
                     let range = m.indptr[c]..m.indptr[c + 1];
                     let (cols, vals) = (&m.indices[range.clone()], &m.values[range]);
                     // n_counts: summed in f64 in stored order (the order of the reference).
@@ -679,59 +724,20 @@ impl GeneformerTokenizer {
                         Some(n) => n[c],
                         None => vals.iter().fold(0.0f64, |t, &v| t + v as f64),
                     };
-                    ranked.clear();
-                    let mut bad_n_counts = false;
-                    let mut rank = |count: f64, l: u32| {
-                        if count > 0.0 {
-                            let x = count / n_counts * TARGET_SUM / tables.median[l as usize];
-                            if x.is_nan() || x.is_infinite() {
-                                bad_n_counts = true;
-                            } else if x > 0.0 {
-                                ranked.push(rank_key(x, l));
-                            }
-                        }
-                    };
-                    if tables.injective {
-                        // Each mapped column is its own gene: rank the stored values directly.
-                        for (&g, &v) in cols.iter().zip(vals) {
-                            let l = tables.col_local[g as usize];
-                            if l != UNMAPPED {
-                                rank(v as f64, l);
-                            }
-                        }
-                    } else {
-                        // Sum the columns of each gene first.
-                        touched.clear();
-                        for (&g, &v) in cols.iter().zip(vals) {
-                            let l = tables.col_local[g as usize];
-                            if l != UNMAPPED {
-                                if acc[l as usize] == 0.0 {
-                                    touched.push(l);
-                                }
-                                acc[l as usize] += v as f64;
-                            }
-                        }
-                        for &l in touched.iter() {
-                            rank(std::mem::replace(&mut acc[l as usize], 0.0), l);
-                        }
-                    }
-                    if bad_n_counts {
+                    if !ranker.collect(tables, cols, vals, n_counts) {
                         return Err(TokenizeError::NCounts {
                             reason: format!(
                                 "is {n_counts} for cell {c}, which has counts; it must be positive"
                             ),
                         });
                     }
-                    if ranked.is_empty() {
+                    if ranker.keys.is_empty() {
                         return Ok(None);
                     }
-                    // Descending x; ties by ascending first source column (local indices follow first
-                    // columns). Sorting plain integer keys is what makes this loop fast.
-                    sorter.sort(ranked);
-                    let n = ranked.len().min(keep);
-                    let mut seq = Vec::with_capacity(n + 2);
+                    let ranked = ranker.rank(keep);
+                    let mut seq = Vec::with_capacity(ranked.len() + 2);
                     seq.extend(self.cls);
-                    seq.extend(ranked[..n].iter().map(|&key| tables.token[key as u32 as usize]));
+                    seq.extend(ranked.iter().map(|&l| tables.token[l as usize]));
                     seq.extend(self.eos);
                     Ok(Some(seq))
                 },
@@ -766,66 +772,244 @@ impl PreparedMatrix<'_> {
     }
 }
 
-/// A sort key ordering (normalised value descending, local gene index ascending) as a plain integer. For
-/// positive finite f64 the IEEE bit pattern increases with the value, so its complement decreases.
-fn rank_key(x: f64, local: u32) -> u128 {
-    debug_assert!(x > 0.0 && x.is_finite());
-    (u128::from(!x.to_bits()) << 32) | u128::from(local)
+/// Counts below this get their `count / n_counts * TARGET_SUM` from a per-cell table (one division per
+/// distinct count instead of one per gene; the same operations, so the same values).
+const SCALED_TABLE: usize = 64;
+
+/// The per-worker state of the ranking loop: the genes of one cell with their sort keys, and the buffers of
+/// the sort, reused from cell to cell.
+struct CellRanker {
+    /// `!x.to_bits()` of each gene to rank: ascending keys are descending `x` (for positive finite f64 the
+    /// IEEE bit pattern increases with the value).
+    keys: Vec<u64>,
+    /// The local target index of each key.
+    locals: Vec<u32>,
+    /// Whether `locals` is strictly ascending (then a stable sort by key alone applies the tie rule).
+    ascending: bool,
+    /// The smallest and largest key.
+    range: (u64, u64),
+    /// The radix sort's buffers: (leading key bits << 32) | position, and the digit counts.
+    packed: Vec<u64>,
+    scratch: Vec<u64>,
+    counts: Vec<u32>,
+    /// The result of [`Self::rank`].
+    sorted_locals: Vec<u32>,
+    /// Keys with their local index, for the general sort and for large buckets.
+    wide: Vec<u128>,
+    /// Summed counts per local target (used when columns are collapsed).
+    acc: Vec<f64>,
+    touched: Vec<u32>,
+    /// `count / n_counts * TARGET_SUM` of the cell by integer count.
+    scaled: [f64; SCALED_TABLE],
 }
 
-/// Sorts rank keys ascending, faster than a comparison sort on cells of thousands of genes: one
-/// counting pass distributes the keys into 2^11 buckets by the top bits in which they differ (keys are
-/// ordered by their high 64 bits first, so buckets are ordered too), then each bucket, a handful of keys
-/// on average, is sorted on its own.
-#[derive(Default)]
-struct RankSorter {
-    scratch: Vec<u128>,
-    starts: Vec<u32>,
-}
-
-impl RankSorter {
-    const BUCKET_BITS: u32 = 11;
-
-    fn sort(&mut self, keys: &mut Vec<u128>) {
-        let high = |k: u128| (k >> 32) as u64;
-        let (min, max) = keys.iter().fold((u64::MAX, 0u64), |(lo, hi), &k| {
-            (lo.min(high(k)), hi.max(high(k)))
-        });
-        if keys.len() < 256 || min == max {
-            keys.sort_unstable();
-            return;
+impl CellRanker {
+    fn new(n_targets: usize) -> Self {
+        CellRanker {
+            keys: Vec::new(),
+            locals: Vec::new(),
+            ascending: true,
+            range: (u64::MAX, 0),
+            packed: Vec::new(),
+            scratch: Vec::new(),
+            counts: Vec::new(),
+            sorted_locals: Vec::new(),
+            wide: Vec::new(),
+            acc: vec![0.0; n_targets],
+            touched: Vec::new(),
+            scaled: [0.0; SCALED_TABLE],
         }
+    }
+
+    /// Normalises the stored values of one cell and keeps the genes with `x > 0`. Returns false when some
+    /// `x` is NaN or infinite (an `n_counts` that is not positive).
+    fn collect(&mut self, tables: &CellTables, cols: &[u32], vals: &[f32], n_counts: f64) -> bool {
+        for (count, slot) in self.scaled.iter_mut().enumerate() {
+            *slot = count as f64 / n_counts * TARGET_SUM;
+        }
+        let scaled = &self.scaled;
+        let (keys, locals) = (&mut self.keys, &mut self.locals);
+        keys.clear();
+        locals.clear();
+        keys.reserve(cols.len());
+        locals.reserve(cols.len());
+        let (mut bad, mut ascending, mut last) = (false, true, -1i64);
+        let (mut min, mut max) = (u64::MAX, 0u64);
+        // One gene of the cell with its (summed) count; kept when x > 0.
+        macro_rules! consider {
+            ($count:expr, $l:expr) => {{
+                let (count, l): (f64, u32) = ($count, $l);
+                if count > 0.0 {
+                    let small = count as usize;
+                    let scaled = if small < SCALED_TABLE && small as f64 == count {
+                        scaled[small]
+                    } else {
+                        count / n_counts * TARGET_SUM
+                    };
+                    let x = scaled / tables.median[l as usize];
+                    if !x.is_finite() {
+                        bad = true;
+                    } else if x > 0.0 {
+                        let key = !x.to_bits();
+                        keys.push(key);
+                        locals.push(l);
+                        min = min.min(key);
+                        max = max.max(key);
+                        ascending &= i64::from(l) > last;
+                        last = i64::from(l);
+                    }
+                }
+            }};
+        }
+        if tables.injective {
+            // Each mapped column is its own gene: rank the stored values directly.
+            for (&g, &v) in cols.iter().zip(vals) {
+                let l = tables.col_local[g as usize];
+                if l != UNMAPPED {
+                    consider!(v as f64, l);
+                }
+            }
+        } else {
+            // Sum the columns of each gene first, then take the genes in ascending local order.
+            let (acc, touched) = (&mut self.acc, &mut self.touched);
+            touched.clear();
+            for (&g, &v) in cols.iter().zip(vals) {
+                let l = tables.col_local[g as usize];
+                if l != UNMAPPED {
+                    if acc[l as usize] == 0.0 {
+                        touched.push(l);
+                    }
+                    acc[l as usize] += v as f64;
+                }
+            }
+            touched.sort_unstable();
+            for &l in touched.iter() {
+                consider!(std::mem::replace(&mut acc[l as usize], 0.0), l);
+            }
+        }
+        self.ascending = ascending;
+        self.range = (min, max);
+        !bad
+    }
+
+    /// The local indices of the collected genes in rank order (descending `x`, ties by ascending local
+    /// index, which follows the first source column), the first `keep` of them.
+    ///
+    /// A least-significant-digit radix sort (two stable passes of [`DIGIT_BITS`] bits) of each key's
+    /// leading bits over the cell's range, packed with the gene's position; genes are collected in
+    /// ascending local order, so equal leading bits keep that order. Runs of equal leading bits (exact ties,
+    /// and near ties at the resolution of the truncation) are then sorted by their whole keys.
+    fn rank(&mut self, keep: usize) -> &[u32] {
+        let n = self.keys.len();
+        let need = n.min(keep);
+        self.sorted_locals.clear();
+        if n == 0 {
+            return &self.sorted_locals;
+        }
+        if !self.ascending || n > u32::MAX as usize {
+            // Not in local order (a matrix whose columns are not ascending): sort (key, local) pairs.
+            self.wide.clear();
+            self.wide.extend(
+                self.keys
+                    .iter()
+                    .zip(&self.locals)
+                    .map(|(&k, &l)| (u128::from(k) << 32) | u128::from(l)),
+            );
+            self.wide.sort_unstable();
+            self.sorted_locals
+                .extend(self.wide[..need].iter().map(|&w| w as u32));
+            return &self.sorted_locals;
+        }
+        let (keys, locals) = (&self.keys, &self.locals);
+        let (min, max) = self.range;
         let span_bits = u64::BITS - (max - min).leading_zeros();
-        let shift = span_bits.saturating_sub(Self::BUCKET_BITS);
-        let bucket = |k: u128| ((high(k) - min) >> shift) as usize;
-        let n_buckets = 1usize << Self::BUCKET_BITS;
-        self.starts.clear();
-        self.starts.resize(n_buckets + 1, 0);
-        for &k in keys.iter() {
-            self.starts[bucket(k) + 1] += 1;
-        }
-        for b in 0..n_buckets {
-            self.starts[b + 1] += self.starts[b];
-        }
+        let shift = span_bits.saturating_sub(2 * DIGIT_BITS);
+        const RADIX: usize = 1 << DIGIT_BITS;
+        const MASK: u64 = RADIX as u64 - 1;
+        // (leading bits << 32) | position.
+        self.packed.clear();
+        self.packed.resize(n, 0);
         self.scratch.clear();
-        self.scratch.resize(keys.len(), 0);
-        // `starts[b]` is advanced while filling, so afterwards it holds the end of bucket b.
-        for &k in keys.iter() {
-            let slot = &mut self.starts[bucket(k)];
-            self.scratch[*slot as usize] = k;
+        self.scratch.resize(n, 0);
+        self.counts.clear();
+        self.counts.resize(2 * RADIX, 0);
+        let (low, high) = self.counts.split_at_mut(RADIX);
+        for (i, (slot, &k)) in self.packed.iter_mut().zip(keys).enumerate() {
+            let t = (k - min) >> shift;
+            low[(t & MASK) as usize] += 1;
+            high[(t >> DIGIT_BITS) as usize] += 1;
+            *slot = (t << 32) | i as u64;
+        }
+        let prefix = |h: &mut [u32]| {
+            let mut sum = 0;
+            for c in h.iter_mut() {
+                let here = *c;
+                *c = sum;
+                sum += here;
+            }
+        };
+        prefix(low);
+        prefix(high);
+        for &p in self.packed.iter() {
+            let slot = &mut low[((p >> 32) & MASK) as usize];
+            self.scratch[*slot as usize] = p;
             *slot += 1;
         }
-        let mut begin = 0;
-        for b in 0..n_buckets {
-            let end = self.starts[b] as usize;
-            if end - begin > 1 {
-                self.scratch[begin..end].sort_unstable();
-            }
-            begin = end;
+        for &p in self.scratch.iter() {
+            let slot = &mut high[(p >> (32 + DIGIT_BITS)) as usize];
+            self.packed[*slot as usize] = p;
+            *slot += 1;
         }
-        std::mem::swap(keys, &mut self.scratch);
+        // Runs of equal leading bits, by whole key; a run stays in ascending position (= local) order.
+        let sorted = &mut self.packed;
+        let mut i = 1;
+        while i < n && i <= need {
+            if sorted[i] >> 32 != sorted[i - 1] >> 32 {
+                i += 1;
+                continue;
+            }
+            let start = i - 1;
+            let mut end = i + 1;
+            while end < n && sorted[end] >> 32 == sorted[start] >> 32 {
+                end += 1;
+            }
+            let run = &mut sorted[start..end];
+            if run.len() <= SMALL_SORT {
+                // Stable insertion sort by whole key.
+                for j in 1..run.len() {
+                    let p = run[j];
+                    let k = keys[p as u32 as usize];
+                    let mut at = j;
+                    while at > 0 && keys[run[at - 1] as u32 as usize] > k {
+                        run[at] = run[at - 1];
+                        at -= 1;
+                    }
+                    run[at] = p;
+                }
+            } else {
+                self.wide.clear();
+                self.wide.extend(
+                    run.iter()
+                        .map(|&p| (u128::from(keys[p as u32 as usize]) << 32) | u128::from(p as u32)),
+                );
+                self.wide.sort_unstable();
+                for (slot, &w) in run.iter_mut().zip(&self.wide) {
+                    *slot = w as u32 as u64;
+                }
+            }
+            i = end + 1;
+        }
+        self.sorted_locals
+            .extend(sorted[..need].iter().map(|&p| locals[p as u32 as usize]));
+        &self.sorted_locals
     }
 }
+
+/// Bits of each of the two radix passes of [`CellRanker::rank`].
+const DIGIT_BITS: u32 = 11;
+
+/// Runs of equal leading bits up to this size are sorted by insertion.
+const SMALL_SORT: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -833,25 +1017,27 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::OnceLock;
 
-    #[test]
-    fn rank_keys_sort_by_value_descending_then_index_ascending() {
-        let mut items = [
-            (2.5, 7u32),
-            (1e-300, 0),
-            (2.5, 3),
-            (1e300, 9),
-            (0.75, 1),
-            (2.5, 4),
-        ];
-        let mut keys: Vec<u128> = items.iter().map(|&(x, l)| rank_key(x, l)).collect();
-        keys.sort_unstable();
+    /// The ranking of `(x, local)` pairs by the documented rule, by a plain comparison sort.
+    fn reference_rank(items: &[(f64, u32)], keep: usize) -> Vec<u32> {
+        let mut items = items.to_vec();
         items.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let order: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
-        assert_eq!(order, items.iter().map(|&(_, l)| l).collect::<Vec<_>>());
+        items.iter().take(keep).map(|&(_, l)| l).collect()
+    }
+
+    fn ranker_with(items: &[(f64, u32)]) -> CellRanker {
+        let mut r = CellRanker::new(0);
+        r.ascending = items.windows(2).all(|w| w[0].1 < w[1].1);
+        r.keys = items.iter().map(|&(x, _)| !x.to_bits()).collect();
+        r.locals = items.iter().map(|&(_, l)| l).collect();
+        r.range = r
+            .keys
+            .iter()
+            .fold((u64::MAX, 0u64), |(lo, hi), &k| (lo.min(k), hi.max(k)));
+        r
     }
 
     #[test]
-    fn the_bucket_sort_equals_a_plain_sort() {
+    fn the_ranking_equals_a_plain_sort() {
         let mut state = 7u64;
         let mut next = || {
             state = state
@@ -859,36 +1045,62 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             state >> 33
         };
-        let mut sorter = RankSorter::default();
-        for n in [0usize, 1, 255, 256, 2000, 5000] {
+        for n in [0usize, 1, 2, 31, 32, 33, 255, 256, 2000, 5000, 20_000] {
+            let mut cases: Vec<Vec<(f64, u32)>> = Vec::new();
             // Few distinct values (many ties), then a wide spread over many octaves.
             for spread in [3u64, 1 << 20] {
-                let mut keys: Vec<u128> = (0..n)
-                    .map(|l| {
-                        let x = (1 + next() % spread) as f64 / (1 + next() % 97) as f64;
-                        rank_key(x, l as u32)
-                    })
-                    .collect();
-                let mut want = keys.clone();
-                want.sort_unstable();
-                sorter.sort(&mut keys);
-                assert_eq!(keys, want, "n {n} spread {spread}");
+                cases.push(
+                    (0..n)
+                        .map(|l| {
+                            let x = (1 + next() % spread) as f64 / (1 + next() % 97) as f64;
+                            (x, l as u32)
+                        })
+                        .collect(),
+                );
             }
             // A tight cluster and one outlier: most keys share a bucket.
-            let mut keys: Vec<u128> = (0..n)
-                .map(|l| {
-                    let x = if l == 0 {
-                        1e9
-                    } else {
-                        1.0 + (next() % 1000) as f64 * 1e-12
-                    };
-                    rank_key(x, l as u32)
-                })
-                .collect();
-            let mut want = keys.clone();
-            want.sort_unstable();
-            sorter.sort(&mut keys);
-            assert_eq!(keys, want, "n {n} clustered");
+            cases.push(
+                (0..n)
+                    .map(|l| {
+                        let x = if l == 0 {
+                            1e9
+                        } else {
+                            1.0 + (next() % 1000) as f64 * 1e-12
+                        };
+                        (x, l as u32)
+                    })
+                    .collect(),
+            );
+            // Extremes of the f64 range, and local indices with gaps.
+            cases.push(
+                (0..n)
+                    .map(|l| {
+                        let x = match next() % 4 {
+                            0 => 1e-300,
+                            1 => 1e300,
+                            2 => f64::MIN_POSITIVE,
+                            _ => (next() % 5 + 1) as f64,
+                        };
+                        (x, 3 * l as u32 + 1)
+                    })
+                    .collect(),
+            );
+            // Local indices not ascending (the general path).
+            let mut shuffled = cases[1].clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, next() as usize % (i + 1));
+            }
+            cases.push(shuffled);
+            for (i, items) in cases.iter().enumerate() {
+                for keep in [usize::MAX, 4094, 100, 1] {
+                    let mut r = ranker_with(items);
+                    assert_eq!(
+                        r.rank(keep),
+                        reference_rank(items, keep).as_slice(),
+                        "n {n} case {i} keep {keep}"
+                    );
+                }
+            }
         }
     }
 
@@ -1069,6 +1281,11 @@ mod tests {
             (16_777_216.0, true),
             (3e38, true),
             (0.5, false),
+            (1.5, false),
+            (2.5, false),
+            (1e-45, false),
+            (-0.0, true),
+            (8_388_607.0, true),
             (-1.0, false),
             (f32::INFINITY, false),
             (f32::NAN, false),
