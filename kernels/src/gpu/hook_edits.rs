@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use thiserror::Error;
 
 use super::{GpuError, Kernels};
@@ -354,25 +354,10 @@ impl Kernels {
         &self,
         stream: &Arc<CudaStream>,
         x: &mut CudaSlice<f32>,
-        (tokens, d): (usize, usize),
+        shape: (usize, usize),
         list: &DeviceEditList,
     ) -> Result<(), GpuError> {
-        let cfg = edit_launch("hook_edits_f32", x.len(), (tokens, d), list)?;
-        let Some(cfg) = cfg else { return Ok(()) };
-        let (tokens_i, d_i, n_i) = (tokens as i32, d as i32, list.n_segments as i32);
-        let mut launch = stream.launch_builder(self.function("hook_edits_f32")?);
-        launch
-            .arg(x)
-            .arg(&tokens_i)
-            .arg(&d_i)
-            .arg(&list.records)
-            .arg(&list.segments)
-            .arg(&n_i)
-            .arg(&list.pool);
-        // SAFETY: argument types and order match the kernel's signature; lengths checked, the list's rows
-        // and offsets validated when it was built.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        self.launch_edits("hook_edits_f32", stream, x, shape, list)
     }
 
     /// [`Kernels::hook_edits`] on a bf16 tensor: rows are edited in f32 and rounded once.
@@ -380,13 +365,26 @@ impl Kernels {
         &self,
         stream: &Arc<CudaStream>,
         x: &mut CudaSlice<half::bf16>,
+        shape: (usize, usize),
+        list: &DeviceEditList,
+    ) -> Result<(), GpuError> {
+        self.launch_edits("hook_edits_bf16", stream, x, shape, list)
+    }
+
+    /// One launch of `entry` (either variant: they differ only in the element type of `x`).
+    fn launch_edits<T: DeviceRepr>(
+        &self,
+        entry: &'static str,
+        stream: &Arc<CudaStream>,
+        x: &mut CudaSlice<T>,
         (tokens, d): (usize, usize),
         list: &DeviceEditList,
     ) -> Result<(), GpuError> {
-        let cfg = edit_launch("hook_edits_bf16", x.len(), (tokens, d), list)?;
-        let Some(cfg) = cfg else { return Ok(()) };
+        let Some(cfg) = edit_launch(entry, x.len(), (tokens, d), list)? else {
+            return Ok(());
+        };
         let (tokens_i, d_i, n_i) = (tokens as i32, d as i32, list.n_segments as i32);
-        let mut launch = stream.launch_builder(self.function("hook_edits_bf16")?);
+        let mut launch = stream.launch_builder(self.function(entry)?);
         launch
             .arg(x)
             .arg(&tokens_i)
@@ -395,7 +393,8 @@ impl Kernels {
             .arg(&list.segments)
             .arg(&n_i)
             .arg(&list.pool);
-        // SAFETY: as in `hook_edits`.
+        // SAFETY: argument types and order match both kernels' signatures (T is the element type of the
+        // entry's `x`); lengths checked, the list's rows and offsets validated when it was built.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
