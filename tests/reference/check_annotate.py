@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -410,3 +411,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave without the interpreter's teardown: after reading Parquet, pyarrow's thread pool sometimes aborts
+    # at exit ("terminate called without an active exception") although every check passed, which turned a
+    # passing check into a failed test. Failures exit above with status 1; everything is printed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
