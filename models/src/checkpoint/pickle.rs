@@ -239,6 +239,35 @@ pub enum FlatValue<'a> {
     Int(i64),
 }
 
+/// Shared by the fast paths: the next `n` bytes at `pos`, advancing it.
+fn take_at<'a>(bytes: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
+    let s = bytes.get(*pos..pos.checked_add(n)?)?;
+    *pos += n;
+    Some(s)
+}
+
+/// A little-endian unsigned integer of up to 8 bytes.
+fn le(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a[..b.len()].copy_from_slice(b);
+    u64::from_le_bytes(a)
+}
+
+/// The memo index operand of BINPUT/BINGET (`short`: 1 byte) or LONG_BINPUT/LONG_BINGET (4 bytes).
+fn memo_index(bytes: &[u8], pos: &mut usize, short: bool) -> Option<usize> {
+    Some(le(take_at(bytes, pos, if short { 1 } else { 4 })?) as usize)
+}
+
+/// BINPUT: the stack top stored at memo index `i`, an existing slot or the next free one (`None` for a gap).
+fn memo_put<T>(memo: &mut Vec<T>, i: usize, top: T) -> Option<()> {
+    match i.cmp(&memo.len()) {
+        std::cmp::Ordering::Less => memo[i] = top,
+        std::cmp::Ordering::Equal => memo.push(top),
+        std::cmp::Ordering::Greater => return None,
+    }
+    Some(())
+}
+
 /// [`load_flat_dict`] without copying: the keys and string values borrow from `bytes`. Same entries, same
 /// refusals (`None` for anything but a flat str → str / int dict).
 pub fn flat_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, FlatValue<'_>)>> {
@@ -249,11 +278,6 @@ pub fn flat_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, FlatValue<'_>)>> {
         Str(&'a str),
         Int(i64),
     }
-    fn take_at<'a>(bytes: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
-        let s = bytes.get(*pos..pos.checked_add(n)?)?;
-        *pos += n;
-        Some(s)
-    }
     let mut pos = 0usize;
     let mut stack: Vec<Item> = Vec::new();
     let mut memo: Vec<Item> = Vec::new();
@@ -261,11 +285,6 @@ pub fn flat_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, FlatValue<'_>)>> {
     // Memo references stand for copies of strings (as in `load_flat_dict`'s owned result): bound them by
     // the input's size, as `load` does.
     let mut budget = bytes.len().saturating_mul(8).saturating_add(4096);
-    let le = |b: &[u8]| -> u64 {
-        let mut a = [0u8; 8];
-        a[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(a)
-    };
     loop {
         let opcode = take_at(bytes, &mut pos, 1)?[0];
         match opcode {
@@ -293,24 +312,11 @@ pub fn flat_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, FlatValue<'_>)>> {
             ))),
             op::MEMOIZE => memo.push(*stack.last()?),
             op::BINPUT | op::LONG_BINPUT => {
-                let i = le(take_at(
-                    bytes,
-                    &mut pos,
-                    if opcode == op::BINPUT { 1 } else { 4 },
-                )?) as usize;
-                let top = *stack.last()?;
-                match i.cmp(&memo.len()) {
-                    std::cmp::Ordering::Less => memo[i] = top,
-                    std::cmp::Ordering::Equal => memo.push(top),
-                    std::cmp::Ordering::Greater => return None,
-                }
+                let i = memo_index(bytes, &mut pos, opcode == op::BINPUT)?;
+                memo_put(&mut memo, i, *stack.last()?)?;
             }
             op::BINGET | op::LONG_BINGET => {
-                let i = le(take_at(
-                    bytes,
-                    &mut pos,
-                    if opcode == op::BINGET { 1 } else { 4 },
-                )?) as usize;
+                let i = memo_index(bytes, &mut pos, opcode == op::BINGET)?;
                 let item = *memo.get(i)?;
                 if let Item::Str(s) = item {
                     budget = budget.checked_sub(s.len())?;
@@ -382,16 +388,6 @@ pub fn f64_scalar_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, f64)>> {
         ScalarArgs(&'a [u8]),
         Float(f64),
     }
-    fn take_at<'a>(bytes: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
-        let s = bytes.get(*pos..pos.checked_add(n)?)?;
-        *pos += n;
-        Some(s)
-    }
-    let le = |b: &[u8]| -> u64 {
-        let mut a = [0u8; 8];
-        a[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(a)
-    };
     let mut pos = 0usize;
     let mut stack: Vec<Item> = Vec::new();
     let mut memo: Vec<Item> = Vec::new();
@@ -484,24 +480,11 @@ pub fn f64_scalar_dict_entries(bytes: &[u8]) -> Option<Vec<(&str, f64)>> {
             }
             op::MEMOIZE => memo.push(*stack.last()?),
             op::BINPUT | op::LONG_BINPUT => {
-                let i = le(take_at(
-                    bytes,
-                    &mut pos,
-                    if opcode == op::BINPUT { 1 } else { 4 },
-                )?) as usize;
-                let top = *stack.last()?;
-                match i.cmp(&memo.len()) {
-                    std::cmp::Ordering::Less => memo[i] = top,
-                    std::cmp::Ordering::Equal => memo.push(top),
-                    std::cmp::Ordering::Greater => return None,
-                }
+                let i = memo_index(bytes, &mut pos, opcode == op::BINPUT)?;
+                memo_put(&mut memo, i, *stack.last()?)?;
             }
             op::BINGET | op::LONG_BINGET => {
-                let i = le(take_at(
-                    bytes,
-                    &mut pos,
-                    if opcode == op::BINGET { 1 } else { 4 },
-                )?) as usize;
+                let i = memo_index(bytes, &mut pos, opcode == op::BINGET)?;
                 stack.push(*memo.get(i)?);
             }
             op::SETITEMS | op::SETITEM => {
