@@ -11,19 +11,21 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use scinterp_models::cells::h5ad::{read_h5ad, read_var_text_columns, H5adOptions};
+use scinterp_models::cells::h5ad::{open_h5ad, read_var_text_columns, H5adOptions};
 use scinterp_models::cells::loom::read_loom;
 use scinterp_models::cells::orthologs::OrthologTable;
 use scinterp_models::cells::tenx::read_10x_mtx;
-use scinterp_models::cells::{decompress_if_gzip, CountMatrix, GeneIdColumn, ObsColumn};
+use scinterp_models::cells::{
+    decompress_if_gzip, CellBlock, CellSource, CountMatrix, GeneIdColumn, ObsColumn,
+};
 use scinterp_models::token_chunks::{PartialDir, TokenChunk};
 use scinterp_models::token_store::{
     hash_of, TokenStore, TokenStoreError, TokenStoreManifest, TokenStoreStream, FORMAT, FORMAT_VERSION,
     HASH_ALGORITHM,
 };
 use scinterp_models::tokenize::geneformer::{
-    GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, PreparedMatrix,
-    TokenizeError, TokenizerOptions,
+    GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, PreparedGenes, TokenizeError,
+    TokenizerOptions,
 };
 use scinterp_models::tokenize::scgpt::{
     ScgptArgs, ScgptTokenizeError, ScgptTokenizeStats, ScgptTokenizer, ScgptTokenizerOptions, ScgptVocab,
@@ -137,57 +139,69 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     let (matrix, dictionaries) = std::thread::scope(|s| {
         let dictionaries = s.spawn(|| load_dictionaries(&args));
         let matrix = read_cells(&args, scgpt);
+        // A matrix left in its file starts being read while the dictionaries are decoded.
+        if let Ok((cells, _)) = &matrix {
+            cells.read_ahead(chunk_ranges(cells.n_cells(), args.chunk_cells));
+        }
         let dictionaries = dictionaries
             .join()
             .map_err(|_| anyhow::anyhow!("the thread reading the dictionaries failed"));
         (matrix, dictionaries)
     });
     reading.finish_and_clear();
-    let (mut matrix, dictionaries) = (matrix?, dictionaries??);
+    // `_decompressed`: the decompressed copy of a gzipped input, which blocks are read from.
+    let ((mut cells, _decompressed), dictionaries) = (matrix?, dictionaries??);
     tracing::info!(
-        "read {} cells × {} genes from {} in {:.2} s",
-        matrix.n_cells,
-        matrix.n_genes,
+        "{} {} cells × {} genes from {} in {:.2} s",
+        match cells {
+            CellSource::Memory(_) => "read",
+            CellSource::Blocks(_) => "opened (to be read in blocks)",
+        },
+        cells.n_cells(),
+        cells.genes().n_genes,
         args.input.display(),
         started.elapsed().as_secs_f64()
     );
     if let Some(table_path) = &args.orthologs {
         let table = OrthologTable::read(table_path)?;
-        let mapped = table.translate(&mut matrix);
+        let mapped = table.translate(cells.genes_mut());
         tracing::info!(
             "{mapped} of {} mouse genes have a human ortholog in {}",
-            matrix.n_genes,
+            cells.genes().n_genes,
             table_path.display()
         );
     }
+    // The genes and obs columns of the cells (the whole matrix, or the head of one read in blocks).
+    let matrix = cells.genes();
     let started = Instant::now();
     let job = match dictionaries {
-        Dictionaries::Geneformer(tokenizer, hashes) => Job::geneformer(&args, tokenizer, hashes, &matrix),
-        Dictionaries::Scgpt(vocab, model_args) => Job::scgpt(&args, vocab, &model_args, &matrix),
+        Dictionaries::Geneformer(tokenizer, hashes) => Job::geneformer(&args, tokenizer, hashes, matrix),
+        Dictionaries::Scgpt(vocab, model_args) => Job::scgpt(&args, vocab, &model_args, matrix),
     };
     // A gene id column that maps badly is refused (or warned about) with the column to use instead.
     let job = match job {
         Ok(job) => {
-            if let Some(e) = check_gene_column(&args, &matrix, job.genes_mapped())? {
+            if let Some(e) = check_gene_column(&args, matrix, job.genes_mapped())? {
                 return Err(e);
             }
             job
         }
-        Err(e) if no_gene_mapped(&e) => return Err(check_gene_column(&args, &matrix, 0)?.unwrap_or(e)),
+        Err(e) if no_gene_mapped(&e) => return Err(check_gene_column(&args, matrix, 0)?.unwrap_or(e)),
         Err(e) => return Err(e),
     };
     // tokens.npy is written (and flushed to the disk) chunk by chunk on a thread of its own while the
     // next chunks are tokenized; the rest of the store follows at the end, then the folder is renamed
     // into place as before.
     let writer = StoreWriter::spawn(TokenStoreStream::create(&args.out, args.overwrite)?);
-    let chunks = run_chunks(&args, &job, &matrix, &mut source_hash, quiet, &|c| writer.send(c));
+    let chunks = run_chunks(&args, &job, &cells, &mut source_hash, quiet, &|c| writer.send(c));
     let stream = writer.join();
     let (chunks, stream) = (chunks?, stream?);
     tracing::info!("tokenized in {:.2} s", started.elapsed().as_secs_f64());
 
-    let mut tokens = Vec::with_capacity(matrix.n_cells);
-    let mut values = job.has_values().then(|| Vec::with_capacity(matrix.n_cells));
-    let (mut kept, mut dropped) = (Vec::with_capacity(matrix.n_cells), Vec::new());
+    let n_cells = cells.n_cells();
+    let mut tokens = Vec::with_capacity(n_cells);
+    let mut values = job.has_values().then(|| Vec::with_capacity(n_cells));
+    let (mut kept, mut dropped) = (Vec::with_capacity(n_cells), Vec::new());
     let (mut n_sampled, mut n_random_bins) = (0, 0);
     for chunk in chunks {
         // The writer has let go of its references: no copy.
@@ -206,18 +220,18 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
         let examples: Vec<&str> = dropped
             .iter()
             .take(3)
-            .map(|&c| matrix.cell_names[c].as_str())
+            .map(|&c| cells.cell_names()[c].as_str())
             .collect();
         tracing::warn!(
             "{} of {} cells have no gene in the {} vocabulary and were skipped (e.g. {}); they are not in \
              the store and are counted in the manifest's n_cells_dropped",
             dropped.len(),
-            matrix.n_cells,
+            n_cells,
             job.name(),
             examples.join(", ")
         );
     }
-    let mut store = build_store(&args, &matrix, job.info(), tokens, values, &kept, dropped.len());
+    let mut store = build_store(&args, &cells, job.info(), tokens, values, &kept, dropped.len());
     store.manifest.source_hash = source_hash.get()?;
     let started = Instant::now();
     stream.finish(&store)?;
@@ -243,7 +257,7 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     // piece by piece.
     std::mem::forget(job);
     std::mem::forget(store);
-    std::mem::forget(matrix);
+    std::mem::forget(cells);
     Ok(())
 }
 
@@ -362,17 +376,15 @@ fn cell_bar(quiet: bool, n_cells: usize) -> ProgressBar {
 /// Each chunk, resumed or computed, is handed to `sink` in order.
 fn run_chunks(
     args: &TokenizeArgs,
-    job: &Job<'_>,
-    matrix: &CountMatrix,
+    job: &Job,
+    cells: &CellSource,
     source_hash: &mut SourceHash,
     quiet: bool,
     sink: &dyn Fn(&Arc<TokenChunk>),
 ) -> Result<Vec<Arc<TokenChunk>>> {
-    let n = matrix.n_cells;
+    let n = cells.n_cells();
     let size = args.chunk_cells.max(1);
-    let ranges: Vec<Range<usize>> = (0..n.div_ceil(size))
-        .map(|i| i * size..((i + 1) * size).min(n))
-        .collect();
+    let ranges = chunk_ranges(n, size);
     let partial = PartialDir::for_output(&args.out);
     let mut done: Vec<Option<Arc<TokenChunk>>> = vec![None; ranges.len()];
     // Whether the partial folder holds this run's key (checkpoints may be added to it).
@@ -410,12 +422,17 @@ fn run_chunks(
         .unwrap_or(std::time::Duration::MAX);
     let mut unsaved: Vec<usize> = Vec::new();
     let mut computed = 0usize;
+    let mut reading = std::time::Duration::ZERO;
     for (i, r) in ranges.iter().enumerate() {
         if let Some(c) = &done[i] {
             sink(c);
             continue;
         }
-        let chunk = Arc::new(job.tokenize(matrix, r.clone())?);
+        let t0 = Instant::now();
+        let block = cells.block(r.clone())?;
+        reading += t0.elapsed();
+        let chunk = Arc::new(job.tokenize(&block)?);
+        cells.recycle(block);
         sink(&chunk);
         done[i] = Some(chunk);
         unsaved.push(i);
@@ -448,16 +465,25 @@ fn run_chunks(
     }
     bar.finish_and_clear();
     tracing::debug!(
-        "{computed} chunks of cells tokenized in {:.2} s",
-        started.elapsed().as_secs_f64()
+        "{computed} chunks of cells read and tokenized in {:.2} s ({:.2} s reading)",
+        started.elapsed().as_secs_f64(),
+        reading.as_secs_f64()
     );
     Ok(done.into_iter().flatten().collect())
+}
+
+/// The chunks of cells of a run: `size` cells each (at least 1), the last one shorter.
+fn chunk_ranges(n_cells: usize, size: usize) -> Vec<Range<usize>> {
+    let size = size.max(1);
+    (0..n_cells.div_ceil(size))
+        .map(|i| i * size..((i + 1) * size).min(n_cells))
+        .collect()
 }
 
 /// Everything the tokens of a run depend on; a rerun resumes only from checkpoints with an equal key.
 fn resume_key(
     args: &TokenizeArgs,
-    job: &Job<'_>,
+    job: &Job,
     source_hash: String,
     chunk_cells: usize,
     n_cells: usize,
@@ -554,15 +580,15 @@ fn gene_id_kind(args: &TokenizeArgs) -> GeneIdKind {
 }
 
 /// A tokenizer bound to a matrix, with what the manifest says about it.
-struct Job<'m> {
-    kind: JobKind<'m>,
+struct Job {
+    kind: JobKind,
     info: TokenizerInfo,
 }
 
-enum JobKind<'m> {
+enum JobKind {
     Geneformer {
         tokenizer: Box<GeneformerTokenizer>,
-        prepared: PreparedMatrix<'m>,
+        prepared: PreparedGenes,
     },
     Scgpt {
         tokenizer: Box<ScgptTokenizer>,
@@ -570,12 +596,13 @@ enum JobKind<'m> {
     },
 }
 
-impl<'m> Job<'m> {
+impl Job {
+    /// `matrix`: the genes and obs columns of the cells (see [`CellSource::genes`]).
     fn geneformer(
         args: &TokenizeArgs,
         tokenizer: Box<GeneformerTokenizer>,
         dictionaries: BTreeMap<String, String>,
-        matrix: &'m CountMatrix,
+        matrix: &CountMatrix,
     ) -> Result<Self> {
         let version = tokenizer.options().version;
         let started = Instant::now();
@@ -684,12 +711,13 @@ impl<'m> Job<'m> {
         matches!(self.kind, JobKind::Scgpt { .. })
     }
 
-    /// Tokenizes the cells `r` of the matrix.
-    fn tokenize(&self, matrix: &CountMatrix, r: Range<usize>) -> Result<TokenChunk> {
-        let (first, n_cells) = (r.start, r.len());
+    /// Tokenizes a block of cells.
+    fn tokenize(&self, block: &CellBlock<'_>) -> Result<TokenChunk> {
+        let (matrix, r) = (block.matrix.as_ref(), block.cells.clone());
+        let (first, n_cells) = (block.first + r.start, r.len());
         Ok(match &self.kind {
             JobKind::Geneformer { tokenizer, prepared } => {
-                let t = tokenizer.tokenize_cells(prepared, r)?;
+                let t = tokenizer.tokenize_cells(prepared, matrix, r, block.first)?;
                 TokenChunk {
                     first,
                     n_cells,
@@ -702,7 +730,11 @@ impl<'m> Job<'m> {
                 }
             }
             JobKind::Scgpt { tokenizer, .. } => {
-                let t = tokenizer.tokenize_with_offset(&matrix.slice_rows(r), first)?;
+                let t = if r == (0..matrix.n_cells) {
+                    tokenizer.tokenize_with_offset(matrix, first)?
+                } else {
+                    tokenizer.tokenize_with_offset(&matrix.slice_rows(r), first)?
+                };
                 TokenChunk {
                     first,
                     n_cells,
@@ -930,7 +962,7 @@ fn check_gene_column(
 
 fn build_store(
     args: &TokenizeArgs,
-    matrix: &CountMatrix,
+    matrix: &CellSource,
     (kind, version, options, dictionaries): TokenizerInfo,
     cells: Vec<Vec<u32>>,
     values: Option<Vec<Vec<f32>>>,
@@ -965,14 +997,16 @@ fn build_store(
 }
 
 /// Reads a count matrix, choosing the reader from what the path is.
-fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
+/// Reads (or opens) the input's cells; a gzipped input comes with its decompressed temporary copy, to be
+/// kept while its cells are read.
+fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<(CellSource, Option<tempfile::NamedTempFile>)> {
     let input = &args.input;
     if input.is_dir() {
         let column = match (scgpt || args.orthologs.is_some(), args.gene_ids) {
             (true, _) | (false, GeneIds::Symbol) => GeneIdColumn::Symbol,
             (false, GeneIds::Ensembl) => GeneIdColumn::Id,
         };
-        return Ok(read_10x_mtx(input, column)?);
+        return Ok((CellSource::Memory(read_10x_mtx(input, column)?), None));
     }
     if !input.exists() {
         bail!("{}: no such file or folder", input.display());
@@ -1001,13 +1035,12 @@ fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
                     vec!["n_counts".into()]
                 },
             };
-            Ok(read_h5ad(input, &options)?)
+            Ok((open_h5ad(input, &options)?, decompressed))
         }
-        "loom" => Ok(read_loom(
-            input,
-            args.gene_id_column.as_deref(),
-            &args.obs_columns,
-        )?),
+        "loom" => {
+            let m = read_loom(input, args.gene_id_column.as_deref(), &args.obs_columns)?;
+            Ok((CellSource::Memory(m), None))
+        }
         _ => bail!(
             "{}: unknown input format; give an .h5ad or .loom file or a 10x MatrixMarket folder",
             input.display()
@@ -1015,15 +1048,15 @@ fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<CountMatrix> {
     }
 }
 
-fn cell_table_header(m: &CountMatrix) -> Vec<String> {
+fn cell_table_header(m: &CellSource) -> Vec<String> {
     std::iter::once("cell".to_string())
-        .chain(m.obs.keys().cloned())
+        .chain(m.obs().keys().cloned())
         .collect()
 }
 
-fn cell_table_row(m: &CountMatrix, c: usize) -> Vec<String> {
-    let mut row = vec![m.cell_names[c].clone()];
-    for col in m.obs.values() {
+fn cell_table_row(m: &CellSource, c: usize) -> Vec<String> {
+    let mut row = vec![m.cell_names()[c].clone()];
+    for col in m.obs().values() {
         row.push(match col {
             ObsColumn::Text(v) => v[c].clone(),
             ObsColumn::Number(v) => v[c].to_string(),

@@ -972,6 +972,73 @@ fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
 }
 
 #[test]
+fn tokenize_reads_chunked_csr_in_blocks_to_the_tokens_of_a_whole_read() {
+    let Some(dicts) = shared_data("geneformer/v2") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cells = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells");
+    let run = |file: &str, out: &str, extra: &[&str]| {
+        let (input, out) = (cells.join(file), tmp.path().join(out));
+        let mut args = vec![
+            "--input",
+            path_str(&input),
+            "--model-kind",
+            "geneformer-v2",
+            "--dictionaries",
+            path_str(&dicts),
+            "--obs-columns",
+            "cell_type",
+            "--out",
+            path_str(&out),
+        ];
+        args.extend(extra);
+        (tokenize_info(&args), out)
+    };
+    // Everything but the manifest (which names the input and its hash).
+    let tokens = |dir: &Path| {
+        let mut files = store_files(dir);
+        files.remove("manifest.json");
+        files
+    };
+    // The same counts compressed (read whole) and uncompressed (read in blocks; one file with rows out of
+    // order, explicit zeros and duplicate entries).
+    let (o, whole) = run("csr_lzf.h5ad", "whole", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read 30 cells"));
+    for file in ["csr_plain.h5ad", "csr_unsorted.h5ad"] {
+        for chunk in ["1", "7", "1000"] {
+            let (o, store) = run(file, &format!("{file}-{chunk}"), &["--chunk-cells", chunk]);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{stderr}");
+            assert!(stderr.contains("to be read in blocks"), "{stderr}");
+            assert_eq!(tokens(&store), tokens(&whole), "{file}, chunks of {chunk} cells");
+        }
+        // Killed after 2 chunks, then resumed: the bytes of the uninterrupted run.
+        let chunked = ["--chunk-cells", "4", "--checkpoint-secs", "0"];
+        let stop = [&chunked[..], &["--stop-after-chunks", "2"]].concat();
+        let (o, store) = run(file, &format!("{file}-resumed"), &stop);
+        assert_fails_with(&o, &["stopped after 2 chunks"]);
+        let (o, _) = run(file, &format!("{file}-resumed"), &chunked);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && stderr.contains("2 of 8 chunks"), "{stderr}");
+        assert_eq!(tokens(&store), tokens(&whole), "{file} resumed");
+    }
+    // Gzipped as downloaded: its decompressed copy is kept while the blocks are read from it.
+    let gz = tmp.path().join("plain.h5ad.gz");
+    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), Default::default());
+    std::io::Write::write_all(&mut e, &std::fs::read(cells.join("csr_plain.h5ad")).unwrap()).unwrap();
+    e.finish().unwrap();
+    let (o, store) = run(path_str(&gz), "gz", &["--chunk-cells", "7"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.contains("to be read in blocks"),
+        "{stderr}"
+    );
+    assert_eq!(tokens(&store), tokens(&whole), "gzipped");
+}
+
+#[test]
 fn device_flag_resolves_without_panicking_and_cuda_errors_clearly_without_a_gpu() {
     let model = fixture("tiny_v2");
     let tmp = tempfile::tempdir().unwrap();

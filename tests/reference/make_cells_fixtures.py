@@ -13,6 +13,10 @@ One seeded 30 cells x 40 genes count matrix is written in every layout the reade
                       `encoding-type` but with `h5sparse_format`
 - `cells.loom`        loompy file: /matrix genes x cells, row_attrs Gene + Accession, col_attrs CellID
 - `expected.json`     the dense counts (cells x genes), gene ids / symbols, cell names and obs columns
+- `csr_plain.h5ad`    X csr_matrix float32, uncompressed chunks (anndata's default for sparse counts): the
+                      layout read in blocks of cells
+- `csr_unsorted.h5ad` as `csr_plain.h5ad`, but the stored rows are not canonical: columns out of order,
+                      explicit zeros, and counts split into duplicate entries (which sum to the counts)
 - `symbol_index.h5ad` real human genes with the var index holding symbols and `var["gene_ids"]` their
                       Ensembl ids (plus a column that maps nothing), 6 cells of which one has no count:
                       for the refusal that names the gene id column to use, and for skipped empty cells.
@@ -24,6 +28,8 @@ Run (from the repository root):
     python3 -m venv /tmp/pyenv/venv
     /tmp/pyenv/venv/bin/pip install anndata h5py scipy loompy
     /tmp/pyenv/venv/bin/python tests/reference/make_cells_fixtures.py
+
+`--only-csr-plain` writes just `csr_plain.h5ad` and `csr_unsorted.h5ad`.
 
 Checked with anndata 0.12.19, h5py 3.16.0, loompy 3.0.8.
 """
@@ -129,8 +135,43 @@ def write_symbol_index(dictionaries):
     a.write_h5ad(os.path.join(OUT, "symbol_index.h5ad"))
 
 
+def write_csr_plain(counts, obs, var):
+    a = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
+    a.write_h5ad(os.path.join(OUT, "csr_plain.h5ad"))
+
+    # Each row: its non-zeros in reversed column order, the first one split into two entries (1 + rest when
+    # above 1, else a duplicate entry of 0), and an explicit zero in the first empty column.
+    rng = np.random.default_rng(7)
+    indptr, indices, data = [0], [], []
+    for row in counts:
+        cols = [int(g) for g in np.flatnonzero(row)][::-1]
+        entries = [(g, float(row[g])) for g in cols]
+        if entries:
+            g, v = entries[0]
+            entries[0:1] = [(g, 1.0), (g, v - 1.0)] if v > 1 else [(g, v), (g, 0.0)]
+        empty = np.flatnonzero(row == 0)
+        if len(empty):
+            entries.insert(int(rng.integers(0, len(entries) + 1)), (int(empty[0]), 0.0))
+        indices += [g for g, _ in entries]
+        data += [v for _, v in entries]
+        indptr.append(len(indices))
+    x = sp.csr_matrix(
+        (np.array(data, np.float32), np.array(indices, np.int32), np.array(indptr, np.int64)),
+        shape=counts.shape,
+    )
+    x.has_sorted_indices = False
+    a = ad.AnnData(X=x, obs=obs, var=var)
+    path = os.path.join(OUT, "csr_unsorted.h5ad")
+    a.write_h5ad(path)
+    with h5py.File(path, "r") as f:
+        assert not np.all(np.diff(f["X/indices"][: f["X/indptr"][1]]) > 0), "anndata sorted the rows"
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if "--only-csr-plain" in sys.argv:
+        write_csr_plain(*make_data())
+        return
     dictionaries = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "geneformer", "v2")
     if "--dictionaries" in sys.argv:
         dictionaries = sys.argv[sys.argv.index("--dictionaries") + 1]
@@ -160,6 +201,7 @@ def main():
     sub.write_h5ad(os.path.join(OUT, "raw_layers.h5ad"), compression="gzip")
 
     write_legacy_07(os.path.join(OUT, "legacy_07.h5ad"), counts, obs, var)
+    write_csr_plain(counts, obs, var)
 
     loom_path = os.path.join(OUT, "cells.loom")
     if os.path.exists(loom_path):

@@ -22,13 +22,17 @@
 //! - pre-0.7 (e.g. scanpy's `pbmc68k_reduced.h5ad`): obs/var are compound datasets, categoricals are
 //!   integer codes with the categories in `uns/<col>_categories`, raw lives at `raw.X` / `raw.var`.
 //!
-//! The whole matrix is read into memory (no row chunking yet).
+//! [`read_h5ad`] reads the whole matrix into memory (an uncompressed contiguous dataset is viewed in the
+//! file's memory map instead of copied). [`open_h5ad`] leaves an uncompressed chunked CSR matrix (anndata's
+//! default layout for counts) in the file and reads it a block of cells at a time ([`H5adBlocks`]): memory
+//! then stays bounded by the block, whatever the number of cells.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::h5ad_blocks::{csr_in_blocks, H5adBlocks};
 use super::hdf5_util::{guard, Csr, Hdf5};
-use super::{CellsError, CountMatrix, ObsColumn};
+use super::{CellSource, CellsError, CountMatrix, ObsColumn};
 
 /// What to read from an h5ad file.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -85,10 +89,19 @@ pub fn read_var_text_columns(path: &Path, options: &H5adOptions) -> Result<VarCo
 
 /// Reads an `.h5ad` file into a [`CountMatrix`].
 pub fn read_h5ad(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsError> {
-    guard(path, || read_inner(path, options))
+    match guard(path, || read_inner(path, options, false))? {
+        CellSource::Memory(m) => Ok(m),
+        CellSource::Blocks(_) => unreachable!("blocks were not asked for"),
+    }
 }
 
-fn read_inner(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsError> {
+/// Opens an `.h5ad` file for reading its cells in order: an uncompressed chunked CSR matrix stays in the
+/// file ([`CellSource::Blocks`]); any other matrix is read whole.
+pub fn open_h5ad(path: &Path, options: &H5adOptions) -> Result<CellSource, CellsError> {
+    guard(path, || read_inner(path, options, true))
+}
+
+fn read_inner(path: &Path, options: &H5adOptions, blocks: bool) -> Result<CellSource, CellsError> {
     let h5 = Hdf5::open(path)?;
     if !h5.exists("X") && !h5.exists("obs") {
         return Err(h5.err("no `X` and no `obs`: this HDF5 file is not an AnnData .h5ad file"));
@@ -132,9 +145,21 @@ fn read_inner(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsEr
         started.elapsed().as_secs_f64()
     );
     let started = std::time::Instant::now();
-    let csr = read_matrix(&h5, &matrix, n_cells, n_genes)?;
+    let streamed = match blocks {
+        true => csr_in_blocks(&h5, &matrix, n_cells)?,
+        false => None,
+    };
+    let csr = match streamed {
+        Some(_) => None,
+        None => Some(read_matrix(&h5, &matrix, n_cells, n_genes)?),
+    };
     tracing::debug!(
-        "matrix `{matrix}` read in {:.2} s",
+        "matrix `{matrix}` {} in {:.2} s",
+        if csr.is_some() {
+            "read"
+        } else {
+            "opened to be read in blocks"
+        },
         started.elapsed().as_secs_f64()
     );
 
@@ -184,6 +209,32 @@ fn read_inner(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsEr
         }
     }
 
+    let Some(csr) = csr else {
+        let (indptr, indices, data) = streamed.expect("the matrix is either read or left in the file");
+        let head = CountMatrix {
+            n_cells: 0,
+            n_genes,
+            indptr: vec![0],
+            indices: Vec::new().into(),
+            values: Vec::new().into(),
+            gene_ids,
+            gene_symbols,
+            cell_names: Vec::new(),
+            obs: obs_out
+                .keys()
+                .map(|k| (k.clone(), empty_like(&obs_out[k])))
+                .collect(),
+        };
+        return Ok(CellSource::Blocks(Box::new(H5adBlocks::new(
+            path,
+            h5,
+            [matrix, indices, data],
+            indptr,
+            head,
+            obs.index,
+            obs_out,
+        ))));
+    };
     let m = CountMatrix {
         n_cells,
         n_genes,
@@ -197,7 +248,15 @@ fn read_inner(path: &Path, options: &H5adOptions) -> Result<CountMatrix, CellsEr
     };
     m.validate()
         .map_err(|e| h5.err(format!("inconsistent matrix `{matrix}`: {e}")))?;
-    Ok(m)
+    Ok(CellSource::Memory(m))
+}
+
+/// A column of the same kind with no value.
+fn empty_like(column: &ObsColumn) -> ObsColumn {
+    match column {
+        ObsColumn::Text(_) => ObsColumn::Text(Vec::new()),
+        ObsColumn::Number(_) => ObsColumn::Number(Vec::new()),
+    }
 }
 
 /// Reads a dense dataset or a CSR/CSC group as CSR with `n_rows` × `n_cols` checked.
@@ -540,7 +599,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn all_obs() -> H5adOptions {
+    pub(crate) fn all_obs() -> H5adOptions {
         H5adOptions {
             obs_columns: ["cell_type", "n_counts", "n_genes", "donor"]
                 .iter()
@@ -570,6 +629,8 @@ pub(crate) mod tests {
             "csr_lzf.h5ad",
             "csc.h5ad",
             "legacy_07.h5ad",
+            "csr_plain.h5ad",
+            "csr_unsorted.h5ad",
         ] {
             let m = read_h5ad(&fixture(file), &all_obs()).unwrap_or_else(|err| panic!("{file}: {err}"));
             assert_eq!((m.n_cells, m.n_genes), (30, 40), "{file}");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error, MappedView};
 
-use super::{csr_from_triplets, CellsError, ObsColumn};
+use super::{csr_from_triplets, CellsError, ObsColumn, Stored};
 
 /// An open HDF5 file plus its path, for error messages.
 pub(crate) struct Hdf5 {
@@ -150,21 +150,29 @@ impl Hdf5 {
 
     /// A numeric dataset as f32 (matrix values), decoded straight to f32 on the rayon pool: matrices
     /// hold tens of millions of values, and an f64 intermediate would double the memory traffic.
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, CellsError> {
-        // The usual case (float32 values as anndata writes them): read straight into the result.
+    pub fn read_f32(&self, name: &str) -> Result<Stored<f32>, CellsError> {
+        // The usual case (float32 values as anndata writes them): a view of the file when the dataset is
+        // one uncompressed stretch of it, else read straight into the result.
         if let DatatypeMessage::FloatingPoint {
             size: 4,
             byte_order: ByteOrder::LittleEndian,
             ..
         } = self.datatype(name)?
         {
-            return self
-                .dataset(name)?
+            let ds = self.dataset(name)?;
+            match ds.read_mapped::<f32>() {
+                Ok(view) => return Ok(view.into()),
+                Err(e) => tracing::trace!("`{name}` is read by copy, not mapped: {e}"),
+            }
+            return ds
                 .read_raw::<f32>()
+                .map(Stored::from)
                 .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")));
         }
         let (dt, raw) = self.read_numeric_raw(name)?;
-        decode_map(&dt, raw.bytes(), |x| x as f32).map_err(|e| self.err(format!("`{name}`: {e}")))
+        decode_map(&dt, raw.bytes(), |x| x as f32)
+            .map(Stored::from)
+            .map_err(|e| self.err(format!("`{name}`: {e}")))
     }
 
     fn datatype(&self, name: &str) -> Result<DatatypeMessage, CellsError> {
@@ -179,9 +187,9 @@ impl Hdf5 {
     }
 
     /// An integer dataset as indices below `bound` (at most 2^32), as u32 (sparse `indices`).
-    pub fn read_index_u32(&self, name: &str, bound: u32) -> Result<Vec<u32>, CellsError> {
-        // The usual case (int32 indices as anndata writes them): read straight into the result, then
-        // check the bound (and the sign) in place.
+    pub fn read_index_u32(&self, name: &str, bound: u32) -> Result<Stored<u32>, CellsError> {
+        // The usual case (int32 indices as anndata writes them): a view of the file, or a read straight
+        // into the result; then the bound (and the sign) is checked in place.
         if let DatatypeMessage::FixedPoint {
             size: 4,
             byte_order: ByteOrder::LittleEndian,
@@ -189,15 +197,21 @@ impl Hdf5 {
             ..
         } = self.datatype(name)?
         {
-            let v = self
-                .dataset(name)?
-                .read_raw::<u32>()
-                .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))?;
+            let ds = self.dataset(name)?;
+            let v: Stored<u32> = match ds.read_mapped::<u32>() {
+                Ok(view) => view.into(),
+                Err(e) => {
+                    tracing::trace!("`{name}` is read by copy, not mapped: {e}");
+                    ds.read_raw::<u32>()
+                        .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))?
+                        .into()
+                }
+            };
             let shown = |x: u32| if signed { i64::from(x as i32) } else { i64::from(x) };
             // Negative i32 values read as u32 are ≥ 2^31; bounds beyond that never occur in practice.
             let limit = if signed { bound.min(1 << 31) } else { bound };
-            // A plain scan (vectorised) is faster than a short-circuiting parallel search here.
-            if let Some(i) = v.iter().position(|&x| x >= limit) {
+            if let Some(i) = super::first_out_of_range(&v, limit as usize) {
+                let i = v.iter().position(|&x| x == i).unwrap_or(0);
                 return Err(self.err(format!(
                     "`{name}` holds {} at position {i}, not an index in 0..{bound}",
                     shown(v[i])
@@ -206,6 +220,7 @@ impl Hdf5 {
             return Ok(v);
         }
         self.read_index_as(name, u64::from(bound), |x| x as u32)
+            .map(Stored::from)
     }
 
     /// An integer dataset whose values must lie in `0..bound`, each mapped by `to` (given a value in range).
@@ -480,8 +495,8 @@ pub(crate) fn decode_map<T: Send>(
 /// A cells × genes matrix in CSR layout.
 pub(crate) struct Csr {
     pub indptr: Vec<usize>,
-    pub indices: Vec<u32>,
-    pub values: Vec<f32>,
+    pub indices: Stored<u32>,
+    pub values: Stored<f32>,
 }
 
 impl Csr {
@@ -501,8 +516,8 @@ impl Csr {
         }
         Csr {
             indptr,
-            indices,
-            values,
+            indices: indices.into(),
+            values: values.into(),
         }
     }
 
@@ -524,8 +539,8 @@ impl Csr {
         }
         Csr {
             indptr,
-            indices,
-            values,
+            indices: indices.into(),
+            values: values.into(),
         }
     }
 
@@ -536,8 +551,8 @@ impl Csr {
         n_cols: usize,
         by_row: bool,
         indptr: Vec<u64>,
-        minor: Vec<u32>,
-        data: Vec<f32>,
+        minor: Stored<u32>,
+        data: Stored<f32>,
     ) -> Result<Self, String> {
         let n_major = if by_row { n_rows } else { n_cols };
         let n_minor = if by_row { n_cols } else { n_rows };
@@ -565,9 +580,11 @@ impl Csr {
         // each row, no stored zeros): then the arrays are the result as they are.
         let canonical = by_row
             && indptr[n_major] == data.len()
-            && (0..n_major).into_par_iter().all(|r| {
+            && (0..n_major).into_par_iter().with_min_len(64).all(|r| {
                 let (cols, vals) = (&minor[indptr[r]..indptr[r + 1]], &data[indptr[r]..indptr[r + 1]]);
-                cols.windows(2).all(|w| w[0] < w[1]) && vals.iter().all(|&v| v != 0.0)
+                // Folds without early exit, so that the loops vectorise.
+                let ascending = cols.windows(2).fold(true, |ok, w| ok & (w[0] < w[1]));
+                ascending & vals.iter().fold(true, |ok, &v| ok & (v != 0.0))
             });
         tracing::debug!(
             "{} matrix is {}canonical",
@@ -597,8 +614,8 @@ impl Csr {
         let (out_ptr, indices, values) = csr_from_triplets(n_rows, &rows, &cols, &data[..indptr[n_major]]);
         Ok(Csr {
             indptr: out_ptr,
-            indices,
-            values,
+            indices: indices.into(),
+            values: values.into(),
         })
     }
 }

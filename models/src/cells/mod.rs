@@ -4,9 +4,11 @@
 //! chosen id column, optional symbols, cell names and obs columns. Tokenizers read only this type.
 
 pub mod h5ad;
+pub mod h5ad_blocks;
 mod hdf5_util;
 pub mod loom;
 pub mod orthologs;
+mod stored;
 pub mod tenx;
 
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+pub use stored::Stored;
 pub use tenx::GeneIdColumn;
 
 /// A per-cell annotation column.
@@ -21,6 +24,106 @@ pub use tenx::GeneIdColumn;
 pub enum ObsColumn {
     Text(Vec<String>),
     Number(Vec<f64>),
+}
+
+impl ObsColumn {
+    /// The values of the cells `rows`.
+    pub fn slice(&self, rows: std::ops::Range<usize>) -> ObsColumn {
+        match self {
+            ObsColumn::Text(v) => ObsColumn::Text(v[rows].to_vec()),
+            ObsColumn::Number(v) => ObsColumn::Number(v[rows].to_vec()),
+        }
+    }
+}
+
+/// The cells of an input, to be processed a block at a time in order: a matrix in memory, or one left in
+/// its file and read block by block (bounded memory).
+pub enum CellSource {
+    Memory(CountMatrix),
+    Blocks(Box<h5ad_blocks::H5adBlocks>),
+}
+
+/// Cells of a [`CellSource`]: the cells `cells` of `matrix`, numbered from `first` in the whole input.
+pub struct CellBlock<'a> {
+    pub matrix: std::borrow::Cow<'a, CountMatrix>,
+    pub cells: std::ops::Range<usize>,
+    pub first: usize,
+}
+
+impl CellSource {
+    pub fn n_cells(&self) -> usize {
+        match self {
+            CellSource::Memory(m) => m.n_cells,
+            CellSource::Blocks(b) => b.n_cells(),
+        }
+    }
+
+    /// A matrix with the genes (ids, symbols) and obs columns of every block: the whole matrix, or one of
+    /// no cell.
+    pub fn genes(&self) -> &CountMatrix {
+        match self {
+            CellSource::Memory(m) => m,
+            CellSource::Blocks(b) => b.head(),
+        }
+    }
+
+    /// [`Self::genes`], to change the gene ids of every block (e.g. orthologs).
+    pub fn genes_mut(&mut self) -> &mut CountMatrix {
+        match self {
+            CellSource::Memory(m) => m,
+            CellSource::Blocks(b) => b.head_mut(),
+        }
+    }
+
+    pub fn cell_names(&self) -> &[String] {
+        match self {
+            CellSource::Memory(m) => &m.cell_names,
+            CellSource::Blocks(b) => b.cell_names(),
+        }
+    }
+
+    /// The obs columns, over all cells.
+    pub fn obs(&self) -> &BTreeMap<String, ObsColumn> {
+        match self {
+            CellSource::Memory(m) => &m.obs,
+            CellSource::Blocks(b) => b.obs(),
+        }
+    }
+
+    /// Starts reading the blocks `blocks` ahead, in this order, when they come from a file (see
+    /// [`h5ad_blocks::H5adBlocks::read_ahead`]).
+    pub fn read_ahead(&self, blocks: Vec<std::ops::Range<usize>>) {
+        if let CellSource::Blocks(b) = self {
+            b.read_ahead(blocks);
+        }
+    }
+
+    /// The cells `cells` (a borrow of the matrix in memory, or a block read from the file).
+    pub fn block(&self, cells: std::ops::Range<usize>) -> Result<CellBlock<'_>, CellsError> {
+        Ok(match self {
+            CellSource::Memory(m) => CellBlock {
+                matrix: std::borrow::Cow::Borrowed(m),
+                cells,
+                first: 0,
+            },
+            CellSource::Blocks(b) => {
+                let first = cells.start;
+                let matrix = b.read(cells)?;
+                CellBlock {
+                    cells: 0..matrix.n_cells,
+                    matrix: std::borrow::Cow::Owned(matrix),
+                    first,
+                }
+            }
+        })
+    }
+
+    /// Gives back a block's arrays once done with it (the next block is read into them).
+    pub fn recycle(&self, block: CellBlock<'_>) {
+        if let (CellSource::Blocks(b), std::borrow::Cow::Owned(m)) = (self, block.matrix) {
+            b.recycle(m);
+        }
+    }
 }
 
 /// Cells × genes counts in CSR layout (row = cell). Values are f32 (integer counts up to 2^24 are exact);
@@ -32,8 +135,8 @@ pub struct CountMatrix {
     /// `indptr[c]..indptr[c + 1]` indexes the non-zeros of cell `c` in `indices`/`values`.
     pub indptr: Vec<usize>,
     /// Gene (column) index of each stored value, ascending within a cell.
-    pub indices: Vec<u32>,
-    pub values: Vec<f32>,
+    pub indices: Stored<u32>,
+    pub values: Stored<f32>,
     /// Gene ids of the chosen id column (Ensembl ids for Geneformer, symbols for scGPT).
     pub gene_ids: Vec<String>,
     /// Gene symbols, when the file has them besides the ids.
@@ -66,21 +169,15 @@ impl CountMatrix {
                 .iter()
                 .map(|&p| p - a)
                 .collect(),
-            indices: self.indices[a..b].to_vec(),
-            values: self.values[a..b].to_vec(),
+            indices: self.indices[a..b].to_vec().into(),
+            values: self.values[a..b].to_vec().into(),
             gene_ids: self.gene_ids.clone(),
             gene_symbols: self.gene_symbols.clone(),
             cell_names: self.cell_names[rows.clone()].to_vec(),
             obs: self
                 .obs
                 .iter()
-                .map(|(k, col)| {
-                    let col = match col {
-                        ObsColumn::Text(v) => ObsColumn::Text(v[rows.clone()].to_vec()),
-                        ObsColumn::Number(v) => ObsColumn::Number(v[rows.clone()].to_vec()),
-                    };
-                    (k.clone(), col)
-                })
+                .map(|(k, col)| (k.clone(), col.slice(rows.clone())))
                 .collect(),
         }
     }
@@ -176,8 +273,8 @@ pub(crate) fn test_matrix(gene_ids: Vec<String>, rows: &[Vec<(u32, f32)>]) -> Co
         n_cells: rows.len(),
         n_genes: gene_ids.len(),
         indptr,
-        indices,
-        values,
+        indices: indices.into(),
+        values: values.into(),
         gene_ids,
         gene_symbols: None,
         cell_names: (0..rows.len()).map(|i| format!("cell{i}")).collect(),
@@ -313,7 +410,7 @@ mod tests {
         assert_eq!(first_out_of_range(&v, 5000), Some(5000));
         assert_eq!(first_out_of_range(&v, 5001), None);
         let mut m = test_matrix(vec!["a".into(), "b".into()], &[vec![(0, 1.0), (1, 2.0)]]);
-        m.indices[1] = 2;
+        m.indices.to_mut()[1] = 2;
         assert_eq!(m.validate().unwrap_err(), "gene index 2 out of range (2 genes)");
     }
 
@@ -330,7 +427,7 @@ mod tests {
         assert_eq!((s.n_cells, s.n_genes), (2, 3));
         assert_eq!(s.indptr, vec![0, 0, 2]);
         assert_eq!(
-            (s.indices.clone(), s.values.clone()),
+            (s.indices.clone().into_vec(), s.values.clone().into_vec()),
             (vec![1, 2], vec![2.0, 3.0])
         );
         assert_eq!(s.cell_names, vec!["cell1".to_string(), "cell2".to_string()]);

@@ -597,7 +597,7 @@ impl GeneformerTokenizer {
     /// Tokenizes every cell of `m` (see the module doc for the exact steps and the tie rule).
     pub fn tokenize(&self, m: &CountMatrix) -> Result<TokenizedCells, TokenizeError> {
         let prepared = self.prepare(m)?;
-        let mut out = self.tokenize_cells(&prepared, 0..m.n_cells)?;
+        let mut out = self.tokenize_cells(&prepared, m, 0..m.n_cells, 0)?;
         out.stats = prepared.stats().clone();
         if !out.dropped_cells.is_empty() {
             tracing::warn!(
@@ -610,61 +610,21 @@ impl GeneformerTokenizer {
         Ok(out)
     }
 
-    /// Checks the matrix (raw counts, `n_counts`) and maps its gene ids, once for all its cells; then
-    /// [`Self::tokenize_cells`] tokenizes any range of cells.
-    pub fn prepare<'m>(&self, m: &'m CountMatrix) -> Result<PreparedMatrix<'m>, TokenizeError> {
-        let allow_normalized = self.options.allow_normalized;
-        let acceptable = move |v: f32| {
-            if allow_normalized {
-                v >= 0.0 && v.is_finite()
-            } else {
-                // Below 2^23, adding and subtracting 2^23 rounds to an integer (the spacing of f32 in
-                // [2^23, 2^24) is 1), so the value is unchanged exactly for integers; every finite f32 from
-                // 2^23 up is an integer. NaN fails every comparison. Only comparisons and additions: the
-                // loop over the values vectorises.
-                const TWO_23: f32 = 8_388_608.0;
-                let small = (0.0..TWO_23).contains(&v) && (v + TWO_23) - TWO_23 == v;
-                let large = (TWO_23..f32::INFINITY).contains(&v);
-                small | large
-            }
-        };
-        // Blocks scanned side by side, each with a plain (vectorised) loop; the position is looked up only
-        // when a block fails.
-        let bad = m
-            .values
-            .par_chunks(1 << 18)
-            .any(|block| block.iter().any(|&v| !acceptable(v)));
-        if let Some(i) = bad
-            .then(|| m.values.iter().position(|&v| !acceptable(v)))
-            .flatten()
-        {
-            let v = m.values[i];
-            let cell = m.indptr.partition_point(|&p| p <= i).saturating_sub(1);
-            let gene = m.indices.get(i).map(|&g| g as usize).unwrap_or(0);
-            let name = m.gene_ids.get(gene).map(String::as_str).unwrap_or("?");
-            return Err(TokenizeError::NotCounts {
-                example: format!("value {v} in cell {cell}, gene {name}; counts are non-negative integers"),
-            });
-        }
+    /// Maps the gene ids of `m` once for all its cells and checks its `n_counts` column; then
+    /// [`Self::tokenize_cells`] tokenizes any cells of `m`, or of blocks of cells read later with the
+    /// same genes and obs columns (only the gene ids and the obs columns of `m` are read here).
+    pub fn prepare(&self, m: &CountMatrix) -> Result<PreparedGenes, TokenizeError> {
         let mut map = self.map_columns(&m.gene_ids)?;
-
-        let given: Option<&[f64]> = match m.obs.get("n_counts") {
-            Some(ObsColumn::Number(v)) => {
-                if v.len() != m.n_cells {
-                    return Err(TokenizeError::NCounts {
-                        reason: format!("has {} values for {} cells", v.len(), m.n_cells),
-                    });
-                }
-                Some(v)
-            }
+        let n_counts_given = match m.obs.get("n_counts") {
+            Some(ObsColumn::Number(_)) => true,
             Some(ObsColumn::Text(_)) => {
                 return Err(TokenizeError::NCounts {
                     reason: "holds text; it must be the numeric total count of each cell".into(),
                 })
             }
-            None => None,
+            None => false,
         };
-        if given.is_none() && m.n_cells > 0 {
+        if !n_counts_given {
             map.stats.n_counts_computed = true;
             tracing::warn!(
                 "no `n_counts` obs column: using each cell's total over the {} genes of the matrix. Geneformer \
@@ -679,30 +639,53 @@ impl GeneformerTokenizer {
             token: map.targets.iter().map(|&g| self.genes[g].token).collect(),
             injective: map.targets.len() == map.stats.n_genes_mapped,
         };
-        Ok(PreparedMatrix {
-            m,
+        Ok(PreparedGenes {
+            n_genes: m.n_genes,
             map,
             tables,
-            given,
         })
     }
 
-    /// Tokenizes the cells `cells` of a prepared matrix. `kept_cells` and `dropped_cells` hold indices into
-    /// the whole matrix, so that ranges tokenized one after the other equal one call over all cells. The
-    /// stats are left empty (they belong to the matrix: [`PreparedMatrix::stats`]); no warning is logged.
+    /// Tokenizes the cells `cells` of `m`, whose genes were mapped by [`Self::prepare`]; cell `c` is
+    /// numbered `first + c` in `kept_cells` and `dropped_cells` (and in errors), so that blocks of a matrix
+    /// tokenized one after the other equal one call over all its cells. Checks first that the values of
+    /// these cells are raw counts (unless `allow_normalized`). The stats are left empty (they belong to
+    /// the matrix: [`PreparedGenes::stats`]); no warning is logged.
     pub fn tokenize_cells(
         &self,
-        prepared: &PreparedMatrix<'_>,
+        prepared: &PreparedGenes,
+        m: &CountMatrix,
         cells: std::ops::Range<usize>,
+        first: usize,
     ) -> Result<TokenizedCells, TokenizeError> {
-        let PreparedMatrix { m, tables, given, .. } = prepared;
-        let (m, given) = (*m, *given);
-        if cells.end > m.n_cells {
+        let tables = &prepared.tables;
+        if cells.end > m.n_cells || cells.start > cells.end {
             return Err(TokenizeError::Options(format!(
                 "cells {cells:?} asked of a matrix of {} cells",
                 m.n_cells
             )));
         }
+        if m.n_genes != prepared.n_genes {
+            return Err(TokenizeError::Options(format!(
+                "the genes were mapped for {} columns, the matrix has {}",
+                prepared.n_genes, m.n_genes
+            )));
+        }
+        self.check_counts(m, cells.clone(), first)?;
+        let given: Option<&[f64]> = match m.obs.get("n_counts") {
+            Some(ObsColumn::Number(v)) if v.len() == m.n_cells => Some(v),
+            Some(ObsColumn::Number(v)) => {
+                return Err(TokenizeError::NCounts {
+                    reason: format!("has {} values for {} cells", v.len(), m.n_cells),
+                })
+            }
+            Some(ObsColumn::Text(_)) => {
+                return Err(TokenizeError::NCounts {
+                    reason: "holds text; it must be the numeric total count of each cell".into(),
+                })
+            }
+            None => None,
+        };
         let keep = match self.options.version.special_tokens() {
             true => self.options.model_input_size - 2,
             false => self.options.model_input_size,
@@ -727,7 +710,8 @@ impl GeneformerTokenizer {
                     if !ranker.collect(tables, cols, vals, n_counts) {
                         return Err(TokenizeError::NCounts {
                             reason: format!(
-                                "is {n_counts} for cell {c}, which has counts; it must be positive"
+                                "is {n_counts} for cell {}, which has counts; it must be positive",
+                                first + c
                             ),
                         });
                     }
@@ -748,24 +732,69 @@ impl GeneformerTokenizer {
             match result? {
                 Some(seq) => {
                     out.tokens.push(seq);
-                    out.kept_cells.push(c);
+                    out.kept_cells.push(first + c);
                 }
-                None => out.dropped_cells.push(c),
+                None => out.dropped_cells.push(first + c),
             }
         }
         Ok(out)
     }
+
+    /// Refuses values of the cells `cells` that are not raw counts (non-negative integers), unless
+    /// `allow_normalized` (then only negative and non-finite values), naming the first one.
+    fn check_counts(
+        &self,
+        m: &CountMatrix,
+        cells: std::ops::Range<usize>,
+        first: usize,
+    ) -> Result<(), TokenizeError> {
+        let allow_normalized = self.options.allow_normalized;
+        let acceptable = move |v: f32| {
+            if allow_normalized {
+                v >= 0.0 && v.is_finite()
+            } else {
+                // Below 2^23, adding and subtracting 2^23 rounds to an integer (the spacing of f32 in
+                // [2^23, 2^24) is 1), so the value is unchanged exactly for integers; every finite f32 from
+                // 2^23 up is an integer. NaN fails every comparison. Only comparisons and additions: the
+                // loop over the values vectorises.
+                const TWO_23: f32 = 8_388_608.0;
+                let small = (0.0..TWO_23).contains(&v) && (v + TWO_23) - TWO_23 == v;
+                let large = (TWO_23..f32::INFINITY).contains(&v);
+                small | large
+            }
+        };
+        let values = &m.values[m.indptr[cells.start]..m.indptr[cells.end]];
+        // Blocks scanned side by side, each with a plain (vectorised) loop; the position is looked up only
+        // when a block fails.
+        // (`fold` rather than `all`: no early exit, so the loop vectorises.)
+        let bad = values
+            .par_chunks(1 << 16)
+            .any(|block| !block.iter().fold(true, |ok, &v| ok & acceptable(v)));
+        let Some(i) = bad.then(|| values.iter().position(|&v| !acceptable(v))).flatten() else {
+            return Ok(());
+        };
+        let i = m.indptr[cells.start] + i;
+        let v = m.values[i];
+        let cell = m.indptr.partition_point(|&p| p <= i).saturating_sub(1);
+        let gene = m.indices.get(i).map(|&g| g as usize).unwrap_or(0);
+        let name = m.gene_ids.get(gene).map(String::as_str).unwrap_or("?");
+        Err(TokenizeError::NotCounts {
+            example: format!(
+                "value {v} in cell {}, gene {name}; counts are non-negative integers",
+                first + cell
+            ),
+        })
+    }
 }
 
-/// A matrix checked and mapped by [`GeneformerTokenizer::prepare`].
-pub struct PreparedMatrix<'m> {
-    m: &'m CountMatrix,
+/// The gene mapping of a matrix, made by [`GeneformerTokenizer::prepare`].
+pub struct PreparedGenes {
+    n_genes: usize,
     map: ColumnMap,
     tables: CellTables,
-    given: Option<&'m [f64]>,
 }
 
-impl PreparedMatrix<'_> {
+impl PreparedGenes {
     /// The mapping statistics of the matrix.
     pub fn stats(&self) -> &TokenizeStats {
         &self.map.stats
@@ -1238,21 +1267,33 @@ mod tests {
             let whole = tk.tokenize(&m).unwrap();
             let prepared = tk.prepare(&m).unwrap();
             assert_eq!(prepared.tables.injective, names[2] != "alias_a");
-            let mut joined = TokenizedCells::default();
+            // Ranges of the matrix, and the same ranges as blocks of their own (as a file read block by
+            // block gives them), mapped once from a matrix of no cell.
+            let head = tk.prepare(&m.slice_rows(0..0)).unwrap();
+            let (mut joined, mut blocks) = (TokenizedCells::default(), TokenizedCells::default());
             for r in [0..7, 7..8, 8..8, 8..50] {
-                let part = tk.tokenize_cells(&prepared, r).unwrap();
+                let part = tk.tokenize_cells(&prepared, &m, r.clone(), 0).unwrap();
                 joined.tokens.extend(part.tokens);
                 joined.kept_cells.extend(part.kept_cells);
                 joined.dropped_cells.extend(part.dropped_cells);
+                let block = m.slice_rows(r.clone());
+                let part = tk
+                    .tokenize_cells(&head, &block, 0..block.n_cells, r.start)
+                    .unwrap();
+                blocks.tokens.extend(part.tokens);
+                blocks.kept_cells.extend(part.kept_cells);
+                blocks.dropped_cells.extend(part.dropped_cells);
             }
             joined.stats = prepared.stats().clone();
             assert_eq!(joined, whole);
+            blocks.stats = prepared.stats().clone();
+            assert_eq!(blocks, whole);
             assert!(!whole.dropped_cells.is_empty() && !whole.kept_cells.is_empty());
-            assert!(tk.tokenize_cells(&prepared, 0..51).is_err());
+            assert!(tk.tokenize_cells(&prepared, &m, 0..51, 0).is_err());
             // Against the accumulate-then-rank path on the same cells: forcing it must not change a token.
             let mut forced = tk.prepare(&m).unwrap();
             forced.tables.injective = false;
-            let again = tk.tokenize_cells(&forced, 0..50).unwrap();
+            let again = tk.tokenize_cells(&forced, &m, 0..50, 0).unwrap();
             assert_eq!(again.tokens, whole.tokens);
         }
         assert_eq!(tk.count_mapped(&ids(&["GA", "alias_a", "OLD", "x", "GD"])), 3);
@@ -1291,7 +1332,7 @@ mod tests {
             (f32::NAN, false),
         ] {
             let mut m = matrix(ids(&["GA", "GB"]), &[vec![(0, 1.0)], vec![(1, 1.0)]]);
-            m.values[1] = v;
+            m.values.to_mut()[1] = v;
             let r = tk.tokenize(&m);
             assert_eq!(
                 !matches!(r, Err(TokenizeError::NotCounts { .. })),
