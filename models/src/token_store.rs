@@ -93,8 +93,19 @@ pub fn hash_of(path: &Path) -> std::io::Result<String> {
             .collect::<Result<_, _>>()?;
         files.sort();
     }
+    // Read through one reused buffer rather than mapped: mapping a file of hundreds of MB costs a page
+    // fault per 64 KB and the teardown of the map, more than copying it through a buffer that stays in
+    // the cache.
+    let mut buffer = vec![0u8; 1 << 20];
     for f in files.iter().filter(|f| f.is_file()) {
-        hasher.update_mmap(f)?;
+        let mut file = std::fs::File::open(f)?;
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
     }
     Ok(hasher.finalize().to_hex().to_string())
 }
@@ -162,7 +173,9 @@ fn commit(tmp: &Path, dir: &Path, written: Result<(), TokenStoreError>) -> Resul
 
 /// The error of a token id that does not fit the int32 of `tokens.npy`.
 fn check_token_ids(cells: &[Vec<u32>], path: &Path) -> Result<(), TokenStoreError> {
-    if cells.iter().flatten().any(|&t| t > i32::MAX as u32) {
+    // Each cell's maximum by a fold without early exit (vectorised), rather than a search over all tokens.
+    let max = |c: &Vec<u32>| c.iter().fold(0, |m, &t| m.max(t));
+    if cells.iter().map(max).max().unwrap_or(0) > i32::MAX as u32 {
         return Err(TokenStoreError::Invalid {
             path: path.to_path_buf(),
             reason: "a token id does not fit in int32".into(),
