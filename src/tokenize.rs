@@ -20,7 +20,7 @@ use scinterp_models::cells::{
 };
 use scinterp_models::token_chunks::{PartialDir, TokenChunk};
 use scinterp_models::token_store::{
-    hash_of, TokenStore, TokenStoreError, TokenStoreManifest, TokenStoreStream, FORMAT, FORMAT_VERSION,
+    hash_of, StoreRest, TokenStoreError, TokenStoreManifest, TokenStoreStream, FORMAT, FORMAT_VERSION,
     HASH_ALGORITHM,
 };
 use scinterp_models::tokenize::geneformer::{
@@ -199,14 +199,12 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     tracing::info!("tokenized in {:.2} s", started.elapsed().as_secs_f64());
 
     let n_cells = cells.n_cells();
-    let mut tokens = Vec::with_capacity(n_cells);
+    let mut lengths = Vec::with_capacity(n_cells);
     let mut values = job.has_values().then(|| Vec::with_capacity(n_cells));
     let (mut kept, mut dropped) = (Vec::with_capacity(n_cells), Vec::new());
     let (mut n_sampled, mut n_random_bins) = (0, 0);
     for chunk in chunks {
-        // The writer has let go of its references: no copy.
-        let chunk = Arc::unwrap_or_clone(chunk);
-        tokens.extend(chunk.tokens);
+        lengths.extend(chunk.lengths);
         if let (Some(all), Some(v)) = (values.as_mut(), chunk.values) {
             all.extend(v);
         }
@@ -231,10 +229,19 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
             examples.join(", ")
         );
     }
-    let mut store = build_store(&args, &cells, job.info(), tokens, values, &kept, dropped.len());
-    store.manifest.source_hash = source_hash.get()?;
+    let mut manifest = build_manifest(&args, job.info(), &lengths, values.is_some(), dropped.len());
+    manifest.source_hash = source_hash.get()?;
+    let cell_table = (
+        cell_table_header(&cells),
+        kept.iter().map(|&c| cell_table_row(&cells, c)).collect(),
+    );
     let started = Instant::now();
-    stream.finish(&store)?;
+    stream.finish(StoreRest {
+        manifest: &manifest,
+        lengths: &lengths,
+        values: values.as_deref(),
+        cell_table: &cell_table,
+    })?;
     tracing::debug!("store written in {:.2} s", started.elapsed().as_secs_f64());
     PartialDir::for_output(&args.out).remove().with_context(|| {
         format!(
@@ -245,18 +252,19 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     tracing::info!(
         "wrote {} ({} cells, {} tokens, {} cells skipped for having no token)",
         args.out.display(),
-        store.manifest.n_cells,
-        store.manifest.n_tokens,
-        store.manifest.n_cells_dropped
+        manifest.n_cells,
+        manifest.n_tokens,
+        manifest.n_cells_dropped
     );
     if args.json {
-        println!("{}", serde_json::to_string(&store.manifest)?);
+        println!("{}", serde_json::to_string(&manifest)?);
     }
-    // The process ends here: hand the matrix, the tokens (hundreds of MB for big inputs) and the
+    // The process ends here: hand the cells, the scGPT values (hundreds of MB for big inputs) and the
     // tokenizer's maps (hundreds of thousands of strings) back to the OS with it instead of freeing them
     // piece by piece.
     std::mem::forget(job);
-    std::mem::forget(store);
+    std::mem::forget(values);
+    std::mem::forget(cell_table);
     std::mem::forget(cells);
     Ok(())
 }
@@ -381,22 +389,23 @@ fn run_chunks(
     source_hash: &mut SourceHash,
     quiet: bool,
     sink: &dyn Fn(&Arc<TokenChunk>),
-) -> Result<Vec<Arc<TokenChunk>>> {
+) -> Result<Vec<ChunkDone>> {
     let n = cells.n_cells();
     let size = args.chunk_cells.max(1);
     let ranges = chunk_ranges(n, size);
     let partial = PartialDir::for_output(&args.out);
-    let mut done: Vec<Option<Arc<TokenChunk>>> = vec![None; ranges.len()];
+    // Chunks saved by an interrupted run.
+    let mut resumed: Vec<Option<TokenChunk>> = (0..ranges.len()).map(|_| None).collect();
     // Whether the partial folder holds this run's key (checkpoints may be added to it).
     let mut started_partial = false;
     let mut key = None;
     if partial.exists() {
         let k = resume_key(args, job, source_hash.get()?, size, n);
         if partial.key().as_ref() == Some(&k) {
-            for (slot, r) in done.iter_mut().zip(&ranges) {
-                *slot = partial.load(r.start, r.len(), job.has_values()).map(Arc::new);
+            for (slot, r) in resumed.iter_mut().zip(&ranges) {
+                *slot = partial.load(r.start, r.len(), job.has_values());
             }
-            let n_done = done.iter().filter(|c| c.is_some()).count();
+            let n_done = resumed.iter().filter(|c| c.is_some()).count();
             tracing::info!(
                 "resuming the interrupted run from {}: {n_done} of {} chunks of cells already done",
                 partial.dir.display(),
@@ -415,30 +424,30 @@ fn run_chunks(
         key = Some(k);
     }
     let bar = cell_bar(quiet, n);
-    bar.inc(done.iter().flatten().map(|c| c.n_cells as u64).sum::<u64>());
+    bar.inc(resumed.iter().flatten().map(|c| c.n_cells as u64).sum::<u64>());
     let started = Instant::now();
     // Negative or NaN: from the start; too large to represent: never.
     let checkpoint_after = std::time::Duration::try_from_secs_f64(args.checkpoint_secs.max(0.0))
         .unwrap_or(std::time::Duration::MAX);
-    let mut unsaved: Vec<usize> = Vec::new();
+    let mut done = Vec::with_capacity(ranges.len());
     let mut computed = 0usize;
     let mut reading = std::time::Duration::ZERO;
     for (i, r) in ranges.iter().enumerate() {
-        if let Some(c) = &done[i] {
-            sink(c);
+        if let Some(mut chunk) = resumed[i].take() {
+            done.push(ChunkDone::take(&mut chunk));
+            sink(&Arc::new(chunk));
             continue;
         }
         let t0 = Instant::now();
         let block = cells.block(r.clone())?;
         reading += t0.elapsed();
-        let chunk = Arc::new(job.tokenize(&block)?);
+        let mut chunk = job.tokenize(&block)?;
         cells.recycle(block);
-        sink(&chunk);
-        done[i] = Some(chunk);
-        unsaved.push(i);
         computed += 1;
         bar.inc(r.len() as u64);
         let stop = args.stop_after_chunks.is_some_and(|s| computed >= s) && i + 1 < ranges.len();
+        // Once the run has lasted --checkpoint-secs, each chunk is saved as it is finished (the chunks
+        // before are not: a kill then costs at most that much work).
         if stop || started.elapsed() >= checkpoint_after {
             if !started_partial {
                 let k = match key.take() {
@@ -448,12 +457,11 @@ fn run_chunks(
                 partial.start(&k)?;
                 started_partial = true;
             }
-            for j in unsaved.drain(..) {
-                if let Some(c) = &done[j] {
-                    partial.save(c)?;
-                }
-            }
+            partial.save(&chunk)?;
         }
+        // The writer takes the tokens and lets them go once written: they are not kept to the end.
+        done.push(ChunkDone::take(&mut chunk));
+        sink(&Arc::new(chunk));
         if stop {
             bar.abandon();
             bail!(
@@ -469,7 +477,32 @@ fn run_chunks(
         started.elapsed().as_secs_f64(),
         reading.as_secs_f64()
     );
-    Ok(done.into_iter().flatten().collect())
+    Ok(done)
+}
+
+/// What the end of a run needs of a chunk of cells once its tokens are handed to the store's writer.
+struct ChunkDone {
+    kept: Vec<usize>,
+    dropped: Vec<usize>,
+    /// The number of tokens of each kept cell.
+    lengths: Vec<usize>,
+    values: Option<Vec<Vec<f32>>>,
+    n_sampled: usize,
+    n_random_bins: usize,
+}
+
+impl ChunkDone {
+    /// Takes all but the tokens out of `chunk`.
+    fn take(chunk: &mut TokenChunk) -> Self {
+        ChunkDone {
+            kept: std::mem::take(&mut chunk.kept),
+            dropped: std::mem::take(&mut chunk.dropped),
+            lengths: chunk.tokens.iter().map(Vec::len).collect(),
+            values: chunk.values.take(),
+            n_sampled: chunk.n_sampled,
+            n_random_bins: chunk.n_random_bins,
+        }
+    }
 }
 
 /// The chunks of cells of a run: `size` cells each (at least 1), the last one shorter.
@@ -960,44 +993,34 @@ fn check_gene_column(
     }
 }
 
-fn build_store(
+fn build_manifest(
     args: &TokenizeArgs,
-    matrix: &CellSource,
     (kind, version, options, dictionaries): TokenizerInfo,
-    cells: Vec<Vec<u32>>,
-    values: Option<Vec<Vec<f32>>>,
-    kept_cells: &[usize],
+    lengths: &[usize],
+    has_values: bool,
     n_dropped: usize,
-) -> TokenStore {
-    let header = cell_table_header(matrix);
-    let rows = kept_cells.iter().map(|&c| cell_table_row(matrix, c)).collect();
-    TokenStore {
-        manifest: TokenStoreManifest {
-            format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
-            tokenizer: kind.into(),
-            tokenizer_version: version,
-            options,
-            hash_algorithm: HASH_ALGORITHM.into(),
-            dictionaries,
-            source_path: args.input.display().to_string(),
-            // Filled in by `run` from the hashing thread.
-            source_hash: String::new(),
-            n_cells: cells.len(),
-            n_tokens: cells.iter().map(Vec::len).sum(),
-            max_len: cells.iter().map(Vec::len).max().unwrap_or(0),
-            has_values: values.is_some(),
-            n_cells_dropped: n_dropped,
-            scinterp_version: env!("CARGO_PKG_VERSION").into(),
-        },
-        cells,
-        values,
-        cell_table: (header, rows),
+) -> TokenStoreManifest {
+    TokenStoreManifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        tokenizer: kind.into(),
+        tokenizer_version: version,
+        options,
+        hash_algorithm: HASH_ALGORITHM.into(),
+        dictionaries,
+        source_path: args.input.display().to_string(),
+        // Filled in by `run` from the hashing thread.
+        source_hash: String::new(),
+        n_cells: lengths.len(),
+        n_tokens: lengths.iter().sum(),
+        max_len: lengths.iter().copied().max().unwrap_or(0),
+        has_values,
+        n_cells_dropped: n_dropped,
+        scinterp_version: env!("CARGO_PKG_VERSION").into(),
     }
 }
 
-/// Reads a count matrix, choosing the reader from what the path is.
-/// Reads (or opens) the input's cells; a gzipped input comes with its decompressed temporary copy, to be
+/// Reads (or opens) the input's cells, choosing the reader from what the path is; a gzipped input comes with its decompressed temporary copy, to be
 /// kept while its cells are read.
 fn read_cells(args: &TokenizeArgs, scgpt: bool) -> Result<(CellSource, Option<tempfile::NamedTempFile>)> {
     let input = &args.input;

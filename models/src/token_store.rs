@@ -81,9 +81,9 @@ pub struct TokenStore {
     pub cell_table: (Vec<String>, Vec<Vec<String>>),
 }
 
-/// BLAKE3 of a file (or of every file of a directory, in name order), hex. Files are memory-mapped and
-/// hashed on the calling thread (SIMD), so that hashing beside other work does not queue that work's
-/// jobs behind its own on the rayon pool.
+/// BLAKE3 of a file (or of every file of a directory, in name order), hex. Files are hashed on the calling
+/// thread (SIMD), so that hashing beside other work does not queue that work's jobs behind its own on the
+/// rayon pool.
 pub fn hash_of(path: &Path) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
     let mut files = vec![path.to_path_buf()];
@@ -254,44 +254,102 @@ impl TokenStoreStream {
         Ok(())
     }
 
-    /// Completes the store: `store.cells` must be the cells appended, in order (their count of tokens is
-    /// checked); the other files are written from `store`.
-    pub fn finish(mut self, store: &TokenStore) -> Result<(), TokenStoreError> {
+    /// Completes the store: `rest.lengths` must be the token counts of the cells appended, in order (their
+    /// sum is checked); the other files are written from `rest`.
+    pub fn finish(mut self, rest: StoreRest<'_>) -> Result<(), TokenStoreError> {
         use std::io::{Seek, SeekFrom, Write};
         self.finished = true;
         let path = self.tmp.join("tokens.npy");
-        let expected: usize = store.cells.iter().map(Vec::len).sum();
+        let expected: usize = rest.lengths.iter().sum();
+        let header = header_bytes(NpyDtype::I32, &[self.n_tokens]);
         let written = if expected != self.n_tokens {
             Err(TokenStoreError::Invalid {
                 path: path.clone(),
                 reason: format!("{} tokens were streamed, the store has {expected}", self.n_tokens),
             })
+        } else if header.len() != self.header_len {
+            // Not reached for any real count (the header's length changes only past 10^60 tokens).
+            Err(TokenStoreError::Invalid {
+                path: path.clone(),
+                reason: format!(
+                    "{} tokens need a longer .npy header than was reserved",
+                    self.n_tokens
+                ),
+            })
         } else {
-            let header = header_bytes(NpyDtype::I32, &[self.n_tokens]);
-            let tokens = if header.len() == self.header_len {
-                self.file.flush().and_then(|()| {
+            self.file
+                .flush()
+                .and_then(|()| {
                     let f = self.file.get_mut();
                     f.seek(SeekFrom::Start(0))?;
                     f.write_all(&header)?;
                     f.sync_all()
                 })
-            } else {
-                // Not reached for any real count (the header's length changes only past 10^60 tokens);
-                // kept so that the file is right whatever the count.
-                write_npy_parts(
-                    &path,
-                    NpyDtype::I32,
-                    store.cells.iter().map(|c| bytemuck::cast_slice(c)),
-                )
-            };
-            tokens
                 .map_err(|source| TokenStoreError::Write {
                     path: path.clone(),
                     source,
                 })
-                .and_then(|()| store.write_all_but_tokens(&self.tmp))
+                .and_then(|()| rest.write(&self.tmp))
         };
         commit(&self.tmp, &self.dir, written)
+    }
+}
+
+/// Everything of a token store but its tokens: what [`TokenStoreStream::finish`] writes beside the tokens
+/// streamed, so that the tokens need not be kept until the end.
+pub struct StoreRest<'a> {
+    pub manifest: &'a TokenStoreManifest,
+    /// The number of tokens of each cell.
+    pub lengths: &'a [usize],
+    pub values: Option<&'a [Vec<f32>]>,
+    /// Header and rows of `cells.tsv`.
+    pub cell_table: &'a (Vec<String>, Vec<Vec<String>>),
+}
+
+impl StoreRest<'_> {
+    /// `offsets.npy`, `values.npy`, `cells.tsv` and `manifest.json` into `dir`.
+    fn write(&self, dir: &Path) -> Result<(), TokenStoreError> {
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TokenStoreError::Write { path, source }
+        };
+        let mut offsets = vec![0i64];
+        for &n in self.lengths {
+            offsets.push(offsets.last().copied().unwrap_or(0) + n as i64);
+        }
+        let p = dir.join("offsets.npy");
+        write_npy(
+            &p,
+            NpyDtype::I64,
+            &[offsets.len()],
+            bytemuck::cast_slice(&offsets),
+        )
+        .map_err(werr(&p))?;
+        if let Some(values) = self.values {
+            let p = dir.join("values.npy");
+            write_npy_parts(&p, NpyDtype::F32, values.iter().map(|c| bytemuck::cast_slice(c)))
+                .map_err(werr(&p))?;
+        }
+        let (header, rows) = self.cell_table;
+        let mut tsv = header
+            .iter()
+            .map(|h| clean_field(h))
+            .collect::<Vec<_>>()
+            .join("\t");
+        tsv.push('\n');
+        for row in rows {
+            tsv.push_str(&row.iter().map(|f| clean_field(f)).collect::<Vec<_>>().join("\t"));
+            tsv.push('\n');
+        }
+        let p = dir.join("cells.tsv");
+        std::fs::write(&p, tsv).map_err(werr(&p))?;
+        let p = dir.join("manifest.json");
+        let text = serde_json::to_string_pretty(self.manifest).map_err(|e| TokenStoreError::Invalid {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&p, text).map_err(werr(&p))?;
+        Ok(())
     }
 }
 
@@ -349,52 +407,18 @@ impl TokenStore {
             self.cells.iter().map(|c| bytemuck::cast_slice(c)),
         )
         .map_err(werr(&p))?;
-        self.write_all_but_tokens(dir)
+        let lengths: Vec<usize> = self.cells.iter().map(Vec::len).collect();
+        self.rest(&lengths).write(dir)
     }
 
-    /// `offsets.npy`, `values.npy`, `cells.tsv` and `manifest.json` into `dir`.
-    fn write_all_but_tokens(&self, dir: &Path) -> Result<(), TokenStoreError> {
-        let werr = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| TokenStoreError::Write { path, source }
-        };
-        let mut offsets = vec![0i64];
-        for c in &self.cells {
-            offsets.push(offsets.last().copied().unwrap_or(0) + c.len() as i64);
+    /// The store but its tokens, given the token count of each cell.
+    pub fn rest<'a>(&'a self, lengths: &'a [usize]) -> StoreRest<'a> {
+        StoreRest {
+            manifest: &self.manifest,
+            lengths,
+            values: self.values.as_deref(),
+            cell_table: &self.cell_table,
         }
-        let p = dir.join("offsets.npy");
-        write_npy(
-            &p,
-            NpyDtype::I64,
-            &[offsets.len()],
-            bytemuck::cast_slice(&offsets),
-        )
-        .map_err(werr(&p))?;
-        if let Some(values) = &self.values {
-            let p = dir.join("values.npy");
-            write_npy_parts(&p, NpyDtype::F32, values.iter().map(|c| bytemuck::cast_slice(c)))
-                .map_err(werr(&p))?;
-        }
-        let (header, rows) = &self.cell_table;
-        let mut tsv = header
-            .iter()
-            .map(|h| clean_field(h))
-            .collect::<Vec<_>>()
-            .join("\t");
-        tsv.push('\n');
-        for row in rows {
-            tsv.push_str(&row.iter().map(|f| clean_field(f)).collect::<Vec<_>>().join("\t"));
-            tsv.push('\n');
-        }
-        let p = dir.join("cells.tsv");
-        std::fs::write(&p, tsv).map_err(werr(&p))?;
-        let p = dir.join("manifest.json");
-        let text = serde_json::to_string_pretty(&self.manifest).map_err(|e| TokenStoreError::Invalid {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::write(&p, text).map_err(werr(&p))?;
-        Ok(())
     }
 
     /// Reads and checks a store's `manifest.json` alone.
@@ -590,7 +614,8 @@ mod tests {
         stream.append(&s.cells[..1]).unwrap();
         stream.append(&[]).unwrap();
         stream.append(&s.cells[1..]).unwrap();
-        stream.finish(&s).unwrap();
+        let lengths: Vec<usize> = s.cells.iter().map(Vec::len).collect();
+        stream.finish(s.rest(&lengths)).unwrap();
         assert_eq!(files(&streamed), files(&written));
         // Replacing needs overwrite, and then replaces.
         assert!(matches!(
@@ -599,12 +624,15 @@ mod tests {
         ));
         let mut stream = TokenStoreStream::create(&streamed, true).unwrap();
         stream.append(&s.cells).unwrap();
-        stream.finish(&s).unwrap();
+        stream.finish(s.rest(&lengths)).unwrap();
         assert_eq!(files(&streamed), files(&written));
         // Cells that are not those of the store: refused, nothing replaced, nothing left behind.
         let mut stream = TokenStoreStream::create(&streamed, true).unwrap();
         stream.append(&s.cells[..1]).unwrap();
-        assert!(matches!(stream.finish(&s), Err(TokenStoreError::Invalid { .. })));
+        assert!(matches!(
+            stream.finish(s.rest(&lengths)),
+            Err(TokenStoreError::Invalid { .. })
+        ));
         assert_eq!(files(&streamed), files(&written));
         // Dropped unfinished: its temporary folder goes.
         let stream = TokenStoreStream::create(&tmp.path().join("dropped"), false).unwrap();
