@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -271,13 +271,13 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
 
 /// Writes the tokens of the chunks it is sent into a [`TokenStoreStream`], on a thread of its own.
 struct StoreWriter {
-    sender: Option<mpsc::Sender<Arc<TokenChunk>>>,
+    sender: Option<mpsc::Sender<TokenChunk>>,
     thread: std::thread::JoinHandle<Result<TokenStoreStream, TokenStoreError>>,
 }
 
 impl StoreWriter {
     fn spawn(mut stream: TokenStoreStream) -> Self {
-        let (sender, chunks) = mpsc::channel::<Arc<TokenChunk>>();
+        let (sender, chunks) = mpsc::channel::<TokenChunk>();
         let thread = std::thread::spawn(move || {
             let mut busy = std::time::Duration::ZERO;
             for chunk in chunks {
@@ -298,9 +298,9 @@ impl StoreWriter {
     }
 
     /// Queues a chunk (a writer that failed says so in [`Self::join`]).
-    fn send(&self, chunk: &Arc<TokenChunk>) {
+    fn send(&self, chunk: TokenChunk) {
         if let Some(s) = &self.sender {
-            let _ = s.send(Arc::clone(chunk));
+            let _ = s.send(chunk);
         }
     }
 
@@ -388,7 +388,7 @@ fn run_chunks(
     cells: &CellSource,
     source_hash: &mut SourceHash,
     quiet: bool,
-    sink: &dyn Fn(&Arc<TokenChunk>),
+    sink: &dyn Fn(TokenChunk),
 ) -> Result<Vec<ChunkDone>> {
     let n = cells.n_cells();
     let size = args.chunk_cells.max(1);
@@ -435,7 +435,7 @@ fn run_chunks(
     for (i, r) in ranges.iter().enumerate() {
         if let Some(mut chunk) = resumed[i].take() {
             done.push(ChunkDone::take(&mut chunk));
-            sink(&Arc::new(chunk));
+            sink(chunk);
             continue;
         }
         let t0 = Instant::now();
@@ -461,7 +461,7 @@ fn run_chunks(
         }
         // The writer takes the tokens and lets them go once written: they are not kept to the end.
         done.push(ChunkDone::take(&mut chunk));
-        sink(&Arc::new(chunk));
+        sink(chunk);
         if stop {
             bar.abandon();
             bail!(

@@ -145,17 +145,18 @@ fn read_inner(path: &Path, options: &H5adOptions, blocks: bool) -> Result<CellSo
         started.elapsed().as_secs_f64()
     );
     let started = std::time::Instant::now();
-    let streamed = match blocks {
+    // The matrix read now, or (its indptr and the names of its two datasets) left in the file.
+    let in_file = match blocks {
         true => csr_in_blocks(&h5, &matrix, n_cells)?,
         false => None,
     };
-    let csr = match streamed {
-        Some(_) => None,
-        None => Some(read_matrix(&h5, &matrix, n_cells, n_genes)?),
+    let csr = match in_file {
+        Some(parts) => Err(parts),
+        None => Ok(read_matrix(&h5, &matrix, n_cells, n_genes)?),
     };
     tracing::debug!(
         "matrix `{matrix}` {} in {:.2} s",
-        if csr.is_some() {
+        if csr.is_ok() {
             "read"
         } else {
             "opened to be read in blocks"
@@ -209,31 +210,30 @@ fn read_inner(path: &Path, options: &H5adOptions, blocks: bool) -> Result<CellSo
         }
     }
 
-    let Some(csr) = csr else {
-        let (indptr, indices, data) = streamed.expect("the matrix is either read or left in the file");
-        let head = CountMatrix {
-            n_cells: 0,
-            n_genes,
-            indptr: vec![0],
-            indices: Vec::new().into(),
-            values: Vec::new().into(),
-            gene_ids,
-            gene_symbols,
-            cell_names: Vec::new(),
-            obs: obs_out
-                .keys()
-                .map(|k| (k.clone(), empty_like(&obs_out[k])))
-                .collect(),
-        };
-        return Ok(CellSource::Blocks(Box::new(H5adBlocks::new(
-            path,
-            h5,
-            [matrix, indices, data],
-            indptr,
-            head,
-            obs.index,
-            obs_out,
-        ))));
+    let csr = match csr {
+        Ok(csr) => csr,
+        Err((indptr, indices, data)) => {
+            let head = CountMatrix {
+                n_cells: 0,
+                n_genes,
+                indptr: vec![0],
+                indices: Vec::new().into(),
+                values: Vec::new().into(),
+                gene_ids,
+                gene_symbols,
+                cell_names: Vec::new(),
+                obs: obs_out.iter().map(|(k, c)| (k.clone(), c.slice(0..0))).collect(),
+            };
+            return Ok(CellSource::Blocks(Box::new(H5adBlocks::new(
+                path,
+                h5,
+                [matrix, indices, data],
+                indptr,
+                head,
+                obs.index,
+                obs_out,
+            ))));
+        }
     };
     let m = CountMatrix {
         n_cells,
@@ -249,14 +249,6 @@ fn read_inner(path: &Path, options: &H5adOptions, blocks: bool) -> Result<CellSo
     m.validate()
         .map_err(|e| h5.err(format!("inconsistent matrix `{matrix}`: {e}")))?;
     Ok(CellSource::Memory(m))
-}
-
-/// A column of the same kind with no value.
-fn empty_like(column: &ObsColumn) -> ObsColumn {
-    match column {
-        ObsColumn::Text(_) => ObsColumn::Text(Vec::new()),
-        ObsColumn::Number(_) => ObsColumn::Number(Vec::new()),
-    }
 }
 
 /// Reads a dense dataset or a CSR/CSC group as CSR with `n_rows` × `n_cols` checked.

@@ -159,20 +159,27 @@ impl Hdf5 {
             ..
         } = self.datatype(name)?
         {
-            let ds = self.dataset(name)?;
-            match ds.read_mapped::<f32>() {
-                Ok(view) => return Ok(view.into()),
-                Err(e) => tracing::trace!("`{name}` is read by copy, not mapped: {e}"),
-            }
-            return ds
-                .read_raw::<f32>()
-                .map(Stored::from)
-                .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")));
+            return self.read_stored(name);
         }
         let (dt, raw) = self.read_numeric_raw(name)?;
         decode_map(&dt, raw.bytes(), |x| x as f32)
             .map(Stored::from)
             .map_err(|e| self.err(format!("`{name}`: {e}")))
+    }
+
+    /// A dataset whose stored elements are the host image of `T`: viewed in the file's map when it is one
+    /// uncompressed stretch of the file, else read into memory.
+    fn read_stored<T: rust_hdf5::H5Type>(&self, name: &str) -> Result<Stored<T>, CellsError> {
+        let ds = self.dataset(name)?;
+        match ds.read_mapped::<T>() {
+            Ok(view) => Ok(view.into()),
+            Err(e) => {
+                tracing::trace!("`{name}` is read by copy, not mapped: {e}");
+                ds.read_raw::<T>()
+                    .map(Stored::from)
+                    .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))
+            }
+        }
     }
 
     fn datatype(&self, name: &str) -> Result<DatatypeMessage, CellsError> {
@@ -197,16 +204,7 @@ impl Hdf5 {
             ..
         } = self.datatype(name)?
         {
-            let ds = self.dataset(name)?;
-            let v: Stored<u32> = match ds.read_mapped::<u32>() {
-                Ok(view) => view.into(),
-                Err(e) => {
-                    tracing::trace!("`{name}` is read by copy, not mapped: {e}");
-                    ds.read_raw::<u32>()
-                        .map_err(|e| self.err(format!("cannot read `{name}`: {e:?}")))?
-                        .into()
-                }
-            };
+            let v: Stored<u32> = self.read_stored(name)?;
             let shown = |x: u32| if signed { i64::from(x as i32) } else { i64::from(x) };
             // Negative i32 values read as u32 are ≥ 2^31; bounds beyond that never occur in practice.
             let limit = if signed { bound.min(1 << 31) } else { bound };

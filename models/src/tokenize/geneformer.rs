@@ -615,16 +615,7 @@ impl GeneformerTokenizer {
     /// same genes and obs columns (only the gene ids and the obs columns of `m` are read here).
     pub fn prepare(&self, m: &CountMatrix) -> Result<PreparedGenes, TokenizeError> {
         let mut map = self.map_columns(&m.gene_ids)?;
-        let n_counts_given = match m.obs.get("n_counts") {
-            Some(ObsColumn::Number(_)) => true,
-            Some(ObsColumn::Text(_)) => {
-                return Err(TokenizeError::NCounts {
-                    reason: "holds text; it must be the numeric total count of each cell".into(),
-                })
-            }
-            None => false,
-        };
-        if !n_counts_given {
+        if given_n_counts(m)?.is_none() {
             map.stats.n_counts_computed = true;
             tracing::warn!(
                 "no `n_counts` obs column: using each cell's total over the {} genes of the matrix. Geneformer \
@@ -672,20 +663,7 @@ impl GeneformerTokenizer {
             )));
         }
         self.check_counts(m, cells.clone(), first)?;
-        let given: Option<&[f64]> = match m.obs.get("n_counts") {
-            Some(ObsColumn::Number(v)) if v.len() == m.n_cells => Some(v),
-            Some(ObsColumn::Number(v)) => {
-                return Err(TokenizeError::NCounts {
-                    reason: format!("has {} values for {} cells", v.len(), m.n_cells),
-                })
-            }
-            Some(ObsColumn::Text(_)) => {
-                return Err(TokenizeError::NCounts {
-                    reason: "holds text; it must be the numeric total count of each cell".into(),
-                })
-            }
-            None => None,
-        };
+        let given = given_n_counts(m)?;
         let keep = match self.options.version.special_tokens() {
             true => self.options.model_input_size - 2,
             false => self.options.model_input_size,
@@ -784,6 +762,20 @@ impl GeneformerTokenizer {
                 first + cell
             ),
         })
+    }
+}
+
+/// The `n_counts` obs column of `m`, if it has one (then numeric, one value per cell).
+fn given_n_counts(m: &CountMatrix) -> Result<Option<&[f64]>, TokenizeError> {
+    match m.obs.get("n_counts") {
+        Some(ObsColumn::Number(v)) if v.len() == m.n_cells => Ok(Some(v)),
+        Some(ObsColumn::Number(v)) => Err(TokenizeError::NCounts {
+            reason: format!("has {} values for {} cells", v.len(), m.n_cells),
+        }),
+        Some(ObsColumn::Text(_)) => Err(TokenizeError::NCounts {
+            reason: "holds text; it must be the numeric total count of each cell".into(),
+        }),
+        None => Ok(None),
     }
 }
 
