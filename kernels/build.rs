@@ -15,6 +15,10 @@ mod compile;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+/// The table of a build that embeds nothing (kernels then compile at run time).
+const EMPTY_TABLE: &str =
+    "pub const NVRTC_AT_BUILD: Option<(i32, i32)> = None;\npub const EMBEDDED: &[Embedded] = &[];\n";
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/registry.rs");
@@ -25,20 +29,43 @@ fn main() {
             println!("cargo:rerun-if-changed={}", path.display());
         }
     }
-    for var in ["SCINTERP_NVRTC_LIB", "SCINTERP_CUDA_INCLUDE", "LD_LIBRARY_PATH"] {
+    for var in [
+        "SCINTERP_NVRTC_LIB",
+        "SCINTERP_CUDA_INCLUDE",
+        "LD_LIBRARY_PATH",
+        "CUDA_HOME",
+        "CUDA_PATH",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let table = match compile::nvrtc() {
-        Ok(nv) => embed_all(&out, (nv.major, nv.minor)),
+        Ok(nv) if compile::cuda_include_dir().is_some() => embed_all(&out, (nv.major, nv.minor)),
+        Ok(nv) => {
+            // NVRTC alone (e.g. PyTorch's wheel on LD_LIBRARY_PATH) cannot compile kernels that include
+            // cuda_bf16.h / mma.h: build without embedded kernels rather than fail, and say why.
+            println!(
+                "cargo:warning=kernels not embedded: NVRTC {}.{} found ({}) but no CUDA headers \
+                 (cuda_bf16.h) in any of: {}; set SCINTERP_CUDA_INCLUDE",
+                nv.major,
+                nv.minor,
+                compile::loaded_nvrtc_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "path unknown".into()),
+                compile::include_candidates()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            EMPTY_TABLE.to_string()
+        }
         Err(e) => {
             if std::env::var_os("SCINTERP_NVRTC_LIB").is_some() {
                 // Asked for and missing: say so loudly, but still build (the run-time path remains).
                 println!("cargo:warning=kernels not embedded: {e}");
             }
-            "pub const NVRTC_AT_BUILD: Option<(i32, i32)> = None;\n\
-             pub const EMBEDDED: &[Embedded] = &[];\n"
-                .to_string()
+            EMPTY_TABLE.to_string()
         }
     };
     std::fs::write(out.join("embedded.rs"), table).expect("write embedded.rs");

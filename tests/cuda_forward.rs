@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, formula_model_dir, scgpt_fixture, ExpectedFile};
+use common::{fixture, formula_model_dir, scgpt_fixture, scgpt_width512_dir, ExpectedFile};
 use scinterp_engine::cuda::{CudaForward, GpuPrecision};
 use scinterp_engine::device::{Backend, DeviceChoice};
 use scinterp_engine::{
@@ -122,9 +122,11 @@ fn scgpt_gpu_forward_matches_the_cpu() {
     if !gpu_available("scgpt_gpu_forward") {
         return;
     }
-    let dir = scgpt_fixture("tiny");
-    let model = Scgpt::load(&dir, ScgptLoadOptions { with_head: false }).unwrap();
-    let expected = ExpectedFile::open(&dir.join("expected.safetensors"));
+    // The real-width fixture: head_dim 64, the one the attention kernel takes (the `tiny` fixture's 16
+    // is refused up front, see `CudaForward::new`).
+    let dir = scgpt_width512_dir();
+    let model = Scgpt::load(dir.path(), ScgptLoadOptions { with_head: false }).unwrap();
+    let expected = ExpectedFile::open(&scgpt_fixture("width512").join("expected.safetensors"));
     let ids = expected.get("gene_ids");
     let values = expected.get("values");
     let max_len = ids.shape[1];
@@ -143,7 +145,7 @@ fn scgpt_gpu_forward_matches_the_cpu() {
         .unwrap()
         .with_values(vals.concat())
         .unwrap();
-    check_model("scgpt tiny", &model, &batch);
+    check_model("scgpt width512", &model, &batch);
 }
 
 #[test]

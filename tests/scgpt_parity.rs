@@ -99,22 +99,9 @@ fn torch_layout_safetensors_gives_the_same_model() {
     check_against_torch(&model, &expected, "tiny_torch_layout");
 }
 
-/// The real-width fixture ships gzip-compressed; unpack it into a model folder.
-fn width512_dir() -> tempfile::TempDir {
-    let src = scgpt_fixture("width512");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(src.join("args.json"), dir.path().join("args.json")).unwrap();
-    for name in ["best_model.pt", "vocab.json"] {
-        let gz = std::fs::File::open(src.join(format!("{name}.gz"))).unwrap();
-        let mut out = std::fs::File::create(dir.path().join(name)).unwrap();
-        std::io::copy(&mut flate2::read::GzDecoder::new(gz), &mut out).unwrap();
-    }
-    dir
-}
-
 #[test]
 fn real_width_and_real_vocabulary_match_torch() {
-    let dir = width512_dir();
+    let dir = common::scgpt_width512_dir();
     let model = load(dir.path());
     assert_eq!(model.dims().vocab_size, 60_697);
     assert_eq!(model.dims().d_model, 512);

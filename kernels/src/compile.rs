@@ -52,6 +52,12 @@ pub enum CompileError {
     Nul { kernel: String, what: &'static str },
     #[error("{kernel}: PTX has no `.version` line")]
     NoPtxVersion { kernel: String },
+    #[error(
+        "{kernel} includes CUDA headers (cuda_bf16.h, mma.h), but no CUDA include folder was found \
+         (looked in: {looked}); set SCINTERP_CUDA_INCLUDE to a folder holding cuda_bf16.h, e.g. the \
+         nvidia-cuda-runtime wheel's nvidia/cu13/include or /usr/local/cuda/include"
+    )]
+    NoCudaHeaders { kernel: String, looked: String },
 }
 
 /// The loaded NVRTC and its version.
@@ -70,8 +76,63 @@ pub struct Compiled {
     pub ptx: String,
     /// ISA from the PTX's `.version` line.
     pub ptx_isa: (u32, u32),
-    /// NVRTC's log (warnings) of the CUBIN compilation; empty when clean.
+    /// NVRTC's log (warnings) of the CUBIN compilation, without ptxas' resource report; empty when clean.
     pub log: String,
+    /// What ptxas reported for each entry point of the sm_90 CUBIN.
+    pub resources: Vec<Resources>,
+}
+
+/// ptxas' resource report for one entry point (`--ptxas-options=-v`): what decides whether a launch
+/// fits an SM (registers × threads ≤ 65,536, static shared memory ≤ 48 KiB) and whether it spills.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub entry: String,
+    pub registers: u32,
+    pub stack_frame_bytes: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+    /// Static shared memory; launches may add dynamic shared memory on top.
+    pub static_smem_bytes: u32,
+}
+
+/// Splits NVRTC's CUBIN log into ptxas' per-entry resource report and the rest (real warnings).
+pub fn parse_ptxas_report(log: &str) -> (Vec<Resources>, String) {
+    let mut entries: Vec<Resources> = Vec::new();
+    let mut rest = Vec::new();
+    // The number before `unit` in `text` ("0 bytes spill stores" → 0 for unit "bytes spill stores").
+    fn number_before(text: &str, unit: &str) -> Option<u32> {
+        let head = &text[..text.find(unit)?];
+        head.split(|c: char| !c.is_ascii_digit())
+            .rfind(|t| !t.is_empty())?
+            .parse()
+            .ok()
+    }
+    for line in log.lines() {
+        let trimmed = line.trim();
+        if !trimmed.starts_with("ptxas") {
+            if !trimmed.is_empty() {
+                rest.push(line);
+            }
+            continue;
+        }
+        if let Some(tail) = trimmed.split("Compiling entry function '").nth(1) {
+            let name = tail.split('\'').next().unwrap_or_default();
+            entries.push(Resources {
+                entry: name.to_string(),
+                ..Resources::default()
+            });
+        } else if let Some(current) = entries.last_mut() {
+            if trimmed.contains("spill stores") {
+                current.stack_frame_bytes = number_before(trimmed, "bytes stack frame").unwrap_or(0);
+                current.spill_store_bytes = number_before(trimmed, "bytes spill stores").unwrap_or(0);
+                current.spill_load_bytes = number_before(trimmed, "bytes spill loads").unwrap_or(0);
+            } else if trimmed.contains("Used ") && trimmed.contains("registers") {
+                current.registers = number_before(trimmed, "registers").unwrap_or(0);
+                current.static_smem_bytes = number_before(trimmed, "bytes smem").unwrap_or(0);
+            }
+        }
+    }
+    (entries, rest.join("\n"))
 }
 
 impl Compiled {
@@ -147,7 +208,18 @@ pub fn compile_all() -> Result<Vec<Compiled>, CompileError> {
 /// Compile one kernel to an sm_90 CUBIN and a compute_90 PTX.
 pub fn compile(kernel: &'static Kernel) -> Result<Compiled, CompileError> {
     nvrtc()?;
+    if needs_cuda_headers(kernel) && cuda_include_dir().is_none() {
+        return Err(CompileError::NoCudaHeaders {
+            kernel: kernel.name.into(),
+            looked: include_candidates()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     let (cubin, log) = run_nvrtc(kernel, CUBIN_ARCH, Output::Cubin)?;
+    let (resources, log) = parse_ptxas_report(&log);
     let (ptx, _) = run_nvrtc(kernel, PTX_ARCH, Output::Ptx)?;
     let ptx = String::from_utf8_lossy(&ptx).trim_end_matches('\0').to_string();
     let ptx_isa = ptx_version(&ptx).ok_or_else(|| CompileError::NoPtxVersion {
@@ -159,7 +231,15 @@ pub fn compile(kernel: &'static Kernel) -> Result<Compiled, CompileError> {
         ptx,
         ptx_isa,
         log,
+        resources,
     })
+}
+
+/// Whether a kernel (or a header it includes) pulls in CUDA's own headers (`#include <…>`).
+fn needs_cuda_headers(kernel: &Kernel) -> bool {
+    std::iter::once(kernel.source)
+        .chain(HEADERS.iter().map(|(_, text)| *text))
+        .any(|text| text.lines().any(|l| l.trim_start().starts_with("#include <")))
 }
 
 /// `.version X.Y` of a PTX text.
@@ -175,26 +255,88 @@ enum Output {
     Ptx,
 }
 
-fn options(arch: &str) -> Vec<String> {
+fn options(arch: &str, output: Output) -> Vec<String> {
     let mut opts = vec![
         format!("--gpu-architecture={arch}"),
         "-std=c++17".into(),
         "--fmad=true".into(),
     ];
+    if matches!(output, Output::Cubin) {
+        // ptxas' per-entry registers, spills and shared memory, read back by `parse_ptxas_report`.
+        opts.push("--ptxas-options=-v".into());
+    }
     if let Some(dir) = cuda_include_dir() {
         opts.push(format!("--include-path={}", dir.display()));
     }
     opts
 }
 
-/// `SCINTERP_CUDA_INCLUDE`, else the wheel layout's `include` beside `SCINTERP_NVRTC_LIB`.
+/// The CUDA headers folder: `SCINTERP_CUDA_INCLUDE` when set, else the first of
+/// [`include_candidates`] that holds `cuda_bf16.h`.
 pub fn cuda_include_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("SCINTERP_CUDA_INCLUDE") {
         return Some(PathBuf::from(dir));
     }
-    let lib = PathBuf::from(std::env::var_os("SCINTERP_NVRTC_LIB")?);
-    let include = lib.parent()?.join("include");
-    include.join("cuda_fp16.h").is_file().then_some(include)
+    include_candidates()
+        .into_iter()
+        .find(|dir| dir.join("cuda_bf16.h").is_file())
+}
+
+/// Where CUDA headers are looked for, in order: `include` beside `SCINTERP_NVRTC_LIB` (the wheels'
+/// `nvidia/cu13/{lib,include}` layout), beside the libnvrtc actually loaded (e.g. PyTorch's wheel found
+/// through LD_LIBRARY_PATH, or a toolkit's `lib64`), then `$CUDA_HOME`, `$CUDA_PATH` and
+/// `/usr/local/cuda`.
+pub fn include_candidates() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut beside = |lib_dir: &Path| {
+        if let Some(parent) = lib_dir.parent() {
+            dirs.push(parent.join("include"));
+        }
+    };
+    if let Some(lib) = std::env::var_os("SCINTERP_NVRTC_LIB") {
+        beside(Path::new(&lib));
+    }
+    if let Some(lib) = loaded_nvrtc_path() {
+        if let Some(lib_dir) = lib.parent() {
+            beside(lib_dir);
+        }
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(root) = std::env::var_os(var) {
+            dirs.push(PathBuf::from(root).join("include"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/include"));
+    dirs.dedup();
+    dirs
+}
+
+/// The file of the libnvrtc this process has loaded, if any (dladdr of one of its symbols).
+pub fn loaded_nvrtc_path() -> Option<PathBuf> {
+    if nvrtc().is_err() {
+        return None;
+    }
+    for soname in [c"libnvrtc.so.13", c"libnvrtc.so"] {
+        // SAFETY: RTLD_NOLOAD only returns a handle to a library already loaded (nvrtc() loaded it);
+        // dlsym/dladdr read the loader's tables; the extra reference is released right away.
+        unsafe {
+            let handle = libc::dlopen(soname.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+            if handle.is_null() {
+                continue;
+            }
+            let symbol = libc::dlsym(handle, c"nvrtcVersion".as_ptr());
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            let found =
+                !symbol.is_null() && libc::dladdr(symbol, &mut info) != 0 && !info.dli_fname.is_null();
+            let path =
+                found.then(|| PathBuf::from(CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned()));
+            libc::dlclose(handle);
+            if path.is_some() {
+                return path;
+            }
+        }
+    }
+    None
 }
 
 /// One NVRTC program → its CUBIN or PTX bytes, plus the log.
@@ -222,7 +364,7 @@ fn run_nvrtc(kernel: &Kernel, arch: &str, output: Output) -> Result<(Vec<u8>, St
         .map_err(|_| nul("header"))?;
     let header_ptrs: Vec<*const c_char> = headers.iter().map(|h| h.as_ptr()).collect();
     let header_name_ptrs: Vec<*const c_char> = header_names.iter().map(|h| h.as_ptr()).collect();
-    let opts: Vec<CString> = options(arch)
+    let opts: Vec<CString> = options(arch, output)
         .into_iter()
         .map(CString::new)
         .collect::<Result<_, _>>()
@@ -309,6 +451,16 @@ fn program_log(prog: sys::nvrtcProgram) -> Result<String, sys::nvrtcResult> {
     }
 }
 
+/// For tests that need NVRTC: prints why they skipped, except under `CI=true`, where `.ci/run`
+/// installs the NVRTC 13.0 wheels and a missing NVRTC or header folder is a failure.
+#[cfg(test)]
+pub(crate) fn skip_without_nvrtc(test: &str, why: &dyn std::fmt::Display) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: NVRTC is required under CI=true (.ci/run installs it): {why}");
+    }
+    println!("{test} skipped: {why}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,18 +473,106 @@ mod tests {
         assert_eq!(ptx_version(".version nine"), None);
     }
 
-    /// CI runs this with the NVRTC 13.0 wheel (see `.ci/run`); elsewhere it says it skipped.
+    #[test]
+    fn ptxas_report_is_split_from_the_log() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+                   ptxas info    : Compiling entry function 'k_a' for 'sm_90'\n\
+                   ptxas info    : Function properties for k_a\n\
+                   ptxas         .     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+                   ptxas info    : Used 128 registers, used 1 barriers, 33024 bytes smem\n\
+                   ptxas info    : Compile time = 895.223 ms\n\
+                   a.cu(3): warning #177-D: variable \"x\" was declared but never referenced\n\
+                   ptxas info    : Compiling entry function 'k_b' for 'sm_90'\n\
+                   ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+                   ptxas info    : Used 24 registers, used 0 barriers\n";
+        let (resources, rest) = parse_ptxas_report(log);
+        assert_eq!(
+            resources,
+            vec![
+                Resources {
+                    entry: "k_a".into(),
+                    registers: 128,
+                    stack_frame_bytes: 8,
+                    spill_store_bytes: 4,
+                    spill_load_bytes: 12,
+                    static_smem_bytes: 33024,
+                },
+                Resources {
+                    entry: "k_b".into(),
+                    registers: 24,
+                    ..Resources::default()
+                },
+            ]
+        );
+        assert!(rest.starts_with("a.cu(3): warning #177-D"), "{rest}");
+        assert!(!rest.contains("ptxas"), "{rest}");
+    }
+
+    #[test]
+    fn the_include_lookup_ends_with_the_toolkit_default() {
+        let candidates = include_candidates();
+        assert_eq!(
+            candidates.last().map(PathBuf::as_path),
+            Some(Path::new("/usr/local/cuda/include"))
+        );
+        // Only real kernels that include CUDA headers need them.
+        assert!(KERNELS.iter().any(needs_cuda_headers));
+    }
+
+    /// Register budgets recorded from ptxas (NVRTC 13.0, sm_90) and the most threads any launch wrapper
+    /// in `gpu/` gives the entry point (1,024 where the block size depends on the shape). A kernel whose
+    /// registers grow past its budget fails here, on the CPU, before a GPU launch fails with "too many
+    /// resources requested"; raise a budget only after checking the launch still fits.
+    const BUDGETS: &[(&str, u32, u32)] = &[
+        ("add_layer_norm_f32", 24, 1024),
+        ("attention_varlen_f32", 128, 128),
+        ("attention_varlen_bf16", 112, 128),
+        ("bias_relu_f32", 32, 256),
+        ("f16_to_f32", 16, 256),
+        ("f32_to_f16", 16, 256),
+        ("bf16_to_f32", 16, 256),
+        ("f32_to_bf16", 16, 256),
+        ("embed_bert_gather_f32", 32, 256),
+        ("linear_bf16_bf16out", 64, 256),
+        ("linear_bf16_f32out", 64, 256),
+        ("hook_edits_bf16", 40, 1024),
+        ("hook_edits_f32", 40, 1024),
+        ("sum_squares_f64", 24, 256),
+        ("adam_f32", 32, 256),
+        ("sub_row_vector_f32", 32, 256),
+        ("sae_dead_mask", 16, 256),
+        ("sae_fire_counters_reset", 32, 256),
+        ("sae_fire_counters_add", 16, 256),
+        ("sae_renormalise_rows_f32", 32, 1024),
+        ("sae_remove_parallel_grad_f32", 32, 1024),
+        ("sae_grad_b_dec_f32", 32, 512),
+        ("sae_grad_scatter_f32", 48, 1024),
+        ("sae_grad_pre_f32", 32, 1024),
+        ("sae_aux_residual_f32", 40, 1024),
+        ("sae_residual_f32", 40, 1024),
+        ("sae_decode_bf16", 40, 1024),
+        ("sae_decode_f32", 40, 1024),
+        ("sae_topk_masked_f32", 32, 1024),
+        ("sae_topk_f32", 32, 1024),
+        ("trace_reduce", 48, 1024),
+        ("trace_ablate_f32", 32, 1024),
+    ];
+
+    /// CI runs this with the NVRTC 13.0 wheels (see `.ci/run`), where a missing NVRTC fails;
+    /// elsewhere it says it skipped.
     #[test]
     fn every_kernel_compiles_with_nvrtc_for_sm_90() {
         let nv = match nvrtc() {
             Ok(nv) => nv,
-            Err(e) => {
-                println!("skipped: {e}");
-                return;
-            }
+            Err(e) => return skip_without_nvrtc("every_kernel_compiles_with_nvrtc_for_sm_90", &e),
         };
         println!("NVRTC {}.{}", nv.major, nv.minor);
-        let compiled = compile_all().unwrap_or_else(|e| panic!("{e}"));
+        let compiled = match compile_all() {
+            Err(e @ CompileError::NoCudaHeaders { .. }) => {
+                return skip_without_nvrtc("every_kernel_compiles_with_nvrtc_for_sm_90", &e)
+            }
+            other => other.unwrap_or_else(|e| panic!("{e}")),
+        };
         assert_eq!(compiled.len(), KERNELS.len());
         for c in &compiled {
             // A CUBIN is an ELF file whose symbol table names every extern "C" kernel.
@@ -364,6 +604,7 @@ mod tests {
                 MAX_PTX_ISA.0,
                 MAX_PTX_ISA.1
             );
+            check_resources(c);
             println!(
                 "compiled {:<16} CUBIN {} {:>6} B, PTX {} ISA {}.{} {:>6} B, entry points {:?}{}",
                 c.kernel.name,
@@ -379,6 +620,57 @@ mod tests {
                 } else {
                     format!("\n  log: {}", c.log)
                 }
+            );
+        }
+    }
+
+    /// Every entry point: no spills, static shared memory within the 48 KiB a launch gets without
+    /// opting in, registers within its recorded budget and, at the most threads it is launched with,
+    /// within the SM's 65,536.
+    fn check_resources(c: &Compiled) {
+        let name = c.kernel.name;
+        let mut reported: Vec<&str> = c.resources.iter().map(|r| r.entry.as_str()).collect();
+        reported.sort_unstable();
+        let mut expected: Vec<&str> = c.kernel.entry_points.to_vec();
+        expected.sort_unstable();
+        assert_eq!(reported, expected, "{name}: ptxas reported other entry points");
+        for r in &c.resources {
+            println!(
+                "  {:<30} {:>3} registers, {:>5} B static smem, {} B stack, spills {}/{} B",
+                r.entry,
+                r.registers,
+                r.static_smem_bytes,
+                r.stack_frame_bytes,
+                r.spill_store_bytes,
+                r.spill_load_bytes
+            );
+            let (_, budget, threads) = BUDGETS
+                .iter()
+                .find(|(entry, _, _)| *entry == r.entry)
+                .unwrap_or_else(|| panic!("{}: no register budget recorded in BUDGETS", r.entry));
+            assert_eq!(
+                (r.spill_store_bytes, r.spill_load_bytes),
+                (0, 0),
+                "{}: ptxas spills registers",
+                r.entry
+            );
+            assert!(
+                r.static_smem_bytes <= 48 * 1024,
+                "{}: {} B static smem",
+                r.entry,
+                r.static_smem_bytes
+            );
+            assert!(
+                r.registers <= *budget,
+                "{}: {} registers > budget {budget}",
+                r.entry,
+                r.registers
+            );
+            assert!(
+                r.registers * threads <= 65_536,
+                "{}: {} registers × {threads} threads exceed the SM's register file",
+                r.entry,
+                r.registers
             );
         }
     }

@@ -49,6 +49,20 @@ pub fn scgpt_fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/scgpt").join(name)
 }
 
+/// The real-width scGPT fixture (512 wide, 8 heads: head_dim 64, the one the GPU attention kernel takes)
+/// ships gzip-compressed; unpack it into a model folder.
+pub fn scgpt_width512_dir() -> tempfile::TempDir {
+    let src = scgpt_fixture("width512");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("args.json"), dir.path().join("args.json")).unwrap();
+    for name in ["best_model.pt", "vocab.json"] {
+        let gz = std::fs::File::open(src.join(format!("{name}.gz"))).unwrap();
+        let mut out = std::fs::File::create(dir.path().join(name)).unwrap();
+        std::io::copy(&mut flate2::read::GzDecoder::new(gz), &mut out).unwrap();
+    }
+    dir
+}
+
 /// A tensor from an `expected.safetensors`, as f64 values plus its shape.
 pub struct Expected {
     pub shape: Vec<usize>,

@@ -16,11 +16,13 @@
 use std::sync::{Arc, Mutex};
 
 use half::bf16;
-use scinterp_kernels::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use scinterp_kernels::gpu::attention::VarlenBatch;
+use scinterp_kernels::cudarc::driver::{
+    result as driver_result, CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice,
+};
+use scinterp_kernels::gpu::attention::{VarlenBatch, ATTENTION_HEAD_DIM};
 use scinterp_kernels::gpu::embed::DeviceBertTables;
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
-use scinterp_kernels::gpu::{EditList, GpuError, Kernels};
+use scinterp_kernels::gpu::{take_recorded_error, EditList, GpuError, Kernels};
 
 use crate::encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
 use crate::error::EngineError;
@@ -81,19 +83,105 @@ struct DeviceEmbedding {
 }
 
 struct DeviceState {
-    _ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     gemm: Gemm,
     precision: GpuPrecision,
     embedding: Option<DeviceEmbedding>,
     blocks: Vec<DeviceBlock>,
+    /// Page-locked host buffers that captures are copied into, kept between runs (allocating
+    /// page-locked memory costs far more than the copy).
+    capture_buffers: Vec<PinnedHostSlice<f32>>,
+}
+
+/// Captures in flight during one run: each hook's tensor is copied asynchronously, on the run's stream,
+/// into a page-locked buffer, so the host keeps launching instead of waiting for a synchronous pageable
+/// copy at every hook; the copies are read back once, after the run's final synchronising read.
+struct PendingCaptures {
+    stream: Arc<CudaStream>,
+    buffers: Vec<PinnedHostSlice<f32>>,
+    /// (hook, shape, index into `buffers`), in capture order.
+    pending: Vec<(HookPoint, (usize, usize), usize)>,
+}
+
+impl Drop for PendingCaptures {
+    /// A run that failed half-way may leave copies in flight: let them land before the buffers go.
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = self.stream.synchronize();
+        }
+    }
+}
+
+impl PendingCaptures {
+    fn new(stream: &Arc<CudaStream>, buffers: Vec<PinnedHostSlice<f32>>) -> Self {
+        PendingCaptures {
+            stream: stream.clone(),
+            buffers,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Queues the copy of `x` (`shape`) for `hook` after the work already on `stream`.
+    fn copy(
+        &mut self,
+        ctx: &Arc<CudaContext>,
+        hook: HookPoint,
+        x: &CudaSlice<f32>,
+        shape: (usize, usize),
+    ) -> Result<(), EngineError> {
+        let n = shape.0 * shape.1;
+        if x.len() < n {
+            return Err(EngineError::Gpu(format!(
+                "{hook}: {} values on the device, {n} expected",
+                x.len()
+            )));
+        }
+        let used = self.pending.len();
+        let slot = match (used..self.buffers.len()).find(|&i| self.buffers[i].len() >= n) {
+            Some(i) => i,
+            None => {
+                // Not write-combined (cudarc's default): the host reads these buffers back.
+                // SAFETY: page-locked memory; only the first `n` values are read, after the copy wrote them.
+                let buffer = unsafe { ctx.alloc_pinned_with_flags::<f32>(n, 0) }.map_err(driver_error)?;
+                self.buffers.push(buffer);
+                self.buffers.len() - 1
+            }
+        };
+        self.buffers.swap(used, slot);
+        let buffer = &mut self.buffers[used];
+        // The buffer may be longer than this capture, and cudarc's memcpy_dtoh copies the whole
+        // destination, so the copy of exactly `n` values is issued directly.
+        let dst = &mut buffer.as_mut_slice().map_err(driver_error)?[..n];
+        let (src, _record) = x.device_ptr(&self.stream);
+        // SAFETY: `dst` is page-locked host memory of `n` values, not read or reused before `finish`
+        // (or `drop`) synchronises the stream; `src` holds at least `n` values and is freed
+        // stream-ordered, after this copy.
+        unsafe { driver_result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(driver_error)?;
+        self.pending.push((hook, shape, used));
+        Ok(())
+    }
+
+    /// Waits for the copies and moves them into `captures`; returns the buffers for the next run.
+    fn finish(mut self, captures: &mut Captures) -> Result<Vec<PinnedHostSlice<f32>>, EngineError> {
+        self.stream.synchronize().map_err(driver_error)?;
+        for (hook, (rows, d), slot) in std::mem::take(&mut self.pending) {
+            let host = self.buffers[slot].as_slice().map_err(driver_error)?[..rows * d].to_vec();
+            captures.insert(hook, Matrix::from_vec(rows, d, host));
+        }
+        Ok(std::mem::take(&mut self.buffers))
+    }
 }
 
 impl CudaForward {
     /// Uploads every block of `encoder` to GPU `ordinal` in `precision`. Call only after
     /// [`scinterp_kernels::cuda_available`] returned `Ok`.
     pub fn new(encoder: &dyn Encoder, ordinal: usize, precision: GpuPrecision) -> Result<Self, EngineError> {
+        // Before touching the driver: a model the attention kernel cannot run is refused on any host,
+        // with the reason, instead of failing at its first launch.
+        check_head_dims(encoder)?;
         let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
         let stream = ctx.default_stream();
         let kernels = Kernels::load(&ctx).map_err(gpu_error)?;
@@ -125,13 +213,14 @@ impl CudaForward {
         stream.synchronize().map_err(driver_error)?;
         Ok(CudaForward {
             state: Mutex::new(DeviceState {
-                _ctx: ctx,
+                ctx,
                 stream,
                 kernels,
                 gemm,
                 precision,
                 embedding,
                 blocks,
+                capture_buffers: Vec::new(),
             }),
             dims,
             precision,
@@ -142,6 +231,22 @@ impl CudaForward {
     pub fn precision(&self) -> GpuPrecision {
         self.precision
     }
+}
+
+/// The attention kernels take head_dim 64 only ([`ATTENTION_HEAD_DIM`]); every block must have it.
+pub fn check_head_dims(encoder: &dyn Encoder) -> Result<(), EngineError> {
+    for layer in 0..encoder.dims().n_layers {
+        let head_dim = encoder.block(layer).head_dim;
+        if head_dim != ATTENTION_HEAD_DIM {
+            return Err(EngineError::Gpu(format!(
+                "block {layer} has head_dim {head_dim} (d_model {} over {} heads), but the GPU attention kernel \
+                 takes head_dim {ATTENTION_HEAD_DIM} only: run this model with --device cpu",
+                encoder.dims().d_model,
+                encoder.block(layer).n_heads
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn upload_block(
@@ -211,13 +316,34 @@ fn upload_layer_norm(
     })
 }
 
-/// A GEMM input: the residual stream or an activation, in the GEMM input precision.
-enum Act {
+/// A GEMM input: the residual stream or an activation, in the GEMM input precision. In the f32 mode
+/// the residual stream is read in place (`F32Ref`), not copied for every GEMM.
+enum Act<'a> {
     Bf16(CudaSlice<bf16>),
     F32(CudaSlice<f32>),
+    F32Ref(&'a CudaSlice<f32>),
+}
+
+impl Act<'_> {
+    fn f32(&self) -> Option<&CudaSlice<f32>> {
+        match self {
+            Act::F32(x) => Some(x),
+            Act::F32Ref(x) => Some(x),
+            Act::Bf16(_) => None,
+        }
+    }
 }
 
 impl DeviceState {
+    /// A device buffer of `n` values for a kernel or GEMM to write whole: left uninitialised, since a
+    /// memset of every intermediate costs a pass over memory for nothing.
+    fn output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, EngineError> {
+        // SAFETY: every caller hands the buffer, before any read, to a kernel or GEMM that writes all
+        // `n` values (GEMMs with β = 0, attention, add + LayerNorm, conversion, the embedding gather);
+        // the GPU tests compare every such output with the CPU.
+        unsafe { self.stream.alloc::<T>(n) }.map_err(driver_error)
+    }
+
     /// `y = epilogue(x · Wᵀ + b)` in f32: the GEMMs whose output joins the residual stream, and every
     /// GEMM of the f32 mode.
     fn linear_f32(
@@ -232,18 +358,17 @@ impl DeviceState {
             n: l.out_features,
             k: l.in_features,
         };
-        let mut y = self
-            .stream
-            .alloc_zeros::<f32>(rows * l.out_features)
-            .map_err(driver_error)?;
+        let mut y = self.output::<f32>(rows * l.out_features)?;
         let bias = Some(&l.bias_f32);
-        match (x, &self.gemm, &l.w_bf16, &l.w_f32) {
-            (Act::Bf16(x), Gemm::CublasLt(lt), Some(w), _) => lt.linear(x, w, bias, &mut y, shape, epilogue),
-            (Act::Bf16(x), Gemm::InHouse, Some(w), _) => {
+        match (x, x.f32(), &self.gemm, &l.w_bf16, &l.w_f32) {
+            (Act::Bf16(x), _, Gemm::CublasLt(lt), Some(w), _) => {
+                lt.linear(x, w, bias, &mut y, shape, epilogue)
+            }
+            (Act::Bf16(x), _, Gemm::InHouse, Some(w), _) => {
                 self.kernels
                     .linear_bf16(&self.stream, x, w, bias, &mut y, shape, epilogue)
             }
-            (Act::F32(x), Gemm::CublasLt(lt), _, Some(w)) => lt.linear(x, w, bias, &mut y, shape, epilogue),
+            (_, Some(x), Gemm::CublasLt(lt), _, Some(w)) => lt.linear(x, w, bias, &mut y, shape, epilogue),
             _ => return Err(EngineError::Gpu("GEMM input and weight precisions differ".into())),
         }
         .map_err(gpu_error)?;
@@ -258,7 +383,7 @@ impl DeviceState {
         l: &DeviceLinear,
         rows: usize,
         epilogue: Epilogue,
-    ) -> Result<Act, EngineError> {
+    ) -> Result<Act<'static>, EngineError> {
         let Act::Bf16(x16) = x else {
             return Ok(Act::F32(self.linear_f32(x, l, rows, epilogue)?));
         };
@@ -271,10 +396,7 @@ impl DeviceState {
             .w_bf16
             .as_ref()
             .ok_or_else(|| EngineError::Gpu("GEMM input and weight precisions differ".into()))?;
-        let mut y = self
-            .stream
-            .alloc_zeros::<bf16>(rows * l.out_features)
-            .map_err(driver_error)?;
+        let mut y = self.output::<bf16>(rows * l.out_features)?;
         match &self.gemm {
             Gemm::CublasLt(lt) => lt.linear(x16, w, Some(&l.bias_bf16), &mut y, shape, epilogue),
             Gemm::InHouse => {
@@ -287,11 +409,11 @@ impl DeviceState {
     }
 
     /// The residual stream as a GEMM input.
-    fn gemm_input(&self, x: &CudaSlice<f32>) -> Result<Act, EngineError> {
+    fn gemm_input<'a>(&self, x: &'a CudaSlice<f32>) -> Result<Act<'a>, EngineError> {
         match self.precision {
-            GpuPrecision::F32 => Ok(Act::F32(x.clone())),
+            GpuPrecision::F32 => Ok(Act::F32Ref(x)),
             GpuPrecision::Bf16 => {
-                let mut y = self.stream.alloc_zeros::<bf16>(x.len()).map_err(driver_error)?;
+                let mut y = self.output::<bf16>(x.len())?;
                 self.kernels
                     .f32_to_bf16(&self.stream, x, &mut y)
                     .map_err(gpu_error)?;
@@ -306,31 +428,26 @@ impl DeviceState {
         cells: &VarlenBatch,
         block: &DeviceBlock,
         rows: usize,
-    ) -> Result<Act, EngineError> {
+    ) -> Result<Act<'static>, EngineError> {
         let hidden = block.n_heads * block.head_dim;
         let heads = (block.n_heads, block.head_dim);
         let scale = 1.0 / (block.head_dim as f32).sqrt();
-        match qkv {
-            Act::Bf16(qkv) => {
-                let mut ctx = self
-                    .stream
-                    .alloc_zeros::<bf16>(rows * hidden)
-                    .map_err(driver_error)?;
+        match (qkv, qkv.f32()) {
+            (Act::Bf16(qkv), _) => {
+                let mut ctx = self.output::<bf16>(rows * hidden)?;
                 self.kernels
                     .attention_varlen_bf16(&self.stream, qkv, cells, None, &mut ctx, heads, scale)
                     .map_err(gpu_error)?;
                 Ok(Act::Bf16(ctx))
             }
-            Act::F32(qkv) => {
-                let mut ctx = self
-                    .stream
-                    .alloc_zeros::<f32>(rows * hidden)
-                    .map_err(driver_error)?;
+            (_, Some(qkv)) => {
+                let mut ctx = self.output::<f32>(rows * hidden)?;
                 self.kernels
                     .attention_varlen_f32(&self.stream, qkv, cells, None, &mut ctx, heads, scale)
                     .map_err(gpu_error)?;
                 Ok(Act::F32(ctx))
             }
+            (_, None) => unreachable!("an f32 activation always has its f32 view"),
         }
     }
 
@@ -342,7 +459,7 @@ impl DeviceState {
         rows: usize,
         d: usize,
     ) -> Result<CudaSlice<f32>, EngineError> {
-        let mut out = self.stream.alloc_zeros::<f32>(rows * d).map_err(driver_error)?;
+        let mut out = self.output::<f32>(rows * d)?;
         self.kernels
             .add_layer_norm(
                 &self.stream,
@@ -359,14 +476,14 @@ impl DeviceState {
     }
 
     /// Visits `hook`: its edits run on the GPU in one launch (`hook_edits.cu`), then a captured tensor
-    /// is copied to the host.
+    /// is queued for copying to the host.
     fn visit(
         &self,
         plan: &HookPlan,
         hook: HookPoint,
         x: &mut CudaSlice<f32>,
         shape: (usize, usize),
-        captures: &mut Captures,
+        captures: &mut PendingCaptures,
     ) -> Result<(), EngineError> {
         if let Some(edits) = plan.edits_at(hook) {
             let list = edit_list(edits, shape).map_err(|e| EngineError::InvalidEdit {
@@ -379,8 +496,7 @@ impl DeviceState {
                 .map_err(gpu_error)?;
         }
         if plan.captures_hook(hook) {
-            let host = self.stream.clone_dtoh(x).map_err(driver_error)?;
-            captures.insert(hook, Matrix::from_vec(shape.0, shape.1, host));
+            captures.copy(&self.ctx, hook, x, shape)?;
         }
         Ok(())
     }
@@ -392,7 +508,7 @@ impl DeviceState {
         x: CudaSlice<f32>,
         cells: &VarlenBatch,
         plan: &HookPlan,
-        captures: &mut Captures,
+        captures: &mut PendingCaptures,
     ) -> Result<CudaSlice<f32>, EngineError> {
         let rows = cells.tokens();
         let d = block.n_heads * block.head_dim;
@@ -476,7 +592,7 @@ impl DeviceState {
         let s = &self.stream;
         let tokens_dev = s.clone_htod(batch.tokens()).map_err(driver_error)?;
         let positions_dev = s.clone_htod(&positions).map_err(driver_error)?;
-        let mut sum = s.alloc_zeros::<f32>(rows * d).map_err(driver_error)?;
+        let mut sum = self.output::<f32>(rows * d)?;
         self.kernels
             .embed_bert_gather(
                 s,
@@ -510,11 +626,14 @@ impl Forward for CudaForward {
         let dims = &self.dims;
         let tokens = batch.n_tokens();
         plan.validate(dims, tokens)?;
-        let state = self
+        let mut guard = self
             .state
             .lock()
             .map_err(|_| EngineError::Gpu("an earlier GPU run panicked".into()))?;
         let mut captures = Captures::default();
+        let buffers = std::mem::take(&mut guard.capture_buffers);
+        let mut pending = PendingCaptures::new(&guard.stream, buffers);
+        let state = &*guard;
         let (first_layer, mut x) = match start {
             Start::Embed => match &state.embedding {
                 Some(embedding) => {
@@ -524,7 +643,7 @@ impl Forward for CudaForward {
                         HookPoint::Embed,
                         &mut x,
                         (tokens, dims.d_model),
-                        &mut captures,
+                        &mut pending,
                     )?;
                     (0, x)
                 }
@@ -548,13 +667,16 @@ impl Forward for CudaForward {
             .attention_batch(&state.stream, batch.offsets())
             .map_err(gpu_error)?;
         for layer in first_layer..dims.n_layers {
-            x = state.run_block(&state.blocks[layer], layer, x, &cells, plan, &mut captures)?;
+            x = state.run_block(&state.blocks[layer], layer, x, &cells, plan, &mut pending)?;
         }
         let final_state = Matrix::from_vec(
             tokens,
             dims.d_model,
             state.stream.clone_dtoh(&x).map_err(driver_error)?,
         );
+        drop(x);
+        guard.capture_buffers = pending.finish(&mut captures)?;
+        take_recorded_error(&guard.ctx).map_err(gpu_error)?;
         let head = if with_head {
             encoder.head(&final_state, batch)
         } else {
@@ -569,5 +691,27 @@ impl Forward for CudaForward {
 
     fn name(&self) -> String {
         format!("cuda ({:?}, GEMMs: {})", self.precision, self.gemm_backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_model::tiny_encoder;
+
+    #[test]
+    fn a_model_with_another_head_dim_is_refused_before_any_gpu_work() {
+        // d 64 over 4 heads: head_dim 16, which the attention kernel does not take. The refusal must
+        // come on a host with no driver too, so it cannot depend on a GPU.
+        let encoder = tiny_encoder(2, 64, 4, 128, 50, 7);
+        let err = CudaForward::new(&encoder, 0, GpuPrecision::Bf16)
+            .err()
+            .expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("head_dim 16") && msg.contains("--device cpu"),
+            "{msg}"
+        );
+        assert!(check_head_dims(&tiny_encoder(1, 128, 2, 64, 50, 7)).is_ok());
     }
 }

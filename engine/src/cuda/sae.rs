@@ -15,14 +15,14 @@
 use std::sync::Arc;
 
 use half::bf16;
-use scinterp_kernels::cudarc::driver::{CudaContext, CudaSlice, CudaStream, PinnedHostSlice};
+use scinterp_kernels::cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
 use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns};
 use scinterp_kernels::gpu::sae_optim::{AdamStep, SUM_BLOCKS};
-use scinterp_kernels::gpu::{GpuError, Kernels};
+use scinterp_kernels::gpu::{take_recorded_error, GpuError, Kernels};
 
 use super::GpuPrecision;
-use crate::sae::train::{Stepper, TrainConfig};
+use crate::sae::train::{adam_bias_corrections, Stepper, TrainConfig};
 use crate::sae::{SparseCodes, TopKSae};
 
 /// The four parameter arrays (or their moments, or gradients) on the device.
@@ -71,11 +71,13 @@ struct StepBuffers {
     partial: CudaSlice<f64>,
     /// Host staging of the batch in page-locked memory (full-speed, DMA-able copies).
     staging: PinnedHostSlice<f32>,
+    /// Recorded right after the last upload from `staging`; waited on before `staging` is rewritten.
+    staging_uploaded: Option<CudaEvent>,
 }
 
 /// A [`Stepper`] on GPU 0.
 pub struct GpuSaeStepper {
-    _ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     lt: CublasLt,
@@ -144,10 +146,11 @@ impl GpuSaeStepper {
             partial: stream.alloc_zeros::<f64>(SUM_BLOCKS).map_err(err)?,
             // SAFETY: page-locked host memory, written by us before every copy and read by no kernel.
             staging: unsafe { ctx.alloc_pinned::<f32>(b * d) }.map_err(err)?,
+            staging_uploaded: None,
         };
         let tokens_since_fired = stream.alloc_zeros::<u64>(f).map_err(err)?;
         Ok(GpuSaeStepper {
-            _ctx: ctx,
+            ctx,
             stream,
             kernels,
             lt,
@@ -179,9 +182,17 @@ impl GpuSaeStepper {
         let (s, kn) = (&self.stream, &self.kernels);
         let buf = &mut self.buffers;
 
-        // Batch in: pinned staging, then one DMA copy.
+        // Batch in: pinned staging, then one DMA copy. The copy from pinned memory is asynchronous, and
+        // cudarc records the slice's own event only when it manages several streams, so
+        // `as_mut_slice` alone would not wait for it: wait on our event from the previous upload before
+        // overwriting the bytes it may still be reading (a no-op when a blocking read since then has
+        // synchronised the stream).
+        if let Some(uploaded) = buf.staging_uploaded.take() {
+            uploaded.synchronize()?;
+        }
         buf.staging.as_mut_slice()?[..x.len()].copy_from_slice(x);
         s.memcpy_htod(&buf.staging, &mut buf.x)?;
+        buf.staging_uploaded = Some(s.record_event(None)?);
 
         // Forward: xc = x − b_dec; pre = xc · W_encᵀ + b_enc; top-k.
         kn.sub_row_vector(s, &buf.x, &self.params.b_dec, &mut buf.xc, rows)?;
@@ -336,12 +347,13 @@ impl GpuSaeStepper {
         // Adam, then unit-norm decoder rows, then the bf16 copy of the encoder.
         self.step += 1;
         let t = self.step as i32;
+        let (c1, c2) = adam_bias_corrections(cfg, t);
         let adam = AdamStep {
             lr: lr as f32,
             beta1: cfg.beta1 as f32,
             beta2: cfg.beta2 as f32,
-            c1: (1.0 / (1.0 - cfg.beta1.powi(t))) as f32,
-            c2: (1.0 / (1.0 - cfg.beta2.powi(t))) as f32,
+            c1,
+            c2,
             eps: cfg.adam_eps as f32,
         };
         let (p, m, v) = (&mut self.params, &mut self.m, &mut self.v);
@@ -353,6 +365,7 @@ impl GpuSaeStepper {
         if let Some(w16) = &mut self.w_enc16 {
             kn.f32_to_bf16(s, &p.w_enc, w16)?;
         }
+        take_recorded_error(&self.ctx)?;
         Ok((err / energy.max(1e-30), aux_loss))
     }
 }
@@ -392,7 +405,7 @@ impl Stepper for GpuSaeStepper {
 /// or bf16 operands, f32 accumulation) and the top-k kernel. Codes equal the CPU's up to GEMM rounding (top-k
 /// sets differ only where two pre-activations are within it of each other).
 pub struct GpuSaeEncoder {
-    _ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     lt: CublasLt,
@@ -426,7 +439,7 @@ impl GpuSaeEncoder {
         Ok(GpuSaeEncoder {
             b_dec: stream.clone_htod(&sae.b_dec).map_err(err)?,
             b_enc: stream.clone_htod(&sae.b_enc).map_err(err)?,
-            _ctx: ctx,
+            ctx,
             stream,
             kernels,
             lt,
@@ -467,11 +480,14 @@ impl GpuSaeEncoder {
             let mut idx = s.alloc_zeros::<u32>(rows * self.k)?;
             let mut val = s.alloc_zeros::<f32>(rows * self.k)?;
             kn.sae_topk(s, &pre, None, &mut idx, &mut val, (rows, f), self.k)?;
-            Ok(SparseCodes {
+            let codes = SparseCodes {
                 k: self.k,
                 indices: s.clone_dtoh(&idx)?,
                 values: s.clone_dtoh(&val)?,
-            })
+            };
+            drop((dx, xc, pre, idx, val));
+            take_recorded_error(&self.ctx)?;
+            Ok(codes)
         };
         run().map_err(err)
     }

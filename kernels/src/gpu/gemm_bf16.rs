@@ -60,15 +60,8 @@ impl Kernels {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        // The kernel reads the bias only when the epilogue adds it; a 1-element stand-in otherwise.
-        let placeholder;
-        let bias = match bias {
-            Some(b) => b,
-            None => {
-                placeholder = stream.alloc_zeros::<f32>(1)?;
-                &placeholder
-            }
-        };
+        // The kernel reads the bias only when the epilogue adds it; the shared zero stands in otherwise.
+        let bias = bias.unwrap_or(&self.zero_bias);
         let (m_i, n_i, k_i) = (m as i32, n as i32, k as i32);
         let mut launch = stream.launch_builder(self.function(O::ENTRY)?);
         launch

@@ -25,7 +25,7 @@ pub mod sae_optim;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
 
 use cudarc::nvrtc::Ptx;
 pub use gemm_bf16::InHouseOutput;
@@ -52,10 +52,14 @@ pub enum GpuError {
     )]
     NotEmbedded { kernel: &'static str, why: String },
     #[error(
-        "libcublasLt.so.13 could not be loaded (it is not part of the driver): install the CUDA 13 \
-             cuBLAS libraries or use the in-house GEMM"
+        "libcublasLt (.so.13 or .so.12) could not be loaded (it is not part of the driver): install the \
+         CUDA cuBLAS libraries (or put a folder holding one on LD_LIBRARY_PATH), or use the in-house GEMM"
     )]
     NoCublasLt,
+    /// An error cudarc could only record, in a `Drop` (freeing a slice, an event or a stream guard),
+    /// surfaced at the end of the work it happened in.
+    #[error("CUDA error recorded while releasing GPU resources: {0}")]
+    RecordedInDrop(cudarc::driver::DriverError),
     #[error("cuBLASLt {call} failed: {status}")]
     Cublas { call: &'static str, status: String },
     #[error("{kernel}: {reason}")]
@@ -126,6 +130,9 @@ pub struct Kernels {
     functions: HashMap<&'static str, CudaFunction>,
     /// Where each module came from, in registry order.
     pub formats: Vec<(&'static str, ModuleFormat)>,
+    /// One zero, passed where a kernel takes a bias pointer it will not read (no bias epilogue):
+    /// allocated once here instead of once per launch.
+    zero_bias: CudaSlice<f32>,
 }
 
 impl Kernels {
@@ -142,6 +149,7 @@ impl Kernels {
                     ptx: e.ptx.to_string(),
                     ptx_isa: e.ptx_isa,
                     log: String::new(),
+                    resources: Vec::new(),
                 },
                 None => compile::compile(kernel).map_err(|e| GpuError::NotEmbedded {
                     kernel: kernel.name,
@@ -154,7 +162,12 @@ impl Kernels {
                 functions.insert(*entry, module.load_function(entry)?);
             }
         }
-        Ok(Kernels { functions, formats })
+        let zero_bias = ctx.default_stream().alloc_zeros::<f32>(1)?;
+        Ok(Kernels {
+            functions,
+            formats,
+            zero_bias,
+        })
     }
 
     /// The loaded entry point `entry` (an `extern "C"` name of the registry).
@@ -164,6 +177,12 @@ impl Kernels {
             reason: "not an entry point of the registry".into(),
         })
     }
+}
+
+/// Errors cudarc met where it could not return them (the `Drop` of slices, events and stream guards)
+/// are stored in the context; call this at the end of each unit of work so they are not lost.
+pub fn take_recorded_error(ctx: &CudaContext) -> Result<(), GpuError> {
+    ctx.check_err().map_err(GpuError::RecordedInDrop)
 }
 
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<(), String> {
