@@ -50,6 +50,16 @@ const MUTANTS: &[Mutant] = &[
             "const bool row_live = q0 + row < end;\n    if (!row_live) {\n        return;\n    }",
         )],
     },
+    // A barrier moved under a condition only thread 0 takes (the others go on to the next barrier or
+    // the next ballot).
+    Mutant {
+        name: "divergent_barrier",
+        kernel: "sae_topk",
+        edits: &[(
+            "    if (tid == 0) {\n        s_gt = 0u;\n    }\n    __syncthreads();",
+            "    if (tid == 0) {\n        s_gt = 0u;\n        __syncthreads();\n    }",
+        )],
+    },
 ];
 
 fn main() {
@@ -237,7 +247,11 @@ fn sanitizers() -> Vec<&'static str> {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("probe");
     std::fs::create_dir_all(&out).expect("create probe dir");
     let src = out.join("probe.cpp");
-    std::fs::write(&src, "int main() { return 0; }\n").expect("write probe");
+    std::fs::write(
+        &src,
+        "#include <vector>\nint main() { std::vector<int> v(100, 1); return v[99] - 1; }\n",
+    )
+    .expect("write probe");
     for set in [&["address", "undefined"][..], &["address"][..]] {
         let tool = cc::Build::new().cpp(true).cargo_metadata(false).get_compiler();
         let exe = out.join("probe");
@@ -249,10 +263,30 @@ fn sanitizers() -> Vec<&'static str> {
             .arg(&exe)
             .status()
             .is_ok_and(|s| s.success())
-            && Command::new(&exe).status().is_ok_and(|s| s.success());
+            && runs_within(&exe, std::time::Duration::from_secs(20));
         if ok {
             return set.to_vec();
         }
     }
     Vec::new()
+}
+
+/// Whether `exe` exits successfully within `limit` (some kernels' address-space layouts make an
+/// AddressSanitizer runtime loop forever at start-up instead of failing).
+fn runs_within(exe: &Path, limit: std::time::Duration) -> bool {
+    let Ok(mut child) = Command::new(exe).spawn() else {
+        return false;
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
 }

@@ -61,3 +61,35 @@ fn an_early_return_before_a_shuffle_is_an_emulator_error() {
         F32_TOL.1,
     );
 }
+
+#[test]
+fn a_barrier_under_a_divergent_condition_is_an_emulator_error() {
+    use scinterp_kernels_emu::{Arg, Program};
+    let (rows, n, k) = (1usize, 300usize, 8usize);
+    let pre: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32).collect();
+    let mut p = Program::new();
+    let pb = p.upload(&pre);
+    let ib = p.zeros::<u32>(rows * k);
+    let vb = p.zeros::<f32>(rows * k);
+    p.launch(
+        "sae_topk_f32",
+        (rows as u32, 1, 1),
+        (256, 1, 1),
+        k * 8,
+        &[
+            Arg::Buf(pb),
+            Arg::Buf(ib),
+            Arg::Buf(vb),
+            Arg::I32(rows as i32),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::I32(k as i32),
+        ],
+    );
+    p.run().expect("the unmutated kernel runs");
+    let err = p
+        .run_with(&runner("divergent_barrier"))
+        .expect_err("a divergent __syncthreads must fail");
+    assert_eq!(err.status, Some(3), "{err}");
+    eprintln!("divergent barrier: {err}");
+}
