@@ -6,10 +6,12 @@
 //     u32 n_args, per argument: u8 kind (0 null pointer, 1 buffer + u32 index + u64 byte offset,
 //     2 scalar + u32 size + bytes)
 // RESPONSE: u32 n_buffers, per buffer: u64 length, bytes.
-// Exit status: 0 done, 2 bad request, 3 a check of the emulator failed (message on stderr).
+// Exit status: 0 done, 2 bad request, 3 a check of the emulator failed (message on stderr), 4 AddressSanitizer;
+// killed by SIGALRM after 120 s.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -84,6 +86,9 @@ struct Reader {
 
 int main(int argc, char** argv) {
     if (argc != 3) bad("usage: emu-runner REQUEST RESPONSE");
+    // A kernel that never finishes (a thread spinning on a flag no other fiber can set while it runs)
+    // would hang the tests; the default SIGALRM action ends the runner instead.
+    alarm(120);
     std::ifstream in(argv[1], std::ios::binary);
     if (!in) bad(std::string("cannot read ") + argv[1]);
     const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

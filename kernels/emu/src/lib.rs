@@ -45,7 +45,8 @@ pub struct Program {
 /// A failed run: the runner's exit status and what it printed.
 #[derive(Debug, Clone)]
 pub struct EmuError {
-    /// 2: bad request; 3: an emulator check failed; 4: AddressSanitizer; other: crash or UBSan.
+    /// 2: bad request; 3: an emulator check failed; 4: AddressSanitizer; other: crash or UBSan;
+    /// `None`: killed by a signal (SIGALRM after 120 s).
     pub status: Option<i32>,
     pub message: String,
 }
@@ -168,6 +169,12 @@ impl Program {
             .collect::<Vec<_>>()
             .join("\n");
         if !out.status.success() {
+            use std::os::unix::process::ExitStatusExt as _;
+            let message = match out.status.signal() {
+                Some(14) => format!("{message}\nkilled after 120 s (SIGALRM): a kernel that never finishes?"),
+                Some(sig) => format!("{message}\nkilled by signal {sig}"),
+                None => message,
+            };
             return Err(EmuError {
                 status: out.status.code(),
                 message,
