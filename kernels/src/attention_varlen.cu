@@ -70,11 +70,15 @@ __device__ __forceinline__ bool key_kept(const unsigned char* __restrict__ key_m
 // b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; d0,d1 = D[g][2t], D[g][2t+1]; d2,d3 = D[g+8][2t], D[g+8][2t+1].
 // In every packed pair the lower column (or row, for B) is in the low 16 bits.
 __device__ __forceinline__ void mma_bf16_m16n8k16(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+#ifdef SCINTERP_EMU  // the CPU emulator's model of the instruction (kernels/emu)
+    emu::mma_m16n8k16_bf16_f32(EMU_SITE, d, a, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two consecutive bf16 of shared memory as one 32-bit register (the element at the lower address in the

@@ -1,6 +1,14 @@
 // Shared device helpers of scinterp's kernels. NVRTC-only: no host code, no CUDA runtime headers needed.
 #pragma once
 
+// Dynamic shared memory (the launch's byte count) as an array `name` of `type`. The CPU emulator
+// (kernels/emu, which defines SCINTERP_EMU) maps it to the launch's own allocation.
+#ifdef SCINTERP_EMU
+#define SCINTERP_DYNAMIC_SHARED(type, name) static type*& name = emu::dynamic_shared<type>()
+#else
+#define SCINTERP_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Full-warp butterfly sum: every lane ends with the warp total (no shared memory needed).
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

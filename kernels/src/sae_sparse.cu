@@ -11,7 +11,7 @@
 #define SAE_NO_INDEX 0xFFFFFFFFu
 
 // Dynamic shared memory of every kernel here that stages a row's codes (one declaration, file scope).
-extern __shared__ unsigned int s_codes[];
+SCINTERP_DYNAMIC_SHARED(unsigned int, s_codes);
 
 __device__ __forceinline__ float sae_load(const float* w, size_t i) { return w[i]; }
 __device__ __forceinline__ float sae_load(const __nv_bfloat16* w, size_t i) { return __bfloat162float(w[i]); }

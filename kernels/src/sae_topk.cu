@@ -58,7 +58,7 @@ template <bool MASKED>
 __device__ __forceinline__ void topk_row(const float* __restrict__ pre, const unsigned char* __restrict__ mask,
                                          unsigned int* __restrict__ out_idx, float* __restrict__ out_val,
                                          int n, int k, int sort_len) {
-    extern __shared__ unsigned long long sort_buf[];  // sort_len entries: (key << 32) | ~index
+    SCINTERP_DYNAMIC_SHARED(unsigned long long, sort_buf);  // sort_len entries: (key << 32) | ~index
     __shared__ unsigned int hist[256];
     __shared__ unsigned int warp_count[32];
     __shared__ unsigned int s_digit, s_need, s_bucket, s_all, s_gt;
