@@ -16,6 +16,12 @@ pub enum ModelError {
     },
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
+    #[error("{dir}: {reason}; a model folder is one of: {looked_for}")]
+    NotAModelFolder {
+        dir: PathBuf,
+        reason: &'static str,
+        looked_for: String,
+    },
     #[error("{dir} holds no weights: expected {expected}")]
     NoWeights { dir: PathBuf, expected: &'static str },
     #[error("{path} does not match its config ({count} problem{s}):\n  {list}\nCheck that the config next to it (config.json or args.json) belongs to these weights.",

@@ -4,7 +4,11 @@
 pub mod cells;
 pub mod checkpoint;
 pub mod error;
+pub mod forward;
+pub mod gene_names;
 pub mod geneformer;
+pub mod input;
+pub mod registry;
 pub mod scgpt;
 pub mod synthetic;
 pub mod token_chunks;
@@ -13,3 +17,4 @@ pub mod tokenize;
 pub mod weights;
 
 pub use error::ModelError;
+pub use registry::{load, LoadedModel};
