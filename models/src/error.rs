@@ -4,6 +4,24 @@ use std::path::PathBuf;
 
 use crate::checkpoint::CheckpointError;
 
+/// Why a document's content (a config, a vocabulary, a matrix) is refused; the caller that knows the
+/// file adds its path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(reason: String) -> Self {
+        Invalid(reason)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(reason: &str) -> Self {
+        Invalid(reason.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]

@@ -16,5 +16,5 @@ pub mod token_store;
 pub mod tokenize;
 pub mod weights;
 
-pub use error::ModelError;
+pub use error::{Invalid, ModelError};
 pub use registry::{load, LoadedModel};

@@ -183,7 +183,11 @@ impl CountMatrix {
     }
 
     /// Checks the internal consistency of the arrays (readers call this before returning).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
+        self.check().map_err(crate::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.indptr.len() != self.n_cells + 1 || self.indptr.first() != Some(&0) {
             return Err(format!(
                 "indptr has {} entries for {} cells",
@@ -473,7 +477,10 @@ mod tests {
         assert_eq!(first_out_of_range(&v, 5001), None);
         let mut m = test_matrix(vec!["a".into(), "b".into()], &[vec![(0, 1.0), (1, 2.0)]]);
         m.indices.to_mut()[1] = 2;
-        assert_eq!(m.validate().unwrap_err(), "gene index 2 out of range (2 genes)");
+        assert_eq!(
+            m.validate().unwrap_err().to_string(),
+            "gene index 2 out of range (2 genes)"
+        );
     }
 
     #[test]
