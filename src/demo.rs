@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
+use scinterp_models::forward::forward_to_file;
+use scinterp_models::input::InputCells;
 use scinterp_models::synthetic::{splitmix64, tensor_values, write_f32_tensors, SyntheticSpec};
 use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
 use serde_json::json;
 
-use crate::forward::{forward_to_file, load_model};
-use crate::tokens_json::InputCells;
+use crate::forward::load_model;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {

@@ -13,9 +13,9 @@ use serde_json::json;
 
 use scinterp_engine::device::DeviceChoice;
 
-use crate::forward::{
-    load_model, make_forward, parse_hooks, read_cells, resolve_device, GpuPrecisionArg, ModelKind,
-};
+use scinterp_models::LoadedModel;
+
+use crate::forward::{load_model, make_forward, parse_hooks, read_cells, resolve_device, GpuPrecisionArg};
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -186,29 +186,21 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
     Ok(Some(summary))
 }
 
-/// Token ids whose positions are not genes: Geneformer V2 `<pad> <mask> <cls> <eos>` (0–3), V1
-/// `<pad> <mask>` (0–1); scGPT `<cls>` and `<pad>`.
-pub fn special_token_ids(store: &Path, model: &crate::forward::LoadedModel) -> Result<Vec<u32>> {
-    Ok(match model.kind {
-        ModelKind::Scgpt => model.special_ids.clone(),
-        ModelKind::Geneformer => {
-            let manifest = scinterp_models::token_store::TokenStore::read_manifest(store)?;
-            if manifest.tokenizer_version.eq_ignore_ascii_case("v1") {
-                vec![0, 1]
-            } else {
-                vec![0, 1, 2, 3]
-            }
-        }
-    })
+/// Token ids whose positions are not genes, for cells tokenized as the store at `store` says (the
+/// registry knows them: Geneformer V2 `<pad> <mask> <cls> <eos>`, V1 `<pad> <mask>`; scGPT `<cls>`
+/// and `<pad>`).
+pub fn special_token_ids(store: &Path, model: &LoadedModel) -> Result<Vec<u32>> {
+    let special = model.special_tokens(|| scinterp_models::token_store::TokenStore::read_manifest(store))?;
+    Ok(special.ids())
 }
 
 /// The model as the store records it: folder, kind, weights file and its BLAKE3 hash.
-fn model_identity(dir: &Path, model: &crate::forward::LoadedModel) -> Result<serde_json::Value> {
+fn model_identity(dir: &Path, model: &LoadedModel) -> Result<serde_json::Value> {
     let weights = &model.weights;
     let hash = hash_of(weights).with_context(|| format!("hashing {}", weights.display()))?;
     Ok(json!({
         "path": absolute(dir),
-        "kind": format!("{:?}", model.kind).to_lowercase(),
+        "kind": model.name,
         "weights": absolute(weights),
         "weights_blake3": hash,
     }))

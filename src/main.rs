@@ -13,7 +13,6 @@ mod progress;
 mod sae;
 mod table;
 mod tokenize;
-mod tokens_json;
 mod trace;
 
 use std::process::ExitCode;

@@ -26,7 +26,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::extract::absolute;
-use crate::forward::{load_model, read_cells, resolve_device, GpuPrecisionArg, ModelKind};
+use crate::forward::{load_model, read_cells, resolve_device, GpuPrecisionArg};
+use scinterp_models::registry::PretrainingLoss;
 
 #[derive(Args, Debug)]
 pub struct SaeArgs {
@@ -398,9 +399,9 @@ fn spliced_loss_on_store(
         .collect();
     let mut batch_tokens = tokens.clone();
     let mut labels: Vec<(usize, u32)> = Vec::new();
-    if model.kind == ModelKind::Geneformer {
+    if let PretrainingLoss::MaskedLm { mask_id } = model.loss {
         // Its pretraining loss: cross-entropy of the true gene at 15 % of gene positions (seeded),
-        // replaced by <mask> (id 1).
+        // replaced by <mask>.
         let mut rng = scinterp_engine::rng::Rng::new(0, 0x3A5C);
         let flat_len = batch_tokens.iter().map(Vec::len).sum::<usize>();
         let mut row_of = Vec::with_capacity(flat_len);
@@ -411,7 +412,7 @@ fn spliced_loss_on_store(
             if rng.uniform() < 0.15 {
                 let (c, p) = row_of[r];
                 labels.push((r, batch_tokens[c][p]));
-                batch_tokens[c][p] = 1;
+                batch_tokens[c][p] = mask_id;
             }
         }
     }
@@ -421,10 +422,10 @@ fn spliced_loss_on_store(
         targets = chosen.iter().flat_map(|&c| values[c].iter().copied()).collect();
         batch = batch.with_values(targets.clone())?;
     }
-    let kind = model.kind;
+    let kind = model.loss;
     let loss = move |head: &Matrix| -> f64 {
         match kind {
-            ModelKind::Geneformer => {
+            PretrainingLoss::MaskedLm { .. } => {
                 let total: f64 = labels
                     .iter()
                     .map(|&(r, label)| {
@@ -437,7 +438,7 @@ fn spliced_loss_on_store(
                 total / labels.len().max(1) as f64
             }
             // scGPT: squared error of the expression prediction (first head column) at gene positions.
-            ModelKind::Scgpt => {
+            PretrainingLoss::MaskedExpression => {
                 gene_rows
                     .iter()
                     .map(|&r| (head.row(r)[0] as f64 - targets[r] as f64).powi(2))

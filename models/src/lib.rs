@@ -4,7 +4,11 @@
 pub mod cells;
 pub mod checkpoint;
 pub mod error;
+pub mod forward;
+pub mod gene_names;
 pub mod geneformer;
+pub mod input;
+pub mod registry;
 pub mod scgpt;
 pub mod synthetic;
 pub mod token_chunks;
@@ -12,4 +16,5 @@ pub mod token_store;
 pub mod tokenize;
 pub mod weights;
 
-pub use error::ModelError;
+pub use error::{Invalid, ModelError};
+pub use registry::{load, LoadedModel};

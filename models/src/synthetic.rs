@@ -39,15 +39,17 @@ pub struct SyntheticSpec {
 }
 
 impl SyntheticSpec {
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let spec: SyntheticSpec =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Self, crate::ModelError> {
+        let refuse = |reason: String| crate::ModelError::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| refuse(e.to_string()))?;
+        let spec: SyntheticSpec = serde_json::from_str(&text).map_err(|e| refuse(e.to_string()))?;
         let n = spec.names.len();
         if spec.shapes.len() != n || spec.centers.len() != n || spec.scales.len() != n {
-            return Err(format!(
-                "{}: names, shapes, centers and scales differ in length",
-                path.display()
+            return Err(refuse(
+                "names, shapes, centers and scales differ in length".into(),
             ));
         }
         Ok(spec)

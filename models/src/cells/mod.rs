@@ -183,7 +183,11 @@ impl CountMatrix {
     }
 
     /// Checks the internal consistency of the arrays (readers call this before returning).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::Invalid> {
+        self.check().map_err(crate::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.indptr.len() != self.n_cells + 1 || self.indptr.first() != Some(&0) {
             return Err(format!(
                 "indptr has {} entries for {} cells",
@@ -395,6 +399,68 @@ pub fn decompress_if_gzip(path: &Path) -> Result<Option<tempfile::NamedTempFile>
     Ok(Some(tmp))
 }
 
+/// How [`open`] reads an input.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// 10x folders: which column of features.tsv holds the gene ids.
+    pub tenx_column: GeneIdColumn,
+    /// h5ad: the var column of the gene ids (`None`: the var index); loom: the row attribute.
+    pub gene_id_column: Option<String>,
+    /// h5ad: read `layers/<name>` instead of X.
+    pub layer: Option<String>,
+    /// h5ad: read `raw/X` with `raw/var`.
+    pub use_raw: bool,
+    /// obs columns (loom: column attributes) to carry; a missing one is an error.
+    pub obs_columns: Vec<String>,
+    /// h5ad: obs columns carried when the file has them.
+    pub optional_obs_columns: Vec<String>,
+}
+
+/// Reads (or opens, to be read in blocks) the cells at `input`, choosing the reader from what the path
+/// is: a folder is a 10x MatrixMarket folder, else the extension (`.h5ad`, `.loom`, either `.gz`). A
+/// gzipped input comes with its decompressed temporary copy, to be kept while its cells are read.
+pub fn open(
+    input: &Path,
+    options: &OpenOptions,
+) -> Result<(CellSource, Option<tempfile::NamedTempFile>), CellsError> {
+    if input.is_dir() {
+        let m = tenx::read_10x_mtx(input, options.tenx_column)?;
+        return Ok((CellSource::Memory(m), None));
+    }
+    if !input.exists() {
+        return Err(CellsError::invalid(input, "no such file or folder"));
+    }
+    // `x.h5ad.gz` / `x.loom.gz`: decompress to a temporary file and read that.
+    let decompressed = decompress_if_gzip(input)?;
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
+    let extension = name.rsplit('.').next().unwrap_or("");
+    let input = decompressed.as_ref().map(|t| t.path()).unwrap_or(input);
+    match extension {
+        "h5ad" => {
+            let h5ad_options = h5ad::H5adOptions {
+                layer: options.layer.clone(),
+                use_raw: options.use_raw,
+                gene_id_column: options.gene_id_column.clone(),
+                obs_columns: options.obs_columns.clone(),
+                optional_obs_columns: options.optional_obs_columns.clone(),
+            };
+            Ok((h5ad::open_h5ad(input, &h5ad_options)?, decompressed))
+        }
+        "loom" => {
+            let m = loom::read_loom(input, options.gene_id_column.as_deref(), &options.obs_columns)?;
+            Ok((CellSource::Memory(m), None))
+        }
+        _ => Err(CellsError::invalid(
+            input,
+            "unknown input format; give an .h5ad or .loom file or a 10x MatrixMarket folder",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +477,10 @@ mod tests {
         assert_eq!(first_out_of_range(&v, 5001), None);
         let mut m = test_matrix(vec!["a".into(), "b".into()], &[vec![(0, 1.0), (1, 2.0)]]);
         m.indices.to_mut()[1] = 2;
-        assert_eq!(m.validate().unwrap_err(), "gene index 2 out of range (2 genes)");
+        assert_eq!(
+            m.validate().unwrap_err().to_string(),
+            "gene index 2 out of range (2 genes)"
+        );
     }
 
     #[test]

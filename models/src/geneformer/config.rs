@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::ModelError;
+use crate::error::{Invalid, ModelError};
 
 /// The fields of a BERT config that determine the forward pass. Other keys (dropout, init range,
 /// transformers version, …) do not affect inference and are ignored.
@@ -50,11 +50,11 @@ impl BertConfig {
         })?;
         Self::from_json(&text).map_err(|reason| ModelError::Config {
             path: path.to_path_buf(),
-            reason,
+            reason: reason.0,
         })
     }
 
-    pub fn from_json(text: &str) -> Result<Self, String> {
+    pub fn from_json(text: &str) -> Result<Self, Invalid> {
         let config: BertConfig =
             serde_json::from_str(text).map_err(|e| format!("not a BERT config.json ({e})"))?;
         config.validate()?;
@@ -160,9 +160,15 @@ mod tests {
             "vocab_size": 96}"#;
         assert!(BertConfig::from_json(base).is_ok());
         let gelu = base.replace("\"relu\"", "\"gelu\"");
-        assert!(BertConfig::from_json(&gelu).unwrap_err().contains("gelu"));
+        assert!(BertConfig::from_json(&gelu)
+            .unwrap_err()
+            .to_string()
+            .contains("gelu"));
         let heads = base.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 3");
-        assert!(BertConfig::from_json(&heads).unwrap_err().contains("multiple"));
+        assert!(BertConfig::from_json(&heads)
+            .unwrap_err()
+            .to_string()
+            .contains("multiple"));
         assert!(BertConfig::from_json("{}").is_err());
         assert!(BertConfig::from_json("not json").is_err());
     }

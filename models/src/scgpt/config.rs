@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::error::ModelError;
+use crate::error::{Invalid, ModelError};
 
 /// The `args.json` keys that shape the forward pass. Absent keys take the whole-human values; keys that
 /// would select a variant scinterp does not implement are refused rather than ignored.
@@ -49,11 +49,15 @@ impl ScgptConfig {
         })?;
         Self::from_json(&text).map_err(|reason| ModelError::Config {
             path: path.to_path_buf(),
-            reason,
+            reason: reason.0,
         })
     }
 
-    pub fn from_json(text: &str) -> Result<Self, String> {
+    pub fn from_json(text: &str) -> Result<Self, Invalid> {
+        Self::parse(text).map_err(Invalid)
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
         let obj = value
@@ -163,7 +167,7 @@ mod tests {
             (r#"{"pad_value": "x"}"#, "pad_value"),
             ("[1]", "object"),
         ] {
-            let err = ScgptConfig::from_json(bad).unwrap_err();
+            let err = ScgptConfig::from_json(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
     }

@@ -125,11 +125,15 @@ impl ScgptVocab {
                 .ok_or_else(|| err(format!("the id of `{k}` is {v}, expected a non-negative integer")))?;
             tokens.insert(k.clone(), id);
         }
-        Self::from_map(tokens).map_err(err)
+        Self::from_map(tokens).map_err(|e| err(e.0))
     }
 
     /// Builds the vocabulary from a map; fails (with a reason) without `<pad>` or `<cls>`.
-    pub fn from_map(tokens: HashMap<String, u32>) -> Result<Self, String> {
+    pub fn from_map(tokens: HashMap<String, u32>) -> Result<Self, crate::Invalid> {
+        Self::build(tokens).map_err(crate::Invalid)
+    }
+
+    fn build(tokens: HashMap<String, u32>) -> Result<Self, String> {
         let get = |s: &str| {
             tokens
                 .get(s)
