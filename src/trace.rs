@@ -13,13 +13,50 @@ use scinterp_engine::trace::{EdgeFilters, TraceConfig, TraceInputs, TraceOutcome
 
 use crate::forward::{load_model, make_forward, read_cells, resolve_device, GpuPrecisionArg};
 
-#[derive(Args, Debug)]
+/// `trace run …`, `trace merge …`, or (the old spelling) `trace …` with the arguments of `run`.
+#[derive(Debug)]
 pub struct TraceArgs {
-    #[command(subcommand)]
     pub(crate) command: Option<TraceCommand>,
-    /// Without a subcommand, the arguments of `trace run` (the old spelling).
-    #[command(flatten)]
+    /// Without a subcommand, the arguments of `trace run`.
     pub(crate) run: Option<RunArgs>,
+}
+
+// By hand rather than derived: the arguments of `run` sit beside the subcommands (the old spelling), and
+// are read only when no subcommand was given (the caller sets `args_conflicts_with_subcommands` and
+// `subcommand_negates_reqs`).
+impl clap::FromArgMatches for TraceArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Self::from_arg_matches_mut(&mut matches.clone())
+    }
+
+    fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        if matches.subcommand_name().is_some() {
+            Ok(TraceArgs {
+                command: Some(TraceCommand::from_arg_matches_mut(matches)?),
+                run: None,
+            })
+        } else {
+            Ok(TraceArgs {
+                command: None,
+                run: Some(RunArgs::from_arg_matches_mut(matches)?),
+            })
+        }
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for TraceArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        TraceCommand::augment_subcommands(RunArgs::augment_args(cmd))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 #[derive(Subcommand, Debug)]
