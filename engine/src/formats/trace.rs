@@ -50,13 +50,14 @@ pub struct ShardHeader {
     pub plan: TracePlan,
 }
 
-/// The edge filters of the table, as recorded in the summary.
+/// The edge filters of the table, as recorded in the summary (fields in the sorted order this record
+/// always had).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FiltersRecord {
+    pub fdr: String,
     pub max_q: f64,
     pub min_abs_d: f64,
     pub min_consistency: f64,
-    pub fdr: String,
 }
 
 /// `<out>.summary.json` (and `--json`). Written in this field order.
