@@ -199,7 +199,7 @@ fn extract_and_train(
 ) -> Result<(
     Option<crate::extract::ExtractSummary>,
     crate::sae::TrainReport,
-    crate::trace::TraceSummary,
+    scinterp_engine::formats::trace::TraceSummary,
 )> {
     let cells = program_cells(seed ^ 0x5A3, 160);
     let n_tokens: usize = cells.iter().map(Vec::len).sum();
@@ -303,20 +303,21 @@ fn extract_and_train(
         ))?;
     }
     let edges = out.join("edges.tsv");
-    let trace = crate::trace::trace_edges(crate::trace::TraceArgs {
-        command: None,
+    let trace = crate::trace::trace_edges(crate::trace::RunArgs {
         shard: None,
-        model: Some(model_dir.to_path_buf()),
-        input: Some(store_dir.clone()),
-        saes: Some(saes.clone()),
-        source: Some("blocks.1.hook_resid_post".into()),
+        model: model_dir.to_path_buf(),
+        input: store_dir.clone(),
+        saes: saes.clone(),
+        source: "blocks.1.hook_resid_post".into(),
         features: (0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(","),
-        targets: Some("blocks.3.hook_resid_post".into()),
+        targets: "blocks.3.hook_resid_post".into(),
         cells: Some(32),
-        out: Some(edges.clone()),
-        min_abs_d: 0.5,
-        max_q: 0.05,
-        min_consistency: 0.0,
+        out: edges.clone(),
+        filters: crate::trace::FilterArgs {
+            min_abs_d: 0.5,
+            max_q: 0.05,
+            min_consistency: 0.0,
+        },
         chunk_cells: 64,
         max_batch_tokens: 16_384,
         null_permutations: 20,
@@ -324,6 +325,7 @@ fn extract_and_train(
         device: scinterp_engine::device::DeviceChoice::Cpu,
         gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
+        stop_after_chunks: None,
     })?;
     println!(
         "  trace    {}: 16 features of blocks.1 × 32 cells = {} ablations ({:.0}/s), {} tests, {} edges at q ≤ 0.05 and |d| ≥ 0.5 to blocks.3; sign-flip null ({} permutations): {:.1} edges, empirical FDR {:.3}",
@@ -349,13 +351,13 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
     }
     std::fs::write(&genes, text).with_context(|| format!("cannot write {}", genes.display()))?;
     let catalog_dir = out.join("catalog");
-    let catalog = crate::analyze::analyze(crate::analyze::AnalyzeArgs {
+    let catalog = serde_json::to_value(crate::analyze::analyze(crate::analyze::AnalyzeArgs {
         acts: out.join("acts"),
         sae: out.join("sae"),
         hook: None,
         out: catalog_dir.clone(),
         genes: Some(genes),
-        format: crate::table::TableFormat::Parquet,
+        format: scinterp_engine::formats::TableFormat::Parquet,
         top_genes: 20,
         min_support: 5,
         top_cells: 10,
@@ -371,7 +373,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         seed,
         overwrite: true,
         json: false,
-    })?;
+    })?)?;
     println!(
         "  analyze  {}: {} of {} latents alive; top-50 SVD axes explain {:.1} % vs the SAE's {:.1} %; {} aligned \
          at |cos| > 0.5, {} above the random-direction null in projection; {} co-activation edges → {} modules",
@@ -387,7 +389,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
     );
     let layers_dir = out.join("layers");
     let saes = out.join("saes");
-    let layers = crate::layers::compare_layers(crate::layers::LayersArgs {
+    let layers = serde_json::to_value(crate::layers::compare_layers(crate::layers::LayersArgs {
         acts: out.join("acts"),
         saes: vec![
             saes.join("blocks.1.hook_resid_post"),
@@ -395,7 +397,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
             saes.join("blocks.3.hook_resid_post"),
         ],
         out: layers_dir.clone(),
-        format: crate::table::TableFormat::Parquet,
+        format: scinterp_engine::formats::TableFormat::Parquet,
         match_threshold: 0.7,
         strong_threshold: 0.9,
         highway_min_fires: 100,
@@ -404,7 +406,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         chunk_rows: 8192,
         overwrite: true,
         json: false,
-    })?;
+    })?)?;
     let pair = &layers["highways"]["pairs"][0];
     println!(
         "  layers   {}: blocks.1→2 decoder matches {} of {}; highways {} of {} sources (permuted pairing: {})",
@@ -458,7 +460,7 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
         "--seed",
         &seed.to_string(),
     ])?)?;
-    let best = crate::table::Table::read(&ann_dir.join("best_terms.parquet"))?;
+    let best = scinterp_engine::formats::Table::read(&ann_dir.join("best_terms.parquet"))?;
     let terms = best.strs("term")?;
     let recovered: std::collections::BTreeSet<&str> = terms
         .iter()
@@ -488,7 +490,7 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
 fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::Value> {
     let table = out.join("effects.parquet");
     let readout: Vec<String> = demo_programs()[0].iter().map(u32::to_string).collect();
-    let summary = crate::effects::effects(parse(&[
+    let summary = serde_json::to_value(crate::effects::effects(parse(&[
         "--model",
         &model_dir.display().to_string(),
         "--input",
@@ -509,8 +511,8 @@ fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::V
         &seed.to_string(),
         "--out",
         &table.display().to_string(),
-    ])?)?;
-    let rows = crate::table::Table::read(&table)?;
+    ])?)?)?;
+    let rows = scinterp_engine::formats::Table::read(&table)?;
     let q = rows.f64s("vs_control_q")?;
     println!(
         "  effects  {}: {} edits ({:.0}/s) of 16 blocks.1 features at α = 0 and 3 over 32 cells; {} of {} (feature, α) \
@@ -602,7 +604,7 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         seed,
     ))?;
     let catalog_dir = real.join("catalog");
-    let catalog = crate::analyze::analyze(parse(&[
+    let catalog = serde_json::to_value(crate::analyze::analyze(parse(&[
         "--acts",
         &acts.display().to_string(),
         "--sae",
@@ -614,7 +616,7 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         "--seed",
         &seed.to_string(),
         "--overwrite",
-    ])?)?;
+    ])?)?)?;
     let genesets = [
         "h.all.v7.0.symbols.gmt",
         "c2.cp.kegg.v7.5.1.symbols.gmt",

@@ -1,19 +1,13 @@
-//! `scinterp layers`: features across layers. Decoder-cosine matching between every pair of the SAEs
-//! given (in layer order), lifespans along the chain, and PMI "highways" between consecutive SAEs over
-//! the same rows of one activation store, each next to the same statistic on a permuted pairing.
+//! `scinterp layers`: arguments → [`LayersConfig`] → [`scinterp_engine::analyze::compare_layers`] →
+//! the summary (`layers.json`), printed.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
-use scinterp_engine::analyze::{best_matches, lifespans, DecoderMatch, Highway, HighwayCounts};
-use scinterp_engine::sae::io::{load as load_sae, write_atomically, SaeFolder};
-use scinterp_engine::store::ActStore;
-use serde_json::{json, Value};
-
-use crate::extract::absolute;
-use crate::table::{Column, Table, TableFormat};
+use scinterp_engine::analyze::LayersConfig;
+use scinterp_engine::formats::layers::LayersSummary;
+use scinterp_engine::formats::{to_json, TableFormat};
 
 #[derive(Args, Debug, Clone)]
 pub struct LayersArgs {
@@ -52,279 +46,36 @@ pub struct LayersArgs {
     pub(crate) json: bool,
 }
 
-const SUMMARY_FILE: &str = "layers.json";
-
 pub fn run(args: LayersArgs) -> Result<()> {
     let json = args.json;
     let summary = compare_layers(args)?;
     if json {
-        println!("{}", serde_json::to_string(&summary)?);
+        println!("{}", to_json(&summary)?);
     }
     Ok(())
 }
 
-pub fn compare_layers(args: LayersArgs) -> Result<Value> {
-    if args.out.join(SUMMARY_FILE).exists() && !args.overwrite {
-        bail!(
-            "{} already holds a layer comparison; pass --overwrite or choose another --out",
-            args.out.display()
-        );
-    }
-    if args.saes.len() < 2 {
-        bail!(
-            "--saes needs at least two SAE folders (in layer order), got {}",
-            args.saes.len()
-        );
-    }
-    let started = Instant::now();
-    let store = ActStore::open(&args.acts)?;
-    let rows = store.rows()?;
-    let mut saes: Vec<(SaeFolder, String)> = Vec::new();
-    for dir in &args.saes {
-        let folder = load_sae(dir)?;
-        let hook = folder
-            .hook_name()
-            .with_context(|| format!("{}: cfg.json names no hook (metadata.hook_name)", dir.display()))?
-            .to_string();
-        if folder.sae.d_in != store.manifest.d_model {
-            bail!(
-                "the SAE in {} reads d_in = {} but the store {} has width {}",
-                dir.display(),
-                folder.sae.d_in,
-                args.acts.display(),
-                store.manifest.d_model
-            );
-        }
-        saes.push((folder, hook));
-    }
-    let arrays = saes
-        .iter()
-        .map(|(_, h)| store.hook(h))
-        .collect::<Result<Vec<_>, _>>()?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-
-    // One pass: encode each chunk with every SAE; count fires and, for consecutive SAEs, co-activations
-    // at the same row and on a pairing rotated by half the chunk (rows of other cells).
-    let n = rows.len();
-    let d = store.manifest.d_model;
-    let mut fires: Vec<Vec<u64>> = saes.iter().map(|(f, _)| vec![0; f.sae.d_sae]).collect();
-    let pairs = saes.len() - 1;
-    let mut observed: Vec<HighwayCounts> = (0..pairs)
-        .map(|l| HighwayCounts::new(saes[l].0.sae.d_sae, saes[l + 1].0.sae.d_sae))
-        .collect();
-    let mut permuted: Vec<HighwayCounts> = (0..pairs)
-        .map(|l| HighwayCounts::new(saes[l].0.sae.d_sae, saes[l + 1].0.sae.d_sae))
-        .collect();
-    let bar = crate::progress::bar(n as u64, 0, "rows");
-    let (mut x, mut start) = (Vec::new(), 0);
-    while start < n {
-        let mut end = (start + args.chunk_rows.max(1)).min(n);
-        while end < n && rows[end][0] == rows[end - 1][0] {
-            end += 1;
-        }
-        let m = end - start;
-        x.resize(m * d, 0.0);
-        let active: Vec<Vec<Vec<u32>>> = saes
-            .iter()
-            .zip(&arrays)
-            .enumerate()
-            .map(|(l, ((folder, _), array))| {
-                array.read_rows(start, &mut x);
-                let codes = folder.sae.encode(&x);
-                (0..m)
-                    .map(|r| {
-                        let (idx, val) = codes.row(r);
-                        let act: Vec<u32> = idx
-                            .iter()
-                            .zip(val)
-                            .filter(|(_, &v)| v > 0.0)
-                            .map(|(&f, _)| f)
-                            .collect();
-                        act.iter().for_each(|&f| fires[l][f as usize] += 1);
-                        act
-                    })
-                    .collect()
-            })
-            .collect();
-        for l in 0..pairs {
-            for r in 0..m {
-                observed[l].push(&active[l][r], &active[l + 1][r]);
-                permuted[l].push(&active[l][r], &active[l + 1][(r + m / 2) % m]);
-            }
-        }
-        bar.set_position(end as u64);
-        start = end;
-    }
-    bar.finish_and_clear();
-    let alive: Vec<Vec<bool>> = fires.iter().map(|f| f.iter().map(|&c| c > 0).collect()).collect();
-
-    // Decoder matching for every ordered pair i < j; lifespans from the adjacent ones.
-    let mut match_rows: Vec<(usize, usize, DecoderMatch)> = Vec::new();
-    let mut pair_summaries = Vec::new();
-    let mut adjacent = Vec::new();
-    for i in 0..saes.len() {
-        for j in i + 1..saes.len() {
-            let matches = best_matches(&saes[i].0.sae, &alive[i], &saes[j].0.sae, &alive[j]);
-            let hits: Vec<&DecoderMatch> = matches
-                .iter()
-                .filter(|m| m.abs_cos as f64 >= args.match_threshold)
-                .collect();
-            pair_summaries.push(json!({
-                "from": saes[i].1,
-                "to": saes[j].1,
-                "alive_from": matches.len(),
-                "matches": hits.len(),
-                "strong_matches": matches.iter().filter(|m| m.abs_cos as f64 >= args.strong_threshold).count(),
-                "mean_matched_abs_cos": if hits.is_empty() { f64::NAN } else {
-                    hits.iter().map(|m| m.abs_cos as f64).sum::<f64>() / hits.len() as f64
-                },
-            }));
-            if j == i + 1 {
-                adjacent.push(matches.clone());
-            }
-            match_rows.extend(matches.into_iter().map(|m| (i, j, m)));
-        }
-    }
-    let spans = lifespans(&adjacent, &alive, args.match_threshold as f32);
-
-    let mut highway_rows: Vec<(usize, Highway, Option<Highway>)> = Vec::new();
-    let mut highway_summaries = Vec::new();
-    for l in 0..pairs {
-        let obs = observed[l].best_targets(args.highway_min_fires, args.highway_min_cocount);
-        let chance = permuted[l].best_targets(args.highway_min_fires, args.highway_min_cocount);
-        let mut null_of = vec![None; saes[l].0.sae.d_sae];
-        for h in &chance {
-            null_of[h.source as usize] = Some(*h);
-        }
-        let eligible = observed[l].eligible_sources(args.highway_min_fires);
-        let count = |hs: &[Highway]| hs.iter().filter(|h| h.pmi > args.highway_pmi).count();
-        highway_summaries.push(json!({
-            "from": saes[l].1,
-            "to": saes[l + 1].1,
-            "eligible_sources": eligible,
-            "highways": count(&obs),
-            "highway_fraction": count(&obs) as f64 / eligible.max(1) as f64,
-            "highways_permuted_pairing": count(&chance),
-            "highway_fraction_permuted_pairing": count(&chance) as f64 / eligible.max(1) as f64,
-            "mean_best_npmi": obs.iter().map(|h| h.npmi).sum::<f64>() / obs.len().max(1) as f64,
-            "mean_best_npmi_permuted_pairing": chance.iter().map(|h| h.npmi).sum::<f64>() / chance.len().max(1) as f64,
-        }));
-        highway_rows.extend(obs.into_iter().map(|h| (l, h, null_of[h.source as usize])));
-    }
-
-    let path = |name: &str| args.out.join(format!("{name}.{}", args.format.ext()));
-    let hook = |l: usize| saes[l].1.clone();
-    Table::new()
-        .column(
-            "from_hook",
-            Column::Str(match_rows.iter().map(|r| hook(r.0)).collect()),
-        )
-        .column(
-            "to_hook",
-            Column::Str(match_rows.iter().map(|r| hook(r.1)).collect()),
-        )
-        .column(
-            "feature",
-            Column::I64(match_rows.iter().map(|r| r.2.feature as i64).collect()),
-        )
-        .column(
-            "best_match",
-            Column::I64(match_rows.iter().map(|r| r.2.best as i64).collect()),
-        )
-        .column(
-            "abs_cos",
-            Column::F64(match_rows.iter().map(|r| r.2.abs_cos as f64).collect()),
-        )
-        .write(&path("matches"))?;
-    let span_rows: Vec<(usize, u32, u32)> = spans
-        .iter()
-        .enumerate()
-        .flat_map(|(l, s)| s.iter().map(move |&(f, n)| (l, f, n)))
-        .collect();
-    Table::new()
-        .column("hook", Column::Str(span_rows.iter().map(|r| hook(r.0)).collect()))
-        .column(
-            "feature",
-            Column::I64(span_rows.iter().map(|r| r.1 as i64).collect()),
-        )
-        .column(
-            "lifespan_layers",
-            Column::I64(span_rows.iter().map(|r| r.2 as i64).collect()),
-        )
-        .write(&path("lifespans"))?;
-    let hw = &highway_rows;
-    Table::new()
-        .column("from_hook", Column::Str(hw.iter().map(|r| hook(r.0)).collect()))
-        .column("to_hook", Column::Str(hw.iter().map(|r| hook(r.0 + 1)).collect()))
-        .column(
-            "source",
-            Column::I64(hw.iter().map(|r| r.1.source as i64).collect()),
-        )
-        .column(
-            "source_fires",
-            Column::I64(hw.iter().map(|r| r.1.fires as i64).collect()),
-        )
-        .column(
-            "best_target",
-            Column::I64(hw.iter().map(|r| r.1.target as i64).collect()),
-        )
-        .column(
-            "cocount",
-            Column::I64(hw.iter().map(|r| r.1.cocount as i64).collect()),
-        )
-        .column("pmi", Column::F64(hw.iter().map(|r| r.1.pmi).collect()))
-        .column("npmi", Column::F64(hw.iter().map(|r| r.1.npmi).collect()))
-        .column(
-            "pmi_permuted_pairing",
-            Column::F64(hw.iter().map(|r| r.2.map_or(f64::NAN, |h| h.pmi)).collect()),
-        )
-        .column(
-            "highway",
-            Column::I64(hw.iter().map(|r| (r.1.pmi > args.highway_pmi) as i64).collect()),
-        )
-        .write(&path("highways"))?;
-
-    let transient: Vec<Value> = spans
-        .iter()
-        .enumerate()
-        .map(|(l, s)| {
-            json!({
-                "hook": hook(l),
-                "alive": s.len(),
-                "transient_at_most_3_layers": s.iter().filter(|x| x.1 <= 3).count(),
-                "mean_lifespan": s.iter().map(|x| x.1 as f64).sum::<f64>() / s.len().max(1) as f64,
-            })
-        })
-        .collect();
-    let summary = json!({
-        "format": "scinterp-layers",
-        "format_version": 1,
-        "acts": absolute(&args.acts),
-        "saes": args.saes.iter().map(|p| absolute(p)).collect::<Vec<_>>(),
-        "hooks": saes.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
-        "rows": n,
-        "table_format": args.format.ext(),
-        "matching": {
-            "rule": "best |cos| of unit decoder directions among alive features of the other SAE",
-            "match_threshold": args.match_threshold,
-            "strong_threshold": args.strong_threshold,
-            "pairs": pair_summaries,
-        },
-        "lifespans": transient,
-        "highways": {
-            "rule": "a source (≥ min_fires fires) is a highway when its best target (≥ min_fires fires, co-count ≥ min_cocount) has PMI > threshold",
-            "null": "the same statistic with each row's target codes taken from the row half a chunk away (rows of other cells)",
-            "min_fires": args.highway_min_fires,
-            "min_cocount": args.highway_min_cocount,
-            "pmi_threshold": args.highway_pmi,
-            "pairs": highway_summaries,
-        },
-        "seconds": started.elapsed().as_secs_f64(),
-        "scinterp_version": env!("CARGO_PKG_VERSION"),
+pub fn compare_layers(args: LayersArgs) -> Result<LayersSummary> {
+    let config = LayersConfig {
+        acts: args.acts,
+        saes: args.saes,
+        out: args.out,
+        format: args.format,
+        match_threshold: args.match_threshold,
+        strong_threshold: args.strong_threshold,
+        highway_min_fires: args.highway_min_fires,
+        highway_min_cocount: args.highway_min_cocount,
+        highway_pmi: args.highway_pmi,
+        chunk_rows: args.chunk_rows,
+        overwrite: args.overwrite,
+    };
+    let mut bar = None;
+    let summary = scinterp_engine::analyze::compare_layers(&config, &mut |done, total| {
+        bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "rows"))
+            .set_position(done as u64);
     });
-    write_atomically(
-        &args.out.join(SUMMARY_FILE),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    Ok(summary)
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(summary?)
 }

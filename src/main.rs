@@ -11,7 +11,6 @@ mod genes;
 mod layers;
 mod progress;
 mod sae;
-mod table;
 mod tokenize;
 mod trace;
 
@@ -51,8 +50,8 @@ enum Command {
     Extract(extract::ExtractArgs),
     /// TopK sparse autoencoders: train, encode, eval, synth.
     Sae(sae::SaeArgs),
-    /// Trace causal edges between SAE features by ablation with tail replay (`trace merge` combines
-    /// shards).
+    /// Trace causal edges between SAE features by ablation with tail replay (`trace run`; `trace
+    /// merge` combines shards).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Trace(trace::TraceArgs),
     /// Build the feature catalogue of an SAE over an activation store: statistics, top genes and cells,

@@ -10,12 +10,16 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use scinterp_engine::cuda::{GpuSaeEncoder, GpuSaeStepper};
 use scinterp_engine::device::{Backend, DeviceChoice};
+use scinterp_engine::formats::sae::{
+    HoldoutRecord, NormalizationRecord, SaeMetadata, SaeTrainingRecord, SAE_LENS_VERSION,
+};
 use scinterp_engine::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
-use scinterp_engine::sae::io::{load as load_sae, save as save_sae, SaeFolder};
+use scinterp_engine::sae::io::{save as save_sae, SaeFolder};
 use scinterp_engine::sae::splice::{splice_losses, SpliceLosses};
 use scinterp_engine::sae::synth::{recovery, Recovery, SynthSpec};
 use scinterp_engine::sae::train::{
-    evaluate, is_heldout, train_with, CpuStepper, EvalStats, Stepper, TrainConfig, TrainSummary,
+    evaluate, push_range, split_by_cell, train_with, CpuStepper, EvalStats, Stepper, TrainConfig,
+    TrainSummary,
 };
 use scinterp_engine::sae::TopKSae;
 use scinterp_engine::store::{
@@ -225,33 +229,37 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
         None
     };
     let hook_point = HookPoint::parse(&args.hook).ok();
-    let metadata = json!({
-        // sae-lens ≥ 6 reads a cfg.json without this as an old-format config and drops the metadata.
-        "sae_lens_version": "6.54.12",
-        "hook_name": args.hook,
-        "hook_layer": hook_point.and_then(|h| h.layer()),
-        "model_name": store.manifest.model.get("path").cloned().unwrap_or(json!(null)),
-        "scinterp": {
-            "version": env!("CARGO_PKG_VERSION"),
-            "activation_store": absolute(&args.acts),
-            "training": &cfg,
-            "summary": &summary,
-            "normalization": {
-                "kind": if cfg.normalize { "mean row norm scaled to sqrt(d_in) while training" } else { "none" },
-                "scale": summary.input_scale,
-                "folded_into": "b_enc and b_dec divided by the scale (codes in raw units, decoder rows unit norm)",
+    let metadata = SaeMetadata {
+        sae_lens_version: SAE_LENS_VERSION,
+        hook_name: args.hook.clone(),
+        hook_layer: hook_point.and_then(|h| h.layer()),
+        model_name: store.manifest.model.get("path").cloned(),
+        scinterp: SaeTrainingRecord {
+            version: env!("CARGO_PKG_VERSION"),
+            activation_store: absolute(&args.acts),
+            training: &cfg,
+            summary: &summary,
+            normalization: NormalizationRecord {
+                kind: if cfg.normalize {
+                    "mean row norm scaled to sqrt(d_in) while training"
+                } else {
+                    "none"
+                },
+                scale: summary.input_scale,
+                folded_into: "b_enc and b_dec divided by the scale (codes in raw units, decoder rows unit norm)",
             },
-            "holdout": {
-                "rule": "cell c is held out iff unit(splitmix64(splitmix64(seed ^ 0x48454C444F5554AA) ^ c)) < fraction",
-                "seed": args.seed,
-                "fraction": args.holdout,
-                "cells": split.heldout_cells.len(),
-                "file": "heldout_cells.npy",
+            holdout: HoldoutRecord {
+                rule: "cell c is held out iff unit(splitmix64(splitmix64(seed ^ 0x48454C444F5554AA) ^ c)) < fraction",
+                seed: args.seed,
+                fraction: args.holdout,
+                cells: split.heldout_cells.len(),
+                file: "heldout_cells.npy",
             },
-            "heldout": &heldout,
-            "spliced": &spliced,
+            heldout: &heldout,
+            spliced: &spliced,
         },
-    });
+    };
+    let metadata = serde_json::to_value(&metadata)?;
     save_sae(&args.out, &sae, &metadata)?;
     let cells: Vec<i64> = split.heldout_cells.iter().map(|&c| c as i64).collect();
     let cells_path = args.out.join("heldout_cells.npy");
@@ -294,50 +302,6 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
         );
     }
     Ok(report)
-}
-
-/// Training and held-out rows (as ranges of consecutive rows) by cell.
-struct Split {
-    train: Vec<Range<usize>>,
-    heldout: Vec<Range<usize>>,
-    train_rows: usize,
-    heldout_cells: Vec<u64>,
-}
-
-fn split_by_cell(rows: &[[i32; 3]], seed: u64, fraction: f64) -> Split {
-    let mut split = Split {
-        train: Vec::new(),
-        heldout: Vec::new(),
-        train_rows: 0,
-        heldout_cells: Vec::new(),
-    };
-    let mut r = 0;
-    while r < rows.len() {
-        let cell = rows[r][0];
-        let start = r;
-        while r < rows.len() && rows[r][0] == cell {
-            r += 1;
-        }
-        if is_heldout(cell as u64, seed, fraction) {
-            if split.heldout_cells.last() != Some(&(cell as u64)) {
-                split.heldout_cells.push(cell as u64);
-            }
-            push_range(&mut split.heldout, start..r);
-        } else {
-            split.train_rows += r - start;
-            push_range(&mut split.train, start..r);
-        }
-    }
-    split.heldout_cells.sort_unstable();
-    split.heldout_cells.dedup();
-    split
-}
-
-fn push_range(ranges: &mut Vec<Range<usize>>, next: Range<usize>) {
-    match ranges.last_mut() {
-        Some(last) if last.end == next.start => last.end = next.end,
-        _ => ranges.push(next),
-    }
 }
 
 /// The model's loss on up to `n_cells` of `cells` with the SAE spliced in at `hook`, when the store
@@ -487,39 +451,11 @@ struct EncodeArgs {
 
 /// Opens the SAE, the store and the hook, and checks that their widths agree.
 fn open_pair(pair: &SaeOnStore) -> Result<(SaeFolder, ActStore, HookArray, String)> {
-    open_sae_on_store(&pair.sae, &pair.acts, pair.hook.as_deref())
-}
-
-/// Opens an SAE folder and an activation store, picks the hook (given, or the SAE's hook_name) and
-/// checks that the widths agree.
-pub(crate) fn open_sae_on_store(
-    sae_dir: &std::path::Path,
-    acts: &std::path::Path,
-    hook: Option<&str>,
-) -> Result<(SaeFolder, ActStore, HookArray, String)> {
-    let folder = load_sae(sae_dir)?;
-    let store = ActStore::open(acts)?;
-    let hook_name = match (hook, folder.hook_name()) {
-        (Some(h), _) => h.to_string(),
-        (None, Some(h)) => h.to_string(),
-        (None, None) => bail!(
-            "{}: cfg.json names no hook (metadata.hook_name); pass --hook",
-            sae_dir.display()
-        ),
-    };
-    let array = store.hook(&hook_name)?;
-    if array.d() != folder.sae.d_in {
-        bail!(
-            "the SAE in {} reads d_in = {} but {} of {} has width {}; use an SAE trained on this model's \
-             hook",
-            sae_dir.display(),
-            folder.sae.d_in,
-            hook_name,
-            acts.display(),
-            array.d()
-        );
-    }
-    Ok((folder, store, array, hook_name))
+    Ok(scinterp_engine::sae::io::open_sae_on_store(
+        &pair.sae,
+        &pair.acts,
+        pair.hook.as_deref(),
+    )?)
 }
 
 fn run_encode(args: EncodeArgs) -> Result<()> {
@@ -598,11 +534,12 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
         "d_sae": sae.d_sae,
         "rows": "row r of indices.npy / values.npy is row r of the store (rows.npy gives its cell, position, token)",
     });
-    std::fs::write(
-        tmp.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest)?,
+    scinterp_engine::formats::atomic_write(
+        &tmp.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("moving {} into place", tmp.display()))?;
+    scinterp_engine::formats::atomic::sync_parent(&args.out);
     tracing::info!(
         "encoded {n} rows of {hook} from {} ({} cells) into {}",
         args.input.acts.display(),

@@ -732,9 +732,10 @@ fn trace_writes_edges_with_recomputable_statistics() {
 fn trace_resumes_after_a_kill_and_shards_merge_to_the_same_table() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, tokens, saes) = trace_fixture(tmp.path());
-    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
-        let mut a = vec![
-            "trace",
+    // `scinterp trace …` (the old spelling) and `scinterp trace run …` are the same command.
+    let run_as = |command: &[&str], out: &Path, extra: &[&str]| {
+        let mut a = command.to_vec();
+        a.extend_from_slice(&[
             "--model",
             s(&model),
             "--input",
@@ -753,17 +754,24 @@ fn trace_resumes_after_a_kill_and_shards_merge_to_the_same_table() {
             "3",
             "--null-permutations",
             "5",
-        ];
+        ]);
         a.extend_from_slice(extra);
-        scinterp_env(&a, env)
+        scinterp(&a)
     };
+    let run = |out: &Path, extra: &[&str]| run_as(&["trace"], out, extra);
     let full = tmp.path().join("full.tsv");
-    ok(&run(&full, &[], &[]));
+    ok(&run(&full, &[]));
     let resumed = tmp.path().join("resumed.tsv");
-    let killed = run(&resumed, &[], &[("SCINTERP_FAULT_AFTER_CHUNKS", "2")]);
+    // The hidden test flag stops the run right after the second chunk's checkpoint, as a kill would.
+    let killed = run(&resumed, &["--stop-after-chunks", "2"]);
     assert!(!killed.status.success());
+    assert!(
+        String::from_utf8_lossy(&killed.stderr).contains("stopped after 2 chunks"),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
     assert!(!resumed.exists() && resumed.with_extension("checkpoint").exists());
-    ok(&run(&resumed, &[], &[]));
+    ok(&run(&resumed, &[]));
     assert!(
         std::fs::read(&full).unwrap() == std::fs::read(&resumed).unwrap(),
         "resumed table differs"
@@ -772,7 +780,7 @@ fn trace_resumes_after_a_kill_and_shards_merge_to_the_same_table() {
 
     let shards: Vec<std::path::PathBuf> = (0..3).map(|i| tmp.path().join(format!("shard{i}.bin"))).collect();
     for (i, shard) in shards.iter().enumerate() {
-        ok(&run(shard, &["--shard", &format!("{i}/3")], &[]));
+        ok(&run_as(&["trace", "run"], shard, &["--shard", &format!("{i}/3")]));
     }
     let merged = tmp.path().join("merged.tsv");
     let list = shards.iter().map(|p| s(p)).collect::<Vec<_>>().join(",");

@@ -7,6 +7,7 @@
 //! - [`encoder`]: the [`Encoder`] trait that models implement, and the post-LN block weights.
 //! - [`executor`]: runs an encoder with hooks, from the embedding or from any layer (tail replay);
 //!   [`Forward`] is the backend seam (CPU, or [`cuda`]'s GPU forward pass).
+//! - [`formats`]: tables (Parquet/TSV), atomic writes, typed JSON summaries (catalog, trace…).
 //! - [`store`] and [`extract`]: resumable activation stores and the batched extraction that fills them.
 //! - [`sae`]: TopK sparse autoencoders: encode/decode, training with a sparse backward, SAELens files.
 //! - [`analyze`]: the feature catalogue, SVD comparison, co-activation modules and cross-layer matching.
@@ -28,6 +29,7 @@ pub mod encoder;
 pub mod error;
 pub mod executor;
 pub mod extract;
+pub mod formats;
 pub mod hooks;
 pub mod matrix;
 pub mod npy;

@@ -96,7 +96,8 @@ pub fn header_bytes(dtype: NpyDtype, shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Writes a whole array (`bytes` little-endian, C order) to `path`, fsynced.
+/// Writes a whole array (`bytes` little-endian, C order) to `path`, atomically (temporary name,
+/// fsync, rename).
 pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], bytes: &[u8]) -> std::io::Result<()> {
     let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
     if bytes.len() != expected {
@@ -105,12 +106,13 @@ pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], bytes: &[u8]) ->
             format!("{} bytes for shape {shape:?} of {}", bytes.len(), dtype.descr()),
         ));
     }
-    let file = File::create(path)?;
-    let mut w = BufWriter::new(file);
+    let mut file = crate::formats::AtomicFile::create(path)?;
+    let mut w = BufWriter::new(file.file());
     w.write_all(&header_bytes(dtype, shape))?;
     w.write_all(bytes)?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    w.flush()?;
+    drop(w);
+    Ok(file.commit()?)
 }
 
 /// Reads and checks the header of an `.npy` file (versions 1–3, little-endian, C order).

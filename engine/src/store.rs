@@ -349,18 +349,10 @@ impl StoreWriter {
 
     fn save_manifest(&self) -> Result<(), StoreError> {
         let path = self.dir.join(MANIFEST_FILE);
-        let tmp = self.dir.join(".manifest.json.tmp");
         let text = serde_json::to_string_pretty(&self.manifest)
             .map_err(|e| StoreError::new(&path, format!("cannot serialise: {e}")))?;
-        let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, "cannot create", e))?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(|e| StoreError::io(&tmp, "cannot write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, "cannot replace", e))?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::formats::atomic_write(&path, text.as_bytes())
+            .map_err(|e| StoreError::io(&e.path, e.action, e.io))
     }
 }
 

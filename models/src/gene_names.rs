@@ -152,3 +152,16 @@ fn tsv_names(path: &Path) -> Result<HashMap<u32, (String, String)>, GeneNamesErr
     }
     Ok(out)
 }
+
+/// The names `scinterp analyze` writes into a catalog's gene tables.
+impl scinterp_engine::analyze::pipeline::GeneNaming for GeneNames {
+    fn gene_id(&self, token: u32) -> String {
+        GeneNames::gene_id(self, token)
+    }
+    fn symbol(&self, token: u32) -> String {
+        GeneNames::symbol(self, token)
+    }
+    fn source(&self) -> Option<String> {
+        GeneNames::source(self)
+    }
+}

@@ -12,6 +12,20 @@ pub struct Modules {
     pub quality: f64,
 }
 
+/// Why the Leiden clustering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeidenError {
+    #[error("edge {a}–{b} ({weight}): {reason}")]
+    Edge {
+        a: u32,
+        b: u32,
+        weight: f64,
+        reason: String,
+    },
+    #[error("{0}")]
+    Graph(String),
+}
+
 /// Clusters `n` nodes joined by `edges` (a, b, weight > 0).
 pub fn leiden_modules(
     n: usize,
@@ -19,7 +33,7 @@ pub fn leiden_modules(
     resolution: f64,
     seed: u64,
     min_size: usize,
-) -> Result<Modules, String> {
+) -> Result<Modules, LeidenError> {
     if edges.is_empty() {
         return Ok(Modules {
             members: vec![],
@@ -31,16 +45,23 @@ pub fn leiden_modules(
     for &(a, b, w) in edges {
         builder
             .add_edge(a as usize, b as usize, w)
-            .map_err(|e| format!("edge {a}–{b} ({w}): {e}"))?;
+            .map_err(|e| LeidenError::Edge {
+                a,
+                b,
+                weight: w,
+                reason: e.to_string(),
+            })?;
     }
-    let graph = builder.build().map_err(|e| e.to_string())?;
+    let graph = builder.build().map_err(|e| LeidenError::Graph(e.to_string()))?;
     let config = LeidenConfig {
         resolution,
         seed: Some(seed),
         quality: QualityType::RBConfiguration,
         ..LeidenConfig::default()
     };
-    let out = Leiden::new(config).run(&graph).map_err(|e| e.to_string())?;
+    let out = Leiden::new(config)
+        .run(&graph)
+        .map_err(|e| LeidenError::Graph(e.to_string()))?;
     let mut by_community: Vec<Vec<u32>> = vec![Vec::new(); out.partition.num_communities()];
     let mut touched = vec![false; n];
     for &(a, b, _) in edges {

@@ -26,6 +26,15 @@ pub struct PrincipalAxes {
     pub sample_rows: usize,
 }
 
+/// Why principal axes could not be fitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SvdError {
+    #[error("{0} rows: at least 2 are needed for a covariance")]
+    TooFewRows(usize),
+    #[error("the eigendecomposition failed: {0}")]
+    Eigen(String),
+}
+
 impl PrincipalAxes {
     pub fn n_axes(&self) -> usize {
         self.variances.len()
@@ -37,10 +46,10 @@ impl PrincipalAxes {
     }
 
     /// The covariance's top `n_axes` eigenvectors, from `rows` (`[n, d]` row-major, f32).
-    pub fn fit(rows: &[f32], d: usize, n_axes: usize) -> Result<Self, String> {
+    pub fn fit(rows: &[f32], d: usize, n_axes: usize) -> Result<Self, SvdError> {
         let n = rows.len() / d;
         if n < 2 {
-            return Err(format!("{n} rows: at least 2 are needed for a covariance"));
+            return Err(SvdError::TooFewRows(n));
         }
         let n_axes = n_axes.min(d);
         let mut mean = vec![0.0f64; d];
@@ -67,7 +76,7 @@ impl PrincipalAxes {
         let total_variance = (0..d).map(|i| cov[(i, i)]).sum::<f64>();
         let eig = cov
             .self_adjoint_eigen(Side::Lower)
-            .map_err(|e| format!("the eigendecomposition failed: {e:?}"))?;
+            .map_err(|e| SvdError::Eigen(format!("{e:?}")))?;
         let (u, s) = (eig.U(), eig.S().column_vector());
         // Eigenvalues come in ascending order: take the last n_axes, largest first.
         let mut axes = Vec::with_capacity(n_axes * d);

@@ -16,6 +16,9 @@ pub mod cell_types;
 pub mod enrichment;
 pub mod gene_sets;
 pub mod networks;
+pub mod pipeline;
+
+pub use pipeline::{run, AnnotateConfig, AnnotateProgress, Ranking};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +33,12 @@ pub enum AnnotateError {
     File { path: PathBuf, reason: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Catalog(#[from] crate::formats::catalog::CatalogError),
+    #[error(transparent)]
+    Table(#[from] crate::formats::TableError),
+    #[error(transparent)]
+    Write(#[from] crate::formats::FileError),
 }
 
 impl AnnotateError {

@@ -41,6 +41,82 @@ impl SaeFolder {
     }
 }
 
+/// Finds the SAE of `hook` under `dir`: `dir/<hook>/cfg.json`, or any subfolder whose cfg.json names
+/// the hook in `metadata.hook_name`.
+pub fn find_sae(dir: &Path, hook: &str) -> Result<SaeFolder, SaeFileError> {
+    let direct = dir.join(hook);
+    if direct.join(CFG_FILE).exists() {
+        return load(&direct);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| SaeFileError {
+        path: dir.to_path_buf(),
+        reason: format!("cannot list: {e}"),
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.join(CFG_FILE).exists() {
+            let folder = load(&path)?;
+            if folder.hook_name() == Some(hook) {
+                return Ok(folder);
+            }
+        }
+    }
+    Err(SaeFileError {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "no SAE for {hook} (expected {}/cfg.json or a folder whose cfg.json has metadata.hook_name = {hook}); \
+             train one with `scinterp sae train --hook {hook}`",
+            direct.display()
+        ),
+    })
+}
+
+/// An SAE folder that does not fit an activation store.
+#[derive(Debug, thiserror::Error)]
+pub enum SaeOnStoreError {
+    #[error(transparent)]
+    Sae(#[from] SaeFileError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{}: cfg.json names no hook (metadata.hook_name); pass --hook", .0.display())]
+    NoHook(PathBuf),
+    #[error("the SAE in {} reads d_in = {d_in} but {hook} of {} has width {width}; use an SAE trained on this model's hook", sae.display(), acts.display())]
+    Width {
+        sae: PathBuf,
+        d_in: usize,
+        hook: String,
+        acts: PathBuf,
+        width: usize,
+    },
+}
+
+/// Opens an SAE folder and an activation store, picks the hook (given, or the SAE's hook_name) and
+/// checks that the widths agree.
+pub fn open_sae_on_store(
+    sae_dir: &Path,
+    acts: &Path,
+    hook: Option<&str>,
+) -> Result<(SaeFolder, crate::store::ActStore, crate::store::HookArray, String), SaeOnStoreError> {
+    let folder = load(sae_dir)?;
+    let store = crate::store::ActStore::open(acts)?;
+    let hook_name = match (hook, folder.hook_name()) {
+        (Some(h), _) => h.to_string(),
+        (None, Some(h)) => h.to_string(),
+        (None, None) => return Err(SaeOnStoreError::NoHook(sae_dir.to_path_buf())),
+    };
+    let array = store.hook(&hook_name)?;
+    if array.d() != folder.sae.d_in {
+        return Err(SaeOnStoreError::Width {
+            sae: sae_dir.to_path_buf(),
+            d_in: folder.sae.d_in,
+            hook: hook_name,
+            acts: acts.to_path_buf(),
+            width: array.d(),
+        });
+    }
+    Ok((folder, store, array, hook_name))
+}
+
 /// Writes `cfg.json` and `sae_weights.safetensors` into `dir` (created if needed), each through a
 /// temporary name and a rename.
 pub fn save(dir: &Path, sae: &TopKSae, metadata: &Value) -> Result<(), SaeFileError> {
@@ -179,15 +255,9 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Writes `bytes` to a temporary name beside `path`, fsyncs, and renames it into place.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SaeFileError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| err(&tmp, format!("cannot create: {e}")))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, format!("cannot replace: {e}")))
+/// Writes `bytes` atomically ([`crate::formats::atomic_write`]), errors naming the file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SaeFileError> {
+    crate::formats::atomic_write(path, bytes).map_err(|e| err(&e.path, format!("{}: {}", e.action, e.io)))
 }
 
 #[cfg(test)]

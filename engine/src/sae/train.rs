@@ -915,6 +915,53 @@ pub fn adam_bias_corrections(cfg: &TrainConfig, t: i32) -> (f32, f32) {
     (correction(cfg.beta1), correction(cfg.beta2))
 }
 
+/// Training and held-out rows (as ranges of consecutive rows) by cell.
+pub struct Split {
+    pub train: Vec<Range<usize>>,
+    pub heldout: Vec<Range<usize>>,
+    pub train_rows: usize,
+    pub heldout_cells: Vec<u64>,
+}
+
+/// Splits the rows of a store (`[cell, position, token]`, grouped by cell) into training and held-out
+/// rows by [`is_heldout`] of each cell.
+pub fn split_by_cell(rows: &[[i32; 3]], seed: u64, fraction: f64) -> Split {
+    let mut split = Split {
+        train: Vec::new(),
+        heldout: Vec::new(),
+        train_rows: 0,
+        heldout_cells: Vec::new(),
+    };
+    let mut r = 0;
+    while r < rows.len() {
+        let cell = rows[r][0];
+        let start = r;
+        while r < rows.len() && rows[r][0] == cell {
+            r += 1;
+        }
+        if is_heldout(cell as u64, seed, fraction) {
+            if split.heldout_cells.last() != Some(&(cell as u64)) {
+                split.heldout_cells.push(cell as u64);
+            }
+            push_range(&mut split.heldout, start..r);
+        } else {
+            split.train_rows += r - start;
+            push_range(&mut split.train, start..r);
+        }
+    }
+    split.heldout_cells.sort_unstable();
+    split.heldout_cells.dedup();
+    split
+}
+
+/// Appends `next` to `ranges`, merged into the last range when they touch.
+pub fn push_range(ranges: &mut Vec<Range<usize>>, next: Range<usize>) {
+    match ranges.last_mut() {
+        Some(last) if last.end == next.start => last.end = next.end,
+        _ => ranges.push(next),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1039,5 +1086,29 @@ mod tests {
         assert_eq!(picked, again);
         let other: Vec<u64> = (0..1000).filter(|&c| is_heldout(c, 1, 0.1)).collect();
         assert_ne!(picked, other);
+    }
+
+    #[test]
+    fn splits_whole_cells_into_merged_ranges() {
+        // 40 cells of 1–3 rows each.
+        let rows: Vec<[i32; 3]> = (0..40)
+            .flat_map(|c: i32| (0..1 + c % 3).map(move |p| [c, p, 0]))
+            .collect();
+        let split = split_by_cell(&rows, 7, 0.3);
+        let count = |r: &[Range<usize>]| r.iter().map(|x| x.len()).sum::<usize>();
+        assert_eq!(split.train_rows, count(&split.train));
+        assert_eq!(count(&split.train) + count(&split.heldout), rows.len());
+        assert!(!split.heldout_cells.is_empty() && split.train_rows > 0);
+        for r in &split.heldout {
+            for row in &rows[r.clone()] {
+                assert!(split.heldout_cells.contains(&(row[0] as u64)));
+                assert!(is_heldout(row[0] as u64, 7, 0.3));
+            }
+        }
+        // Adjacent ranges are merged: no range ends where the next one starts.
+        for w in split.train.windows(2) {
+            assert!(w[0].end < w[1].start);
+        }
+        assert!(split_by_cell(&rows, 7, 0.0).heldout.is_empty());
     }
 }

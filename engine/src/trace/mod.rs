@@ -13,7 +13,12 @@
 //! replay reproduces the full pass bit for bit, and a cell's rows do not depend on the other cells
 //! packed with it (tested in `tests`).
 
+pub mod edges;
+pub mod pipeline;
+pub mod state;
+
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use crate::encoder::Encoder;
 use crate::error::EngineError;
@@ -23,7 +28,69 @@ use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
 use crate::rng::splitmix64;
 use crate::sae::{SparseCodes, TopKSae};
-use crate::stats::{cohens_d, hedges_g, one_sample_t_test, RunningStats};
+use crate::stats::{cohens_d, hedges_g, one_sample_t_test, RunningStats, StatsError};
+
+pub use edges::EdgeFilters;
+pub use pipeline::{merge, parse_features, run, TraceConfig, TraceInputs, TraceOutcome, TraceProgress};
+
+/// Why a trace or a merge stopped; messages name the file or flag and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Hook(#[from] EngineError),
+    #[error("{0}: tracing replays from a block output; use a blocks.L.hook_resid_post hook")]
+    NotResidPost(String),
+    #[error(transparent)]
+    Sae(#[from] crate::sae::io::SaeFileError),
+    #[error("--targets names no hook")]
+    NoTargets,
+    #[error("--targets {target}: must be a block after the source ({source_hook}) and within the model's {n_layers} layers")]
+    TargetNotDownstream {
+        target: String,
+        source_hook: String,
+        n_layers: usize,
+    },
+    #[error("the SAE of {hook} reads d_in = {d_in} but the model's width is {d_model}; use SAEs trained on this model")]
+    Width {
+        hook: String,
+        d_in: usize,
+        d_model: usize,
+    },
+    #[error("{0}")]
+    Features(String),
+    #[error("tracing cells {first}..{last}: {error}")]
+    Cells {
+        first: usize,
+        last: usize,
+        error: EngineError,
+    },
+    #[error("{}: holds the checkpoint of a trace with other settings; rerun that command to finish it, or remove the file to start this one", .0.display())]
+    OtherCheckpoint(PathBuf),
+    #[error("stopped after {chunks} chunks as asked (--stop-after-chunks); rerun without it to resume from {}", checkpoint.display())]
+    Stopped { chunks: usize, checkpoint: PathBuf },
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Table(#[from] crate::formats::TableError),
+    #[error(transparent)]
+    File(#[from] crate::formats::FileError),
+    #[error("statistics: {0}")]
+    Stats(#[from] StatsError),
+    #[error("cannot serialise the summary: {0}")]
+    Serialise(String),
+    #[error("{}: no such shard file", .0.display())]
+    NoShard(PathBuf),
+    #[error("{}: not a shard file ({reason})", path.display())]
+    NotAShard { path: PathBuf, reason: String },
+    #[error("{}: a shard of another trace (settings differ from {})", path.display(), first.display())]
+    ShardOfAnotherTrace { path: PathBuf, first: PathBuf },
+    #[error("{}: shard {i}/{n} given twice", path.display())]
+    ShardTwice { path: PathBuf, i: usize, n: usize },
+    #[error("--shards names no file")]
+    NoShards,
+    #[error("got shards {seen:?}; all of 0/{n}..{last}/{n} are needed, once each", last = n.saturating_sub(1))]
+    ShardsIncomplete { seen: Vec<(usize, usize)>, n: usize },
+}
 
 /// One traced layer pair setup.
 pub struct TraceSetup<'a> {

@@ -1,6 +1,6 @@
 //! Tables (edges, feature catalogues, annotations): named, typed columns written as Parquet
 //! (Snappy-compressed, row groups of 1M rows; `pandas.read_parquet` opens them) or as TSV, chosen by the
-//! file's extension. Written to a temporary name, fsynced and renamed into place.
+//! file's extension. Written atomically ([`super::atomic`]: temporary name, fsync, rename).
 //!
 //! [`Table::read`] reads either format back: Parquet columns keep their type (INT32/INT64/BOOLEAN as
 //! integers, FLOAT/DOUBLE as floats, byte arrays as text; optional columns are accepted, a null reads as
@@ -12,7 +12,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
 use parquet::basic::{Compression, ConvertedType, Repetition, Type as PhysicalType};
 use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
@@ -21,8 +20,66 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
+use super::atomic::{AtomicFile, FileError};
+
+/// A table that cannot be written or read; every message names the file (and the column and row
+/// where it applies).
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{}: the table format is chosen by the extension; use .parquet or .tsv", .0.display())]
+    WriteExtension(PathBuf),
+    #[error("{}: tables are read by their extension; expected .parquet or .tsv", .0.display())]
+    ReadExtension(PathBuf),
+    #[error("column {name} has {rows} rows, expected {expected} (internal error)")]
+    Ragged {
+        name: String,
+        rows: usize,
+        expected: usize,
+    },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("writing {}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
+    #[error("reading {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("{}: column {name} has {rows} rows, expected {expected}", path.display())]
+    RaggedFile {
+        path: PathBuf,
+        name: String,
+        rows: usize,
+        expected: usize,
+    },
+    #[error("{table}: no column `{name}` (columns: {columns})")]
+    NoColumn {
+        table: String,
+        name: String,
+        columns: String,
+    },
+    #[error("{table}: column `{name}`, row {row}: `{value}` is not {what}")]
+    BadValue {
+        table: String,
+        name: String,
+        row: usize,
+        value: String,
+        what: &'static str,
+    },
+    #[error("{table}: column `{name}` holds floats, expected integers")]
+    NotIntegers { table: String, name: String },
+}
+
+type Result<T, E = TableError> = std::result::Result<T, E>;
+
+/// Why a file could not be parsed (wrapped with its path by [`Table::read`]).
+type Reason = String;
+
+fn reason(e: impl std::fmt::Display) -> Reason {
+    e.to_string()
+}
+
 /// The format of a command's output tables (`--format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum TableFormat {
     Parquet,
     Tsv,
@@ -35,6 +92,11 @@ impl TableFormat {
             TableFormat::Tsv => "tsv",
         }
     }
+
+    /// `name.<ext>` in `dir`.
+    pub fn path(self, dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.{}", self.ext()))
+    }
 }
 
 /// One column's values.
@@ -45,12 +107,16 @@ pub enum Column {
 }
 
 impl Column {
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Column::Str(v) => v.len(),
             Column::I64(v) => v.len(),
             Column::F64(v) => v.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn cell(&self, row: usize) -> String {
@@ -87,46 +153,48 @@ impl Table {
         self.columns.first().map_or(0, |(_, c)| c.len())
     }
 
-    /// Writes `.parquet` or `.tsv` by the extension of `path`.
+    /// Writes `.parquet` or `.tsv` by the extension of `path`, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
         if let Some((name, c)) = self.columns.iter().find(|(_, c)| c.len() != self.rows()) {
-            bail!(
-                "column {name} has {} rows, expected {} (internal error)",
-                c.len(),
-                self.rows()
-            );
+            return Err(TableError::Ragged {
+                name: name.clone(),
+                rows: c.len(),
+                expected: self.rows(),
+            });
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !matches!(ext, "parquet" | "tsv") {
-            bail!(
-                "{}: the table format is chosen by the extension; use .parquet or .tsv",
-                path.display()
-            );
+            return Err(TableError::WriteExtension(path.to_path_buf()));
         }
-        let tmp = path.with_extension(format!("{ext}.partial"));
-        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut file = AtomicFile::create(path)?;
         let written = if ext == "parquet" {
-            self.write_parquet(file)
+            self.write_parquet(file.file())
         } else {
-            self.write_tsv(file)
+            self.write_tsv(file.file())
         };
-        written.with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+        written.map_err(|reason| TableError::Write {
+            path: file.temporary().to_path_buf(),
+            reason,
+        })?;
+        Ok(file.commit()?)
     }
 
-    fn write_tsv(&self, file: std::fs::File) -> Result<()> {
+    fn write_tsv(&self, file: &mut std::fs::File) -> Result<(), Reason> {
         let mut w = std::io::BufWriter::new(file);
         let names: Vec<&str> = self.columns.iter().map(|(n, _)| n.as_str()).collect();
-        writeln!(w, "{}", names.join("\t"))?;
+        writeln!(w, "{}", names.join("\t")).map_err(reason)?;
         for row in 0..self.rows() {
             let line: Vec<String> = self.columns.iter().map(|(_, c)| c.cell(row)).collect();
-            writeln!(w, "{}", line.join("\t"))?;
+            writeln!(w, "{}", line.join("\t")).map_err(reason)?;
         }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        Ok(())
+        w.flush().map_err(reason)
     }
 
-    fn write_parquet(&self, file: std::fs::File) -> Result<()> {
+    fn write_parquet(&self, file: &mut std::fs::File) -> Result<(), Reason> {
+        self.write_parquet_inner(file).map_err(reason)
+    }
+
+    fn write_parquet_inner(&self, file: &mut std::fs::File) -> parquet::errors::Result<()> {
         let fields = self
             .columns
             .iter()
@@ -142,7 +210,7 @@ impl Table {
                     .build()
                     .map(Arc::new)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<parquet::errors::Result<Vec<_>>>()?;
         let schema = Arc::new(Type::group_type_builder("table").with_fields(fields).build()?);
         let props = Arc::new(
             WriterProperties::builder()
@@ -193,23 +261,23 @@ impl Table {
         let columns = match ext {
             "parquet" => read_parquet(path),
             "tsv" => read_tsv(path),
-            _ => bail!(
-                "{}: tables are read by their extension; expected .parquet or .tsv",
-                path.display()
-            ),
+            _ => return Err(TableError::ReadExtension(path.to_path_buf())),
         }
-        .with_context(|| format!("reading {}", path.display()))?;
+        .map_err(|reason| TableError::Read {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let table = Table {
             columns,
             source: Some(path.to_path_buf()),
         };
         if let Some((name, c)) = table.columns.iter().find(|(_, c)| c.len() != table.rows()) {
-            bail!(
-                "{}: column {name} has {} rows, expected {}",
-                path.display(),
-                c.len(),
-                table.rows()
-            );
+            return Err(TableError::RaggedFile {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                rows: c.len(),
+                expected: table.rows(),
+            });
         }
         Ok(table)
     }
@@ -229,12 +297,10 @@ impl Table {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, c)| c)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: no column `{name}` (columns: {})",
-                    self.source(),
-                    self.names().join(", ")
-                )
+            .ok_or_else(|| TableError::NoColumn {
+                table: self.source(),
+                name: name.to_string(),
+                columns: self.names().join(", "),
             })
     }
 
@@ -246,20 +312,20 @@ impl Table {
                 .iter()
                 .enumerate()
                 .map(|(row, s)| {
-                    s.trim().parse::<i64>().map_err(|_| {
-                        anyhow!(
-                            "{}: column `{name}`, row {}: `{s}` is not an integer",
-                            self.source(),
-                            row + 1
-                        )
+                    s.trim().parse::<i64>().map_err(|_| TableError::BadValue {
+                        table: self.source(),
+                        name: name.to_string(),
+                        row: row + 1,
+                        value: s.clone(),
+                        what: "an integer",
                     })
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Cow::Owned),
-            Column::F64(_) => bail!(
-                "{}: column `{name}` holds floats, expected integers",
-                self.source()
-            ),
+            Column::F64(_) => Err(TableError::NotIntegers {
+                table: self.source(),
+                name: name.to_string(),
+            }),
         }
     }
 
@@ -272,12 +338,12 @@ impl Table {
                 .iter()
                 .enumerate()
                 .map(|(row, s)| {
-                    s.trim().parse::<f64>().map_err(|_| {
-                        anyhow!(
-                            "{}: column `{name}`, row {}: `{s}` is not a number",
-                            self.source(),
-                            row + 1
-                        )
+                    s.trim().parse::<f64>().map_err(|_| TableError::BadValue {
+                        table: self.source(),
+                        name: name.to_string(),
+                        row: row + 1,
+                        value: s.clone(),
+                        what: "a number",
                     })
                 })
                 .collect::<Result<Vec<_>>>()
@@ -294,13 +360,13 @@ impl Table {
     }
 }
 
-fn read_tsv(path: &Path) -> Result<Vec<(String, Column)>> {
-    let text = std::fs::read_to_string(path)?;
+fn read_tsv(path: &Path) -> Result<Vec<(String, Column)>, Reason> {
+    let text = std::fs::read_to_string(path).map_err(reason)?;
     let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
     let header = lines
         .next()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow!("empty file, no header line"))?;
+        .ok_or("empty file, no header line")?;
     let names: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
     let mut values: Vec<Vec<String>> = vec![Vec::new(); names.len()];
     for (i, line) in lines.enumerate() {
@@ -309,12 +375,12 @@ fn read_tsv(path: &Path) -> Result<Vec<(String, Column)>> {
         }
         let fields: Vec<&str> = line.split('\t').collect();
         if fields.len() != names.len() {
-            bail!(
+            return Err(format!(
                 "line {}: {} fields, but the header names {} columns",
                 i + 2,
                 fields.len(),
                 names.len()
-            );
+            ));
         }
         for (col, f) in values.iter_mut().zip(fields) {
             col.push(f.to_string());
@@ -327,11 +393,16 @@ fn read_tsv(path: &Path) -> Result<Vec<(String, Column)>> {
 }
 
 /// All values of one column chunk: the non-null values and, for optional columns, the levels.
-fn read_chunk<T: DataType>(reader: &mut ColumnReaderImpl<T>, rows: usize) -> Result<(Vec<T::T>, Vec<i16>)> {
+fn read_chunk<T: DataType>(
+    reader: &mut ColumnReaderImpl<T>,
+    rows: usize,
+) -> Result<(Vec<T::T>, Vec<i16>), Reason> {
     let mut values = Vec::with_capacity(rows);
     let mut defs = Vec::with_capacity(rows);
     loop {
-        let (records, _, _) = reader.read_records(rows.max(1), Some(&mut defs), None, &mut values)?;
+        let (records, _, _) = reader
+            .read_records(rows.max(1), Some(&mut defs), None, &mut values)
+            .map_err(reason)?;
         if records == 0 {
             break;
         }
@@ -357,9 +428,9 @@ fn with_nulls<T: Clone>(values: Vec<T>, defs: &[i16], max_def: i16, null: T) -> 
         .collect()
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<(String, Column)>> {
-    let file = std::fs::File::open(path)?;
-    let reader = SerializedFileReader::new(file)?;
+fn read_parquet(path: &Path) -> Result<Vec<(String, Column)>, Reason> {
+    let file = std::fs::File::open(path).map_err(reason)?;
+    let reader = SerializedFileReader::new(file).map_err(reason)?;
     let meta = reader.metadata();
     let schema = meta.file_metadata().schema_descr();
     let n = schema.num_columns();
@@ -368,36 +439,36 @@ fn read_parquet(path: &Path) -> Result<Vec<(String, Column)>> {
         .collect();
     for j in 0..n {
         if schema.column(j).max_rep_level() > 0 {
-            bail!(
+            return Err(format!(
                 "column {} is nested (a list); expected flat columns",
                 schema.column(j).path()
-            );
+            ));
         }
     }
     for g in 0..meta.num_row_groups() {
-        let group = reader.get_row_group(g)?;
+        let group = reader.get_row_group(g).map_err(reason)?;
         let rows = group.metadata().num_rows().max(0) as usize;
         for (j, (name, slot)) in columns.iter_mut().enumerate() {
             let max_def = schema.column(j).max_def_level();
-            let part = match group.get_column_reader(j)? {
+            let part = match group.get_column_reader(j).map_err(reason)? {
                 ColumnReader::Int64ColumnReader(mut r) => {
                     let (v, d) = read_chunk(&mut r, rows)?;
                     if max_def > 0 && d.iter().any(|&x| x < max_def) {
-                        bail!("column {name} has nulls; expected integers in every row");
+                        return Err(format!("column {name} has nulls; expected integers in every row"));
                     }
                     Column::I64(v)
                 }
                 ColumnReader::Int32ColumnReader(mut r) => {
                     let (v, d) = read_chunk(&mut r, rows)?;
                     if max_def > 0 && d.iter().any(|&x| x < max_def) {
-                        bail!("column {name} has nulls; expected integers in every row");
+                        return Err(format!("column {name} has nulls; expected integers in every row"));
                     }
                     Column::I64(v.into_iter().map(i64::from).collect())
                 }
                 ColumnReader::BoolColumnReader(mut r) => {
                     let (v, d) = read_chunk(&mut r, rows)?;
                     if max_def > 0 && d.iter().any(|&x| x < max_def) {
-                        bail!("column {name} has nulls; expected values in every row");
+                        return Err(format!("column {name} has nulls; expected values in every row"));
                     }
                     Column::I64(v.into_iter().map(i64::from).collect())
                 }
@@ -418,14 +489,18 @@ fn read_parquet(path: &Path) -> Result<Vec<(String, Column)>> {
                         .collect();
                     Column::Str(with_nulls(v, &d, max_def, String::new()))
                 }
-                _ => bail!("column {name}: unsupported Parquet type (expected int, float, bool or text)"),
+                _ => {
+                    return Err(format!(
+                        "column {name}: unsupported Parquet type (expected int, float, bool or text)"
+                    ))
+                }
             };
             match (slot.as_mut(), part) {
                 (None, part) => *slot = Some(part),
                 (Some(Column::I64(a)), Column::I64(b)) => a.extend(b),
                 (Some(Column::F64(a)), Column::F64(b)) => a.extend(b),
                 (Some(Column::Str(a)), Column::Str(b)) => a.extend(b),
-                _ => bail!("column {name} changes type between row groups"),
+                _ => return Err(format!("column {name} changes type between row groups")),
             }
         }
     }

@@ -13,6 +13,8 @@
 //! norm (magnitude-matched), so that effects specific to w_f can be told from effects of any push of
 //! that size at those positions.
 
+pub mod pipeline;
+
 use std::collections::HashSet;
 
 use crate::encoder::Encoder;
@@ -23,6 +25,8 @@ use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
 use crate::rng::Rng;
 use crate::sae::{SparseCodes, TopKSae};
+
+pub use pipeline::{run as run_effects, EffectsConfig, EffectsError, EffectsInputs};
 
 /// What to edit and what to read.
 pub struct EffectsSetup<'a> {

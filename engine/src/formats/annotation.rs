@@ -1,0 +1,163 @@
+//! `annotate.json`: the summary of an annotation run (`scinterp annotate`), written with sorted keys and
+//! a final newline.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const ANNOTATION_FORMAT: &str = "scinterp-annotation";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationSummary {
+    pub format: String,
+    pub format_version: u32,
+    pub inputs: AnnotationInputs,
+    pub settings: AnnotationSettings,
+    pub families: Families,
+    /// The rule that makes a feature annotated.
+    pub annotated: String,
+    pub catalogs: Vec<CatalogAnnotation>,
+    /// Files written in the output folder.
+    pub outputs: Vec<String>,
+    pub seconds: AnnotationSeconds,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationInputs {
+    pub catalogs: Vec<NamedDir>,
+    pub gene_sets: Vec<GeneSetInput>,
+    pub trrust: Option<String>,
+    pub ppi: Option<String>,
+    pub ppi_min_score: Option<f64>,
+    pub obs_column: Option<String>,
+    pub networks: Vec<NetworkInput>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedDir {
+    pub name: String,
+    pub dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeneSetInput {
+    pub library: String,
+    pub path: String,
+    pub terms_in_file: usize,
+    pub genes_in_file: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkInput {
+    pub network: String,
+    pub path: String,
+    pub directed: bool,
+    pub edges_in_file: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationSettings {
+    pub ranking: String,
+    pub top_n: usize,
+    pub min_query_genes: usize,
+    pub min_term_size: usize,
+    pub max_term_size: usize,
+    pub permutations: usize,
+    pub seed: u64,
+    pub alpha: f64,
+    pub edge_null: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Families {
+    pub gene_sets_and_edges: GeneSetFamily,
+    /// With an obs column only.
+    pub cell_types: Option<CellTypeFamily>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeneSetFamily {
+    pub rule: String,
+    pub libraries: Vec<String>,
+    pub networks: Vec<String>,
+    pub m: u64,
+    pub tests_with_computed_p: u64,
+    pub significant_atlas_q: u64,
+    pub significant_atlas_q_by_library: BTreeMap<String, u64>,
+    /// None when nothing is significant.
+    pub largest_significant_p: Option<f64>,
+    pub m_per_catalog: Vec<CatalogM>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogM {
+    pub name: String,
+    pub m: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellTypeFamily {
+    pub rule: String,
+    pub obs_column: Option<String>,
+    pub m: u64,
+    pub tests_with_computed_p: u64,
+    pub significant: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogAnnotation {
+    pub name: String,
+    pub hook: String,
+    pub dir: String,
+    pub token_store: Option<String>,
+    pub background_genes: usize,
+    pub alive_features: usize,
+    pub tested_features: usize,
+    pub m: u64,
+    pub significant_catalog_q: u64,
+    pub significant_atlas_q: u64,
+    pub annotated_features: usize,
+    pub annotated_fraction: f64,
+    pub annotated_features_catalog_q: usize,
+    pub annotated_fraction_catalog_q: f64,
+    pub libraries: Vec<LibraryAnnotation>,
+    pub networks: Vec<NetworkAnnotation>,
+    pub cell_types: Option<CellTypeCounts>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LibraryAnnotation {
+    pub library: String,
+    pub universe_in_background: usize,
+    pub terms_tested: usize,
+    pub terms_below_min_size: usize,
+    pub terms_above_max_size: usize,
+    pub pairs_with_overlap: u64,
+    pub significant_atlas_q: u64,
+    pub significant_catalog_q: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAnnotation {
+    pub network: String,
+    pub edges_in_background: usize,
+    pub genes_with_edges: usize,
+    pub features_with_edges: u64,
+    pub significant_atlas_q: u64,
+    pub significant_catalog_q: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellTypeCounts {
+    pub features_tested: usize,
+    pub labels_tested: usize,
+    pub significant: u64,
+    pub features_enriched: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationSeconds {
+    pub read: f64,
+    pub tests: f64,
+    pub total: f64,
+}

@@ -1,0 +1,102 @@
+//! The files of `scinterp trace`: the edge table's JSON summary (`<out>.summary.json`), and the
+//! settings recorded in checkpoints and shard files (which decide whether a checkpoint resumes and
+//! whether shards belong together).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything that decides a trace's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSettings {
+    /// Model folder, token store and SAE folder (absolute paths).
+    pub model: String,
+    pub input: String,
+    pub saes: String,
+    pub source: String,
+    pub targets: Vec<String>,
+    /// `--features` as given (`all`, a list, `top:N`).
+    pub features: String,
+    pub cells: usize,
+    pub chunk_cells: usize,
+    pub max_batch_tokens: usize,
+    pub null_permutations: usize,
+    pub seed: u64,
+}
+
+/// The settings a checkpoint or shard file carries: the trace's, and which shard (`[i, n]`) if any.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub plan: TraceSettings,
+    pub shard: Option<(usize, usize)>,
+}
+
+/// What a trace was asked to do, as the table and the shards need it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TracePlan {
+    pub source: String,
+    pub targets: Vec<String>,
+    pub target_d_sae: Vec<usize>,
+    pub features_requested: usize,
+    pub cells: usize,
+    /// Everything that decides the result (for resume and for checking shards belong together).
+    pub settings: TraceSettings,
+}
+
+/// The header of a shard file: its run settings and the plan `trace merge` needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardHeader {
+    pub settings: RunSettings,
+    pub plan: TracePlan,
+}
+
+/// The edge filters of the table, as recorded in the summary (fields in the sorted order this record
+/// always had).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FiltersRecord {
+    pub fdr: String,
+    pub max_q: f64,
+    pub min_abs_d: f64,
+    pub min_consistency: f64,
+}
+
+/// `<out>.summary.json` (and `--json`). Written in this field order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    pub source: String,
+    pub targets: Vec<String>,
+    pub cells: usize,
+    pub features_requested: usize,
+    pub features_traced: usize,
+    /// Requested features that never fired in the traced cells (nothing to ablate).
+    pub features_skipped_never_fired: usize,
+    pub ablations: u64,
+    pub seconds: f64,
+    pub ablations_per_second: f64,
+    /// Edges whose target changed in at least one cell and whose statistics were tested.
+    pub tests_performed: usize,
+    /// (feature, target feature) pairs whose change was zero in every cell: counted, not tested.
+    pub all_zero_targets: u64,
+    /// Edges with n < 2 (a feature firing in one cell): not tested.
+    pub untestable_edges: usize,
+    pub edges_written: usize,
+    pub edges_per_target: BTreeMap<String, usize>,
+    pub excitatory_fraction: f64,
+    pub inhibitory_fraction: f64,
+    /// `None` for a shard (no table yet).
+    pub filters: Option<FiltersRecord>,
+    /// With `--null-permutations`: edges passing the filters per permutation (mean and each), and the
+    /// empirical FDR of the rule (mean null edges / edges written).
+    pub null: Option<NullSummary>,
+    pub out: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NullSummary {
+    pub permutations: usize,
+    pub seed: u64,
+    pub null_edges_mean: f64,
+    pub null_edges: Vec<usize>,
+    pub empirical_fdr: f64,
+    pub method: String,
+}
