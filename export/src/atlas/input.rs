@@ -171,7 +171,13 @@ impl Table {
             .map(|(_, c)| match c {
                 Col::Int(v) => Value::from(v[row]),
                 Col::Float(v) => serde_json::Number::from_f64(v[row]).map_or(Value::Null, Value::Number),
-                Col::Text(v) => Value::from(v[row].as_str()),
+                // TSV text that reads as a number is shown as one.
+                Col::Text(v) => match v[row].trim().parse::<f64>() {
+                    Ok(x) if x.is_finite() => {
+                        serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+                    }
+                    _ => Value::from(v[row].as_str()),
+                },
             })
             .collect()
     }
