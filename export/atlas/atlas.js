@@ -8,7 +8,8 @@
   // Loading
 
   const pending = new Map(); // key -> {promise, resolve, reject}
-  const atlas = { ready: false, errors: [] };
+  // timings: one entry per rendered route, {route, ms: render time, at: ms since navigation start}.
+  const atlas = { ready: false, errors: [], timings: [] };
   window.atlas = atlas;
 
   function srcOf(key) {
@@ -875,7 +876,20 @@
   // ---------------------------------------------------------------------------------------------------
   // Routing
 
+  // One route renders at a time; a hash change meanwhile renders after it (so a slow page never
+  // overwrites a newer one).
+  let routing = false, routeAgain = false;
   async function route() {
+    if (routing) { routeAgain = true; return; }
+    routing = true;
+    try {
+      do { routeAgain = false; await routeOnce(); } while (routeAgain);
+    } finally {
+      routing = false;
+    }
+  }
+
+  async function routeOnce() {
     const hash = location.hash.replace(/^#\/?/, '');
     const [path, qs] = hash.split('?');
     const parts = path.split('/').map(decodeURIComponent);
@@ -883,6 +897,7 @@
     (qs || '').split('&').filter(Boolean).forEach((kv) => { const [k, v] = kv.split('='); params[k] = decodeURIComponent(v || ''); });
     window.scrollTo(0, 0);
     document.getElementById('tip').hidden = true;
+    const t0 = performance.now();
     try {
       switch (parts[0]) {
         case '': return await viewOverview();
@@ -902,6 +917,9 @@
     } catch (err) {
       fail(err);
     } finally {
+      // Measured once the browser has laid the page out (the next frame).
+      await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+      atlas.timings.push({ route: hash, ms: performance.now() - t0, at: performance.now() });
       document.body.dataset.route = hash;
       document.body.dataset.ready = String(++routeCount);
     }
