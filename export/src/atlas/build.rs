@@ -932,7 +932,7 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
         if v[5] <= ctx.alphas[ai] {
             n_sig[i] += 1;
         }
-        if !(best_q[i] <= v[5]) {
+        if best_q[i].is_nan() || v[5] < best_q[i] {
             best_q[i] = v[5];
         }
         if v[4] < best_p[i] {
@@ -946,7 +946,7 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
         if v[3] <= ctx.alphas[ai] {
             n_sig[i] += 1;
         }
-        if !(best_q[i] <= v[3]) {
+        if best_q[i].is_nan() || v[3] < best_q[i] {
             best_q[i] = v[3];
         }
     }
