@@ -746,7 +746,7 @@
       const [x, y] = pos.get(k);
       const t = tables[n.l], i = t && t.index.get(n.f);
       const ann = t && i != null && t.cols.nt[i] > 0;
-      s += '<g class="node" data-node="' + k + '"><circle cx="' + x + '" cy="' + y + '" r="' + (k === center ? 9 : 6) + '" fill="' + (k === center ? '#17253d' : ann ? '#2a9d8f' : '#6c7a96') + '"><title>' + esc(layerName(n.l) + ' feature ' + n.f + (top(n) ? ' · ' + top(n) : '')) + '</title></circle><text x="' + (x + 11) + '" y="' + (y + 4) + '">' + esc(n.f + ' ' + top(n)) + '</text></g>';
+      s += '<g class="node" data-node="' + k + '"><circle cx="' + x + '" cy="' + y + '" r="' + (k === center ? 9 : 6) + '" fill="' + (k === center ? '#17253d' : ann ? '#2a9d8f' : '#6c7a96') + '"><title>' + esc(layerName(n.l) + ' feature ' + n.f + (top(n) ? ' · ' + top(n) : '')) + '</title></circle><text x="' + (x + 8) + '" y="' + (y - 9) + '">' + esc(n.f + ' ' + top(n)) + '</text></g>';
     });
     s += '</svg>';
     let h = '<h1>Circuit of ' + featLink(l, f, layerName(l) + ' · feature ' + f) + '</h1>';
