@@ -3,6 +3,7 @@
 
 mod analyze;
 mod annotate;
+mod atlas;
 mod demo;
 mod effects;
 mod extract;
@@ -64,6 +65,9 @@ enum Command {
     Effects(effects::EffectsArgs),
     /// Annotate a feature catalog: gene-set, TRRUST/PPI edge and cell-type enrichment with BH over every test
     Annotate(annotate::AnnotateArgs),
+    /// Build the static web atlas (works from file://); `atlas serve DIR` serves one on 127.0.0.1.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Atlas(atlas::AtlasArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Layers(args) => layers::run(args),
         Command::Effects(args) => effects::run(args),
         Command::Annotate(args) => annotate::run(args),
+        Command::Atlas(args) => atlas::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

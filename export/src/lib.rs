@@ -1,3 +1,4 @@
-//! Operator export (rank-k surrogates with readouts, ONNX / safetensors tools) and the static web atlas.
-//!
-//! Empty until the export issue: nothing here pretends to work yet.
+//! Operator export (rank-k surrogates with readouts, ONNX / safetensors tools: not written yet) and the
+//! static web atlas ([`atlas`]).
+
+pub mod atlas;

@@ -1,0 +1,505 @@
+//! The atlas in a real browser: headless Chromium driven through chromedriver (W3C WebDriver, spoken here
+//! over std::net). The site is built from the demo's outputs (tests/fixtures/atlas) and opened from
+//! file:// with no server and no flags that relax file access. The test opens the overview, searches a
+//! gene, opens a feature page, checks its top genes and terms against the catalog files, opens its circuit
+//! view, checks that every number has a definition on hover and that the console stayed clean, and saves
+//! screenshots (kept with SCINTERP_KEEP_SCREENSHOTS=1; the path is printed).
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (or SCINTERP_CHROMIUM / SCINTERP_CHROMEDRIVER). Without
+//! them the test fails under CI=true and skips with a message elsewhere.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo_root, scinterp};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn find_tool(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in names {
+        for dir in std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/lib/chromium")])
+        {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Chromium and chromedriver, or None after failing (CI) or printing why the test skips.
+fn browser() -> Option<(PathBuf, PathBuf)> {
+    let chromium = find_tool("SCINTERP_CHROMIUM", &["chromium", "chromium-browser"]);
+    let driver = find_tool("SCINTERP_CHROMEDRIVER", &["chromedriver"]);
+    match (chromium, driver) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            let msg =
+                "atlas browser test: Chromium or chromedriver not found (install Debian's chromium and \
+                       chromium-driver, as .ci/run does, or set SCINTERP_CHROMIUM and SCINTERP_CHROMEDRIVER)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}");
+            }
+            eprintln!("skipped: {msg}");
+            None
+        }
+    }
+}
+
+/// A chromedriver process and one browser session, both ended on drop.
+struct Driver {
+    port: u16,
+    session: String,
+    child: Child,
+}
+
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    // chromedriver may keep the connection open: read the headers, then exactly the body they announce.
+    let mut reader = std::io::BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_lowercase());
+    }
+    let mut payload = Vec::new();
+    if let Some(n) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        payload.resize(n.trim().parse().unwrap_or(0), 0);
+        reader.read_exact(&mut payload)?;
+    } else if head.contains("transfer-encoding: chunked") {
+        loop {
+            let mut size = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            payload.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        reader.read_to_end(&mut payload)?;
+    }
+    Ok(serde_json::from_slice(&payload).unwrap_or(Value::Null))
+}
+
+impl Driver {
+    fn start(chromium: &Path, chromedriver: &Path, profile: &Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let started = Instant::now();
+        while http(port, "GET", "/status", None)
+            .map(|v| v["value"]["ready"] != json!(true))
+            .unwrap_or(true)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {
+                "binary": chromium.display().to_string(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1400,1000",
+                         format!("--user-data-dir={}", profile.display())],
+            },
+        }}});
+        let mut driver = Driver {
+            port,
+            session: String::new(),
+            child,
+        };
+        let v = http(port, "POST", "/session", Some(&caps)).expect("new session");
+        driver.session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        driver
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let v = http(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body.as_ref(),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        if v["value"]["error"].is_string() {
+            panic!("{method} {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({"script": js, "args": []})))
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    /// Waits until the page has rendered the route `prefix…` and returns the route.
+    fn wait_route(&self, prefix: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let r = self.script("return document.body.dataset.ready ? document.body.dataset.route : null;");
+            if let Some(r) = r.as_str() {
+                if r.starts_with(prefix) {
+                    return r.to_string();
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "page never rendered {prefix} (at {r})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let b64 = self.cmd("GET", "/screenshot", None);
+        std::fs::write(path, base64_decode(b64.as_str().unwrap())).unwrap();
+    }
+
+    /// Console messages at level SEVERE since the last call (chromedriver's log endpoint).
+    fn severe_logs(&self) -> Vec<String> {
+        let v = self.cmd("POST", "/se/log", Some(json!({"type": "browser"})));
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["level"] == json!("SEVERE"))
+                    .map(|e| e["message"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = http(self.port, "DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        acc = (acc << 6) | alphabet.iter().position(|&a| a == c).unwrap() as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn parquet_rows(path: &Path) -> Vec<Vec<(String, Field)>> {
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|r| {
+            r.unwrap()
+                .get_column_iter()
+                .map(|(n, f)| (n.clone(), f.clone()))
+                .collect()
+        })
+        .collect()
+}
+
+fn get<'a>(row: &'a [(String, Field)], name: &str) -> &'a Field {
+    &row.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+fn text(f: &Field) -> String {
+    match f {
+        Field::Str(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn float(f: &Field) -> f64 {
+    match f {
+        Field::Double(x) => *x,
+        Field::Long(x) => *x as f64,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// Parses a number as the page prints it (thousands separators, exponents).
+fn shown(s: &str) -> f64 {
+    s.replace(',', "").trim().parse().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn atlas_works_in_headless_chromium_from_file_urls() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let fx = repo_root().join("tests/fixtures/atlas");
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    let cats: Vec<String> = ["catalog-b1", "catalog-b2", "catalog-b3"]
+        .iter()
+        .map(|c| fx.join(c).display().to_string())
+        .collect();
+    let out = scinterp(&[
+        "atlas",
+        "--catalogs",
+        &cats.join(","),
+        "--annotation",
+        fx.join("annotation").to_str().unwrap(),
+        "--edges",
+        fx.join("edges.tsv").to_str().unwrap(),
+        "--effects",
+        fx.join("effects.parquet").to_str().unwrap(),
+        "--layers",
+        fx.join("layers").to_str().unwrap(),
+        "--out",
+        site.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shots = tmp.path().join("screenshots");
+    std::fs::create_dir(&shots).unwrap();
+
+    // The feature to reach through gene search: blocks.1 feature 0 (it has circuit edges); the gene is its
+    // first gene by conditional mean.
+    let top = parquet_rows(&fx.join("catalog-b1/top_genes.parquet"));
+    let mut ranked: Vec<&Vec<(String, Field)>> = top
+        .iter()
+        .filter(|r| *get(r, "feature") == Field::Long(0) && text(get(r, "ranking")) == "conditional_mean")
+        .collect();
+    ranked.sort_by_key(|r| match get(r, "rank") {
+        Field::Long(x) => *x,
+        _ => 0,
+    });
+    let gene = text(get(ranked[0], "symbol"));
+
+    let driver = Driver::start(&chromium, &chromedriver, &tmp.path().join("profile"));
+    let index = format!("file://{}/index.html", site.canonicalize().unwrap().display());
+    driver.cmd("POST", "/url", Some(json!({"url": index})));
+    driver.wait_route("");
+    let cards = driver.script("return [...document.querySelectorAll('.card .big')].map(e => e.textContent);");
+    assert_eq!(cards[0], json!("3"), "three layers: {cards}");
+    let layer_links = driver.script("return document.querySelectorAll('#ov-layers-table tbody tr').length;");
+    assert_eq!(layer_links, json!(3));
+    driver.screenshot(&shots.join("overview.png"));
+
+    // Gene search: type the gene, press Enter.
+    driver.type_into("#gene-input", &format!("{gene}\u{E007}"));
+    driver.wait_route("gene/");
+    let rows = driver.script(
+        "return [...document.querySelectorAll('#gene-features-table tbody tr')].map(r => [+r.dataset.layer, +r.dataset.feature]);",
+    );
+    assert!(
+        rows.as_array().unwrap().contains(&json!([0, 0])),
+        "{gene} lists blocks.1 feature 0: {rows}"
+    );
+    driver.screenshot(&shots.join("gene.png"));
+    driver.click("#gene-features-table tr[data-layer='0'][data-feature='0'] a");
+    driver.wait_route("feature/0/0");
+
+    // Top genes by both rankings, as in top_genes.parquet (symbol, n_fired, mean_when_fired, mass).
+    for (table, ranking) in [("top-genes-cm", "conditional_mean"), ("top-genes-mass", "mass")] {
+        let page = driver.script(&format!(
+            "return [...document.querySelectorAll('#{table} tr[data-gene]')].map(r => [...r.cells].map(c => c.textContent));"
+        ));
+        let mut want: Vec<&Vec<(String, Field)>> = top
+            .iter()
+            .filter(|r| *get(r, "feature") == Field::Long(0) && text(get(r, "ranking")) == ranking)
+            .collect();
+        want.sort_by_key(|r| match get(r, "rank") {
+            Field::Long(x) => *x,
+            _ => 0,
+        });
+        let page = page.as_array().unwrap();
+        assert_eq!(page.len(), want.len(), "{table}");
+        for (cells, r) in page.iter().zip(&want) {
+            assert_eq!(cells[1], json!(text(get(r, "symbol"))), "{table}");
+            assert_eq!(
+                shown(cells[2].as_str().unwrap()),
+                float(get(r, "n_fired")),
+                "{table}"
+            );
+            for (k, col) in [(4, "mean_when_fired"), (5, "mass")] {
+                let (a, b) = (shown(cells[k].as_str().unwrap()), float(get(r, col)));
+                assert!(
+                    (a - b).abs() <= 1e-3 * b.abs(),
+                    "{table} {col}: page {a}, table {b}"
+                );
+            }
+        }
+    }
+    // Its significant terms, as in enrichment.parquet.
+    let terms = parquet_rows(&fx.join("annotation/enrichment.parquet"));
+    let mut want: Vec<(String, f64)> = terms
+        .iter()
+        .filter(|r| {
+            text(get(r, "catalog")) == "blocks.1.hook_resid_post" && *get(r, "feature") == Field::Long(0)
+        })
+        .map(|r| (text(get(r, "term")), float(get(r, "p_value"))))
+        .collect();
+    want.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let page = driver.script(
+        "return [...document.querySelectorAll('#terms tr[data-term]')].map(r => [r.dataset.term, r.cells[6].textContent]);",
+    );
+    let page = page.as_array().cloned().unwrap_or_default();
+    assert_eq!(page.len(), want.len(), "terms of blocks.1 feature 0: {page:?}");
+    for (p, (term, pv)) in page.iter().zip(&want) {
+        assert_eq!(p[0], json!(term));
+        let shown_p = shown(p[1].as_str().unwrap());
+        assert!(
+            (shown_p - pv).abs() <= 1e-2 * pv.abs(),
+            "{term}: page p {shown_p}, table {pv}"
+        );
+    }
+    let downstream =
+        driver.script("return document.querySelectorAll('#edges-down tr[data-feature]').length;");
+    assert!(
+        downstream.as_u64().unwrap() >= 1,
+        "blocks.1 feature 0 has downstream edges"
+    );
+    // Every number carries its definition on hover.
+    let bare = driver.script("return [...document.querySelectorAll('.num')].filter(e => !e.title).length;");
+    assert_eq!(bare, json!(0));
+    let numbers = driver.script("return document.querySelectorAll('.num').length;");
+    assert!(numbers.as_u64().unwrap() > 100, "{numbers}");
+    driver.screenshot(&shots.join("feature.png"));
+
+    // The circuit view.
+    driver.click("#circuit-link");
+    driver.wait_route("circuit/0/0");
+    let nodes = driver.script("return document.querySelectorAll('#circuit .node').length;");
+    let edges = driver.script("return document.querySelectorAll('#circuit path.edge').length;");
+    assert!(
+        nodes.as_u64().unwrap() >= 2 && edges.as_u64().unwrap() >= 1,
+        "{nodes} nodes, {edges} edges"
+    );
+    driver.screenshot(&shots.join("circuit.png"));
+
+    // The layer explorer: the table filters by text and sorts by a click.
+    driver.cmd("POST", "/url", Some(json!({"url": format!("{index}#/layer/1")})));
+    driver.wait_route("layer/1");
+    let all = driver.script("return document.querySelectorAll('#ftable-table tbody tr').length;");
+    driver.type_into("#f-text", "PLANTED_PROGRAM_01");
+    let some = driver.script("return document.querySelectorAll('#ftable-table tbody tr').length;");
+    assert!(
+        some.as_u64() < all.as_u64() && some.as_u64() > Some(0),
+        "{all} rows, {some} after the filter"
+    );
+    let shown_terms = driver.script(
+        "return [...document.querySelectorAll('#ftable-table tbody tr')].every(r => r.textContent.includes('PLANTED_PROGRAM_01'));",
+    );
+    assert_eq!(shown_terms, json!(true));
+    driver.screenshot(&shots.join("layer.png"));
+
+    // Term search; consensus and tools say none.
+    driver.cmd(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("{index}#/term/planted program 02")})),
+    );
+    driver.wait_route("term/");
+    let hits = driver.script("return document.querySelectorAll('#term-hits-table tbody tr').length;");
+    assert_eq!(hits, json!(1));
+    for page in ["consensus", "tools"] {
+        driver.cmd("POST", "/url", Some(json!({"url": format!("{index}#/{page}")})));
+        driver.wait_route(page);
+        let text = driver.script("return document.getElementById('main').textContent;");
+        assert!(text.as_str().unwrap().contains("none"), "{page}: {text}");
+    }
+
+    let errors = driver.script("return window.atlas.errors;");
+    assert_eq!(errors, json!([]), "the page reported errors");
+    let severe = driver.severe_logs();
+    assert!(severe.is_empty(), "console errors: {severe:?}");
+    drop(driver);
+
+    let keep = std::env::var_os("SCINTERP_KEEP_SCREENSHOTS").is_some();
+    for f in [
+        "overview.png",
+        "gene.png",
+        "feature.png",
+        "circuit.png",
+        "layer.png",
+    ] {
+        let bytes = std::fs::read(shots.join(f)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{f} is a PNG");
+    }
+    if keep {
+        let kept = tmp.keep();
+        eprintln!("screenshots in {}", kept.join("screenshots").display());
+    } else {
+        eprintln!(
+            "screenshots were in {} (set SCINTERP_KEEP_SCREENSHOTS=1 to keep them)",
+            shots.display()
+        );
+    }
+}
