@@ -43,6 +43,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "models" / "assets"
+OUT = ASSETS  # where the models and metrics.json go (--out); the cells and dictionaries are read from ASSETS
 HELDOUT_FRACTION = 0.15
 V2_SPECIALS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
 MAX_LEN = 256  # tokens per cell (specials included) for both models: the top-ranked 254 genes for Geneformer
@@ -354,8 +355,9 @@ def train_geneformer(args, work: Path, metrics: dict) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = ASSETS / "geneformer"
-    stores = tokenize_geneformer(args.scinterp, out, work)
+    out = OUT / "geneformer"
+    out.mkdir(parents=True, exist_ok=True)
+    stores = tokenize_geneformer(args.scinterp, ASSETS / "geneformer", work)
     if args.data:  # the cut dictionaries must tokenize exactly as the full ones
         full = tokenize_geneformer(args.scinterp, args.data / "geneformer" / "v2", work / "full_dicts")
         for name in stores:
@@ -509,7 +511,7 @@ def train_scgpt(args, work: Path, metrics: dict) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = ASSETS / "scgpt"
+    out = OUT / "scgpt"
     out.mkdir(parents=True, exist_ok=True)
     cells = ASSETS / "cells"
     syms = []
@@ -651,6 +653,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--scinterp", default=str(REPO / "target" / "debug" / "scinterp"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/scinterp-assets-work"))
+    ap.add_argument("--out", type=Path, default=ASSETS, help="where the models and metrics.json are written")
     ap.add_argument("--seed", type=int, default=19)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
@@ -665,7 +668,9 @@ def main() -> None:
     ap.add_argument("--sg-lr", type=float, default=1e-3)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    mpath = ASSETS / "metrics.json"
+    global OUT
+    OUT = args.out
+    mpath = OUT / "metrics.json"
     metrics: dict = {}
     if args.step in ("cells", "all"):
         make_cells(args.data, args.work, args.seed)
