@@ -292,7 +292,8 @@ impl Table {
         self.columns.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    fn get(&self, name: &str) -> Result<&Column> {
+    /// The column `name`, as stored.
+    pub fn get(&self, name: &str) -> Result<&Column> {
         self.columns
             .iter()
             .find(|(n, _)| n == name)

@@ -2,104 +2,61 @@
 //! output folders of `scinterp annotate` and `scinterp layers`, the edge tables of `scinterp trace`, the
 //! tables of `scinterp effects`, and (generically) consensus tables and tool cards.
 //!
-//! It has its own small Parquet/TSV column reader so that the builder depends on no CLI code; when the
-//! engine's formats layer (typed tables, typed catalog.json) exists, this module is the one place to switch.
+//! Tables go through the engine's formats layer (`scinterp_engine::formats::Table`); this module adds the
+//! atlas's lenient getters and its per-input checks.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
-use parquet::data_type::DataType;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use scinterp_engine::formats::{Column, Table as EngineTable};
 use serde_json::Value;
 
 use super::error::{AtlasError, Result};
 
 // ---------------------------------------------------------------------------------------------------------
-// Columns
+// Tables: the engine's Parquet/TSV reader, with the atlas's lenient typed getters
 
-/// One column as read: Parquet keeps its type; TSV is text until a typed getter parses it.
-enum Col {
-    Int(Vec<i64>),
-    Float(Vec<f64>),
-    Text(Vec<String>),
-}
-
-impl Col {
-    fn len(&self) -> usize {
-        match self {
-            Col::Int(v) => v.len(),
-            Col::Float(v) => v.len(),
-            Col::Text(v) => v.len(),
-        }
-    }
-}
-
-/// A table of named columns read from `.parquet` or `.tsv` (chosen by the extension).
+/// A table of named columns read from `.parquet` or `.tsv` (chosen by the extension) by the engine's
+/// formats layer, with getters that accept what other tools write (integral floats as integers, an empty
+/// TSV cell as NaN) and name the file in every error.
 pub struct Table {
     pub path: PathBuf,
-    cols: Vec<(String, Col)>,
+    inner: EngineTable,
 }
 
 impl Table {
     pub fn read(path: &Path) -> Result<Table> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let cols = match ext {
-            "parquet" => read_parquet(path),
-            "tsv" => read_tsv(path),
-            _ => Err(format!(
-                "tables are read by their extension; expected .parquet or .tsv, got `{ext}`"
-            )),
-        }
-        .map_err(|m| AtlasError::input(path, m))?;
-        let table = Table {
+        let inner = EngineTable::read(path).map_err(|e| AtlasError::input(path, e.to_string()))?;
+        Ok(Table {
             path: path.to_path_buf(),
-            cols,
-        };
-        if let Some((name, c)) = table.cols.iter().find(|(_, c)| c.len() != table.rows()) {
-            return Err(table.err(format!(
-                "column {name} has {} rows, expected {}",
-                c.len(),
-                table.rows()
-            )));
-        }
-        Ok(table)
+            inner,
+        })
     }
 
     pub fn rows(&self) -> usize {
-        self.cols.first().map_or(0, |(_, c)| c.len())
+        self.inner.rows()
     }
 
     pub fn names(&self) -> Vec<&str> {
-        self.cols.iter().map(|(n, _)| n.as_str()).collect()
+        self.inner.names()
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.cols.iter().any(|(n, _)| n == name)
+        self.inner.get(name).is_ok()
     }
 
     fn err(&self, message: String) -> AtlasError {
         AtlasError::input(&self.path, message)
     }
 
-    fn get(&self, name: &str) -> Result<&Col> {
-        self.cols
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c)
-            .ok_or_else(|| {
-                self.err(format!(
-                    "no column `{name}` (columns: {}); is this the right table?",
-                    self.names().join(", ")
-                ))
-            })
+    fn get(&self, name: &str) -> Result<&Column> {
+        self.inner.get(name).map_err(|e| self.err(e.to_string()))
     }
 
     /// An integer column (TSV text parsed; floats with an integral value accepted).
     pub fn ints(&self, name: &str) -> Result<Vec<i64>> {
         match self.get(name)? {
-            Col::Int(v) => Ok(v.clone()),
-            Col::Float(v) => v
+            Column::F64(v) => v
                 .iter()
                 .enumerate()
                 .map(|(row, &x)| {
@@ -110,27 +67,18 @@ impl Table {
                     }
                 })
                 .collect(),
-            Col::Text(v) => v
-                .iter()
-                .enumerate()
-                .map(|(row, s)| {
-                    s.trim().parse::<i64>().map_err(|_| {
-                        self.err(format!(
-                            "column `{name}`, row {}: `{s}` is not an integer",
-                            row + 1
-                        ))
-                    })
-                })
-                .collect(),
+            _ => Ok(self
+                .inner
+                .i64s(name)
+                .map_err(|e| self.err(e.to_string()))?
+                .into_owned()),
         }
     }
 
     /// A float column (integers converted; TSV text parsed, `NaN`/`inf` and an empty cell as NaN).
     pub fn floats(&self, name: &str) -> Result<Vec<f64>> {
         match self.get(name)? {
-            Col::Float(v) => Ok(v.clone()),
-            Col::Int(v) => Ok(v.iter().map(|&x| x as f64).collect()),
-            Col::Text(v) => v
+            Column::Str(v) if v.iter().any(|s| s.trim().is_empty()) => v
                 .iter()
                 .enumerate()
                 .map(|(row, s)| {
@@ -143,6 +91,11 @@ impl Table {
                     })
                 })
                 .collect(),
+            _ => Ok(self
+                .inner
+                .f64s(name)
+                .map_err(|e| self.err(e.to_string()))?
+                .into_owned()),
         }
     }
 
@@ -157,178 +110,30 @@ impl Table {
 
     /// A text column (numbers formatted).
     pub fn texts(&self, name: &str) -> Result<Vec<String>> {
-        Ok(match self.get(name)? {
-            Col::Text(v) => v.clone(),
-            Col::Int(v) => v.iter().map(|x| x.to_string()).collect(),
-            Col::Float(v) => v.iter().map(|x| format!("{x}")).collect(),
-        })
+        Ok(self
+            .inner
+            .strs(name)
+            .map_err(|e| self.err(e.to_string()))?
+            .into_owned())
     }
 
     /// Row `row` of every column as JSON (for tables shown as they are).
     pub fn row_json(&self, row: usize) -> Vec<Value> {
-        self.cols
-            .iter()
-            .map(|(_, c)| match c {
-                Col::Int(v) => Value::from(v[row]),
-                Col::Float(v) => serde_json::Number::from_f64(v[row]).map_or(Value::Null, Value::Number),
+        let number = |x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number);
+        self.inner
+            .names()
+            .into_iter()
+            .filter_map(|name| self.inner.get(name).ok())
+            .map(|c| match c {
+                Column::I64(v) => Value::from(v[row]),
+                Column::F64(v) => number(v[row]),
                 // TSV text that reads as a number is shown as one.
-                Col::Text(v) => match v[row].trim().parse::<f64>() {
-                    Ok(x) if x.is_finite() => {
-                        serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
-                    }
+                Column::Str(v) => match v[row].trim().parse::<f64>() {
+                    Ok(x) if x.is_finite() => number(x),
                     _ => Value::from(v[row].as_str()),
                 },
             })
             .collect()
-    }
-}
-
-fn read_tsv(path: &Path) -> std::result::Result<Vec<(String, Col)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
-    let header = lines
-        .next()
-        .filter(|h| !h.is_empty())
-        .ok_or("empty file, no header line")?;
-    let names: Vec<String> = header.split('\t').map(|s| s.trim().to_string()).collect();
-    let mut values: Vec<Vec<String>> = vec![Vec::new(); names.len()];
-    for (i, line) in lines.enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != names.len() {
-            return Err(format!(
-                "line {}: {} fields, but the header names {} columns",
-                i + 2,
-                fields.len(),
-                names.len()
-            ));
-        }
-        for (col, f) in values.iter_mut().zip(fields) {
-            col.push(f.to_string());
-        }
-    }
-    Ok(names.into_iter().zip(values.into_iter().map(Col::Text)).collect())
-}
-
-/// The values and definition levels of one column chunk.
-fn chunk<T: DataType>(
-    reader: &mut ColumnReaderImpl<T>,
-    rows: usize,
-) -> std::result::Result<(Vec<T::T>, Vec<i16>), String> {
-    let mut values = Vec::with_capacity(rows);
-    let mut defs = Vec::with_capacity(rows);
-    loop {
-        let (records, _, _) = reader
-            .read_records(rows.max(1), Some(&mut defs), None, &mut values)
-            .map_err(|e| e.to_string())?;
-        if records == 0 {
-            break;
-        }
-    }
-    Ok((values, defs))
-}
-
-/// Spreads non-null `values` over the rows whose definition level is `max_def`; nulls become `null`.
-fn spread<T: Clone>(values: Vec<T>, defs: &[i16], max_def: i16, null: T) -> Vec<T> {
-    if max_def == 0 || defs.is_empty() {
-        return values;
-    }
-    let mut it = values.into_iter();
-    defs.iter()
-        .map(|&d| {
-            if d == max_def {
-                it.next().unwrap_or_else(|| null.clone())
-            } else {
-                null.clone()
-            }
-        })
-        .collect()
-}
-
-fn read_parquet(path: &Path) -> std::result::Result<Vec<(String, Col)>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| format!("not a Parquet file ({e})"))?;
-    let meta = reader.metadata();
-    let schema = meta.file_metadata().schema_descr();
-    let mut cols: Vec<(String, Option<Col>)> = (0..schema.num_columns())
-        .map(|j| (schema.column(j).name().to_string(), None))
-        .collect();
-    for g in 0..meta.num_row_groups() {
-        let group = reader.get_row_group(g).map_err(|e| e.to_string())?;
-        let rows = group.metadata().num_rows().max(0) as usize;
-        for (j, (name, slot)) in cols.iter_mut().enumerate() {
-            let d = schema.column(j);
-            if d.max_rep_level() > 0 {
-                return Err(format!("column {name} is nested (a list); expected flat columns"));
-            }
-            let max_def = d.max_def_level();
-            let reader = group.get_column_reader(j).map_err(|e| e.to_string())?;
-            // Integer nulls become NaN floats: a missing count is not zero.
-            let part = match reader {
-                ColumnReader::Int64ColumnReader(mut r) => {
-                    let (v, defs) = chunk(&mut r, rows)?;
-                    ints_or_floats(v, &defs, max_def)
-                }
-                ColumnReader::Int32ColumnReader(mut r) => {
-                    let (v, defs) = chunk(&mut r, rows)?;
-                    ints_or_floats(v.into_iter().map(i64::from).collect(), &defs, max_def)
-                }
-                ColumnReader::BoolColumnReader(mut r) => {
-                    let (v, defs) = chunk(&mut r, rows)?;
-                    ints_or_floats(v.into_iter().map(i64::from).collect(), &defs, max_def)
-                }
-                ColumnReader::DoubleColumnReader(mut r) => {
-                    let (v, defs) = chunk(&mut r, rows)?;
-                    Col::Float(spread(v, &defs, max_def, f64::NAN))
-                }
-                ColumnReader::FloatColumnReader(mut r) => {
-                    let (v, defs) = chunk(&mut r, rows)?;
-                    Col::Float(spread(
-                        v.into_iter().map(f64::from).collect(),
-                        &defs,
-                        max_def,
-                        f64::NAN,
-                    ))
-                }
-                ColumnReader::ByteArrayColumnReader(mut r) => {
-                    let (v, defs) = chunk(&mut r, rows)?;
-                    let v = v
-                        .iter()
-                        .map(|b| String::from_utf8_lossy(b.data()).into_owned())
-                        .collect();
-                    Col::Text(spread(v, &defs, max_def, String::new()))
-                }
-                _ => return Err(format!("column {name}: unsupported Parquet type")),
-            };
-            match (slot.as_mut(), part) {
-                (None, part) => *slot = Some(part),
-                (Some(Col::Int(a)), Col::Int(b)) => a.extend(b),
-                (Some(Col::Float(a)), Col::Float(b)) => a.extend(b),
-                (Some(Col::Text(a)), Col::Text(b)) => a.extend(b),
-                (Some(Col::Int(a)), Col::Float(b)) => {
-                    let mut f: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-                    f.extend(b);
-                    *slot = Some(Col::Float(f));
-                }
-                (Some(Col::Float(a)), Col::Int(b)) => a.extend(b.into_iter().map(|x| x as f64)),
-                _ => return Err(format!("column {name} changes type between row groups")),
-            }
-        }
-    }
-    Ok(cols
-        .into_iter()
-        .map(|(n, c)| (n, c.unwrap_or(Col::Text(Vec::new()))))
-        .collect())
-}
-
-fn ints_or_floats(v: Vec<i64>, defs: &[i16], max_def: i16) -> Col {
-    if max_def > 0 && defs.iter().any(|&d| d < max_def) {
-        let f = v.into_iter().map(|x| x as f64).collect();
-        Col::Float(spread(f, defs, max_def, f64::NAN))
-    } else {
-        Col::Int(v)
     }
 }
 
