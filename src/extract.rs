@@ -49,6 +49,9 @@ pub struct ExtractArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Testing: stop after N batches are written, before the last is checkpointed (as a kill there would).
+    #[arg(long, hide = true)]
+    pub(crate) stop_after_batches: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -158,6 +161,7 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         &job,
         &hooks,
         &mut writer,
+        args.stop_after_batches,
         &mut |p| bar.set_position(p.cells_done as u64),
     )
     .with_context(|| format!("extracting into {}", args.out.display()))?;

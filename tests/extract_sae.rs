@@ -116,25 +116,28 @@ fn extract_equals_forward_at_gene_positions_and_resumes_byte_for_byte() {
     let cells = token_store(&tokens, 6);
     let model = fixture("tiny_v2");
     let hooks = "hook_embed,blocks.1.hook_resid_post";
-    let extract = |out: &Path, dtype: &str, env: &[(&str, &str)]| {
-        scinterp_env(
+    let extract = |out: &Path, dtype: &str, extra: &[&str]| {
+        scinterp(
             &[
-                "extract",
-                "--model",
-                s(&model),
-                "--input",
-                s(&tokens),
-                "--hooks",
-                hooks,
-                "--out",
-                s(out),
-                "--dtype",
-                dtype,
-                "--max-batch-tokens",
-                "64",
-                "--json",
-            ],
-            env,
+                &[
+                    "extract",
+                    "--model",
+                    s(&model),
+                    "--input",
+                    s(&tokens),
+                    "--hooks",
+                    hooks,
+                    "--out",
+                    s(out),
+                    "--dtype",
+                    dtype,
+                    "--max-batch-tokens",
+                    "64",
+                    "--json",
+                ],
+                extra,
+            ]
+            .concat(),
         )
     };
 
@@ -184,8 +187,8 @@ fn extract_equals_forward_at_gene_positions_and_resumes_byte_for_byte() {
 
     // Killed after the second batch's rows were written but before its checkpoint, then rerun.
     let resumed = tmp.path().join("resumed");
-    let killed = extract(&resumed, "f32", &[("SCINTERP_FAULT_AFTER_BATCHES", "2")]);
-    assert!(!killed.status.success());
+    let killed = extract(&resumed, "f32", &["--stop-after-batches", "2"]);
+    fails_with(&killed, &["stopped after 2 batches"]);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(resumed.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["complete"], false);

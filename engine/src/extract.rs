@@ -71,6 +71,10 @@ pub enum ExtractError {
         last: usize,
         source: crate::EngineError,
     },
+    /// The caller asked to stop (`stop_after_batches`): the last batch's rows are written but not
+    /// checkpointed, the state a `kill -9` between the two leaves, which a rerun resumes from.
+    #[error("stopped after {batches} batches as asked: their rows are written but the last is not checkpointed; rerun to resume")]
+    Stopped { batches: usize },
 }
 
 /// Runs `encoder` over the cells not yet in the store and writes their rows.
@@ -80,6 +84,7 @@ pub fn extract(
     cells: &ExtractCells,
     hooks: &[HookPoint],
     writer: &mut StoreWriter,
+    stop_after_batches: Option<usize>,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractStats, ExtractError> {
     let started = Instant::now();
@@ -96,20 +101,19 @@ pub fn extract(
     }
     let plan = HookPlan::new().capture_many(hooks.iter().copied());
     let dtype = manifest.dtype;
-    let fault_after = fault_injection_batches();
     let mut stats = ExtractStats::default();
 
     std::thread::scope(|scope| -> Result<(), ExtractError> {
         // The writer thread owns the store; the channel holds one batch so compute runs ahead by one.
         let (send, receive) = sync_channel::<(usize, usize, usize, Vec<Vec<u8>>)>(1);
-        let write_thread = scope.spawn(move || -> Result<(), StoreError> {
+        let write_thread = scope.spawn(move || -> Result<(), ExtractError> {
             let mut batches = 0usize;
             for (first_row, cells_done, rows_done, data) in receive {
                 writer.write_rows(first_row, &data)?;
                 batches += 1;
-                if fault_after == Some(batches) {
-                    // Test hook: die like `kill -9` after the data write, before the checkpoint.
-                    std::process::abort();
+                if stop_after_batches == Some(batches) {
+                    // After the data write, before the checkpoint: what `kill -9` there leaves.
+                    return Err(ExtractError::Stopped { batches });
                 }
                 writer.checkpoint(cells_done, rows_done)?;
             }
@@ -173,22 +177,11 @@ pub fn extract(
         let computed = compute();
         drop(send);
         let written = write_thread.join().unwrap_or_else(|_| {
-            Err(StoreError::new(
-                std::path::Path::new("."),
-                "the writer thread panicked",
-            ))
+            Err(StoreError::new(std::path::Path::new("."), "the writer thread panicked").into())
         });
         written?;
         computed
     })?;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
-}
-
-/// `SCINTERP_FAULT_AFTER_BATCHES=n`: abort the process after the n-th batch's rows are written and
-/// before they are checkpointed (the resume tests use it to stand in for `kill -9`).
-fn fault_injection_batches() -> Option<usize> {
-    std::env::var("SCINTERP_FAULT_AFTER_BATCHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
 }
