@@ -143,7 +143,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<CatalogSummary> {
         }
     });
     if let Some(b) = bar {
-        b.finish_and_clear();
+        crate::progress::finish(&b);
     }
     let summary = summary?;
     tracing::info!(

@@ -121,7 +121,7 @@ pub fn annotate_catalogs(args: &AnnotateArgs) -> Result<Value> {
         }
         AnnotateProgress::TestsDone => {
             if let Some(b) = bar.get() {
-                b.finish_and_clear();
+                crate::progress::finish(b);
             }
         }
         AnnotateProgress::Done {
@@ -137,7 +137,7 @@ pub fn annotate_catalogs(args: &AnnotateArgs) -> Result<Value> {
     }
     });
     if let Some(b) = bar.get() {
-        b.finish_and_clear();
+        crate::progress::finish(b);
     }
     Ok(serde_json::to_value(summary?)?)
 }

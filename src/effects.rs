@@ -120,7 +120,7 @@ pub fn effects(args: EffectsArgs) -> Result<EffectsSummary> {
             .set_position(done as u64);
     });
     if let Some(b) = bar {
-        b.finish_and_clear();
+        crate::progress::finish(&b);
     }
     Ok(summary?)
 }

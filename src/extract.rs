@@ -165,7 +165,7 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         &mut |p| bar.set_position(p.cells_done as u64),
     )
     .with_context(|| format!("extracting into {}", args.out.display()))?;
-    bar.finish_and_clear();
+    crate::progress::finish(&bar);
     let summary = ExtractSummary {
         out: args.out.display().to_string(),
         hooks: hooks.iter().map(ToString::to_string).collect(),

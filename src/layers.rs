@@ -75,7 +75,7 @@ pub fn compare_layers(args: LayersArgs) -> Result<LayersSummary> {
             .set_position(done as u64);
     });
     if let Some(b) = bar {
-        b.finish_and_clear();
+        crate::progress::finish(&b);
     }
     Ok(summary?)
 }

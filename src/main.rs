@@ -99,10 +99,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message before it already
+/// contains (many errors quote their source, e.g. "cannot open x: No such file…" over the io::Error).
+fn error_report(e: &anyhow::Error) -> String {
+    let mut report = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || report.contains(&text) {
+            continue;
+        }
+        if !report.is_empty() {
+            report.push_str(": ");
+        }
+        report.push_str(&text);
+    }
+    report
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -117,7 +134,32 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: in batch logs they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[test]
+    fn a_cause_quoted_by_its_message_is_printed_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "No such file or directory (os error 2)",
+        );
+        let quoted = format!("cannot open x.npy: {io}");
+        let e = anyhow::Error::new(io)
+            .context(quoted)
+            .context("reading the store");
+        assert_eq!(
+            error_report(&e),
+            "reading the store: cannot open x.npy: No such file or directory (os error 2)"
+        );
+        let plain = anyhow::Error::new(std::io::Error::other("disk full")).context("writing y");
+        assert_eq!(error_report(&plain), "writing y: disk full");
+    }
 }

@@ -3,12 +3,11 @@
 //! `scinterp_models::tokenize::pipeline`; this is its arguments, progress bars and printing.
 
 use std::cell::RefCell;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use indicatif::ProgressBar;
 use scinterp_models::registry;
 use scinterp_models::tokenize::geneformer::GeneIdKind;
 use scinterp_models::tokenize::pipeline::{self, Config};
@@ -161,8 +160,8 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// The progress of a run on stderr: a spinner while the input is read, then a bar over cells; hidden
-/// when quiet or not on a terminal.
+/// The progress of a run on stderr: a spinner while the input is read, then a bar over cells (see
+/// `crate::progress` for terminals vs logs).
 struct Bars {
     quiet: bool,
     bar: RefCell<Option<ProgressBar>>,
@@ -170,19 +169,22 @@ struct Bars {
 
 impl pipeline::Progress for Bars {
     fn reading(&self, input: &Path) {
-        *self.bar.borrow_mut() = Some(spinner(self.quiet, format!("reading {}", input.display())));
+        if !self.quiet {
+            *self.bar.borrow_mut() = Some(crate::progress::spinner(format!("reading {}", input.display())));
+        }
     }
 
     fn read(&self) {
         if let Some(b) = self.bar.borrow_mut().take() {
-            b.finish_and_clear();
+            crate::progress::finish(&b);
         }
     }
 
     fn cells_start(&self, n_cells: u64, done: u64) {
-        let bar = cell_bar(self.quiet, n_cells as usize);
-        bar.inc(done);
-        *self.bar.borrow_mut() = Some(bar);
+        if !self.quiet {
+            let bar = crate::progress::bar_with_prefix(n_cells, done, "cells", "tokenizing");
+            *self.bar.borrow_mut() = Some(bar);
+        }
     }
 
     fn cells(&self, n: u64) {
@@ -194,40 +196,10 @@ impl pipeline::Progress for Bars {
     fn cells_end(&self, completed: bool) {
         if let Some(b) = self.bar.borrow_mut().take() {
             if completed {
-                b.finish_and_clear();
+                crate::progress::finish(&b);
             } else {
                 b.abandon();
             }
         }
     }
-}
-
-/// A spinner on stderr while a step without a count runs; hidden when quiet or not on a terminal.
-fn spinner(quiet: bool, message: String) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner().with_message(message);
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar
-}
-
-/// The progress bar over cells; hidden when quiet or not on a terminal.
-fn cell_bar(quiet: bool, n_cells: usize) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(n_cells as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("tokenizing [{bar:25}] {human_pos}/{human_len} cells, {rate}, ETA {eta}")
-    {
-        bar.set_style(
-            style
-                .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.0} cells/s", s.per_sec());
-                })
-                .progress_chars("=> "),
-        );
-    }
-    bar
 }

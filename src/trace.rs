@@ -254,7 +254,7 @@ pub fn trace_edges(args: RunArgs) -> Result<TraceSummary> {
         }
     });
     if let Some(b) = bar {
-        b.finish_and_clear();
+        crate::progress::finish(&b);
     }
     Ok(match outcome? {
         TraceOutcome::Shard(s) => {

@@ -1077,3 +1077,60 @@ fn device_flag_resolves_without_panicking_and_cuda_errors_clearly_without_a_gpu(
     };
     assert_fails_with(&run("cuda"), needles);
 }
+
+/// When stderr is not a terminal (batch jobs, Slurm logs), long commands log plain progress lines with
+/// counts, rate and ETA, ending with the final count; `--quiet` silences them.
+#[test]
+fn progress_is_logged_as_lines_when_stderr_is_not_a_terminal() {
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |quiet: bool, out: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scinterp"));
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        cmd.args(["tokenize", "--input"])
+            .arg(assets.join("cells/pbmc68k.h5ad.gz"))
+            .args([
+                "--model-kind",
+                "geneformer-v2",
+                "--gene-ids",
+                "symbol",
+                "--max-len",
+                "256",
+            ])
+            .arg("--dictionaries")
+            .arg(assets.join("geneformer"))
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .env("SCINTERP_PROGRESS_SECS", "0")
+            .output()
+            .unwrap()
+    };
+    let out = run(false, "logged");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tokenizing ")).collect();
+    assert!(!lines.is_empty(), "no progress lines in:\n{stderr}");
+    assert!(
+        lines.iter().all(|l| l.contains(" cells (") && l.contains("ETA")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("tokenizing 700/700 cells (100 %"),
+        "the log does not end with the final count:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "terminal control characters in a log"
+    );
+    assert!(stderr.lines().any(|l| l.starts_with("reading ")), "{stderr}");
+
+    let quiet = run(true, "quiet");
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(quiet.status.success(), "{stderr}");
+    assert!(!stderr.contains("tokenizing "), "{stderr}");
+}

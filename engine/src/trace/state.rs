@@ -1,5 +1,6 @@
-//! Checkpoint and shard files of a trace: `[magic][u64 len][settings JSON][u64 cells_done][accumulator]`
-//! (little-endian), written atomically. A checkpoint (`SCICHECK`) lets a killed run resume where it
+//! Checkpoint and shard files of a trace: `[magic][u64 len][settings JSON][u64 cells_done][accumulator]
+//! [blake3 of everything before]` (little-endian), written atomically. The checksum catches a flipped bit
+//! anywhere (a damaged disk or copy) that would otherwise resume or merge into a silently different table. A checkpoint (`SCICHECK`) lets a killed run resume where it
 //! stopped; a shard file (`SCISHARD`) holds one `--shard i/n` run's accumulator for `trace merge`.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,12 @@ pub enum StateError {
     Read { path: PathBuf, io: std::io::Error },
     #[error("{}: damaged or not a scinterp trace file; remove it and rerun", .0.display())]
     Damaged(PathBuf),
+    #[error(
+        "{}: its checksum does not match its contents (damaged, or written by a scinterp before checksums); \
+         remove it and rerun the run that wrote it",
+        .0.display()
+    )]
+    Checksum(PathBuf),
     #[error("cannot serialise the settings of {}: {reason}", path.display())]
     Serialise { path: PathBuf, reason: String },
 }
@@ -47,6 +54,8 @@ pub fn write_state<S: Serialize>(
     bytes.extend_from_slice(&text);
     bytes.extend_from_slice(&(cells_done as u64).to_le_bytes());
     bytes.extend_from_slice(&acc.to_bytes());
+    let sum = blake3::hash(&bytes);
+    bytes.extend_from_slice(sum.as_bytes());
     Ok(atomic_write(path, &bytes)?)
 }
 
@@ -67,6 +76,14 @@ pub fn read_state(
         }
     };
     let damaged = || StateError::Damaged(path.to_path_buf());
+    if bytes.get(..8) != Some(&magic[..]) {
+        return Err(damaged());
+    }
+    let body_len = bytes.len().checked_sub(32).ok_or_else(damaged)?;
+    let (bytes, sum) = bytes.split_at(body_len);
+    if blake3::hash(bytes).as_bytes() != sum {
+        return Err(StateError::Checksum(path.to_path_buf()));
+    }
     let u64_at = |at: usize| -> Result<u64, StateError> {
         let b: [u8; 8] = bytes
             .get(at..at + 8)
@@ -119,10 +136,46 @@ mod tests {
         let e = read_state(&path, SHARD_MAGIC).unwrap_err().to_string();
         assert!(e.contains("x.checkpoint") && e.contains("damaged"), "{e}");
         let bytes = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &bytes[..20]).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(matches!(
+            read_state(&path, CHECKPOINT_MAGIC),
+            Err(StateError::Checksum(_))
+        ));
+        std::fs::write(&path, &bytes[..6]).unwrap();
         assert!(matches!(
             read_state(&path, CHECKPOINT_MAGIC),
             Err(StateError::Damaged(_))
         ));
+    }
+
+    /// One flipped bit anywhere (settings, counters, accumulator, checksum) is refused by name, never
+    /// read as a different state.
+    #[test]
+    fn every_single_bit_flip_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.shard");
+        let mut acc = TraceAccumulator {
+            ablations: 3,
+            ..Default::default()
+        };
+        acc.cells_active.insert(4, 2);
+        write_state(
+            &path,
+            SHARD_MAGIC,
+            &serde_json::json!({"features": [1, 2]}),
+            2,
+            &acc,
+        )
+        .unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for byte in 0..good.len() {
+            for bit in [0u8, 3, 7] {
+                let mut bad = good.clone();
+                bad[byte] ^= 1 << bit;
+                std::fs::write(&path, &bad).unwrap();
+                let e = read_state(&path, SHARD_MAGIC).expect_err("a flipped bit was accepted");
+                assert!(e.to_string().contains("s.shard"), "{e}");
+            }
+        }
     }
 }

@@ -1,0 +1,56 @@
+//! Replays every committed fuzz input on stable: the minimised corpora (`fuzz/corpus/<target>/`) and the
+//! inputs that once crashed a reader (`fuzz/regressions/<target>/`). Each must be refused or read, never
+//! panic; a regression file that panics again fails this test with its path.
+
+use std::path::{Path, PathBuf};
+
+use scinterp_fuzz_harness::{run_in, TARGETS};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
+    let dir = fuzz_dir().join(kind).join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_committed_fuzz_input_is_read_or_refused_without_a_panic() {
+    let mut replayed = 0;
+    for target in TARGETS {
+        let corpus = inputs("corpus", target.name);
+        assert!(
+            !corpus.is_empty(),
+            "fuzz/corpus/{} is empty: every target keeps its minimised corpus",
+            target.name
+        );
+        let mut accepted = 0;
+        for path in corpus.iter().chain(&inputs("regressions", target.name)) {
+            let data = std::fs::read(path).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let outcome = std::panic::catch_unwind(|| run_in(target, dir.path(), &data));
+            let Ok(ok) = outcome else {
+                panic!("{} panicked on {}", target.name, path.display());
+            };
+            accepted += usize::from(ok);
+            replayed += 1;
+        }
+        // A corpus that the reader refuses entirely would only fuzz its first check.
+        assert!(
+            accepted > 0,
+            "no input of fuzz/corpus/{} is accepted by its reader",
+            target.name
+        );
+    }
+    eprintln!("replayed {replayed} fuzz inputs");
+}
