@@ -109,8 +109,10 @@ pub struct RunArgs {
     pub(crate) chunk_cells: usize,
     #[arg(long, default_value_t = 16_384)]
     pub(crate) max_batch_tokens: usize,
-    /// Sign-flip permutations of the per-cell changes (0: none): the summary then gives the edges the
-    /// filters pass under the null and the empirical FDR of the rule. Memory: 16 bytes × B per edge.
+    /// Sign-flip permutations of the per-cell changes (0: none): the summary then gives, per
+    /// permutation, the tested edges whose flipped statistics pass the observed rule held fixed (p at most
+    /// the largest p written, and the |d| and consistency filters), and the empirical FDR of the rule
+    /// (π̂₀ · mean null edges / edges written). Memory: 16 bytes × B per edge.
     #[arg(long, default_value_t = 0)]
     pub(crate) null_permutations: usize,
     /// Seed of the sign flips.

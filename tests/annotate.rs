@@ -391,7 +391,10 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     assert_eq!(summary["catalogs"][0]["m"].as_u64().unwrap(), 28 * per_feature);
     let edge_fam = &summary["families"]["network_edges"];
     assert_eq!(edge_fam["m"].as_u64().unwrap(), 2 * 28 * 2);
-    assert_eq!(summary["catalogs"][0]["m_network_edges"].as_u64().unwrap(), 28 * 2);
+    assert_eq!(
+        summary["catalogs"][0]["m_network_edges"].as_u64().unwrap(),
+        28 * 2
+    );
     assert_eq!(
         fam["libraries"],
         serde_json::json!(["msig_like", "enrichr_like", "TRRUST_TF_targets"])
@@ -451,8 +454,7 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     assert!(p["p_value"].parse::<f64>().unwrap() < 0.01, "{p:?}");
     assert!(p["edges"].contains("SYM303-SYM304"), "{p:?}");
     assert!(
-        summary["families"]["network_edges"]["networks"]
-            == serde_json::json!(["TRRUST_edges", "PPI_edges"])
+        summary["families"]["network_edges"]["networks"] == serde_json::json!(["TRRUST_edges", "PPI_edges"])
     );
     // Every q says its family.
     assert!(best.iter().all(|r| r["q_family"] == "gene_sets"));
@@ -744,7 +746,8 @@ fn the_background_holds_only_genes_with_enough_positions() {
     let inputs = write_inputs(tmp.path());
     for cat in &inputs.catalogs {
         let path = cat.join("catalog.json");
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v["settings"] = serde_json::json!({"min_support_positions": 60});
         std::fs::write(&path, v.to_string()).unwrap();
     }
@@ -771,6 +774,9 @@ fn the_background_holds_only_genes_with_enough_positions() {
     ]);
     assert!(mass.status.success(), "{}", String::from_utf8_lossy(&mass.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&mass.stdout).unwrap();
-    assert_eq!(summary["catalogs"][0]["background_genes"].as_u64().unwrap(), GENES as u64);
+    assert_eq!(
+        summary["catalogs"][0]["background_genes"].as_u64().unwrap(),
+        GENES as u64
+    );
     assert_eq!(summary["catalogs"][0]["background_min_positions"], 1);
 }

@@ -688,7 +688,11 @@ fn trace_writes_edges_with_recomputable_statistics() {
     let written = with_null["edges_written"].as_f64().unwrap();
     let pi0 = null["pi0"].as_f64().unwrap();
     assert!(pi0 > 0.0 && pi0 <= 1.0, "{pi0}");
-    let want = if written > 0.0 { (pi0 * mean / written).min(1.0) } else { 0.0 };
+    let want = if written > 0.0 {
+        (pi0 * mean / written).min(1.0)
+    } else {
+        0.0
+    };
     assert!((null["empirical_fdr"].as_f64().unwrap() - want).abs() < 1e-12);
     // The fixed rule: the largest p among the edges written, so at most --max-q (q >= p).
     let p_threshold = null["p_threshold"].as_f64();
@@ -1149,7 +1153,10 @@ fn analyze_catalog_equals_an_independent_recount_and_layers_match_the_decoders()
         let got = svd["projected_norm_sq_at_least"][t].as_u64().unwrap() as usize;
         assert!(got.abs_diff(want) <= 1, "{t}: {got} vs {want}");
     }
-    let invisible = alive_rows.iter().filter(|r| num(r, "svd_max_abs_cos") <= 0.5).count();
+    let invisible = alive_rows
+        .iter()
+        .filter(|r| num(r, "svd_max_abs_cos") <= 0.5)
+        .count();
     assert_eq!(svd["invisible_published_rule"].as_u64(), Some(invisible as u64));
     let l0 = active_rows.iter().map(Vec::len).sum::<usize>() as f64 / rows.len() as f64;
     assert!(rel(svd["sae_mean_l0"].as_f64().unwrap(), l0) < 1e-12, "{svd}");

@@ -43,17 +43,16 @@ fn read_edges(path: &Path) -> BTreeMap<Key, Vec<f64>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("empty edge table").split('\t').collect();
     // scinterp's table has more columns after these (the direction fractions, checked below).
-    assert_eq!(header[..COLUMNS.len().min(header.len())], COLUMNS, "{}: header", path.display());
+    assert_eq!(
+        header[..COLUMNS.len().min(header.len())],
+        COLUMNS,
+        "{}: header",
+        path.display()
+    );
     let mut edges = BTreeMap::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<&str> = line.split('\t').collect();
-        assert_eq!(
-            f.len(),
-            header.len(),
-            "{} line {}: {line}",
-            path.display(),
-            i + 2
-        );
+        assert_eq!(f.len(), header.len(), "{} line {}: {line}", path.display(), i + 2);
         let key = (
             f[0].to_string(),
             f[1].parse().unwrap(),

@@ -295,7 +295,7 @@ mod tests {
             .enumerate()
             .all(|(r, p)| p.is_some_and(|j| token[j] == token[r] && cell[j] != cell[r])));
         // Feature g fires on gene g, at both layers: the whole association is the shared token.
-        let active = |r: usize| vec![token[r] as u32];
+        let active = |r: usize| [token[r] as u32];
         let n = cell.len();
         let mut shuffled: Vec<usize> = (0..n).collect();
         crate::rng::Rng::new(3, 4).shuffle(&mut shuffled);
@@ -317,7 +317,10 @@ mod tests {
         assert_eq!(highways(&within), genes);
         assert_eq!(highways(&across), 0);
         // A token seen in one cell only has no partner.
-        assert_eq!(within_token_pairing(&[0, 0, 1], &[5, 6, 5]), vec![Some(2), None, Some(0)]);
+        assert_eq!(
+            within_token_pairing(&[0, 0, 1], &[5, 6, 5]),
+            vec![Some(2), None, Some(0)]
+        );
     }
 
     #[test]

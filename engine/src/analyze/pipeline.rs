@@ -186,12 +186,13 @@ pub fn run(
     // enough axes to compare with the SAE at matched L0 (as many numbers per row as active latents).
     let mean_l0 = pass.active as f64 / catalog.n_rows.max(1) as f64;
     let matched_rank = (mean_l0.round() as usize).clamp(1, sae.d_in);
-    let all_axes = PrincipalAxes::fit(&pass.svd_sample, sae.d_in, args.svd_axes.max(matched_rank)).map_err(
-        |error| AnalyzeError::Svd {
-            acts: args.acts.clone(),
-            error,
-        },
-    )?;
+    let all_axes =
+        PrincipalAxes::fit(&pass.svd_sample, sae.d_in, args.svd_axes.max(matched_rank)).map_err(|error| {
+            AnalyzeError::Svd {
+                acts: args.acts.clone(),
+                error,
+            }
+        })?;
     let axes = all_axes.top(args.svd_axes);
     let alignment: Vec<(f64, f64)> = (0..sae.d_sae)
         .into_par_iter()

@@ -198,7 +198,9 @@ mod tests {
         let first = axes.top(1);
         assert_eq!((first.n_axes(), first.axes.len()), (1, d));
         assert!((axes.variance_explained_at(1) - axes.variances[0] / axes.total_variance).abs() < 1e-15);
-        assert!(axes.variance_explained_at(1) > 0.8 && axes.variance_explained_at(9) == axes.variance_explained());
+        assert!(
+            axes.variance_explained_at(1) > 0.8 && axes.variance_explained_at(9) == axes.variance_explained()
+        );
         let null = axes.random_projection_null(4000, 7);
         let mean_sq = null.iter().map(|x| x * x).sum::<f64>() / null.len() as f64;
         assert!((mean_sq - 1.0 / 3.0).abs() < 0.02, "{mean_sq}");

@@ -14,8 +14,8 @@ use super::networks::{read_ppi, read_trrust, trrust_target_sets, Network, DEGREE
 use super::{AnnotateError, Background};
 use crate::formats::annotation::{
     AnnotationInputs, AnnotationSeconds, AnnotationSettings, AnnotationSummary, CatalogAnnotation, CatalogM,
-    CellTypeCounts, CellTypeFamily, EdgeFamily, Families, GeneSetFamily, GeneSetInput, LibraryAnnotation, NamedDir,
-    NetworkAnnotation, NetworkInput, ANNOTATION_FORMAT,
+    CellTypeCounts, CellTypeFamily, EdgeFamily, Families, GeneSetFamily, GeneSetInput, LibraryAnnotation,
+    NamedDir, NetworkAnnotation, NetworkInput, ANNOTATION_FORMAT,
 };
 use crate::formats::catalog::CatalogHeader;
 use crate::formats::{absolute, atomic_write, to_json_pretty, Column, Table, TableFormat};
@@ -172,7 +172,11 @@ fn read_query(
     progress: &(dyn Fn(AnnotateProgress) + Sync),
 ) -> Result<CatalogQuery> {
     let genes = files.table("genes")?;
-    let (tokens, gene_ids, symbols) = (genes.i64s("token")?, genes.strs("gene_id")?, genes.strs("symbol")?);
+    let (tokens, gene_ids, symbols) = (
+        genes.i64s("token")?,
+        genes.strs("gene_id")?,
+        genes.strs("symbol")?,
+    );
     // The background is the genes that could enter a query: a conditional-mean top list needs the
     // feature to fire on the gene at >= min_support positions, so the gene must have that many.
     let min_positions = background_min_positions(files, args.ranking);
@@ -430,6 +434,7 @@ fn cell_type_table(c: &CellTypeResult, names: &[String]) -> Table {
         .column("n_cells", int(|r| r.n_cells))
         .column("p_value", Column::F64(rows.iter().map(|r| r.p_value).collect()))
         .column("q_value", Column::F64(rows.iter().map(|r| r.q_value).collect()))
+        .column("q_family", Column::Str(vec!["cell_types".into(); rows.len()]))
 }
 
 /// The cell-type inputs: one label set per distinct token store, which one each catalog uses, and each

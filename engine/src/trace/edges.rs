@@ -43,8 +43,10 @@ impl EdgeFilters {
     }
 }
 
-const FDR_RULE: &str = "Benjamini-Hochberg over every test performed (edges with n >= min_cells and a finite p)";
-const NULL_METHOD: &str = "sign flips of each (source feature, cell) observation, shared across targets; the \
+const FDR_RULE: &str =
+    "Benjamini-Hochberg over every test performed (edges with n >= min_cells and a finite p)";
+const NULL_METHOD: &str =
+    "sign flips of each (source feature, cell) observation, shared across targets; the \
      observed rule is fixed (p <= p_threshold, the largest p among the edges written, plus the |d| and \
      consistency filters) and applied to every tested edge's flipped statistics; empirical_fdr = \
      min(1, pi0 * mean null edges / edges written), pi0 = min(1, #{tested p > 0.5} / (0.5 * tests)) \
@@ -119,7 +121,12 @@ impl EdgeTable {
 
     /// The sign-flip null of the rule as applied: per permutation, the tested edges whose flipped
     /// statistics pass the fixed observed rule (p ≤ [`EdgeTable::p_threshold`] and the effect filters).
-    pub fn null_counts(&self, acc: &TraceAccumulator, filters: &EdgeFilters, permutations: usize) -> Vec<usize> {
+    pub fn null_counts(
+        &self,
+        acc: &TraceAccumulator,
+        filters: &EdgeFilters,
+        permutations: usize,
+    ) -> Vec<usize> {
         let Some(p_max) = self.p_threshold() else {
             return vec![0; permutations];
         };
@@ -364,7 +371,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("edges.tsv");
         let s = write_table(&plan(0), &acc, &filters, &out, 1.0).unwrap();
-        assert_eq!((s.tests_performed, s.untestable_edges, s.edges_written), (4, 1, 4));
+        assert_eq!(
+            (s.tests_performed, s.untestable_edges, s.edges_written),
+            (4, 1, 4)
+        );
         // Targets 1 and 5 rise under ablation (the source lowers them), 2 falls, 3 has mean 0.
         assert_eq!(s.source_lowers_target_fraction, 0.5);
         assert_eq!(s.source_raises_target_fraction, 0.25);
@@ -380,7 +390,10 @@ mod tests {
         assert_eq!((raises[row(3)], lowers[row(3)], cons[row(3)]), (0.5, 0.5, 0.5));
         assert!(!target.contains(&4));
         // Fewer than 3 cells cannot be asked for.
-        let two = EdgeFilters { min_cells: 2, ..filters };
+        let two = EdgeFilters {
+            min_cells: 2,
+            ..filters
+        };
         assert!(matches!(
             write_table(&plan(0), &acc, &two, &out, 1.0),
             Err(TraceError::MinCells(2))
@@ -412,7 +425,13 @@ mod tests {
         for f in 0..features {
             acc.cells_active.insert(f, cells);
             let effects: Vec<f64> = (0..targets)
-                .map(|g| if g % 5 == 0 { 1.0 + 1.5 * rng.uniform() } else { 0.0 })
+                .map(|g| {
+                    if g % 5 == 0 {
+                        1.0 + 1.5 * rng.uniform()
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             for (g, &e) in effects.iter().enumerate() {
                 if e != 0.0 {
@@ -440,7 +459,11 @@ mod tests {
         let fdp = false_kept as f64 / t.kept.len() as f64;
         let counts = t.null_counts(&acc, &filters, null.permutations);
         let estimate = t.empirical_fdr(&counts);
-        assert!(t.kept.len() > 300 && false_kept >= 10, "{} kept, {false_kept} false", t.kept.len());
+        assert!(
+            t.kept.len() > 300 && false_kept >= 10,
+            "{} kept, {false_kept} false",
+            t.kept.len()
+        );
         // π̂₀ is near the planted 0.8.
         assert!((t.pi0() - 0.8).abs() < 0.1, "pi0 {}", t.pi0());
         assert!(

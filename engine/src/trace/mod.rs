@@ -86,7 +86,9 @@ pub enum TraceError {
     ShardOfAnotherTrace { path: PathBuf, first: PathBuf },
     #[error("{}: shard {i}/{n} given twice", path.display())]
     ShardTwice { path: PathBuf, i: usize, n: usize },
-    #[error("--min-cells {0}: must be at least 3 (a t test needs n >= 2, and Hedges' g is undefined at n = 2)")]
+    #[error(
+        "--min-cells {0}: must be at least 3 (a t test needs n >= 2, and Hedges' g is undefined at n = 2)"
+    )]
     MinCells(u32),
     #[error("--shards names no file")]
     NoShards,
