@@ -318,6 +318,7 @@ fn extract_and_train(
             min_abs_d: 0.5,
             max_q: 0.05,
             min_consistency: 0.0,
+            min_cells: scinterp_engine::trace::edges::DEFAULT_MIN_CELLS,
         },
         chunk_cells: 64,
         max_batch_tokens: 16_384,
@@ -329,12 +330,15 @@ fn extract_and_train(
         stop_after_chunks: None,
     })?;
     println!(
-        "  trace    {}: 16 features of blocks.1 × 32 cells = {} ablations ({:.0}/s), {} tests, {} edges at q ≤ 0.05 and |d| ≥ 0.5 to blocks.3; sign-flip null ({} permutations): {:.1} edges, empirical FDR {:.3}",
+        "  trace    {}: 16 features of blocks.1 × 32 cells = {} ablations ({:.0}/s), {} tests (≥ 3 cells), {} edges at q ≤ 0.05 and |d| ≥ 0.5 to blocks.3 (source raises target {:.2}, lowers {:.2}); sign-flip null of the fixed rule p ≤ {:.2e} and |d| ≥ 0.5 ({} permutations): {:.1} edges, empirical FDR {:.3}",
         edges.display(),
         trace.ablations,
         trace.ablations_per_second,
         trace.tests_performed,
         trace.edges_written,
+        trace.source_raises_target_fraction,
+        trace.source_lowers_target_fraction,
+        trace.null.as_ref().and_then(|n| n.p_threshold).unwrap_or(f64::NAN),
         trace.null.as_ref().map_or(0, |n| n.permutations),
         trace.null.as_ref().map_or(f64::NAN, |n| n.null_edges_mean),
         trace.null.as_ref().map_or(f64::NAN, |n| n.empirical_fdr),
@@ -375,16 +379,22 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         overwrite: true,
         json: false,
     })?)?;
+    let svd = &catalog["svd"];
     println!(
-        "  analyze  {}: {} of {} latents alive; top-50 SVD axes explain {:.1} % vs the SAE's {:.1} %; {} aligned \
-         at |cos| > 0.5, {} above the random-direction null in projection; {} co-activation edges → {} modules",
+        "  analyze  {}: {} of {} latents alive; SAE at mean L0 {:.1} explains {:.1} % vs {:.1} % for the top {} SVD axes \
+         (matched L0; top 50: {:.1} %); {} aligned at |cos| > 0.5 with one axis (published \"invisible\": {}), but {} \
+         have ‖P₅₀w‖² ≥ 0.5; {} co-activation edges → {} modules",
         catalog_dir.display(),
         catalog["alive"],
         catalog["d_sae"],
-        100.0 * catalog["svd"]["variance_explained"].as_f64().unwrap_or(f64::NAN),
-        100.0 * catalog["svd"]["sae_variance_explained_all_rows"].as_f64().unwrap_or(f64::NAN),
-        catalog["svd"]["aligned_max_abs_cos_gt_0_5"],
-        catalog["svd"]["projection_above_null_q99"],
+        svd["sae_mean_l0"].as_f64().unwrap_or(f64::NAN),
+        100.0 * svd["sae_variance_explained_all_rows"].as_f64().unwrap_or(f64::NAN),
+        100.0 * svd["svd_variance_explained_at_matched_rank"].as_f64().unwrap_or(f64::NAN),
+        svd["matched_rank"],
+        100.0 * svd["variance_explained"].as_f64().unwrap_or(f64::NAN),
+        svd["aligned_max_abs_cos_gt_0_5"],
+        svd["invisible_published_rule"],
+        svd["projected_norm_sq_at_least"]["0.5"],
         catalog["coactivation"]["edges"],
         catalog["modules"]["count"],
     );
@@ -410,7 +420,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
     })?)?;
     let pair = &layers["highways"]["pairs"][0];
     println!(
-        "  layers   {}: blocks.1→2 decoder matches {} of {}; highways {} of {} sources (permuted pairing: {})",
+        "  layers   {}: blocks.1→2 decoder matches {} of {}; highways {} of {} sources (within-token null: {})",
         layers_dir.display(),
         layers["matching"]["pairs"][0]["matches"],
         layers["matching"]["pairs"][0]["alive_from"],
@@ -471,11 +481,14 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
     let decoys = terms.iter().filter(|t| t.starts_with("DECOY")).count();
     println!(
         "  annotate {}: {} of {PROGRAMS} planted programs are the best term of some feature ({} features), decoy \
-         sets best for {decoys}; BH over all {} (feature, term) pairs",
+         sets best for {decoys}; BH over all {} (feature, term) pairs (gene_sets family; background {} genes with \
+         ≥ {} positions)",
         ann_dir.display(),
         recovered.len(),
         terms.len() - decoys,
         summary["catalogs"][0]["m"],
+        summary["catalogs"][0]["background_genes"],
+        summary["catalogs"][0]["background_min_positions"],
     );
     Ok(json!({
         "programs_recovered": recovered.len(),
@@ -657,11 +670,12 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     );
     let c = &annotation["catalogs"][0];
     println!(
-        "  real     {}: Hallmark, KEGG, Reactome, GO BP 2021 and TRRUST over {} (feature, test) pairs: {} features \
-         annotated at q ≤ 0.05 (synthetic weights: none expected); cell-type enrichment (paul15_clusters): {} of {} \
-         features",
+        "  real     {}: Hallmark, KEGG, Reactome, GO BP 2021 and TRRUST over {} (feature, term) pairs (gene_sets \
+         family) and {} TRRUST edge tests (network_edges family): {} features annotated at q ≤ 0.05 (synthetic \
+         weights: none expected); cell-type enrichment (paul15_clusters): {} of {} features",
         ann_dir.display(),
         c["m"],
+        c["m_network_edges"],
         c["annotated_features"],
         c["cell_types"]["features_enriched"],
         c["cell_types"]["features_tested"],

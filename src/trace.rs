@@ -109,8 +109,10 @@ pub struct RunArgs {
     pub(crate) chunk_cells: usize,
     #[arg(long, default_value_t = 16_384)]
     pub(crate) max_batch_tokens: usize,
-    /// Sign-flip permutations of the per-cell changes (0: none): the summary then gives the edges the
-    /// filters pass under the null and the empirical FDR of the rule. Memory: 16 bytes × B per edge.
+    /// Sign-flip permutations of the per-cell changes (0: none): the summary then gives, per
+    /// permutation, the tested edges whose flipped statistics pass the observed rule held fixed (p at most
+    /// the largest p written, and the |d| and consistency filters), and the empirical FDR of the rule
+    /// (π̂₀ · mean null edges / edges written). Memory: 16 bytes × B per edge.
     #[arg(long, default_value_t = 0)]
     pub(crate) null_permutations: usize,
     /// Seed of the sign flips.
@@ -139,9 +141,13 @@ pub struct FilterArgs {
     /// Keep edges with BH q at most this.
     #[arg(long, default_value_t = 0.05)]
     pub(crate) max_q: f64,
-    /// Keep edges whose sign agrees in at least this fraction of cells.
+    /// Keep edges whose `sign_consistency` is at least this: max(n₊, n₋)/n, the fraction of all n
+    /// cells whose change has the majority sign (cells with no change count against it).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) min_consistency: f64,
+    /// Edges whose source fired in fewer cells are untestable (no p, not in the BH family; at least 3).
+    #[arg(long, default_value_t = scinterp_engine::trace::edges::DEFAULT_MIN_CELLS)]
+    pub(crate) min_cells: u32,
 }
 
 impl From<FilterArgs> for EdgeFilters {
@@ -150,6 +156,7 @@ impl From<FilterArgs> for EdgeFilters {
             max_q: f.max_q,
             min_abs_d: f.min_abs_d,
             min_consistency: f.min_consistency,
+            min_cells: f.min_cells,
         }
     }
 }

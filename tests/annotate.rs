@@ -375,19 +375,26 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
         serde_json::from_str(&std::fs::read_to_string(out.join("annotate.json")).unwrap()).unwrap();
     assert_eq!(summary["families"], written["families"]);
 
-    // The family: 2 catalogs × 28 tested features (30, minus one dead, minus one with 2 genes) × (terms
-    // of both libraries and TRRUST TF sets in [5, 500] + 2 edge tests).
-    let fam = &summary["families"]["gene_sets_and_edges"];
+    // The gene-set family: 2 catalogs × 28 tested features (30, minus one dead, minus one with 2 genes)
+    // × (terms of both libraries and TRRUST TF sets in [5, 500]); the network-edge family, its own:
+    // 2 × 28 × 2 networks.
+    let fam = &summary["families"]["gene_sets"];
     let per_feature: u64 = summary["catalogs"][0]["libraries"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| l["terms_tested"].as_u64().unwrap())
-        .sum::<u64>()
-        + 2;
+        .sum::<u64>();
     assert_eq!(summary["catalogs"][0]["tested_features"], 28);
     assert_eq!(summary["catalogs"][0]["alive_features"], 29);
     assert_eq!(fam["m"].as_u64().unwrap(), 2 * 28 * per_feature);
+    assert_eq!(summary["catalogs"][0]["m"].as_u64().unwrap(), 28 * per_feature);
+    let edge_fam = &summary["families"]["network_edges"];
+    assert_eq!(edge_fam["m"].as_u64().unwrap(), 2 * 28 * 2);
+    assert_eq!(
+        summary["catalogs"][0]["m_network_edges"].as_u64().unwrap(),
+        28 * 2
+    );
     assert_eq!(
         fam["libraries"],
         serde_json::json!(["msig_like", "enrichr_like", "TRRUST_TF_targets"])
@@ -447,9 +454,11 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     assert!(p["p_value"].parse::<f64>().unwrap() < 0.01, "{p:?}");
     assert!(p["edges"].contains("SYM303-SYM304"), "{p:?}");
     assert!(
-        summary["families"]["gene_sets_and_edges"]["networks"]
-            == serde_json::json!(["TRRUST_edges", "PPI_edges"])
+        summary["families"]["network_edges"]["networks"] == serde_json::json!(["TRRUST_edges", "PPI_edges"])
     );
+    // Every q says its family.
+    assert!(best.iter().all(|r| r["q_family"] == "gene_sets"));
+    assert!(edges.iter().all(|r| r["q_family"] == "network_edges"));
     // Cell types: feature 0's top cells are B cells.
     let ct = read_tsv(&out.join("cell_types.tsv"));
     let b = ct
@@ -726,4 +735,48 @@ fn annotate_reads_every_real_gene_set_file_and_both_trrust_files() {
             b["term"]
         );
     }
+}
+
+/// The background is the genes that could enter a query: with `conditional_mean` top lists the catalog's
+/// `min_support_positions` applies to the genes table (n_positions = 50 + g here, so a minimum of 60
+/// leaves out genes 0..9); `mass` lists need no support, so every gene stays.
+#[test]
+fn the_background_holds_only_genes_with_enough_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_inputs(tmp.path());
+    for cat in &inputs.catalogs {
+        let path = cat.join("catalog.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["settings"] = serde_json::json!({"min_support_positions": 60});
+        std::fs::write(&path, v.to_string()).unwrap();
+    }
+    let res = run_annotate(&inputs, &tmp.path().join("out"), "tsv");
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let c = &summary["catalogs"][0];
+    assert_eq!(c["background_min_positions"], 60);
+    assert_eq!(c["background_genes"].as_u64().unwrap(), GENES as u64 - 10);
+    let catalogs: Vec<&str> = inputs.catalogs.iter().map(|p| s(p)).collect();
+    let mass = scinterp(&[
+        "annotate",
+        "--catalog",
+        &catalogs.join(","),
+        "--gene-sets",
+        s(&inputs.gmt_symbols),
+        "--ranking",
+        "mass",
+        "--out",
+        s(&tmp.path().join("out_mass")),
+        "--format",
+        "tsv",
+        "--json",
+    ]);
+    assert!(mass.status.success(), "{}", String::from_utf8_lossy(&mass.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&mass.stdout).unwrap();
+    assert_eq!(
+        summary["catalogs"][0]["background_genes"].as_u64().unwrap(),
+        GENES as u64
+    );
+    assert_eq!(summary["catalogs"][0]["background_min_positions"], 1);
 }

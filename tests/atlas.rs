@@ -295,6 +295,12 @@ fn atlas_data_files_hold_what_the_tables_say() {
         .filter(|e| e["mean_change"].parse::<f64>().unwrap() > 0.0)
         .count();
     assert_eq!(pair[3], json!(rises));
+    // Edges with mean exactly 0 are on neither side.
+    let falls = edges
+        .iter()
+        .filter(|e| e["mean_change"].parse::<f64>().unwrap() < 0.0)
+        .count();
+    assert_eq!(pair[4], json!(falls));
 
     // The gene index: a gene of a feature's top list leads back to that feature with its ranks.
     let first = parquet_rows(&fx.join("catalog-b2/top_genes.parquet"))

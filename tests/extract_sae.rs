@@ -686,7 +686,18 @@ fn trace_writes_edges_with_recomputable_statistics() {
     let mean = counts.iter().sum::<f64>() / 30.0;
     assert!((null["null_edges_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     let written = with_null["edges_written"].as_f64().unwrap();
-    assert!((null["empirical_fdr"].as_f64().unwrap() - mean / written.max(1.0)).abs() < 1e-12);
+    let pi0 = null["pi0"].as_f64().unwrap();
+    assert!(pi0 > 0.0 && pi0 <= 1.0, "{pi0}");
+    let want = if written > 0.0 {
+        (pi0 * mean / written).min(1.0)
+    } else {
+        0.0
+    };
+    assert!((null["empirical_fdr"].as_f64().unwrap() - want).abs() < 1e-12);
+    // The fixed rule: the largest p among the edges written, so at most --max-q (q >= p).
+    let p_threshold = null["p_threshold"].as_f64();
+    assert_eq!(p_threshold.is_some(), written > 0.0);
+    assert!(p_threshold.is_none_or(|p| p <= 0.001), "{p_threshold:?}");
     assert!(
         mean < written,
         "the fixture's edges are real: {mean} null vs {written} observed"
@@ -1129,6 +1140,29 @@ fn analyze_catalog_equals_an_independent_recount_and_layers_match_the_decoders()
     assert_eq!(summary["n_rows"].as_u64(), Some(rows.len() as u64));
     let explained = summary["svd"]["variance_explained"].as_f64().unwrap();
     assert!(explained > 0.0 && explained <= 1.0 + 1e-9, "{explained}");
+    // The SVD comparison re-derived from the features table and the codes: projected-norm fraction
+    // counts, the published "invisible" count, and the matched-L0 rank.
+    let svd = &summary["svd"];
+    let alive_rows: Vec<_> = features.iter().filter(|r| num(r, "alive") == 1.0).collect();
+    for t in ["0.25", "0.5", "0.75", "0.9"] {
+        let want = alive_rows
+            .iter()
+            .filter(|r| num(r, "svd_projection").powi(2) >= t.parse::<f64>().unwrap())
+            .count();
+        // svd_projection is written rounded to f64 text; allow a feature at the threshold either way.
+        let got = svd["projected_norm_sq_at_least"][t].as_u64().unwrap() as usize;
+        assert!(got.abs_diff(want) <= 1, "{t}: {got} vs {want}");
+    }
+    let invisible = alive_rows
+        .iter()
+        .filter(|r| num(r, "svd_max_abs_cos") <= 0.5)
+        .count();
+    assert_eq!(svd["invisible_published_rule"].as_u64(), Some(invisible as u64));
+    let l0 = active_rows.iter().map(Vec::len).sum::<usize>() as f64 / rows.len() as f64;
+    assert!(rel(svd["sae_mean_l0"].as_f64().unwrap(), l0) < 1e-12, "{svd}");
+    assert_eq!(svd["matched_rank"].as_u64(), Some((l0.round() as u64).max(1)));
+    let at_rank = svd["svd_variance_explained_at_matched_rank"].as_f64().unwrap();
+    assert!(at_rank > 0.0 && at_rank <= 1.0 + 1e-9, "{at_rank}");
 
     // Refusals: an existing catalog, a genes file of the wrong shape.
     fails_with(&analyze(&[]), &["already holds a catalog", "--overwrite"]);

@@ -42,24 +42,24 @@ fn read_edges(path: &Path) -> BTreeMap<Key, Vec<f64>> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("empty edge table").split('\t').collect();
-    assert_eq!(header, COLUMNS, "{}: header", path.display());
+    // scinterp's table has more columns after these (the direction fractions, checked below).
+    assert_eq!(
+        header[..COLUMNS.len().min(header.len())],
+        COLUMNS,
+        "{}: header",
+        path.display()
+    );
     let mut edges = BTreeMap::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<&str> = line.split('\t').collect();
-        assert_eq!(
-            f.len(),
-            COLUMNS.len(),
-            "{} line {}: {line}",
-            path.display(),
-            i + 2
-        );
+        assert_eq!(f.len(), header.len(), "{} line {}: {line}", path.display(), i + 2);
         let key = (
             f[0].to_string(),
             f[1].parse().unwrap(),
             f[2].to_string(),
             f[3].parse().unwrap(),
         );
-        let values: Vec<f64> = f[4..]
+        let values: Vec<f64> = f[4..COLUMNS.len()]
             .iter()
             .map(|s| {
                 s.parse::<f64>()
@@ -109,6 +109,23 @@ fn trace_statistics_equal_the_naive_hooked_forward_reference() {
     let out = tmp.path().join("edges.tsv");
     run_trace(&out, &["--max-q", "1"]);
     let got = read_edges(&out);
+    // The direction fractions: `source_raises_target_fraction` counts cells where ablation lowered the
+    // target (change < 0), `source_lowers_target_fraction` cells where it raised it; the consistency is
+    // the larger of the two (zeros count for neither, so they sum to at most 1).
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (raises, lowers, cons) = (
+        col("source_raises_target_fraction"),
+        col("source_lowers_target_fraction"),
+        col("sign_consistency"),
+    );
+    for line in lines {
+        let f: Vec<f64> = line.split('\t').map(|x| x.parse().unwrap_or(f64::NAN)).collect();
+        assert!((f[raises].max(f[lowers]) - f[cons]).abs() < 1e-12, "{line}");
+        assert!(f[raises] + f[lowers] <= 1.0 + 1e-12, "{line}");
+    }
     let mean_col = 1; // index of mean_change among the numeric columns
 
     // Edge sets: equal, except edges with a negligible mean on both sides.

@@ -64,14 +64,14 @@
     features: 'SAE latents with a row in a catalog\'s features table.',
     d_sae: 'Latents of the SAE (catalog.json d_sae).',
     alive: 'Alive: the feature fired (value > 0) on at least one row (gene position) of the catalog\'s activation store.',
-    annotated: 'Annotated: an alive feature with a term or network-edge test at q_value_atlas ≤ alpha.',
+    annotated: 'Annotated: an alive feature with a term or network-edge test at q_value_atlas ≤ alpha (each in its own BH family).',
     annotation_rate: 'Annotated features / alive features of the layer.',
     modules: 'Co-activation modules of the layer: seeded Leiden (RB configuration, PMI weights) over co-activation edges; modules of ≥ min_size features.',
     edges_out: 'Circuit edges whose source feature is in this layer (rows of the edge tables).',
     edges_in: 'Circuit edges whose target feature is in this layer.',
     edge_pair: 'Edges written by the trace from features of the first layer to features of the second (q ≤ max_q and the other filters of the trace).',
-    excitatory: 'Edges with mean_change > 0: the target rises when the source is ablated. scinterp trace (like the published code) counts these as excitatory.',
-    inhibitory: 'Edges with mean_change ≤ 0: the target falls when the source is ablated. scinterp trace (like the published code) counts these as inhibitory.',
+    excitatory: 'Edges with mean_change > 0: the target rises when the source is ablated, so the source lowers the target (the published code calls these "excitatory"). Edges with mean_change exactly 0 are in neither column.',
+    inhibitory: 'Edges with mean_change < 0: the target falls when the source is ablated, so the source raises the target (the published code calls these "inhibitory"). Edges with mean_change exactly 0 are in neither column.',
     fvu: 'Fraction of variance unexplained by the SAE over every row of the store (catalog.json reconstruction.fvu_all_rows).',
     genes: 'Distinct genes in any feature\'s top-gene lists.',
     terms: 'Distinct (library, term) pairs in the annotation tables (significant in either BH family).',
@@ -104,7 +104,7 @@
     term_size: 'Genes of the term in the background.',
     background_size: 'Genes of the library in the catalog\'s background (genes observed at the store\'s positions).',
     p_value: 'One-sided Fisher test: hypergeometric upper tail P[X ≥ overlap] (scipy.stats.hypergeom.sf(overlap − 1, background_size, term_size, query_size)).',
-    q_value_atlas: 'Benjamini–Hochberg q over every (feature, term) pair and network-edge test of every catalog in the annotation run.',
+    q_value_atlas: 'Benjamini–Hochberg q within its family over every catalog in the annotation run: term rows in the gene_sets family (every (feature, term) pair), network-edge tests in their own network_edges family (every (feature, network) pair).',
     q_value_catalog: 'Benjamini–Hochberg q over this catalog\'s part of the tests only.',
     fold_enrichment: '(overlap / query_size) / (term_size / background_size).',
     n_sig: 'Significant tests of the feature: terms and network-edge tests at q_value_atlas ≤ alpha.',
@@ -126,7 +126,7 @@
     edge_n: 'Cells in which the source feature fired and was ablated (the observations of the edge).',
     mean_change: 'Mean over cells of the target feature\'s change (ablated − clean run), averaged over the source\'s active positions. Negative: the target falls when the source is removed (the source excites it).',
     cohens_d: 'Effect: mean_change / SD of the change across cells (Cohen\'s d).',
-    sign_consistency: 'Fraction of cells whose change has the sign of the mean change (zero changes count for neither sign).',
+    sign_consistency: 'max(n₊, n₋)/n: the fraction of all n cells whose change has the majority sign. Cells with no change count for neither sign, so they count against it.',
     edge_p: 'One-sample t-test of the per-cell changes against 0.',
     edge_q: 'Benjamini–Hochberg q over every edge test the trace performed.',
     abs_cos: '|cosine| between unit decoder directions of the two features (decoder matching of scinterp layers).',
@@ -134,7 +134,7 @@
     cocount: 'Rows where both features fired.',
     pmi: 'log2 PMI of the two features firing on the same rows: log2(P(both) / (P(source) P(target))).',
     npmi: 'PMI normalised by −log2 P(both) (1: always together).',
-    pmi_permuted_pairing: 'The same PMI with each row\'s target codes taken from a row of another cell (the null).',
+    pmi_permuted_pairing: 'The same PMI with each row\'s target codes taken from a row of the same gene token in another cell (the within-token null: the shared-token effect stays, so a highway must beat it).',
     highway: '1 when the best target\'s PMI exceeds the highway threshold of scinterp layers.',
     lifespan: 'Layers the feature survives along adjacent decoder matches ≥ the match threshold.',
     alpha_fx: 'Scale of the edit: 0 ablates the feature, > 1 amplifies (steers) it.',
@@ -331,7 +331,7 @@
     h += '<h2>Layers</h2><div id="ov-layers"></div>';
     h += '<h2>Circuit edges between layers</h2>';
     h += M.edge_pairs.length
-      ? '<table><tr>' + th('from', 'layers') + th('to', 'layers') + th('edges', 'edge_pair', 'class="n"') + th('target rises (> 0)', 'excitatory', 'class="n"') + th('target falls (≤ 0)', 'inhibitory', 'class="n"') + '</tr>' + M.edge_pairs.map((p) => '<tr><td>' + esc(layerName(p[0])) + '</td><td>' + esc(layerName(p[1])) + '</td><td class="n">' + num(p[2], 'edge_pair') + '</td><td class="n">' + num(p[3], 'excitatory') + '</td><td class="n">' + num(p[4], 'inhibitory') + '</td></tr>').join('') + '</table>'
+      ? '<table><tr>' + th('from', 'layers') + th('to', 'layers') + th('edges', 'edge_pair', 'class="n"') + th('source lowers target (mean change > 0)', 'excitatory', 'class="n"') + th('source raises target (mean change < 0)', 'inhibitory', 'class="n"') + '</tr>' + M.edge_pairs.map((p) => '<tr><td>' + esc(layerName(p[0])) + '</td><td>' + esc(layerName(p[1])) + '</td><td class="n">' + num(p[2], 'edge_pair') + '</td><td class="n">' + num(p[3], 'excitatory') + '</td><td class="n">' + num(p[4], 'inhibitory') + '</td></tr>').join('') + '</table>'
       : none('no edge table was given (--edges)');
     h += '<h2>Inputs</h2><ul>' + L.filter((l) => l.catalog).map((l) => '<li>catalog <code>' + esc(l.catalog) + '</code></li>').join('') + M.annotations.map((a) => '<li>annotation <code>' + esc(a.path) + '</code> (alpha ' + num(a.alpha, 'q_value_atlas') + ')</li>').join('') + M.edges.map((e) => '<li>edges <code>' + esc(e.path) + '</code> (' + num(e.rows, 'n_edges') + ' rows)</li>').join('') + M.effects.map((e) => '<li>effects <code>' + esc(e.path) + '</code></li>').join('') + M.layer_comparisons.map((e) => '<li>layer comparison <code>' + esc(e.path) + '</code></li>').join('') + '</ul>';
     setMain(h);
@@ -750,7 +750,7 @@
     });
     s += '</svg>';
     let h = '<h1>Circuit of ' + featLink(l, f, layerName(l) + ' · feature ' + f) + '</h1>';
-    h += '<div class="filters"><label title="' + esc(DEF.edge_q) + '">q ≤ <input type="number" id="c-q" step="any" min="0" value="' + maxQ + '"></label><label title="' + esc(DEF.cohens_d) + '">|d| ≥ <input type="number" id="c-d" step="any" min="0" value="' + minD + '"></label><label title="Steps from the feature along edges (each step loads the neighbours\' data)">hops <select id="c-h">' + [1, 2, 3].map((k) => '<option' + (k === hops ? ' selected' : '') + '>' + k + '</option>').join('') + '</select></label><button id="c-apply">Apply</button><span class="legend"><span><i class="sw" style="background:#2166ac"></i>target falls when the source is ablated (mean change ≤ 0)</span><span><i class="sw" style="background:#c0392b"></i>target rises (mean change > 0)</span><span>width ∝ |Cohen\'s d|</span></span></div>';
+    h += '<div class="filters"><label title="' + esc(DEF.edge_q) + '">q ≤ <input type="number" id="c-q" step="any" min="0" value="' + maxQ + '"></label><label title="' + esc(DEF.cohens_d) + '">|d| ≥ <input type="number" id="c-d" step="any" min="0" value="' + minD + '"></label><label title="Steps from the feature along edges (each step loads the neighbours\' data)">hops <select id="c-h">' + [1, 2, 3].map((k) => '<option' + (k === hops ? ' selected' : '') + '>' + k + '</option>').join('') + '</select></label><button id="c-apply">Apply</button><span class="legend"><span><i class="sw" style="background:#2166ac"></i>source raises target: it falls when the source is ablated (mean change ≤ 0)</span><span><i class="sw" style="background:#c0392b"></i>source lowers target (mean change > 0)</span><span>width ∝ |Cohen\'s d|</span></span></div>';
     h += '<p class="muted">' + num(nodes.size, 'feature_count') + ' features, ' + num(edges.size, 'n_edges') + ' edges. Click a node to centre the circuit on it.</p>';
     h += edges.size ? s : none('no edges of this feature pass the filters (or no edge table was given)');
     setMain(h);
@@ -836,11 +836,11 @@
 
   function viewFlow() {
     let h = '<h1>Cross-layer flow</h1><h2>Circuit edges between layers</h2>';
-    h += M.edge_pairs.length ? '<table><tr>' + th('from', 'layers') + th('to', 'layers') + th('edges', 'edge_pair', 'class="n"') + th('target rises (> 0)', 'excitatory', 'class="n"') + th('target falls (≤ 0)', 'inhibitory', 'class="n"') + '</tr>' + M.edge_pairs.map((p) => '<tr><td><a href="#/layer/' + p[0] + '">' + esc(layerName(p[0])) + '</a></td><td><a href="#/layer/' + p[1] + '">' + esc(layerName(p[1])) + '</a></td><td class="n">' + num(p[2], 'edge_pair') + '</td><td class="n">' + num(p[3], 'excitatory') + '</td><td class="n">' + num(p[4], 'inhibitory') + '</td></tr>').join('') + '</table>' : none('no edge table was given (--edges)');
+    h += M.edge_pairs.length ? '<table><tr>' + th('from', 'layers') + th('to', 'layers') + th('edges', 'edge_pair', 'class="n"') + th('source lowers target (mean change > 0)', 'excitatory', 'class="n"') + th('source raises target (mean change < 0)', 'inhibitory', 'class="n"') + '</tr>' + M.edge_pairs.map((p) => '<tr><td><a href="#/layer/' + p[0] + '">' + esc(layerName(p[0])) + '</a></td><td><a href="#/layer/' + p[1] + '">' + esc(layerName(p[1])) + '</a></td><td class="n">' + num(p[2], 'edge_pair') + '</td><td class="n">' + num(p[3], 'excitatory') + '</td><td class="n">' + num(p[4], 'inhibitory') + '</td></tr>').join('') + '</table>' : none('no edge table was given (--edges)');
     M.edges.forEach((e) => {
       const s = e.summary;
       if (!s) return;
-      h += '<h3>' + esc(e.path) + '</h3>' + kvTable([['cells', s.cells, 'edge_n'], ['features traced', s.features_traced, 'feature_count'], ['tests performed', s.tests_performed, 'edge_q'], ['edges written', s.edges_written, 'n_edges'], ['null edges (mean)', s.null ? s.null.null_edges_mean : null, 'Mean edges passing the filters under the sign-flip null'], ['empirical FDR', s.null ? s.null.empirical_fdr : null, 'Mean null edges / edges written']]);
+      h += '<h3>' + esc(e.path) + '</h3>' + kvTable([['cells', s.cells, 'edge_n'], ['features traced', s.features_traced, 'feature_count'], ['tests performed', s.tests_performed, 'edge_q'], ['edges written', s.edges_written, 'n_edges'], ['null edges (mean)', s.null ? s.null.null_edges_mean : null, 'Mean edges passing the filters under the sign-flip null'], ['empirical FDR', s.null ? s.null.empirical_fdr : null, 'The observed rule fixed (p ≤ the largest p written, plus the |d| and consistency filters) and applied to every tested edge under each sign-flip permutation: min(1, mean null edges / edges written)']]);
     });
     h += '<h2>PMI highways and decoder matching (scinterp layers)</h2>';
     if (M.layer_comparisons.length) {

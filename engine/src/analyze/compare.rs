@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::layers::within_token_pairing;
 use super::{best_matches, lifespans, DecoderMatch, Highway, HighwayCounts};
 use crate::formats::layers::{
     HighwayPairSummary, HighwaysSummary, LayersSummary, LifespanSummary, MatchPairSummary, MatchingSummary,
@@ -109,7 +110,7 @@ pub fn compare_layers(
     })?;
 
     // One pass: encode each chunk with every SAE; count fires and, for consecutive SAEs, co-activations
-    // at the same row and on a pairing rotated by half the chunk (rows of other cells).
+    // at the same row and on the within-token null pairing (the same gene token in another cell).
     let n = rows.len();
     let d = store.manifest.d_model;
     let mut fires: Vec<Vec<u64>> = saes.iter().map(|(f, _)| vec![0; f.sae.d_sae]).collect();
@@ -129,6 +130,10 @@ pub fn compare_layers(
         }
         let m = end - start;
         x.resize(m * d, 0.0);
+        let pairing = within_token_pairing(
+            &rows[start..end].iter().map(|r| r[0]).collect::<Vec<_>>(),
+            &rows[start..end].iter().map(|r| r[2]).collect::<Vec<_>>(),
+        );
         let active: Vec<Vec<Vec<u32>>> = saes
             .iter()
             .zip(&arrays)
@@ -154,7 +159,9 @@ pub fn compare_layers(
         for l in 0..pairs {
             for r in 0..m {
                 observed[l].push(&active[l][r], &active[l + 1][r]);
-                permuted[l].push(&active[l][r], &active[l + 1][(r + m / 2) % m]);
+                if let Some(j) = pairing[r] {
+                    permuted[l].push(&active[l][r], &active[l + 1][j]);
+                }
             }
         }
         progress(end, n);
@@ -320,8 +327,11 @@ pub fn compare_layers(
             rule: "a source (≥ min_fires fires) is a highway when its best target (≥ min_fires fires, co-count ≥ \
                    min_cocount) has PMI > threshold"
                 .into(),
-            null: "the same statistic with each row's target codes taken from the row half a chunk away (rows of \
-                   other cells)"
+            null: "within token: the same statistic with each row's target codes taken from a row of the same gene \
+                   token in another cell of the same chunk (the token's rows rotated by half their count); rows \
+                   whose token occurs in no other cell of the chunk are left out of the null. Features that both \
+                   respond to the gene token co-fire under this null too, so a highway must beat the \
+                   shared-token effect"
                 .into(),
             min_fires: args.highway_min_fires,
             min_cocount: args.highway_min_cocount,

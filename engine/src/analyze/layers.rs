@@ -5,8 +5,11 @@
 //!   lifespan of a feature: how many consecutive layers a chain of matches ≥ 0.7 carries it.
 //! - Highways: co-activation of a source feature (layer A) and a target feature (layer B) at the same
 //!   rows. Rare features make PMI large by chance, so targets need a minimum co-count, NPMI is reported
-//!   beside PMI, and every statistic is also computed on a permuted pairing of the rows (same
-//!   marginals, association destroyed) to show how many "highways" chance alone makes.
+//!   beside PMI, and every statistic is also computed on a permuted pairing of the rows to show how many
+//!   "highways" chance alone makes. The pairing permutes **within token**: each row's target codes come
+//!   from a row of the same gene token in another cell. Features at two layers that both respond to the
+//!   gene token co-fire under that null too, so a highway must beat the shared-token effect (a pairing
+//!   across tokens would remove it and make almost every pair look like a highway).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -122,6 +125,29 @@ pub fn lifespans(
                 .collect()
         })
         .collect()
+}
+
+/// The within-token null pairing of a block of rows (`cells[r]`, `tokens[r]`): the rows of each token,
+/// in order, are rotated by half their count, so each row is paired with a row of the same token in
+/// another cell. A row whose only same-token rows are in its own cell (or that has none) gets `None`:
+/// it has no partner and stays out of the null counts.
+pub fn within_token_pairing(cells: &[i32], tokens: &[i32]) -> Vec<Option<usize>> {
+    assert_eq!(cells.len(), tokens.len());
+    let mut by_token: std::collections::BTreeMap<i32, Vec<usize>> = std::collections::BTreeMap::new();
+    for (r, &t) in tokens.iter().enumerate() {
+        by_token.entry(t).or_default().push(r);
+    }
+    let mut out = vec![None; tokens.len()];
+    for rows in by_token.values() {
+        let k = rows.len();
+        for (i, &r) in rows.iter().enumerate() {
+            let j = rows[(i + k.div_ceil(2)) % k];
+            if cells[j] != cells[r] {
+                out[r] = Some(j);
+            }
+        }
+    }
+    out
 }
 
 /// Co-activation counts of source (layer A) × target (layer B) features at the same rows.
@@ -247,6 +273,54 @@ mod tests {
         // A dead feature of B is never a match.
         let m = best_matches(&s0, &alive[0], &s1, &[false, true]);
         assert_eq!(m[0].best, 1);
+    }
+
+    /// Features that respond to the gene token at both layers: the observed pairing makes every source a
+    /// highway; the within-token null keeps the shared-token co-firing (each row paired with the same gene
+    /// in another cell), so the null makes them highways too (nothing beyond the token), while a pairing
+    /// across tokens (like the old null, rows half a chunk away) shows none.
+    #[test]
+    fn the_within_token_null_keeps_the_shared_token_effect() {
+        let (cells, genes) = (40usize, 8usize);
+        let (mut cell, mut token) = (Vec::new(), Vec::new());
+        for c in 0..cells {
+            for g in 0..genes {
+                cell.push(c as i32);
+                token.push(g as i32);
+            }
+        }
+        let pairing = within_token_pairing(&cell, &token);
+        assert!(pairing
+            .iter()
+            .enumerate()
+            .all(|(r, p)| p.is_some_and(|j| token[j] == token[r] && cell[j] != cell[r])));
+        // Feature g fires on gene g, at both layers: the whole association is the shared token.
+        let active = |r: usize| [token[r] as u32];
+        let n = cell.len();
+        let mut shuffled: Vec<usize> = (0..n).collect();
+        crate::rng::Rng::new(3, 4).shuffle(&mut shuffled);
+        let (mut observed, mut within, mut across) = (
+            HighwayCounts::new(genes, genes),
+            HighwayCounts::new(genes, genes),
+            HighwayCounts::new(genes, genes),
+        );
+        for r in 0..n {
+            observed.push(&active(r), &active(r));
+            if let Some(j) = pairing[r] {
+                within.push(&active(r), &active(j));
+            }
+            // A pairing across tokens (rows of other cells and other genes).
+            across.push(&active(r), &active(shuffled[r]));
+        }
+        let highways = |h: &HighwayCounts| h.best_targets(1, 1).iter().filter(|x| x.pmi > 2.0).count();
+        assert_eq!(highways(&observed), genes);
+        assert_eq!(highways(&within), genes);
+        assert_eq!(highways(&across), 0);
+        // A token seen in one cell only has no partner.
+        assert_eq!(
+            within_token_pairing(&[0, 0, 1], &[5, 6, 5]),
+            vec![Some(2), None, Some(0)]
+        );
     }
 
     #[test]

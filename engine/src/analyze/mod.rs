@@ -24,4 +24,4 @@ pub use compare::{compare_layers, LayersConfig, LayersError};
 pub use layers::{best_matches, lifespans, unit_decoder, DecoderMatch, Highway, HighwayCounts};
 pub use modules::{leiden_modules, Modules};
 pub use pipeline::{run, AnalyzeConfig, AnalyzeError, AnalyzeProgress, GeneNaming, TokenNames};
-pub use svd::{quantile_sorted, PrincipalAxes};
+pub use svd::{quantile_sorted, PrincipalAxes, PROJECTED_NORM_SQ_THRESHOLDS};

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{
     leiden_modules, quantile_sorted, Catalog, CatalogBuilder, CatalogSettings, CoactBuilder, CoactResult,
-    CoactRule, Modules, PrincipalAxes,
+    CoactRule, Modules, PrincipalAxes, PROJECTED_NORM_SQ_THRESHOLDS,
 };
 use crate::formats::catalog::{
     CatalogSettingsRecord, CatalogSummary, CoactivationRuleRecord, CoactivationSummary, ModulesSummary,
@@ -142,6 +142,8 @@ struct Pass {
     svd_sample: Vec<f32>,
     /// Σ‖x − x̂‖², Σ‖x‖², Σx (for the FVU over every row).
     err: f64,
+    /// Active latents (value > 0) summed over rows (the SAE's L0 × rows).
+    active: u64,
     sum_sq: f64,
     sum: Vec<f64>,
 }
@@ -180,12 +182,18 @@ pub fn run(
     let alive: Vec<bool> = catalog.features.iter().map(|f| f.alive()).collect();
     let n_alive = alive.iter().filter(|&&a| a).count();
 
-    // Superposition: principal axes of the sampled rows against every alive decoder direction.
-    let axes =
-        PrincipalAxes::fit(&pass.svd_sample, sae.d_in, args.svd_axes).map_err(|error| AnalyzeError::Svd {
-            acts: args.acts.clone(),
-            error,
+    // Superposition: principal axes of the sampled rows against every alive decoder direction; and
+    // enough axes to compare with the SAE at matched L0 (as many numbers per row as active latents).
+    let mean_l0 = pass.active as f64 / catalog.n_rows.max(1) as f64;
+    let matched_rank = (mean_l0.round() as usize).clamp(1, sae.d_in);
+    let all_axes =
+        PrincipalAxes::fit(&pass.svd_sample, sae.d_in, args.svd_axes.max(matched_rank)).map_err(|error| {
+            AnalyzeError::Svd {
+                acts: args.acts.clone(),
+                error,
+            }
         })?;
+    let axes = all_axes.top(args.svd_axes);
     let alignment: Vec<(f64, f64)> = (0..sae.d_sae)
         .into_par_iter()
         .map(|f| {
@@ -297,6 +305,16 @@ pub fn run(
             projection_null_q99: null_q99,
             projection_null: "norm of the projection of 10,000 seeded Gaussian random directions onto the axes".into(),
             projection_above_null_q99: count_alive(&|a| a.1 > null_q99),
+            projected_norm_sq_at_least: PROJECTED_NORM_SQ_THRESHOLDS
+                .iter()
+                .map(|&t| (t.to_string(), count_alive(&|a| a.1 * a.1 >= t)))
+                .collect(),
+            invisible_published_rule: n_alive - count_alive(&|a| a.0 > 0.5),
+            invisible_published_rule_fraction: (n_alive - count_alive(&|a| a.0 > 0.5)) as f64
+                / n_alive.max(1) as f64,
+            sae_mean_l0: mean_l0,
+            matched_rank,
+            svd_variance_explained_at_matched_rank: all_axes.variance_explained_at(matched_rank),
         },
         coactivation: pass.coact.as_ref().map(|c| CoactivationSummary {
             test: "cell-stratified Cochran–Mantel–Haenszel z (one-sided, continuity-corrected) of position co-occurrence"
@@ -351,6 +369,7 @@ fn single_pass(
     let sample_fraction = (args.svd_sample_rows as f64 / n.max(1) as f64).min(1.0);
     let mut svd_sample = Vec::new();
     let (mut err, mut sum_sq, mut sum) = (0.0f64, 0.0f64, vec![0.0f64; d]);
+    let mut active = 0u64;
     // The catalogue and the co-activation counts are serial; each runs on a thread of its own while the
     // next chunk is read and encoded.
     type Chunk = (usize, usize, Arc<SparseCodes>);
@@ -384,6 +403,7 @@ fn single_pass(
             x.resize((end - start) * d, 0.0);
             array.read_rows(start, &mut x);
             let codes = Arc::new(sae.encode(&x));
+            active += codes.values.iter().filter(|&&v| v > 0.0).count() as u64;
             let recon = sae.decode(&codes);
             err += x
                 .par_chunks(ERR_BLOCK)
@@ -435,6 +455,7 @@ fn single_pass(
         coact: coact.map(|c| c.finish(&rule)),
         svd_sample,
         err,
+        active,
         sum_sq,
         sum,
     })

@@ -45,6 +45,24 @@ impl PrincipalAxes {
         self.variances.iter().sum::<f64>() / self.total_variance
     }
 
+    /// Fraction of the sample's variance on the first `rank` axes (all of them if fewer): what a linear
+    /// code of `rank` numbers per row keeps.
+    pub fn variance_explained_at(&self, rank: usize) -> f64 {
+        self.variances.iter().take(rank).sum::<f64>() / self.total_variance
+    }
+
+    /// The first `n` axes.
+    pub fn top(&self, n: usize) -> PrincipalAxes {
+        let n = n.min(self.n_axes());
+        PrincipalAxes {
+            d: self.d,
+            axes: self.axes[..n * self.d].to_vec(),
+            variances: self.variances[..n].to_vec(),
+            total_variance: self.total_variance,
+            sample_rows: self.sample_rows,
+        }
+    }
+
     /// The covariance's top `n_axes` eigenvectors, from `rows` (`[n, d]` row-major, f32).
     pub fn fit(rows: &[f32], d: usize, n_axes: usize) -> Result<Self, SvdError> {
         let n = rows.len() / d;
@@ -129,6 +147,9 @@ impl PrincipalAxes {
     }
 }
 
+/// The thresholds of the projected-norm fraction ‖P·w‖² that the catalog counts features at.
+pub const PROJECTED_NORM_SQ_THRESHOLDS: [f64; 4] = [0.25, 0.5, 0.75, 0.9];
+
 /// The q-quantile of sorted values (nearest rank).
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -173,6 +194,13 @@ mod tests {
         let (max_cos, proj) = axes.alignment(&[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         assert!(max_cos < 1e-2 && proj < 1e-2);
         // Random directions in 6-d: E‖P·w‖² = 2/6.
+        // The first axis alone, and the variance at a rank.
+        let first = axes.top(1);
+        assert_eq!((first.n_axes(), first.axes.len()), (1, d));
+        assert!((axes.variance_explained_at(1) - axes.variances[0] / axes.total_variance).abs() < 1e-15);
+        assert!(
+            axes.variance_explained_at(1) > 0.8 && axes.variance_explained_at(9) == axes.variance_explained()
+        );
         let null = axes.random_projection_null(4000, 7);
         let mean_sq = null.iter().map(|x| x * x).sum::<f64>() / null.len() as f64;
         assert!((mean_sq - 1.0 / 3.0).abs() < 0.02, "{mean_sq}");

@@ -8,10 +8,13 @@
 //! a lie in T: p = P[X ≥ a] for X ~ Hypergeom(N, K, n), the one-sided Fisher exact test
 //! (`scipy.stats.hypergeom.sf(a − 1, N, K, n)`), computed in log space.
 //!
-//! **The family (A9).** Every (tested feature, tested term) pair of every library, plus one edge test per
-//! (tested feature, network). Pairs that share no gene (a = 0) have p = 1 exactly and are counted
-//! without being computed; nothing is filtered on the outcome. The atlas family spans all catalogs given
-//! together; each catalog's own family is the same rule restricted to it. Both q-values are reported.
+//! **The families (A9).** The gene-set family: every (tested feature, tested term) pair of every
+//! library. Pairs that share no gene (a = 0) have p = 1 exactly and are counted without being computed;
+//! nothing is filtered on the outcome. The network-edge family, separate: one edge test per (tested
+//! feature, network) (features with no edge at p = 1). A permutation p is at least 1/(B + 1), so in the
+//! gene-set family of ~10⁸ tests it could never pass BH; in its own family of features × networks it
+//! can. Each family has an atlas version (all catalogs given together) and a per-catalog one; both
+//! q-values are reported.
 //!
 //! **Cost.** Only pairs that share a gene are touched, through each library's inverted index gene →
 //! terms. The p-value of such a pair depends on (library, n, a, K) alone, so pairs are counted per key in
@@ -137,8 +140,9 @@ pub struct CatalogResult {
     pub tested_features: usize,
     pub libraries: Vec<LibraryStats>,
     pub networks: Vec<NetworkStats>,
-    /// Size of the catalog's own family.
+    /// Size of the catalog's own gene-set family, and of its network-edge family.
     pub m: u64,
+    pub m_edges: u64,
     pub significant_catalog: u64,
     pub significant_atlas: u64,
     /// Features with a test at q ≤ alpha (atlas q; catalog q).
@@ -163,7 +167,10 @@ pub struct Annotation {
     /// Network names in the order of `EdgeRow::network`.
     pub networks: Vec<String>,
     pub catalogs: Vec<CatalogResult>,
+    /// The gene-set family over all catalogs.
     pub atlas: FamilyStats,
+    /// The network-edge family over all catalogs (None without networks).
+    pub edge_atlas: Option<FamilyStats>,
     /// Rows significant in either family, by catalog, feature, then p.
     pub term_rows: Vec<TermRow>,
     /// Each feature's lowest-p term, for features with a term row.
@@ -340,25 +347,26 @@ pub fn annotate(
         prepared.push(p);
     }
 
-    // The families.
-    let n_tests_per_feature =
-        |p: &Prepared| p.libs.iter().map(|l| l.terms.len() as u64).sum::<u64>() + p.nets.len() as u64;
+    // The families: gene sets, and network edges on their own.
+    let n_terms = |p: &Prepared| p.libs.iter().map(|l| l.terms.len() as u64).sum::<u64>();
     let (pv_ref, edges_ref) = (&pvalues, &edge_tests);
-    let explicit_of = move |c: usize| {
-        pv_ref[c]
-            .values()
-            .copied()
-            .chain(edges_ref[c].iter().map(|(_, _, t)| (t.p_value, 1)))
-    };
+    let sets_of = move |c: usize| pv_ref[c].values().copied();
+    let edges_of = move |c: usize| edges_ref[c].iter().map(|(_, _, t)| (t.p_value, 1));
     let invalid = |e: crate::stats::StatsError| AnnotateError::Invalid(format!("BH: {e} (internal error)"));
     let mut catalog_families = Vec::with_capacity(catalogs.len());
-    let mut m_atlas = 0u64;
+    let mut edge_families = Vec::with_capacity(catalogs.len());
+    let (mut m_atlas, mut m_edges_atlas) = (0u64, 0u64);
     for (c, p) in prepared.iter().enumerate() {
-        let m = p.tested.len() as u64 * n_tests_per_feature(p);
+        let m = p.tested.len() as u64 * n_terms(p);
+        let m_edges = p.tested.len() as u64 * p.nets.len() as u64;
         m_atlas += m;
-        catalog_families.push(BhFamily::from_counts(explicit_of(c), m).map_err(invalid)?);
+        m_edges_atlas += m_edges;
+        catalog_families.push(BhFamily::from_counts(sets_of(c), m).map_err(invalid)?);
+        edge_families.push(BhFamily::from_counts(edges_of(c), m_edges).map_err(invalid)?);
     }
-    let atlas = BhFamily::from_counts((0..catalogs.len()).flat_map(explicit_of), m_atlas).map_err(invalid)?;
+    let atlas = BhFamily::from_counts((0..catalogs.len()).flat_map(sets_of), m_atlas).map_err(invalid)?;
+    let edge_atlas =
+        BhFamily::from_counts((0..catalogs.len()).flat_map(edges_of), m_edges_atlas).map_err(invalid)?;
     let atlas_threshold = atlas.p_threshold(settings.alpha);
 
     // Pass 2: the rows.
@@ -478,7 +486,7 @@ pub fn annotate(
             term_rows.extend(rows);
         }
         for (fi, ni, t) in &edge_tests[c] {
-            let (qa, qc) = (atlas.q_value(t.p_value), family.q_value(t.p_value));
+            let (qa, qc) = (edge_atlas.q_value(t.p_value), edge_families[c].q_value(t.p_value));
             nets[*ni].significant_atlas += u64::from(qa <= alpha);
             nets[*ni].significant_catalog += u64::from(qc <= alpha);
             annotated_atlas[*fi] |= qa <= alpha;
@@ -508,7 +516,8 @@ pub fn annotate(
             alive_features: cat.features.len(),
             tested_features: p.tested.len(),
             m: family.m(),
-            significant_catalog: family.significant(alpha),
+            m_edges: edge_families[c].m(),
+            significant_catalog: family.significant(alpha) + edge_families[c].significant(alpha),
             significant_atlas: libs.iter().map(|l| l.significant_atlas).sum::<u64>()
                 + nets.iter().map(|n| n.significant_atlas).sum::<u64>(),
             libraries: libs,
@@ -527,6 +536,12 @@ pub fn annotate(
             significant: atlas.significant(settings.alpha),
             p_threshold: atlas_threshold,
         },
+        edge_atlas: (!networks.is_empty()).then(|| FamilyStats {
+            m: edge_atlas.m(),
+            explicit: edge_atlas.explicit(),
+            significant: edge_atlas.significant(settings.alpha),
+            p_threshold: edge_atlas.p_threshold(settings.alpha),
+        }),
         term_rows,
         best_rows,
         edge_rows,
@@ -765,18 +780,22 @@ mod tests {
         .unwrap();
         let b = annotate(&[cat], &[lib], &[net], &settings, &|_| {}).unwrap();
         assert_eq!(a.edge_rows, b.edge_rows);
-        // Two tested features (feature 2 has 2 genes): m = 2 × (1 term + 1 network).
+        // Two tested features (feature 2 has 2 genes): the gene-set family has m = 2 × 1 term, the
+        // network-edge family (its own, so that permutation p-values ≥ 1/(B+1) are not drowned in the
+        // gene-set tests) m = 2 × 1 network.
         assert_eq!(a.catalogs[0].tested_features, 2);
-        assert_eq!(a.atlas.m, 4);
+        assert_eq!((a.atlas.m, a.catalogs[0].m, a.catalogs[0].m_edges), (2, 2, 2));
+        assert_eq!(a.edge_atlas.as_ref().unwrap().m, 2);
         assert!(a.edge_rows[0].feature == 0);
         let e = a.edge_rows.iter().find(|e| e.feature == 0).unwrap();
         assert!(e.observed_edges >= 30);
         assert!(e.p_value <= 0.02, "{e:?}");
         assert!(e.edges.contains(&"G0>G1".to_string()));
-        // BH over the 4 tests, the others at p = 1 unless they have edges.
+        // BH over the 2 edge tests, the others at p = 1 unless they have edges.
         let mut p_all: Vec<f64> = a.edge_rows.iter().map(|e| e.p_value).collect();
-        p_all.resize(4, 1.0);
+        p_all.resize(2, 1.0);
         assert_eq!(e.q_value_atlas, bh_qvalues(&p_all).unwrap()[0]);
+        assert_eq!(e.q_value_catalog, e.q_value_atlas);
         assert_eq!(a.catalogs[0].annotated_atlas, 1);
     }
 }

@@ -14,8 +14,8 @@ use super::networks::{read_ppi, read_trrust, trrust_target_sets, Network, DEGREE
 use super::{AnnotateError, Background};
 use crate::formats::annotation::{
     AnnotationInputs, AnnotationSeconds, AnnotationSettings, AnnotationSummary, CatalogAnnotation, CatalogM,
-    CellTypeCounts, CellTypeFamily, Families, GeneSetFamily, GeneSetInput, LibraryAnnotation, NamedDir,
-    NetworkAnnotation, NetworkInput, ANNOTATION_FORMAT,
+    CellTypeCounts, CellTypeFamily, EdgeFamily, Families, GeneSetFamily, GeneSetInput, LibraryAnnotation,
+    NamedDir, NetworkAnnotation, NetworkInput, ANNOTATION_FORMAT,
 };
 use crate::formats::catalog::CatalogHeader;
 use crate::formats::{absolute, atomic_write, to_json_pretty, Column, Table, TableFormat};
@@ -107,11 +107,19 @@ type Result<T, E = AnnotateError> = std::result::Result<T, E>;
 const MIN_QUERY_GENES: usize = 3;
 
 const FISHER_RULE: &str = "every (feature, term) pair: alive features with >= 3 query genes (top-n genes of the \
-     chosen ranking) x every term of every library with size in [min, max] inside the background; plus one \
-     edge test per (feature, network). Pairs sharing no gene have p = 1 and count in m. One-sided Fisher = \
-     hypergeometric upper tail P[X >= overlap], population = the library's genes in the catalog's background \
-     (its genes table), successes = term size in the background, draws = query genes in that population. \
-     q_value_atlas: BH over this family for all catalogs of the run; q_value_catalog: BH over one catalog's part.";
+     chosen ranking) x every term of every library with size in [min, max] inside the background. Pairs \
+     sharing no gene have p = 1 and count in m. One-sided Fisher = hypergeometric upper tail P[X >= overlap], \
+     population = the library's genes in the catalog's background, successes = term size in the background, \
+     draws = query genes in that population. Background = the genes of the catalog's genes table that could \
+     enter a query: with ranking conditional_mean, those with n_positions >= the catalog's min_support_positions. \
+     q_value_atlas: BH over this family for all catalogs of the run; q_value_catalog: BH over one catalog's part \
+     (q_family = gene_sets in enrichment and best_terms).";
+
+const EDGE_RULE: &str = "one degree-preserving permutation test per (feature, network) for the same tested \
+     features; features with no edge among their query genes have p = 1 and count in m. A family of its own: \
+     a permutation p is at least 1/(B+1) and could never pass BH among the gene-set tests. q_value_atlas: BH \
+     over this family for all catalogs of the run; q_value_catalog: over one catalog's part (q_family = \
+     network_edges in edge_enrichment).";
 
 const CELL_TYPE_RULE: &str = "features active in >= 10 cells (rows of feature_cells); top cells = the first \
      ceil(10 %) of its active cells by mean_when_active (ties: lower cell index); every label with >= 3 cells \
@@ -123,6 +131,8 @@ const CELL_TYPE_RULE: &str = "features active in >= 10 cells (rows of feature_ce
 struct CatalogFiles {
     dir: PathBuf,
     hook: String,
+    /// The catalog's `--min-support` (1 when catalog.json does not say).
+    min_support_positions: u64,
     token_store: Option<PathBuf>,
     ext: String,
 }
@@ -133,6 +143,7 @@ impl CatalogFiles {
         Ok(CatalogFiles {
             dir: dir.to_path_buf(),
             token_store: header.token_store_path(dir),
+            min_support_positions: header.settings.map_or(1, |s| s.min_support_positions.max(1)),
             hook: header.hook,
             ext: header.table_format.ext().to_string(),
         })
@@ -161,10 +172,27 @@ fn read_query(
     progress: &(dyn Fn(AnnotateProgress) + Sync),
 ) -> Result<CatalogQuery> {
     let genes = files.table("genes")?;
-    let tokens = genes.i64s("token")?;
-    let gene_ids = genes.strs("gene_id")?.into_owned();
-    let symbols = genes.strs("symbol")?.into_owned();
-    let background = Background::new(gene_ids, symbols)?;
+    let (tokens, gene_ids, symbols) = (
+        genes.i64s("token")?,
+        genes.strs("gene_id")?,
+        genes.strs("symbol")?,
+    );
+    // The background is the genes that could enter a query: a conditional-mean top list needs the
+    // feature to fire on the gene at >= min_support positions, so the gene must have that many.
+    let min_positions = background_min_positions(files, args.ranking);
+    let keep: Vec<usize> = if min_positions > 1 {
+        let n_positions = genes.i64s("n_positions")?;
+        (0..tokens.len())
+            .filter(|&i| n_positions[i] >= min_positions as i64)
+            .collect()
+    } else {
+        (0..tokens.len()).collect()
+    };
+    let tokens: Vec<i64> = keep.iter().map(|&i| tokens[i]).collect();
+    let background = Background::new(
+        keep.iter().map(|&i| gene_ids[i].clone()).collect(),
+        keep.iter().map(|&i| symbols[i].clone()).collect(),
+    )?;
     let mut index_of: HashMap<i64, u32> = HashMap::with_capacity(tokens.len());
     for (i, &t) in tokens.iter().enumerate() {
         if index_of.insert(t, i as u32).is_some() {
@@ -239,6 +267,14 @@ fn read_query(
         background,
         features: queries,
     })
+}
+
+/// The fewest positions a gene of the catalog needs to enter a query of this ranking.
+fn background_min_positions(files: &CatalogFiles, ranking: Ranking) -> u64 {
+    match ranking {
+        Ranking::ConditionalMean => files.min_support_positions,
+        Ranking::Mass => 1,
+    }
 }
 
 /// Reads the obs column of a token store's cells.tsv.
@@ -325,6 +361,8 @@ fn term_table(rows: &[TermRow], names: &[String], libraries: &[String]) -> Table
             "q_value_catalog",
             Column::F64(rows.iter().map(|r| r.q_value_catalog).collect()),
         )
+        // Which BH family the q-values belong to.
+        .column("q_family", Column::Str(vec!["gene_sets".into(); rows.len()]))
         .column(
             "fold_enrichment",
             Column::F64(rows.iter().map(|r| r.fold_enrichment).collect()),
@@ -364,6 +402,7 @@ fn edge_table(a: &Annotation, names: &[String]) -> Table {
             "q_value_catalog",
             Column::F64(rows.iter().map(|r| r.q_value_catalog).collect()),
         )
+        .column("q_family", Column::Str(vec!["network_edges".into(); rows.len()]))
         .column(
             "permutations",
             Column::I64(rows.iter().map(|r| i64::from(r.permutations)).collect()),
@@ -395,6 +434,7 @@ fn cell_type_table(c: &CellTypeResult, names: &[String]) -> Table {
         .column("n_cells", int(|r| r.n_cells))
         .column("p_value", Column::F64(rows.iter().map(|r| r.p_value).collect()))
         .column("q_value", Column::F64(rows.iter().map(|r| r.q_value).collect()))
+        .column("q_family", Column::Str(vec!["cell_types".into(); rows.len()]))
 }
 
 /// The cell-type inputs: one label set per distinct token store, which one each catalog uses, and each
@@ -634,9 +674,11 @@ fn summary(
             dir: absolute(&f.dir),
             token_store: f.token_store.as_ref().map(|p| p.display().to_string()),
             background_genes: c.background_genes,
+            background_min_positions: background_min_positions(f, args.ranking),
             alive_features: c.alive_features,
             tested_features: c.tested_features,
             m: c.m,
+            m_network_edges: c.m_edges,
             significant_catalog_q: c.significant_catalog,
             significant_atlas_q: c.significant_atlas,
             annotated_features: c.annotated_atlas,
@@ -743,10 +785,9 @@ fn summary(
             ),
         },
         families: Families {
-            gene_sets_and_edges: GeneSetFamily {
+            gene_sets: GeneSetFamily {
                 rule: FISHER_RULE.into(),
                 libraries: result.libraries.clone(),
-                networks: result.networks.clone(),
                 m: result.atlas.m,
                 tests_with_computed_p: result.atlas.explicit,
                 significant_atlas_q: result.atlas.significant,
@@ -761,6 +802,22 @@ fn summary(
                     })
                     .collect(),
             },
+            network_edges: result.edge_atlas.as_ref().map(|e| EdgeFamily {
+                rule: EDGE_RULE.into(),
+                networks: result.networks.clone(),
+                m: e.m,
+                tests_with_computed_p: e.explicit,
+                significant_atlas_q: e.significant,
+                largest_significant_p: e.p_threshold,
+                m_per_catalog: result
+                    .catalogs
+                    .iter()
+                    .map(|c| CatalogM {
+                        name: c.name.clone(),
+                        m: c.m_edges,
+                    })
+                    .collect(),
+            }),
             cell_types: cells.map(|c| CellTypeFamily {
                 rule: CELL_TYPE_RULE.into(),
                 obs_column: args.obs_column.clone(),
@@ -769,8 +826,8 @@ fn summary(
                 significant: c.significant,
             }),
         },
-        annotated: "a feature is annotated when one of its tests (a term or an edge test) has q_value_atlas <= \
-                    alpha; fractions are over alive features"
+        annotated: "a feature is annotated when one of its tests (a term, or an edge test) has q_value_atlas <= \
+                    alpha in its own family (gene_sets or network_edges); fractions are over alive features"
             .into(),
         catalogs,
         outputs,

@@ -70,7 +70,11 @@ pub struct AnnotationSettings {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Families {
-    pub gene_sets_and_edges: GeneSetFamily,
+    /// Every (feature, term) Fisher test (q_family = gene_sets).
+    pub gene_sets: GeneSetFamily,
+    /// Every (feature, network) edge permutation test, a family of its own (q_family = network_edges);
+    /// None without networks.
+    pub network_edges: Option<EdgeFamily>,
     /// With an obs column only.
     pub cell_types: Option<CellTypeFamily>,
 }
@@ -79,11 +83,22 @@ pub struct Families {
 pub struct GeneSetFamily {
     pub rule: String,
     pub libraries: Vec<String>,
-    pub networks: Vec<String>,
     pub m: u64,
     pub tests_with_computed_p: u64,
     pub significant_atlas_q: u64,
     pub significant_atlas_q_by_library: BTreeMap<String, u64>,
+    /// None when nothing is significant.
+    pub largest_significant_p: Option<f64>,
+    pub m_per_catalog: Vec<CatalogM>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeFamily {
+    pub rule: String,
+    pub networks: Vec<String>,
+    pub m: u64,
+    pub tests_with_computed_p: u64,
+    pub significant_atlas_q: u64,
     /// None when nothing is significant.
     pub largest_significant_p: Option<f64>,
     pub m_per_catalog: Vec<CatalogM>,
@@ -111,9 +126,13 @@ pub struct CatalogAnnotation {
     pub dir: String,
     pub token_store: Option<String>,
     pub background_genes: usize,
+    /// Genes of the catalog's genes table enter the background with at least this many positions.
+    pub background_min_positions: u64,
     pub alive_features: usize,
     pub tested_features: usize,
+    /// The catalog's gene-set family size, and its network-edge family size.
     pub m: u64,
+    pub m_network_edges: u64,
     pub significant_catalog_q: u64,
     pub significant_atlas_q: u64,
     pub annotated_features: usize,

@@ -1,6 +1,7 @@
 //! `catalog.json`: the summary of a feature catalog folder written by `scinterp analyze` and read by
 //! `scinterp annotate` (where the tables are, which hook) and by anyone summarising a run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,25 @@ pub struct SvdSummary {
     pub projection_null_q99: f64,
     pub projection_null: String,
     pub projection_above_null_q99: usize,
+    /// Alive features whose projected-norm fraction ‖P·w‖² onto the axes is at least each threshold
+    /// (`"0.25"`, `"0.5"`, `"0.75"`, `"0.9"`).
+    #[serde(default)]
+    pub projected_norm_sq_at_least: BTreeMap<String, usize>,
+    /// Alive features with max |cos| ≤ 0.5 with every axis: the published "SVD-invisible" ("novel")
+    /// count, and its fraction of the alive features.
+    #[serde(default)]
+    pub invisible_published_rule: usize,
+    #[serde(default)]
+    pub invisible_published_rule_fraction: f64,
+    /// The comparison at matched L0: the SAE's mean active latents per row over the store, the rank
+    /// r = max(1, round(mean L0)), and the variance of the sample on the top r axes (a linear code of
+    /// as many numbers per row as the SAE's active latents), beside `sae_variance_explained_all_rows`.
+    #[serde(default)]
+    pub sae_mean_l0: f64,
+    #[serde(default)]
+    pub matched_rank: usize,
+    #[serde(default)]
+    pub svd_variance_explained_at_matched_rank: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -143,6 +163,16 @@ pub struct CatalogHeader {
     pub token_store: Option<String>,
     #[serde(default = "parquet")]
     pub table_format: TableFormat,
+    /// Absent in hand-written catalogs.
+    #[serde(default)]
+    pub settings: Option<HeaderSettings>,
+}
+
+/// The settings a reader needs: top-gene lists need this many positions of a gene.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct HeaderSettings {
+    #[serde(default)]
+    pub min_support_positions: u64,
 }
 
 impl CatalogHeader {

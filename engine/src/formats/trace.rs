@@ -57,7 +57,14 @@ pub struct FiltersRecord {
     pub fdr: String,
     pub max_q: f64,
     pub min_abs_d: f64,
+    /// Edges over fewer cells are untestable (absent in summaries written before it: 2).
+    #[serde(default = "two")]
+    pub min_cells: u32,
     pub min_consistency: f64,
+}
+
+fn two() -> u32 {
+    2
 }
 
 /// `<out>.summary.json` (and `--json`). Written in this field order.
@@ -77,16 +84,21 @@ pub struct TraceSummary {
     pub tests_performed: usize,
     /// (feature, target feature) pairs whose change was zero in every cell: counted, not tested.
     pub all_zero_targets: u64,
-    /// Edges with n < 2 (a feature firing in one cell): not tested.
+    /// Edges with n < min_cells, or no finite p-value: not tested.
     pub untestable_edges: usize,
     pub edges_written: usize,
     pub edges_per_target: BTreeMap<String, usize>,
-    pub excitatory_fraction: f64,
-    pub inhibitory_fraction: f64,
+    /// Of the edges written: mean_change < 0 (ablating the source lowers the target, so the source
+    /// raises it; the published "inhibitory") and mean_change > 0 (the source lowers the target; the
+    /// published "excitatory"). Edges with mean exactly 0 are in neither and counted in `zero_mean_edges`.
+    pub source_raises_target_fraction: f64,
+    pub source_lowers_target_fraction: f64,
+    pub zero_mean_edges: usize,
     /// `None` for a shard (no table yet).
     pub filters: Option<FiltersRecord>,
-    /// With `--null-permutations`: edges passing the filters per permutation (mean and each), and the
-    /// empirical FDR of the rule (mean null edges / edges written).
+    /// With `--null-permutations`: the observed rule fixed (p ≤ `p_threshold` plus the effect filters),
+    /// the tested edges whose sign-flipped statistics pass it per permutation (mean and each), and the
+    /// empirical FDR of the rule: min(1, π̂₀ · mean null edges / edges written).
     pub null: Option<NullSummary>,
     pub out: String,
 }
@@ -95,8 +107,12 @@ pub struct TraceSummary {
 pub struct NullSummary {
     pub permutations: usize,
     pub seed: u64,
+    /// The largest p among the edges written (None when no edge was written: no null edge counts).
+    pub p_threshold: Option<f64>,
     pub null_edges_mean: f64,
     pub null_edges: Vec<usize>,
+    /// Storey's π̂₀ of the tested edges (λ = ½), which scales the null count.
+    pub pi0: f64,
     pub empirical_fdr: f64,
     pub method: String,
 }

@@ -86,6 +86,10 @@ pub enum TraceError {
     ShardOfAnotherTrace { path: PathBuf, first: PathBuf },
     #[error("{}: shard {i}/{n} given twice", path.display())]
     ShardTwice { path: PathBuf, i: usize, n: usize },
+    #[error(
+        "--min-cells {0}: must be at least 3 (a t test needs n >= 2, and Hedges' g is undefined at n = 2)"
+    )]
+    MinCells(u32),
     #[error("--shards names no file")]
     NoShards,
     #[error("got shards {seen:?}; all of 0/{n}..{last}/{n} are needed, once each", last = n.saturating_sub(1))]
@@ -605,18 +609,26 @@ fn clean_runs(
     Ok(out)
 }
 
-/// Per-edge statistics across cells (zeros included for cells where the target did not change).
+/// Per-edge statistics across cells (zeros included for cells where the target did not change). The
+/// observation of a cell is `ablated − clean`: a positive mean means ablating the source raises the
+/// target, i.e. the source lowers it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EdgeStats {
     pub n: u32,
     pub mean: f64,
     pub sd: f64,
     pub cohens_d: f64,
-    /// Cohen's d with the exact small-sample correction J(n − 1).
+    /// Cohen's d with the exact small-sample correction J(n − 1) (NaN for n ≤ 2, where J(1) = 0).
     pub hedges_g: f64,
-    /// Fraction of cells whose change has the majority sign (zeros count for neither sign).
+    /// max(n₊, n₋)/n: the fraction of all n cells whose change has the majority sign. Cells with no
+    /// change count for neither sign, so they count against it.
     pub sign_consistency: f64,
-    /// One-sample t statistic of the mean against 0, and its two-sided p-value (NaN when n < 2).
+    /// Cells whose change is > 0 (ablation raised the target) and < 0 (ablation lowered it).
+    pub ablation_raises: u32,
+    pub ablation_lowers: u32,
+    /// One-sample t statistic of the mean against 0, and its two-sided p-value (NaN when n < 2). When
+    /// every cell has the same non-zero change (sd = 0, e.g. duplicated cells) the t test is undefined:
+    /// t = ±∞ and p is the exact sign-flip p-value 2/2ⁿ (the two extreme sign patterns of 2ⁿ).
     pub t: f64,
     pub p: f64,
 }
@@ -629,8 +641,12 @@ impl EdgeSums {
         let sum_sq = m2 + k as f64 * mean * mean;
         let nf = f64::from(n);
         let flipped_mean = flip.sum / nf;
-        // Σ(x − x̄)² = Σx² − n·x̄² over all n cells (zeros included).
-        let m2_all = (sum_sq - nf * flipped_mean * flipped_mean).max(0.0);
+        // Σ(x − x̄)² = Σx² − n·x̄² over all n cells (zeros included); a remainder at rounding level
+        // is a constant sample (all |x| equal, all signs alike), so it is 0 exactly.
+        let mut m2_all = (sum_sq - nf * flipped_mean * flipped_mean).max(0.0);
+        if m2_all <= 1e-12 * sum_sq {
+            m2_all = 0.0;
+        }
         let flipped = EdgeSums {
             nonzero: RunningStats::from_parts(u64::from(n), flipped_mean, m2_all),
             positive: flip.positive,
@@ -644,7 +660,11 @@ impl EdgeSums {
         let mut all = RunningStats::zeros(u64::from(n).saturating_sub(self.nonzero.count()));
         all.merge(&self.nonzero);
         let (mean, sd) = (all.mean(), all.sd());
-        let test = one_sample_t_test(all.count(), mean, sd, 0.0);
+        let mut test = one_sample_t_test(all.count(), mean, sd, 0.0);
+        if n >= 2 && sd == 0.0 && mean != 0.0 {
+            // A constant non-zero sample: t = ±∞ would give p = 0. The exact sign-flip test does not.
+            test.p_two_sided = (2.0 * 0.5f64.powi(n as i32)).min(1.0);
+        }
         let d = cohens_d(mean, sd, 0.0);
         EdgeStats {
             n,
@@ -653,6 +673,8 @@ impl EdgeSums {
             cohens_d: d,
             hedges_g: hedges_g(d, test.df),
             sign_consistency: self.positive.max(self.negative) as f64 / n.max(1) as f64,
+            ablation_raises: self.positive,
+            ablation_lowers: self.negative,
             t: test.t,
             p: test.p_two_sided,
         }

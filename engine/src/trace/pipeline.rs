@@ -130,6 +130,9 @@ pub fn run(
     progress: &mut dyn FnMut(TraceProgress),
 ) -> Result<TraceOutcome, TraceError> {
     let started = Instant::now();
+    if config.filters.min_cells < super::edges::DEFAULT_MIN_CELLS {
+        return Err(TraceError::MinCells(config.filters.min_cells));
+    }
     let (encoder, forward) = (inputs.encoder, inputs.forward);
     let dims = encoder.dims();
     let n_cells = config
@@ -305,6 +308,9 @@ pub fn run(
 /// Shards of one trace (same settings, shards 0..n of n, each once) → the edge table and its summary.
 pub fn merge(shards: &[PathBuf], out: &Path, filters: &EdgeFilters) -> Result<TraceSummary, TraceError> {
     let started = Instant::now();
+    if filters.min_cells < super::edges::DEFAULT_MIN_CELLS {
+        return Err(TraceError::MinCells(filters.min_cells));
+    }
     let mut plan: Option<TracePlan> = None;
     let mut seen: Vec<(usize, usize)> = Vec::new();
     let mut acc = TraceAccumulator::default();

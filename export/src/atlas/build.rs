@@ -411,7 +411,13 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
             refs[lt].up.push((e.target[r], ei, r));
             let pair = edge_pairs.entry((ls, lt)).or_default();
             pair[0] += 1;
-            pair[if e.values[r][1] > 0.0 { 1 } else { 2 }] += 1;
+            // mean_change = ablated − clean: > 0 the source lowers the target, < 0 it raises it; 0 neither.
+            let mean = e.values[r][1];
+            if mean > 0.0 {
+                pair[1] += 1;
+            } else if mean < 0.0 {
+                pair[2] += 1;
+            }
         }
         edge_count += e.source.len();
     }
