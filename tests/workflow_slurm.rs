@@ -1,6 +1,7 @@
 //! The Snakemake workflow (workflow/) on a real Slurm cluster: the demo config run through
 //! `--profile workflow/profiles/slurm` gives the same files as through `--profile workflow/profiles/local`,
-//! and a job cancelled mid-way (`scancel`) is resubmitted and completes. Also the job graph of the
+//! and a job cancelled mid-way (`scancel` of a trace shard after its first checkpoint) is
+//! resubmitted, resumes from the checkpoint and completes. Also the job graph of the
 //! full-size config (18 layers, 4,608 features) by `snakemake -n`.
 //!
 //! Needs snakemake ≥ 8 with snakemake-executor-plugin-slurm (found as SCINTERP_SNAKEMAKE, on PATH, or in
@@ -191,11 +192,13 @@ fn slurm_run_equals_the_local_run_and_survives_a_cancelled_job() {
     }
 
     // One machine.
+    let local_started = Instant::now();
     let log = run_ok(
         workflow(&snakemake, work, "local", &["--cores", "2"]),
         "the local run",
     );
     assert!(log.contains("18 of 18 steps (100%) done"), "{log}");
+    let local_seconds = local_started.elapsed().as_secs_f64();
     std::fs::rename(work.join("results"), work.join("results-local")).unwrap();
     std::fs::remove_dir_all(work.join(".snakemake")).unwrap();
 
@@ -222,9 +225,10 @@ fn slurm_run_equals_the_local_run_and_survives_a_cancelled_job() {
     cmd.stdout(log_file.try_clone().unwrap()).stderr(log_file);
     let mut child = cmd.spawn().expect("start snakemake");
 
-    // Cancel the first SAE-training job seen running, as a preemption or an operator would.
+    // Cancel a trace shard mid-way, as a preemption or an operator would: once its first chunks are
+    // checkpointed (`shard_i.checkpoint` beside its output), while its job is running.
     let started = Instant::now();
-    let mut cancelled: Option<(String, String)> = None;
+    let mut cancelled: Option<(String, String, usize)> = None;
     while cancelled.is_none() && started.elapsed() < Duration::from_secs(300) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -232,21 +236,28 @@ fn slurm_run_equals_the_local_run_and_survives_a_cancelled_job() {
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
-        if let Some((id, comment, _)) = jobs().into_iter().find(|(id, comment, state)| {
-            !before.contains(id) && comment.contains("rule_sae") && state == "RUNNING"
-        }) {
+        let checkpointed = (0..2).find(|i| work.join(format!("results/trace/shard_{i}.checkpoint")).exists());
+        let running = checkpointed.and_then(|i| {
+            let rule = format!("rule_trace_shard_wildcards_{i}");
+            jobs()
+                .into_iter()
+                .find(|(id, comment, state)| !before.contains(id) && *comment == rule && state == "RUNNING")
+                .map(|(id, comment, _)| (id, comment, i))
+        });
+        if let Some((id, comment, i)) = running {
             let status = Command::new("scancel").arg(&id).status().unwrap();
             assert!(status.success(), "scancel {id}");
-            cancelled = Some((id, comment));
+            cancelled = Some((id, comment, i));
         } else {
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let Some((cancelled_id, comment)) = cancelled else {
+    let Some((cancelled_id, comment, shard)) = cancelled else {
         let _ = child.kill();
-        panic!("no SAE job was seen running within 5 minutes");
+        panic!("no trace shard was seen running with a checkpoint within 5 minutes");
     };
     let status = child.wait().unwrap();
+    let slurm_seconds = started.elapsed().as_secs_f64();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(status.success(), "the Slurm run failed:\n{log}");
     assert!(log.contains("18 of 18 steps (100%) done"), "{log}");
@@ -263,6 +274,10 @@ fn slurm_run_equals_the_local_run_and_survives_a_cancelled_job() {
         reruns.iter().any(|j| j.2 == "COMPLETED"),
         "job `{comment}` ({cancelled_id}) was not resubmitted to completion: {after:?}\n{log}"
     );
+    // The resubmitted shard continued from the cancelled one's checkpoint.
+    let shard_log =
+        std::fs::read_to_string(work.join(format!("results/logs/trace_shard_{shard}.log"))).unwrap();
+    assert!(shard_log.contains("resuming from"), "{shard_log}");
     // Every job of the run went through Slurm.
     let submitted = after.iter().filter(|j| !before.contains(&j.0)).count();
     assert!(
@@ -292,6 +307,7 @@ fn slurm_run_equals_the_local_run_and_survives_a_cancelled_job() {
         );
         timing_only.push(path.display().to_string());
     }
+    eprintln!("wall clock: local profile {local_seconds:.0} s, Slurm profile {slurm_seconds:.0} s");
     eprintln!(
         "{} files equal; {} differ only in timings: {timing_only:?}",
         local.len() - timing_only.len(),
