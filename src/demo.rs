@@ -248,6 +248,7 @@ fn extract_and_train(
         device: scinterp_engine::device::DeviceChoice::Cpu,
         gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
+        shard: None,
         stop_after_batches: None,
     })?;
     if let Some(s) = &extracted {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
-use scinterp_engine::extract::{extract, ExtractCells};
+use clap::{Args, Subcommand, ValueEnum};
+use scinterp_engine::extract::{extract, merge_shards, shard_cells, ExtractCells, ShardInfo, SHARD_KEY};
 use scinterp_engine::store::{ActDtype, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT};
 use scinterp_models::token_store::hash_of;
 use serde::Serialize;
@@ -16,6 +16,70 @@ use scinterp_engine::device::DeviceChoice;
 use scinterp_models::LoadedModel;
 
 use crate::forward::{load_model, make_forward, parse_hooks, read_cells, resolve_device, GpuPrecisionArg};
+
+/// `scinterp extract …` (a run), or `scinterp extract merge …` (shard stores → one store).
+#[derive(Debug)]
+pub struct ExtractCli {
+    pub(crate) command: Option<ExtractCommand>,
+    /// Without a subcommand, the arguments of an extraction.
+    pub(crate) run: Option<ExtractArgs>,
+}
+
+// By hand rather than derived, as for `trace`: the run's arguments sit beside the `merge` subcommand and
+// are read only when no subcommand was given (main sets `args_conflicts_with_subcommands` and
+// `subcommand_negates_reqs`).
+impl clap::FromArgMatches for ExtractCli {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Self::from_arg_matches_mut(&mut matches.clone())
+    }
+
+    fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        if matches.subcommand_name().is_some() {
+            Ok(ExtractCli {
+                command: Some(ExtractCommand::from_arg_matches_mut(matches)?),
+                run: None,
+            })
+        } else {
+            Ok(ExtractCli {
+                command: None,
+                run: Some(ExtractArgs::from_arg_matches_mut(matches)?),
+            })
+        }
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for ExtractCli {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        ExtractCommand::augment_subcommands(ExtractArgs::augment_args(cmd))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExtractCommand {
+    /// Combine the stores of `scinterp extract --shard i/n` runs into the store one run writes.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard stores (comma list), each written by `scinterp extract --shard i/n --out DIR`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    shards: Vec<PathBuf>,
+    /// The merged activation store (created, or resumed if a merge was interrupted).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -49,6 +113,10 @@ pub struct ExtractArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Extract only shard i of n (`0/4` … `3/4`): a run of whole batches of the unsharded run; join
+    /// the shard stores with `scinterp extract merge`, which gives the unsharded store byte for byte.
+    #[arg(long, value_parser = parse_shard)]
+    pub(crate) shard: Option<(usize, usize)>,
     /// Testing: stop after N batches are written, before the last is checkpointed (as a kill there would).
     #[arg(long, hide = true)]
     pub(crate) stop_after_batches: Option<usize>,
@@ -74,12 +142,61 @@ pub struct ExtractSummary {
     pub(crate) cells_per_second: f64,
 }
 
-pub fn run(args: ExtractArgs) -> Result<()> {
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (i, n) = text.split_once('/').ok_or("expected i/n, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| "i must be a number")?,
+        n.trim().parse().map_err(|_| "n must be a number")?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 ≤ i < n"));
+    }
+    Ok((i, n))
+}
+
+pub fn run(cli: ExtractCli) -> Result<()> {
+    let args = match (cli.command, cli.run) {
+        (Some(ExtractCommand::Merge(m)), _) => return merge(m),
+        (None, Some(r)) => r,
+        (None, None) => {
+            bail!("nothing to do: give the extraction's arguments, or use `scinterp extract merge …`")
+        }
+    };
     let json = args.json;
     if let Some(summary) = extract_store(args)? {
         if json {
             println!("{}", serde_json::to_string(&summary)?);
         }
+    }
+    Ok(())
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    let stats = merge_shards(&args.shards, &args.out)
+        .with_context(|| format!("merging shard stores into {}", args.out.display()))?;
+    if stats.already_complete {
+        tracing::info!("{} is already complete; nothing to do", args.out.display());
+    } else {
+        tracing::info!(
+            "merged {} shards: {} cells, {} rows into {}",
+            stats.n_shards,
+            stats.n_cells,
+            stats.n_rows,
+            args.out.display()
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "out": args.out.display().to_string(),
+                "n_shards": stats.n_shards,
+                "n_cells": stats.n_cells,
+                "n_rows": stats.n_rows,
+                "resumed_from_cell": stats.resumed_from_cell,
+                "already_complete": stats.already_complete,
+            })
+        );
     }
     Ok(())
 }
@@ -101,9 +218,18 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         bail!("--hooks names no hook; give a comma list such as blocks.5.hook_resid_post, or `all`");
     }
     let special_ids = special_token_ids(&args.input, &model)?;
+    let total_cells = cells.tokens.len();
+    let range = match args.shard {
+        None => 0..total_cells,
+        Some((index, count)) => {
+            let lengths: Vec<usize> = cells.tokens.iter().map(Vec::len).collect();
+            shard_cells(&lengths, args.max_batch_tokens.max(1), index, count)
+                .map_err(|e| anyhow::anyhow!("--shard {index}/{count} over {}: {e}", args.input.display()))?
+        }
+    };
     let job = ExtractCells {
-        tokens: &cells.tokens,
-        values: cells.values.as_deref(),
+        tokens: &cells.tokens[range.clone()],
+        values: cells.values.as_deref().map(|v| &v[range.clone()]),
         special_ids: &special_ids,
         include_special: args.include_special,
     };
@@ -118,7 +244,21 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         format: STORE_FORMAT.into(),
         format_version: 1,
         model: model_identity(&args.model, &model)?,
-        source: source_identity(&args.input)?,
+        source: {
+            let mut source = source_identity(&args.input)?;
+            if let Some((index, count)) = args.shard {
+                // A shard store numbers its cells from 0; this places them for `extract merge`.
+                let info = ShardInfo {
+                    index,
+                    count,
+                    first_cell: range.start,
+                    end_cell: range.end,
+                    total_cells,
+                };
+                source[SHARD_KEY] = serde_json::to_value(info)?;
+            }
+            source
+        },
         hooks: hooks.iter().map(ToString::to_string).collect(),
         dtype: match args.dtype {
             DtypeArg::F16 => ActDtype::F16,
@@ -126,7 +266,7 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         },
         d_model: model.encoder.dims().d_model,
         include_special: args.include_special,
-        n_cells: cells.tokens.len(),
+        n_cells: range.len(),
         n_rows: rows.len(),
         max_batch_tokens: args.max_batch_tokens.max(1),
         cells_complete: 0,
@@ -151,10 +291,10 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         tracing::info!(
             "resuming {} at cell {resumed_from} of {}",
             args.out.display(),
-            cells.tokens.len()
+            range.len()
         );
     }
-    let bar = crate::progress::bar(cells.tokens.len() as u64, resumed_from as u64, "cells");
+    let bar = crate::progress::bar(range.len() as u64, resumed_from as u64, "cells");
     let stats = extract(
         model.encoder.as_ref(),
         forward.as_ref(),
@@ -169,7 +309,7 @@ pub fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
     let summary = ExtractSummary {
         out: args.out.display().to_string(),
         hooks: hooks.iter().map(ToString::to_string).collect(),
-        n_cells: cells.tokens.len(),
+        n_cells: range.len(),
         n_rows: rows.len(),
         resumed_from_cell: resumed_from,
         cells_run: stats.cells_run,

@@ -47,8 +47,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Tokenize real cells for a model; writes a token store.
     Tokenize(tokenize::TokenizeArgs),
-    /// Run a model over a token store and write hook activations to a (resumable) activation store.
-    Extract(extract::ExtractArgs),
+    /// Run a model over a token store and write hook activations to a (resumable) activation store
+    /// (`--shard i/n`; `extract merge` joins the shards).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Extract(extract::ExtractCli),
     /// TopK sparse autoencoders: train, encode, eval, synth.
     Sae(sae::SaeArgs),
     /// Trace causal edges between SAE features by ablation with tail replay (`trace run`; `trace

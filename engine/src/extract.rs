@@ -185,3 +185,217 @@ pub fn extract(
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
+
+/// Key under the manifest's `source` that marks a shard store (`scinterp extract --shard i/n`).
+pub const SHARD_KEY: &str = "shard";
+
+/// Where a shard store sits in the whole extraction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub count: usize,
+    /// Cells `first_cell..end_cell` of the token store (the shard's rows number them from 0).
+    pub first_cell: usize,
+    pub end_cell: usize,
+    pub total_cells: usize,
+}
+
+/// The cells of shard `index` of `count`: a run of whole batches of the unsharded extraction (the
+/// same token-budget groups), so every batch is computed exactly as one run would compute it, and
+/// the merged store equals the unsharded one byte for byte. Shards get equal numbers of batches
+/// (±1); batches hold about the same number of tokens, so shards do too.
+pub fn shard_cells(
+    lengths: &[usize],
+    max_batch_tokens: usize,
+    index: usize,
+    count: usize,
+) -> Result<std::ops::Range<usize>, String> {
+    let groups = group_by_token_budget(lengths, max_batch_tokens.max(1));
+    if count == 0 || index >= count {
+        return Err(format!("shard {index}/{count}: expected i/n with 0 ≤ i < n"));
+    }
+    if count > groups.len() {
+        return Err(format!(
+            "{count} shards but the cells make only {} batches of at most {max_batch_tokens} tokens; use at \
+             most {} shards (or a smaller --max-batch-tokens)",
+            groups.len(),
+            groups.len()
+        ));
+    }
+    let (first, end) = (index * groups.len() / count, (index + 1) * groups.len() / count);
+    Ok(groups[first].start..groups[end - 1].end)
+}
+
+/// What [`merge_shards`] did.
+#[derive(Clone, Debug, Default)]
+pub struct MergeStats {
+    pub n_shards: usize,
+    pub n_cells: usize,
+    pub n_rows: usize,
+    /// Cells already in the output when this run started (a resumed merge).
+    pub resumed_from_cell: usize,
+    /// The output was already complete; nothing was written.
+    pub already_complete: bool,
+}
+
+/// The shard description of a shard store's manifest, and its `source` without it.
+fn shard_of(
+    dir: &std::path::Path,
+    m: &crate::store::StoreManifest,
+) -> Result<(ShardInfo, serde_json::Value), StoreError> {
+    let mut source = m.source.clone();
+    let info = source
+        .as_object_mut()
+        .and_then(|o| o.remove(SHARD_KEY))
+        .ok_or_else(|| {
+            StoreError::new(
+                dir,
+                "is not a shard store (its manifest has no source.shard); merge only stores written by \
+                 `scinterp extract --shard i/n`",
+            )
+        })?;
+    let info: ShardInfo = serde_json::from_value(info)
+        .map_err(|e| StoreError::new(dir, format!("source.shard is not a valid shard description: {e}")))?;
+    Ok((info, source))
+}
+
+/// Concatenates complete shard stores (`scinterp extract --shard i/n`, every i of one n once, in any
+/// order) into the store one unsharded run writes, byte for byte. Checks that they belong together
+/// (same model, cells, hooks, dtype, positions, batch budget, version; contiguous cell ranges).
+/// Resumable: the output advances shard by shard, and a rerun continues after the last whole shard.
+pub fn merge_shards(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<MergeStats, StoreError> {
+    use crate::store::{ActStore, OpenedStore, StoreWriter};
+    let first_dir = shards
+        .first()
+        .ok_or_else(|| StoreError::new(out, "no shard stores given; pass --shards a,b,…"))?;
+    let mut opened = Vec::with_capacity(shards.len());
+    for dir in shards {
+        let store = ActStore::open(dir)?;
+        let (info, source) = shard_of(dir, &store.manifest)?;
+        opened.push((info, source, store));
+    }
+    opened.sort_by_key(|(info, _, _)| info.index);
+    let (info0, source0, store0) = &opened[0];
+    let count = info0.count;
+    if opened.len() != count || opened.iter().enumerate().any(|(i, (info, _, _))| info.index != i) {
+        let got: Vec<String> = opened
+            .iter()
+            .map(|(i, _, _)| format!("{}/{}", i.index, i.count))
+            .collect();
+        return Err(StoreError::new(
+            first_dir,
+            format!(
+                "the shards given are {} but a merge needs each of 0/{count} … {}/{count} exactly once",
+                got.join(", "),
+                count.saturating_sub(1)
+            ),
+        ));
+    }
+    let base = &store0.manifest;
+    let mut expected_first = 0;
+    for (info, source, store) in &opened {
+        let m = &store.manifest;
+        let mut diff = base.setting_differences(m);
+        // n_rows is per shard; the cells are compared without the shard key below.
+        diff.retain(|d| !d.starts_with("n_rows") && !d.starts_with("cells"));
+        if source != source0 {
+            diff.push(format!("cells: {source0} vs {source}"));
+        }
+        if m.scinterp_version != base.scinterp_version {
+            diff.push(format!(
+                "scinterp version: {} vs {}",
+                base.scinterp_version, m.scinterp_version
+            ));
+        }
+        if info.count != count || info.total_cells != info0.total_cells {
+            diff.push(format!(
+                "shard count / total cells: {count} / {} vs {} / {}",
+                info0.total_cells, info.count, info.total_cells
+            ));
+        }
+        if !diff.is_empty() {
+            return Err(StoreError::new(
+                &store.dir,
+                format!(
+                    "does not belong with {} ({}); merge shards of one extraction",
+                    store0.dir.display(),
+                    diff.join("; ")
+                ),
+            ));
+        }
+        if info.first_cell != expected_first || m.n_cells != info.end_cell - info.first_cell {
+            return Err(StoreError::new(
+                &store.dir,
+                format!(
+                    "holds cells {}..{} but the shard before it ends at cell {expected_first} (shards made \
+                     with another --max-batch-tokens?)",
+                    info.first_cell, info.end_cell
+                ),
+            ));
+        }
+        expected_first = info.end_cell;
+    }
+    if expected_first != info0.total_cells {
+        return Err(StoreError::new(
+            first_dir,
+            format!("the shards cover {expected_first} of {} cells", info0.total_cells),
+        ));
+    }
+    // The unsharded store's row index: each shard's rows with its cell offset added.
+    let mut rows = Vec::new();
+    let mut shard_rows = Vec::with_capacity(count);
+    for (info, _, store) in &opened {
+        let local = store.rows()?;
+        shard_rows.push(rows.len()..rows.len() + local.len());
+        rows.extend(
+            local
+                .into_iter()
+                .map(|[c, p, t]| [c + info.first_cell as i32, p, t]),
+        );
+    }
+    let mut manifest = base.clone();
+    manifest.source = source0.clone();
+    manifest.n_cells = info0.total_cells;
+    let mut writer = match StoreWriter::open(out, manifest, &rows)? {
+        OpenedStore::AlreadyComplete(m) => {
+            return Ok(MergeStats {
+                n_shards: count,
+                n_cells: m.n_cells,
+                n_rows: m.n_rows,
+                resumed_from_cell: m.n_cells,
+                already_complete: true,
+            })
+        }
+        OpenedStore::Writer(w) => w,
+    };
+    let resumed_from_cell = writer.manifest().cells_complete;
+    let hooks = base.hooks.clone();
+    let row_bytes = base.d_model * base.dtype.size_in_bytes() * hooks.len().max(1);
+    // Bounded memory: copy about 64 MiB (over all hooks) at a time.
+    let chunk = ((64usize << 20) / row_bytes.max(1)).max(1);
+    for ((info, _, store), range) in opened.iter().zip(&shard_rows) {
+        if info.end_cell <= resumed_from_cell {
+            continue;
+        }
+        let arrays = hooks
+            .iter()
+            .map(|h| store.hook(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = range.len();
+        let mut start = 0;
+        while start < n {
+            let take = chunk.min(n - start);
+            let data: Vec<Vec<u8>> = arrays.iter().map(|a| a.raw_rows(start, take).to_vec()).collect();
+            writer.write_rows(range.start + start, &data)?;
+            start += take;
+        }
+        writer.checkpoint(info.end_cell, range.end)?;
+    }
+    Ok(MergeStats {
+        n_shards: count,
+        n_cells: info0.total_cells,
+        n_rows: rows.len(),
+        resumed_from_cell,
+        already_complete: false,
+    })
+}

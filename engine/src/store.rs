@@ -533,6 +533,19 @@ impl HookArray {
         &self.path
     }
 
+    /// The stored bytes of rows `start..start + n` (the store's dtype, little-endian), for copying
+    /// rows between stores without converting them.
+    pub fn raw_rows(&self, start: usize, n: usize) -> &[u8] {
+        assert!(
+            start + n <= self.n_rows,
+            "rows {start}..{} of {}",
+            start + n,
+            self.n_rows
+        );
+        let row = self.d * self.dtype.size_in_bytes();
+        &self.mmap[self.data_offset + start * row..][..n * row]
+    }
+
     /// Rows `start..start + out.len() / d` as f32 into `out`.
     pub fn read_rows(&self, start: usize, out: &mut [f32]) {
         let n = out.len() / self.d;
