@@ -2,6 +2,9 @@
 //! tokenize`, orthologs included), the panel's log1p-CP10k expression, the model's gene vocabulary and
 //! tokenizer (for attention over reference cells), and the choice of a gene panel.
 
+// Index loops here mirror the matrix formulas of the module doc.
+#![allow(clippy::needless_range_loop)]
+
 use std::path::{Path, PathBuf};
 
 use scinterp_models::cells::orthologs::OrthologTable;

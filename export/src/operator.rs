@@ -11,6 +11,9 @@
 //! Compositions: one head; a pool (the mean of several heads); the drift map
 //! `F = [A₁ − A₂ | A₂ − A₃ | …]` between blocks of layers, each `A_b` the pool of all heads of block b.
 
+// Index loops here mirror the matrix formulas of the module doc.
+#![allow(clippy::needless_range_loop)]
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use rayon::prelude::*;

@@ -8,6 +8,9 @@
 //! class_probabilities = softmax(latent·W_c + b_c)                   [n, C]
 //! ```
 
+// Index loops here mirror the matrix formulas of the module doc.
+#![allow(clippy::needless_range_loop)]
+
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Par, Side};
