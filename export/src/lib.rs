@@ -1,4 +1,20 @@
-//! Operator export (rank-k surrogates with readouts, ONNX / safetensors tools: not written yet) and the
-//! static web atlas ([`atlas`]).
+//! Operator export and the static web atlas.
+//!
+//! - [`operator`]: gene × gene operators read out of a model (weights-only and attention over reference
+//!   cells), their compositions (head, pool, drift) and rank-k truncated-SVD surrogates;
+//! - [`tool`]: operator → adaptor → readouts (pseudotime, cell type), fitted on reference cells;
+//! - [`onnx`], [`files`]: the tool as `.onnx` and as `.safetensors` + `card.json`;
+//! - [`pipeline`]: `scinterp export operator`; [`apply`]: `scinterp apply`;
+//! - [`atlas`]: the static web atlas.
 
+pub mod apply;
 pub mod atlas;
+pub mod cells;
+pub mod error;
+pub mod files;
+pub mod onnx;
+pub mod operator;
+pub mod pipeline;
+pub mod tool;
+
+pub use error::ExportError;

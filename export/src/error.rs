@@ -1,0 +1,55 @@
+//! Errors of operator export and of tools. Each message names the file, flag or gene at fault and says
+//! what to do.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Model(#[from] scinterp_models::ModelError),
+    #[error(transparent)]
+    Cells(#[from] scinterp_models::cells::CellsError),
+    #[error(transparent)]
+    Engine(#[from] scinterp_engine::EngineError),
+    #[error(transparent)]
+    File(#[from] scinterp_engine::formats::FileError),
+    #[error("tokenizing the reference cells: {0}")]
+    Tokenize(String),
+    #[error("{} {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An option or argument refused (`what` names the flag).
+    #[error("{what}: {reason}")]
+    Option { what: String, reason: String },
+    /// A file whose content is wrong.
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    /// A numerical step that failed.
+    #[error("{0}")]
+    Numeric(String),
+}
+
+impl ExportError {
+    pub fn option(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        ExportError::Option {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn invalid(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        ExportError::Invalid {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| ExportError::Io { path, action, source }
+    }
+}
