@@ -187,7 +187,8 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
             TrainEvent::Warning(w) => tracing::warn!("{w}"),
             TrainEvent::Info(i) => tracing::info!("{i}"),
             TrainEvent::Step { step, steps, nmse } => {
-                let bar = bar.get_or_insert_with(|| crate::progress::bar(steps as u64, step as u64 - 1, "steps"));
+                let bar =
+                    bar.get_or_insert_with(|| crate::progress::bar(steps as u64, step as u64 - 1, "steps"));
                 bar.set_position(step as u64);
                 if step % 10 == 0 {
                     bar.set_message(format!("nmse {nmse:.4}"));

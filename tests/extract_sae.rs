@@ -993,8 +993,17 @@ fn geneformer_spliced_loss_skips_masked_positions_and_has_a_mean_floor() {
         .filter(|r| held[..4.min(held.len())].contains(&(r[0] as i64)))
         .count();
     let n = spliced["rows_spliced"].as_u64().unwrap() as usize;
-    assert!(n > 0 && n < gene_rows, "spliced at {n} of {gene_rows} gene positions");
-    for key in ["clean", "spliced", "zero_ablated", "mean_ablated", "loss_recovered_vs_mean"] {
+    assert!(
+        n > 0 && n < gene_rows,
+        "spliced at {n} of {gene_rows} gene positions"
+    );
+    for key in [
+        "clean",
+        "spliced",
+        "zero_ablated",
+        "mean_ablated",
+        "loss_recovered_vs_mean",
+    ] {
         assert!(spliced[key].as_f64().unwrap().is_finite(), "{key}: {spliced}");
     }
 }

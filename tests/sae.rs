@@ -89,7 +89,10 @@ fn bad_settings_are_refused_naming_the_flag_before_any_allocation() {
         // Fits in int32 but not in memory: refused before allocating, naming what to lower.
         (&["--d-sae", "2000000000"], &["memory", "--d-sae"]),
         (&["--lr", "nan"], &["--lr NaN", "finite"]),
-        (&["--lr", "1e30"], &["--lr 1000000000000000000000000000000", "(0, 1]"]),
+        (
+            &["--lr", "1e30"],
+            &["--lr 1000000000000000000000000000000", "(0, 1]"],
+        ),
         (&["--k", "0"], &["--k 0"]),
         (&["--k", "65"], &["--k 65", "--d-sae 64"]),
         (&["--holdout", "nan"], &["--holdout NaN"]),
@@ -140,14 +143,7 @@ fn a_nonfinite_row_is_refused_naming_file_and_row_unless_skipped() {
     assert!(folder.sae.w_dec.iter().all(|v| v.is_finite()));
     // Encoding or evaluating the damaged store names the row too.
     assert_fails_with(
-        &scinterp(&[
-            "sae",
-            "eval",
-            "--sae",
-            s(&out),
-            "--acts",
-            s(&acts),
-        ]),
+        &scinterp(&["sae", "eval", "--sae", s(&out), "--acts", s(&acts)]),
         &["row 1234"],
     );
     assert_fails_with(
@@ -177,7 +173,12 @@ fn a_nan_in_the_loaded_weights_is_refused_naming_the_tensor() {
     scinterp_engine::sae::io::save(&out, &folder.sae, &folder.metadata).unwrap();
     assert_fails_with(
         &scinterp(&["sae", "eval", "--sae", s(&out), "--acts", s(&acts)]),
-        &["sae_weights.safetensors", "W_enc", "non-finite", &format!("index {}", 3 * 64 + 7)],
+        &[
+            "sae_weights.safetensors",
+            "W_enc",
+            "non-finite",
+            &format!("index {}", 3 * 64 + 7),
+        ],
     );
 }
 
@@ -251,7 +252,9 @@ fn defaults_scale_with_the_store_and_short_runs_are_flagged() {
     let report: serde_json::Value = serde_json::from_str(&ok(&train(&acts, HOOK, &out, &[]))).unwrap();
     let warnings = report["warnings"].as_array().unwrap();
     assert!(
-        warnings.iter().any(|w| w.as_str().unwrap().contains("too few to converge")),
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("too few to converge")),
         "{warnings:?}"
     );
     let cfg: serde_json::Value =
@@ -286,7 +289,10 @@ fn defaults_scale_with_the_store_and_short_runs_are_flagged() {
     ]);
     let report: serde_json::Value = serde_json::from_str(&ok(&result)).unwrap();
     let train_rows = report["train_rows"].as_u64().unwrap();
-    assert_eq!(report["tokens_trained"].as_u64().unwrap(), 64_000.min(100 * train_rows).max(5 * train_rows));
+    assert_eq!(
+        report["tokens_trained"].as_u64().unwrap(),
+        64_000.min(100 * train_rows).max(5 * train_rows)
+    );
     assert_eq!(report["warnings"].as_array().unwrap().len(), 0, "{report}");
 }
 
@@ -301,10 +307,16 @@ fn training_resumes_after_a_kill_to_the_same_weights_byte_for_byte() {
     let reference = std::fs::read(whole.join("sae_weights.safetensors")).unwrap();
     for stop in ["1", "6", "40"] {
         let out = tmp.path().join(format!("killed-{stop}"));
-        let stopped = train(&acts, HOOK, &out, &[&common[..], &["--stop-after-steps", stop]].concat());
+        let stopped = train(
+            &acts,
+            HOOK,
+            &out,
+            &[&common[..], &["--stop-after-steps", stop]].concat(),
+        );
         assert_fails_with(&stopped, &[&format!("stopped after {stop} steps"), "rerun"]);
         assert!(!out.exists(), "a half-trained SAE was written");
-        let report: serde_json::Value = serde_json::from_str(&ok(&train(&acts, HOOK, &out, &common))).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&ok(&train(&acts, HOOK, &out, &common))).unwrap();
         assert_eq!(report["resumed_at_step"].as_u64(), Some(stop.parse().unwrap()));
         let resumed = std::fs::read(out.join("sae_weights.safetensors")).unwrap();
         assert!(resumed == reference, "stop at {stop}: the resumed weights differ");
@@ -317,10 +329,20 @@ fn training_resumes_after_a_kill_to_the_same_weights_byte_for_byte() {
     // A checkpoint of other settings is not resumed: the run starts afresh.
     let out = tmp.path().join("other");
     assert_fails_with(
-        &train(&acts, HOOK, &out, &[&common[..], &["--stop-after-steps", "6"]].concat()),
+        &train(
+            &acts,
+            HOOK,
+            &out,
+            &[&common[..], &["--stop-after-steps", "6"]].concat(),
+        ),
         &["stopped after 6 steps"],
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&ok(&train(&acts, HOOK, &out, &[&common[..], &["--seed", "1"]].concat()))).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(&train(
+        &acts,
+        HOOK,
+        &out,
+        &[&common[..], &["--seed", "1"]].concat(),
+    )))
+    .unwrap();
     assert!(report["resumed_at_step"].is_null(), "{report}");
 }

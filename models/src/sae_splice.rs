@@ -32,8 +32,11 @@ impl StoreModel {
     /// load (synthetic rows, or the model or token store is gone): the spliced loss is then skipped.
     pub fn open(store: &ActStore) -> Result<Result<StoreModel, String>, String> {
         let path = |v: &serde_json::Value| v.get("path").and_then(|p| p.as_str()).map(PathBuf::from);
-        let (Some(model_dir), Some(token_dir)) = (path(&store.manifest.model), path(&store.manifest.source)) else {
-            return Ok(Err("the store records no model (synthetic rows?): no spliced loss".into()));
+        let (Some(model_dir), Some(token_dir)) = (path(&store.manifest.model), path(&store.manifest.source))
+        else {
+            return Ok(Err(
+                "the store records no model (synthetic rows?): no spliced loss".into(),
+            ));
         };
         if !model_dir.is_dir() || !token_dir.is_dir() {
             return Ok(Err(format!(

@@ -298,15 +298,7 @@ impl GpuSaeStepper {
         let err = kn.sum_squares(s, &buf.e, rows * d, &mut buf.partial)?;
         let mut aux_factor = 0.0f64;
         if k_aux > 0 {
-            kn.sae_grad_b_dec(
-                s,
-                &buf.e,
-                1.0,
-                &g.b_enc,
-                &self.params.w_enc,
-                &mut g.b_dec,
-                shape,
-            )?;
+            kn.sae_grad_b_dec(s, &buf.e, 1.0, &g.b_enc, &self.params.w_enc, &mut g.b_dec, shape)?;
             let col: Vec<f32> = s.clone_dtoh(&g.b_dec)?;
             let spread = err - col.iter().map(|&c| (c as f64).powi(2)).sum::<f64>() / rows as f64;
             if spread > 0.0 && spread.is_finite() {
@@ -403,7 +395,13 @@ impl GpuSaeStepper {
 }
 
 impl Stepper for GpuSaeStepper {
-    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64, data_variance: f64) -> Result<(f64, f64), String> {
+    fn step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), String> {
         let rows = x.len() / self.d_in.max(1);
         if rows == 0 || rows * self.d_in != x.len() || x.len() > self.buffers.x.len() {
             return Err(format!(

@@ -149,8 +149,7 @@ pub fn save_with(
 ) -> Result<(), SaeFileError> {
     let staging = staging_dir(dir);
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| err(parent, format!("cannot create the folder: {e}")))?;
+        std::fs::create_dir_all(parent).map_err(|e| err(parent, format!("cannot create the folder: {e}")))?;
     }
     std::fs::create_dir_all(&staging)
         .map_err(|e| err(&staging, format!("cannot create the staging folder: {e}")))?;
@@ -272,15 +271,13 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SaeFileError> {
     use std::io::Write;
     let mut file = std::fs::File::create(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                err(path, "the disk is full; free some space or choose another --out")
-            } else {
-                err(path, format!("cannot write: {e}"))
-            }
-        })
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            err(path, "the disk is full; free some space or choose another --out")
+        } else {
+            err(path, format!("cannot write: {e}"))
+        }
+    })
 }
 
 /// Reads an SAE folder written by scinterp or SAELens (TopK, f32, `apply_b_dec_to_input` true,

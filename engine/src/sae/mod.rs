@@ -92,11 +92,7 @@ impl TopKSae {
                 } else {
                     index
                 };
-                return Err(SaeShapeError::NonFinite {
-                    tensor,
-                    index,
-                    value,
-                });
+                return Err(SaeShapeError::NonFinite { tensor, index, value });
             }
         }
         Ok(())

@@ -22,8 +22,8 @@ use super::splice::SpliceLosses;
 use super::synth::{recovery, Recovery, SynthSpec};
 use super::train::{
     default_dead_after_tokens, default_tokens, evaluate, hook_seed, push_range, split_by_cell,
-    train_resumable, Checkpointing, CpuStepper, EvalStats, RowSource, Stepper, TrainConfig,
-    TrainSummary, MIN_STEPS,
+    train_resumable, Checkpointing, CpuStepper, EvalStats, RowSource, Stepper, TrainConfig, TrainSummary,
+    MIN_STEPS,
 };
 use super::TopKSae;
 use crate::cuda::{GpuPrecision, GpuSaeEncoder, GpuSaeStepper};
@@ -274,7 +274,10 @@ pub fn train_on_store(
     let fingerprint = settings_fingerprint(req, &cfg, &store)?;
     let resume = read_checkpoint(&checkpoint_path, &fingerprint, events);
     if resume.is_some() {
-        events(TrainEvent::Info(format!("resuming from {}", checkpoint_path.display())));
+        events(TrainEvent::Info(format!(
+            "resuming from {}",
+            checkpoint_path.display()
+        )));
     } else if staging.exists() {
         // Leftovers of a killed run with other settings, or of a killed save.
         let _ = std::fs::remove_dir_all(&staging);
@@ -285,9 +288,8 @@ pub fn train_on_store(
         .map_err(|e| crate::formats::FileError::new(&staging, "cannot create the staging folder", e))?;
     let use_checkpoints = req.checkpoint_every_steps > 0 || req.stop_after_steps.is_some();
     let mut save = |bytes: &[u8]| -> Result<(), SaeError> {
-        std::fs::create_dir_all(&staging).map_err(|e| {
-            crate::formats::FileError::new(&staging, "cannot create the staging folder", e)
-        })?;
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| crate::formats::FileError::new(&staging, "cannot create the staging folder", e))?;
         let mut all = fingerprint.clone();
         all.extend_from_slice(blake3::hash(bytes).as_bytes());
         all.extend_from_slice(bytes);
@@ -309,19 +311,31 @@ pub fn train_on_store(
         })
     };
     let mut progress = |step, steps, nmse| events(TrainEvent::Step { step, steps, nmse });
-    let (sae, summary) = train_resumable(&hook, &split.train, &cfg, &make_stepper, checkpointing, &mut progress)
-        .map_err(|e| match e {
-            SaeError::Step(reason) => SaeError::Training {
-                acts: req.acts.clone(),
-                reason,
-            },
-            other => other,
-        })?;
+    let (sae, summary) = train_resumable(
+        &hook,
+        &split.train,
+        &cfg,
+        &make_stepper,
+        checkpointing,
+        &mut progress,
+    )
+    .map_err(|e| match e {
+        SaeError::Step(reason) => SaeError::Training {
+            acts: req.acts.clone(),
+            reason,
+        },
+        other => other,
+    })?;
 
     let heldout = evaluate(&sae, &hook, &split.heldout);
     let spliced = match splicer {
         Some(s) if req.splice_cells > 0 && !split.heldout_cells.is_empty() => {
-            let cells: Vec<u64> = split.heldout_cells.iter().take(req.splice_cells).copied().collect();
+            let cells: Vec<u64> = split
+                .heldout_cells
+                .iter()
+                .take(req.splice_cells)
+                .copied()
+                .collect();
             Some(
                 s.spliced_losses(&req.hook, &sae, &summary.data_mean, &cells)
                     .map_err(SaeError::Splice)?,
@@ -495,7 +509,11 @@ fn without_rows(ranges: &[Range<usize>], bad: &HashSet<usize>) -> Vec<Range<usiz
 
 /// What decides whether a checkpoint continues this run: the settings, the store's identity and
 /// the thread count (the CPU path is bitwise reproducible for a fixed thread count).
-fn settings_fingerprint(req: &TrainRequest, cfg: &TrainConfig, store: &ActStore) -> Result<Vec<u8>, SaeError> {
+fn settings_fingerprint(
+    req: &TrainRequest,
+    cfg: &TrainConfig,
+    store: &ActStore,
+) -> Result<Vec<u8>, SaeError> {
     let record = serde_json::json!({
         "config": cfg,
         "hook": req.hook,
@@ -557,7 +575,10 @@ pub struct EncodeReport {
 
 /// Writes `indices.npy` (int16 when d_sae ≤ 32,767, else int32) and `values.npy` (f16), both
 /// `[n_rows, k]`, and `manifest.json` into `out` (staged, then moved into place).
-pub fn encode_store(req: &EncodeRequest, progress: &mut dyn FnMut(usize, usize)) -> Result<EncodeReport, SaeError> {
+pub fn encode_store(
+    req: &EncodeRequest,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EncodeReport, SaeError> {
     let (folder, store, array, hook) = open_sae_on_store(&req.sae, &req.acts, req.hook.as_deref())?;
     if req.out.exists() && !req.overwrite {
         return Err(SaeError::OutputExists(req.out.clone()));
@@ -573,9 +594,12 @@ pub fn encode_store(req: &EncodeRequest, progress: &mut dyn FnMut(usize, usize))
     std::fs::create_dir_all(&tmp).map_err(file_err(&tmp, "cannot create"))?;
     let wide = sae.d_sae > i16::MAX as usize;
     let index_dtype = if wide { NpyDtype::I32 } else { NpyDtype::I16 };
-    let open = |name: &str, dtype: NpyDtype| -> Result<(std::io::BufWriter<std::fs::File>, PathBuf), SaeError> {
+    let open = |name: &str,
+                dtype: NpyDtype|
+     -> Result<(std::io::BufWriter<std::fs::File>, PathBuf), SaeError> {
         let path = tmp.join(name);
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).map_err(file_err(&path, "cannot create"))?);
+        let mut w =
+            std::io::BufWriter::new(std::fs::File::create(&path).map_err(file_err(&path, "cannot create"))?);
         w.write_all(&header_bytes(dtype, &[n, sae.k]))
             .map_err(file_err(&path, "cannot write"))?;
         Ok((w, path))
@@ -651,7 +675,13 @@ pub fn encode_store(req: &EncodeRequest, progress: &mut dyn FnMut(usize, usize))
 }
 
 /// Refuses a chunk of store rows (starting at row `start`) holding a non-finite value.
-fn refuse_nonfinite(store: &ActStore, array: &HookArray, start: usize, x: &[f32], d: usize) -> Result<(), SaeError> {
+fn refuse_nonfinite(
+    store: &ActStore,
+    array: &HookArray,
+    start: usize,
+    x: &[f32],
+    d: usize,
+) -> Result<(), SaeError> {
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         let row = start + i / d;
         let cell = store.rows().ok().map(|r| r[row][0] as i64).unwrap_or(-1);
@@ -840,4 +870,66 @@ pub fn synth_store(req: &SynthRequest) -> Result<SynthReport, SaeError> {
         rows: req.rows,
         cells: n_cells,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_cut_out_of_ranges() {
+        let bad: HashSet<usize> = [0, 5, 6, 12, 19].into_iter().collect();
+        let got = without_rows(&[0..10, 12..20], &bad);
+        assert_eq!(got, vec![1..5, 7..10, 13..19]);
+        assert_eq!(without_rows(&[3..4], &[3].into_iter().collect()), vec![]);
+    }
+
+    #[test]
+    fn nonfinite_rows_are_found_in_row_order() {
+        let mut data = vec![1.0f32; 10_000 * 3];
+        data[9_000 * 3 + 2] = f32::NAN;
+        data[17] = f32::NEG_INFINITY;
+        let rows = super::super::train::MemoryRows { d: 3, data };
+        let bad = nonfinite_rows(&rows, &[0..10_000]);
+        assert_eq!(bad.len(), 2);
+        assert_eq!((bad[0].0, bad[0].1), (5, 2));
+        assert_eq!((bad[1].0, bad[1].1), (9_000, 2));
+        assert!(nonfinite_rows(&rows, &[0..5, 6..9_000]).is_empty());
+    }
+
+    #[test]
+    fn defaults_scale_with_the_store_and_the_run() {
+        // A large store: 5 passes. A small one: 1,000 steps, at most 100 passes.
+        assert_eq!(default_tokens(10_000_000, 4096), 50_000_000);
+        assert_eq!(default_tokens(100_000, 4096), 4_096_000);
+        assert_eq!(default_tokens(1_000, 4096), 100_000);
+        assert_eq!(default_dead_after_tokens(1_000_000_000, 4096), 10_000_000);
+        assert_eq!(default_dead_after_tokens(4_096_000, 4096), 409_600);
+        assert_eq!(default_dead_after_tokens(20_000, 4096), 16_384);
+        let (a, b) = (
+            hook_seed(0, "blocks.1.hook_resid_post"),
+            hook_seed(0, "blocks.2.hook_resid_post"),
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, hook_seed(1, "blocks.1.hook_resid_post"));
+        assert_eq!(a, hook_seed(0, "blocks.1.hook_resid_post"));
+    }
+
+    #[test]
+    fn sizes_beyond_memory_or_64_bits_are_refused_before_allocating() {
+        let cfg = TrainConfig::new(1152, 2_000_000_000, 32, 1_000_000);
+        let needed = cfg.memory_needed(1152).unwrap();
+        assert!(needed > 1 << 40, "{needed}");
+        assert!(matches!(
+            check_memory(&cfg, 1152),
+            Err(SaeError::OutOfMemory { .. })
+        ));
+        let huge = TrainConfig {
+            batch_size: usize::MAX / 2,
+            ..TrainConfig::new(1 << 20, 1 << 30, 32, 1)
+        };
+        assert_eq!(huge.memory_needed(1 << 20), None);
+        let small = TrainConfig::new(16, 64, 4, 1000);
+        assert!(check_memory(&small, 16).is_ok());
+    }
 }

@@ -27,10 +27,10 @@ use faer::Accum;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::error::{FlagError, SaeError};
 use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, TopKSae};
 use crate::rng::{splitmix64, unit_f64, Rng};
 use crate::store::HookArray;
-use super::error::{FlagError, SaeError};
 
 /// Rows of activations, read by range.
 pub trait RowSource: Sync {
@@ -173,7 +173,11 @@ impl TrainConfig {
             ));
         }
         if !(self.aux_coef.is_finite() && self.aux_coef >= 0.0) {
-            return Err(FlagError::new("aux-coef", self.aux_coef, "must be finite and ≥ 0"));
+            return Err(FlagError::new(
+                "aux-coef",
+                self.aux_coef,
+                "must be finite and ≥ 0",
+            ));
         }
         if self.shuffle_buffer_rows < self.batch_size {
             return Err(FlagError::new(
@@ -200,10 +204,7 @@ impl TrainConfig {
             .checked_add(b.checked_mul(slots)?.checked_mul(3)?)?;
         // The shuffle buffer and its shuffled copy.
         let shuffle = (self.shuffle_buffer_rows as u64).checked_mul(d)?.checked_mul(2)?;
-        model
-            .checked_add(step)?
-            .checked_add(shuffle)?
-            .checked_mul(4)
+        model.checked_add(step)?.checked_add(shuffle)?.checked_mul(4)
     }
 }
 
@@ -214,9 +215,7 @@ pub const MAX_D_SAE: usize = i32::MAX as usize;
 /// short run would never reach that window (AuxK would never act and "dead at end" would always be
 /// 0), so the default window is a tenth of the run, at least 4 batches, at most 10 M tokens.
 pub fn default_dead_after_tokens(total_tokens: u64, batch_size: usize) -> u64 {
-    (total_tokens / 10)
-        .max(4 * batch_size as u64)
-        .min(10_000_000)
+    (total_tokens / 10).max(4 * batch_size as u64).min(10_000_000)
 }
 
 /// The default training budget for `train_rows` rows: at least 5 passes (the published runs) and,
@@ -235,9 +234,9 @@ pub const MIN_STEPS: usize = 1000;
 /// would make their features match across layers by construction).
 pub fn hook_seed(seed: u64, hook: &str) -> u64 {
     // FNV-1a of the name, mixed with the seed.
-    let name = hook
-        .bytes()
-        .fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3));
+    let name = hook.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    });
     splitmix64(seed ^ splitmix64(name))
 }
 
@@ -290,7 +289,13 @@ pub trait Stepper {
     /// One optimiser step on the rows `x` (already scaled) at learning rate `lr`; `data_variance` is
     /// the per-coordinate variance of the scaled data, which weighs the AuxK term. Returns
     /// (normalised MSE, AuxK loss) of the step's forward pass.
-    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64, data_variance: f64) -> Result<(f64, f64), String>;
+    fn step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), String>;
     /// The trained SAE and the number of latents dead (by `cfg.dead_after_tokens`) at the end.
     fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String>;
     /// The optimiser state (parameters, Adam moments, step, dead-latent counters) as bytes, for a
@@ -318,7 +323,13 @@ impl CpuStepper {
 }
 
 impl Stepper for CpuStepper {
-    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64, data_variance: f64) -> Result<(f64, f64), String> {
+    fn step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), String> {
         Ok(self.state.step(&mut self.sae, x, cfg, lr, data_variance))
     }
 
@@ -335,12 +346,7 @@ impl Stepper for CpuStepper {
     fn save_state(&self) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.state.step.to_le_bytes());
-        for p in [
-            &self.sae.w_enc,
-            &self.sae.b_enc,
-            &self.sae.w_dec,
-            &self.sae.b_dec,
-        ] {
+        for p in [&self.sae.w_enc, &self.sae.b_enc, &self.sae.w_dec, &self.sae.b_dec] {
             out.extend_from_slice(bytemuck::cast_slice(p));
         }
         for params in [&self.state.m, &self.state.v] {
@@ -466,7 +472,9 @@ pub fn train_resumable(
     let n_sample = (sample.len() / d).max(1) as f64;
     let mut mean = vec![0.0f64; d];
     for r in sample.chunks(d) {
-        mean.iter_mut().zip(r).for_each(|(m, &v)| *m += v as f64 / n_sample);
+        mean.iter_mut()
+            .zip(r)
+            .for_each(|(m, &v)| *m += v as f64 / n_sample);
     }
     let scale = if cfg.normalize {
         let mean_norm = sample.chunks(d).map(|r| dot(r, r).sqrt() as f64).sum::<f64>() / n_sample;
@@ -731,7 +739,14 @@ impl<'a> Loader<'a> {
             None => (&self.order, self.next_piece, &self.rng, 0u64),
         };
         let (key, counter) = rng.state();
-        for v in [filled, next as u64, key, counter, self.cursor as u64, order.len() as u64] {
+        for v in [
+            filled,
+            next as u64,
+            key,
+            counter,
+            self.cursor as u64,
+            order.len() as u64,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for &o in order {
