@@ -661,13 +661,13 @@ fn trace_writes_edges_with_recomputable_statistics() {
         (Some(3), Some(3))
     );
     // A stricter q keeps a subset.
-    let strict: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "0.001"]))).unwrap();
+    let strict: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "0.05"]))).unwrap();
     assert!(strict["edges_written"].as_u64().unwrap() <= rows.len() as u64);
     // The sign-flip null leaves the table as it is and reports the rule's empirical FDR.
     let plain_table = std::fs::read_to_string(&edges).unwrap();
     let with_null: serde_json::Value = serde_json::from_str(&ok(&trace(&[
         "--max-q",
-        "0.001",
+        "0.05",
         "--null-permutations",
         "30",
         "--seed",
