@@ -207,7 +207,8 @@ pub fn train_on_store(
     check_disk(&req.out, &cfg, d, req.checkpoint_every_steps > 0)?;
 
     // Rows with inf/NaN: refused (naming the first), or left out when asked.
-    let bad = nonfinite_rows(&hook, &[0..hook.n_rows()]);
+    let all_rows = std::iter::once(0..hook.n_rows()).collect::<Vec<_>>();
+    let bad = nonfinite_rows(&hook, &all_rows);
     if let Some(&(row, column, value)) = bad.first() {
         if !req.skip_nonfinite_rows {
             return Err(SaeError::NonFiniteRow {
@@ -881,7 +882,8 @@ mod tests {
         let bad: HashSet<usize> = [0, 5, 6, 12, 19].into_iter().collect();
         let got = without_rows(&[0..10, 12..20], &bad);
         assert_eq!(got, vec![1..5, 7..10, 13..19]);
-        assert_eq!(without_rows(&[3..4], &[3].into_iter().collect()), vec![]);
+        let one: Vec<Range<usize>> = std::iter::once(3..4).collect();
+        assert_eq!(without_rows(&one, &[3].into_iter().collect()), vec![]);
     }
 
     #[test]
@@ -890,7 +892,8 @@ mod tests {
         data[9_000 * 3 + 2] = f32::NAN;
         data[17] = f32::NEG_INFINITY;
         let rows = super::super::train::MemoryRows { d: 3, data };
-        let bad = nonfinite_rows(&rows, &[0..10_000]);
+        let all: Vec<Range<usize>> = std::iter::once(0..10_000).collect();
+        let bad = nonfinite_rows(&rows, &all);
         assert_eq!(bad.len(), 2);
         assert_eq!((bad[0].0, bad[0].1), (5, 2));
         assert_eq!((bad[1].0, bad[1].1), (9_000, 2));
