@@ -194,7 +194,12 @@ fn the_save_replaces_the_folder_as_one_unit_and_leaves_nothing_behind() {
     let stale = parent.join(format!(".{HOOK}.partial"));
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("cfg.json"), "{}").unwrap();
-    ok(&train(&acts, HOOK, &out, &["--overwrite", "--seed", "9", "--holdout", "0.3"]));
+    ok(&train(
+        &acts,
+        HOOK,
+        &out,
+        &["--overwrite", "--seed", "9", "--holdout", "0.3"],
+    ));
     let second = std::fs::read(out.join("sae_weights.safetensors")).unwrap();
     assert_ne!(first, second);
     assert_eq!(
