@@ -711,7 +711,7 @@ fn demo_sae_args(
         warmup_steps: None,
         aux_k: None,
         aux_coef: 1.0 / 32.0,
-        dead_after_tokens: 50_000,
+        dead_after_tokens: Some(50_000),
         no_normalize: false,
         holdout: 0.1,
         shuffle_buffer_rows: 1 << 15,
@@ -720,6 +720,9 @@ fn demo_sae_args(
         overwrite: true,
         device: scinterp_engine::device::DeviceChoice::Cpu,
         gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
+        skip_nonfinite_rows: false,
+        checkpoint_every: 0,
+        stop_after_steps: None,
         json: false,
     }
 }

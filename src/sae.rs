@@ -1,37 +1,22 @@
-//! `scinterp sae train|encode|eval|synth`: TopK sparse autoencoders on activation stores.
+//! `scinterp sae train|encode|eval|synth`: TopK sparse autoencoders on activation stores. The work
+//! is `scinterp_engine::sae::pipeline`; here are the flags and the printing.
 
-use std::io::Write;
-use std::ops::Range;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-use scinterp_engine::cuda::{GpuSaeEncoder, GpuSaeStepper};
-use scinterp_engine::device::{Backend, DeviceChoice};
-use scinterp_engine::formats::sae::{
-    HoldoutRecord, NormalizationRecord, SaeMetadata, SaeTrainingRecord, SAE_LENS_VERSION,
+use scinterp_engine::device::DeviceChoice;
+use scinterp_engine::sae::pipeline::{
+    encode_store, eval_on_store, synth_store, train_on_store, EncodeRequest, EvalRequest, SpliceModel,
+    SynthRequest, TrainEvent, TrainRequest,
 };
-use scinterp_engine::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
-use scinterp_engine::sae::io::{save as save_sae, SaeFolder};
-use scinterp_engine::sae::splice::{splice_losses, SpliceLosses};
-use scinterp_engine::sae::synth::{recovery, Recovery, SynthSpec};
-use scinterp_engine::sae::train::{
-    evaluate, push_range, split_by_cell, train_with, CpuStepper, EvalStats, Stepper, TrainConfig,
-    TrainSummary,
-};
-use scinterp_engine::sae::TopKSae;
-use scinterp_engine::store::{
-    ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT,
-};
-use scinterp_engine::{HookPoint, Matrix, PackedBatch};
-use serde::Serialize;
-use serde_json::json;
+use scinterp_engine::sae::synth::SynthSpec;
+use scinterp_engine::store::ActStore;
+use scinterp_models::sae_splice::StoreModel;
 
-use crate::extract::absolute;
-use crate::forward::{load_model, read_cells, resolve_device, GpuPrecisionArg};
-use scinterp_models::registry::PretrainingLoss;
+pub use scinterp_engine::sae::pipeline::TrainReport;
+
+use crate::forward::{resolve_device, GpuPrecisionArg};
 
 #[derive(Args, Debug)]
 pub struct SaeArgs {
@@ -77,7 +62,8 @@ pub struct TrainArgs {
     /// SAE folder to write (SAELens layout).
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Training tokens (rows); default one pass over the training rows.
+    /// Training tokens (rows); default 5 passes over the training rows and, where the store is large
+    /// enough, at least 1,000 steps (at most 100 passes).
     #[arg(long)]
     pub(crate) tokens: Option<u64>,
     #[arg(long, default_value_t = 4096)]
@@ -93,9 +79,10 @@ pub struct TrainArgs {
     pub(crate) aux_k: Option<usize>,
     #[arg(long, default_value_t = 1.0 / 32.0)]
     pub(crate) aux_coef: f32,
-    /// Tokens without firing after which a latent counts as dead.
-    #[arg(long, default_value_t = 10_000_000)]
-    pub(crate) dead_after_tokens: u64,
+    /// Tokens without firing after which a latent counts as dead (and AuxK trains it); default a
+    /// tenth of the run, at least 4 batches, at most 10 M.
+    #[arg(long)]
+    pub(crate) dead_after_tokens: Option<u64>,
     /// Train on the raw scale instead of rows scaled to a mean norm of sqrt(d_in).
     #[arg(long)]
     pub(crate) no_normalize: bool,
@@ -120,24 +107,19 @@ pub struct TrainArgs {
     /// With `--device cuda`: the encoder GEMM in `bf16` (default; f32 accumulation) or exact `f32`.
     #[arg(long, default_value = "bf16")]
     pub(crate) gpu_precision: GpuPrecisionArg,
+    /// Leave out rows holding inf/NaN (counted in the report) instead of refusing the store.
+    #[arg(long)]
+    pub(crate) skip_nonfinite_rows: bool,
+    /// Save the training state every this many steps (beside --out, in `.<name>.partial/`), so that a
+    /// killed run resumes when rerun with the same settings; 0: never.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) checkpoint_every: usize,
+    /// Testing: stop right after the checkpoint of this step, as a kill there would.
+    #[arg(long, hide = true)]
+    pub(crate) stop_after_steps: Option<usize>,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TrainReport {
-    pub(crate) out: String,
-    pub(crate) hook: String,
-    pub(crate) d_in: usize,
-    pub(crate) d_sae: usize,
-    pub(crate) k: usize,
-    pub(crate) train_rows: usize,
-    pub(crate) heldout_cells: usize,
-    #[serde(flatten)]
-    pub(crate) summary: TrainSummary,
-    pub(crate) heldout: EvalStats,
-    pub(crate) spliced: Option<SpliceLosses>,
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
@@ -149,270 +131,99 @@ fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The model behind a store, for the spliced loss (none: logged and skipped).
+fn splice_model(acts: &std::path::Path, cells: usize) -> Result<Option<StoreModel>> {
+    if cells == 0 {
+        return Ok(None);
+    }
+    let store = ActStore::open(acts)?;
+    match StoreModel::open(&store).map_err(anyhow::Error::msg)? {
+        Ok(model) => Ok(Some(model)),
+        Err(why) => {
+            tracing::info!("{why}");
+            Ok(None)
+        }
+    }
+}
+
 /// Trains, evaluates and writes the SAE folder.
 pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
-    if args.out.join("cfg.json").exists() && !args.overwrite {
-        bail!(
-            "{} already holds an SAE; pass --overwrite or choose another --out",
-            args.out.display()
-        );
-    }
-    if !(0.0..1.0).contains(&args.holdout) {
-        bail!("--holdout {} must be in [0, 1)", args.holdout);
-    }
-    let store = ActStore::open(&args.acts)?;
-    let hook = store.hook(&args.hook)?;
-    let rows = store.rows()?;
-    let split = split_by_cell(&rows, args.seed, args.holdout);
-    if split.train_rows == 0 {
-        bail!(
-            "{}: no training rows (every cell was held out)",
-            args.acts.display()
-        );
-    }
-    if args.holdout > 0.0 && split.heldout_cells.is_empty() {
-        bail!(
-            "{}: no cell was held out ({} cells); use more cells or --holdout 0",
-            args.acts.display(),
-            store.manifest.n_cells
-        );
-    }
-    let d = hook.d();
-    let tokens = args.tokens.unwrap_or(split.train_rows as u64);
-    let mut cfg = TrainConfig::new(d, args.d_sae, args.k, tokens);
-    cfg.batch_size = args.batch_size;
-    cfg.seed = args.seed;
-    cfg.aux_coef = args.aux_coef;
-    cfg.dead_after_tokens = args.dead_after_tokens;
-    cfg.normalize = !args.no_normalize;
-    cfg.shuffle_buffer_rows = args.shuffle_buffer_rows.max(args.batch_size);
-    if let Some(lr) = args.lr {
-        cfg.lr = lr;
-    }
-    if let Some(w) = args.warmup_steps {
-        cfg.warmup_steps = w;
-    }
-    if let Some(a) = args.aux_k {
-        cfg.aux_k = a;
-    }
-    let steps = tokens.div_ceil(cfg.batch_size as u64);
-    tracing::info!(
-        "training {}→{} (k {}) on {} ({} training rows, {} held-out cells), {tokens} tokens in {steps} steps",
-        d,
-        args.d_sae,
-        args.k,
-        args.hook,
-        split.train_rows,
-        split.heldout_cells.len()
-    );
     let backend = resolve_device(args.device)?;
-    let precision = args.gpu_precision.into();
-    let make_stepper = |sae: TopKSae| -> Result<Box<dyn Stepper>, String> {
-        Ok(match backend {
-            Backend::Cpu => Box::new(CpuStepper::new(sae)),
-            Backend::Cuda => Box::new(GpuSaeStepper::new(sae, &cfg, precision)?),
-        })
+    let req = TrainRequest {
+        acts: args.acts.clone(),
+        hook: args.hook.clone(),
+        d_sae: args.d_sae,
+        k: args.k,
+        out: args.out.clone(),
+        tokens: args.tokens,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        aux_k: args.aux_k,
+        aux_coef: args.aux_coef,
+        dead_after_tokens: args.dead_after_tokens,
+        normalize: !args.no_normalize,
+        holdout: args.holdout,
+        shuffle_buffer_rows: args.shuffle_buffer_rows,
+        splice_cells: args.splice_cells,
+        seed: args.seed,
+        overwrite: args.overwrite,
+        backend,
+        gpu_precision: args.gpu_precision.into(),
+        skip_nonfinite_rows: args.skip_nonfinite_rows,
+        checkpoint_every_steps: args.checkpoint_every,
+        stop_after_steps: args.stop_after_steps,
     };
-    let bar = crate::progress::bar(steps, 0, "steps");
-    let (sae, summary) = train_with(&hook, &split.train, &cfg, &make_stepper, &mut |step, _, nmse| {
-        bar.set_position(step as u64);
-        if step % 10 == 0 {
-            bar.set_message(format!("nmse {nmse:.4}"));
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("{}: {e}", args.acts.display()))?;
-    bar.finish_and_clear();
-    let heldout = evaluate(&sae, &hook, &split.heldout);
-    let spliced = if args.splice_cells > 0 {
-        spliced_loss_on_store(&store, &args.hook, &sae, &split.heldout_cells, args.splice_cells)?
+    let splicer = if args.acts.join("manifest.json").exists() {
+        splice_model(&args.acts, args.splice_cells)?
     } else {
         None
     };
-    let hook_point = HookPoint::parse(&args.hook).ok();
-    let metadata = SaeMetadata {
-        sae_lens_version: SAE_LENS_VERSION,
-        hook_name: args.hook.clone(),
-        hook_layer: hook_point.and_then(|h| h.layer()),
-        model_name: store.manifest.model.get("path").cloned(),
-        scinterp: SaeTrainingRecord {
-            version: env!("CARGO_PKG_VERSION"),
-            activation_store: absolute(&args.acts),
-            training: &cfg,
-            summary: &summary,
-            normalization: NormalizationRecord {
-                kind: if cfg.normalize {
-                    "mean row norm scaled to sqrt(d_in) while training"
-                } else {
-                    "none"
-                },
-                scale: summary.input_scale,
-                folded_into: "b_enc and b_dec divided by the scale (codes in raw units, decoder rows unit norm)",
-            },
-            holdout: HoldoutRecord {
-                rule: "cell c is held out iff unit(splitmix64(splitmix64(seed ^ 0x48454C444F5554AA) ^ c)) < fraction",
-                seed: args.seed,
-                fraction: args.holdout,
-                cells: split.heldout_cells.len(),
-                file: "heldout_cells.npy",
-            },
-            heldout: &heldout,
-            spliced: &spliced,
+    let mut bar = None;
+    let report = train_on_store(
+        &req,
+        splicer.as_ref().map(|s| s as &dyn SpliceModel),
+        &mut |event| match event {
+            TrainEvent::Warning(w) => tracing::warn!("{w}"),
+            TrainEvent::Info(i) => tracing::info!("{i}"),
+            TrainEvent::Step { step, steps, nmse } => {
+                let bar =
+                    bar.get_or_insert_with(|| crate::progress::bar(steps as u64, step as u64 - 1, "steps"));
+                bar.set_position(step as u64);
+                if step % 10 == 0 {
+                    bar.set_message(format!("nmse {nmse:.4}"));
+                }
+            }
         },
-    };
-    let metadata = serde_json::to_value(&metadata)?;
-    save_sae(&args.out, &sae, &metadata)?;
-    let cells: Vec<i64> = split.heldout_cells.iter().map(|&c| c as i64).collect();
-    let cells_path = args.out.join("heldout_cells.npy");
-    write_npy(
-        &cells_path,
-        NpyDtype::I64,
-        &[cells.len()],
-        bytemuck::cast_slice(&cells),
-    )
-    .with_context(|| format!("writing {}", cells_path.display()))?;
-    let report = TrainReport {
-        out: args.out.display().to_string(),
-        hook: args.hook.clone(),
-        d_in: d,
-        d_sae: args.d_sae,
-        k: args.k,
-        train_rows: split.train_rows,
-        heldout_cells: split.heldout_cells.len(),
-        summary,
-        heldout,
-        spliced,
-    };
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     tracing::info!(
-        "{} tokens in {:.1} s ({:.0} tokens/s); held-out FVU {:.4}, L0 {:.1}, dead {:.2} %; wrote {}",
+        "{} tokens in {:.1} s ({:.0} tokens/s); held-out FVU {:.4}, L0 {:.1}, dead on held-out rows {} ({:.2} %); wrote {}",
         report.summary.tokens_trained,
         report.summary.train_seconds,
         report.summary.tokens_per_second,
         report.heldout.fvu,
         report.heldout.l0,
+        report.heldout.dead_latents,
         100.0 * report.heldout.dead_fraction,
         args.out.display()
     );
     if let Some(s) = &report.spliced {
         tracing::info!(
-            "model loss: clean {:.4}, SAE spliced {:.4}, zero-ablated {:.4} (loss recovered {:.3})",
+            "model loss at {} positions: clean {:.4}, SAE spliced {:.4}, zero-ablated {:.4}, mean-ablated {:.4} \
+             (loss recovered {:.3} vs zero, {:.3} vs mean)",
+            s.rows_spliced,
             s.clean,
             s.spliced,
             s.zero_ablated,
-            s.loss_recovered
+            s.mean_ablated,
+            s.loss_recovered,
+            s.loss_recovered_vs_mean
         );
     }
     Ok(report)
-}
-
-/// The model's loss on up to `n_cells` of `cells` with the SAE spliced in at `hook`, when the store
-/// records a model and token store that still exist.
-fn spliced_loss_on_store(
-    store: &ActStore,
-    hook_name: &str,
-    sae: &TopKSae,
-    cells: &[u64],
-    n_cells: usize,
-) -> Result<Option<SpliceLosses>> {
-    let model_dir = store
-        .manifest
-        .model
-        .get("path")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from);
-    let token_dir = store
-        .manifest
-        .source
-        .get("path")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from);
-    let (Some(model_dir), Some(token_dir)) = (model_dir, token_dir) else {
-        tracing::info!("the store records no model (synthetic rows?): no spliced loss");
-        return Ok(None);
-    };
-    if !model_dir.is_dir() || !token_dir.is_dir() {
-        tracing::warn!(
-            "the store's model ({}) or token store ({}) is gone: no spliced loss",
-            model_dir.display(),
-            token_dir.display()
-        );
-        return Ok(None);
-    }
-    let model = load_model(&model_dir, true)?;
-    let input = read_cells(&token_dir, &model)?;
-    let hook = HookPoint::parse(hook_name)?;
-    let chosen: Vec<usize> = cells.iter().take(n_cells).map(|&c| c as usize).collect();
-    if chosen.is_empty() {
-        return Ok(None);
-    }
-    let tokens: Vec<Vec<u32>> = chosen.iter().map(|&c| input.tokens[c].clone()).collect();
-    let special = crate::extract::special_token_ids(&token_dir, &model)?;
-    // The rows the SAE reads: the positions the store kept (genes, unless it kept specials too).
-    let spliced_rows: Vec<usize> = tokens
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, t)| store.manifest.include_special || !special.contains(t))
-        .map(|(r, _)| r)
-        .collect();
-    let gene_rows: Vec<usize> = tokens
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, t)| !special.contains(t))
-        .map(|(r, _)| r)
-        .collect();
-    let mut batch_tokens = tokens.clone();
-    let mut labels: Vec<(usize, u32)> = Vec::new();
-    if let PretrainingLoss::MaskedLm { mask_id } = model.loss {
-        // Its pretraining loss: cross-entropy of the true gene at 15 % of gene positions (seeded),
-        // replaced by <mask>.
-        let mut rng = scinterp_engine::rng::Rng::new(0, 0x3A5C);
-        let flat_len = batch_tokens.iter().map(Vec::len).sum::<usize>();
-        let mut row_of = Vec::with_capacity(flat_len);
-        for (c, cell) in batch_tokens.iter().enumerate() {
-            row_of.extend((0..cell.len()).map(|p| (c, p)));
-        }
-        for &r in &gene_rows {
-            if rng.uniform() < 0.15 {
-                let (c, p) = row_of[r];
-                labels.push((r, batch_tokens[c][p]));
-                batch_tokens[c][p] = mask_id;
-            }
-        }
-    }
-    let mut batch = PackedBatch::from_cells(&batch_tokens)?;
-    let mut targets = Vec::new();
-    if let Some(values) = &input.values {
-        targets = chosen.iter().flat_map(|&c| values[c].iter().copied()).collect();
-        batch = batch.with_values(targets.clone())?;
-    }
-    let kind = model.loss;
-    let loss = move |head: &Matrix| -> f64 {
-        match kind {
-            PretrainingLoss::MaskedLm { .. } => {
-                let total: f64 = labels
-                    .iter()
-                    .map(|&(r, label)| {
-                        let logits = head.row(r);
-                        let max = logits.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-                        let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-                        lse - logits[label as usize] as f64
-                    })
-                    .sum();
-                total / labels.len().max(1) as f64
-            }
-            // scGPT: squared error of the expression prediction (first head column) at gene positions.
-            PretrainingLoss::MaskedExpression => {
-                gene_rows
-                    .iter()
-                    .map(|&r| (head.row(r)[0] as f64 - targets[r] as f64).powi(2))
-                    .sum::<f64>()
-                    / gene_rows.len().max(1) as f64
-            }
-        }
-    };
-    let losses = splice_losses(model.encoder.as_ref(), &batch, hook, sae, &spliced_rows, &loss)?;
-    Ok(Some(losses))
 }
 
 /// An SAE and the activation store it reads (shared by `encode` and `eval`).
@@ -449,102 +260,32 @@ struct EncodeArgs {
     gpu_precision: GpuPrecisionArg,
 }
 
-/// Opens the SAE, the store and the hook, and checks that their widths agree.
-fn open_pair(pair: &SaeOnStore) -> Result<(SaeFolder, ActStore, HookArray, String)> {
-    Ok(scinterp_engine::sae::io::open_sae_on_store(
-        &pair.sae,
-        &pair.acts,
-        pair.hook.as_deref(),
-    )?)
-}
-
 fn run_encode(args: EncodeArgs) -> Result<()> {
-    let (folder, store, array, hook) = open_pair(&args.input)?;
-    if args.out.exists() {
-        if !args.overwrite {
-            bail!(
-                "{} exists; pass --overwrite or choose another --out",
-                args.out.display()
-            );
-        }
-        std::fs::remove_dir_all(&args.out).with_context(|| format!("removing {}", args.out.display()))?;
-    }
-    let sae = &folder.sae;
-    let n = array.n_rows();
-    let tmp = args.out.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let wide = sae.d_sae > i16::MAX as usize;
-    let index_dtype = if wide { NpyDtype::I32 } else { NpyDtype::I16 };
-    let open = |name: &str, dtype: NpyDtype| -> Result<std::io::BufWriter<std::fs::File>> {
-        let path = tmp.join(name);
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        w.write_all(&header_bytes(dtype, &[n, sae.k]))?;
-        Ok(w)
+    let backend = resolve_device(args.device)?;
+    let req = EncodeRequest {
+        sae: args.input.sae.clone(),
+        acts: args.input.acts.clone(),
+        hook: args.input.hook.clone(),
+        out: args.out.clone(),
+        overwrite: args.overwrite,
+        backend,
+        gpu_precision: args.gpu_precision.into(),
     };
-    let mut indices_out = open("indices.npy", index_dtype)?;
-    let mut values_out = open("values.npy", NpyDtype::F16)?;
-    // The CPU encoder, or the SAE uploaded once to the GPU.
-    let gpu = match resolve_device(args.device)? {
-        Backend::Cpu => None,
-        Backend::Cuda => {
-            Some(GpuSaeEncoder::new(sae, args.gpu_precision.into()).map_err(anyhow::Error::msg)?)
-        }
-    };
-    let bar = crate::progress::bar(n as u64, 0, "rows");
-    const CHUNK: usize = 8192;
-    let mut x = vec![0.0f32; CHUNK * sae.d_in];
-    let mut start = 0;
-    while start < n {
-        let rows = (n - start).min(CHUNK);
-        let x = &mut x[..rows * sae.d_in];
-        array.read_rows(start, x);
-        let codes = match &gpu {
-            Some(g) => g.encode(x).map_err(anyhow::Error::msg)?,
-            None => sae.encode(x),
-        };
-        if wide {
-            let idx: Vec<i32> = codes.indices.iter().map(|&i| i as i32).collect();
-            indices_out.write_all(bytemuck::cast_slice(&idx))?;
-        } else {
-            let idx: Vec<i16> = codes.indices.iter().map(|&i| i as i16).collect();
-            indices_out.write_all(bytemuck::cast_slice(&idx))?;
-        }
-        let mut vals = vec![f16::ZERO; codes.values.len()];
-        vals.convert_from_f32_slice(&codes.values);
-        values_out.write_all(bytemuck::cast_slice(&vals))?;
-        start += rows;
-        bar.set_position(start as u64);
+    let mut bar = None;
+    let report = encode_store(&req, &mut |done, total| {
+        bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "rows"))
+            .set_position(done as u64);
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
-    bar.finish_and_clear();
-    for w in [indices_out, values_out] {
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-    }
-    let manifest = json!({
-        "format": "scinterp-sae-codes",
-        "format_version": 1,
-        "sae": absolute(&args.input.sae),
-        "activation_store": absolute(&args.input.acts),
-        "hook_name": hook,
-        "n_rows": n,
-        "k": sae.k,
-        "d_sae": sae.d_sae,
-        "rows": "row r of indices.npy / values.npy is row r of the store (rows.npy gives its cell, position, token)",
-    });
-    scinterp_engine::formats::atomic_write(
-        &tmp.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("moving {} into place", tmp.display()))?;
-    scinterp_engine::formats::atomic::sync_parent(&args.out);
     tracing::info!(
-        "encoded {n} rows of {hook} from {} ({} cells) into {}",
+        "encoded {} rows of {} from {} ({} cells) into {}",
+        report.rows,
+        report.hook,
         args.input.acts.display(),
-        store.manifest.n_cells,
-        args.out.display()
+        report.cells,
+        report.out
     );
     Ok(())
 }
@@ -568,70 +309,17 @@ struct EvalArgs {
     json: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct EvalReport {
-    hook: String,
-    rows: EvalStats,
-    spliced: Option<SpliceLosses>,
-    recovery: Option<Recovery>,
-}
-
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let (folder, store, array, hook) = open_pair(&args.input)?;
-    let rows = store.rows()?;
-    let (ranges, cells): (Vec<Range<usize>>, Vec<u64>) = match args.rows.as_str() {
-        "all" => (
-            std::iter::once(0..array.n_rows()).collect(),
-            (0..store.manifest.n_cells as u64).collect(),
-        ),
-        "heldout" => {
-            let path = args.input.sae.join("heldout_cells.npy");
-            let (_, bytes) = read_npy_bytes(&path).map_err(|e| anyhow::anyhow!(e))?;
-            let cells: Vec<i64> = bytemuck::pod_collect_to_vec(&bytes);
-            let wanted: std::collections::HashSet<i64> = cells.iter().copied().collect();
-            let mut ranges = Vec::new();
-            for (r, row) in rows.iter().enumerate() {
-                if wanted.contains(&(row[0] as i64)) {
-                    push_range(&mut ranges, r..r + 1);
-                }
-            }
-            (ranges, cells.iter().map(|&c| c as u64).collect())
-        }
-        other => bail!("--rows {other}: expected `all` or `heldout`"),
+    let splicer = splice_model(&args.input.acts, args.splice_cells)?;
+    let req = EvalRequest {
+        sae: args.input.sae.clone(),
+        acts: args.input.acts.clone(),
+        hook: args.input.hook.clone(),
+        rows: args.rows.clone(),
+        truth: args.truth.clone(),
+        splice_cells: args.splice_cells,
     };
-    let stats = evaluate(&folder.sae, &array, &ranges);
-    let spliced = if args.splice_cells > 0 {
-        spliced_loss_on_store(&store, &hook, &folder.sae, &cells, args.splice_cells)?
-    } else {
-        None
-    };
-    let recovery = match &args.truth {
-        Some(path) => {
-            let (header, bytes) = read_npy_bytes(path).map_err(|e| anyhow::anyhow!(e))?;
-            if header.dtype != NpyDtype::F32 || header.shape.len() != 2 || header.shape[1] != folder.sae.d_in
-            {
-                bail!(
-                    "{}: expected a float32 [atoms, {}] dictionary, found {:?} {:?}",
-                    path.display(),
-                    folder.sae.d_in,
-                    header.dtype,
-                    header.shape
-                );
-            }
-            Some(recovery(
-                &folder.sae,
-                &bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
-                0.9,
-            ))
-        }
-        None => None,
-    };
-    let report = EvalReport {
-        hook,
-        rows: stats,
-        spliced,
-        recovery,
-    };
+    let report = eval_on_store(&req, splicer.as_ref().map(|s| s as &dyn SpliceModel))?;
     tracing::info!(
         "{} rows: FVU {:.4}, L0 {:.1}, dead {} ({:.2} %)",
         report.rows.rows,
@@ -691,58 +379,18 @@ fn run_synth(args: SynthArgs) -> Result<()> {
         noise: args.noise,
         seed: args.seed,
     };
-    spec.validate().map_err(|e| anyhow::anyhow!(e))?;
-    if args.out.exists() {
-        bail!("{} exists; choose another --out or remove it", args.out.display());
-    }
-    HookPoint::parse(&args.hook)?;
-    let cell_rows = args.cell_rows.max(1);
-    let n_cells = args.rows.div_ceil(cell_rows);
-    let rows: Vec<[i32; 3]> = (0..args.rows)
-        .map(|r| [(r / cell_rows) as i32, (r % cell_rows) as i32, 0])
-        .collect();
-    let manifest = StoreManifest {
-        format: STORE_FORMAT.into(),
-        format_version: 1,
-        model: json!({"synthetic": &spec}),
-        source: json!({"synthetic_rows": args.rows, "cell_rows": cell_rows}),
-        hooks: vec![args.hook.clone()],
-        dtype: ActDtype::F32,
-        d_model: spec.d,
-        include_special: false,
-        n_cells,
-        n_rows: rows.len(),
-        max_batch_tokens: cell_rows,
-        cells_complete: 0,
-        rows_complete: 0,
-        complete: false,
-        scinterp_version: env!("CARGO_PKG_VERSION").into(),
+    let req = SynthRequest {
+        spec: spec.clone(),
+        rows: args.rows,
+        cell_rows: args.cell_rows,
+        hook: args.hook.clone(),
+        out: args.out.clone(),
     };
-    let OpenedStore::Writer(mut writer) = StoreWriter::open(&args.out, manifest, &rows)? else {
-        bail!("{} is already complete", args.out.display());
-    };
-    let dictionary = spec.dictionary();
-    write_npy(
-        &args.out.join("dictionary.npy"),
-        NpyDtype::F32,
-        &[spec.atoms, spec.d],
-        bytemuck::cast_slice(&dictionary),
-    )?;
-    const CHUNK_CELLS: usize = 512;
-    let mut cell = 0;
-    while cell < n_cells {
-        let end_cell = (cell + CHUNK_CELLS).min(n_cells);
-        let (first, last) = (cell * cell_rows, (end_cell * cell_rows).min(args.rows));
-        let mut data = vec![0.0f32; (last - first) * spec.d];
-        spec.rows(&dictionary, first, &mut data);
-        writer.write_rows(first, &[ActDtype::F32.encode(&data)])?;
-        writer.checkpoint(end_cell, last)?;
-        cell = end_cell;
-    }
+    let report = synth_store(&req)?;
     tracing::info!(
         "{} rows ({} cells) of width {} from {} planted atoms ({} active per row) in {}",
-        args.rows,
-        n_cells,
+        report.rows,
+        report.cells,
         spec.d,
         spec.atoms,
         spec.active,

@@ -31,6 +31,16 @@ impl Rng {
         }
     }
 
+    /// The generator's whole state, for checkpoints.
+    pub fn state(&self) -> (u64, u64) {
+        (self.key, self.counter)
+    }
+
+    /// A generator continuing from [`Rng::state`].
+    pub fn from_state(key: u64, counter: u64) -> Self {
+        Rng { key, counter }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.counter += 1;
         splitmix64(

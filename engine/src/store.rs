@@ -356,7 +356,7 @@ impl StoreWriter {
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     let b = bytes as f64;
     match bytes {
         0..1024 => format!("{bytes} B"),
@@ -367,7 +367,7 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// Free bytes on the file system holding `dir`, when the OS tells.
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };

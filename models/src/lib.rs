@@ -9,6 +9,7 @@ pub mod gene_names;
 pub mod geneformer;
 pub mod input;
 pub mod registry;
+pub mod sae_splice;
 pub mod scgpt;
 pub mod synthetic;
 pub mod token_chunks;

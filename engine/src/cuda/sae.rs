@@ -169,7 +169,13 @@ impl GpuSaeStepper {
         })
     }
 
-    fn try_step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), GpuError> {
+    fn try_step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), GpuError> {
         let (d, f, k) = (self.d_in, self.d_sae, self.k);
         let rows = x.len() / d;
         let shape = SaeShape {
@@ -178,7 +184,7 @@ impl GpuSaeStepper {
             d_sae: f,
         };
         let norm = 1.0 / (rows * d) as f32;
-        let (grad_main, grad_aux) = (-2.0 * norm, -2.0 * cfg.aux_coef * norm);
+        let grad_main = -2.0 * norm;
         let (s, kn) = (&self.stream, &self.kernels);
         let buf = &mut self.buffers;
 
@@ -282,6 +288,29 @@ impl GpuSaeStepper {
             main_cols,
             shape,
         )?;
+        let g = &mut self.g;
+        s.memset_zeros(&mut g.w_dec)?;
+        s.memset_zeros(&mut g.w_enc)?;
+        s.memset_zeros(&mut g.b_enc)?;
+        // AuxK normalised as the CPU does (`TrainState::step`): by the residual's spread over the
+        // batch, Σ‖e‖² − ‖Σ_rows e‖²/B. The column sums come from the b_dec-gradient kernel with
+        // coefficient 1 while the b_enc gradient is still zero (its real call below overwrites them).
+        let err = kn.sum_squares(s, &buf.e, rows * d, &mut buf.partial)?;
+        let mut aux_factor = 0.0f64;
+        if k_aux > 0 {
+            kn.sae_grad_b_dec(s, &buf.e, 1.0, &g.b_enc, &self.params.w_enc, &mut g.b_dec, shape)?;
+            let col: Vec<f32> = s.clone_dtoh(&g.b_dec)?;
+            let spread = err - col.iter().map(|&c| (c as f64).powi(2)).sum::<f64>() / rows as f64;
+            if spread > 0.0 && spread.is_finite() {
+                aux_factor = cfg.aux_coef as f64 * data_variance / spread;
+            }
+        }
+        let grad_aux = (-2.0 * aux_factor) as f32;
+        let spread_inv = if aux_factor > 0.0 {
+            aux_factor / (cfg.aux_coef as f64 * data_variance)
+        } else {
+            0.0
+        };
         if k_aux > 0 {
             kn.sae_aux_residual(s, &buf.e, aux_codes, &self.params.w_dec, &mut buf.aux_e, shape)?;
             kn.sae_grad_pre(
@@ -297,10 +326,6 @@ impl GpuSaeStepper {
         }
 
         // Weight gradients of the active latents, then b_dec's, then the decoder-parallel part removed.
-        let g = &mut self.g;
-        s.memset_zeros(&mut g.w_dec)?;
-        s.memset_zeros(&mut g.w_enc)?;
-        s.memset_zeros(&mut g.b_enc)?;
         kn.sae_grad_scatter(
             s,
             codes,
@@ -336,10 +361,9 @@ impl GpuSaeStepper {
         kn.sae_update_fire_counters(s, codes, rows, &mut self.tokens_since_fired, f)?;
 
         // Losses of this step's forward pass (before the update), as the CPU reports them.
-        let err = kn.sum_squares(s, &buf.e, rows * d, &mut buf.partial)?;
         let energy = kn.sum_squares(s, &buf.x, rows * d, &mut buf.partial)?;
         let aux_loss = if k_aux > 0 {
-            kn.sum_squares(s, &buf.aux_e, rows * d, &mut buf.partial)? * norm as f64
+            kn.sum_squares(s, &buf.aux_e, rows * d, &mut buf.partial)? * spread_inv
         } else {
             0.0
         };
@@ -371,7 +395,13 @@ impl GpuSaeStepper {
 }
 
 impl Stepper for GpuSaeStepper {
-    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), String> {
+    fn step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), String> {
         let rows = x.len() / self.d_in.max(1);
         if rows == 0 || rows * self.d_in != x.len() || x.len() > self.buffers.x.len() {
             return Err(format!(
@@ -381,7 +411,7 @@ impl Stepper for GpuSaeStepper {
                 self.d_in
             ));
         }
-        self.try_step(x, cfg, lr).map_err(err)
+        self.try_step(x, cfg, lr, data_variance).map_err(err)
     }
 
     fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String> {
@@ -421,7 +451,7 @@ pub struct GpuSaeEncoder {
 
 impl GpuSaeEncoder {
     pub fn new(sae: &TopKSae, precision: GpuPrecision) -> Result<Self, String> {
-        sae.validate()?;
+        sae.validate().map_err(|e| e.to_string())?;
         scinterp_kernels::cuda_available().map_err(err)?;
         let ctx = CudaContext::new(0).map_err(err)?;
         let stream = ctx.default_stream();

@@ -27,6 +27,8 @@ pub struct SaeTrainingRecord<'a> {
     pub summary: &'a TrainSummary,
     pub normalization: NormalizationRecord,
     pub holdout: HoldoutRecord,
+    /// How `training.seed` follows from the run's `--seed` and the hook.
+    pub seed_rule: &'static str,
     pub heldout: &'a EvalStats,
     pub spliced: &'a Option<SpliceLosses>,
 }

@@ -54,6 +54,10 @@ pub fn find_sae(dir: &Path, hook: &str) -> Result<SaeFolder, SaeFileError> {
     })?;
     for entry in entries.flatten() {
         let path = entry.path();
+        // Hidden folders are staging areas of unfinished saves, never SAEs to read.
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         if path.join(CFG_FILE).exists() {
             let folder = load(&path)?;
             if folder.hook_name() == Some(hook) {
@@ -117,10 +121,42 @@ pub fn open_sae_on_store(
     Ok((folder, store, array, hook_name))
 }
 
-/// Writes `cfg.json` and `sae_weights.safetensors` into `dir` (created if needed), each through a
-/// temporary name and a rename.
+/// Writes `cfg.json` and `sae_weights.safetensors` into `dir` as one unit ([`save_with`]).
 pub fn save(dir: &Path, sae: &TopKSae, metadata: &Value) -> Result<(), SaeFileError> {
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create the folder: {e}")))?;
+    save_with(dir, sae, metadata, &[])
+}
+
+/// The hidden sibling folder where [`save_with`] stages an SAE folder (and `sae train` keeps its
+/// checkpoint) before it is swapped into place: `.<name>.partial`.
+pub fn staging_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sae".into());
+    dir.with_file_name(format!(".{name}.partial"))
+}
+
+/// Writes the SAE folder `dir` (cfg.json, sae_weights.safetensors and the `extra` files) as one
+/// unit: every file goes into [`staging_dir`], is fsynced, and the staged folder then replaces `dir`
+/// in one step (an atomic exchange where the system has it). A kill at any moment leaves either the
+/// old folder or the new one, never weights of one run beside the cfg.json of another; the staging
+/// folder left by a kill is removed by the next save.
+pub fn save_with(
+    dir: &Path,
+    sae: &TopKSae,
+    metadata: &Value,
+    extra: &[(&str, &[u8])],
+) -> Result<(), SaeFileError> {
+    let staging = staging_dir(dir);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| err(parent, format!("cannot create the folder: {e}")))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| err(&staging, format!("cannot create the staging folder: {e}")))?;
+    // Only the files of this save: a staged folder may still hold a training checkpoint.
+    for name in [CFG_FILE, WEIGHTS_FILE] {
+        let _ = std::fs::remove_file(staging.join(name));
+    }
     let w_enc_t = transpose(&sae.w_enc, sae.d_sae, sae.d_in);
     let tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
         ("W_enc", vec![sae.d_in, sae.d_sae], &w_enc_t),
@@ -136,10 +172,10 @@ pub fn save(dir: &Path, sae: &TopKSae, metadata: &Value) -> Result<(), SaeFileEr
                 .map_err(|e| err(dir, format!("cannot build tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let weights_path = dir.join(WEIGHTS_FILE);
+    let weights_path = staging.join(WEIGHTS_FILE);
     let bytes = safetensors::serialize(views, None)
         .map_err(|e| err(&weights_path, format!("cannot serialise: {e}")))?;
-    write_atomically(&weights_path, &bytes)?;
+    write_synced(&weights_path, &bytes)?;
 
     let cfg = json!({
         "architecture": "topk",
@@ -154,9 +190,94 @@ pub fn save(dir: &Path, sae: &TopKSae, metadata: &Value) -> Result<(), SaeFileEr
         "rescale_acts_by_decoder_norm": false,
         "metadata": metadata,
     });
-    let cfg_path = dir.join(CFG_FILE);
+    let cfg_path = staging.join(CFG_FILE);
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| err(&cfg_path, e.to_string()))?;
-    write_atomically(&cfg_path, text.as_bytes())
+    write_synced(&cfg_path, text.as_bytes())?;
+    for (name, bytes) in extra {
+        write_synced(&staging.join(name), bytes)?;
+    }
+    // What the staged folder holds besides the SAE (a checkpoint) must not move into place.
+    let keep: Vec<&str> = [CFG_FILE, WEIGHTS_FILE]
+        .into_iter()
+        .chain(extra.iter().map(|(n, _)| *n))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(&staging) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name.as_str()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    crate::formats::atomic::sync_parent(&cfg_path);
+    swap_into_place(&staging, dir)
+}
+
+/// Moves the folder `staged` to `dir`: an atomic exchange when `dir` exists (the old folder then
+/// sits at `staged` and is removed), a rename otherwise.
+fn swap_into_place(staged: &Path, dir: &Path) -> Result<(), SaeFileError> {
+    if dir.exists() {
+        if exchange(staged, dir).is_err() {
+            // Systems without an atomic exchange: move the old folder aside first.
+            let aside = staged.with_extension("old");
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(dir, &aside)
+                .map_err(|e| err(dir, format!("cannot move the old SAE aside: {e}")))?;
+            std::fs::rename(staged, dir)
+                .map_err(|e| err(dir, format!("cannot move the new SAE into place: {e}")))?;
+            let _ = std::fs::remove_dir_all(&aside);
+        } else {
+            std::fs::remove_dir_all(staged)
+                .map_err(|e| err(staged, format!("cannot remove the replaced SAE: {e}")))?;
+        }
+    } else {
+        std::fs::rename(staged, dir).map_err(|e| err(dir, format!("cannot move the SAE into place: {e}")))?;
+    }
+    crate::formats::atomic::sync_parent(dir);
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 reads them and its integer arguments only.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Writes and fsyncs one file of a staged folder.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SaeFileError> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            err(path, "the disk is full; free some space or choose another --out")
+        } else {
+            err(path, format!("cannot write: {e}"))
+        }
+    })
 }
 
 /// Reads an SAE folder written by scinterp or SAELens (TopK, f32, `apply_b_dec_to_input` true,
@@ -239,7 +360,10 @@ pub fn load(dir: &Path) -> Result<SaeFolder, SaeFileError> {
         w_dec: get("W_dec", &[d_sae, d_in])?,
         b_dec: get("b_dec", &[d_in])?,
     };
-    sae.validate().map_err(|e| err(&cfg_path, e))?;
+    sae.validate().map_err(|e| match e {
+        super::SaeShapeError::NonFinite { .. } => err(&weights_path, e.to_string()),
+        _ => err(&cfg_path, e.to_string()),
+    })?;
     let metadata = cfg.get("metadata").cloned().unwrap_or_else(|| json!({}));
     Ok(SaeFolder { sae, metadata })
 }
@@ -253,11 +377,6 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// Writes `bytes` atomically ([`crate::formats::atomic_write`]), errors naming the file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SaeFileError> {
-    crate::formats::atomic_write(path, bytes).map_err(|e| err(&e.path, format!("{}: {}", e.action, e.io)))
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //! never a dense `[rows, d_sae]` matrix. Internally the encoder is kept as `[d_sae, d_in]` (one row per
 //! latent, SAELens' `W_enc` transposed) so that the sparse backward touches contiguous rows.
 
+pub mod error;
 pub mod io;
+pub mod pipeline;
 pub mod splice;
 pub mod synth;
 pub mod train;
@@ -18,6 +20,8 @@ pub mod train;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+
+pub use error::{FlagError, SaeError, SaeShapeError};
 
 /// A TopK SAE's parameters (f32).
 #[derive(Clone, Debug, PartialEq)]
@@ -54,21 +58,42 @@ impl SparseCodes {
 }
 
 impl TopKSae {
-    /// Checks that every array has the size the dimensions say.
-    pub fn validate(&self) -> Result<(), String> {
-        let checks = [
-            ("W_enc", self.w_enc.len(), self.d_sae * self.d_in),
-            ("b_enc", self.b_enc.len(), self.d_sae),
-            ("W_dec", self.w_dec.len(), self.d_sae * self.d_in),
-            ("b_dec", self.b_dec.len(), self.d_in),
+    /// Checks that every array has the size the dimensions say and holds only finite values (a NaN in
+    /// `W_enc` would otherwise only show as a latent that never fires).
+    pub fn validate(&self) -> Result<(), SaeShapeError> {
+        let arrays: [(&'static str, &[f32], usize); 4] = [
+            ("W_enc", &self.w_enc, self.d_sae * self.d_in),
+            ("b_enc", &self.b_enc, self.d_sae),
+            ("W_dec", &self.w_dec, self.d_sae * self.d_in),
+            ("b_dec", &self.b_dec, self.d_in),
         ];
-        for (name, got, want) in checks {
-            if got != want {
-                return Err(format!("{name} has {got} values, expected {want}"));
+        for (tensor, values, want) in arrays {
+            if values.len() != want {
+                return Err(SaeShapeError::Length {
+                    tensor,
+                    got: values.len(),
+                    want,
+                });
             }
         }
         if self.k == 0 || self.k > self.d_sae {
-            return Err(format!("k = {} must be in 1..={}", self.k, self.d_sae));
+            return Err(SaeShapeError::K {
+                k: self.k,
+                d_sae: self.d_sae,
+            });
+        }
+        for (tensor, values, _) in arrays {
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                let value = values[index];
+                // W_enc is kept transposed; report the index SAELens' [d_in, d_sae] layout has.
+                let index = if tensor == "W_enc" {
+                    let (f, i) = (index / self.d_in, index % self.d_in);
+                    i * self.d_sae + f
+                } else {
+                    index
+                };
+                return Err(SaeShapeError::NonFinite { tensor, index, value });
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::error::FlagError;
 use super::TopKSae;
 use crate::rng::Rng;
 
@@ -23,12 +24,22 @@ pub struct SynthSpec {
 }
 
 impl SynthSpec {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.d == 0 || self.atoms == 0 {
-            return Err("--d-in and --atoms must be positive".into());
+    pub fn validate(&self) -> Result<(), FlagError> {
+        if self.d == 0 {
+            return Err(FlagError::new("d-in", 0, "must be at least 1"));
+        }
+        if self.atoms == 0 {
+            return Err(FlagError::new("atoms", 0, "must be at least 1"));
         }
         if self.active == 0 || self.active > self.atoms {
-            return Err(format!("--active {} must be in 1..={}", self.active, self.atoms));
+            return Err(FlagError::new(
+                "active",
+                self.active,
+                format!("must be in 1..={} (--atoms)", self.atoms),
+            ));
+        }
+        if !(self.noise.is_finite() && self.noise >= 0.0) {
+            return Err(FlagError::new("noise", self.noise, "must be finite and ≥ 0"));
         }
         Ok(())
     }

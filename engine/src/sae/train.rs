@@ -27,6 +27,7 @@ use faer::Accum;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::error::{FlagError, SaeError};
 use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, TopKSae};
 use crate::rng::{splitmix64, unit_f64, Rng};
 use crate::store::HookArray;
@@ -119,7 +120,7 @@ impl TrainConfig {
             adam_eps: 1e-8,
             aux_k: (d_in / 2).max(1),
             aux_coef: 1.0 / 32.0,
-            dead_after_tokens: 10_000_000,
+            dead_after_tokens: default_dead_after_tokens(total_tokens, batch_size),
             normalize: true,
             shuffle_buffer_rows: 1 << 17,
             init_sample_rows: 1 << 15,
@@ -139,27 +140,104 @@ impl TrainConfig {
         self.lr * warm.min(1.0) * left.min(1.0)
     }
 
-    pub fn validate(&self, d_in: usize) -> Result<(), String> {
-        if self.k == 0 || self.k > self.d_sae {
-            return Err(format!(
-                "--k {} must be between 1 and --d-sae {}",
-                self.k, self.d_sae
+    /// Checks the settings before anything is allocated; errors name the flag to change.
+    pub fn validate(&self, d_in: usize) -> Result<(), FlagError> {
+        if self.d_sae == 0 || self.d_sae > MAX_D_SAE {
+            return Err(FlagError::new(
+                "d-sae",
+                self.d_sae,
+                format!("must be between 1 and {MAX_D_SAE} (latent indices are stored as int32)"),
             ));
         }
-        if self.batch_size == 0 || self.total_tokens == 0 {
-            return Err("batch size and token count must be positive".into());
+        if self.k == 0 || self.k > self.d_sae {
+            return Err(FlagError::new(
+                "k",
+                self.k,
+                format!("must be between 1 and --d-sae {}", self.d_sae),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(FlagError::new("batch-size", 0, "must be at least 1"));
+        }
+        if self.total_tokens == 0 {
+            return Err(FlagError::new("tokens", 0, "must be at least 1"));
         }
         if d_in == 0 {
-            return Err("the activations have width 0".into());
+            return Err(FlagError::new("hook", "", "the activations have width 0"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 1.0) {
+            return Err(FlagError::new(
+                "lr",
+                self.lr,
+                "must be a finite learning rate in (0, 1] (the default is 2e-4 / sqrt(d_sae / 2^14))",
+            ));
+        }
+        if !(self.aux_coef.is_finite() && self.aux_coef >= 0.0) {
+            return Err(FlagError::new(
+                "aux-coef",
+                self.aux_coef,
+                "must be finite and ≥ 0",
+            ));
         }
         if self.shuffle_buffer_rows < self.batch_size {
-            return Err(format!(
-                "the shuffle buffer ({} rows) must hold at least one batch ({} rows)",
-                self.shuffle_buffer_rows, self.batch_size
+            return Err(FlagError::new(
+                "shuffle-buffer-rows",
+                self.shuffle_buffer_rows,
+                format!("must hold at least one batch (--batch-size {})", self.batch_size),
             ));
         }
         Ok(())
     }
+
+    /// Host memory a CPU training run needs (parameters with Adam moments and gradients, the step's
+    /// buffers, the shuffle buffer), or `None` when the sizes overflow 64 bits.
+    pub fn memory_needed(&self, d_in: usize) -> Option<u64> {
+        let (d, f, b) = (d_in as u64, self.d_sae as u64, self.batch_size as u64);
+        let params = f.checked_mul(d)?.checked_mul(2)?.checked_add(f + d)?;
+        // Parameters, two Adam moments and the gradients.
+        let model = params.checked_mul(4)?;
+        // Pre-activations [B, F], five [B, d] buffers, the per-row gradient slots.
+        let slots = self.k as u64 + self.aux_k.min(self.d_sae) as u64;
+        let step = b
+            .checked_mul(f)?
+            .checked_add(b.checked_mul(d)?.checked_mul(5)?)?
+            .checked_add(b.checked_mul(slots)?.checked_mul(3)?)?;
+        // The shuffle buffer and its shuffled copy.
+        let shuffle = (self.shuffle_buffer_rows as u64).checked_mul(d)?.checked_mul(2)?;
+        model.checked_add(step)?.checked_add(shuffle)?.checked_mul(4)
+    }
+}
+
+/// The largest `d_sae`: codes are written with int32 indices.
+pub const MAX_D_SAE: usize = i32::MAX as usize;
+
+/// Gao et al. call a latent dead after 10 M tokens without firing, in runs of billions of tokens. A
+/// short run would never reach that window (AuxK would never act and "dead at end" would always be
+/// 0), so the default window is a tenth of the run, at least 4 batches, at most 10 M tokens.
+pub fn default_dead_after_tokens(total_tokens: u64, batch_size: usize) -> u64 {
+    (total_tokens / 10).max(4 * batch_size as u64).min(10_000_000)
+}
+
+/// The default training budget for `train_rows` rows: at least 5 passes (the published runs) and,
+/// where the store allows it, at least [`MIN_STEPS`] steps, but never more than 100 passes.
+pub fn default_tokens(train_rows: usize, batch_size: usize) -> u64 {
+    let rows = train_rows as u64;
+    let by_steps = (MIN_STEPS as u64 * batch_size as u64).min(100 * rows);
+    (5 * rows).max(by_steps).max(1)
+}
+
+/// Below this many steps a run is reported as probably too short to converge.
+pub const MIN_STEPS: usize = 1000;
+
+/// The seed of one hook's SAE (initialisation and data order), from the run's `--seed` and the hook
+/// name: SAEs of different hooks trained with one `--seed` do not start from the same decoder (which
+/// would make their features match across layers by construction).
+pub fn hook_seed(seed: u64, hook: &str) -> u64 {
+    // FNV-1a of the name, mixed with the seed.
+    let name = hook.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    });
+    splitmix64(seed ^ splitmix64(name))
 }
 
 /// What training did.
@@ -174,7 +252,18 @@ pub struct TrainSummary {
     pub dead_latents_at_end: usize,
     /// Mean normalised MSE (Σ‖x − x̂‖² / Σ‖x‖² on the scaled inputs) over the last 5 % of steps.
     pub final_train_nmse: f64,
+    /// Mean AuxK loss over the last 5 % of steps, as the reference implementation defines it (without
+    /// its coefficient): Σ‖e − ê‖² / Σ‖e − ē‖², the dead latents' reconstruction ê of the residual e
+    /// against the residual's own variance over the batch (0 while no latent is dead).
     pub final_aux_loss: f64,
+    /// Mean per-coordinate variance of the (scaled) training sample: the main loss is divided by it
+    /// in the reference, so the AuxK term is multiplied by it here (the main loss is not normalised).
+    pub data_variance: f64,
+    /// Whether training continued from a checkpoint.
+    pub resumed_at_step: Option<usize>,
+    /// The mean training row in raw units (the mean-ablation floor of the spliced loss).
+    #[serde(skip)]
+    pub data_mean: Vec<f32>,
 }
 
 /// Trains an SAE on the rows `train` (ranges of `source` rows); `progress(step, steps, nmse)` is
@@ -184,7 +273,7 @@ pub fn train(
     train: &[Range<usize>],
     cfg: &TrainConfig,
     progress: &mut dyn FnMut(usize, usize, f64),
-) -> Result<(TopKSae, TrainSummary), String> {
+) -> Result<(TopKSae, TrainSummary), SaeError> {
     train_with(
         source,
         train,
@@ -197,11 +286,27 @@ pub fn train(
 /// Where the optimiser steps run: the CPU ([`CpuStepper`]) or a GPU (`crate::cuda::GpuSaeStepper`).
 /// Both implement the same step, so the loop around them (data, scaling, schedule, summary) is shared.
 pub trait Stepper {
-    /// One optimiser step on the rows `x` (already scaled) at learning rate `lr`. Returns
+    /// One optimiser step on the rows `x` (already scaled) at learning rate `lr`; `data_variance` is
+    /// the per-coordinate variance of the scaled data, which weighs the AuxK term. Returns
     /// (normalised MSE, AuxK loss) of the step's forward pass.
-    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), String>;
+    fn step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), String>;
     /// The trained SAE and the number of latents dead (by `cfg.dead_after_tokens`) at the end.
     fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String>;
+    /// The optimiser state (parameters, Adam moments, step, dead-latent counters) as bytes, for a
+    /// checkpoint; `None` where the stepper cannot save it.
+    fn save_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Restores what [`Stepper::save_state`] wrote.
+    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), String> {
+        Err("this device cannot resume from a checkpoint".into())
+    }
 }
 
 /// The CPU stepper: [`TrainState`]'s sparse backward and Adam, in place on the SAE.
@@ -218,8 +323,14 @@ impl CpuStepper {
 }
 
 impl Stepper for CpuStepper {
-    fn step(&mut self, x: &[f32], cfg: &TrainConfig, lr: f64) -> Result<(f64, f64), String> {
-        Ok(self.state.step(&mut self.sae, x, cfg, lr))
+    fn step(
+        &mut self,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> Result<(f64, f64), String> {
+        Ok(self.state.step(&mut self.sae, x, cfg, lr, data_variance))
     }
 
     fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String> {
@@ -231,6 +342,98 @@ impl Stepper for CpuStepper {
             .count();
         Ok((self.sae, dead))
     }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.state.step.to_le_bytes());
+        for p in [&self.sae.w_enc, &self.sae.b_enc, &self.sae.w_dec, &self.sae.b_dec] {
+            out.extend_from_slice(bytemuck::cast_slice(p));
+        }
+        for params in [&self.state.m, &self.state.v] {
+            for p in [&params.w_enc, &params.b_enc, &params.w_dec, &params.b_dec] {
+                out.extend_from_slice(bytemuck::cast_slice(p));
+            }
+        }
+        out.extend_from_slice(bytemuck::cast_slice(&self.state.tokens_since_fired));
+        Some(out)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut r = ByteReader { bytes, at: 0 };
+        self.state.step = r.u64()?;
+        let sae = &mut self.sae;
+        for p in [&mut sae.w_enc, &mut sae.b_enc, &mut sae.w_dec, &mut sae.b_dec] {
+            r.f32s(p)?;
+        }
+        for params in [&mut self.state.m, &mut self.state.v] {
+            for p in [
+                &mut params.w_enc,
+                &mut params.b_enc,
+                &mut params.w_dec,
+                &mut params.b_dec,
+            ] {
+                r.f32s(p)?;
+            }
+        }
+        let n = self.state.tokens_since_fired.len();
+        let raw = r.take(n * 8)?;
+        self.state.tokens_since_fired = bytemuck::pod_collect_to_vec(raw);
+        r.end()
+    }
+}
+
+/// Little-endian fields read back in order, with the length checked.
+pub(crate) struct ByteReader<'a> {
+    pub bytes: &'a [u8],
+    pub at: usize,
+}
+
+impl<'a> ByteReader<'a> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("ends early (needs {n} bytes at offset {})", self.at))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    pub fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    pub fn f64(&mut self) -> Result<f64, String> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+
+    pub fn f32s(&mut self, out: &mut [f32]) -> Result<(), String> {
+        let raw = self.take(out.len() * 4)?;
+        for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+            *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        }
+        Ok(())
+    }
+
+    pub fn end(&self) -> Result<(), String> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(format!("{} bytes too many", self.bytes.len() - self.at))
+        }
+    }
+}
+
+/// Where and how often [`train_resumable`] saves its state.
+pub struct Checkpointing<'a> {
+    /// Saves a checkpoint (bytes) durably; called every `every_steps` steps.
+    pub save: &'a mut dyn FnMut(&[u8]) -> Result<(), SaeError>,
+    /// A checkpoint to continue from.
+    pub resume: Option<Vec<u8>>,
+    pub every_steps: usize,
+    /// Testing: stop with [`SaeError::Stopped`] right after the checkpoint of this step (what a kill
+    /// there leaves).
+    pub stop_after_steps: Option<usize>,
+    /// Named in [`SaeError::Stopped`].
+    pub path: std::path::PathBuf,
 }
 
 /// [`train`] with the steps run by the stepper that `make_stepper` builds from the initial SAE.
@@ -240,18 +443,41 @@ pub fn train_with(
     cfg: &TrainConfig,
     make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, String>,
     progress: &mut dyn FnMut(usize, usize, f64),
-) -> Result<(TopKSae, TrainSummary), String> {
+) -> Result<(TopKSae, TrainSummary), SaeError> {
+    train_resumable(source, train, cfg, make_stepper, None, progress)
+}
+
+/// Version of the checkpoint layout (bumped when it changes; an older one is ignored).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"SCSAECK1";
+
+/// [`train_with`] that saves its state every few steps and can continue from a saved state: the result
+/// equals an uninterrupted run's bit for bit (the data order, the schedule and every accumulator are
+/// restored; the sample that sets the scale and `b_dec` is drawn again identically).
+pub fn train_resumable(
+    source: &dyn RowSource,
+    train: &[Range<usize>],
+    cfg: &TrainConfig,
+    make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, String>,
+    mut checkpointing: Option<Checkpointing>,
+    progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<(TopKSae, TrainSummary), SaeError> {
     let d = source.d();
     cfg.validate(d)?;
     let n_train: usize = train.iter().map(|r| r.len()).sum();
     if n_train == 0 {
-        return Err("there are no training rows".into());
+        return Err(SaeError::Step("there are no training rows".into()));
     }
     let mut loader = Loader::new(source, train, cfg);
     let sample = loader.sample(cfg.init_sample_rows.min(n_train));
+    let n_sample = (sample.len() / d).max(1) as f64;
+    let mut mean = vec![0.0f64; d];
+    for r in sample.chunks(d) {
+        mean.iter_mut()
+            .zip(r)
+            .for_each(|(m, &v)| *m += v as f64 / n_sample);
+    }
     let scale = if cfg.normalize {
-        let mean_norm =
-            sample.chunks(d).map(|r| dot(r, r).sqrt() as f64).sum::<f64>() / (sample.len() / d) as f64;
+        let mean_norm = sample.chunks(d).map(|r| dot(r, r).sqrt() as f64).sum::<f64>() / n_sample;
         if mean_norm > 0.0 {
             (d as f64).sqrt() / mean_norm
         } else {
@@ -260,19 +486,62 @@ pub fn train_with(
     } else {
         1.0
     };
+    // Per-coordinate variance of the scaled sample (the reference's main-loss normaliser).
+    let data_variance = sample
+        .chunks(d)
+        .map(|r| {
+            r.iter()
+                .zip(&mean)
+                .map(|(&v, m)| ((v as f64 - m) * scale).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / (n_sample * d as f64);
     let scaled: Vec<f32> = sample.iter().map(|&v| (v as f64 * scale) as f32).collect();
     let b_dec = geometric_median(&scaled, d, 50);
-    let mut stepper = make_stepper(init_sae(d, cfg, b_dec))?;
+    drop(scaled);
+    let mut stepper = make_stepper(init_sae(d, cfg, b_dec)).map_err(SaeError::Step)?;
     let steps = cfg.steps();
     let started = Instant::now();
     let mut summary = TrainSummary {
         input_scale: scale,
+        data_variance,
+        data_mean: mean.iter().map(|&m| m as f32).collect(),
         ..Default::default()
     };
     let tail_from = steps - (steps / 20).max(1).min(steps);
     let (mut tail_nmse, mut tail_aux, mut tail_n) = (0.0f64, 0.0f64, 0usize);
+    let mut first_step = 0usize;
+    let mut seconds_before = 0.0f64;
+    if let Some(bytes) = checkpointing.as_mut().and_then(|c| c.resume.take()) {
+        let path = checkpointing.as_ref().map(|c| c.path.clone()).unwrap_or_default();
+        let damaged = |reason: String| SaeError::Checkpoint {
+            path: path.clone(),
+            reason,
+        };
+        let mut r = ByteReader { bytes: &bytes, at: 0 };
+        if r.take(8).map_err(&damaged)? != CHECKPOINT_MAGIC {
+            return Err(damaged("not an SAE training checkpoint".into()));
+        }
+        first_step = r.u64().map_err(&damaged)? as usize;
+        summary.tokens_trained = r.u64().map_err(&damaged)?;
+        tail_nmse = r.f64().map_err(&damaged)?;
+        tail_aux = r.f64().map_err(&damaged)?;
+        tail_n = r.u64().map_err(&damaged)? as usize;
+        seconds_before = r.f64().map_err(&damaged)?;
+        let loader_len = r.u64().map_err(&damaged)? as usize;
+        loader
+            .restore(r.take(loader_len).map_err(&damaged)?)
+            .map_err(&damaged)?;
+        let rest = &bytes[r.at..];
+        stepper.load_state(rest).map_err(&damaged)?;
+        if first_step > steps {
+            return Err(damaged(format!("{first_step} steps done of {steps}")));
+        }
+        summary.resumed_at_step = Some(first_step);
+    }
     let mut batch = vec![0.0f32; cfg.batch_size * d];
-    for step in 0..steps {
+    for step in first_step..steps {
         let rows = (cfg.total_tokens - summary.tokens_trained).min(cfg.batch_size as u64) as usize;
         let x = &mut batch[..rows * d];
         loader.next_batch(x);
@@ -280,7 +549,9 @@ pub fn train_with(
             let s = scale as f32;
             x.par_iter_mut().for_each(|v| *v *= s);
         }
-        let (nmse, aux) = stepper.step(x, cfg, cfg.lr_at(step))?;
+        let (nmse, aux) = stepper
+            .step(x, cfg, cfg.lr_at(step), data_variance)
+            .map_err(SaeError::Step)?;
         summary.tokens_trained += rows as u64;
         if step >= tail_from {
             tail_nmse += nmse;
@@ -288,10 +559,38 @@ pub fn train_with(
             tail_n += 1;
         }
         progress(step + 1, steps, nmse);
+        if let Some(c) = checkpointing.as_mut() {
+            let done = step + 1;
+            let due = c.every_steps > 0 && done % c.every_steps == 0 && done < steps;
+            if due || c.stop_after_steps == Some(done) {
+                if let Some(state) = stepper.save_state() {
+                    let mut out = Vec::with_capacity(state.len() + 1024);
+                    out.extend_from_slice(CHECKPOINT_MAGIC);
+                    out.extend_from_slice(&(done as u64).to_le_bytes());
+                    out.extend_from_slice(&summary.tokens_trained.to_le_bytes());
+                    out.extend_from_slice(&tail_nmse.to_bits().to_le_bytes());
+                    out.extend_from_slice(&tail_aux.to_bits().to_le_bytes());
+                    out.extend_from_slice(&(tail_n as u64).to_le_bytes());
+                    let seconds = seconds_before + started.elapsed().as_secs_f64();
+                    out.extend_from_slice(&seconds.to_bits().to_le_bytes());
+                    let loader_state = loader.snapshot();
+                    out.extend_from_slice(&(loader_state.len() as u64).to_le_bytes());
+                    out.extend_from_slice(&loader_state);
+                    out.extend_from_slice(&state);
+                    (c.save)(&out)?;
+                }
+                if c.stop_after_steps == Some(done) {
+                    return Err(SaeError::Stopped {
+                        steps: done,
+                        checkpoint: c.path.clone(),
+                    });
+                }
+            }
+        }
     }
-    let (mut sae, dead) = stepper.finish(cfg)?;
+    let (mut sae, dead) = stepper.finish(cfg).map_err(SaeError::Step)?;
     summary.steps = steps;
-    summary.train_seconds = started.elapsed().as_secs_f64();
+    summary.train_seconds = seconds_before + started.elapsed().as_secs_f64();
     summary.tokens_per_second = summary.tokens_trained as f64 / summary.train_seconds.max(1e-9);
     summary.dead_latents_at_end = dead;
     summary.final_train_nmse = tail_nmse / tail_n.max(1) as f64;
@@ -397,6 +696,9 @@ struct Loader<'a> {
     cursor: usize,
     capacity: usize,
     rng: Rng,
+    /// (order, next piece, generator) as they were when the current buffer was filled: refilling
+    /// from them again gives the same buffer, so a checkpoint stores them instead of the rows.
+    at_refill: Option<(Vec<usize>, usize, Rng)>,
 }
 
 const PIECE_ROWS: usize = 256;
@@ -425,7 +727,68 @@ impl<'a> Loader<'a> {
             cursor: 0,
             capacity,
             rng: Rng::new(cfg.seed, 0x10AD),
+            at_refill: None,
         }
+    }
+
+    /// The loader's position as bytes: the state before the last refill and the cursor in it.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (order, next, rng, filled) = match &self.at_refill {
+            Some((o, n, r)) => (o, *n, r, 1u64),
+            None => (&self.order, self.next_piece, &self.rng, 0u64),
+        };
+        let (key, counter) = rng.state();
+        for v in [
+            filled,
+            next as u64,
+            key,
+            counter,
+            self.cursor as u64,
+            order.len() as u64,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for &o in order {
+            out.extend_from_slice(&(o as u64).to_le_bytes());
+        }
+        out
+    }
+
+    /// Continues from [`Loader::snapshot`].
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut r = ByteReader { bytes, at: 0 };
+        let filled = r.u64()?;
+        let next = r.u64()? as usize;
+        let (key, counter) = (r.u64()?, r.u64()?);
+        let cursor = r.u64()? as usize;
+        let n = r.u64()? as usize;
+        if n != 0 && n != self.pieces.len() {
+            return Err(format!("{n} pieces recorded, {} now", self.pieces.len()));
+        }
+        let mut order = Vec::with_capacity(n);
+        for _ in 0..n {
+            let o = r.u64()? as usize;
+            if o >= self.pieces.len() {
+                return Err(format!("piece {o} out of range"));
+            }
+            order.push(o);
+        }
+        r.end()?;
+        if next > order.len() {
+            return Err("the loader position is out of range".into());
+        }
+        self.order = order;
+        self.next_piece = next;
+        self.rng = Rng::from_state(key, counter);
+        if filled == 1 {
+            self.refill();
+            if cursor > self.buffer_rows {
+                return Err("the buffer position is out of range".into());
+            }
+            self.cursor = cursor;
+        }
+        Ok(())
     }
 
     /// Up to `n` rows drawn from random pieces (for the initial statistics), without consuming the
@@ -451,6 +814,7 @@ impl<'a> Loader<'a> {
     /// Refills the buffer with the next pieces (starting a new epoch when all were used) and shuffles
     /// its rows.
     fn refill(&mut self) {
+        self.at_refill = Some((self.order.clone(), self.next_piece, self.rng.clone()));
         let d = self.d;
         self.buffer.resize(self.capacity * d, 0.0);
         let mut filled = 0usize;
@@ -569,7 +933,19 @@ impl TrainState {
     }
 
     /// One optimiser step on the rows `x` (already scaled). Returns (normalised MSE, AuxK loss).
-    fn step(&mut self, sae: &mut TopKSae, x: &[f32], cfg: &TrainConfig, lr: f64) -> (f64, f64) {
+    ///
+    /// Losses: main `Σ‖e‖² / (B·d)`; AuxK as in the reference (OpenAI `sparse_autoencoder`): its
+    /// loss is `aux_coef · Σ‖e − ê‖² / Σ‖e − ē‖²` (the residual's variance over the batch, treated as
+    /// a constant) added to a main loss divided by the data's per-coordinate variance `v`; multiplied
+    /// through by `v`, the AuxK term here is `aux_coef · v · Σ‖e − ê‖² / Σ‖e − ē‖²`.
+    fn step(
+        &mut self,
+        sae: &mut TopKSae,
+        x: &[f32],
+        cfg: &TrainConfig,
+        lr: f64,
+        data_variance: f64,
+    ) -> (f64, f64) {
         let d = sae.d_in;
         let f_count = sae.d_sae;
         let b = x.len() / d;
@@ -620,7 +996,9 @@ impl TrainState {
         // −Σ_rows ∂L/∂xc = −Σ_f ∂L/∂b_enc[f]·W_enc[f], is added once per step after the latent pass,
         // instead of gathering k encoder rows for every row.)
         let grad_main = -2.0 * norm;
-        let grad_aux = -2.0 * cfg.aux_coef * norm;
+        // The AuxK slots get ∂/∂ê of Σ‖e − ê‖² here (−2r); the normalisation is applied once the
+        // residual's batch variance is known (after this pass).
+        let grad_aux_unit = -2.0f32;
         let k = sae.k;
         let slots = k + k_aux;
         let mut residual = std::mem::take(&mut scratch.residual);
@@ -631,7 +1009,7 @@ impl TrainState {
         grad_pre.clear();
         grad_pre.resize(b * slots, 0.0);
         let n_blocks = b.div_ceil(ROW_BLOCK);
-        let mut block_sums = vec![(0.0f64, 0.0f64, 0.0f64, vec![0.0f32; d]); n_blocks];
+        let mut block_sums = vec![(0.0f64, 0.0f64, 0.0f64, vec![0.0f32; d], vec![0.0f64; d]); n_blocks];
         residual
             .par_chunks_mut(ROW_BLOCK * d)
             .zip(aux_residual.par_chunks_mut(ROW_BLOCK * d))
@@ -639,7 +1017,7 @@ impl TrainState {
             .zip(block_sums.par_iter_mut())
             .enumerate()
             .for_each(|(block, (((res, aux_res), gp), sums))| {
-                let (err, aux_err, energy, bdec) = sums;
+                let (err, aux_err, energy, bdec, e_sum) = sums;
                 for (i, res_row) in res.chunks_mut(d).enumerate() {
                     let row = block * ROW_BLOCK + i;
                     let x_row = &x[row * d..(row + 1) * d];
@@ -673,24 +1051,42 @@ impl TrainState {
                         *aux_err += dot(r_row, r_row) as f64;
                         for (j, (&f, &v)) in aidx.iter().zip(aval).enumerate() {
                             if v > 0.0 {
-                                gp_row[k + j] = grad_aux * dot(r_row, sae.decoder_row(f as usize));
+                                gp_row[k + j] = grad_aux_unit * dot(r_row, sae.decoder_row(f as usize));
                             }
                         }
                     }
-                    for (acc, &e) in bdec.iter_mut().zip(res_row.iter()) {
+                    for ((acc, s), &e) in bdec.iter_mut().zip(e_sum.iter_mut()).zip(res_row.iter()) {
                         *acc += grad_main * e;
+                        *s += e as f64;
                     }
                 }
             });
         let (mut err, mut aux_err, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+        let mut e_sum = vec![0.0f64; d];
         self.g.b_dec.fill(0.0);
-        for (e, a, en, bdec) in &block_sums {
+        for (e, a, en, bdec, es) in &block_sums {
             err += e;
             aux_err += a;
             energy += en;
             self.g.b_dec.iter_mut().zip(bdec).for_each(|(g, v)| *g += v);
+            e_sum.iter_mut().zip(es).for_each(|(s, v)| *s += v);
         }
-        let aux_loss = aux_err * norm as f64;
+        // Σ‖e − ē‖² over the batch; an all-zero residual leaves nothing for AuxK to fit (the reference
+        // maps its 0/0 to 0).
+        let e_spread = err - e_sum.iter().map(|s| s * s).sum::<f64>() / b as f64;
+        let aux_factor = if aux_codes.is_some() && e_spread > 0.0 && e_spread.is_finite() {
+            cfg.aux_coef as f64 * data_variance / e_spread
+        } else {
+            0.0
+        };
+        let aux_loss = if aux_factor > 0.0 { aux_err / e_spread } else { 0.0 };
+        let grad_aux = grad_aux_unit * aux_factor as f32;
+        if k_aux > 0 {
+            let f = aux_factor as f32;
+            grad_pre
+                .par_chunks_mut(slots)
+                .for_each(|gp| gp[k..].iter_mut().for_each(|g| *g *= f));
+        }
 
         // Per-latent gradients: the touches of each latent, gathered by a counting sort.
         let slot_latent = |row: usize, j: usize| -> (u32, f32, bool) {
@@ -850,6 +1246,9 @@ pub struct EvalStats {
     /// Rows on which each latent fired.
     #[serde(skip)]
     pub fire_counts: Vec<u64>,
+    /// The mean of these rows (the mean-ablation floor of the spliced loss).
+    #[serde(skip)]
+    pub mean: Vec<f32>,
 }
 
 /// Encodes and decodes the rows `ranges` of `source` in chunks and measures the reconstruction.
@@ -904,6 +1303,7 @@ pub fn evaluate(sae: &TopKSae, source: &dyn RowSource, ranges: &[Range<usize>]) 
         dead_latents: dead,
         dead_fraction: dead as f64 / sae.d_sae as f64,
         fire_counts,
+        mean: sum.iter().map(|s| (s / n) as f32).collect(),
     }
 }
 
@@ -1016,6 +1416,16 @@ mod tests {
         };
         // The AuxK target is the main residual of the unperturbed SAE (detached, as in training).
         let e0 = residual(&sae);
+        // The reference's AuxK normaliser: the residual's spread over the batch (a constant).
+        let mut e_mean = vec![0.0f64; d];
+        for r in e0.chunks(d) {
+            e_mean.iter_mut().zip(r).for_each(|(m, v)| *m += v / b as f64);
+        }
+        let spread: f64 = e0
+            .chunks(d)
+            .map(|r| r.iter().zip(&e_mean).map(|(v, m)| (v - m).powi(2)).sum::<f64>())
+            .sum();
+        let variance = 0.7;
         let loss = |s: &TopKSae| -> f64 {
             let e = residual(s);
             let main: f64 = e.iter().map(|v| v * v).sum::<f64>() / (b * d) as f64;
@@ -1033,11 +1443,11 @@ mod tests {
                     aux += (e0[r * d + i] - ehat).powi(2);
                 }
             }
-            main + 0.5 * aux / (b * d) as f64
+            main + 0.5 * variance * aux / spread
         };
         // Run the step with lr 0 to fill the gradients only.
         let mut probe = sae.clone();
-        state.step(&mut probe, &x, &cfg, 0.0);
+        state.step(&mut probe, &x, &cfg, 0.0, variance);
         let eps = 1e-3f32;
         let checks: Vec<(&str, usize)> = vec![("b_dec", 2), ("b_enc", 9), ("w_enc", 9 * d + 1), ("b_enc", 3)];
         for (name, i) in checks {

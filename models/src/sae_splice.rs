@@ -1,0 +1,155 @@
+//! The spliced-loss side of `scinterp sae train|eval` that needs the model: the model and token store
+//! an activation store records, and the model's pretraining loss on a few of its cells
+//! ([`scinterp_engine::sae::pipeline::SpliceModel`]).
+//!
+//! Geneformer (masked LM): 15 % of the gene positions (seeded) are replaced by `<mask>` and scored by
+//! the cross-entropy of the true gene. The SAE is spliced only at the positions the store kept *and*
+//! that still hold their gene: a `<mask>` position is never in a store, so the SAE never saw one.
+//! scGPT (masked expression): squared error of the expression prediction at the gene positions.
+
+use std::path::PathBuf;
+
+use scinterp_engine::sae::pipeline::SpliceModel;
+use scinterp_engine::sae::splice::{splice_losses, SpliceLosses};
+use scinterp_engine::sae::TopKSae;
+use scinterp_engine::store::ActStore;
+use scinterp_engine::{HookPoint, Matrix, PackedBatch};
+
+use crate::input::{read_cells, InputCells};
+use crate::registry::{LoadedModel, PretrainingLoss};
+use crate::token_store::TokenStore;
+
+/// The model and cells behind an activation store.
+pub struct StoreModel {
+    model: LoadedModel,
+    cells: InputCells,
+    special: Vec<u32>,
+    include_special: bool,
+}
+
+impl StoreModel {
+    /// The model and token store recorded in `store`'s manifest. `Ok(Err(why))` when there is none to
+    /// load (synthetic rows, or the model or token store is gone): the spliced loss is then skipped.
+    pub fn open(store: &ActStore) -> Result<Result<StoreModel, String>, String> {
+        let path = |v: &serde_json::Value| v.get("path").and_then(|p| p.as_str()).map(PathBuf::from);
+        let (Some(model_dir), Some(token_dir)) = (path(&store.manifest.model), path(&store.manifest.source))
+        else {
+            return Ok(Err(
+                "the store records no model (synthetic rows?): no spliced loss".into(),
+            ));
+        };
+        if !model_dir.is_dir() || !token_dir.is_dir() {
+            return Ok(Err(format!(
+                "the store's model ({}) or token store ({}) is gone: no spliced loss",
+                model_dir.display(),
+                token_dir.display()
+            )));
+        }
+        let model = crate::load(&model_dir, true).map_err(|e| e.to_string())?;
+        let cells = read_cells(&token_dir, &model).map_err(|e| e.to_string())?;
+        let special = model
+            .special_tokens(|| TokenStore::read_manifest(&token_dir))
+            .map_err(|e| e.to_string())?
+            .ids();
+        Ok(Ok(StoreModel {
+            model,
+            cells,
+            special,
+            include_special: store.manifest.include_special,
+        }))
+    }
+}
+
+impl SpliceModel for StoreModel {
+    fn spliced_losses(
+        &self,
+        hook_name: &str,
+        sae: &TopKSae,
+        mean: &[f32],
+        cells: &[u64],
+    ) -> Result<SpliceLosses, String> {
+        let hook = HookPoint::parse(hook_name).map_err(|e| e.to_string())?;
+        let chosen: Vec<usize> = cells.iter().map(|&c| c as usize).collect();
+        if let Some(&bad) = chosen.iter().find(|&&c| c >= self.cells.tokens.len()) {
+            return Err(format!(
+                "cell {bad} is not in the token store ({} cells)",
+                self.cells.tokens.len()
+            ));
+        }
+        let tokens: Vec<Vec<u32>> = chosen.iter().map(|&c| self.cells.tokens[c].clone()).collect();
+        let is_special = |t: &u32| self.special.contains(t);
+        let gene_rows: Vec<usize> = tokens
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, t)| !is_special(t))
+            .map(|(r, _)| r)
+            .collect();
+        let mut batch_tokens = tokens.clone();
+        let mut labels: Vec<(usize, u32)> = Vec::new();
+        if let PretrainingLoss::MaskedLm { mask_id } = self.model.loss {
+            let mut rng = scinterp_engine::rng::Rng::new(0, 0x3A5C);
+            let mut row_of = Vec::new();
+            for (c, cell) in batch_tokens.iter().enumerate() {
+                row_of.extend((0..cell.len()).map(|p| (c, p)));
+            }
+            for &r in &gene_rows {
+                if rng.uniform() < 0.15 {
+                    let (c, p) = row_of[r];
+                    labels.push((r, batch_tokens[c][p]));
+                    batch_tokens[c][p] = mask_id;
+                }
+            }
+        }
+        let masked: std::collections::HashSet<usize> = labels.iter().map(|l| l.0).collect();
+        // The rows the SAE reads: positions the store kept (genes, and specials if it kept them),
+        // never a position now holding <mask>.
+        let spliced_rows: Vec<usize> = tokens
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(r, t)| (self.include_special || !is_special(t)) && !masked.contains(r))
+            .map(|(r, _)| r)
+            .collect();
+        let mut batch = PackedBatch::from_cells(&batch_tokens).map_err(|e| e.to_string())?;
+        let mut targets = Vec::new();
+        if let Some(values) = &self.cells.values {
+            targets = chosen.iter().flat_map(|&c| values[c].iter().copied()).collect();
+            batch = batch.with_values(targets.clone()).map_err(|e| e.to_string())?;
+        }
+        let kind = self.model.loss;
+        let loss = move |head: &Matrix| -> f64 {
+            match kind {
+                PretrainingLoss::MaskedLm { .. } => {
+                    let total: f64 = labels
+                        .iter()
+                        .map(|&(r, label)| {
+                            let logits = head.row(r);
+                            let max = logits.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+                            let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+                            lse - logits[label as usize] as f64
+                        })
+                        .sum();
+                    total / labels.len().max(1) as f64
+                }
+                PretrainingLoss::MaskedExpression => {
+                    gene_rows
+                        .iter()
+                        .map(|&r| (head.row(r)[0] as f64 - targets[r] as f64).powi(2))
+                        .sum::<f64>()
+                        / gene_rows.len().max(1) as f64
+                }
+            }
+        };
+        splice_losses(
+            self.model.encoder.as_ref(),
+            &batch,
+            hook,
+            sae,
+            &spliced_rows,
+            mean,
+            &loss,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
