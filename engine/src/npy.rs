@@ -181,6 +181,18 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, String> {
                 .map_err(|_| format!("{}: bad shape ({shape_text})", path.display()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Every caller multiplies the shape out; a header announcing more bytes than a machine can address
+    // is damage, not an array (found by fuzzing: the product overflowed).
+    if shape
+        .iter()
+        .try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d))
+        .is_none()
+    {
+        return Err(format!(
+            "{}: its shape ({shape_text}) announces more bytes than can be addressed (corrupt header)",
+            path.display()
+        ));
+    }
     Ok(NpyHeader {
         dtype,
         shape,
