@@ -3,9 +3,11 @@
 
 mod analyze;
 mod annotate;
+mod apply;
 mod atlas;
 mod demo;
 mod effects;
+mod export;
 mod extract;
 mod forward;
 mod genes;
@@ -70,6 +72,11 @@ enum Command {
     /// Build the static web atlas (works from file://); `atlas serve DIR` serves one on 127.0.0.1.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Atlas(atlas::AtlasArgs),
+    /// Export an operator read out of a model as a standalone pseudotime + cell-type tool (ONNX,
+    /// safetensors + card).
+    Export(export::ExportArgs),
+    /// Run an exported tool on new cells (.h5ad, 10x folder, .loom): latent, pseudotime and cell type per cell.
+    Apply(apply::ApplyArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +104,8 @@ fn main() -> ExitCode {
         Command::Effects(args) => effects::run(args),
         Command::Annotate(args) => annotate::run(args),
         Command::Atlas(args) => atlas::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Apply(args) => apply::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
