@@ -4,6 +4,7 @@
 mod analyze;
 mod annotate;
 mod atlas;
+mod consensus;
 mod demo;
 mod effects;
 mod extract;
@@ -68,6 +69,9 @@ enum Command {
     /// Build the static web atlas (works from file://); `atlas serve DIR` serves one on 127.0.0.1.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Atlas(atlas::AtlasArgs),
+    /// Compare two models' annotated circuit graphs: term pairs conserved in both, against a null that
+    /// permutes term labels among features (degrees kept).
+    Consensus(consensus::ConsensusArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Effects(args) => effects::run(args),
         Command::Annotate(args) => annotate::run(args),
         Command::Atlas(args) => atlas::run(args),
+        Command::Consensus(args) => consensus::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
