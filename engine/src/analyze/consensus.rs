@@ -744,10 +744,10 @@ mod tests {
                 after.sort();
                 assert_eq!(before, after, "label sets of hook {stratum} changed");
             }
-            for n in 0..l.len() {
+            for (n, (after, before)) in l.iter().zip(&g.labels).enumerate() {
                 assert_eq!(
-                    l[n].is_empty(),
-                    g.labels[n].is_empty(),
+                    after.is_empty(),
+                    before.is_empty(),
                     "node {n} changed annotated state"
                 );
             }
