@@ -5,6 +5,7 @@ mod analyze;
 mod annotate;
 mod apply;
 mod atlas;
+mod consensus;
 mod demo;
 mod effects;
 mod export;
@@ -77,6 +78,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Run an exported tool on new cells (.h5ad, 10x folder, .loom): latent, pseudotime and cell type per cell.
     Apply(apply::ApplyArgs),
+    /// Compare two models' annotated circuit graphs: term pairs conserved in both, against a null that
+    /// permutes term labels among features (degrees kept).
+    Consensus(consensus::ConsensusArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Atlas(args) => atlas::run(args),
         Command::Export(args) => export::run(args),
         Command::Apply(args) => apply::run(args),
+        Command::Consensus(args) => consensus::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

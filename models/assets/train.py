@@ -21,7 +21,8 @@ Steps (each a sub-command; `all` runs them in order):
               --model-kind scgpt`, trains a small scGPT (masked expression prediction: MSE on masked values
               plus the MVC objective, as scGPT pretrains), and writes models/assets/scgpt/.
 
-Everything is seeded (--seed) and runs on 2 CPU threads; metrics go to models/assets/metrics.json.
+Everything is seeded (--seed) and runs on a fixed number of CPU threads (--threads; the committed weights: 1
+per model, and the default --gf-max-steps / --sg-max-steps); metrics go to models/assets/metrics.json.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ ASSETS = REPO / "models" / "assets"
 OUT = ASSETS  # where the models and metrics.json go (--out); the cells and dictionaries are read from ASSETS
 HELDOUT_FRACTION = 0.15
 V2_SPECIALS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
+NON_CANDIDATE_BIAS = -30.0  # the MLM bias of the V2 tokens that cannot occur in these cells
 MAX_LEN = 256  # tokens per cell (specials included) for both models: the top-ranked 254 genes for Geneformer
 
 
@@ -191,7 +193,14 @@ def make_cells(data: Path, work: Path, seed: int) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+REUSE_TOKENS = False  # --reuse-tokens: keep token stores that an earlier run's `scinterp tokenize` wrote
+
+
 def run_scinterp(scinterp: str, args: list[str]) -> None:
+    out = Path(args[args.index("--out") + 1])
+    if REUSE_TOKENS and (out / "manifest.json").exists():
+        log(f"reusing the token store {out} (written by scinterp tokenize)")
+        return
     cmd = [scinterp, "tokenize", "--threads", "2", "--quiet", "--overwrite"] + args
     subprocess.run(cmd, check=True)
 
@@ -256,6 +265,27 @@ def load_split(stores: dict[str, Path]):
     return train, held
 
 
+def lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up, then inverse-square-root decay. It does not depend on the run's length, so a run
+    stopped after epoch k (--stop-file) is exactly the run with `--*-epochs k`."""
+    s = step + 1
+    return min(s / warmup, math.sqrt(warmup / s))
+
+
+def stop_requested(args, step: int, what: str) -> bool:
+    """After `step` steps: --gf-max-steps / --sg-max-steps reached, or the --stop-file exists (checked every
+    10 steps: a wall-clock budget on a shared machine without giving up reproducibility, since the metrics
+    record the steps run and `--*-max-steps <steps>` repeats exactly that run)."""
+    limit = args.gf_max_steps if what == "geneformer" else args.sg_max_steps
+    if limit > 0 and step >= limit:
+        return True
+    if step % 10 == 0 and args.stop_file is not None and args.stop_file.exists():
+        flag = "gf" if what == "geneformer" else "sg"
+        log(f"{what}: {args.stop_file} exists: stopping after {step} steps (rerun: --{flag}-max-steps {step})")
+        return True
+    return False
+
+
 def batches(items: list, batch_size: int, rng: np.random.Generator) -> list[list]:
     """Length-bucketed batches in a seeded random order (less padding, same cells every epoch)."""
     order = sorted(range(len(items)), key=lambda i: (len(items[i][2]), i))
@@ -306,9 +336,10 @@ def pad_batch(cells: list[np.ndarray], pad: int):
     return ids, att
 
 
-def mlm_mask(cells: list[np.ndarray], rng: np.random.Generator, vocab: int, train: bool):
+def mlm_mask(cells: list[np.ndarray], rng: np.random.Generator, genes: np.ndarray, train: bool):
     """Geneformer pretraining masking: 15 % of the gene positions (never <cls>/<eos>), at least one per cell;
-    in training 80 % become <mask>, 10 % a random token, 10 % stay. Returns (inputs, [(cell, pos, target)])."""
+    in training 80 % become <mask>, 10 % a random gene token (from `genes`, the gene tokens these cells can
+    contain), 10 % stay. Returns (inputs, [(cell, pos, target)])."""
     inputs, targets = [], []
     for b, c in enumerate(cells):
         n_genes = len(c) - 2
@@ -320,15 +351,17 @@ def mlm_mask(cells: list[np.ndarray], rng: np.random.Generator, vocab: int, trai
             if r < 0.8:
                 x[p] = V2_SPECIALS["<mask>"]
             elif r < 0.9:
-                x[p] = rng.integers(4, vocab)
+                x[p] = genes[rng.integers(len(genes))]
             targets.append((b, int(p), int(c[p])))
         inputs.append(x)
     return inputs, targets
 
 
-def gf_forward_masked(model, cells_in: list[np.ndarray], targets):
+def gf_forward_masked(model, cells_in: list[np.ndarray], targets, cand=None):
     """MLM logits at the target positions only (the head over 20,275 tokens at every position would cost
-    more than the encoder)."""
+    more than the encoder). With `cand` (sorted token ids), only those columns of the tied decoder are
+    computed and the targets are returned as indices into `cand` (training: the other ~17k tokens of the
+    V2 vocabulary cannot occur in these cells, their bias is pinned far below, see train_geneformer)."""
     import torch
 
     ids, att = pad_batch(cells_in, 0)
@@ -336,7 +369,12 @@ def gf_forward_masked(model, cells_in: list[np.ndarray], targets):
     b = torch.tensor([t[0] for t in targets])
     p = torch.tensor([t[1] for t in targets])
     y = torch.tensor([t[2] for t in targets])
-    return model.cls(seq[b, p]), y
+    if cand is None:
+        return model.cls(seq[b, p]), y
+    head = model.cls.predictions
+    h = head.transform(seq[b, p])
+    logits = h @ head.decoder.weight[cand].T + head.bias[cand]
+    return logits, torch.searchsorted(cand, y)
 
 
 def round_to_f16_(model) -> None:
@@ -375,19 +413,37 @@ def train_geneformer(args, work: Path, metrics: dict) -> None:
     cfg._attn_implementation = "sdpa"
     model = BertForMaskedLM(cfg)
     V = cfg.vocab_size
-    opt = torch.optim.AdamW(model.parameters(), lr=args.gf_lr, weight_decay=0.001)
+    # The gene tokens these cells can contain: those of the cut V2 dictionary (the other ~17k V2 tokens
+    # never occur in the inputs and never are targets).
+    tokdict = pickle.load(open(ASSETS / "geneformer" / "token_dictionary_gc104M.pkl", "rb"))
+    genes = np.array(sorted(v for v in tokdict.values() if v >= len(V2_SPECIALS)), dtype=np.int64)
+    cand = torch.from_numpy(genes)
+    with torch.no_grad():
+        # Start the MLM bias at the log training frequencies (add-one over the candidate genes), so that the
+        # steps go into what the context adds beyond the frequency prior; the other tokens (specials, genes
+        # these cells lack) get a bias far below, not trained (training scores the candidates only).
+        cnt = np.zeros(V)
+        cnt[genes] = 1.0
+        for _, _, c, _ in train:
+            np.add.at(cnt, c[1:-1], 1)
+        bias = np.full(V, NON_CANDIDATE_BIAS)
+        bias[genes] = np.log(cnt[genes] / cnt[genes].sum())
+        model.cls.predictions.bias.copy_(torch.from_numpy(bias).float())
+    # No weight decay on biases and LayerNorm parameters (as BERT).
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.001}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.gf_lr)
     rng = np.random.default_rng(args.seed)
     n_steps = args.gf_epochs * math.ceil(len(train) / args.batch)
-    warm = max(1, n_steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(1, n_steps - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup_steps))
     t0, step = time.time(), 0
     model.train()
     for epoch in range(args.gf_epochs):
-        tot, n = 0.0, 0
+        tot, n, run_l, run_n = 0.0, 0, 0.0, 0
         for bt in batches(train, args.batch, rng):
-            inp, tg = mlm_mask([c[2] for c in bt], rng, V, train=True)
-            logits, y = gf_forward_masked(model, inp, tg)
+            inp, tg = mlm_mask([c[2] for c in bt], rng, genes, train=True)
+            logits, y = gf_forward_masked(model, inp, tg, cand)
             loss = torch.nn.functional.cross_entropy(logits, y)
             opt.zero_grad()
             loss.backward()
@@ -397,16 +453,25 @@ def train_geneformer(args, work: Path, metrics: dict) -> None:
             step += 1
             tot += float(loss.detach()) * len(y)
             n += len(y)
-        log(f"geneformer epoch {epoch + 1}/{args.gf_epochs}: train MLM loss {tot / n:.3f} ({time.time() - t0:.0f} s)")
+            run_l, run_n = run_l + float(loss.detach()) * len(y), run_n + len(y)
+            if step % 50 == 0:
+                log(f"geneformer step {step}/{n_steps}: train MLM loss {run_l / run_n:.3f} ({time.time() - t0:.0f} s)")
+                run_l, run_n = 0.0, 0
+            if stop_requested(args, step, "geneformer"):
+                break
+        else:
+            log(f"geneformer epoch {epoch + 1}/{args.gf_epochs}: train MLM loss {tot / n:.3f} ({time.time() - t0:.0f} s)")
+            continue
+        break
     train_s = time.time() - t0
     model.eval()
     round_to_f16_(model)  # evaluate exactly the weights that are committed
 
     # Held-out: the same seeded masks (all <mask>) for the model and the priors.
     erng = np.random.default_rng(args.seed + 100)
-    held_masks = [mlm_mask([c[2]], erng, V, train=False) for c in held]
-    freq = np.ones(V)  # add-one over the whole vocabulary
-    freq[:4] = 0
+    held_masks = [mlm_mask([c[2]], erng, genes, train=False) for c in held]
+    freq = np.zeros(V)  # add-one over the gene tokens these cells can contain (as the model's bias start)
+    freq[genes] = 1.0
     pos_counts = np.zeros((MAX_LEN, V))
     for _, _, c, _ in train:
         np.add.at(freq, c[1:-1], 1)
@@ -446,6 +511,7 @@ def train_geneformer(args, work: Path, metrics: dict) -> None:
     for ds, (hit, n) in per_ds.items():
         summary["model"][f"top1_accuracy_{ds}"] = hit / n
     metrics["geneformer"] = {"heldout": summary, "train_seconds": round(train_s, 1), "steps": step,
+                             "epochs": step // math.ceil(len(train) / args.batch), "lr": args.gf_lr,
                              "n_train_cells": len(train), "n_heldout_cells": len(held),
                              "genes_seen_in_training": int((freq[4:] > 1).sum())}
     log("geneformer held-out: " + json.dumps(summary))
@@ -545,12 +611,15 @@ def train_scgpt(args, work: Path, metrics: dict) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.1
+    with torch.no_grad():
+        # The heads regress bins 1..50 from unit-scale activations: start the ExprDecoder's output bias at the
+        # training cells' mean bin (otherwise hundreds of Adam steps go into reaching the scale at all).
+        mean_bin = float(np.mean(np.concatenate([c[3][1:] for c in train])))
+        model.decoder.fc[4].bias.fill_(mean_bin)
     opt = torch.optim.AdamW(model.parameters(), lr=args.sg_lr, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     n_steps = args.sg_epochs * math.ceil(len(train) / args.batch)
-    warm = max(1, n_steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (n_steps - s) / max(1, n_steps - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup_steps))
 
     def make_batch(bt, ratio: float, r: np.random.Generator):
         ids, vals, pad, _ = ref.pad_cells([list(map(int, c[2])) for c in bt], [list(map(float, c[3])) for c in bt], pad_id)
@@ -578,7 +647,10 @@ def train_scgpt(args, work: Path, metrics: dict) -> None:
             o = forward(ids, inp, pad)
             gep = torch.nn.functional.mse_loss(o["expr_pred"][masked], target[masked])
             gepc = torch.nn.functional.mse_loss(o["mvc_pred"][masked], target[masked])
-            loss = gep + gepc
+            # The MVC term enters linearly over the first --sg-mvc-ramp-steps steps: from the start, its large
+            # error (the head has no bias to reach the bins) swamps the shared encoder's gradient and the
+            # ExprDecoder's predictions collapse to a constant for ~100 steps. Then the full objective, as scGPT.
+            loss = gep + min(1.0, step / max(1, args.sg_mvc_ramp_steps)) * gepc
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -587,7 +659,15 @@ def train_scgpt(args, work: Path, metrics: dict) -> None:
             step += 1
             tot += float(gep.detach()) * int(masked.sum())
             n += int(masked.sum())
-        log(f"scgpt epoch {epoch + 1}/{args.sg_epochs}: train masked MSE {tot / n:.2f} ({time.time() - t0:.0f} s)")
+            if step % 50 == 0:
+                log(f"scgpt step {step}/{n_steps}: masked MSE {float(gep):.1f}, MVC {float(gepc):.1f} "
+                    f"({time.time() - t0:.0f} s)")
+            if stop_requested(args, step, "scgpt"):
+                break
+        else:
+            log(f"scgpt epoch {epoch + 1}/{args.sg_epochs}: train masked MSE {tot / n:.2f} ({time.time() - t0:.0f} s)")
+            continue
+        break
     train_s = time.time() - t0
     model.eval()
     round_to_f16_(model)
@@ -624,6 +704,7 @@ def train_scgpt(args, work: Path, metrics: dict) -> None:
                 n += int(masked.sum())
         summary[f"mask_{ratio}"] = {k: v / n for k, v in err.items()} | {"n_masked": n}
     metrics["scgpt"] = {"heldout_mse_bins": summary, "train_seconds": round(train_s, 1), "steps": step,
+                        "epochs": step // math.ceil(len(train) / args.batch), "lr": args.sg_lr,
                         "n_train_cells": len(train), "n_heldout_cells": len(held), "vocab_size": len(vocab),
                         "genes_seen_in_training": int((c > 0).sum())}
     log("scgpt held-out: " + json.dumps(summary))
@@ -655,21 +736,31 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/scinterp-assets-work"))
     ap.add_argument("--out", type=Path, default=ASSETS, help="where the models and metrics.json are written")
     ap.add_argument("--seed", type=int, default=19)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--gf-hidden", type=int, default=128)
     ap.add_argument("--gf-layers", type=int, default=3)
     ap.add_argument("--max-train-cells", type=int, default=None, help="for smoke tests only")
-    ap.add_argument("--gf-epochs", type=int, default=2)
-    ap.add_argument("--gf-lr", type=float, default=1e-3)
+    ap.add_argument("--gf-epochs", type=int, default=30, help="at most (--gf-max-steps ends it first)")
+    ap.add_argument("--gf-lr", type=float, default=2e-3)
+    ap.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up, then lr·sqrt(warm-up/step)")
+    # The committed weights: 670 / 680 steps (the run was stopped by --stop-file); 0 = no limit.
+    ap.add_argument("--gf-max-steps", type=int, default=670, help="end Geneformer training after this many steps")
+    ap.add_argument("--sg-max-steps", type=int, default=680, help="end scGPT training after this many steps")
+    ap.add_argument("--stop-file", type=Path, default=None,
+                    help="end training at the first epoch boundary after this file appears")
+    ap.add_argument("--reuse-tokens", action="store_true",
+                    help="keep the token stores under --work that an earlier run's scinterp tokenize wrote")
     ap.add_argument("--sg-hidden", type=int, default=128)
     ap.add_argument("--sg-layers", type=int, default=3)
-    ap.add_argument("--sg-epochs", type=int, default=2)
+    ap.add_argument("--sg-epochs", type=int, default=30, help="at most (--sg-max-steps ends it first)")
     ap.add_argument("--sg-lr", type=float, default=1e-3)
+    ap.add_argument("--sg-mvc-ramp-steps", type=int, default=200, help="steps over which the MVC loss weight ramps to 1")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    global OUT
+    global OUT, REUSE_TOKENS
     OUT = args.out
+    REUSE_TOKENS = args.reuse_tokens
     mpath = OUT / "metrics.json"
     metrics: dict = {}
     if args.step in ("cells", "all"):

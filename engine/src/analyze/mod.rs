@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod coact;
 pub mod compare;
+pub mod consensus;
 pub mod layers;
 pub mod modules;
 pub mod pipeline;

@@ -180,3 +180,44 @@ pub struct AnnotationSeconds {
     pub tests: f64,
     pub total: f64,
 }
+
+/// One row of an annotation's term table (`enrichment` or `best_terms`, Parquet or TSV), as other
+/// commands read it: a feature of a catalog (catalog names are hooks, or `<folder>:<hook>` when two
+/// catalogs of one run share a hook) enriched for a term of a library.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureTermRow {
+    pub catalog: String,
+    pub feature: i64,
+    pub library: String,
+    pub term: String,
+    pub p_value: f64,
+    pub q_value_atlas: f64,
+    pub q_value_catalog: f64,
+    pub fold_enrichment: f64,
+}
+
+/// Reads an annotation term table (`.parquet` or `.tsv`); a missing column or a bad value is an error
+/// that names the file.
+pub fn read_feature_terms(path: &std::path::Path) -> Result<Vec<FeatureTermRow>, super::TableError> {
+    let t = super::Table::read(path)?;
+    let (catalog, feature) = (t.strs("catalog")?, t.i64s("feature")?);
+    let (library, term) = (t.strs("library")?, t.strs("term")?);
+    let (p, qa, qc) = (
+        t.f64s("p_value")?,
+        t.f64s("q_value_atlas")?,
+        t.f64s("q_value_catalog")?,
+    );
+    let fe = t.f64s("fold_enrichment")?;
+    Ok((0..t.rows())
+        .map(|r| FeatureTermRow {
+            catalog: catalog[r].clone(),
+            feature: feature[r],
+            library: library[r].clone(),
+            term: term[r].clone(),
+            p_value: p[r],
+            q_value_atlas: qa[r],
+            q_value_catalog: qc[r],
+            fold_enrichment: fe[r],
+        })
+        .collect())
+}

@@ -8,6 +8,7 @@
 pub mod annotation;
 pub mod atomic;
 pub mod catalog;
+pub mod consensus;
 pub mod effects;
 pub mod layers;
 pub mod sae;

@@ -116,3 +116,35 @@ pub struct NullSummary {
     pub empirical_fdr: f64,
     pub method: String,
 }
+
+/// One row of a trace edge table (`scinterp trace` output, Parquet or TSV), as other commands read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceEdgeRow {
+    pub source_hook: String,
+    pub source_feature: i64,
+    pub target_hook: String,
+    pub target_feature: i64,
+    /// Mean change of the target when the source is ablated (> 0: excitatory).
+    pub mean_change: f64,
+    /// BH q of the edge's test.
+    pub q: f64,
+}
+
+/// Reads a trace edge table (`.parquet` or `.tsv`); a missing column or a bad value is an error that
+/// names the file.
+pub fn read_trace_edges(path: &std::path::Path) -> Result<Vec<TraceEdgeRow>, super::TableError> {
+    let t = super::Table::read(path)?;
+    let (sh, sf) = (t.strs("source_hook")?, t.i64s("source_feature")?);
+    let (th, tf) = (t.strs("target_hook")?, t.i64s("target_feature")?);
+    let (mc, q) = (t.f64s("mean_change")?, t.f64s("q")?);
+    Ok((0..t.rows())
+        .map(|r| TraceEdgeRow {
+            source_hook: sh[r].clone(),
+            source_feature: sf[r],
+            target_hook: th[r].clone(),
+            target_feature: tf[r],
+            mean_change: mc[r],
+            q: q[r],
+        })
+        .collect())
+}
