@@ -17,6 +17,9 @@ use scinterp_models::tokenize::scgpt::{ScgptArgs, ScgptTokenizer, ScgptTokenizer
 
 use crate::error::ExportError;
 
+/// Token sequences, scGPT values (None for Geneformer) and the cell behind each sequence.
+pub type TokenizedCells = (Vec<Vec<u32>>, Option<Vec<Vec<f32>>>, Vec<usize>);
+
 /// Where cells come from and how to read them (the options of `scinterp tokenize`).
 #[derive(Clone, Debug, Default)]
 pub struct CellInput {
@@ -226,7 +229,7 @@ impl ModelGenes {
         m: &CountMatrix,
         max_len: usize,
         seed: u64,
-    ) -> Result<(Vec<Vec<u32>>, Option<Vec<Vec<f32>>>, Vec<usize>), ExportError> {
+    ) -> Result<TokenizedCells, ExportError> {
         let err = |e: String| ExportError::Tokenize(e);
         match self {
             ModelGenes::Geneformer { dicts, version, .. } => {

@@ -231,7 +231,7 @@ pub fn read_tool(dir: &Path) -> Result<LoadedTool, ExportError> {
             .collect();
         Ok(Dense { rows, cols, data })
     };
-    let stage = if st.names().iter().any(|n| *n == "operator") {
+    let stage = if st.names().contains(&"operator") {
         Stage::Operator(get("operator")?)
     } else {
         let left = get("surrogate_left")?;

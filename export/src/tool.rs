@@ -508,9 +508,19 @@ pub fn root_ordering(z: &Mat<f64>, root: usize, k: usize) -> Vec<f64> {
     r.iter().map(|&x| x / denom).collect()
 }
 
-#[derive(PartialEq, PartialOrd)]
+/// An f64 ordered by `total_cmp` (for heaps); equality and order agree.
 struct OrdF64(f64);
+impl PartialEq for OrdF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
 impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for OrdF64 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)

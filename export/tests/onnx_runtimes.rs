@@ -341,8 +341,8 @@ fn real_exports_agree_in_tract_and_apply() {
         let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split('\t').collect()).collect();
         assert_eq!(rows.len(), 700);
         let pt_scale = ours.pseudotime.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for i in 0..n {
-            let pt: f32 = rows[i][1].parse().unwrap();
+        for (i, row) in rows.iter().enumerate().take(n) {
+            let pt: f32 = row[1].parse().unwrap();
             assert!(
                 (pt - ours.pseudotime[i]).abs() <= 1e-4 * pt_scale.max(1e-6),
                 "{name} cell {i}: {pt} vs {}",

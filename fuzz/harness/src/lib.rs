@@ -126,6 +126,10 @@ pub fn run(name: &str, data: &[u8]) {
         panic!("no fuzz target {name}");
     };
     let dir = SCRATCH.get_or_init(|| {
+        // libFuzzer's panic hook aborts on every panic, even one a reader catches on purpose (the HDF5
+        // readers turn a panic inside rust-hdf5 into an error). A quiet hook lets those pass; a panic
+        // that escapes the reader still ends the run as a crash (libfuzzer-sys aborts on it).
+        std::panic::set_hook(Box::new(|_| {}));
         let d = std::env::temp_dir().join(format!("scinterp-fuzz-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&d);
         d
