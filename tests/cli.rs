@@ -228,12 +228,12 @@ fn bad_inputs_get_one_clear_error_and_no_panic() {
 }
 
 #[test]
-fn demo_runs_end_to_end_and_reports_what_it_did() {
+fn planted_demo_runs_end_to_end_and_reports_what_it_did() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
     // With the reference data, the demo also runs real cells through the whole pipeline.
     let data = shared_data("");
-    let mut args = vec!["demo", "--out", path_str(&out_dir)];
+    let mut args = vec!["demo", "--planted", "--out", path_str(&out_dir)];
     if let Some(d) = &data {
         args.extend(["--data", path_str(d)]);
     }
@@ -291,6 +291,81 @@ fn demo_runs_end_to_end_and_reports_what_it_did() {
             Some(0.0),
             "cells must not leak into each other"
         );
+    }
+}
+
+/// The default demo: the embedded models trained on real cells, each beside its random-weight control.
+#[test]
+fn demo_on_the_embedded_models_shows_what_training_added() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("demo");
+    let out = scinterp(&["demo", "--out", path_str(&out_dir)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("What came back") && stdout.contains("consensus"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    let arms = summary["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 4);
+    let arm = |model: &str, weights: &str| {
+        arms.iter()
+            .find(|a| a["model"] == model && a["weights"] == weights)
+            .unwrap_or_else(|| panic!("no arm {model}-{weights}"))
+    };
+    // Geneformer trained on real PBMCs has far more cell-type features than its control at every layer.
+    let (trained, random) = (arm("geneformer", "trained"), arm("geneformer", "random"));
+    for (t, r) in trained["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(random["layers"].as_array().unwrap())
+    {
+        let (t, r) = (
+            t["cell_type_features"].as_u64().unwrap(),
+            r["cell_type_features"].as_u64().unwrap(),
+        );
+        assert!(
+            t >= 20 && t > 3 * r,
+            "{} : trained {t} vs control {r}",
+            summary["arms"]
+        );
+    }
+    // The control's model folder holds the same files but other weights.
+    let control = out_dir.join("models/geneformer-random");
+    assert!(control.join("config.json").is_file() && control.join("model.safetensors").is_file());
+    // Ablating the trained model's best cell-type feature lowers its own genes' logits.
+    let ablation = trained["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["alpha"].as_f64() == Some(0.0))
+        .expect("an ablation row");
+    assert!(
+        ablation["target_minus_other"].as_f64().unwrap() < 0.0,
+        "{ablation}"
+    );
+    for arm in arms {
+        let name = format!(
+            "{}-{}",
+            arm["model"].as_str().unwrap(),
+            arm["weights"].as_str().unwrap()
+        );
+        for f in [
+            "trace.tsv",
+            "annotation/annotate.json",
+            "annotation/cell_types.tsv",
+        ] {
+            assert!(out_dir.join(&name).join(f).is_file(), "{name}/{f} missing");
+        }
+        assert!(arm["trace"]["edges"].as_u64().unwrap() > 0);
+    }
+    for w in ["trained", "random"] {
+        let p = summary["consensus"][w]["p_value"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0);
+        assert!(out_dir.join("consensus").join(w).join("consensus.json").is_file());
     }
 }
 
@@ -362,7 +437,9 @@ fn tokenize_h5ad_for_geneformer_then_forward_from_the_store() {
 
     // The store feeds the forward pass of a V2-shaped model (the demo's: real V2 vocabulary size).
     let demo = tmp.path().join("demo");
-    assert!(scinterp(&["demo", "--out", path_str(&demo)]).status.success());
+    assert!(scinterp(&["demo", "--planted", "--out", path_str(&demo)])
+        .status
+        .success());
     let fwd = tmp.path().join("f.safetensors");
     let o = scinterp(&[
         "forward",

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod gene_names;
 pub mod geneformer;
 pub mod input;
+pub mod random_control;
 pub mod registry;
 pub mod sae_splice;
 pub mod scgpt;

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::annotate::gene_sets::read_gmt;
 use crate::annotate::AnnotateError;
-use crate::formats::annotation::{read_feature_terms, FeatureTermRow};
+use crate::formats::annotation::{read_cell_type_terms, read_feature_terms, FeatureTermRow};
 use crate::formats::consensus::{
     ConsensusSettings, ConsensusSummary, FocusSummary, GraphSummary, CONSENSUS_FORMAT,
 };
@@ -345,6 +345,15 @@ fn term_table_path(p: &Path) -> Result<PathBuf, ConsensusError> {
     )))
 }
 
+/// An annotation folder's `cell_types` table, when the annotation tested cell types (`--obs-column`):
+/// its labels join the terms as the library `cell_types`.
+fn cell_types_table(p: &Path) -> Option<PathBuf> {
+    ["parquet", "tsv"]
+        .iter()
+        .map(|ext| p.join(format!("cell_types.{ext}")))
+        .find(|f| p.is_dir() && f.is_file())
+}
+
 /// The hook a catalog name stands for, or `None` when the row belongs to another model.
 fn catalog_hook<'a>(catalog: &'a str, prefix: Option<&str>) -> Option<&'a str> {
     match (catalog.rsplit_once(':'), prefix) {
@@ -477,7 +486,10 @@ pub fn run(config: &ConsensusConfig) -> Result<ConsensusSummary, ConsensusError>
     for input in [&config.a, &config.b] {
         let term_file = term_table_path(&input.annotations)?;
         let edges = read_trace_edges(&input.edges)?;
-        let rows = read_feature_terms(&term_file)?;
+        let mut rows = read_feature_terms(&term_file)?;
+        if let Some(cell_types) = cell_types_table(&input.annotations) {
+            rows.extend(read_cell_type_terms(&cell_types)?);
+        }
         let g = build_graph(input, &edges, &rows, &term_file, config, &mut terms)?;
         graphs.push((input, term_file, g));
     }
@@ -894,6 +906,49 @@ mod tests {
             err.to_string().contains("b_terms.tsv") && err.to_string().contains("catalog prefix"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cell_type_rows_join_the_terms_as_their_own_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (l0, l1) = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post");
+        write(
+            &d.join("a_edges.tsv"),
+            &format!("{EDGE_HEADER}{l0}\t1\t{l1}\t2\t10\t0.5\t0.01\n"),
+        );
+        write(
+            &d.join("b_edges.tsv"),
+            &format!("{EDGE_HEADER}{l0}\t4\t{l1}\t6\t10\t0.5\t0.01\n"),
+        );
+        let header =
+            "catalog\tfeature\tlabel\tin_top\ttop_size\tlabel_cells\tn_cells\tp_value\tq_value\tq_family\n";
+        for (folder, src, dst) in [("ann_a", 1, 2), ("ann_b", 4, 6)] {
+            std::fs::create_dir(d.join(folder)).unwrap();
+            write(&d.join(folder).join("enrichment.tsv"), TERM_HEADER);
+            // Source marks erythroid cells, target monocytes; a third row is above alpha.
+            write(
+                &d.join(folder).join("cell_types.tsv"),
+                &format!(
+                    "{header}{l0}\t{src}\t2Ery\t40\t100\t300\t2730\t1e-9\t1e-8\tcell_types\n\
+                     {l1}\t{dst}\t14Mo\t30\t100\t200\t2730\t1e-7\t1e-6\tcell_types\n\
+                     {l1}\t{dst}\t7MEP\t5\t100\t100\t2730\t0.1\t0.3\tcell_types\n"
+                ),
+            );
+        }
+        let mut c = config(d, d.join("ann_a"), d.join("ann_b"), (None, None));
+        c.libraries = vec![crate::formats::annotation::CELL_TYPES_LIBRARY.into()];
+        let s = run(&c).unwrap();
+        assert_eq!((s.graphs[0].annotated_nodes, s.graphs[0].term_pairs), (2, 1));
+        assert_eq!(s.conserved_pairs, 1);
+        let table = std::fs::read_to_string(d.join("out/conserved_pairs.tsv")).unwrap();
+        assert!(table.ends_with("2Ery\t14Mo\t1\t1\n"), "{table}");
+        // Fold enrichment of the first row: (40/100) / (300/2730).
+        let rows = crate::formats::annotation::read_cell_type_terms(&d.join("ann_a/cell_types.tsv")).unwrap();
+        assert!((rows[0].fold_enrichment - 0.4 / (300.0 / 2730.0)).abs() < 1e-12);
+        // Another library filter leaves no cell-type terms.
+        c.libraries = vec!["H".into()];
+        assert_eq!(run(&c).unwrap().conserved_pairs, 0);
     }
 
     #[test]

@@ -196,6 +196,33 @@ pub struct FeatureTermRow {
     pub fold_enrichment: f64,
 }
 
+/// The library name under which cell-type enrichments (`cell_types` table) join the term rows.
+pub const CELL_TYPES_LIBRARY: &str = "cell_types";
+
+/// Reads an annotation's `cell_types` table (`.parquet` or `.tsv`) as term rows: library
+/// [`CELL_TYPES_LIBRARY`], term = the label, both q columns = the table's q (one BH family over every
+/// catalog of the run), fold enrichment = (in_top / top_size) / (label_cells / n_cells).
+pub fn read_cell_type_terms(path: &std::path::Path) -> Result<Vec<FeatureTermRow>, super::TableError> {
+    let t = super::Table::read(path)?;
+    let (catalog, feature, label) = (t.strs("catalog")?, t.i64s("feature")?, t.strs("label")?);
+    let (in_top, top_size) = (t.i64s("in_top")?, t.i64s("top_size")?);
+    let (label_cells, n_cells) = (t.i64s("label_cells")?, t.i64s("n_cells")?);
+    let (p, q) = (t.f64s("p_value")?, t.f64s("q_value")?);
+    Ok((0..t.rows())
+        .map(|r| FeatureTermRow {
+            catalog: catalog[r].clone(),
+            feature: feature[r],
+            library: CELL_TYPES_LIBRARY.to_string(),
+            term: label[r].clone(),
+            p_value: p[r],
+            q_value_atlas: q[r],
+            q_value_catalog: q[r],
+            fold_enrichment: (in_top[r] as f64 / top_size[r].max(1) as f64)
+                / (label_cells[r] as f64 / n_cells[r].max(1) as f64),
+        })
+        .collect())
+}
+
 /// Reads an annotation term table (`.parquet` or `.tsv`); a missing column or a bad value is an error
 /// that names the file.
 pub fn read_feature_terms(path: &std::path::Path) -> Result<Vec<FeatureTermRow>, super::TableError> {

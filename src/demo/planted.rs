@@ -1,13 +1,12 @@
-//! `scinterp demo`: the main job on the embedded default. It makes a small Geneformer-V2-shaped model
-//! and a few cells with our own seeded code, writes them to disk, loads them back through the real
-//! readers, runs the forward pass with every hook, and shows what the hooks can do (a tail replay and an
-//! edit), then writes a token store of more cells, extracts a layer's residual stream into an
-//! activation store, trains TopK SAEs and traces a few features. Later steps (analysis, …) will extend it.
+//! `scinterp demo --planted`: the fast test fixture (the demo before the embedded models existed). It
+//! makes a small Geneformer-V2-shaped model with planted gene programs and a few cells with our own
+//! seeded code, writes them to disk, loads them back through the real readers, runs the forward pass
+//! with every hook, shows a tail replay and an edit, then extracts, trains TopK SAEs, traces, analyses
+//! and annotates, where the planted programs are the known answer.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::Args;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 use scinterp_models::forward::forward_to_file;
 use scinterp_models::input::InputCells;
@@ -17,19 +16,12 @@ use serde_json::json;
 
 use crate::forward::load_model;
 
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Folder for everything the demo writes.
-    #[arg(long, default_value = "demo-out")]
-    out: PathBuf,
-    /// Seed of the synthetic model and cells.
-    #[arg(long, default_value_t = 20_261_121)]
-    seed: u64,
-    /// Also run the pipeline on real cells: the reference data folder (`../shared/data` layout:
-    /// cells/paul15.h5ad.gz, orthologs/, geneformer/v2/, genesets/, trrust/). The model keeps its
-    /// synthetic weights, so the features are plumbing, not biology.
-    #[arg(long)]
-    data: Option<PathBuf>,
+/// What the planted demo needs from the command line (`scinterp demo --planted`).
+pub struct PlantedArgs {
+    pub out: PathBuf,
+    pub seed: u64,
+    /// Reference data folder (`../shared/data` layout) for the optional real-cells step.
+    pub data: Option<PathBuf>,
 }
 
 /// A Geneformer-V2-shaped config at small width (real V2 vocabulary size and special tokens).
@@ -48,10 +40,14 @@ const POOL: usize = 800;
 const PROGRAM_STRENGTH: f32 = 0.5;
 const EOS: u32 = 3;
 
-pub fn run(args: DemoArgs) -> Result<()> {
+pub fn run(args: PlantedArgs) -> Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    println!("scinterp demo (seed {}), writing to {}", args.seed, out.display());
+    println!(
+        "scinterp demo --planted (seed {}), writing to {}",
+        args.seed,
+        out.display()
+    );
 
     let model_dir = out.join("model");
     write_demo_model(&model_dir, args.seed)?;
@@ -541,17 +537,7 @@ fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::V
     Ok(summary)
 }
 
-/// Parses a subcommand's arguments exactly as the command line would.
-#[derive(clap::Parser)]
-struct Parsed<T: clap::Args> {
-    #[command(flatten)]
-    args: T,
-}
-
-fn parse<T: clap::Args>(argv: &[&str]) -> Result<T> {
-    use clap::Parser;
-    Ok(Parsed::<T>::try_parse_from(std::iter::once("scinterp").chain(argv.iter().copied()))?.args)
-}
+use super::parse;
 
 /// Step 8 (with `--data`): real mouse myeloid progenitors (paul15, mapped to human genes through
 /// orthologs) → Geneformer V2 tokens → the demo model → activation store → SAE → catalogue.

@@ -1,0 +1,838 @@
+//! `scinterp demo` on the embedded default: the two small models of `models/assets` (a Geneformer-V2-
+//! shaped BERT and an scGPT-shaped model, both trained on real blood cells by `models/assets/train.py`)
+//! run through the whole pipeline on the 700 pbmc68k PBMCs (10 FACS-sorted cell types), each beside its
+//! random-weight control (same shape and files, every weight redrawn with a seed,
+//! `scinterp_models::random_control`). Whatever the control also finds comes from the architecture,
+//! the tokenizer or the cells; the difference is what training added.
+//!
+//! Per model and weights ("arm"): tokens → activations at blocks.0–2.hook_resid_post → a TopK SAE per
+//! hook → a feature catalogue per SAE → annotation of the three catalogues together (Hallmark and the
+//! HAY_BONE_MARROW cell-type gene sets, and the cells' own `bulk_labels`) → a trace from blocks.1 to
+//! blocks.2 → (Geneformer) the output effect of the best cell-type feature on its own top genes; then
+//! the cross-model consensus of the two trained models' annotated circuits, and of the two controls.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use scinterp_engine::formats::annotation::{read_cell_type_terms, read_feature_terms, FeatureTermRow};
+use scinterp_engine::formats::trace::read_trace_edges;
+use scinterp_engine::formats::Table;
+use serde::Serialize;
+use serde_json::json;
+
+use super::parse;
+
+pub struct EmbeddedArgs {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub assets: PathBuf,
+}
+
+/// The checkout's `models/assets` (where `cargo run -- demo` finds the embedded models and cells).
+pub fn default_assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets")
+}
+
+const HOOKS: [&str; 3] = [
+    "blocks.0.hook_resid_post",
+    "blocks.1.hook_resid_post",
+    "blocks.2.hook_resid_post",
+];
+const TRACE_SOURCE: &str = "blocks.1.hook_resid_post";
+const TRACE_TARGET: &str = "blocks.2.hook_resid_post";
+/// SAE shape and budget: 4× the models' width, k 16, 300k rows (about 2 passes over the store; the
+/// SAE report's `warnings` says that this is short of the 5-pass default, which would take minutes).
+const D_SAE: usize = 512;
+const K: usize = 16;
+const SAE_TOKENS: u64 = 300_000;
+/// The trace: the 24 source features that fire in most of the first 200 cells.
+const TRACE_FEATURES: &str = "top:24";
+const TRACE_CELLS: usize = 200;
+const TRACE_NULL_PERMUTATIONS: usize = 20;
+/// FDR level of every annotation and of the term a feature carries.
+const ALPHA: f64 = 0.05;
+const CELLS: &str = "cells/pbmc68k.h5ad.gz";
+const LABELS: &str = "bulk_labels";
+const GENE_SETS: [&str; 2] = [
+    "genesets/h.all.v7.0.symbols.gmt",
+    "genesets/c8.hay_bone_marrow.v2023.2.Hs.symbols.gmt",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Geneformer,
+    Scgpt,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Geneformer => "geneformer",
+            Family::Scgpt => "scgpt",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Weights {
+    Trained,
+    Random,
+}
+
+impl Weights {
+    fn name(self) -> &'static str {
+        match self {
+            Weights::Trained => "trained",
+            Weights::Random => "random",
+        }
+    }
+}
+
+/// One model with one set of weights, and where its outputs go.
+struct Arm {
+    family: Family,
+    weights: Weights,
+    model: PathBuf,
+    tokens: PathBuf,
+    dir: PathBuf,
+}
+
+impl Arm {
+    fn label(&self) -> String {
+        format!("{}-{}", self.family.name(), self.weights.name())
+    }
+    fn saes(&self) -> PathBuf {
+        self.dir.join("saes")
+    }
+    fn catalog(&self, hook: &str) -> PathBuf {
+        self.dir.join("catalogs").join(hook)
+    }
+    fn annotation(&self) -> PathBuf {
+        self.dir.join("annotation")
+    }
+    fn trace(&self) -> PathBuf {
+        self.dir.join("trace.tsv")
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct LayerResult {
+    hook: String,
+    sae_heldout_fvu: f64,
+    sae_loss_recovered: Option<f64>,
+    alive: usize,
+    /// Features with a gene-set term at q ≤ 0.05 (atlas q over the three layers).
+    gene_set_features: usize,
+    /// Features whose top cells are enriched for a cell type at q ≤ 0.05.
+    cell_type_features: usize,
+    cell_type_fraction: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BestFeature {
+    hook: String,
+    feature: i64,
+    /// Cell types the feature's top cells are enriched for (q ≤ 0.05), best first, with q.
+    cell_types: Vec<(String, f64)>,
+    /// Gene-set terms (q ≤ 0.05), best first, with q.
+    gene_sets: Vec<(String, f64)>,
+    top_genes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TraceResult {
+    source: String,
+    target: String,
+    ablations: u64,
+    tests: u64,
+    edges: u64,
+    /// Edges whose source and target both carry a term (gene set or cell type at q ≤ 0.05).
+    annotated_edges: usize,
+    /// Of those, edges whose source and target share a term.
+    edges_sharing_a_term: usize,
+    empirical_fdr: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct EffectResult {
+    feature: i64,
+    readout: String,
+    readout_genes: usize,
+    alpha: f64,
+    /// Mean change of the readout genes' logits minus that of the other genes' logits.
+    target_minus_other: f64,
+    target_minus_other_p: f64,
+    /// The same statistic minus that of the norm-matched random direction.
+    vs_control: f64,
+    vs_control_p: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ArmResult {
+    model: String,
+    weights: String,
+    model_dir: String,
+    layers: Vec<LayerResult>,
+    best_features: Vec<BestFeature>,
+    trace: TraceResult,
+    effects: Vec<EffectResult>,
+    seconds: f64,
+}
+
+pub fn run(args: EmbeddedArgs) -> Result<()> {
+    let started = Instant::now();
+    let (out, assets, seed) = (&args.out, &args.assets, args.seed);
+    for rel in [
+        "geneformer/config.json",
+        "scgpt/args.json",
+        CELLS,
+        GENE_SETS[0],
+        GENE_SETS[1],
+    ] {
+        if !assets.join(rel).is_file() {
+            bail!(
+                "{} is missing: --assets must be the embedded assets folder (models/assets of a scinterp \
+                 checkout), or run `scinterp demo --planted` for the synthetic fixture",
+                assets.join(rel).display()
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // A rerun starts every step afresh; only the demo's own subfolders are removed.
+    for sub in [
+        "models",
+        "tokens",
+        "geneformer-trained",
+        "geneformer-random",
+        "scgpt-trained",
+        "scgpt-random",
+        "consensus",
+        "atlas",
+    ] {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    println!(
+        "scinterp demo (seed {seed}): the embedded models trained on real blood cells, each beside a \
+         random-weight control; writing to {}",
+        out.display()
+    );
+
+    let mut arms = Vec::new();
+    for family in [Family::Geneformer, Family::Scgpt] {
+        let tokens = out.join("tokens").join(family.name());
+        tokenize(assets, family, &tokens)?;
+        let trained = assets.join(family.name());
+        let random = out.join("models").join(format!("{}-random", family.name()));
+        let control = scinterp_models::random_control::write_random_control(&trained, &random, seed)?;
+        println!(
+            "  models   {}: trained ({}) and its random-weight control ({}: {} tensors, {} parameters, \
+             N(0, 0.02²) matrices, unit norms, zero biases)",
+            family.name(),
+            trained.display(),
+            random.display(),
+            control.tensors,
+            control.parameters
+        );
+        for (weights, model) in [(Weights::Trained, trained), (Weights::Random, random)] {
+            let arm = Arm {
+                family,
+                weights,
+                model,
+                tokens: tokens.clone(),
+                dir: out.join(format!("{}-{}", family.name(), weights.name())),
+            };
+            arms.push(arm);
+        }
+    }
+
+    let mut results = Vec::new();
+    for arm in &arms {
+        results.push(run_arm(arm, assets, seed)?);
+    }
+
+    let consensus_trained = consensus(out, "trained", &arms[0], &arms[2], seed)?;
+    let consensus_random = consensus(out, "random", &arms[1], &arms[3], seed)?;
+
+    report(&results, &consensus_trained, &consensus_random);
+    let atlas = build_atlas(out, &arms[0])?;
+    println!(
+        "  atlas    {}: the trained Geneformer's {} features and {} edges, {:.1} MB; open {}",
+        atlas.out.display(),
+        atlas.features,
+        atlas.edges,
+        atlas.bytes as f64 / 1e6,
+        atlas.index.display()
+    );
+    let summary = json!({
+        "seed": seed,
+        "assets": assets.display().to_string(),
+        "cells": format!("{} ({LABELS})", assets.join(CELLS).display()),
+        "alpha": ALPHA,
+        "arms": results,
+        "consensus": { "trained": consensus_trained, "random": consensus_random },
+        "atlas": atlas.index.display().to_string(),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let path = out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "  summary  {} ({:.0} s in all)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn tokenize(assets: &Path, family: Family, tokens: &Path) -> Result<()> {
+    let cells = assets.join(CELLS).display().to_string();
+    let model = assets.join(family.name()).display().to_string();
+    let out = tokens.display().to_string();
+    let mut argv = vec![
+        "--input",
+        &cells,
+        "--max-len",
+        "256",
+        "--obs-columns",
+        "bulk_labels,split",
+        "--out",
+        &out,
+    ];
+    match family {
+        Family::Geneformer => argv.extend([
+            "--model-kind",
+            "geneformer-v2",
+            "--dictionaries",
+            &model,
+            "--gene-ids",
+            "symbol",
+        ]),
+        // Seed 19 is the seed of the tokens the model was trained on (models/assets/README.md).
+        Family::Scgpt => argv.extend(["--model-kind", "scgpt", "--vocab", &model, "--seed", "19"]),
+    }
+    crate::tokenize::run(parse(&argv)?, true)
+}
+
+fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
+    let started = Instant::now();
+    let label = arm.label();
+    let acts = arm.dir.join("acts");
+    let extracted = crate::extract::extract_store(crate::extract::ExtractArgs {
+        model: arm.model.clone(),
+        input: arm.tokens.clone(),
+        hooks: HOOKS.join(","),
+        out: acts.clone(),
+        dtype: crate::extract::DtypeArg::F16,
+        include_special: false,
+        max_batch_tokens: 16_384,
+        device: scinterp_engine::device::DeviceChoice::Cpu,
+        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
+        json: false,
+        shard: None,
+        stop_after_batches: None,
+    })?
+    .context("the activation store was not written")?;
+
+    let genes = match arm.family {
+        Family::Geneformer => assets.join("geneformer"),
+        Family::Scgpt => assets.join("scgpt/vocab.json"),
+    }
+    .display()
+    .to_string();
+    let mut layers = Vec::new();
+    for hook in HOOKS {
+        let sae = crate::sae::train_sae(crate::sae::TrainArgs {
+            acts: acts.clone(),
+            hook: hook.into(),
+            d_sae: D_SAE,
+            k: K,
+            out: arm.saes().join(hook),
+            tokens: Some(SAE_TOKENS),
+            batch_size: 1024,
+            lr: None,
+            warmup_steps: None,
+            aux_k: None,
+            aux_coef: 1.0 / 32.0,
+            dead_after_tokens: None,
+            no_normalize: false,
+            holdout: 0.1,
+            shuffle_buffer_rows: 1 << 15,
+            splice_cells: 16,
+            seed,
+            overwrite: true,
+            device: scinterp_engine::device::DeviceChoice::Cpu,
+            gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
+            skip_nonfinite_rows: false,
+            checkpoint_every: 0,
+            stop_after_steps: None,
+            json: false,
+        })?;
+        let catalog = crate::analyze::analyze(parse(&[
+            "--acts",
+            &acts.display().to_string(),
+            "--sae",
+            &arm.saes().join(hook).display().to_string(),
+            "--genes",
+            &genes,
+            "--out",
+            &arm.catalog(hook).display().to_string(),
+            "--format",
+            "tsv",
+            "--seed",
+            &seed.to_string(),
+            "--overwrite",
+        ])?)?;
+        layers.push(LayerResult {
+            hook: hook.into(),
+            sae_heldout_fvu: sae.heldout.fvu,
+            sae_loss_recovered: sae.spliced.as_ref().map(|s| s.loss_recovered),
+            alive: catalog.alive,
+            gene_set_features: 0,
+            cell_type_features: 0,
+            cell_type_fraction: 0.0,
+        });
+    }
+
+    let catalogs = HOOKS
+        .iter()
+        .map(|h| arm.catalog(h).display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let gene_sets = GENE_SETS
+        .iter()
+        .map(|g| assets.join(g).display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
+        "--catalog",
+        &catalogs,
+        "--gene-sets",
+        &gene_sets,
+        "--obs-column",
+        LABELS,
+        "--out",
+        &arm.annotation().display().to_string(),
+        "--format",
+        "tsv",
+        "--alpha",
+        &ALPHA.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ])?)?;
+    let terms = FeatureTerms::read(&arm.annotation())?;
+    for layer in &mut layers {
+        layer.gene_set_features = terms.features(&layer.hook, false).len();
+        layer.cell_type_features = terms.features(&layer.hook, true).len();
+        layer.cell_type_fraction = layer.cell_type_features as f64 / layer.alive.max(1) as f64;
+    }
+
+    let trace_summary = crate::trace::trace_edges(crate::trace::RunArgs {
+        shard: None,
+        model: arm.model.clone(),
+        input: arm.tokens.clone(),
+        saes: arm.saes(),
+        source: TRACE_SOURCE.into(),
+        features: TRACE_FEATURES.into(),
+        targets: TRACE_TARGET.into(),
+        cells: Some(TRACE_CELLS),
+        out: arm.trace(),
+        filters: crate::trace::FilterArgs {
+            min_abs_d: 0.5,
+            max_q: ALPHA,
+            min_consistency: 0.0,
+            min_cells: scinterp_engine::trace::edges::DEFAULT_MIN_CELLS,
+        },
+        chunk_cells: 64,
+        max_batch_tokens: 16_384,
+        null_permutations: TRACE_NULL_PERMUTATIONS,
+        seed,
+        device: scinterp_engine::device::DeviceChoice::Cpu,
+        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
+        json: false,
+        stop_after_chunks: None,
+    })?;
+    let edges = read_trace_edges(&arm.trace())?;
+    let (mut annotated_edges, mut sharing) = (0, 0);
+    for e in &edges {
+        let a = terms.of(&e.source_hook, e.source_feature);
+        let b = terms.of(&e.target_hook, e.target_feature);
+        if !a.is_empty() && !b.is_empty() {
+            annotated_edges += 1;
+            if a.keys().any(|t| b.contains_key(t)) {
+                sharing += 1;
+            }
+        }
+    }
+    let trace = TraceResult {
+        source: TRACE_SOURCE.into(),
+        target: TRACE_TARGET.into(),
+        ablations: trace_summary.ablations,
+        tests: trace_summary.tests_performed as u64,
+        edges: trace_summary.edges_written as u64,
+        annotated_edges,
+        edges_sharing_a_term: sharing,
+        empirical_fdr: trace_summary.null.as_ref().map(|n| n.empirical_fdr),
+    };
+
+    let best_features = best_features(arm, &terms)?;
+    let effects = if arm.family == Family::Geneformer {
+        effects_of_best_feature(arm, &terms, seed)?
+    } else {
+        Vec::new()
+    };
+    println!(
+        "  {label:<18} {} rows × 3 hooks; SAEs {D_SAE}×k{K}; cell-type features {}; gene-set features {}; \
+         trace {} → {}: {} edges, {} between annotated features, {} sharing a term ({:.0} s)",
+        extracted.n_rows,
+        layers
+            .iter()
+            .map(|l| format!("{}/{}", l.cell_type_features, l.alive))
+            .collect::<Vec<_>>()
+            .join(", "),
+        layers
+            .iter()
+            .map(|l| l.gene_set_features.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        short(TRACE_SOURCE),
+        short(TRACE_TARGET),
+        trace.edges,
+        trace.annotated_edges,
+        trace.edges_sharing_a_term,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ArmResult {
+        model: arm.family.name().into(),
+        weights: arm.weights.name().into(),
+        model_dir: arm.model.display().to_string(),
+        layers,
+        best_features,
+        trace,
+        effects,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `blocks.1.hook_resid_post` → `blocks.1`.
+fn short(hook: &str) -> &str {
+    hook.strip_suffix(".hook_resid_post").unwrap_or(hook)
+}
+
+/// The terms each feature carries at q ≤ [`ALPHA`]: gene sets (atlas q) and cell types.
+struct FeatureTerms {
+    /// (hook, feature) → term → (q, is a cell type).
+    by_feature: HashMap<(String, i64), BTreeMap<String, (f64, bool)>>,
+    empty: BTreeMap<String, (f64, bool)>,
+}
+
+impl FeatureTerms {
+    fn read(annotation: &Path) -> Result<Self> {
+        let mut by_feature: HashMap<(String, i64), BTreeMap<String, (f64, bool)>> = HashMap::new();
+        let mut add = |rows: Vec<FeatureTermRow>, cell_type: bool| {
+            for r in rows {
+                if r.q_value_atlas <= ALPHA {
+                    let term = if cell_type {
+                        format!("cell type {}", r.term)
+                    } else {
+                        r.term
+                    };
+                    by_feature
+                        .entry((r.catalog, r.feature))
+                        .or_default()
+                        .insert(term, (r.q_value_atlas, cell_type));
+                }
+            }
+        };
+        add(read_feature_terms(&annotation.join("enrichment.tsv"))?, false);
+        add(read_cell_type_terms(&annotation.join("cell_types.tsv"))?, true);
+        Ok(FeatureTerms {
+            by_feature,
+            empty: BTreeMap::new(),
+        })
+    }
+
+    fn of(&self, hook: &str, feature: i64) -> &BTreeMap<String, (f64, bool)> {
+        self.by_feature
+            .get(&(hook.to_string(), feature))
+            .unwrap_or(&self.empty)
+    }
+
+    /// Features of `hook` carrying a cell type (`cell_type`) or a gene set.
+    fn features(&self, hook: &str, cell_type: bool) -> BTreeSet<i64> {
+        self.by_feature
+            .iter()
+            .filter(|((h, _), terms)| h == hook && terms.values().any(|&(_, c)| c == cell_type))
+            .map(|((_, f), _)| *f)
+            .collect()
+    }
+
+    /// Terms of one kind of a feature, best (lowest q) first.
+    fn ranked(&self, hook: &str, feature: i64, cell_type: bool) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self
+            .of(hook, feature)
+            .iter()
+            .filter(|(_, &(_, c))| c == cell_type)
+            .map(|(t, &(q, _))| (t.trim_start_matches("cell type ").to_string(), q))
+            .collect();
+        v.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+}
+
+/// The catalogue's top genes of a feature (by conditional mean): (token, symbol).
+fn top_genes(catalog: &Path, feature: i64, n: usize) -> Result<Vec<(i64, String)>> {
+    let t = Table::read(&catalog.join("top_genes.tsv"))?;
+    let (f, ranking, rank) = (t.i64s("feature")?, t.strs("ranking")?, t.i64s("rank")?);
+    let (token, symbol) = (t.i64s("token")?, t.strs("symbol")?);
+    let mut rows: Vec<(i64, i64, String)> = (0..t.rows())
+        .filter(|&r| f[r] == feature && ranking[r] == "conditional_mean")
+        .map(|r| (rank[r], token[r], symbol[r].clone()))
+        .collect();
+    rows.sort();
+    Ok(rows.into_iter().take(n).map(|(_, t, s)| (t, s)).collect())
+}
+
+/// Per hook, the feature with the best (lowest q) cell-type term, then the best gene-set term.
+fn best_features(arm: &Arm, terms: &FeatureTerms) -> Result<Vec<BestFeature>> {
+    let mut best = Vec::new();
+    for hook in HOOKS {
+        for cell_type in [true, false] {
+            let pick = terms
+                .features(hook, cell_type)
+                .into_iter()
+                .map(|f| (terms.ranked(hook, f, cell_type)[0].1, f))
+                .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            if let Some((_, feature)) = pick {
+                if best
+                    .iter()
+                    .any(|b: &BestFeature| b.hook == hook && b.feature == feature)
+                {
+                    continue;
+                }
+                best.push(BestFeature {
+                    hook: hook.into(),
+                    feature,
+                    cell_types: terms.ranked(hook, feature, true).into_iter().take(3).collect(),
+                    gene_sets: terms.ranked(hook, feature, false).into_iter().take(3).collect(),
+                    top_genes: top_genes(&arm.catalog(hook), feature, 8)?
+                        .into_iter()
+                        .map(|(_, s)| s)
+                        .collect(),
+                });
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Ablates (α 0) and amplifies (α 4) the best cell-type feature of the trace source and reads the MLM
+/// logits of its own top 20 genes against the other genes', beside a norm-matched random direction.
+fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result<Vec<EffectResult>> {
+    let Some(feature) = terms
+        .features(TRACE_SOURCE, true)
+        .into_iter()
+        .map(|f| (terms.ranked(TRACE_SOURCE, f, true)[0].1, f))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|(_, f)| f)
+    else {
+        return Ok(Vec::new());
+    };
+    let genes = top_genes(&arm.catalog(TRACE_SOURCE), feature, 20)?;
+    let readout = genes
+        .iter()
+        .map(|(t, _)| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = arm.dir.join("effects.tsv");
+    crate::effects::effects(parse(&[
+        "--model",
+        &arm.model.display().to_string(),
+        "--input",
+        &arm.tokens.display().to_string(),
+        "--saes",
+        &arm.saes().display().to_string(),
+        "--source",
+        TRACE_SOURCE,
+        "--features",
+        &feature.to_string(),
+        "--cells",
+        &TRACE_CELLS.to_string(),
+        "--alphas",
+        "0,4",
+        "--readout-tokens",
+        &readout,
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &out.display().to_string(),
+    ])?)?;
+    let t = Table::read(&out)?;
+    let (alpha, diff, p) = (
+        t.f64s("alpha")?,
+        t.f64s("target_minus_other")?,
+        t.f64s("target_minus_other_p")?,
+    );
+    let (vs, vs_p) = (t.f64s("vs_control")?, t.f64s("vs_control_p")?);
+    Ok((0..t.rows())
+        .map(|r| EffectResult {
+            feature,
+            readout: format!("the feature's top {} genes (conditional mean)", genes.len()),
+            readout_genes: genes.len(),
+            alpha: alpha[r],
+            target_minus_other: diff[r],
+            target_minus_other_p: p[r],
+            vs_control: vs[r],
+            vs_control_p: vs_p[r],
+        })
+        .collect())
+}
+
+/// `scinterp consensus` of the Geneformer and scGPT arms with the same weights: term pairs (gene sets
+/// and cell types) along traced edges found in both models, against the label-permutation null.
+fn consensus(out: &Path, weights: &str, a: &Arm, b: &Arm, seed: u64) -> Result<serde_json::Value> {
+    let dir = out.join("consensus").join(weights);
+    let s = crate::consensus::consensus(parse(&[
+        "--edges-a",
+        &a.trace().display().to_string(),
+        "--annotations-a",
+        &a.annotation().display().to_string(),
+        "--edges-b",
+        &b.trace().display().to_string(),
+        "--annotations-b",
+        &b.annotation().display().to_string(),
+        "--alpha",
+        &ALPHA.to_string(),
+        "--permutations",
+        "1000",
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &dir.display().to_string(),
+    ])?)?;
+    Ok(serde_json::to_value(s)?)
+}
+
+/// The static atlas (`scinterp atlas`) of one arm: its catalogues, annotation, trace, effects and the
+/// consensus of its weights.
+fn build_atlas(out: &Path, arm: &Arm) -> Result<scinterp_export::atlas::AtlasReport> {
+    let effects = arm.dir.join("effects.tsv");
+    let consensus = out
+        .join("consensus")
+        .join(arm.weights.name())
+        .join("conserved_pairs.tsv");
+    let config = scinterp_export::atlas::AtlasConfig {
+        catalogs: HOOKS.iter().map(|h| arm.catalog(h)).collect(),
+        annotations: vec![arm.annotation()],
+        edges: vec![arm.trace()],
+        effects: effects.is_file().then_some(effects).into_iter().collect(),
+        layers: Vec::new(),
+        consensus: consensus.is_file().then_some(consensus).into_iter().collect(),
+        tools: Vec::new(),
+        out: out.join("atlas"),
+        title: Some(format!("scinterp demo: {} on pbmc68k", arm.label())),
+        overwrite: true,
+        shard_features: 64,
+    };
+    Ok(scinterp_export::atlas::build(&config)?)
+}
+
+fn report(results: &[ArmResult], trained: &serde_json::Value, random: &serde_json::Value) {
+    let find = |model: &str, weights: &str| {
+        results
+            .iter()
+            .find(|r| r.model == model && r.weights == weights)
+            .expect("every arm ran")
+    };
+    println!("\nWhat came back (trained model | random-weight control; q ≤ {ALPHA}; pbmc68k, 700 cells):");
+    println!("  features whose top cells are enriched for a cell type ({LABELS}), of alive features:");
+    for model in ["geneformer", "scgpt"] {
+        let (t, r) = (find(model, "trained"), find(model, "random"));
+        for (lt, lr) in t.layers.iter().zip(&r.layers) {
+            println!(
+                "    {model:<10} {:<8} {:>4}/{:<4} ({:>5.1} %) | {:>4}/{:<4} ({:>5.1} %)   gene-set features {} | {}",
+                short(&lt.hook),
+                lt.cell_type_features,
+                lt.alive,
+                100.0 * lt.cell_type_fraction,
+                lr.cell_type_features,
+                lr.alive,
+                100.0 * lr.cell_type_fraction,
+                lt.gene_set_features,
+                lr.gene_set_features
+            );
+        }
+    }
+    println!("  best-annotated features of the trained models:");
+    for model in ["geneformer", "scgpt"] {
+        for b in &find(model, "trained").best_features {
+            let cells = b
+                .cell_types
+                .iter()
+                .map(|(t, q)| format!("{t} (q {q:.1e})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sets = b
+                .gene_sets
+                .iter()
+                .map(|(t, q)| format!("{t} (q {q:.1e})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "    {model:<10} {} #{:<4} marks {}; gene sets {}; top genes {}",
+                short(&b.hook),
+                b.feature,
+                if cells.is_empty() { "-".into() } else { cells },
+                if sets.is_empty() { "-".into() } else { sets },
+                b.top_genes.join(" ")
+            );
+        }
+    }
+    println!(
+        "  traced edges {} → {} (|d| ≥ 0.5, q ≤ {ALPHA}), between annotated features, sharing a term:",
+        short(TRACE_SOURCE),
+        short(TRACE_TARGET)
+    );
+    for model in ["geneformer", "scgpt"] {
+        let (t, r) = (&find(model, "trained").trace, &find(model, "random").trace);
+        println!(
+            "    {model:<10} {} edges, {} annotated, {} sharing | {} edges, {} annotated, {} sharing",
+            t.edges,
+            t.annotated_edges,
+            t.edges_sharing_a_term,
+            r.edges,
+            r.annotated_edges,
+            r.edges_sharing_a_term
+        );
+    }
+    for weights in ["trained", "random"] {
+        for e in &find("geneformer", weights).effects {
+            println!(
+                "  effect     geneformer {weights}: α {} on {} #{} → its top-gene logits {:+.4} vs other genes (p {:.1e}), {:+.4} beyond a random direction (p {:.1e})",
+                e.alpha,
+                short(TRACE_SOURCE),
+                e.feature,
+                e.target_minus_other,
+                e.target_minus_other_p,
+                e.vs_control,
+                e.vs_control_p
+            );
+        }
+    }
+    for (name, c) in [("trained", trained), ("random", random)] {
+        println!(
+            "  consensus  geneformer × scgpt, {name}: {} conserved term pairs (null mean {:.2}, enrichment {}, p {:.3}); shared terms {}",
+            c["conserved_pairs"],
+            c["null_mean"].as_f64().unwrap_or(f64::NAN),
+            c["enrichment"]
+                .as_f64()
+                .map_or("-".to_string(), |e| format!("{e:.1}×")),
+            c["p_value"].as_f64().unwrap_or(f64::NAN),
+            c["shared_terms"]
+        );
+    }
+}
