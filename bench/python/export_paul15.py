@@ -3,7 +3,7 @@ embedded real cells (paul15 for pseudotime and cell types, pbmc68k for cell type
 against "frozen model forward + MLP probe". One run, one JSON object and one Markdown table.
 
 usage: python export_paul15.py --scinterp BIN --assets models/assets --work DIR [--folds 5] [--hvg 500]
-       [--rank 64] [--max-reference-cells 1000] [--threads 2] [--json-out FILE] [--table-out FILE]
+       [--rank 64] [--max-reference-cells 500] [--threads 2] [--json-out FILE] [--table-out FILE]
 
 Protocol (the same folds for every method):
 - Cell types: stratified k-fold CV (sklearn StratifiedKFold, shuffled, seed 0) over each data set's labels;
