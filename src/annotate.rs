@@ -61,6 +61,9 @@ pub struct AnnotateArgs {
     /// FDR level: rows with q ≤ alpha (atlas or catalog q) are written.
     #[arg(long, default_value_t = 0.05)]
     alpha: f64,
+    /// Replace an existing --out folder (only once the new annotation is complete).
+    #[arg(long)]
+    overwrite: bool,
     /// Print annotate.json to stdout.
     #[arg(long)]
     json: bool,
@@ -84,6 +87,7 @@ impl AnnotateArgs {
             permutations: self.permutations,
             seed: self.seed,
             alpha: self.alpha,
+            overwrite: self.overwrite,
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct EffectsArgs {
     /// Output table (.parquet or .tsv), one row per (feature, α).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out table; without it one is refused.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long)]
     json: bool,
 }
@@ -105,6 +108,7 @@ pub fn effects(args: EffectsArgs) -> Result<EffectsSummary> {
         control_seed: (!args.no_control).then_some(args.seed),
         max_batch_tokens: args.max_batch_tokens,
         out: args.out.clone(),
+        overwrite: args.overwrite,
     };
     let inputs = EffectsInputs {
         encoder: model.encoder.as_ref(),

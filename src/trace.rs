@@ -125,6 +125,9 @@ pub struct RunArgs {
     /// With `--device cuda`: `bf16` (default) or `f32` (exact f32 GEMMs: the parity mode).
     #[arg(long, default_value = "bf16")]
     pub(crate) gpu_precision: GpuPrecisionArg,
+    /// Replace an existing --out (a finished table or shard accumulator); without it one is refused.
+    #[arg(long)]
+    pub(crate) overwrite: bool,
     #[arg(long)]
     pub(crate) json: bool,
     /// Testing: stop with an error after this many chunks, as if killed right after a checkpoint.
@@ -229,6 +232,7 @@ pub fn trace_edges(args: RunArgs) -> Result<TraceSummary> {
         null_permutations: args.null_permutations,
         seed: args.seed,
         stop_after_chunks: args.stop_after_chunks,
+        overwrite: args.overwrite,
     };
     let inputs = TraceInputs {
         encoder: model.encoder.as_ref(),

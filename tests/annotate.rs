@@ -331,12 +331,17 @@ fn read_tsv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
 }
 
 fn run_annotate(inputs: &Inputs, out: &Path, format: &str) -> Output {
+    run_annotate_with(inputs, out, format, &[])
+}
+
+fn run_annotate_with(inputs: &Inputs, out: &Path, format: &str, extra: &[&str]) -> Output {
     let catalogs: Vec<&str> = inputs.catalogs.iter().map(|p| s(p)).collect();
     let gene_sets = format!("{},{}", s(&inputs.gmt_symbols), s(&inputs.gmt_ensembl));
-    scinterp(&[
+    let catalogs = catalogs.join(",");
+    let mut argv = vec![
         "annotate",
         "--catalog",
-        &catalogs.join(","),
+        &catalogs,
         "--gene-sets",
         &gene_sets,
         "--trrust",
@@ -360,7 +365,34 @@ fn run_annotate(inputs: &Inputs, out: &Path, format: &str) -> Output {
         "--json",
         "--threads",
         "2",
-    ])
+    ];
+    argv.extend_from_slice(extra);
+    scinterp(&argv)
+}
+
+#[test]
+fn an_existing_annotation_is_refused_and_replaced_whole_with_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = write_inputs(tmp.path());
+    let out = tmp.path().join("ann");
+    let res = run_annotate(&inputs, &out, "tsv");
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let before = std::fs::read(out.join("enrichment.tsv")).unwrap();
+    // Without --overwrite: refused before any work, naming the folder and the flag; nothing changes.
+    let again = run_annotate(&inputs, &out, "parquet");
+    assert_fails_with(&again, &["ann", "already holds an annotation", "--overwrite"]);
+    assert_eq!(std::fs::read(out.join("enrichment.tsv")).unwrap(), before);
+    assert!(!out.join("enrichment.parquet").exists());
+    // With it, the new annotation replaces the old one entirely: no stale TSV beside the Parquet tables,
+    // and no staging folder left.
+    let res = run_annotate_with(&inputs, &out, "parquet", &["--overwrite"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(out.join("enrichment.parquet").is_file() && out.join("annotate.json").is_file());
+    assert!(
+        !out.join("enrichment.tsv").exists(),
+        "a table of the earlier run was left"
+    );
+    assert!(!tmp.path().join(".ann.staging").exists());
 }
 
 #[test]

@@ -610,8 +610,19 @@ fn trace_writes_edges_with_recomputable_statistics() {
         a.extend_from_slice(extra);
         scinterp(&a)
     };
-    let trace = |extra: &[&str]| trace_to(&edges, extra);
-    let summary: serde_json::Value = serde_json::from_str(&ok(&trace(&["--max-q", "1"]))).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&ok(&trace_to(&edges, &["--max-q", "1"]))).unwrap();
+    // A finished table is not replaced without --overwrite; the later runs below replace it.
+    let first = std::fs::read(&edges).unwrap();
+    fails_with(
+        &trace_to(&edges, &["--max-q", "0.5"]),
+        &["edges.tsv", "already holds a trace table", "--overwrite"],
+    );
+    assert_eq!(std::fs::read(&edges).unwrap(), first);
+    let trace = |extra: &[&str]| {
+        let mut a = extra.to_vec();
+        a.push("--overwrite");
+        trace_to(&edges, &a)
+    };
     let requested = summary["features_requested"].as_u64().unwrap();
     assert_eq!(requested, 64);
     assert_eq!(
@@ -717,7 +728,7 @@ fn trace_writes_edges_with_recomputable_statistics() {
             "--targets",
             tgt,
             "--out",
-            s(&edges),
+            s(&tmp.path().join("refused.tsv")),
         ]),
         &["hook_resid_post"],
     );
@@ -735,7 +746,7 @@ fn trace_writes_edges_with_recomputable_statistics() {
             "--targets",
             "blocks.3.hook_resid_post",
             "--out",
-            s(&edges),
+            s(&tmp.path().join("refused.tsv")),
         ]),
         &["no SAE for blocks.3.hook_resid_post"],
     );
@@ -1377,4 +1388,14 @@ fn effects_ablate_and_steer_with_a_random_direction_control() {
         "ablation changes the logits"
     );
     fails_with(&run("5,x"), &["--readout-tokens", "`x` is not a token id"]);
+    let table = std::fs::read(&out).unwrap();
+    fails_with(
+        &run("5,6"),
+        &["effects.tsv", "already holds an effects table", "--overwrite"],
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        table,
+        "a refused run leaves the table as it was"
+    );
 }

@@ -409,6 +409,7 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         .collect::<Vec<_>>()
         .join(",");
     crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
+        "--overwrite",
         "--catalog",
         &catalogs,
         "--gene-sets",
@@ -454,6 +455,7 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         device: scinterp_engine::device::DeviceChoice::Cpu,
         gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
+        overwrite: true,
         stop_after_chunks: None,
     })?;
     let edges = read_trace_edges(&arm.trace())?;
@@ -650,6 +652,7 @@ fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result
         .join(",");
     let out = arm.dir.join("effects.tsv");
     crate::effects::effects(parse(&[
+        "--overwrite",
         "--model",
         &arm.model.display().to_string(),
         "--input",

@@ -324,6 +324,7 @@ fn extract_and_train(
         device: scinterp_engine::device::DeviceChoice::Cpu,
         gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
         json: false,
+        overwrite: true,
         stop_after_chunks: None,
     })?;
     println!(
@@ -459,6 +460,7 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
     std::fs::write(&gmt, text).with_context(|| format!("cannot write {}", gmt.display()))?;
     let ann_dir = out.join("annotation");
     let summary = crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
+        "--overwrite",
         "--catalog",
         &catalog_dir.display().to_string(),
         "--gene-sets",
@@ -502,6 +504,7 @@ fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::V
     let table = out.join("effects.parquet");
     let readout: Vec<String> = demo_programs()[0].iter().map(u32::to_string).collect();
     let summary = serde_json::to_value(crate::effects::effects(parse(&[
+        "--overwrite",
         "--model",
         &model_dir.display().to_string(),
         "--input",
@@ -630,6 +633,7 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     .join(",");
     let ann_dir = real.join("annotation");
     let annotation = crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
+        "--overwrite",
         "--catalog",
         &catalog_dir.display().to_string(),
         "--gene-sets",

@@ -39,6 +39,8 @@ pub enum AnnotateError {
     Table(#[from] crate::formats::TableError),
     #[error(transparent)]
     Write(#[from] crate::formats::FileError),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
 }
 
 impl AnnotateError {

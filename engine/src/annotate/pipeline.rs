@@ -71,6 +71,8 @@ pub struct AnnotateConfig {
     pub seed: u64,
     /// FDR level: rows with q ≤ alpha are written.
     pub alpha: f64,
+    /// Replace an existing output folder (only once the new one is complete).
+    pub overwrite: bool,
 }
 
 /// Progress and notes of an annotation run, for a progress bar and the log.
@@ -549,6 +551,8 @@ pub fn run(args: &AnnotateConfig, progress: &(dyn Fn(AnnotateProgress) + Sync)) 
         cell_inputs = Some(CellInputs { labels, which, cells });
     }
     let read_seconds = t_read.elapsed().as_secs_f64();
+    // Inputs are checked first; an existing output is refused before the tests run.
+    let staged = crate::formats::StagedDir::begin(&args.out, args.overwrite, "an annotation")?;
     progress(AnnotateProgress::Read {
         catalogs: queries.len(),
         alive_features: queries.iter().map(|q| q.features.len()).sum::<usize>(),
@@ -603,10 +607,8 @@ pub fn run(args: &AnnotateConfig, progress: &(dyn Fn(AnnotateProgress) + Sync)) 
     };
 
     // Outputs.
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| AnnotateError::Invalid(format!("cannot create --out {}: {e}", args.out.display())))?;
     let ext = args.format.ext();
-    let out = |name: &str| args.out.join(format!("{name}.{ext}"));
+    let out = |name: &str| staged.path().join(format!("{name}.{ext}"));
     term_table(&result.term_rows, &names, &result.libraries).write(&out("enrichment"))?;
     term_table(&result.best_rows, &names, &result.libraries).write(&out("best_terms"))?;
     edge_table(&result, &names).write(&out("edge_enrichment"))?;
@@ -632,7 +634,8 @@ pub fn run(args: &AnnotateConfig, progress: &(dyn Fn(AnnotateProgress) + Sync)) 
     let text = to_json_pretty(&summary)
         .map_err(|e| AnnotateError::Invalid(format!("cannot serialise annotate.json: {e}")))?
         + "\n";
-    atomic_write(&args.out.join(ANNOTATION_FILE), text.as_bytes())?;
+    atomic_write(&staged.path().join(ANNOTATION_FILE), text.as_bytes())?;
+    staged.commit()?;
     progress(AnnotateProgress::Done {
         tests: result.atlas.m,
         significant: result.atlas.significant,

@@ -37,6 +37,8 @@ pub struct EffectsConfig {
     /// Tokens per tail pass.
     pub max_batch_tokens: usize,
     /// Output table (.parquet or .tsv).
+    /// Replace an existing --out table; without it one is refused.
+    pub overwrite: bool,
     pub out: PathBuf,
 }
 
@@ -79,6 +81,8 @@ pub enum EffectsError {
     Stats(#[from] StatsError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
     #[error("cannot write the summary next to {}: {error}", out.display())]
     Summary { out: PathBuf, error: FileError },
     #[error("cannot serialise the summary: {0}")]
@@ -106,6 +110,7 @@ pub fn run(
     if inputs.values.is_some() {
         return Err(EffectsError::NoLogits(inputs.input.to_path_buf()));
     }
+    crate::formats::check_file_output(&config.out, config.overwrite, "an effects table")?;
     let dims = inputs.encoder.dims();
     let n_cells = config
         .cells

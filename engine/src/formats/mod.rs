@@ -12,10 +12,12 @@ pub mod consensus;
 pub mod effects;
 pub mod layers;
 pub mod sae;
+pub mod staged;
 pub mod table;
 pub mod trace;
 
 pub use atomic::{atomic_write, AtomicFile, FileError};
+pub use staged::{check_file_output, OutputError, StagedDir};
 pub use table::{Column, Table, TableError, TableFormat};
 
 use std::path::{Path, PathBuf};

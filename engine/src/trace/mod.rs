@@ -74,6 +74,8 @@ pub enum TraceError {
     Table(#[from] crate::formats::TableError),
     #[error(transparent)]
     File(#[from] crate::formats::FileError),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
     #[error("statistics: {0}")]
     Stats(#[from] StatsError),
     #[error("cannot serialise the summary: {0}")]

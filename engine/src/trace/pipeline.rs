@@ -38,6 +38,8 @@ pub struct TraceConfig {
     pub seed: u64,
     /// Testing: stop with [`TraceError::Stopped`] after this many chunks, as if killed right after a
     /// checkpoint.
+    /// Replace an existing --out (a finished table or shard); without it one is refused.
+    pub overwrite: bool,
     pub stop_after_chunks: Option<usize>,
 }
 
@@ -133,6 +135,12 @@ pub fn run(
     if config.filters.min_cells < super::edges::DEFAULT_MIN_CELLS {
         return Err(TraceError::MinCells(config.filters.min_cells));
     }
+    let what = if config.shard.is_some() {
+        "a trace shard"
+    } else {
+        "a trace table"
+    };
+    crate::formats::check_file_output(&config.out, config.overwrite, what)?;
     let (encoder, forward) = (inputs.encoder, inputs.forward);
     let dims = encoder.dims();
     let n_cells = config
