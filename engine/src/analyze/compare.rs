@@ -259,8 +259,20 @@ pub fn compare_layers(
             let matches = best_matches(&saes[l].0.sae, &alive[l], &controls[c].0.sae, &control_alive[c]);
             let st = MatchStats::of(&matches, args.match_threshold, args.strong_threshold);
             let alive_primary = alive[l].iter().filter(|&&a| a).count();
-            let mut best: Vec<f64> = matches.iter().map(|m| m.abs_cos as f64).collect();
-            best.sort_by(f64::total_cmp);
+            let sorted = |m: &[DecoderMatch]| {
+                let mut v: Vec<f64> = m.iter().map(|m| m.abs_cos as f64).collect();
+                v.sort_by(f64::total_cmp);
+                v
+            };
+            let best = sorted(&matches);
+            let alive_control = control_alive[c].iter().filter(|&&a| a).count();
+            let random = random_directions(alive_control, saes[l].0.sae.d_in);
+            let chance = sorted(&best_matches(
+                &saes[l].0.sae,
+                &alive[l],
+                &random,
+                &vec![true; alive_control],
+            ));
             hooks.push(SeedControlHook {
                 hook: saes[l].1.clone(),
                 control_sae: absolute(&args.control_saes[c]),
@@ -268,12 +280,13 @@ pub fn compare_layers(
                 primary_seed: training_seed(&saes[l].0),
                 control_seed: training_seed(&controls[c].0),
                 alive_primary,
-                alive_control: control_alive[c].iter().filter(|&&a| a).count(),
+                alive_control,
                 reproduced: st.matches,
                 reproduced_fraction: st.matches as f64 / alive_primary.max(1) as f64,
                 strong_reproduced: st.strong,
                 strong_reproduced_fraction: st.strong as f64 / alive_primary.max(1) as f64,
                 median_best_abs_cos: median_sorted(&best),
+                chance_median_best_abs_cos: median_sorted(&chance),
                 same_index_matches: st.same_index,
             });
             control_rows.extend(matches.into_iter().map(|m| ControlRow {
@@ -549,7 +562,8 @@ pub const SEED_CONTROL_TABLE: &str = "seed_control_matches";
 const SEED_CONTROL_RULE: &str = "each --control-saes SAE was trained on the hook of one --saes SAE from another seed. \
     hooks: the primary's alive features whose best |cos| among the control's alive features is ≥ match_threshold \
     (strong: ≥ strong_threshold), over the primary's alive features: the share of features another seed \
-    reproduces at all, a ceiling for any cross-layer match rate. pairs and lifespans: the matching and lifespans \
+    reproduces at all, a ceiling for any cross-layer match rate; the median best |cos| is given beside its chance \
+    level (as many seeded random unit directions as the control has alive features). pairs and lifespans: the matching and lifespans \
     repeated with every control in place of its hook's primary, for each pair with a control on at least one \
     side, beside the primaries' figures: cross-layer matches that a shared initialisation made do not survive \
     the change of seed";
@@ -615,6 +629,22 @@ struct ControlRow {
 /// decoder was initialised from (SAEs made elsewhere may not record one).
 pub fn training_seed(folder: &SaeFolder) -> Option<u64> {
     folder.metadata.pointer("/scinterp/training/seed")?.as_u64()
+}
+
+/// `n` seeded random unit directions of width `d` as the decoder of an SAE (the chance level of a
+/// best |cos|).
+fn random_directions(n: usize, d: usize) -> TopKSae {
+    let mut rng = crate::rng::Rng::new(0x5EED_C0A7, 0);
+    let w_dec: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+    TopKSae {
+        d_in: d,
+        d_sae: n,
+        k: 1,
+        w_enc: Vec::new(),
+        b_enc: Vec::new(),
+        w_dec,
+        b_dec: Vec::new(),
+    }
 }
 
 fn median_sorted(v: &[f64]) -> Option<f64> {
@@ -897,6 +927,7 @@ mod tests {
         );
         assert_eq!(h.reproduced_fraction, 1.0);
         assert!((h.median_best_abs_cos.unwrap() - 1.0).abs() < 1e-5);
+        assert!(h.chance_median_best_abs_cos.unwrap() < 0.7);
         assert_eq!(c.pairs.len(), 1);
         let p = &c.pairs[0];
         assert_eq!((p.from_sae.as_str(), p.to_sae.as_str()), ("control", "primary"));
@@ -939,6 +970,15 @@ mod tests {
         assert!(c.hooks[0].alive_control > D_SAE / 2);
         assert!(c.hooks[0].reproduced <= 2, "{:?}", c.hooks[0]);
         assert!(c.hooks[0].reproduced_fraction < 0.05);
+        // An unrelated SAE is as close as random directions are.
+        let (med, chance) = (
+            c.hooks[0].median_best_abs_cos.unwrap(),
+            c.hooks[0].chance_median_best_abs_cos.unwrap(),
+        );
+        assert!(
+            chance > 0.2 && chance < 0.7 && (med - chance).abs() < 0.1,
+            "{med} vs chance {chance}"
+        );
         assert!(
             c.pairs[0].matches <= 2 && c.pairs[0].primary_matches == alive,
             "{:?}",

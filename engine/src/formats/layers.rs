@@ -85,6 +85,9 @@ pub struct SeedControlHook {
     pub strong_reproduced_fraction: f64,
     /// Median over alive primary features of the best |cos| in the control (null when none alive).
     pub median_best_abs_cos: Option<f64>,
+    /// The same median against as many random unit directions (seeded Gaussian) as the control has alive
+    /// features: what a best |cos| is by chance at this width and count.
+    pub chance_median_best_abs_cos: Option<f64>,
     pub same_index_matches: usize,
 }
 
