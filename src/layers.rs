@@ -17,6 +17,11 @@ pub struct LayersArgs {
     /// SAE folders in layer order, comma-separated (each names its hook in cfg.json).
     #[arg(long, value_delimiter = ',', required = true)]
     pub(crate) saes: Vec<PathBuf>,
+    /// The different-seed control: SAE folders trained on hooks of --saes from another seed
+    /// (`scinterp sae train --seed <other>`), comma-separated, at most one per hook. Without it
+    /// layers.json says that no control was run.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) control_saes: Vec<PathBuf>,
     /// Output folder.
     #[arg(long)]
     pub(crate) out: PathBuf,
@@ -59,6 +64,7 @@ pub fn compare_layers(args: LayersArgs) -> Result<LayersSummary> {
     let config = LayersConfig {
         acts: args.acts,
         saes: args.saes,
+        control_saes: args.control_saes,
         out: args.out,
         format: args.format,
         match_threshold: args.match_threshold,
@@ -77,5 +83,33 @@ pub fn compare_layers(args: LayersArgs) -> Result<LayersSummary> {
     if let Some(b) = bar {
         crate::progress::finish(&b);
     }
-    Ok(summary?)
+    let summary = summary?;
+    if let Some(control) = &summary.seed_control {
+        for h in &control.hooks {
+            tracing::info!(
+                "seed control {}: {} of {} alive features reproduced by the other seed ({} strong)",
+                h.hook,
+                h.reproduced,
+                h.alive_primary,
+                h.strong_reproduced
+            );
+        }
+        for p in &control.pairs {
+            tracing::info!(
+                "seed control {} ({}) → {} ({}): {} matches of {} (primaries: {} of {})",
+                p.from,
+                p.from_sae,
+                p.to,
+                p.to_sae,
+                p.matches,
+                p.alive_from,
+                p.primary_matches,
+                p.primary_alive_from
+            );
+        }
+    }
+    for w in &summary.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(summary)
 }

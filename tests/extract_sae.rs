@@ -1339,6 +1339,224 @@ fn analyze_catalog_equals_an_independent_recount_and_layers_match_the_decoders()
     );
 }
 
+/// `scinterp layers --control-saes`: without a control layers.json and the log say none was run; a
+/// control trained with another `--seed` is compared with its primary (the reproduced count recounted
+/// here from the decoders); a control that is the primary with permuted, sign-flipped features
+/// reproduces every feature and keeps every cross-layer match; bad controls are refused.
+#[test]
+fn layers_reports_a_different_seed_control() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, saes) = trace_fixture(tmp.path());
+    let acts = tmp.path().join("acts");
+    let (h0, h2) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
+    let (primary, next) = (saes.join(h0), saes.join(h2));
+    let out = tmp.path().join("layers");
+    let layers = |controls: &[&Path]| {
+        let mut args = vec![
+            "layers".to_string(),
+            "--acts".into(),
+            s(&acts).into(),
+            "--saes".into(),
+            format!("{},{}", s(&primary), s(&next)),
+            "--out".into(),
+            s(&out).into(),
+            "--format".into(),
+            "tsv".into(),
+            "--overwrite".into(),
+            "--json".into(),
+        ];
+        if !controls.is_empty() {
+            args.push("--control-saes".into());
+            args.push(controls.iter().map(|p| s(p)).collect::<Vec<_>>().join(","));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        scinterp(&args)
+    };
+    let json = |out: &Output| -> serde_json::Value {
+        ok(out);
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join("layers/layers.json")).unwrap())
+                .unwrap();
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(file["seed_control"], printed["seed_control"]);
+        file
+    };
+
+    let none = layers(&[]);
+    let summary = json(&none);
+    assert!(summary["seed_control"].is_null());
+    let warning = summary["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("no different-seed control was run"),
+        "{warning}"
+    );
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no different-seed control was run"));
+    // `sae train` gives each hook its own seed: no shared-initialisation warning.
+    let seed_of =
+        |hook: &str, seed: u64| serde_json::json!(scinterp_engine::sae::train::hook_seed(seed, hook));
+    assert_eq!(
+        summary["training_seeds"],
+        serde_json::json!([seed_of(h0, 0), seed_of(h2, 0)])
+    );
+    assert!(
+        !summary["warnings"].to_string().contains("same seed"),
+        "{}",
+        summary["warnings"]
+    );
+    let primary_matches = summary["matching"]["pairs"][0]["matches"].as_u64().unwrap();
+
+    // A control trained from another seed.
+    let trained = tmp.path().join("control-seed7");
+    ok(&scinterp(&[
+        "sae",
+        "train",
+        "--acts",
+        s(&acts),
+        "--hook",
+        h0,
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--out",
+        s(&trained),
+        "--tokens",
+        "20000",
+        "--batch-size",
+        "256",
+        "--splice-cells",
+        "0",
+        "--seed",
+        "7",
+        // Seed 7 holds out none of the 12 cells.
+        "--holdout",
+        "0",
+    ]));
+    let run = layers(&[&trained]);
+    let summary = json(&run);
+    let control = &summary["seed_control"];
+    let h = &control["hooks"][0];
+    assert_eq!(h["hook"], h0);
+    assert_eq!(
+        (&h["primary_seed"], &h["control_seed"]),
+        (&seed_of(h0, 0), &seed_of(h0, 7))
+    );
+    assert!(!summary["warnings"]
+        .to_string()
+        .contains("no different-seed control"));
+    // Recount: alive features from the codes, best |cos| of unit decoders.
+    let store = ActStore::open(&acts).unwrap();
+    let array = store.hook(h0).unwrap();
+    let mut x = vec![0.0f32; store.rows().unwrap().len() * array.d()];
+    array.read_rows(0, &mut x);
+    let alive = |sae: &scinterp_engine::sae::TopKSae| -> Vec<bool> {
+        let codes = sae.encode(&x);
+        let mut a = vec![false; sae.d_sae];
+        for (&i, &v) in codes.indices.iter().zip(&codes.values) {
+            a[i as usize] |= v > 0.0;
+        }
+        a
+    };
+    let unit = |w: &[f32]| -> Vec<f64> {
+        let n = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        w.iter().map(|&x| x as f64 / n).collect()
+    };
+    let pa = scinterp_engine::sae::io::load(&primary).unwrap().sae;
+    let ca = scinterp_engine::sae::io::load(&trained).unwrap().sae;
+    let (alive_p, alive_c) = (alive(&pa), alive(&ca));
+    let (mut reproduced, mut strong, mut n_alive) = (0, 0, 0);
+    for f in (0..pa.d_sae).filter(|&f| alive_p[f]) {
+        n_alive += 1;
+        let wf = unit(pa.decoder_row(f));
+        let best = (0..ca.d_sae)
+            .filter(|&g| alive_c[g])
+            .map(|g| {
+                unit(ca.decoder_row(g))
+                    .iter()
+                    .zip(&wf)
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    .abs()
+            })
+            .fold(0.0f64, f64::max);
+        // A feature within rounding of a threshold could go either way.
+        assert!((best - 0.7).abs() > 1e-5 && (best - 0.9).abs() > 1e-5);
+        reproduced += (best >= 0.7) as u64;
+        strong += (best >= 0.9) as u64;
+    }
+    assert_eq!(h["alive_primary"], n_alive);
+    assert_eq!(
+        (h["reproduced"].as_u64(), h["strong_reproduced"].as_u64()),
+        (Some(reproduced), Some(strong))
+    );
+    let fraction = h["reproduced_fraction"].as_f64().unwrap();
+    assert!((fraction - reproduced as f64 / n_alive as f64).abs() < 1e-12);
+    let pair = &control["pairs"][0];
+    assert_eq!(
+        (&pair["from_sae"], &pair["to_sae"]),
+        (&"control".into(), &"primary".into())
+    );
+    assert_eq!(pair["primary_matches"], primary_matches);
+    let table = read_tsv(&out.join("seed_control_matches.tsv"));
+    let same_hook: Vec<_> = table.iter().filter(|r| r["comparison"] == "same_hook").collect();
+    assert_eq!(same_hook.len() as u64, n_alive);
+    assert_eq!(
+        same_hook.iter().filter(|r| num(r, "abs_cos") >= 0.7).count() as u64,
+        reproduced
+    );
+
+    // A planted control: the primary's features reversed, odd decoders sign-flipped, another seed.
+    let folder = scinterp_engine::sae::io::load(&primary).unwrap();
+    let mut sae = folder.sae.clone();
+    let d = sae.d_in;
+    for f in 0..sae.d_sae {
+        let g = sae.d_sae - 1 - f;
+        let sign = if f % 2 == 1 { -1.0 } else { 1.0 };
+        sae.w_enc[g * d..(g + 1) * d].copy_from_slice(folder.sae.encoder_row(f));
+        sae.b_enc[g] = folder.sae.b_enc[f];
+        for (o, i) in sae.w_dec[g * d..(g + 1) * d]
+            .iter_mut()
+            .zip(folder.sae.decoder_row(f))
+        {
+            *o = sign * i;
+        }
+    }
+    let mut metadata = folder.metadata.clone();
+    metadata["scinterp"]["training"]["seed"] = 12345.into();
+    let planted = tmp.path().join("control-planted");
+    scinterp_engine::sae::io::save(&planted, &sae, &metadata).unwrap();
+    let summary = json(&layers(&[&planted]));
+    let h = &summary["seed_control"]["hooks"][0];
+    assert_eq!(h["reproduced"], n_alive);
+    assert_eq!(h["reproduced_fraction"], 1.0);
+    assert_eq!(summary["seed_control"]["pairs"][0]["matches"], primary_matches);
+    let spans = &summary["seed_control"]["lifespans"][0];
+    assert_eq!(spans["mean_lifespan"], spans["primary_mean_lifespan"]);
+
+    // Refusals: two controls of one hook; a control of a hook not compared.
+    let err = layers(&[&trained, &planted]);
+    fails_with(&err, &["--control-saes", "at most one control per hook"]);
+    fails_with(&layers(&[&next, &saes.join("nope")]), &["nope"]);
+    let only_first = tmp.path().join("layers-one");
+    fails_with(
+        &scinterp(&[
+            "layers",
+            "--acts",
+            s(&acts),
+            "--saes",
+            &format!("{},{}", s(&primary), s(&primary)),
+            "--control-saes",
+            s(&next),
+            "--out",
+            s(&only_first),
+        ]),
+        &[
+            "--control-saes",
+            "blocks.2.hook_resid_post, which no SAE of --saes is on",
+        ],
+    );
+}
+
 /// `scinterp effects`: α = 1 changes nothing; ablation and steering rows for every feature that fired,
 /// with the control columns; a malformed readout set is refused.
 #[test]

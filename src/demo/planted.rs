@@ -405,6 +405,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
             out.join("sae"),
             saes.join("blocks.3.hook_resid_post"),
         ],
+        control_saes: Vec::new(),
         out: layers_dir.clone(),
         format: scinterp_engine::formats::TableFormat::Parquet,
         match_threshold: 0.7,
