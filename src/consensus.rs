@@ -50,6 +50,9 @@ pub struct ConsensusArgs {
     pub(crate) out: PathBuf,
     #[arg(long, value_enum, default_value = "tsv")]
     pub(crate) format: TableFormat,
+    /// Replace an existing --out folder (only once the new consensus is complete).
+    #[arg(long)]
+    pub(crate) overwrite: bool,
     /// Print consensus.json to stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -86,6 +89,7 @@ pub fn consensus(args: ConsensusArgs) -> Result<ConsensusSummary> {
         seed: args.seed,
         out: args.out,
         format: args.format,
+        overwrite: args.overwrite,
     };
     let s = scinterp_engine::analyze::consensus::run(&config)?;
     let enrichment = s

@@ -50,8 +50,10 @@ pub struct LayersConfig {
 /// Why a layer comparison stopped; messages name the file or flag.
 #[derive(Debug, thiserror::Error)]
 pub enum LayersError {
-    #[error("{} already holds a layer comparison; pass --overwrite or choose another --out", .0.display())]
-    Exists(PathBuf),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
+    #[error(transparent)]
+    File(#[from] crate::formats::FileError),
     #[error("--saes needs at least two SAE folders (in layer order), got {0}")]
     TooFewSaes(usize),
     #[error("{}: cfg.json names no hook (metadata.hook_name)", .0.display())]
@@ -76,8 +78,6 @@ pub enum LayersError {
         acts: PathBuf,
         width: usize,
     },
-    #[error("cannot create {}: {io}", path.display())]
-    CreateDir { path: PathBuf, io: std::io::Error },
     #[error(transparent)]
     Sae(#[from] SaeFileError),
     #[error(transparent)]
@@ -94,9 +94,6 @@ pub fn compare_layers(
     args: &LayersConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LayersSummary, LayersError> {
-    if args.out.join(LAYERS_FILE).exists() && !args.overwrite {
-        return Err(LayersError::Exists(args.out.clone()));
-    }
     if args.saes.len() < 2 {
         return Err(LayersError::TooFewSaes(args.saes.len()));
     }
@@ -150,10 +147,9 @@ pub fn compare_layers(
         .iter()
         .map(|(_, h)| store.hook(h))
         .collect::<Result<Vec<_>, _>>()?;
-    std::fs::create_dir_all(&args.out).map_err(|io| LayersError::CreateDir {
-        path: args.out.clone(),
-        io,
-    })?;
+    // Written in a staging folder and swapped in whole (an existing comparison needs --overwrite).
+    let staged = crate::formats::StagedDir::begin(&args.out, args.overwrite, "a layer comparison")?;
+    let dir = staged.path().to_path_buf();
 
     // One pass: encode each chunk with every SAE; count fires and, for consecutive SAEs, co-activations
     // at the same row and on the within-token null pairing (the same gene token in another cell). The
@@ -405,7 +401,7 @@ pub fn compare_layers(
         highway_rows.extend(obs.into_iter().map(|h| (l, h, null_of[h.source as usize])));
     }
 
-    let path = |name: &str| args.out.join(format!("{name}.{}", args.format.ext()));
+    let path = |name: &str| dir.join(format!("{name}.{}", args.format.ext()));
     let hook = |l: usize| saes[l].1.clone();
     Table::new()
         .column(
@@ -552,7 +548,8 @@ pub fn compare_layers(
         seconds: started.elapsed().as_secs_f64(),
         scinterp_version: env!("CARGO_PKG_VERSION").into(),
     };
-    write_json(&args.out.join(LAYERS_FILE), &summary)?;
+    write_json(&dir.join(LAYERS_FILE), &summary)?;
+    staged.commit()?;
     Ok(summary)
 }
 

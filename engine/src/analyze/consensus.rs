@@ -46,6 +46,8 @@ pub enum ConsensusError {
     Annotate(#[from] AnnotateError),
     #[error(transparent)]
     Write(#[from] crate::formats::FileError),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -77,6 +79,8 @@ pub struct ConsensusConfig {
     pub seed: u64,
     pub out: PathBuf,
     pub format: TableFormat,
+    /// Replace an existing output folder (only once the new one is complete).
+    pub overwrite: bool,
 }
 
 /// A circuit graph with term labels: nodes are (hook, feature); `stratum` is the node's hook (the
@@ -481,6 +485,7 @@ pub fn run(config: &ConsensusConfig) -> Result<ConsensusSummary, ConsensusError>
             config.alpha
         )));
     }
+    let staged = crate::formats::StagedDir::begin(&config.out, config.overwrite, "a consensus")?;
     let mut terms = Terms::default();
     let mut graphs = Vec::new();
     for input in [&config.a, &config.b] {
@@ -515,9 +520,7 @@ pub fn run(config: &ConsensusConfig) -> Result<ConsensusSummary, ConsensusError>
         config.seed,
     );
 
-    std::fs::create_dir_all(&config.out)
-        .map_err(|e| ConsensusError::Invalid(format!("cannot create --out {}: {e}", config.out.display())))?;
-    let table_path = config.format.path(&config.out, "conserved_pairs");
+    let table_path = config.format.path(staged.path(), "conserved_pairs");
     let name = |t: u32| terms.names[t as usize].clone();
     let mut table = Table::new()
         .column(
@@ -624,7 +627,8 @@ pub fn run(config: &ConsensusConfig) -> Result<ConsensusSummary, ConsensusError>
     let text = to_json_pretty(&summary)
         .map_err(|e| ConsensusError::Invalid(format!("cannot serialise {CONSENSUS_FILE}: {e}")))?
         + "\n";
-    atomic_write(&config.out.join(CONSENSUS_FILE), text.as_bytes())?;
+    atomic_write(&staged.path().join(CONSENSUS_FILE), text.as_bytes())?;
+    staged.commit()?;
     Ok(summary)
 }
 
@@ -840,6 +844,7 @@ mod tests {
             seed: 0,
             out: dir.join("out"),
             format: TableFormat::Tsv,
+            overwrite: true,
         }
     }
 

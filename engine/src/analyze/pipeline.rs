@@ -102,14 +102,14 @@ pub enum AnalyzeProgress {
 /// Why an analysis stopped; messages name the file or flag.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
-    #[error("{} already holds a catalog; pass --overwrite or choose another --out", .0.display())]
-    Exists(PathBuf),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
+    #[error(transparent)]
+    File(#[from] crate::formats::FileError),
     #[error(transparent)]
     Open(#[from] SaeOnStoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot create {}: {io}", path.display())]
-    CreateDir { path: PathBuf, io: std::io::Error },
     #[error("cannot read {}: {io}", path.display())]
     Read { path: PathBuf, io: std::io::Error },
     #[error("cannot write {}: {io}", path.display())]
@@ -154,9 +154,10 @@ pub fn run(
     names: &dyn GeneNaming,
     progress: &mut dyn FnMut(AnalyzeProgress),
 ) -> Result<CatalogSummary> {
-    if args.out.join(CATALOG_FILE).exists() && !args.overwrite {
-        return Err(AnalyzeError::Exists(args.out.clone()));
-    }
+    // The catalog is written in a staging folder and swapped in whole: a killed run never leaves an old
+    // catalog.json beside new tables, and an existing catalog is refused without --overwrite.
+    let staged = crate::formats::StagedDir::begin(&args.out, args.overwrite, "a catalog")?;
+    let dir = staged.path().to_path_buf();
     let started = Instant::now();
     let (folder, store, array, hook) = open_sae_on_store(&args.sae, &args.acts, args.hook.as_deref())?;
     let sae = &folder.sae;
@@ -167,10 +168,6 @@ pub fn run(
         .get("path")
         .and_then(Value::as_str)
         .map(PathBuf::from);
-    std::fs::create_dir_all(&args.out).map_err(|io| AnalyzeError::CreateDir {
-        path: args.out.clone(),
-        io,
-    })?;
     progress(AnalyzeProgress::Start {
         hook: hook.clone(),
         d_sae: sae.d_sae,
@@ -240,6 +237,7 @@ pub fn run(
         .unwrap_or_default();
     write_tables(
         args,
+        &dir,
         catalog,
         names,
         &alignment,
@@ -247,7 +245,7 @@ pub fn run(
         modules.as_ref(),
         &cell_ids,
     )?;
-    let axes_path = args.out.join("svd_axes.npy");
+    let axes_path = dir.join("svd_axes.npy");
     let axes_f32: Vec<f32> = axes.axes.iter().map(|&x| x as f32).collect();
     write_npy(
         &axes_path,
@@ -343,8 +341,8 @@ pub fn run(
         seconds: started.elapsed().as_secs_f64(),
         scinterp_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let catalog_path = args.out.join(CATALOG_FILE);
-    write_json(&catalog_path, &summary)?;
+    write_json(&dir.join(CATALOG_FILE), &summary)?;
+    staged.commit()?;
     Ok(summary)
 }
 
@@ -480,6 +478,7 @@ fn read_cell_ids(token_store: &Path) -> Result<Vec<String>> {
 
 fn write_tables(
     args: &AnalyzeConfig,
+    dir: &Path,
     catalog: &Catalog,
     names: &dyn GeneNaming,
     alignment: &[(f64, f64)],
@@ -487,7 +486,7 @@ fn write_tables(
     modules: Option<&Modules>,
     cell_ids: &[String],
 ) -> Result<()> {
-    let path = |name: &str| args.out.join(format!("{name}.{}", args.format.ext()));
+    let path = |name: &str| dir.join(format!("{name}.{}", args.format.ext()));
     let i64s = |it: &mut dyn Iterator<Item = i64>| Column::I64(it.collect());
     let f64s = |it: &mut dyn Iterator<Item = f64>| Column::F64(it.collect());
     let mut module_of = vec![-1i64; catalog.features.len()];

@@ -132,6 +132,13 @@ impl StagedDir {
     }
 }
 
+/// A run that stops with an error removes its staging folder (a killed one leaves it for the next run).
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,7 +164,7 @@ mod tests {
         // With it, a run killed before its commit leaves the earlier output whole …
         let s = StagedDir::begin(&out, true, "an annotation").unwrap();
         std::fs::write(s.path().join("b.tsv"), "new").unwrap();
-        drop(s);
+        std::mem::forget(s);
         assert!(out.join("a.tsv").is_file() && !out.join("b.tsv").exists());
         // … and the next run cleans its staging folder; a complete one replaces it entirely.
         let s = StagedDir::begin(&out, true, "an annotation").unwrap();
@@ -169,6 +176,11 @@ mod tests {
         std::fs::write(s.path().join("b.tsv"), "new").unwrap();
         s.commit().unwrap();
         assert!(!out.join("a.tsv").exists(), "no stale table of the earlier run");
+        // A run that fails (the value is dropped) removes its staging folder at once.
+        let s = StagedDir::begin(&out, true, "an annotation").unwrap();
+        std::fs::write(s.path().join("c.tsv"), "half").unwrap();
+        drop(s);
+        assert!(!staging_path(&out).exists() && out.join("b.tsv").is_file());
         assert_eq!(std::fs::read_to_string(out.join("b.tsv")).unwrap(), "new");
         assert!(!staging_path(&out).exists() && !replaced_path(&out).exists());
     }
