@@ -236,8 +236,11 @@ pub fn run(
         .transpose()?
         .unwrap_or_default();
     write_tables(
-        args,
-        &dir,
+        TableDir {
+            dir: &dir,
+            format: args.format,
+            top_cells: args.top_cells,
+        },
         catalog,
         names,
         &alignment,
@@ -476,9 +479,15 @@ fn read_cell_ids(token_store: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Where the tables go (the staging folder, in the chosen format) and how many top cells they list.
+struct TableDir<'a> {
+    dir: &'a Path,
+    format: TableFormat,
+    top_cells: usize,
+}
+
 fn write_tables(
-    args: &AnalyzeConfig,
-    dir: &Path,
+    out: TableDir<'_>,
     catalog: &Catalog,
     names: &dyn GeneNaming,
     alignment: &[(f64, f64)],
@@ -486,7 +495,7 @@ fn write_tables(
     modules: Option<&Modules>,
     cell_ids: &[String],
 ) -> Result<()> {
-    let path = |name: &str| dir.join(format!("{name}.{}", args.format.ext()));
+    let path = |name: &str| out.dir.join(format!("{name}.{}", out.format.ext()));
     let i64s = |it: &mut dyn Iterator<Item = i64>| Column::I64(it.collect());
     let f64s = |it: &mut dyn Iterator<Item = f64>| Column::F64(it.collect());
     let mut module_of = vec![-1i64; catalog.features.len()];
@@ -570,7 +579,7 @@ fn write_tables(
         )
         .write(&path("feature_cells"))?;
 
-    let top = catalog.top_cells(args.top_cells);
+    let top = catalog.top_cells(out.top_cells);
     let cell_name = |c: u32| cell_ids.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
     Table::new()
         .column("feature", i64s(&mut top.iter().map(|(_, c)| c.feature as i64)))
