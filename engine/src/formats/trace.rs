@@ -124,7 +124,7 @@ pub struct TraceEdgeRow {
     pub source_feature: i64,
     pub target_hook: String,
     pub target_feature: i64,
-    /// Mean change of the target when the source is ablated (> 0: excitatory).
+    /// Mean change of the target when the source is ablated (> 0: the source lowers the target).
     pub mean_change: f64,
     /// BH q of the edge's test.
     pub q: f64,
