@@ -97,7 +97,7 @@
     n_fired: 'Positions of this gene where the feature fired.',
     n_positions: 'Positions of this gene in the store.',
     mean_when_fired: 'Mean activation over this gene\'s positions where the feature fired (the conditional_mean ranking\'s score; genes need ≥ min-support such positions).',
-    mass: 'Total activation of the feature on this gene\'s positions (the mass ranking\'s score).',
+    mass: 'Total activation of the feature on this gene\'s positions (the mass ranking\'s score) = mean_when_fired × n_fired.',
     fire_rate: 'n_fired / n_positions: how often the feature fires on this gene.',
     overlap: 'Query genes (the feature\'s top genes) that are in the term.',
     query_size: 'Query genes in the library\'s background (the feature\'s top-n genes by the annotation ranking).',
@@ -619,7 +619,7 @@
     h += '<h2>Top genes</h2>';
     if (d.g) {
       const geneTable = (id, order, title, def) => '<div><h3 title="' + esc(DEF[def]) + '">' + esc(title) + '</h3>' + (order.length ? '<table id="' + id + '"><tr>' + th('rank', 'rank', 'class="n"') + th('gene', 'n_positions') + th('n fired', 'n_fired', 'class="n"') + th('positions', 'n_positions', 'class="n"') + th('mean when fired', 'mean_when_fired', 'class="n"') + th('mass', 'mass', 'class="n"') + th('fire rate', 'fire_rate', 'class="n"') + '</tr>' +
-        order.map((k, r) => { const g = d.g.rows[k]; return '<tr data-gene="' + esc(geneLabel(G, g[0])) + '"><td class="n">' + num(r + 1, 'rank') + '</td><td>' + geneLink(G, g[0]) + '</td><td class="n">' + num(g[1], 'n_fired') + '</td><td class="n">' + num(g[2], 'n_positions') + '</td><td class="n">' + num(g[3], 'mean_when_fired') + '</td><td class="n">' + num(g[4], 'mass') + '</td><td class="n">' + num(g[5], 'fire_rate') + '</td></tr>'; }).join('') + '</table>' : none('no genes in this ranking')) + '</div>';
+        order.map((k, r) => { const g = d.g.rows[k]; return '<tr data-gene="' + esc(geneLabel(G, g[0])) + '"><td class="n">' + num(r + 1, 'rank') + '</td><td>' + geneLink(G, g[0]) + '</td><td class="n">' + num(g[1], 'n_fired') + '</td><td class="n">' + num(g[2], 'n_positions') + '</td><td class="n">' + num(g[3], 'mean_when_fired') + '</td><td class="n">' + num(g[3] * g[1], 'mass') + '</td><td class="n">' + num(g[2] > 0 ? g[1] / g[2] : null, 'fire_rate') + '</td></tr>'; }).join('') + '</table>' : none('no genes in this ranking')) + '</div>';
       h += '<div class="grid2">' + geneTable('top-genes-cm', d.g.cm, 'By conditional mean', 'mean_when_fired') + geneTable('top-genes-mass', d.g.mass, 'By mass', 'mass') + '</div>';
     } else h += none('no top genes for this feature');
 
