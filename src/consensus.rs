@@ -50,6 +50,9 @@ pub struct ConsensusArgs {
     pub(crate) out: PathBuf,
     #[arg(long, value_enum, default_value = "tsv")]
     pub(crate) format: TableFormat,
+    /// Replace an existing --out folder; without it one is refused.
+    #[arg(long)]
+    pub(crate) overwrite: bool,
     /// Print consensus.json to stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -66,6 +69,7 @@ pub fn run(args: ConsensusArgs) -> Result<()> {
 
 /// Runs the comparison and logs its headline; returns consensus.json's content.
 pub fn consensus(args: ConsensusArgs) -> Result<ConsensusSummary> {
+    scinterp_engine::formats::check_file_output(&args.out, args.overwrite, "a consensus")?;
     let config = ConsensusConfig {
         a: GraphInput {
             name: "a".into(),

@@ -127,6 +127,8 @@ pub enum AnalyzeError {
     Table(#[from] TableError),
     #[error(transparent)]
     Json(#[from] JsonFileError),
+    #[error("{0}")]
+    Flag(String),
 }
 
 type Result<T, E = AnalyzeError> = std::result::Result<T, E>;
@@ -156,6 +158,25 @@ pub fn run(
 ) -> Result<CatalogSummary> {
     if args.out.join(CATALOG_FILE).exists() && !args.overwrite {
         return Err(AnalyzeError::Exists(args.out.clone()));
+    }
+    // Refused before any work: a NaN level or resolution would give empty modules without a word.
+    if !(args.coact_alpha > 0.0 && args.coact_alpha <= 1.0) {
+        return Err(AnalyzeError::Flag(format!(
+            "--coact-alpha {}: must be in (0, 1]",
+            args.coact_alpha
+        )));
+    }
+    if !args.coact_min_pmi.is_finite() {
+        return Err(AnalyzeError::Flag(format!(
+            "--coact-min-pmi {}: must be finite",
+            args.coact_min_pmi
+        )));
+    }
+    if !(args.leiden_resolution.is_finite() && args.leiden_resolution > 0.0) {
+        return Err(AnalyzeError::Flag(format!(
+            "--leiden-resolution {}: must be finite and above 0",
+            args.leiden_resolution
+        )));
     }
     let started = Instant::now();
     let (folder, store, array, hook) = open_sae_on_store(&args.sae, &args.acts, args.hook.as_deref())?;

@@ -90,6 +90,19 @@ impl OrthologTable {
     }
 }
 
+/// When most of `ids` look like mouse genes (`Gata1`: an upper-case letter then lower-case ones; or
+/// `ENSMUSG…`), how many do and a few examples. Human vocabularies match some mouse symbols by case alone
+/// (Gata1 → GATA1), so such input needs an ortholog table rather than a silent partial match.
+pub fn mouse_like_ids(ids: &[String]) -> Option<(usize, Vec<String>)> {
+    let mouse = |s: &&String| {
+        let mut c = s.chars();
+        s.starts_with("ENSMUSG")
+            || matches!((c.next(), c.next()), (Some(a), Some(b)) if a.is_ascii_uppercase() && b.is_ascii_lowercase())
+    };
+    let n = ids.iter().filter(mouse).count();
+    (n > 0 && n * 2 > ids.len()).then(|| (n, ids.iter().filter(mouse).take(3).cloned().collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
