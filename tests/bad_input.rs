@@ -1896,6 +1896,14 @@ fn export_apply_cases(cat: &mut Catalogue, i: &Inputs) {
         .says(&["tool.safetensors", "truncated"])
         .absent(&calls)
         .fails();
+    let onnx = broken("tool_onnx");
+    let w = std::fs::read(onnx.join("tool.onnx")).unwrap();
+    std::fs::write(onnx.join("tool.onnx"), &w[..w.len() - 100]).unwrap();
+    cat.case("apply", "truncated ONNX file")
+        .args(&apply(&onnx, &pbmc, &[]))
+        .says(&["tool.onnx", "truncated"])
+        .absent(&calls)
+        .fails();
     let swapped = broken("tool_swapped");
     std::fs::copy(
         i.other_tool.join("tool.safetensors"),

@@ -224,13 +224,19 @@ impl StoreWriter {
                     dir,
                     format!(
                         "needs {} for {} hooks × {} rows × {} values ({:?}) but the disk has {} free; free \
-                         space, capture fewer hooks, use --dtype f16, or choose another --out",
+                         space, capture fewer hooks{}, or choose another --out",
                         human_bytes(needed),
                         manifest.hooks.len(),
                         rows.len(),
                         manifest.d_model,
                         manifest.dtype,
-                        human_bytes(free)
+                        human_bytes(free),
+                        // Advice that applies only to f32 stores.
+                        if manifest.dtype == ActDtype::F32 {
+                            ", use --dtype f16"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
