@@ -1840,6 +1840,29 @@ fn export_apply_cases(cat: &mut Catalogue, i: &Inputs) {
             .absent(&out)
             .fails();
     }
+    // A panel gene the cells hold but the model does not know: an scGPT folder whose vocabulary lacks CD3E.
+    let cut = i.p("scgpt_without_cd3e");
+    std::fs::create_dir_all(&cut).unwrap();
+    for f in ["args.json", "model.safetensors"] {
+        std::fs::copy(assets().join("scgpt").join(f), cut.join(f)).unwrap();
+    }
+    let mut vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(assets().join("scgpt/vocab.json")).unwrap()).unwrap();
+    assert!(vocab.remove("CD3E").is_some());
+    std::fs::write(cut.join("vocab.json"), serde_json::to_string(&vocab).unwrap()).unwrap();
+    let known = i.p("known_panel.txt");
+    std::fs::write(&known, "CD3E\nCD79A\nLYZ\n").unwrap();
+    let mut a = export(&["--panel", &s(&known)]);
+    let at = a.iter().position(|x| x == "--model").unwrap();
+    a[at + 1] = s(&cut);
+    cat.case(
+        "export operator",
+        "panel gene in the cells but unknown to the model",
+    )
+    .args(&a)
+    .says(&["--panel", "unknown to the model", "CD3E"])
+    .absent(&out)
+    .fails();
     let mut a = export(&[]);
     let at = a.iter().position(|x| x == "--labels").unwrap();
     a[at + 1] = "nope".into();
