@@ -173,6 +173,9 @@ pub struct MergeArgs {
     out: PathBuf,
     #[command(flatten)]
     filters: FilterArgs,
+    /// Replace an existing --out table; without it one is refused.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long)]
     json: bool,
 }
@@ -192,7 +195,7 @@ fn parse_shard(text: &str) -> Result<(usize, usize), String> {
 pub fn run(args: TraceArgs) -> Result<()> {
     let (summary, json) = match (args.command, args.run) {
         (Some(TraceCommand::Merge(m)), _) => {
-            let summary = scinterp_engine::trace::merge(&m.shards, &m.out, &m.filters.into())?;
+            let summary = scinterp_engine::trace::merge(&m.shards, &m.out, &m.filters.into(), m.overwrite)?;
             log_table(&summary);
             (summary, m.json)
         }

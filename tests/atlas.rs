@@ -213,7 +213,10 @@ fn atlas_data_files_hold_what_the_tables_say() {
                 let v = |j: usize| row[j].as_f64().unwrap();
                 let (mass, rate) = (r["mass"].as_f64().unwrap(), r["fire_rate"].as_f64().unwrap());
                 assert!((v(3) * v(1) - mass).abs() <= 1e-3 * mass.abs(), "L{l} {f} mass");
-                assert!((v(1) / v(2) - rate).abs() <= 1e-3 * rate.abs(), "L{l} {f} fire_rate");
+                assert!(
+                    (v(1) / v(2) - rate).abs() <= 1e-3 * rate.abs(),
+                    "L{l} {f} fire_rate"
+                );
                 checked_genes += 1;
             }
         }

@@ -224,13 +224,19 @@ impl StoreWriter {
                     dir,
                     format!(
                         "needs {} for {} hooks × {} rows × {} values ({:?}) but the disk has {} free; free \
-                         space, capture fewer hooks, use --dtype f16, or choose another --out",
+                         space, capture fewer hooks{}, or choose another --out",
                         human_bytes(needed),
                         manifest.hooks.len(),
                         rows.len(),
                         manifest.d_model,
                         manifest.dtype,
-                        human_bytes(free)
+                        human_bytes(free),
+                        // Advice that applies only to f32 stores.
+                        if manifest.dtype == ActDtype::F32 {
+                            ", use --dtype f16"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -452,7 +458,24 @@ impl ActStore {
                 ),
             ));
         }
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let rows: Vec<[i32; 3]> = bytemuck::pod_collect_to_vec(&bytes);
+        // A damaged index would otherwise report cells (or genes) that do not exist.
+        let n_cells = self.manifest.n_cells;
+        if let Some((r, row)) = rows
+            .iter()
+            .enumerate()
+            .find(|(_, row)| row[0] < 0 || row[0] as usize >= n_cells || row[1] < 0 || row[2] < 0)
+        {
+            return Err(StoreError::new(
+                &path,
+                format!(
+                    "row {r} is (cell {}, position {}, token {}), but the store has {n_cells} cells and \
+                     positions and tokens are never negative: the row index is damaged; extract the store again",
+                    row[0], row[1], row[2]
+                ),
+            ));
+        }
+        Ok(rows)
     }
 
     /// The memory-mapped activations of `hook`.

@@ -38,6 +38,12 @@ pub struct ApplyReport {
 
 /// Runs a tool on cells and writes `cell, pseudotime, cell_type, probability, latent_1…latent_d`.
 pub fn apply(config: &ApplyConfig) -> Result<ApplyReport, ExportError> {
+    if !(0.0..=1.0).contains(&config.min_panel_fraction) {
+        return Err(ExportError::option(
+            "--min-panel-fraction",
+            format!("{} must be a fraction in [0, 1]", config.min_panel_fraction),
+        ));
+    }
     let loaded = read_tool(&config.tool)?;
     if config.out.exists() && !config.overwrite {
         return Err(ExportError::option(

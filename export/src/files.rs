@@ -197,6 +197,23 @@ pub fn read_tool(dir: &Path) -> Result<LoadedTool, ExportError> {
             return Err(ExportError::invalid(&wpath, "its hash differs from the card's: the card does not belong to these weights; export the tool again"));
         }
     }
+    // `apply` never reads the ONNX file, but a damaged one is a damaged tool: say so before it is shared.
+    if let Some(entry) = card.files.get(ONNX) {
+        let opath = dir.join(ONNX);
+        if let Ok(onnx) = std::fs::read(&opath) {
+            if entry.bytes != onnx.len() as u64 || entry.blake3 != hash(&onnx) {
+                return Err(ExportError::invalid(
+                    &opath,
+                    format!(
+                        "{} bytes that do not match the card ({} bytes and a hash): the file is truncated or \
+                         of another export; export the tool again",
+                        onnx.len(),
+                        entry.bytes
+                    ),
+                ));
+            }
+        }
+    }
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         ExportError::invalid(
             &wpath,

@@ -180,6 +180,25 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
     let mut classes: Vec<String> = label_text.clone();
     classes.sort();
     classes.dedup();
+    // A stage order naming no label would report a Spearman over no cell as if it were measured.
+    if let Some(order) = &config.stage_order {
+        let unknown: Vec<&str> = order
+            .iter()
+            .filter(|s| !classes.contains(s))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ExportError::option(
+                "--stage-order",
+                format!(
+                    "{} not among the labels of --labels {} ({})",
+                    unknown.join(", "),
+                    config.label_column,
+                    classes.join(", ")
+                ),
+            ));
+        }
+    }
     if classes.len() < 2 {
         return Err(ExportError::option(
             "--labels",

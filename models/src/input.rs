@@ -144,6 +144,21 @@ pub fn read_cells(input: &Path, model: &LoadedModel) -> Result<InputCells, Input
         }
         _ => {}
     }
+    // Checked here, before any output exists, rather than in the middle of a run (which would leave a
+    // half-written store behind).
+    if let Some(max) = model.encoder.dims().max_len {
+        if let Some((c, cell)) = cells.tokens.iter().enumerate().find(|(_, t)| t.len() > max) {
+            let over = cells.tokens.iter().filter(|t| t.len() > max).count();
+            return Err(invalid(
+                input,
+                format!(
+                    "cell {c} has {} tokens but the model accepts at most {max} (max_position_embeddings; \
+                     {over} cells are too long); tokenize the cells again with --max-len {max}",
+                    cell.len()
+                ),
+            ));
+        }
+    }
     if let Some(cls) = model.embedding_token {
         let without = cells.tokens.iter().filter(|c| c[0] != cls).count();
         if without > 0 {

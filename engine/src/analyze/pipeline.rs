@@ -127,6 +127,8 @@ pub enum AnalyzeError {
     Table(#[from] TableError),
     #[error(transparent)]
     Json(#[from] JsonFileError),
+    #[error("{0}")]
+    Flag(String),
 }
 
 type Result<T, E = AnalyzeError> = std::result::Result<T, E>;
@@ -154,6 +156,25 @@ pub fn run(
     names: &dyn GeneNaming,
     progress: &mut dyn FnMut(AnalyzeProgress),
 ) -> Result<CatalogSummary> {
+    // Refused before any work: a NaN level or resolution would give empty modules without a word.
+    if !(args.coact_alpha > 0.0 && args.coact_alpha <= 1.0) {
+        return Err(AnalyzeError::Flag(format!(
+            "--coact-alpha {}: must be in (0, 1]",
+            args.coact_alpha
+        )));
+    }
+    if !args.coact_min_pmi.is_finite() {
+        return Err(AnalyzeError::Flag(format!(
+            "--coact-min-pmi {}: must be finite",
+            args.coact_min_pmi
+        )));
+    }
+    if !(args.leiden_resolution.is_finite() && args.leiden_resolution > 0.0) {
+        return Err(AnalyzeError::Flag(format!(
+            "--leiden-resolution {}: must be finite and above 0",
+            args.leiden_resolution
+        )));
+    }
     // The catalog is written in a staging folder and swapped in whole: a killed run never leaves an old
     // catalog.json beside new tables, and an existing catalog is refused without --overwrite.
     let staged = crate::formats::StagedDir::begin(&args.out, args.overwrite, "a catalog")?;

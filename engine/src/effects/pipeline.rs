@@ -69,7 +69,8 @@ pub enum EffectsError {
         d_in: usize,
         d_model: usize,
     },
-    #[error("{}: {reason}", path.display())]
+    /// `reason` names the file.
+    #[error("--direction: {reason}")]
     Direction { path: PathBuf, reason: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -87,6 +88,9 @@ pub enum EffectsError {
     Summary { out: PathBuf, error: FileError },
     #[error("cannot serialise the summary: {0}")]
     Serialise(String),
+    /// A flag value that cannot mean anything (NaN, empty, outside the vocabulary).
+    #[error("{0}")]
+    Flag(String),
 }
 
 type Result<T, E = EffectsError> = std::result::Result<T, E>;
@@ -112,6 +116,39 @@ pub fn run(
     }
     crate::formats::check_file_output(&config.out, config.overwrite, "an effects table")?;
     let dims = inputs.encoder.dims();
+    // Refused before any work: each would give NaN rows or a readout that silently measures less.
+    if config.alphas.is_empty() {
+        return Err(EffectsError::Flag(
+            "--alphas names no scale; give e.g. 0 or 0,2,4".into(),
+        ));
+    }
+    if let Some(a) = config.alphas.iter().find(|a| !a.is_finite()) {
+        return Err(EffectsError::Flag(format!(
+            "--alphas: {a} is not a finite scale; give finite values (0 ablates, above 1 amplifies)"
+        )));
+    }
+    if config.readout_tokens.is_empty() {
+        return Err(EffectsError::Flag(
+            "--readout-tokens names no token; give the token ids of the readout gene set".into(),
+        ));
+    }
+    if let Some(t) = config
+        .readout_tokens
+        .iter()
+        .filter(|&&t| t as usize >= dims.vocab_size)
+        .min()
+    {
+        return Err(EffectsError::Flag(format!(
+            "--readout-tokens: token {t} is outside the model's vocabulary ({} tokens); give ids of this \
+             model's dictionary",
+            dims.vocab_size
+        )));
+    }
+    if config.cells == Some(0) {
+        return Err(EffectsError::Flag(
+            "--cells 0: use at least one cell (or leave --cells out for all)".into(),
+        ));
+    }
     let n_cells = config
         .cells
         .unwrap_or(inputs.tokens.len())
@@ -132,9 +169,15 @@ pub fn run(
     let features = crate::trace::parse_features(&config.features, sae.sae.d_sae as u32)?;
     let direction = match &config.direction {
         Some(p) => {
+            // The npy reader's messages already name the path: not twice.
+            let shown = p.display().to_string();
             let bad = |reason: String| EffectsError::Direction {
                 path: p.clone(),
-                reason,
+                reason: if reason.contains(&shown) {
+                    reason
+                } else {
+                    format!("{shown}: {reason}")
+                },
             };
             let (header, bytes) = read_npy_bytes(p).map_err(bad)?;
             if header.dtype != NpyDtype::F32 || header.shape.iter().product::<usize>() != d {
@@ -143,7 +186,14 @@ pub fn run(
                     header.dtype, header.shape
                 )));
             }
-            Some(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
+            let values = bytemuck::pod_collect_to_vec::<u8, f32>(&bytes);
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(bad(format!(
+                    "value {i} is {}; the direction must be finite",
+                    values[i]
+                )));
+            }
+            Some(values)
         }
         None => None,
     };

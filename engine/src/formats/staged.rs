@@ -45,7 +45,15 @@ fn remove_any(path: &Path) -> Result<(), FileError> {
         std::fs::remove_file(path)
     };
     match result {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FileError::new(path, "cannot remove", e)),
+        // A path under a file (NotADirectory) cannot exist either.
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Err(FileError::new(path, "cannot remove", e))
+        }
         _ => Ok(()),
     }
 }

@@ -63,6 +63,8 @@ pub enum SaeError {
     Exists(PathBuf),
     #[error("{} exists; pass --overwrite or choose another --out", .0.display())]
     OutputExists(PathBuf),
+    #[error(transparent)]
+    Output(#[from] crate::formats::OutputError),
     #[error("{}: no training rows (every cell was held out); lower --holdout", .0.display())]
     NoTrainingRows(PathBuf),
     #[error("{}: no cell was held out ({cells} cells); use more cells or --holdout 0", acts.display())]

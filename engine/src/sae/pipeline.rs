@@ -160,6 +160,8 @@ pub fn train_on_store(
     if req.out.join(CFG_FILE).exists() && !req.overwrite {
         return Err(SaeError::Exists(req.out.clone()));
     }
+    // Any other file or non-empty folder at --out is not replaced without --overwrite either.
+    crate::formats::check_file_output(&req.out, req.overwrite, "files that are not an SAE")?;
     if !(req.holdout.is_finite() && (0.0..1.0).contains(&req.holdout)) {
         return Err(FlagError::new("holdout", req.holdout, "must be in [0, 1)").into());
     }

@@ -58,6 +58,9 @@ pub enum TraceError {
     },
     #[error("{0}")]
     Features(String),
+    /// A flag value that cannot mean anything (NaN, out of range).
+    #[error("{0}")]
+    Flag(String),
     #[error("tracing cells {first}..{last}: {error}")]
     Cells {
         first: usize,

@@ -120,9 +120,32 @@ pub fn parse_features(spec: &str, d_sae: u32) -> Result<Vec<u32>, TraceError> {
         }
         out.push(f);
     }
+    if out.is_empty() {
+        return Err(TraceError::Features(format!(
+            "--features `{spec}` names no feature; give `all`, a comma list (3,17,40) or top:N"
+        )));
+    }
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+/// Refuses filter values that would silently keep nothing or everything (NaN compares false).
+fn check_filters(f: &EdgeFilters) -> Result<(), TraceError> {
+    if f.min_cells < super::edges::DEFAULT_MIN_CELLS {
+        return Err(TraceError::MinCells(f.min_cells));
+    }
+    let bad = |flag: &str, v: f64, want: &str| Err(TraceError::Flag(format!("{flag} {v}: must be {want}")));
+    if !(0.0..=1.0).contains(&f.max_q) {
+        return bad("--max-q", f.max_q, "a q value in [0, 1]");
+    }
+    if !(f.min_abs_d.is_finite() && f.min_abs_d >= 0.0) {
+        return bad("--min-abs-d", f.min_abs_d, "finite and at least 0");
+    }
+    if !(0.0..=1.0).contains(&f.min_consistency) {
+        return bad("--min-consistency", f.min_consistency, "a fraction in [0, 1]");
+    }
+    Ok(())
 }
 
 /// Traces, writes the edge table and its summary (or the shard file), and returns the summary.
@@ -132,8 +155,16 @@ pub fn run(
     progress: &mut dyn FnMut(TraceProgress),
 ) -> Result<TraceOutcome, TraceError> {
     let started = Instant::now();
-    if config.filters.min_cells < super::edges::DEFAULT_MIN_CELLS {
-        return Err(TraceError::MinCells(config.filters.min_cells));
+    check_filters(&config.filters)?;
+    if config.cells == Some(0) {
+        return Err(TraceError::Flag(
+            "--cells 0: trace on at least one cell (or leave --cells out for all)".into(),
+        ));
+    }
+    // The table's format is known before any work, so that a bad name leaves no checkpoint behind.
+    let ext = config.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if config.shard.is_none() && !matches!(ext, "parquet" | "tsv") {
+        return Err(crate::formats::TableError::WriteExtension(config.out.clone()).into());
     }
     let what = if config.shard.is_some() {
         "a trace shard"
@@ -199,9 +230,9 @@ pub fn run(
     let values = inputs.values.map(|v| &v[..n_cells]);
     let mut features = match config.features.trim().strip_prefix("top:") {
         Some(n) => {
-            let n: usize = n.parse().map_err(|_| {
+            let n: usize = n.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
                 TraceError::Features(format!(
-                    "--features {}: expected top:N with a number N",
+                    "--features {}: expected top:N with a number N of at least 1",
                     config.features
                 ))
             })?;
@@ -211,6 +242,12 @@ pub fn run(
             order.sort_by_key(|&f| (std::cmp::Reverse(counts[f as usize]), f));
             order.truncate(n);
             order.sort_unstable();
+            if order.is_empty() {
+                return Err(TraceError::Features(format!(
+                    "--features {}: no feature of the source SAE fires in the {n_cells} traced cells",
+                    config.features
+                )));
+            }
             order
         }
         None => parse_features(&config.features, d_sae)?,
@@ -314,11 +351,15 @@ pub fn run(
 }
 
 /// Shards of one trace (same settings, shards 0..n of n, each once) → the edge table and its summary.
-pub fn merge(shards: &[PathBuf], out: &Path, filters: &EdgeFilters) -> Result<TraceSummary, TraceError> {
+/// An existing `out` is refused unless `overwrite` (then replaced atomically).
+pub fn merge(
+    shards: &[PathBuf],
+    out: &Path,
+    filters: &EdgeFilters,
+    overwrite: bool,
+) -> Result<TraceSummary, TraceError> {
     let started = Instant::now();
-    if filters.min_cells < super::edges::DEFAULT_MIN_CELLS {
-        return Err(TraceError::MinCells(filters.min_cells));
-    }
+    check_filters(filters)?;
     let mut plan: Option<TracePlan> = None;
     let mut seen: Vec<(usize, usize)> = Vec::new();
     let mut acc = TraceAccumulator::default();
@@ -354,5 +395,6 @@ pub fn merge(shards: &[PathBuf], out: &Path, filters: &EdgeFilters) -> Result<Tr
     if seen.len() != n || seen.iter().any(|s| s.1 != n) {
         return Err(TraceError::ShardsIncomplete { seen, n });
     }
+    crate::formats::check_file_output(out, overwrite, "a trace table")?;
     write_table(&plan, &acc, filters, out, started.elapsed().as_secs_f64())
 }

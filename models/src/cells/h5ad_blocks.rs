@@ -89,6 +89,8 @@ pub(crate) fn csr_in_blocks(
 /// else (gene ids, cell names, obs columns, `indptr`) is in memory. Made by [`super::h5ad::open_h5ad`].
 pub struct H5adBlocks {
     path: PathBuf,
+    /// The path messages name (the gzipped file a temporary `path` was decompressed from).
+    shown: PathBuf,
     h5: Hdf5,
     /// The matrix (`X`, `layers/<name>`, `raw/X`) and its two datasets.
     matrix: String,
@@ -123,6 +125,7 @@ impl H5adBlocks {
     ) -> Self {
         H5adBlocks {
             path: path.to_path_buf(),
+            shown: path.to_path_buf(),
             h5,
             matrix,
             indices,
@@ -162,6 +165,16 @@ impl H5adBlocks {
     /// on the file), one block ahead of [`Self::read`]. Asking `read` for other cells is allowed: blocks
     /// read ahead before them are skipped, and once `read` is asked for cells behind the thread, reading
     /// goes on without it.
+    /// Names `shown` instead of the file read in messages (see [`Self::shown_error`]).
+    pub(crate) fn show_as(&mut self, shown: &Path) {
+        self.shown = shown.to_path_buf();
+    }
+
+    /// An error of [`Self::read`] about the file the user gave.
+    pub(crate) fn shown_error(&self, e: CellsError) -> CellsError {
+        e.shown_as(&self.path, &self.shown)
+    }
+
     pub fn read_ahead(&self, blocks: Vec<Range<usize>>) {
         let plan: Vec<(Range<usize>, usize, usize)> = blocks
             .into_iter()

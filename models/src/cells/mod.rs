@@ -108,7 +108,7 @@ impl CellSource {
             },
             CellSource::Blocks(b) => {
                 let first = cells.start;
-                let matrix = b.read(cells)?;
+                let matrix = b.read(cells).map_err(|e| b.shown_error(e))?;
                 CellBlock {
                     cells: 0..matrix.n_cells,
                     matrix: std::borrow::Cow::Owned(matrix),
@@ -365,6 +365,22 @@ pub enum CellsError {
 }
 
 impl CellsError {
+    /// The same error about `shown` where it was about `actual` (the decompressed temporary copy of a
+    /// gzipped input), so that messages name the file the user gave.
+    pub fn shown_as(self, actual: &Path, shown: &Path) -> Self {
+        match self {
+            CellsError::Invalid { path, reason } if path == actual => CellsError::Invalid {
+                path: shown.to_path_buf(),
+                reason,
+            },
+            CellsError::Io { path, source } if path == actual => CellsError::Io {
+                path: shown.to_path_buf(),
+                source,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> Self {
         CellsError::Invalid {
             path: path.to_path_buf(),
@@ -438,7 +454,9 @@ pub fn open(
         .unwrap_or_default();
     let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
     let extension = name.rsplit('.').next().unwrap_or("");
+    let shown = input;
     let input = decompressed.as_ref().map(|t| t.path()).unwrap_or(input);
+    let named = |e: CellsError| e.shown_as(input, shown);
     match extension {
         "h5ad" => {
             let h5ad_options = h5ad::H5adOptions {
@@ -448,14 +466,19 @@ pub fn open(
                 obs_columns: options.obs_columns.clone(),
                 optional_obs_columns: options.optional_obs_columns.clone(),
             };
-            Ok((h5ad::open_h5ad(input, &h5ad_options)?, decompressed))
+            let mut source = h5ad::open_h5ad(input, &h5ad_options).map_err(named)?;
+            if let CellSource::Blocks(b) = &mut source {
+                b.show_as(shown);
+            }
+            Ok((source, decompressed))
         }
         "loom" => {
-            let m = loom::read_loom(input, options.gene_id_column.as_deref(), &options.obs_columns)?;
+            let m = loom::read_loom(input, options.gene_id_column.as_deref(), &options.obs_columns)
+                .map_err(named)?;
             Ok((CellSource::Memory(m), None))
         }
         _ => Err(CellsError::invalid(
-            input,
+            shown,
             "unknown input format; give an .h5ad or .loom file or a 10x MatrixMarket folder",
         )),
     }

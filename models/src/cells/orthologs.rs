@@ -90,9 +90,36 @@ impl OrthologTable {
     }
 }
 
+/// When most of `ids` look like mouse genes (`Gata1`: an upper-case letter then lower-case ones; or
+/// `ENSMUSG…`), how many do and a few examples. Human vocabularies match some mouse symbols by case alone
+/// (Gata1 → GATA1), so such input needs an ortholog table rather than a silent partial match.
+pub fn mouse_like_ids(ids: &[String]) -> Option<(usize, Vec<String>)> {
+    let mouse = |s: &&String| {
+        let mut c = s.chars();
+        let symbol_like = s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        s.starts_with("ENSMUSG")
+            || symbol_like
+                && matches!((c.next(), c.next()), (Some(a), Some(b)) if a.is_ascii_uppercase() && b.is_ascii_lowercase())
+    };
+    let n = ids.iter().filter(mouse).count();
+    (n > 0 && n * 2 > ids.len()).then(|| (n, ids.iter().filter(mouse).take(3).cloned().collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mouse_symbols_are_told_from_human_ones_and_from_other_text() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (n, examples) = mouse_like_ids(&ids(&["Gata1", "Cd3e", "ENSMUSG00000031162", "GATA1"])).unwrap();
+        assert_eq!((n, examples.len()), (3, 3));
+        assert!(mouse_like_ids(&ids(&["GATA1", "C1orf112", "CD3E", "Gata1"])).is_none());
+        assert!(mouse_like_ids(&ids(&["Gene Expression", "Gene Expression"])).is_none());
+        assert!(mouse_like_ids(&[]).is_none());
+    }
 
     #[test]
     fn translates_first_listed_ortholog_and_marks_the_rest() {

@@ -243,7 +243,7 @@ impl Encoder for Geneformer {
             if batch.cell_len(c) > max_len {
                 return Err(EngineError::InvalidBatch(format!(
                     "cell {c} has {} tokens but the model accepts at most {max_len} \
-                     (max_position_embeddings); truncate it when tokenizing",
+                     (max_position_embeddings); tokenize with --max-len {max_len}",
                     batch.cell_len(c)
                 )));
             }

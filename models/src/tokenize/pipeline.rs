@@ -168,6 +168,16 @@ pub type TokenizerInfo = (&'static str, String, serde_json::Value, BTreeMap<Stri
 
 /// Runs the pipeline: `config.input` tokenized into the token store `config.out`.
 pub fn run(config: &Config, progress: &dyn Progress) -> Result<Report, PipelineError> {
+    // The tokenizer's complaints about the values do not know the file: name it.
+    run_inner(config, progress).map_err(|e| match e {
+        PipelineError::Geneformer(e @ (TokenizeError::NotCounts { .. } | TokenizeError::NCounts { .. })) => {
+            PipelineError::Refused(format!("{}: {e}", config.input.display()))
+        }
+        other => other,
+    })
+}
+
+fn run_inner(config: &Config, progress: &dyn Progress) -> Result<Report, PipelineError> {
     if config.out.exists() && !config.overwrite {
         return Err(TokenStoreError::Exists {
             path: config.out.clone(),
@@ -217,6 +227,18 @@ pub fn run(config: &Config, progress: &dyn Progress) -> Result<Report, PipelineE
     }
     // The genes and obs columns of the cells (the whole matrix, or the head of one read in blocks).
     let matrix = cells.genes();
+    if config.orthologs.is_none() {
+        if let Some((n, examples)) = crate::cells::orthologs::mouse_like_ids(&matrix.gene_ids) {
+            return Err(PipelineError::Refused(format!(
+                "{}: {n} of {} gene ids look like mouse genes (e.g. {}), but the model's vocabulary is \
+                 human; pass --orthologs with a human–mouse ortholog table (human_symbol,mouse_symbol per \
+                 line), or --gene-id-column with a column of human gene ids",
+                config.input.display(),
+                matrix.n_genes,
+                examples.join(", ")
+            )));
+        }
+    }
     let started = Instant::now();
     let job: Result<Box<dyn Tokenizer>, PipelineError> = match dictionaries {
         Dictionaries::Geneformer(tokenizer, hashes) => {

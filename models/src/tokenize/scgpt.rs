@@ -401,8 +401,8 @@ impl ScgptTokenizer {
         }
         if options.max_seq_len < 2 {
             return Err(ScgptTokenizeError::Options(format!(
-                "max_seq_len {} leaves no room for a gene after <cls>; use at least 2 (the checkpoints use \
-                 1200)",
+                "--max-len {} (max_seq_len) leaves no room for a gene after <cls>; use at least 2 (the \
+                 checkpoints use 1200)",
                 options.max_seq_len
             )));
         }

@@ -161,7 +161,7 @@ impl GeneformerTokenizer {
         let max = version.default_input_size();
         if options.model_input_size < min || options.model_input_size > max {
             return Err(TokenizeError::Options(format!(
-                "model_input_size {} is outside {min}..={max} for Geneformer {version}",
+                "--max-len {} (model_input_size) is outside {min}..={max} for Geneformer {version}",
                 options.model_input_size
             )));
         }
