@@ -103,14 +103,22 @@ pub fn write_random_control(model_dir: &Path, out: &Path, seed: u64) -> Result<R
         copied.push(name);
     }
 
-    let mut names: Vec<String> = checkpoint.names().map(str::to_owned).collect();
-    names.sort();
-    let mut tensors = Vec::with_capacity(names.len());
-    for (t, name) in names.iter().enumerate() {
-        let shape = checkpoint.entry(name).expect("listed name").shape.clone();
-        let values = draw(name, &shape, seed, t as u64);
-        tensors.push((name.clone(), shape, values));
-    }
+    let mut entries: Vec<(&str, &[usize])> = checkpoint
+        .names()
+        .filter_map(|n| checkpoint.entry(n).map(|e| (n, e.shape.as_slice())))
+        .collect();
+    entries.sort();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = entries
+        .iter()
+        .enumerate()
+        .map(|(t, &(name, shape))| {
+            (
+                name.to_string(),
+                shape.to_vec(),
+                draw(name, shape, seed, t as u64),
+            )
+        })
+        .collect();
     let parameters = tensors.iter().map(|(_, _, v)| v.len()).sum();
     write_f32_tensors(&out.join("model.safetensors"), &tensors)?;
     let control = crate::load(out, false)?;

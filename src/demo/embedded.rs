@@ -22,7 +22,7 @@ use scinterp_engine::formats::Table;
 use serde::Serialize;
 use serde_json::json;
 
-use super::parse;
+use super::{parse, sae_args};
 
 pub struct EmbeddedArgs {
     pub out: PathBuf,
@@ -346,31 +346,19 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
     .to_string();
     let mut layers = Vec::new();
     for hook in HOOKS {
+        // The default dead-latent window (a tenth of the run), unlike the planted fixture's 50k tokens.
         let sae = crate::sae::train_sae(crate::sae::TrainArgs {
-            acts: acts.clone(),
-            hook: hook.into(),
-            d_sae: D_SAE,
-            k: K,
-            out: arm.saes().join(hook),
-            tokens: Some(SAE_TOKENS),
-            batch_size: 1024,
-            lr: None,
-            warmup_steps: None,
-            aux_k: None,
-            aux_coef: 1.0 / 32.0,
             dead_after_tokens: None,
-            no_normalize: false,
-            holdout: 0.1,
-            shuffle_buffer_rows: 1 << 15,
-            splice_cells: 16,
-            seed,
-            overwrite: true,
-            device: scinterp_engine::device::DeviceChoice::Cpu,
-            gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-            skip_nonfinite_rows: false,
-            checkpoint_every: 0,
-            stop_after_steps: None,
-            json: false,
+            ..sae_args(
+                &acts,
+                hook,
+                D_SAE,
+                K,
+                &arm.saes().join(hook),
+                SAE_TOKENS,
+                16,
+                seed,
+            )
         })?;
         let catalog = crate::analyze::analyze(parse(&[
             "--acts",
@@ -527,27 +515,21 @@ fn short(hook: &str) -> &str {
 
 /// The terms each feature carries at q ≤ [`ALPHA`]: gene sets (atlas q) and cell types.
 struct FeatureTerms {
-    /// (hook, feature) → term → (q, is a cell type).
-    by_feature: HashMap<(String, i64), BTreeMap<String, (f64, bool)>>,
-    empty: BTreeMap<String, (f64, bool)>,
+    /// (hook, feature) → (is a cell type, term) → q. The kind is part of the key, so a gene set and a
+    /// label of the same name stay two terms.
+    by_feature: HashMap<(String, i64), BTreeMap<(bool, String), f64>>,
+    empty: BTreeMap<(bool, String), f64>,
 }
 
 impl FeatureTerms {
     fn read(annotation: &Path) -> Result<Self> {
-        let mut by_feature: HashMap<(String, i64), BTreeMap<String, (f64, bool)>> = HashMap::new();
+        let mut by_feature: HashMap<(String, i64), BTreeMap<(bool, String), f64>> = HashMap::new();
         let mut add = |rows: Vec<FeatureTermRow>, cell_type: bool| {
-            for r in rows {
-                if r.q_value_atlas <= ALPHA {
-                    let term = if cell_type {
-                        format!("cell type {}", r.term)
-                    } else {
-                        r.term
-                    };
-                    by_feature
-                        .entry((r.catalog, r.feature))
-                        .or_default()
-                        .insert(term, (r.q_value_atlas, cell_type));
-                }
+            for r in rows.into_iter().filter(|r| r.q_value_atlas <= ALPHA) {
+                by_feature
+                    .entry((r.catalog, r.feature))
+                    .or_default()
+                    .insert((cell_type, r.term), r.q_value_atlas);
             }
         };
         add(read_feature_terms(&annotation.join("enrichment.tsv"))?, false);
@@ -558,7 +540,7 @@ impl FeatureTerms {
         })
     }
 
-    fn of(&self, hook: &str, feature: i64) -> &BTreeMap<String, (f64, bool)> {
+    fn of(&self, hook: &str, feature: i64) -> &BTreeMap<(bool, String), f64> {
         self.by_feature
             .get(&(hook.to_string(), feature))
             .unwrap_or(&self.empty)
@@ -568,7 +550,7 @@ impl FeatureTerms {
     fn features(&self, hook: &str, cell_type: bool) -> BTreeSet<i64> {
         self.by_feature
             .iter()
-            .filter(|((h, _), terms)| h == hook && terms.values().any(|&(_, c)| c == cell_type))
+            .filter(|((h, _), terms)| h == hook && terms.keys().any(|(c, _)| *c == cell_type))
             .map(|((_, f), _)| *f)
             .collect()
     }
@@ -578,11 +560,20 @@ impl FeatureTerms {
         let mut v: Vec<(String, f64)> = self
             .of(hook, feature)
             .iter()
-            .filter(|(_, &(_, c))| c == cell_type)
-            .map(|(t, &(q, _))| (t.trim_start_matches("cell type ").to_string(), q))
+            .filter(|((c, _), _)| *c == cell_type)
+            .map(|((_, t), &q)| (t.clone(), q))
             .collect();
         v.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         v
+    }
+
+    /// The feature of `hook` with the lowest q of one kind (ties to the lower index).
+    fn best(&self, hook: &str, cell_type: bool) -> Option<i64> {
+        self.features(hook, cell_type)
+            .into_iter()
+            .map(|f| (self.ranked(hook, f, cell_type)[0].1, f))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, f)| f)
     }
 }
 
@@ -604,12 +595,8 @@ fn best_features(arm: &Arm, terms: &FeatureTerms) -> Result<Vec<BestFeature>> {
     let mut best = Vec::new();
     for hook in HOOKS {
         for cell_type in [true, false] {
-            let pick = terms
-                .features(hook, cell_type)
-                .into_iter()
-                .map(|f| (terms.ranked(hook, f, cell_type)[0].1, f))
-                .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            if let Some((_, feature)) = pick {
+            let pick = terms.best(hook, cell_type);
+            if let Some(feature) = pick {
                 if best
                     .iter()
                     .any(|b: &BestFeature| b.hook == hook && b.feature == feature)
@@ -635,13 +622,7 @@ fn best_features(arm: &Arm, terms: &FeatureTerms) -> Result<Vec<BestFeature>> {
 /// Ablates (α 0) and amplifies (α 4) the best cell-type feature of the trace source and reads the MLM
 /// logits of its own top 20 genes against the other genes', beside a norm-matched random direction.
 fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result<Vec<EffectResult>> {
-    let Some(feature) = terms
-        .features(TRACE_SOURCE, true)
-        .into_iter()
-        .map(|f| (terms.ranked(TRACE_SOURCE, f, true)[0].1, f))
-        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
-        .map(|(_, f)| f)
-    else {
+    let Some(feature) = terms.best(TRACE_SOURCE, true) else {
         return Ok(Vec::new());
     };
     let genes = top_genes(&arm.catalog(TRACE_SOURCE), feature, 20)?;

@@ -14,6 +14,8 @@ use scinterp_models::synthetic::{splitmix64, tensor_values, write_f32_tensors, S
 use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
 use serde_json::json;
 
+use super::{parse, sae_args};
+
 use crate::forward::load_model;
 
 /// What the planted demo needs from the command line (`scinterp demo --planted`).
@@ -257,16 +259,7 @@ fn extract_and_train(
         );
     }
     let sae_dir = out.join("sae");
-    let report = crate::sae::train_sae(demo_sae_args(
-        &acts,
-        hook,
-        4 * HIDDEN,
-        16,
-        &sae_dir,
-        200_000,
-        8,
-        seed,
-    ))?;
+    let report = crate::sae::train_sae(sae_args(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 200_000, 8, seed))?;
     println!(
         "  sae      {}: {}→{} TopK (k {}), {} tokens at {:.0} tokens/s; held-out FVU {:.3}, L0 {:.1}, dead {:.1} %",
         sae_dir.display(),
@@ -289,16 +282,7 @@ fn extract_and_train(
     //    features of an SAE at blocks.3 change.
     let saes = out.join("saes");
     for h in ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"] {
-        crate::sae::train_sae(demo_sae_args(
-            &acts,
-            h,
-            2 * HIDDEN,
-            8,
-            &saes.join(h),
-            100_000,
-            0,
-            seed,
-        ))?;
+        crate::sae::train_sae(sae_args(&acts, h, 2 * HIDDEN, 8, &saes.join(h), 100_000, 0, seed))?;
     }
     let edges = out.join("edges.tsv");
     let trace = crate::trace::trace_edges(crate::trace::RunArgs {
@@ -541,8 +525,6 @@ fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::V
     Ok(summary)
 }
 
-use super::parse;
-
 /// Step 8 (with `--data`): real mouse myeloid progenitors (paul15, mapped to human genes through
 /// orthologs) → Geneformer V2 tokens → the demo model → activation store → SAE → catalogue.
 fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Result<serde_json::Value> {
@@ -598,16 +580,7 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         &acts.display().to_string(),
     ])?)?;
     let sae_dir = real.join("sae");
-    let report = crate::sae::train_sae(demo_sae_args(
-        &acts,
-        hook,
-        4 * HIDDEN,
-        16,
-        &sae_dir,
-        400_000,
-        0,
-        seed,
-    ))?;
+    let report = crate::sae::train_sae(sae_args(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 400_000, 0, seed))?;
     let catalog_dir = real.join("catalog");
     let catalog = serde_json::to_value(crate::analyze::analyze(parse(&[
         "--acts",
@@ -675,47 +648,6 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     Ok(
         serde_json::json!({ "catalog": catalog, "annotation": annotation, "sae_heldout_fvu": report.heldout.fvu }),
     )
-}
-
-/// The demo's SAE training settings (batches of 1,024 rows, a 32k-row shuffle buffer, dead after
-/// 50k tokens, 10 % of cells held out).
-#[allow(clippy::too_many_arguments)]
-fn demo_sae_args(
-    acts: &Path,
-    hook: &str,
-    d_sae: usize,
-    k: usize,
-    out: &Path,
-    tokens: u64,
-    splice_cells: usize,
-    seed: u64,
-) -> crate::sae::TrainArgs {
-    crate::sae::TrainArgs {
-        acts: acts.to_path_buf(),
-        hook: hook.into(),
-        d_sae,
-        k,
-        out: out.to_path_buf(),
-        tokens: Some(tokens),
-        batch_size: 1024,
-        lr: None,
-        warmup_steps: None,
-        aux_k: None,
-        aux_coef: 1.0 / 32.0,
-        dead_after_tokens: Some(50_000),
-        no_normalize: false,
-        holdout: 0.1,
-        shuffle_buffer_rows: 1 << 15,
-        splice_cells,
-        seed,
-        overwrite: true,
-        device: scinterp_engine::device::DeviceChoice::Cpu,
-        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-        skip_nonfinite_rows: false,
-        checkpoint_every: 0,
-        stop_after_steps: None,
-        json: false,
-    }
 }
 
 /// Writes `config.json` and `model.safetensors` of the demo model.

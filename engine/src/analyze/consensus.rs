@@ -355,7 +355,7 @@ fn cell_types_table(p: &Path) -> Option<PathBuf> {
     ["parquet", "tsv"]
         .iter()
         .map(|ext| p.join(format!("cell_types.{ext}")))
-        .find(|f| p.is_dir() && f.is_file())
+        .find(|f| f.is_file())
 }
 
 /// The hook a catalog name stands for, or `None` when the row belongs to another model.

@@ -82,8 +82,9 @@ fn holds_something(path: &Path) -> bool {
     }
 }
 
-/// Refuses an existing file output unless `overwrite` (the file itself is then written atomically by
-/// its writer). `what` names the output in the message ("a trace table").
+/// Refuses an existing output (a file, or a folder with anything in it) unless `overwrite`; a file is
+/// then written atomically by its writer, a folder through [`StagedDir`]. `what` names the output in
+/// the message ("a trace table").
 pub fn check_file_output(out: &Path, overwrite: bool, what: &'static str) -> Result<(), OutputError> {
     recover(out)?;
     if holds_something(out) && !overwrite {
