@@ -1,7 +1,7 @@
 //! `scinterp effects`: feature → output. Ablate (α = 0) or steer (α > 1, a dose list) SAE features in
 //! the residual stream, replay the rest of the model and its MLM head, and read the change in the logit
 //! of each position's own token (readout gene set vs the other genes) and, optionally, along a given
-//! direction of the final state; every edit is repeated with a norm-matched random direction.
+//! direction of the final state, and optionally an exported tool's pseudotime; every edit is repeated with a norm-matched random direction.
 //! Arguments → [`EffectsConfig`] → [`scinterp_engine::effects::run`] → the summary, printed.
 
 use std::collections::HashSet;
@@ -43,12 +43,17 @@ pub struct EffectsArgs {
         allow_negative_numbers = true
     )]
     alphas: Vec<f32>,
-    /// Readout gene set: token ids, as a comma list or a file with one id per line.
-    #[arg(long)]
-    readout_tokens: String,
+    /// Readout gene set: token ids, as a comma list or a file with one id per line (optional with
+    /// --pseudotime-tool).
+    #[arg(long, required_unless_present = "pseudotime_tool")]
+    readout_tokens: Option<String>,
     /// Optional readout direction on the final state: a .npy of d_model f32 values.
     #[arg(long)]
     direction: Option<PathBuf>,
+    /// An exported tool (`scinterp export operator`) of this model whose pseudotime is read on the edited
+    /// cells: adds the pseudotime_shift columns (README, "scinterp effects").
+    #[arg(long)]
+    pseudotime_tool: Option<PathBuf>,
     /// Seed of the norm-matched random control directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -98,14 +103,22 @@ fn read_tokens(spec: &str) -> Result<HashSet<u32>> {
 pub fn effects(args: EffectsArgs) -> Result<EffectsSummary> {
     let model = load_model(&args.model, true)?;
     let cells = read_cells(&args.input, &model)?;
+    let pseudotime = match &args.pseudotime_tool {
+        Some(dir) => Some(scinterp_export::steering::pseudotime_readout(dir, &model)?),
+        None => None,
+    };
     let config = EffectsConfig {
         source: args.source.clone(),
         features: args.features.clone(),
         cells: args.cells,
         alphas: args.alphas.clone(),
-        readout_tokens: read_tokens(&args.readout_tokens)?,
+        readout_tokens: match &args.readout_tokens {
+            Some(spec) => read_tokens(spec)?,
+            None => HashSet::new(),
+        },
         direction: args.direction.clone(),
         control_seed: (!args.no_control).then_some(args.seed),
+        pseudotime,
         max_batch_tokens: args.max_batch_tokens,
         out: args.out.clone(),
         overwrite: args.overwrite,

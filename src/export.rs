@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use scinterp_export::cells::{CellInput, PanelChoice};
 use scinterp_export::operator::Construction;
-use scinterp_export::pipeline::{self, ExportConfig};
+use scinterp_export::pipeline::{self, ExportConfig, ExportReport};
 use scinterp_export::tool::AdaptorKind;
 use scinterp_models::cells::{GeneIdColumn, OpenOptions};
 
@@ -90,7 +90,7 @@ enum AdaptorArg {
 }
 
 #[derive(Args, Debug)]
-struct OperatorArgs {
+pub struct OperatorArgs {
     /// The model folder (Geneformer or scGPT).
     #[arg(long)]
     model: PathBuf,
@@ -157,19 +157,59 @@ struct OperatorArgs {
     json: bool,
 }
 
-struct Stages;
+/// Stage names as log lines; the attention pass over the reference cells (the step that takes minutes on
+/// a full-size model) as a progress bar, or periodic lines when stderr is not a terminal.
+#[derive(Default)]
+struct Stages {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
 
 impl pipeline::Progress for Stages {
     fn stage(&self, what: &str) {
+        if let Some(bar) = self.bar.lock().ok().and_then(|mut b| b.take()) {
+            crate::progress::finish(&bar);
+        }
         tracing::info!("{what}");
     }
     fn cells(&self, done: usize, total: usize) {
-        tracing::debug!("attention: {done}/{total} reference cells");
+        if let Ok(mut bar) = self.bar.lock() {
+            bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "reference cells"))
+                .set_position(done as u64);
+        }
     }
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let ExportCommand::Operator(a) = args.command;
+    let report = export_operator(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let m = &report.card.metrics;
+    println!("wrote {} in {:.1} s", report.out.display(), report.seconds);
+    println!(
+        "operator: {} ({} bytes)",
+        report.card.operator["description"].as_str().unwrap_or(""),
+        report.operator_bytes
+    );
+    for (k, e, b) in &report.energy {
+        println!("  rank {k:>5}: retained energy {e:.4}, {b} bytes");
+    }
+    println!(
+        "held-out ({} cells): accuracy {:.3}, balanced accuracy {:.3}, macro-F1 {:.3}; pseudotime Spearman with the ordering {:.3}{}",
+        m["heldout_cells"],
+        m["cell_type"]["accuracy"].as_f64().unwrap_or(f64::NAN),
+        m["cell_type"]["balanced_accuracy"].as_f64().unwrap_or(f64::NAN),
+        m["cell_type"]["macro_f1"].as_f64().unwrap_or(f64::NAN),
+        m["pseudotime"]["spearman_with_ordering"].as_f64().unwrap_or(f64::NAN),
+        m["pseudotime"]["stage_order"]["spearman"].as_f64().map(|r| format!(", with the stage order {r:.3}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `scinterp export operator`'s arguments → the library call → its report.
+pub fn export_operator(a: &OperatorArgs) -> Result<ExportReport> {
     let panel = match &a.panel {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -214,29 +254,5 @@ pub fn run(args: ExportArgs) -> Result<()> {
         out: a.out.clone(),
         overwrite: a.overwrite,
     };
-    let report = pipeline::export_tool(&config, &Stages)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    let m = &report.card.metrics;
-    println!("wrote {} in {:.1} s", report.out.display(), report.seconds);
-    println!(
-        "operator: {} ({} bytes)",
-        report.card.operator["description"].as_str().unwrap_or(""),
-        report.operator_bytes
-    );
-    for (k, e, b) in &report.energy {
-        println!("  rank {k:>5}: retained energy {e:.4}, {b} bytes");
-    }
-    println!(
-        "held-out ({} cells): accuracy {:.3}, balanced accuracy {:.3}, macro-F1 {:.3}; pseudotime Spearman with the ordering {:.3}{}",
-        m["heldout_cells"],
-        m["cell_type"]["accuracy"].as_f64().unwrap_or(f64::NAN),
-        m["cell_type"]["balanced_accuracy"].as_f64().unwrap_or(f64::NAN),
-        m["cell_type"]["macro_f1"].as_f64().unwrap_or(f64::NAN),
-        m["pseudotime"]["spearman_with_ordering"].as_f64().unwrap_or(f64::NAN),
-        m["pseudotime"]["stage_order"]["spearman"].as_f64().map(|r| format!(", with the stage order {r:.3}")).unwrap_or_default()
-    );
-    Ok(())
+    Ok(pipeline::export_tool(&config, &Stages::default())?)
 }

@@ -257,6 +257,26 @@ pub trait Encoder: Send + Sync {
         )
     }
 
+    /// The head's first output (the MLM logits) at `columns` for every row of the final state,
+    /// `[rows, columns.len()]`. The default computes the whole head and picks; Geneformer overrides it to
+    /// compute only those decoder rows.
+    fn head_logit_columns(
+        &self,
+        final_state: &Matrix,
+        batch: &PackedBatch,
+        columns: &[u32],
+    ) -> Option<Matrix> {
+        let head = self.head(final_state, batch)?;
+        let mut out = Matrix::zeros(head.rows(), columns.len());
+        for r in 0..head.rows() {
+            let row = head.row(r);
+            for (o, &c) in out.row_mut(r).iter_mut().zip(columns) {
+                *o = row[c as usize];
+            }
+        }
+        Some(out)
+    }
+
     /// The model's own cell embedding from the final state, `[cells, d_model]`, when it defines one
     /// (scGPT: the `<cls>` position, raw, not L2-normalised). Geneformer defines none: its users pool
     /// gene positions at a layer of their choice.

@@ -5,6 +5,7 @@
 //! - [`tool`]: operator → adaptor → readouts (pseudotime, cell type), fitted on reference cells;
 //! - [`onnx`], [`files`]: the tool as `.onnx` and as `.safetensors` + `card.json`;
 //! - [`pipeline`]: `scinterp export operator`; [`apply`]: `scinterp apply`;
+//! - [`steering`]: a tool's pseudotime as the readout of `scinterp effects`;
 //! - [`atlas`]: the static web atlas.
 
 pub mod apply;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod onnx;
 pub mod operator;
 pub mod pipeline;
+pub mod steering;
 pub mod tool;
 
 pub use error::ExportError;

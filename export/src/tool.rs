@@ -163,6 +163,20 @@ impl Tool {
         out
     }
 
+    /// The gradient of the pseudotime with respect to the panel expression, `[N]`: the tool is linear
+    /// in its input, so `pseudotime(x + δ) − pseudotime(x) = δ·v` exactly (in real arithmetic).
+    pub fn pseudotime_gradient(&self) -> Vec<f64> {
+        let g = self.folded();
+        let d = self.d_latent();
+        (0..g.rows)
+            .map(|i| {
+                (0..d)
+                    .map(|j| g.data[i * d + j] as f64 * self.pseudotime.data[j] as f64)
+                    .sum()
+            })
+            .collect()
+    }
+
     /// Pseudotime and class probabilities from a latent row (the readouts alone).
     pub fn readouts(&self, z: &[f32], probabilities: &mut [f32]) -> f32 {
         let d = self.d_latent();
@@ -670,6 +684,42 @@ pub fn classification_metrics(truth: &[usize], pred: &[usize], c: usize) -> (f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gradient predicts the pseudotime change of any input change (the tool is linear).
+    #[test]
+    fn pseudotime_gradient_predicts_the_change() {
+        let mut rng = Rng::new(3, 0);
+        let mut dense = |r: usize, c: usize| Dense {
+            rows: r,
+            cols: c,
+            data: (0..r * c).map(|_| rng.normal() as f32).collect(),
+        };
+        let tool = Tool {
+            stage: Stage::Surrogate(Surrogate {
+                rank: 3,
+                left: dense(7, 3),
+                right: dense(3, 5),
+                retained_energy: 1.0,
+            }),
+            adaptor: dense(5, 4),
+            adaptor_bias: vec![0.5, -1.0, 0.0, 2.0],
+            pseudotime: dense(4, 1),
+            pseudotime_bias: 0.25,
+            classes: dense(4, 2),
+            classes_bias: vec![0.0, 1.0],
+        };
+        let v = tool.pseudotime_gradient();
+        let x: Vec<f32> = (0..7).map(|i| i as f32 * 0.3).collect();
+        let delta: Vec<f32> = (0..7).map(|i| (i as f32 - 3.0) * 0.1).collect();
+        let moved: Vec<f32> = x.iter().zip(&delta).map(|(a, b)| a + b).collect();
+        let change = tool.evaluate(&moved, 1).pseudotime[0] - tool.evaluate(&x, 1).pseudotime[0];
+        let predicted: f64 = delta.iter().zip(&v).map(|(d, v)| *d as f64 * v).sum();
+        assert!(
+            (change as f64 - predicted).abs() < 1e-4 * predicted.abs().max(1.0),
+            "{change} vs {predicted}"
+        );
+        assert!(predicted.abs() > 1e-3);
+    }
 
     #[test]
     fn ranks_and_spearman() {

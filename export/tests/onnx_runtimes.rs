@@ -436,3 +436,52 @@ fn bad_requests_get_one_clear_error_and_write_nothing() {
     );
     assert!(!calls.exists());
 }
+
+/// A tool read as the pseudotime readout of `scinterp effects`: its panel tokens and its pseudotime
+/// gradient, which predicts the tool's own pseudotime change; a tool of another model kind is refused.
+#[test]
+fn a_tool_reads_as_a_pseudotime_readout_of_its_own_model_only() {
+    use scinterp_export::steering::pseudotime_readout;
+    let dir = tempfile::tempdir().unwrap();
+    let tool_dir = dir.path().join("gf");
+    export_tool(
+        &ExportConfig {
+            construction: Construction::WeightsQk,
+            adaptor: AdaptorKind::Supervised,
+            ..pbmc("geneformer", &tool_dir)
+        },
+        &Quiet,
+    )
+    .unwrap();
+    let geneformer = scinterp_models::load(&assets().join("geneformer"), true).unwrap();
+    let readout = pseudotime_readout(&tool_dir, &geneformer).unwrap();
+    let loaded = read_tool(&tool_dir).unwrap();
+    let tokens: Vec<u32> = loaded.card.panel.iter().map(|g| g.token).collect();
+    assert_eq!(readout.readout.tokens, tokens);
+    assert_eq!(readout.panel_genes, tokens.len());
+    assert!(readout.same_weights);
+    // The gradient predicts the tool's pseudotime change between two expression profiles.
+    let (x, n) = reference_expression(&loaded.card, 2);
+    assert_eq!(n, 2);
+    let g = tokens.len();
+    let outputs = loaded.tool.evaluate(&x, 2);
+    let predicted: f64 = (0..g)
+        .map(|i| (x[g + i] - x[i]) as f64 * readout.readout.weights[i])
+        .sum();
+    let change = (outputs.pseudotime[1] - outputs.pseudotime[0]) as f64;
+    // The evaluation runs in f32: its rounding scales with the pseudotimes, not with their difference.
+    let scale = outputs.pseudotime.iter().fold(1e-2f32, |m, t| m.max(t.abs())) as f64;
+    assert!(
+        (change - predicted).abs() <= 2e-5 * scale && change.abs() > 1e-3,
+        "{change} vs {predicted} (pseudotimes {:?})",
+        outputs.pseudotime
+    );
+
+    // The same tool refused for scGPT: its panel tokens index Geneformer's vocabulary.
+    let scgpt = scinterp_models::load(&assets().join("scgpt"), true).unwrap();
+    let e = pseudotime_readout(&tool_dir, &scgpt).unwrap_err().to_string();
+    assert!(
+        e.contains("--pseudotime-tool") && e.contains("geneformer") && e.contains("scgpt"),
+        "{e}"
+    );
+}

@@ -55,6 +55,18 @@ const TRACE_NULL_PERMUTATIONS: usize = 20;
 const ALPHA: f64 = 0.05;
 const CELLS: &str = "cells/pbmc68k.h5ad.gz";
 const LABELS: &str = "bulk_labels";
+/// Steering read through a pseudotime tool: the paul15 mouse bone-marrow cells (erythroid stages
+/// 7MEP → 1Ery), a tool exported from the trained Geneformer on them (root cell 840, the benchmark's), and
+/// the source features firing in most pbmc68k cells, amplified (α 4) and ablated (α 0) in the first
+/// 100 paul15 cells.
+const PAUL15: &str = "cells/paul15.h5ad.gz";
+const PAUL15_ORTHOLOGS: &str = "cells/paul15_orthologs.csv";
+const PAUL15_LABELS: &str = "paul15_clusters";
+const PAUL15_ROOT: &str = "840";
+const ERYTHROID_STAGES: &str = "7MEP,6Ery,5Ery,4Ery,3Ery,2Ery,1Ery";
+const STEER_FEATURES: usize = 8;
+const STEER_CELLS: usize = 100;
+const STEER_MAX_LEN: &str = "128";
 const GENE_SETS: [&str; 2] = [
     "genesets/h.all.v7.0.symbols.gmt",
     "genesets/c8.hay_bone_marrow.v2023.2.Hs.symbols.gmt",
@@ -169,6 +181,30 @@ struct EffectResult {
     vs_control_p: f64,
 }
 
+/// The pseudotime tool the steering is read through.
+#[derive(Debug, Serialize)]
+struct PseudotimeTool {
+    dir: String,
+    panel_genes: usize,
+    /// Held-out Spearman of the tool's pseudotime with the erythroid stage order.
+    heldout_stage_spearman: Option<f64>,
+}
+
+/// One (feature, α) row of `steering.tsv` (`scinterp effects --pseudotime-tool`).
+#[derive(Debug, Serialize)]
+struct SteeringRow {
+    feature: i64,
+    alpha: f64,
+    cells: i64,
+    /// Mean pseudotime shift of the edited cells, and of the norm-matched random direction.
+    pseudotime_shift: f64,
+    control_shift: f64,
+    /// Mean per-cell (feature − control) shift, its paired t-test p and BH q over the rows.
+    vs_control: f64,
+    vs_control_p: f64,
+    vs_control_q: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct ArmResult {
     model: String,
@@ -178,6 +214,8 @@ struct ArmResult {
     best_features: Vec<BestFeature>,
     trace: TraceResult,
     effects: Vec<EffectResult>,
+    /// Geneformer arms: pseudotime steering on the paul15 cells (filled after the arms ran).
+    steering: Vec<SteeringRow>,
     seconds: f64,
 }
 
@@ -208,6 +246,7 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
         "geneformer-random",
         "scgpt-trained",
         "scgpt-random",
+        "pseudotime-tool",
         "consensus",
         "atlas",
     ] {
@@ -255,10 +294,19 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
         results.push(run_arm(arm, assets, seed)?);
     }
 
+    let tool = pseudotime_tool(out, assets, &arms[0], seed)?;
+    let paul15_tokens = out.join("tokens").join("geneformer-paul15");
+    tokenize_paul15(assets, &paul15_tokens)?;
+    for (arm, result) in arms.iter().zip(&mut results) {
+        if arm.family == Family::Geneformer {
+            result.steering = pseudotime_steering(arm, &paul15_tokens, &tool, seed)?;
+        }
+    }
+
     let consensus_trained = consensus(out, "trained", &arms[0], &arms[2], seed)?;
     let consensus_random = consensus(out, "random", &arms[1], &arms[3], seed)?;
 
-    report(&results, &consensus_trained, &consensus_random);
+    report(&results, &tool, &consensus_trained, &consensus_random);
     let atlas = build_atlas(out, &arms[0])?;
     println!(
         "  atlas    {}: the trained Geneformer's {} features and {} edges, {:.1} MB; open {}",
@@ -275,6 +323,7 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
         "alpha": ALPHA,
         "arms": results,
         "consensus": { "trained": consensus_trained, "random": consensus_random },
+        "pseudotime_tool": tool,
         "atlas": atlas.index.display().to_string(),
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -316,6 +365,144 @@ fn tokenize(assets: &Path, family: Family, tokens: &Path) -> Result<()> {
         Family::Scgpt => argv.extend(["--model-kind", "scgpt", "--vocab", &model, "--seed", "19"]),
     }
     crate::tokenize::run(parse(&argv)?, true)
+}
+
+/// The paul15 cells as the embedded Geneformer reads them (mouse symbols through the ortholog table).
+fn tokenize_paul15(assets: &Path, tokens: &Path) -> Result<()> {
+    let model = assets.join("geneformer").display().to_string();
+    crate::tokenize::run(
+        parse(&[
+            "--input",
+            &assets.join(PAUL15).display().to_string(),
+            "--orthologs",
+            &assets.join(PAUL15_ORTHOLOGS).display().to_string(),
+            "--max-len",
+            STEER_MAX_LEN,
+            "--obs-columns",
+            PAUL15_LABELS,
+            "--model-kind",
+            "geneformer-v2",
+            "--dictionaries",
+            &model,
+            "--gene-ids",
+            "symbol",
+            "--out",
+            &tokens.display().to_string(),
+        ])?,
+        true,
+    )
+}
+
+/// A pseudotime + cell-type tool exported from the trained Geneformer on the paul15 cells: attention
+/// operators pooled over all heads, the 200 most variable panel genes, a supervised adaptor.
+fn pseudotime_tool(out: &Path, assets: &Path, trained: &Arm, seed: u64) -> Result<PseudotimeTool> {
+    let dir = out.join("pseudotime-tool");
+    let report = crate::export::export_operator(&parse(&[
+        "--model",
+        &trained.model.display().to_string(),
+        "--input",
+        &assets.join(PAUL15).display().to_string(),
+        "--orthologs",
+        &assets.join(PAUL15_ORTHOLOGS).display().to_string(),
+        "--labels",
+        PAUL15_LABELS,
+        "--root",
+        PAUL15_ROOT,
+        "--construction",
+        "attention",
+        "--hvg",
+        "200",
+        "--adaptor",
+        "supervised",
+        "--stage-order",
+        ERYTHROID_STAGES,
+        "--max-len",
+        STEER_MAX_LEN,
+        "--max-reference-cells",
+        "300",
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &dir.display().to_string(),
+    ])?)?;
+    let tool = PseudotimeTool {
+        dir: dir.display().to_string(),
+        panel_genes: report.card.panel.len(),
+        heldout_stage_spearman: report.card.metrics["pseudotime"]["stage_order"]["spearman"].as_f64(),
+    };
+    println!(
+        "  tool     {}: pseudotime + cell-type tool of the trained Geneformer on paul15 ({} panel genes; \
+         held-out Spearman with the erythroid stages {})",
+        tool.dir,
+        tool.panel_genes,
+        tool.heldout_stage_spearman
+            .map_or("-".into(), |r| format!("{r:.3}"))
+    );
+    Ok(tool)
+}
+
+/// Ablates (α 0) and amplifies (α 4) the source features that fire in most pbmc68k cells, in the first
+/// paul15 cells, and reads the pseudotime tool on the edited cells beside a norm-matched random direction.
+fn pseudotime_steering(
+    arm: &Arm,
+    tokens: &Path,
+    tool: &PseudotimeTool,
+    seed: u64,
+) -> Result<Vec<SteeringRow>> {
+    let t = Table::read(&arm.catalog(TRACE_SOURCE).join("features.tsv"))?;
+    let (feature, cells_fired) = (t.i64s("feature")?, t.i64s("cells_fired")?);
+    let mut order: Vec<usize> = (0..t.rows()).collect();
+    order.sort_by_key(|&r| (std::cmp::Reverse(cells_fired[r]), feature[r]));
+    let features = order
+        .iter()
+        .take(STEER_FEATURES)
+        .map(|&r| feature[r].to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = arm.dir.join("steering.tsv");
+    crate::effects::effects(parse(&[
+        "--overwrite",
+        "--model",
+        &arm.model.display().to_string(),
+        "--input",
+        &tokens.display().to_string(),
+        "--saes",
+        &arm.saes().display().to_string(),
+        "--source",
+        TRACE_SOURCE,
+        "--features",
+        &features,
+        "--cells",
+        &STEER_CELLS.to_string(),
+        "--alphas",
+        "0,4",
+        "--pseudotime-tool",
+        &tool.dir,
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &out.display().to_string(),
+    ])?)?;
+    let t = Table::read(&out)?;
+    let (f, alpha, cells) = (t.i64s("feature")?, t.f64s("alpha")?, t.i64s("n_cells")?);
+    let (shift, control) = (t.f64s("pseudotime_shift")?, t.f64s("control_pseudotime_shift")?);
+    let (vs, p, q) = (
+        t.f64s("pseudotime_vs_control")?,
+        t.f64s("pseudotime_vs_control_p")?,
+        t.f64s("pseudotime_vs_control_q")?,
+    );
+    Ok((0..t.rows())
+        .map(|r| SteeringRow {
+            feature: f[r],
+            alpha: alpha[r],
+            cells: cells[r],
+            pseudotime_shift: shift[r],
+            control_shift: control[r],
+            vs_control: vs[r],
+            vs_control_p: p[r],
+            vs_control_q: q[r],
+        })
+        .collect())
 }
 
 fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
@@ -504,6 +691,7 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         best_features,
         trace,
         effects,
+        steering: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -725,7 +913,12 @@ fn build_atlas(out: &Path, arm: &Arm) -> Result<scinterp_export::atlas::AtlasRep
     Ok(scinterp_export::atlas::build(&config)?)
 }
 
-fn report(results: &[ArmResult], trained: &serde_json::Value, random: &serde_json::Value) {
+fn report(
+    results: &[ArmResult],
+    tool: &PseudotimeTool,
+    trained: &serde_json::Value,
+    random: &serde_json::Value,
+) {
     let find = |model: &str, weights: &str| {
         results
             .iter()
@@ -804,6 +997,33 @@ fn report(results: &[ArmResult], trained: &serde_json::Value, random: &serde_jso
                 e.target_minus_other_p,
                 e.vs_control,
                 e.vs_control_p
+            );
+        }
+    }
+    println!(
+        "  steering   {} features of {} amplified (α 4) and ablated (α 0) in {STEER_CELLS} paul15 cells, read \
+         through the tool's pseudotime ({} panel genes; shift beyond a random direction, q ≤ {ALPHA}):",
+        STEER_FEATURES,
+        short(TRACE_SOURCE),
+        tool.panel_genes
+    );
+    for weights in ["trained", "random"] {
+        let rows = &find("geneformer", weights).steering;
+        for alpha in [4.0, 0.0] {
+            let at: Vec<&SteeringRow> = rows.iter().filter(|r| r.alpha == alpha).collect();
+            let significant = at.iter().filter(|r| r.vs_control_q <= ALPHA).count();
+            let largest = at
+                .iter()
+                .filter(|r| r.vs_control.is_finite())
+                .max_by(|a, b| a.vs_control.abs().total_cmp(&b.vs_control.abs()));
+            println!(
+                "    geneformer {weights:<7} α {alpha}: {significant}/{} features shift pseudotime beyond the \
+                 control{}",
+                at.len(),
+                largest.map_or(String::new(), |r| format!(
+                    "; largest #{} {:+.4} (feature {:+.4}, control {:+.4}, q {:.1e}, {} cells)",
+                    r.feature, r.vs_control, r.pseudotime_shift, r.control_shift, r.vs_control_q, r.cells
+                ))
             );
         }
     }

@@ -7,7 +7,12 @@
 //! - the MLM logit of the token at each gene position, its change averaged over the positions whose
 //!   token is in a readout gene set and, separately, over the other positions (target vs others);
 //! - optionally the change of the final state's projection on a given direction, averaged over the
-//!   gene positions.
+//!   gene positions;
+//! - optionally a linear readout of a gene panel (an exported tool's pseudotime): per panel gene g, the
+//!   model-implied log-abundance `z_g` = the mean over the cell's gene positions of the log-softmax of the
+//!   MLM logits restricted to the panel's tokens, and the readout `Σ_g v_g·z_g`. For a tool whose
+//!   pseudotime is linear in log1p panel expression with gradient `v`, the change of that sum is the
+//!   tool's pseudotime shift when the model's implied log-abundances stand in for log1p expression.
 //!
 //! A control runs the same edit with f's direction replaced by a seeded random direction of the same
 //! norm (magnitude-matched), so that effects specific to w_f can be told from effects of any push of
@@ -26,7 +31,7 @@ use crate::packed::PackedBatch;
 use crate::rng::Rng;
 use crate::sae::{SparseCodes, TopKSae};
 
-pub use pipeline::{run as run_effects, EffectsConfig, EffectsError, EffectsInputs};
+pub use pipeline::{run as run_effects, EffectsConfig, EffectsError, EffectsInputs, PseudotimeReadout};
 
 /// What to edit and what to read.
 pub struct EffectsSetup<'a> {
@@ -41,8 +46,41 @@ pub struct EffectsSetup<'a> {
     pub direction: Option<Vec<f32>>,
     /// Seed of the random control directions (one per feature); `None` runs no control.
     pub control_seed: Option<u64>,
+    /// A linear readout of a gene panel, if any.
+    pub panel_readout: Option<PanelReadout>,
     pub special_ids: Vec<u32>,
     pub max_batch_tokens: usize,
+}
+
+/// A linear readout over a gene panel: token `tokens[i]` weighs `weights[i]` (e.g. the gradient of an
+/// exported tool's pseudotime with respect to the log1p expression of its panel genes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PanelReadout {
+    pub tokens: Vec<u32>,
+    pub weights: Vec<f64>,
+}
+
+impl PanelReadout {
+    /// `Σ_g v_g·z_g` with `z_g` the mean over `positions` (rows of `logits`, `[rows, panel]`) of the
+    /// log-softmax over the panel columns.
+    fn read(&self, logits: &Matrix, positions: impl Iterator<Item = usize>) -> f64 {
+        let k = self.tokens.len();
+        let mut z = vec![0f64; k];
+        let mut n = 0usize;
+        for r in positions {
+            let row = logits.row(r);
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let log_sum = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+            z.iter_mut()
+                .zip(row)
+                .for_each(|(zi, &x)| *zi += x as f64 - log_sum);
+            n += 1;
+        }
+        if n == 0 {
+            return f64::NAN;
+        }
+        z.iter().zip(&self.weights).map(|(zi, v)| zi / n as f64 * v).sum()
+    }
 }
 
 /// One (feature, α, cell) readout. NaN where no position of the kind exists.
@@ -56,6 +94,8 @@ pub struct EffectObservation {
     pub target_logit_change: f64,
     pub other_logit_change: f64,
     pub direction_change: f64,
+    /// Change of the panel readout (NaN without one).
+    pub panel_readout_change: f64,
 }
 
 struct CleanCell {
@@ -66,6 +106,8 @@ struct CleanCell {
     /// Own-token logit at each gene position, and the final state's projection on the direction.
     logits: Vec<f32>,
     projections: Vec<f64>,
+    /// The panel readout of the unedited cell (NaN without one).
+    panel_readout: f64,
 }
 
 /// A seeded random direction with the norm of `like`.
@@ -93,6 +135,30 @@ fn own_token_logits(
     encoder
         .head_columns(final_state, batch, batch.tokens())
         .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))
+}
+
+/// The panel readout of every cell of `batch` (NaN without a readout).
+fn panel_readouts(
+    encoder: &dyn Encoder,
+    final_state: &Matrix,
+    batch: &PackedBatch,
+    positions: &[&[usize]],
+    readout: Option<&PanelReadout>,
+) -> Result<Vec<f64>, EngineError> {
+    let Some(readout) = readout else {
+        return Ok(vec![f64::NAN; positions.len()]);
+    };
+    let logits = encoder
+        .head_logit_columns(final_state, batch, &readout.tokens)
+        .ok_or_else(|| EngineError::InvalidStart("the model has no output head to read".into()))?;
+    Ok(positions
+        .iter()
+        .enumerate()
+        .map(|(i, ps)| {
+            let base = batch.cell_range(i).start;
+            readout.read(&logits, ps.iter().map(|&p| base + p))
+        })
+        .collect())
 }
 
 /// Own-token logits and direction projections of the gene positions of cell `i` of `batch`.
@@ -131,6 +197,20 @@ pub fn output_effects(
             setup.source_sae.d_in
         )));
     }
+    if let Some(r) = &setup.panel_readout {
+        let vocab = encoder.dims().vocab_size;
+        if r.tokens.len() != r.weights.len() || r.tokens.is_empty() {
+            return Err(EngineError::InvalidStart(
+                "the panel readout needs one weight per panel token".into(),
+            ));
+        }
+        if let Some(t) = r.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidStart(format!(
+                "panel token {t} is outside the model's vocabulary ({vocab} tokens)"
+            )));
+        }
+    }
+    let panel = setup.panel_readout.as_ref();
     if setup.direction.as_ref().is_some_and(|w| w.len() != d) {
         return Err(EngineError::InvalidStart(format!(
             "the readout direction must have {d} values"
@@ -150,15 +230,22 @@ pub fn output_effects(
             false,
         )?;
         let own = own_token_logits(encoder, &out.final_state, &batch)?;
+        let positions: Vec<Vec<usize>> = group
+            .clone()
+            .map(|c| {
+                (0..tokens[c].len())
+                    .filter(|&p| !setup.special_ids.contains(&tokens[c][p]))
+                    .collect()
+            })
+            .collect();
+        let position_refs: Vec<&[usize]> = positions.iter().map(Vec::as_slice).collect();
+        let panel_clean = panel_readouts(encoder, &out.final_state, &batch, &position_refs, panel)?;
         let source = out
             .captures
             .get(source_hook)
             .ok_or_else(|| EngineError::InvalidStart("source not captured".into()))?;
-        for (i, c) in group.enumerate() {
+        for ((i, c), gene_positions) in group.enumerate().zip(positions) {
             let rows = batch.cell_range(i);
-            let gene_positions: Vec<usize> = (0..tokens[c].len())
-                .filter(|&p| !setup.special_ids.contains(&tokens[c][p]))
-                .collect();
             let x: Vec<f32> = gene_positions
                 .iter()
                 .flat_map(|&p| source.row(rows.start + p).to_vec())
@@ -172,6 +259,7 @@ pub fn output_effects(
                 gene_positions,
                 logits,
                 projections,
+                panel_readout: panel_clean[i],
             });
         }
     }
@@ -261,6 +349,11 @@ pub fn output_effects(
             false,
         )?;
         let own = own_token_logits(encoder, &result.final_state, &batch)?;
+        let position_refs: Vec<&[usize]> = group
+            .iter()
+            .map(|j| clean[j.cell].gene_positions.as_slice())
+            .collect();
+        let panel_edited = panel_readouts(encoder, &result.final_state, &batch, &position_refs, panel)?;
         for (i, job) in group.iter().enumerate() {
             let cell = &clean[job.cell];
             let (logits, projections) = readouts(
@@ -301,6 +394,7 @@ pub fn output_effects(
                 } else {
                     f64::NAN
                 },
+                panel_readout_change: panel_edited[i] - cell.panel_readout,
             });
         }
         start = end;
@@ -322,6 +416,29 @@ mod tests {
         let sae = crate::sae::tests::random_sae(64, 48, 4, 22);
         let readout: HashSet<u32> = (1..25).collect();
         let direction: Vec<f32> = (0..64).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        // Panel genes both inside and outside the cells, with weights of both signs.
+        let panel = PanelReadout {
+            tokens: vec![3, 8, 21, 33, 45],
+            weights: vec![1.0, -0.5, 2.0, 0.25, -1.5],
+        };
+        // Σ v_g · mean over the gene positions of log-softmax over the panel columns, from the full head.
+        let naive_panel = |head: &Matrix, genes: &[usize]| -> f64 {
+            let mut total = 0.0;
+            for &p in genes {
+                let row: Vec<f64> = panel
+                    .tokens
+                    .iter()
+                    .map(|&t| head.row(p)[t as usize] as f64)
+                    .collect();
+                let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+                total += row
+                    .iter()
+                    .zip(&panel.weights)
+                    .map(|(x, v)| (x - lse) * v)
+                    .sum::<f64>();
+            }
+            total / genes.len() as f64
+        };
         let setup = EffectsSetup {
             source_layer: 0,
             source_sae: &sae,
@@ -329,6 +446,7 @@ mod tests {
             readout_tokens: readout.clone(),
             direction: Some(direction.clone()),
             control_seed: Some(5),
+            panel_readout: Some(panel.clone()),
             special_ids: vec![0],
             max_batch_tokens: 40,
         };
@@ -340,7 +458,7 @@ mod tests {
         let features: Vec<u32> = (0..48).collect();
         let obs = output_effects(&enc, &setup, &features, &cells).unwrap();
         assert!(!obs.is_empty());
-        let mut checked = 0;
+        let (mut checked, mut panel_moved) = (0, false);
         for o in obs.iter().filter(|o| o.feature % 5 == 0) {
             let cell = &cells[o.cell];
             let batch = PackedBatch::from_cells(&[cell.as_slice()]).unwrap();
@@ -394,15 +512,25 @@ mod tests {
             assert!(close(o.target_logit_change, want_t), "{o:?} vs {want_t}");
             assert!(close(o.other_logit_change, want_o), "{o:?} vs {want_o}");
             assert!(close(o.direction_change, proj / genes.len() as f64), "{o:?}");
+            let want_panel = naive_panel(h1, &genes) - naive_panel(h0, &genes);
+            assert!(close(o.panel_readout_change, want_panel), "{o:?} vs {want_panel}");
+            if o.alpha != 1.0 {
+                panel_moved |= o.panel_readout_change.abs() > 1e-6;
+            }
             if o.alpha == 1.0 {
                 assert_eq!(
-                    (o.target_logit_change.abs().max(0.0), o.direction_change),
-                    (0.0, 0.0)
+                    (
+                        o.target_logit_change.abs().max(0.0),
+                        o.direction_change,
+                        o.panel_readout_change
+                    ),
+                    (0.0, 0.0, 0.0)
                 );
             }
             checked += 1;
         }
         assert!(checked > 10, "{checked}");
+        assert!(panel_moved, "no edit moved the panel readout");
         // The control direction has the feature direction's norm and is seeded.
         let w = sae.decoder_row(3);
         let r = control_direction(w, 5, 3);

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{output_effects, EffectObservation, EffectsSetup};
+use super::{output_effects, EffectObservation, EffectsSetup, PanelReadout};
 use crate::encoder::Encoder;
 use crate::error::EngineError;
-use crate::formats::effects::{ControlRecord, EffectsSummary};
+use crate::formats::effects::{ControlRecord, EffectsSummary, PseudotimeRecord};
 use crate::formats::{atomic_write, to_json_pretty, Column, FileError, Table, TableError};
 use crate::hooks::HookPoint;
 use crate::npy::{read_npy_bytes, NpyDtype};
@@ -34,12 +34,27 @@ pub struct EffectsConfig {
     pub direction: Option<PathBuf>,
     /// Seed of the norm-matched random control directions; `None`: no control.
     pub control_seed: Option<u64>,
+    /// Optional pseudotime readout: an exported tool's pseudotime gradient over its panel's tokens.
+    pub pseudotime: Option<PseudotimeReadout>,
     /// Tokens per tail pass.
     pub max_batch_tokens: usize,
     /// Output table (.parquet or .tsv).
     /// Replace an existing --out table; without it one is refused.
     pub overwrite: bool,
     pub out: PathBuf,
+}
+
+/// A tool's pseudotime as a panel readout, and where it came from (for the summary).
+#[derive(Clone, Debug)]
+pub struct PseudotimeReadout {
+    pub readout: PanelReadout,
+    /// The tool folder.
+    pub tool: PathBuf,
+    /// Panel genes of the tool (all are read; the count is for the summary).
+    pub panel_genes: usize,
+    /// The weights hash the tool was exported from, and whether it is the steered model's.
+    pub tool_weights_blake3: String,
+    pub same_weights: bool,
 }
 
 /// The model and cells an effects run reads (loaded by the caller).
@@ -127,9 +142,11 @@ pub fn run(
             "--alphas: {a} is not a finite scale; give finite values (0 ablates, above 1 amplifies)"
         )));
     }
-    if config.readout_tokens.is_empty() {
+    if config.readout_tokens.is_empty() && config.pseudotime.is_none() {
         return Err(EffectsError::Flag(
-            "--readout-tokens names no token; give the token ids of the readout gene set".into(),
+            "--readout-tokens names no token; give the token ids of the readout gene set (or read a \
+             --pseudotime-tool)"
+                .into(),
         ));
     }
     if let Some(t) = config
@@ -204,6 +221,7 @@ pub fn run(
         readout_tokens: config.readout_tokens.clone(),
         direction,
         control_seed: config.control_seed,
+        panel_readout: config.pseudotime.as_ref().map(|p| p.readout.clone()),
         special_ids: inputs.special_ids.clone(),
         max_batch_tokens: config.max_batch_tokens.max(1),
     };
@@ -242,6 +260,9 @@ pub fn run(
         control_diff: f64,
         control_direction: f64,
         vs_control: (f64, u64, f64),
+        pseudotime: (f64, u64, f64),
+        control_pseudotime: f64,
+        pseudotime_vs_control: (f64, u64, f64),
     }
     let diff = |o: &EffectObservation| o.target_logit_change - o.other_logit_change;
     let rows: Vec<Row> = groups
@@ -262,6 +283,13 @@ pub fn run(
                     real.iter()
                         .filter_map(|o| by_cell.get(&o.cell).map(|c| diff(o) - diff(c))),
                 ),
+                pseudotime: summarise(real.iter().map(|o| o.panel_readout_change)),
+                control_pseudotime: summarise(control.iter().map(|o| o.panel_readout_change)).0,
+                pseudotime_vs_control: summarise(real.iter().filter_map(|o| {
+                    by_cell
+                        .get(&o.cell)
+                        .map(|c| o.panel_readout_change - c.panel_readout_change)
+                })),
             }
         })
         .collect();
@@ -276,7 +304,7 @@ pub fn run(
     let q_diff = q_of(rows.iter().map(|r| r.diff.2).collect())?;
     let q_control = q_of(rows.iter().map(|r| r.vs_control.2).collect())?;
     let col = |get: &dyn Fn(&Row) -> f64| Column::F64(rows.iter().map(get).collect());
-    Table::new()
+    let mut table = Table::new()
         .column(
             "source_hook",
             Column::Str(vec![config.source.clone(); rows.len()]),
@@ -306,8 +334,18 @@ pub fn run(
         .column("vs_control_q", Column::F64(q_control))
         .column("direction_change", col(&|r| r.direction.0))
         .column("direction_change_p", col(&|r| r.direction.2))
-        .column("control_direction_change", col(&|r| r.control_direction))
-        .write(&config.out)?;
+        .column("control_direction_change", col(&|r| r.control_direction));
+    if config.pseudotime.is_some() {
+        let q_pseudotime = q_of(rows.iter().map(|r| r.pseudotime_vs_control.2).collect())?;
+        table = table
+            .column("pseudotime_shift", col(&|r| r.pseudotime.0))
+            .column("pseudotime_shift_p", col(&|r| r.pseudotime.2))
+            .column("control_pseudotime_shift", col(&|r| r.control_pseudotime))
+            .column("pseudotime_vs_control", col(&|r| r.pseudotime_vs_control.0))
+            .column("pseudotime_vs_control_p", col(&|r| r.pseudotime_vs_control.2))
+            .column("pseudotime_vs_control_q", Column::F64(q_pseudotime));
+    }
+    table.write(&config.out)?;
     let seconds = started.elapsed().as_secs_f64();
     let edits = obs.len();
     let summary = EffectsSummary {
@@ -327,6 +365,17 @@ pub fn run(
         control: config.control_seed.map(|seed| ControlRecord {
             seed,
             kind: "random direction with the norm of the feature's decoder row, same positions and scales"
+                .into(),
+        }),
+        pseudotime: config.pseudotime.as_ref().map(|p| PseudotimeRecord {
+            tool: p.tool.display().to_string(),
+            panel_genes: p.panel_genes,
+            tool_weights_blake3: p.tool_weights_blake3.clone(),
+            same_weights: p.same_weights,
+            readout: "per panel gene g, z_g = mean over the cell's gene positions of the log-softmax of the \
+                      MLM logits over the panel's tokens; shift = sum_g v_g (z_g edited - z_g clean) with v the \
+                      gradient of the tool's pseudotime in log1p panel expression; tests across cells, \
+                      vs_control paired by cell, BH over the (feature, alpha) rows"
                 .into(),
         }),
         seconds,

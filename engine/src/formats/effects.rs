@@ -18,6 +18,9 @@ pub struct EffectsSummary {
     pub readout: String,
     /// The random-direction control; `None` with `--no-control`.
     pub control: Option<ControlRecord>,
+    /// The pseudotime readout (`--pseudotime-tool`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudotime: Option<PseudotimeRecord>,
     pub seconds: f64,
     pub out: String,
 }
@@ -26,4 +29,15 @@ pub struct EffectsSummary {
 pub struct ControlRecord {
     pub seed: u64,
     pub kind: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PseudotimeRecord {
+    /// The tool folder read.
+    pub tool: String,
+    pub panel_genes: usize,
+    /// Weights hash in the tool's provenance, and whether it is the steered model's.
+    pub tool_weights_blake3: String,
+    pub same_weights: bool,
+    pub readout: String,
 }

@@ -305,6 +305,30 @@ impl Encoder for Geneformer {
         vec![("logits", self.dims.vocab_size)]
     }
 
+    fn head_logit_columns(
+        &self,
+        final_state: &Matrix,
+        _batch: &PackedBatch,
+        columns: &[u32],
+    ) -> Option<Matrix> {
+        let head = self.head.as_ref()?;
+        let mut t = cpu::linear(final_state, &head.transform);
+        cpu::relu_in_place(t.as_mut_slice());
+        let t = cpu::layer_norm(&t, &head.ln);
+        // Only the decoder rows of `columns`: a gene panel is a few hundred of the ~20k tokens.
+        let (w, d) = (head.decoder.weight(), head.decoder.in_features());
+        let weight: Vec<f32> = columns
+            .iter()
+            .flat_map(|&c| w[c as usize * d..(c as usize + 1) * d].iter().copied())
+            .collect();
+        let bias = head
+            .decoder
+            .bias()
+            .map(|b| columns.iter().map(|&c| b[c as usize]).collect());
+        let picked = LinearWeights::new(weight, bias, columns.len(), d).ok()?;
+        Some(cpu::linear(&t, &picked))
+    }
+
     fn head_columns(&self, final_state: &Matrix, _batch: &PackedBatch, columns: &[u32]) -> Option<Vec<f32>> {
         let head = self.head.as_ref()?;
         let mut t = cpu::linear(final_state, &head.transform);
