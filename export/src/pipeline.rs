@@ -296,13 +296,24 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
     )?;
     let t = fitted.tool;
 
-    // Held-out metrics, from the tool's own (f32) evaluation.
+    let c = classes.len();
+    // Held-out metrics, from the tool's own (f32) evaluation; absent (null) without held-out cells
+    // (`--heldout 0`, or classes of one cell each) rather than numbers computed from no cell.
+    let metrics = if heldout.is_empty() {
+        json!({
+            "heldout_cells": 0,
+            "training_cells": train.len(),
+            "heldout_fraction": config.heldout,
+            "heldout_cell_names": [],
+            "cell_type": null,
+            "pseudotime": null,
+        })
+    } else {
     let xh: Vec<f32> = heldout
         .iter()
         .flat_map(|&i| x[i * n..(i + 1) * n].iter().copied())
         .collect();
     let out = t.evaluate(&xh, heldout.len());
-    let c = classes.len();
     let pred: Vec<usize> = (0..heldout.len())
         .map(|i| {
             (0..c)
@@ -330,14 +341,15 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
             .unzip();
         json!({"order": order, "cells": a.len(), "spearman": tool::spearman(&a, &b)})
     });
-    let metrics = json!({
+    json!({
         "heldout_cells": heldout.len(),
         "training_cells": train.len(),
         "heldout_fraction": config.heldout,
         "heldout_cell_names": heldout.iter().map(|&i| m.cell_names[i].as_str()).collect::<Vec<_>>(),
         "cell_type": {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1},
         "pseudotime": {"spearman_with_ordering": ordering_rho, "stage_order": stage_rho},
-    });
+    })
+    };
     let d = t.d_latent();
     let mut card = Card {
         format: files::FORMAT.into(),
