@@ -104,7 +104,14 @@ fn tokenize_discards_a_damaged_resume_chunk_by_name_and_redoes_it() {
     let reference = tmp.path().join("reference");
     ok(&tokenize(&reference, &["--max-len", "128"]));
     let store = tmp.path().join("store");
-    let chunked = ["--max-len", "128", "--chunk-cells", "100", "--checkpoint-secs", "0"];
+    let chunked = [
+        "--max-len",
+        "128",
+        "--chunk-cells",
+        "100",
+        "--checkpoint-secs",
+        "0",
+    ];
     let stopped = tokenize(&store, &[&chunked[..], &["--stop-after-chunks", "3"]].concat());
     assert!(!stopped.status.success());
     let chunk = tmp.path().join("store.partial/chunk-000000000100.bin");
@@ -115,7 +122,9 @@ fn tokenize_discards_a_damaged_resume_chunk_by_name_and_redoes_it() {
 
     let stderr = ok(&tokenize(&store, &chunked));
     assert!(
-        stderr.contains("chunk-000000000100.bin") && stderr.contains("checksum") && stderr.contains("discarded"),
+        stderr.contains("chunk-000000000100.bin")
+            && stderr.contains("checksum")
+            && stderr.contains("discarded"),
         "the damaged chunk is not named:\n{stderr}"
     );
     assert!(stderr.contains("2 of 7 chunks"), "{stderr}");

@@ -724,7 +724,12 @@ mod tests {
         std::fs::copy(reference.join(ROWS_FILE), killed.join(ROWS_FILE)).unwrap();
         std::fs::write(killed.join("hook_embed.npy"), b"\x93NUMPY").unwrap();
         write(&killed);
-        for name in [ROWS_FILE, MANIFEST_FILE, "hook_embed.npy", "blocks.0.hook_resid_post.npy"] {
+        for name in [
+            ROWS_FILE,
+            MANIFEST_FILE,
+            "hook_embed.npy",
+            "blocks.0.hook_resid_post.npy",
+        ] {
             assert_eq!(
                 std::fs::read(killed.join(name)).unwrap(),
                 std::fs::read(reference.join(name)).unwrap(),

@@ -162,7 +162,10 @@ pub enum Saved {
     Missing,
     Chunk(TokenChunk),
     /// A file that does not verify: `path` and why.
-    Damaged { path: PathBuf, reason: &'static str },
+    Damaged {
+        path: PathBuf,
+        reason: &'static str,
+    },
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PartialError> {

@@ -863,7 +863,11 @@ mod tests {
         let _ = live.wait();
         assert!(!killed.exists(), "the leftover of a killed run is removed");
         for kept in [&running, &elsewhere, &other_output, &not_a_pid] {
-            assert!(kept.join("tokens.npy").is_file(), "{} was removed", kept.display());
+            assert!(
+                kept.join("tokens.npy").is_file(),
+                "{} was removed",
+                kept.display()
+            );
         }
         // Once their runs are gone, the streaming writer removes them too (not other outputs' folders).
         drop(held);
