@@ -195,7 +195,8 @@ pub fn prepare_output(dir: &Path) -> Result<(), TokenStoreError> {
     let aside = replaced_dir(dir);
     if aside.is_dir() {
         if dir.exists() {
-            std::fs::remove_dir_all(&aside).map_err(werr(&aside))?;
+            // The swap was complete: `aside` is the replaced store.
+            remove_earlier(&aside);
         } else {
             std::fs::rename(&aside, dir).map_err(werr(dir))?;
             tracing::warn!(
@@ -223,11 +224,17 @@ pub fn prepare_output(dir: &Path) -> Result<(), TokenStoreError> {
         let Some(_lock) = lock_dir(&path) else {
             continue; // held by a live writer (e.g. on another machine sharing the folder)
         };
-        std::fs::remove_dir_all(&path).map_err(werr(&path))?;
-        tracing::info!(
-            "removed {}, the unfinished store of a killed run (process {pid} is gone)",
-            path.display()
-        );
+        // Only disk space is at stake: a folder that cannot be removed does not stop this run.
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(
+                "removed {}, the unfinished store of a killed run (process {pid} is gone)",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "{}: the unfinished store of a killed run (process {pid} is gone) cannot be removed: {e}",
+                path.display()
+            ),
+        }
     }
     Ok(())
 }
