@@ -32,7 +32,7 @@ pub struct AnalyzeArgs {
     pub(crate) genes: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "parquet")]
     pub(crate) format: TableFormat,
-    /// Genes listed per feature and ranking.
+    /// Genes listed per feature and ranking (at least 1).
     #[arg(long, default_value_t = 20)]
     pub(crate) top_genes: usize,
     /// Positions a feature must fire on a gene before the gene can rank by conditional mean.

@@ -133,7 +133,8 @@ pub fn effects(args: EffectsArgs) -> Result<EffectsSummary> {
     };
     let mut bar = None;
     let summary = scinterp_engine::effects::pipeline::run(&config, &inputs, &mut |done, total| {
-        bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "cells"))
+        // Edits (cell × feature × α × control), which advance per batch of tail passes.
+        bar.get_or_insert_with(|| crate::progress::bar_with_prefix(total as u64, 0, "edits", "effects"))
             .set_position(done as u64);
     });
     if let Some(b) = bar {

@@ -130,7 +130,8 @@ pub struct OperatorArgs {
     /// Labels in developmental order (comma list), for the held-out stage Spearman.
     #[arg(long, value_delimiter = ',')]
     stage_order: Option<Vec<String>>,
-    /// Fraction of each label's cells held out for the card's metrics.
+    /// Fraction of each label's cells held out for the card's metrics (0: none held out, every cell is
+    /// fitted on, and the card's metrics are null).
     #[arg(long, default_value_t = 0.2)]
     heldout: f64,
     /// Neighbours of the kNN graph of the root-anchored ordering.
@@ -195,6 +196,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
     );
     for (k, e, b) in &report.energy {
         println!("  rank {k:>5}: retained energy {e:.4}, {b} bytes");
+    }
+    if m["cell_type"].is_null() {
+        println!(
+            "held-out: none (--heldout {}: every reference cell was used for fitting; the card has no metrics)",
+            m["heldout_fraction"]
+        );
+        return Ok(());
     }
     println!(
         "held-out ({} cells): accuracy {:.3}, balanced accuracy {:.3}, macro-F1 {:.3}; pseudotime Spearman with the ordering {:.3}{}",

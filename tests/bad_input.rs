@@ -992,6 +992,11 @@ fn analyze_layers_cases(cat: &mut Catalogue, i: &Inputs) {
         .says(&["sae_cfg_mismatch", "W_enc", "cfg.json", "d_sae 65"])
         .absent(&out)
         .fails();
+    cat.case("analyze", "--top-genes 0")
+        .args(&analyze(&sae0, &["--top-genes", "0"]))
+        .says(&["--top-genes 0"])
+        .absent(&out)
+        .fails();
     cat.case("analyze", "--hook not in the store")
         .args(&analyze(&sae0, &["--hook", "blocks.3.hook_resid_post"]))
         .says(&["has no hook `blocks.3.hook_resid_post`"])
@@ -1181,6 +1186,13 @@ fn annotate_consensus_atlas_cases(cat: &mut Catalogue, i: &Inputs) {
     cat.case("annotate", "bad PPI file")
         .args(&annotate(&catalog, &gmt, &["--ppi", &s(&bad_gmt)]))
         .says(&["bad.gmt", "edge"])
+        .absent(&out)
+        .fails();
+    let bad_score = i.p("ppi_bad_score.txt");
+    std::fs::write(&bad_score, "DEMO4 DEMO5 900\nDEMO6 DEMO7 high\nDEMO8 DEMO9 700\n").unwrap();
+    cat.case("annotate", "PPI score that is not a number")
+        .args(&annotate(&catalog, &gmt, &["--ppi", &s(&bad_score)]))
+        .says(&["ppi_bad_score.txt", "line 2", "`high`"])
         .absent(&out)
         .fails();
     cat.case("annotate", "--top-n 0")
@@ -1839,6 +1851,30 @@ fn export_apply_cases(cat: &mut Catalogue, i: &Inputs) {
             .says(&says)
             .absent(&out)
             .fails();
+    }
+    // --heldout 0 holds out no cell (it held out one per label) and the card's metrics say so (null),
+    // instead of numbers measured on cells that were fitted on.
+    let all_fitted = i.p("tool_heldout0");
+    let mut a = export(&["--heldout", "0", "--hvg", "60"]);
+    *a.iter_mut().find(|x| **x == s(&out)).unwrap() = s(&all_fitted);
+    let run = cat.case("export operator", "--heldout 0").args(&a).succeeds();
+    if run.status.success() {
+        let card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(all_fitted.join("card.json")).unwrap()).unwrap();
+        let m = &card["metrics"];
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        if m["heldout_cells"] != 0
+            || m["training_cells"] != 700
+            || !m["cell_type"].is_null()
+            || !m["pseudotime"].is_null()
+            || !stdout.contains("held-out: none")
+        {
+            cat.fail(
+                "export operator",
+                "--heldout 0",
+                format!("metrics {m}; stdout:\n{stdout}"),
+            );
+        }
     }
     // A panel gene the cells hold but the model does not know: an scGPT folder whose vocabulary lacks CD3E.
     let cut = i.p("scgpt_without_cd3e");

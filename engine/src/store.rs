@@ -181,6 +181,12 @@ impl StoreWriter {
             return Self::resume(dir, manifest, rows);
         }
         if dir.exists() {
+            if let Some(files) = killed_creation(dir)? {
+                // Nothing of value: no row was checkpointed. Start over in the same folder.
+                for f in &files {
+                    std::fs::remove_file(f).map_err(|e| StoreError::io(f, "cannot remove", e))?;
+                }
+            }
             let empty = std::fs::read_dir(dir)
                 .map_err(|e| StoreError::io(dir, "cannot list the folder", e))?
                 .next()
@@ -206,6 +212,8 @@ impl StoreWriter {
         }
     }
 
+    /// Creates the files in the order rows.npy, the hook files, manifest.json (see [`killed_creation`]
+    /// for what a kill before the manifest leaves).
     fn create(dir: &Path, manifest: StoreManifest, rows: &[[i32; 3]]) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, "cannot create the folder", e))?;
         let rows_path = dir.join(ROWS_FILE);
@@ -360,6 +368,32 @@ impl StoreWriter {
         crate::formats::atomic_write(&path, text.as_bytes())
             .map_err(|e| StoreError::io(&e.path, e.action, e.io))
     }
+}
+
+/// The files of `dir` when it holds exactly what a creation killed before its first manifest leaves
+/// (`rows.npy`, hook files `<hook>.npy`, the manifest's temporary file, nothing else, no manifest.json);
+/// `None` for anything else, which is never touched.
+fn killed_creation(dir: &Path) -> Result<Option<Vec<PathBuf>>, StoreError> {
+    if dir.join(MANIFEST_FILE).exists() {
+        return Ok(None);
+    }
+    let manifest_tmp = crate::formats::atomic::temporary_path(&dir.join(MANIFEST_FILE));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, "cannot list the folder", e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, "cannot list the folder", e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name == ROWS_FILE
+            || path == manifest_tmp
+            || name
+                .strip_suffix(".npy")
+                .is_some_and(|hook| crate::hooks::HookPoint::parse(hook).is_ok());
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            return Ok(None);
+        }
+        files.push(path);
+    }
+    Ok((!files.is_empty()).then_some(files))
 }
 
 pub fn human_bytes(bytes: u64) -> String {
@@ -664,6 +698,52 @@ mod tests {
             .unwrap()
             .reason
             .contains("truncated"));
+    }
+
+    /// A kill between the folder's creation and the first manifest leaves rows.npy and some hook files
+    /// without manifest.json: the rerun starts over there (it refused the folder) and writes the store
+    /// an uninterrupted run writes.
+    #[test]
+    fn a_creation_killed_before_its_manifest_is_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<[i32; 3]> = (0..4).map(|r| [r / 2, r % 2, 10 + r]).collect();
+        let m = manifest(&["hook_embed", "blocks.0.hook_resid_post"], 2);
+        let data: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let write = |out: &Path| {
+            let OpenedStore::Writer(mut w) = StoreWriter::open(out, m.clone(), &rows).unwrap() else {
+                panic!("new store")
+            };
+            let bytes = ActDtype::F16.encode(&data);
+            w.write_rows(0, &[bytes.clone(), bytes]).unwrap();
+            w.checkpoint(2, 4).unwrap();
+        };
+        let reference = dir.path().join("reference");
+        write(&reference);
+        let killed = dir.path().join("killed");
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::copy(reference.join(ROWS_FILE), killed.join(ROWS_FILE)).unwrap();
+        std::fs::write(killed.join("hook_embed.npy"), b"\x93NUMPY").unwrap();
+        write(&killed);
+        for name in [
+            ROWS_FILE,
+            MANIFEST_FILE,
+            "hook_embed.npy",
+            "blocks.0.hook_resid_post.npy",
+        ] {
+            assert_eq!(
+                std::fs::read(killed.join(name)).unwrap(),
+                std::fs::read(reference.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+        // Anything else beside those files: not a killed creation, refused and left alone.
+        let mixed = dir.path().join("mixed");
+        std::fs::create_dir(&mixed).unwrap();
+        std::fs::write(mixed.join(ROWS_FILE), b"x").unwrap();
+        std::fs::write(mixed.join("notes.npy"), b"keep").unwrap();
+        let err = StoreWriter::open(&mixed, m.clone(), &rows).err().unwrap();
+        assert!(err.reason.contains("not an activation store"), "{}", err.reason);
+        assert_eq!(std::fs::read(mixed.join(ROWS_FILE)).unwrap(), b"x");
     }
 
     #[test]

@@ -296,48 +296,60 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
     )?;
     let t = fitted.tool;
 
-    // Held-out metrics, from the tool's own (f32) evaluation.
-    let xh: Vec<f32> = heldout
-        .iter()
-        .flat_map(|&i| x[i * n..(i + 1) * n].iter().copied())
-        .collect();
-    let out = t.evaluate(&xh, heldout.len());
     let c = classes.len();
-    let pred: Vec<usize> = (0..heldout.len())
-        .map(|i| {
-            (0..c)
-                .max_by(|&a, &b| out.probabilities[i * c + a].total_cmp(&out.probabilities[i * c + b]))
-                .unwrap_or(0)
+    // Held-out metrics, from the tool's own (f32) evaluation; absent (null) without held-out cells
+    // (`--heldout 0`, or classes of one cell each) rather than numbers computed from no cell.
+    let metrics = if heldout.is_empty() {
+        json!({
+            "heldout_cells": 0,
+            "training_cells": train.len(),
+            "heldout_fraction": config.heldout,
+            "heldout_cell_names": [],
+            "cell_type": null,
+            "pseudotime": null,
         })
-        .collect();
-    let truth: Vec<usize> = heldout.iter().map(|&i| labels[i]).collect();
-    let (acc, bal, f1) = tool::classification_metrics(&truth, &pred, c);
-    let pt: Vec<f64> = out.pseudotime.iter().map(|&v| v as f64).collect();
-    let ordering_rho = tool::spearman(
-        &pt,
-        &heldout.iter().map(|&i| fitted.ordering[i]).collect::<Vec<_>>(),
-    );
-    let stage_rho = config.stage_order.as_ref().map(|order| {
-        let (a, b): (Vec<f64>, Vec<f64>) = heldout
+    } else {
+        let xh: Vec<f32> = heldout
             .iter()
-            .enumerate()
-            .filter_map(|(k, &i)| {
-                order
-                    .iter()
-                    .position(|s| *s == label_text[i])
-                    .map(|r| (pt[k], r as f64))
+            .flat_map(|&i| x[i * n..(i + 1) * n].iter().copied())
+            .collect();
+        let out = t.evaluate(&xh, heldout.len());
+        let pred: Vec<usize> = (0..heldout.len())
+            .map(|i| {
+                (0..c)
+                    .max_by(|&a, &b| out.probabilities[i * c + a].total_cmp(&out.probabilities[i * c + b]))
+                    .unwrap_or(0)
             })
-            .unzip();
-        json!({"order": order, "cells": a.len(), "spearman": tool::spearman(&a, &b)})
-    });
-    let metrics = json!({
-        "heldout_cells": heldout.len(),
-        "training_cells": train.len(),
-        "heldout_fraction": config.heldout,
-        "heldout_cell_names": heldout.iter().map(|&i| m.cell_names[i].as_str()).collect::<Vec<_>>(),
-        "cell_type": {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1},
-        "pseudotime": {"spearman_with_ordering": ordering_rho, "stage_order": stage_rho},
-    });
+            .collect();
+        let truth: Vec<usize> = heldout.iter().map(|&i| labels[i]).collect();
+        let (acc, bal, f1) = tool::classification_metrics(&truth, &pred, c);
+        let pt: Vec<f64> = out.pseudotime.iter().map(|&v| v as f64).collect();
+        let ordering_rho = tool::spearman(
+            &pt,
+            &heldout.iter().map(|&i| fitted.ordering[i]).collect::<Vec<_>>(),
+        );
+        let stage_rho = config.stage_order.as_ref().map(|order| {
+            let (a, b): (Vec<f64>, Vec<f64>) = heldout
+                .iter()
+                .enumerate()
+                .filter_map(|(k, &i)| {
+                    order
+                        .iter()
+                        .position(|s| *s == label_text[i])
+                        .map(|r| (pt[k], r as f64))
+                })
+                .unzip();
+            json!({"order": order, "cells": a.len(), "spearman": tool::spearman(&a, &b)})
+        });
+        json!({
+            "heldout_cells": heldout.len(),
+            "training_cells": train.len(),
+            "heldout_fraction": config.heldout,
+            "heldout_cell_names": heldout.iter().map(|&i| m.cell_names[i].as_str()).collect::<Vec<_>>(),
+            "cell_type": {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1},
+            "pseudotime": {"spearman_with_ordering": ordering_rho, "stage_order": stage_rho},
+        })
+    };
     let d = t.d_latent();
     let mut card = Card {
         format: files::FORMAT.into(),

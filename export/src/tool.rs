@@ -238,14 +238,15 @@ pub struct Fitted {
     pub ordering: Vec<f64>,
 }
 
-/// A seeded split: a fraction of each class held out (at least one cell of any class with ≥ 2 cells).
+/// A seeded split: a fraction of each class held out (at least one cell of any class with ≥ 2 cells
+/// when the fraction is above 0; none at 0).
 pub fn split(labels: &[usize], n_classes: usize, heldout: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut rng = Rng::new(seed, 23);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for c in 0..n_classes {
         let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
         rng.shuffle(&mut members);
-        let k = if members.len() >= 2 {
+        let k = if members.len() >= 2 && heldout > 0.0 {
             ((members.len() as f64 * heldout).round() as usize).max(1)
         } else {
             0
@@ -773,5 +774,10 @@ mod tests {
         }
         assert_eq!(split(&labels, 4, 0.2, 7).1, te);
         assert_ne!(split(&labels, 4, 0.2, 8).1, te);
+        // 0 holds out nothing (it held out one cell per class).
+        let (tr, te) = split(&labels, 4, 0.0, 7);
+        assert_eq!((tr.len(), te.len()), (100, 0));
+        // A small positive fraction still holds out one cell of each class.
+        assert_eq!(split(&labels, 4, 0.001, 7).1.len(), 4);
     }
 }

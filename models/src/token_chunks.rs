@@ -10,7 +10,8 @@
 //!   magic `SCTOKCK1`; u64 `first`, `n`, `n_kept`, `n_dropped`, `n_tokens`, `has_values`, `n_sampled`,
 //!   `n_random_bins`; u64 × `n_kept` kept cells; u64 × `n_dropped` dropped cells; u32 × `n_kept`
 //!   sequence lengths; u32 × `n_tokens` tokens; f32 × `n_tokens` values when `has_values`; then the
-//!   BLAKE3 hash (32 bytes) of everything before it.
+//!   BLAKE3 hash (32 bytes) of everything before it. A chunk that does not verify is discarded, with a
+//!   warning naming its file, and its cells are tokenized again (the result is the same).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,8 +111,26 @@ impl PartialDir {
 
     /// The saved chunk starting at `first` with `n_cells` cells, if there is a whole, consistent one.
     pub fn load(&self, first: usize, n_cells: usize, has_values: bool) -> Option<TokenChunk> {
-        let bytes = std::fs::read(self.chunk_path(first)).ok()?;
-        let chunk = decode(&bytes)?;
+        match self.check(first, n_cells, has_values) {
+            Saved::Chunk(c) => Some(c),
+            Saved::Missing | Saved::Damaged { .. } => None,
+        }
+    }
+
+    /// What the folder holds for the chunk starting at `first` with `n_cells` cells: nothing, a whole
+    /// chunk that verifies, or a file that does not (named, with why), which the caller discards.
+    pub fn check(&self, first: usize, n_cells: usize, has_values: bool) -> Saved {
+        let path = self.chunk_path(first);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Saved::Missing;
+        };
+        let damaged = |reason: &'static str| Saved::Damaged {
+            path: path.clone(),
+            reason,
+        };
+        let Some(chunk) = decode(&bytes) else {
+            return damaged("its BLAKE3 checksum does not match its contents (damaged or truncated)");
+        };
         let consistent = chunk.first == first
             && chunk.n_cells == n_cells
             && chunk.values.is_some() == has_values
@@ -121,8 +140,32 @@ impl PartialDir {
                 .iter()
                 .chain(&chunk.dropped)
                 .all(|&c| (first..first + n_cells).contains(&c));
-        consistent.then_some(chunk)
+        if consistent {
+            Saved::Chunk(chunk)
+        } else {
+            damaged("it verifies but holds other cells than its name says")
+        }
     }
+
+    /// Removes the file of the chunk starting at `first` (a damaged one, so it is not read again).
+    pub fn discard(&self, first: usize) -> std::io::Result<()> {
+        match std::fs::remove_file(self.chunk_path(first)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A saved chunk as [`PartialDir::check`] finds it.
+#[derive(Debug, PartialEq)]
+pub enum Saved {
+    Missing,
+    Chunk(TokenChunk),
+    /// A file that does not verify: `path` and why.
+    Damaged {
+        path: PathBuf,
+        reason: &'static str,
+    },
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PartialError> {
@@ -285,6 +328,22 @@ mod tests {
             assert_eq!(p.load(4, 4, values), None);
             assert_eq!(p.load(4, 3, !values), None);
             assert_eq!(p.load(0, 3, values), None);
+            // A flipped bit in the saved file is found and named; discarding it leaves the chunk missing.
+            let path = p.chunk_path(4);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[40] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap();
+            match p.check(4, 3, values) {
+                Saved::Damaged { path: named, reason } => {
+                    assert_eq!(named, path);
+                    assert!(reason.contains("checksum"), "{reason}");
+                }
+                other => panic!("a flipped bit was not found: {other:?}"),
+            }
+            assert_eq!(p.load(4, 3, values), None);
+            p.discard(4).unwrap();
+            assert_eq!(p.check(4, 3, values), Saved::Missing);
+            p.save(&c).unwrap();
             // Every truncation and a flipped byte anywhere are refused.
             let bytes = encode(&c);
             for cut in 0..bytes.len() {

@@ -8,8 +8,11 @@
 //! - `values.npy` (float32, packed like the tokens; scGPT's expression bins only);
 //! - `cells.tsv`: the cell name and the obs columns asked for, one row per kept cell.
 //!
-//! The store is written into a temporary sibling directory and renamed into place, so a killed run
-//! never leaves a half-written store under the final name.
+//! The store is written into a temporary sibling directory (`.<name>.tmp-<pid>`) and swapped into place
+//! only when complete (an atomic exchange with an earlier store where the system offers one), so a
+//! killed run never leaves a half-written store under the final name, and a killed `--overwrite` never
+//! loses the earlier store. The next write to the same folder removes the temporary folders of killed
+//! runs (never a live run's) and puts back an earlier store that a swap killed half-way moved aside.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -132,17 +135,112 @@ fn clean_field(s: &str) -> String {
     s.replace(['\t', '\n', '\r'], " ")
 }
 
-/// The temporary sibling directory a store is written into before it is renamed to `dir`.
-fn temporary_dir(dir: &Path) -> PathBuf {
-    let name = dir
-        .file_name()
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "store".into());
-    dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+        .unwrap_or_else(|| "store".into())
 }
 
-/// Creates `tmp` afresh (removing what a killed run may have left there).
-fn create_fresh_dir(tmp: &Path) -> Result<(), TokenStoreError> {
+/// The temporary sibling directory a store is written into before it is swapped into `dir`.
+fn temporary_dir(dir: &Path) -> PathBuf {
+    dir.with_file_name(format!(".{}.tmp-{}", dir_name(dir), std::process::id()))
+}
+
+/// Where an earlier store waits while a new one is renamed into place (file systems without an atomic
+/// exchange only).
+fn replaced_dir(dir: &Path) -> PathBuf {
+    dir.with_file_name(format!(".{}.replaced", dir_name(dir)))
+}
+
+/// The process id of a temporary folder of a store at `dir`, if `name` is one.
+fn temporary_pid(dir: &Path, name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(&format!(".{}.tmp-", dir_name(dir)))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether process `pid` exists on this machine (a PID that cannot be asked about counts as alive).
+fn process_alive(pid: u32) -> bool {
+    match libc::pid_t::try_from(pid) {
+        Ok(p) if p > 0 => {
+            // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+            let rc = unsafe { libc::kill(p, 0) };
+            rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        }
+        _ => true,
+    }
+}
+
+/// An exclusive lock on the folder `path`, held by a live writer until its handle is dropped (the OS
+/// drops it when the process dies); `None` when another process holds it or it cannot be taken.
+fn lock_dir(path: &Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: a plain system call on an open descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(file)
+}
+
+/// Makes `dir` ready for a new store: puts back an earlier store that a swap killed half-way had moved
+/// aside, and removes the temporary folders that killed writes of a store at `dir` left beside it. A
+/// folder is removed only when its process is gone and nothing holds its lock, so a live run's is
+/// never touched.
+pub fn prepare_output(dir: &Path) -> Result<(), TokenStoreError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TokenStoreError::Write { path, source }
+    };
+    let aside = replaced_dir(dir);
+    if aside.is_dir() {
+        if dir.exists() {
+            // The swap was complete: `aside` is the replaced store.
+            remove_earlier(&aside);
+        } else {
+            std::fs::rename(&aside, dir).map_err(werr(dir))?;
+            tracing::warn!(
+                "{}: put back the earlier store, which a killed --overwrite run had moved aside",
+                dir.display()
+            );
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(()); // no folder yet: nothing left over
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temporary_pid(dir, &name) else {
+            continue;
+        };
+        let path = entry.path();
+        if pid == std::process::id() || !path.is_dir() || process_alive(pid) {
+            continue;
+        }
+        let Some(_lock) = lock_dir(&path) else {
+            continue; // held by a live writer (e.g. on another machine sharing the folder)
+        };
+        // Only disk space is at stake: a folder that cannot be removed does not stop this run.
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(
+                "removed {}, the unfinished store of a killed run (process {pid} is gone)",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "{}: the unfinished store of a killed run (process {pid} is gone) cannot be removed: {e}",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `tmp` afresh (removing what a killed run may have left there) and locks it for the run.
+fn create_fresh_dir(tmp: &Path) -> Result<Option<std::fs::File>, TokenStoreError> {
     let werr = |source| TokenStoreError::Write {
         path: tmp.to_path_buf(),
         source,
@@ -150,21 +248,99 @@ fn create_fresh_dir(tmp: &Path) -> Result<(), TokenStoreError> {
     if tmp.exists() {
         std::fs::remove_dir_all(tmp).map_err(werr)?;
     }
-    std::fs::create_dir_all(tmp).map_err(werr)
+    std::fs::create_dir_all(tmp).map_err(werr)?;
+    Ok(lock_dir(tmp))
+}
+
+/// Swaps the folders `a` and `b` in one step; `Ok(false)` where the system or file system cannot.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let (ca, cb) = (c(a)?, c(b)?);
+        // SAFETY: two valid NUL-terminated paths relative to the working directory.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
+    {
+        let _ = (a, b);
+        Ok(false)
+    }
+}
+
+/// Puts the complete store in `tmp` at `dir`. An earlier store there is exchanged with it in one step
+/// and then removed; without an atomic exchange it is first moved aside to [`replaced_dir`], where
+/// [`prepare_output`] finds it if a kill comes between the two renames. Either way `dir` never lacks a
+/// whole store.
+fn swap_into_place(tmp: &Path, dir: &Path) -> Result<(), TokenStoreError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TokenStoreError::Write { path, source }
+    };
+    if !dir.exists() {
+        std::fs::rename(tmp, dir).map_err(werr(dir))?;
+    } else if exchange(tmp, dir).map_err(werr(dir))? {
+        // `tmp` now holds the earlier store; a kill before it is removed leaves it to the next run.
+        scinterp_engine::formats::atomic::sync_parent(dir);
+        remove_earlier(tmp);
+    } else {
+        swap_by_renames(tmp, dir)?;
+    }
+    scinterp_engine::formats::atomic::sync_parent(dir);
+    Ok(())
+}
+
+/// The swap without an atomic exchange: the earlier store at `dir` goes aside, the new one in.
+fn swap_by_renames(tmp: &Path, dir: &Path) -> Result<(), TokenStoreError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TokenStoreError::Write { path, source }
+    };
+    let aside = replaced_dir(dir);
+    std::fs::rename(dir, &aside).map_err(werr(dir))?;
+    if let Err(e) = std::fs::rename(tmp, dir) {
+        let _ = std::fs::rename(&aside, dir);
+        return Err(werr(dir)(e));
+    }
+    scinterp_engine::formats::atomic::sync_parent(dir);
+    remove_earlier(&aside);
+    Ok(())
+}
+
+/// Removes an earlier store once the new one is in place; a failure only costs disk space until the next
+/// run's [`prepare_output`], so it is a warning.
+fn remove_earlier(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        tracing::warn!(
+            "{}: cannot remove the earlier store after replacing it ({e}); the next run removes it",
+            path.display()
+        );
+    }
 }
 
 /// Moves the complete store in `tmp` to `dir` (replacing what is there); removes `tmp` on failure.
 fn commit(tmp: &Path, dir: &Path, written: Result<(), TokenStoreError>) -> Result<(), TokenStoreError> {
-    let result = written.and_then(|()| {
-        let werr = |source| TokenStoreError::Write {
-            path: dir.to_path_buf(),
-            source,
-        };
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(werr)?;
-        }
-        std::fs::rename(tmp, dir).map_err(werr)
-    });
+    let result = written.and_then(|()| swap_into_place(tmp, dir));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(tmp);
     }
@@ -197,6 +373,8 @@ pub struct TokenStoreStream {
     header_len: usize,
     n_tokens: usize,
     finished: bool,
+    /// The lock on `tmp` that marks it as a live run's (see [`prepare_output`]).
+    _lock: Option<std::fs::File>,
 }
 
 impl TokenStoreStream {
@@ -204,13 +382,14 @@ impl TokenStoreStream {
     /// unless `overwrite`; it is replaced only by [`Self::finish`].
     pub fn create(dir: &Path, overwrite: bool) -> Result<Self, TokenStoreError> {
         use std::io::{Seek, SeekFrom};
+        prepare_output(dir)?;
         if dir.exists() && !overwrite {
             return Err(TokenStoreError::Exists {
                 path: dir.to_path_buf(),
             });
         }
         let tmp = temporary_dir(dir);
-        create_fresh_dir(&tmp)?;
+        let lock = create_fresh_dir(&tmp)?;
         let path = tmp.join("tokens.npy");
         // The header's length for any count of tokens a machine can hold (checked again at the end).
         let header_len = header_bytes(NpyDtype::I32, &[0]).len();
@@ -232,6 +411,7 @@ impl TokenStoreStream {
             header_len,
             n_tokens: 0,
             finished: false,
+            _lock: lock,
         })
     }
 
@@ -381,12 +561,14 @@ impl Drop for TokenStoreStream {
 impl TokenStore {
     /// Writes the store to `dir` atomically. An existing `dir` is an error unless `overwrite`.
     pub fn write(&self, dir: &Path, overwrite: bool) -> Result<(), TokenStoreError> {
+        prepare_output(dir)?;
         if dir.exists() && !overwrite {
             return Err(TokenStoreError::Exists {
                 path: dir.to_path_buf(),
             });
         }
         let tmp = temporary_dir(dir);
+        let _lock = create_fresh_dir(&tmp)?;
         let written = self.write_into(&tmp);
         commit(&tmp, dir, written)
     }
@@ -396,7 +578,6 @@ impl TokenStore {
             let path = path.to_path_buf();
             move |source| TokenStoreError::Write { path, source }
         };
-        create_fresh_dir(dir)?;
         let p = dir.join("tokens.npy");
         check_token_ids(&self.cells, &p)?;
         // u32 ids below 2^31 have the bytes of the same int32: write the cells as they are, with no packed
@@ -649,6 +830,102 @@ mod tests {
             stream.append(&[vec![u32::MAX]]),
             Err(TokenStoreError::Invalid { .. })
         ));
+    }
+
+    /// The id of a process that has exited (and been waited for).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_next_write_removes_what_killed_runs_left_but_never_a_live_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let mut live = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let killed = tmp.path().join(format!(".store.tmp-{}", dead_pid()));
+        let running = tmp.path().join(format!(".store.tmp-{}", live.id()));
+        // A writer whose process this machine cannot see, but which holds its folder's lock.
+        let elsewhere = tmp.path().join(format!(".store.tmp-{}", dead_pid()));
+        let other_output = tmp.path().join(format!(".other.tmp-{}", dead_pid()));
+        let not_a_pid = tmp.path().join(".store.tmp-12x");
+        for d in [&killed, &running, &elsewhere, &other_output, &not_a_pid] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("tokens.npy"), b"half").unwrap();
+        }
+        let held = lock_dir(&elsewhere).expect("lock");
+        store().write(&dir, false).unwrap();
+        let _ = live.kill();
+        let _ = live.wait();
+        assert!(!killed.exists(), "the leftover of a killed run is removed");
+        for kept in [&running, &elsewhere, &other_output, &not_a_pid] {
+            assert!(
+                kept.join("tokens.npy").is_file(),
+                "{} was removed",
+                kept.display()
+            );
+        }
+        // Once their runs are gone, the streaming writer removes them too (not other outputs' folders).
+        drop(held);
+        let lengths: Vec<usize> = store().cells.iter().map(Vec::len).collect();
+        let mut stream = TokenStoreStream::create(&dir, true).unwrap();
+        stream.append(&store().cells).unwrap();
+        stream.finish(store().rest(&lengths)).unwrap();
+        let mut want = vec![
+            "store".to_string(),
+            other_output.file_name().unwrap().to_string_lossy().into_owned(),
+            ".store.tmp-12x".to_string(),
+        ];
+        want.sort();
+        assert_eq!(names(tmp.path()), want);
+    }
+
+    #[test]
+    fn a_killed_overwrite_never_loses_the_earlier_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let old = store();
+        old.write(&dir, false).unwrap();
+        let before = files(&dir);
+        let mut new = store();
+        new.cells[0] = vec![2, 12, 13, 3];
+        // Replacing swaps the complete new store in and leaves nothing beside it.
+        new.write(&dir, true).unwrap();
+        assert_eq!(TokenStore::read(&dir).unwrap().cells, new.cells);
+        assert_eq!(names(tmp.path()), ["store"]);
+        old.write(&dir, true).unwrap();
+        assert_eq!(files(&dir), before);
+        // The swap by two renames (file systems without an atomic exchange) ends the same way …
+        let staged = tmp.path().join(".store.tmp-1");
+        new.write(&staged, false).unwrap();
+        swap_by_renames(&staged, &dir).unwrap();
+        assert_eq!(TokenStore::read(&dir).unwrap().cells, new.cells);
+        assert_eq!(names(tmp.path()), ["store"]);
+        // … and a kill between its renames leaves the earlier store aside and the new one in its
+        // temporary folder: the next run puts the earlier one back, whole, before it decides anything
+        // (here: refused without --overwrite), and removes the dead run's folder.
+        old.write(&dir, true).unwrap();
+        let killed = tmp.path().join(format!(".store.tmp-{}", dead_pid()));
+        new.write(&killed, false).unwrap();
+        std::fs::rename(&dir, replaced_dir(&dir)).unwrap();
+        assert!(matches!(
+            new.write(&dir, false),
+            Err(TokenStoreError::Exists { .. })
+        ));
+        assert_eq!(files(&dir), before);
+        assert_eq!(TokenStore::read(&dir).unwrap().cells, old.cells);
+        assert_eq!(names(tmp.path()), ["store"]);
     }
 
     #[test]

@@ -157,6 +157,12 @@ pub fn run(
     progress: &mut dyn FnMut(AnalyzeProgress),
 ) -> Result<CatalogSummary> {
     // Refused before any work: a NaN level or resolution would give empty modules without a word.
+    // A catalog without top genes cannot be annotated and the atlas would show empty features.
+    if args.top_genes == 0 {
+        return Err(AnalyzeError::Flag(
+            "--top-genes 0: list at least one gene per feature (default 20)".into(),
+        ));
+    }
     if !(args.coact_alpha > 0.0 && args.coact_alpha <= 1.0) {
         return Err(AnalyzeError::Flag(format!(
             "--coact-alpha {}: must be in (0, 1]",

@@ -183,20 +183,29 @@ pub fn read_ppi(path: &Path, min_score: Option<f64>) -> Result<Network, Annotate
                 ),
             ));
         }
-        let score = fields.get(2).map(|s| s.parse::<f64>());
-        if was_first && matches!(score, Some(Err(_))) {
+        // A score column must hold finite numbers on every line but a header: a line with another
+        // value is a damaged or misread file, not an edge to keep or drop without a word.
+        let score = fields
+            .get(2)
+            .map(|s| s.parse::<f64>().ok().filter(|v| v.is_finite()));
+        if was_first && matches!(score, Some(None)) {
             continue; // header: a non-numeric score column
+        }
+        if let Some(None) = score {
+            return Err(AnnotateError::file(
+                path,
+                format!(
+                    "line {}: score `{}` is not a finite number; the third column of a PPI edge list is \
+                     the edge's score",
+                    i + 1,
+                    fields[2]
+                ),
+            ));
         }
         if let Some(min) = min_score {
             match score {
-                Some(Ok(s)) if s >= min => {}
-                Some(Ok(_)) => continue,
-                Some(Err(_)) => {
-                    return Err(AnnotateError::file(
-                        path,
-                        format!("line {}: score `{}` is not a number", i + 1, fields[2]),
-                    ))
-                }
+                Some(Some(s)) if s >= min => {}
+                Some(_) => continue,
                 None => {
                     return Err(AnnotateError::file(
                         path,
@@ -544,6 +553,18 @@ mod tests {
         assert!(!all.directed);
         let err = read_ppi(&write(dir.path(), "p3.txt", "A\tB\nC\tD\n"), Some(1.0)).unwrap_err();
         assert!(err.to_string().contains("no score column"), "{err}");
+        // A non-numeric or non-finite score past the header is an error naming the line, with or
+        // without --ppi-min-score (it was kept or dropped without a word).
+        for (body, line) in [("A B 900\nC D high\n", 2), ("x y score\nA B 900\nC D nan\n", 3)] {
+            for min in [None, Some(1.0)] {
+                let err = read_ppi(&write(dir.path(), "p4.txt", body), min).unwrap_err();
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("p4.txt") && msg.contains(&format!("line {line}: score")),
+                    "{msg}"
+                );
+            }
+        }
     }
 
     fn network(edges: &[(&str, &str)], directed: bool) -> Network {

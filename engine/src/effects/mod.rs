@@ -190,6 +190,26 @@ pub fn output_effects(
     features: &[u32],
     tokens: &[Vec<u32>],
 ) -> Result<Vec<EffectObservation>, EngineError> {
+    output_effects_with_progress(encoder, setup, features, tokens, &mut |_| {})
+}
+
+/// The edits [`output_effects_with_progress`] reports for `n_cells` cells: one per (cell, feature, α,
+/// control), whether or not the feature fires in the cell.
+pub fn edit_count(setup: &EffectsSetup, n_features: usize, n_cells: usize) -> u64 {
+    let controls = if setup.control_seed.is_some() { 2 } else { 1 };
+    (n_cells as u64) * (n_features as u64) * (setup.alphas.len() as u64) * controls
+}
+
+/// [`output_effects`], calling `progress(n)` as each `n` more edits (see [`edit_count`]) are done: those
+/// of features that do not fire in a cell once the clean pass has found them (they need no pass), the
+/// others after each batch of edited tail passes.
+pub fn output_effects_with_progress(
+    encoder: &dyn Encoder,
+    setup: &EffectsSetup,
+    features: &[u32],
+    tokens: &[Vec<u32>],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<EffectObservation>, EngineError> {
     let d = encoder.dims().d_model;
     if setup.source_sae.d_in != d {
         return Err(EngineError::InvalidStart(format!(
@@ -306,6 +326,8 @@ pub fn output_effects(
         }
     }
 
+    progress(edit_count(setup, features.len(), tokens.len()).saturating_sub(jobs.len() as u64));
+
     let mut out = Vec::with_capacity(jobs.len());
     let mut start = 0;
     while start < jobs.len() {
@@ -397,6 +419,7 @@ pub fn output_effects(
                 panel_readout_change: panel_edited[i] - cell.panel_readout,
             });
         }
+        progress((end - start) as u64);
         start = end;
     }
     Ok(out)
@@ -407,6 +430,38 @@ mod tests {
     use super::*;
     use crate::hooks::Edit;
     use crate::test_model::tiny_encoder;
+
+    /// Progress comes per batch of edits (it jumped from 0 to the whole count at the end of a chunk of
+    /// cells) and adds up to the edit count; the results are those of the call without progress.
+    #[test]
+    fn progress_advances_per_batch_of_edits() {
+        let enc = tiny_encoder(3, 64, 2, 128, 50, 21);
+        let sae = crate::sae::tests::random_sae(64, 48, 4, 22);
+        let setup = EffectsSetup {
+            source_layer: 0,
+            source_sae: &sae,
+            alphas: vec![0.0, 3.0],
+            readout_tokens: (1..25).collect(),
+            direction: None,
+            control_seed: Some(5),
+            panel_readout: None,
+            special_ids: vec![0],
+            max_batch_tokens: 40,
+        };
+        let cells: Vec<Vec<u32>> = vec![
+            std::iter::once(0).chain(1..14).collect(),
+            std::iter::once(0).chain(20..40).collect(),
+        ];
+        let features: Vec<u32> = (0..48).collect();
+        let mut steps = Vec::new();
+        let obs =
+            output_effects_with_progress(&enc, &setup, &features, &cells, &mut |n| steps.push(n)).unwrap();
+        assert_eq!(edit_count(&setup, 48, 2), 2 * 48 * 2 * 2);
+        assert_eq!(steps.iter().sum::<u64>(), edit_count(&setup, 48, 2));
+        assert!(steps.len() > 10, "{steps:?}");
+        let plain = output_effects(&enc, &setup, &features, &cells).unwrap();
+        assert_eq!(format!("{obs:?}"), format!("{plain:?}"));
+    }
 
     /// The batched tail replay equals a hooked full forward with the head, per (feature, α, cell),
     /// for the feature's direction and for its random control; α = 1 changes nothing.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{output_effects, EffectObservation, EffectsSetup, PanelReadout};
+use super::{edit_count, output_effects_with_progress, EffectObservation, EffectsSetup, PanelReadout};
 use crate::encoder::Encoder;
 use crate::error::EngineError;
 use crate::formats::effects::{ControlRecord, EffectsSummary, PseudotimeRecord};
@@ -119,7 +119,7 @@ fn summarise(values: impl Iterator<Item = f64>) -> (f64, u64, f64) {
 }
 
 /// Edits the features over the cells, writes the table and its summary, and returns the summary.
-/// `progress(cells_done, total)` follows the chunks.
+/// `progress(edits_done, total)` follows the edits (cell × feature × α × control; see [`edit_count`]).
 pub fn run(
     config: &EffectsConfig,
     inputs: &EffectsInputs,
@@ -225,17 +225,28 @@ pub fn run(
         special_ids: inputs.special_ids.clone(),
         max_batch_tokens: config.max_batch_tokens.max(1),
     };
-    // Chunks of cells bound the clean states kept.
-    progress(0, n_cells);
+    // Chunks of cells bound the clean states kept. Progress counts edits (cell × feature × α ×
+    // control), reported per batch of tail passes, so it advances inside a chunk too.
+    let total = edit_count(&setup, features.len(), n_cells) as usize;
+    let mut done = 0usize;
+    progress(0, total);
     let mut obs: Vec<EffectObservation> = Vec::new();
     for start in (0..n_cells).step_by(64) {
         let end = (start + 64).min(n_cells);
-        let chunk = output_effects(inputs.encoder, &setup, &features, &inputs.tokens[start..end])?;
+        let chunk = output_effects_with_progress(
+            inputs.encoder,
+            &setup,
+            &features,
+            &inputs.tokens[start..end],
+            &mut |n| {
+                done += n as usize;
+                progress(done, total);
+            },
+        )?;
         obs.extend(chunk.into_iter().map(|mut o| {
             o.cell += start;
             o
         }));
-        progress(end, n_cells);
     }
 
     // Per (feature, α): the feature's and the control's per-cell observations, paired by cell.

@@ -23,7 +23,7 @@ use super::scgpt::{
 use crate::cells::orthologs::OrthologTable;
 use crate::cells::{CellBlock, CellSource, CellsError, CountMatrix, GeneIdColumn, ObsColumn, OpenOptions};
 use crate::registry::TokenizerKind;
-use crate::token_chunks::{PartialDir, PartialError, TokenChunk};
+use crate::token_chunks::{PartialDir, PartialError, Saved, TokenChunk};
 use crate::token_store::{
     hash_of, StoreRest, TokenStoreError, TokenStoreManifest, TokenStoreStream, FORMAT, FORMAT_VERSION,
     HASH_ALGORITHM,
@@ -178,6 +178,8 @@ pub fn run(config: &Config, progress: &dyn Progress) -> Result<Report, PipelineE
 }
 
 fn run_inner(config: &Config, progress: &dyn Progress) -> Result<Report, PipelineError> {
+    // What killed runs left for this output is cleaned (or put back) before anything is judged.
+    crate::token_store::prepare_output(&config.out)?;
     if config.out.exists() && !config.overwrite {
         return Err(TokenStoreError::Exists {
             path: config.out.clone(),
@@ -464,7 +466,23 @@ fn run_chunks(
         let k = resume_key(config, job, source_hash.get()?, size, n);
         if partial.key().as_ref() == Some(&k) {
             for (slot, r) in resumed.iter_mut().zip(&ranges) {
-                *slot = partial.load(r.start, r.len(), job.has_values());
+                match partial.check(r.start, r.len(), job.has_values()) {
+                    Saved::Chunk(c) => *slot = Some(c),
+                    Saved::Missing => {}
+                    // Discarded and done again: the store comes out the same, and a damaged chunk is
+                    // never read into it.
+                    Saved::Damaged { path, reason } => {
+                        tracing::warn!(
+                            "{}: {reason}; discarded, its cells {}..{} are tokenized again",
+                            path.display(),
+                            r.start,
+                            r.end
+                        );
+                        partial
+                            .discard(r.start)
+                            .map_err(step(format!("removing {}", path.display())))?;
+                    }
+                }
             }
             let n_done = resumed.iter().filter(|c| c.is_some()).count();
             tracing::info!(
@@ -475,8 +493,13 @@ fn run_chunks(
             started_partial = true;
         } else {
             tracing::info!(
-                "{} holds checkpoints of a run with other options or another input; starting over",
-                partial.dir.display()
+                "{} holds checkpoints of a run with other options or another input{}; starting over",
+                partial.dir.display(),
+                if partial.key().is_none() {
+                    " (its resume.json is unreadable)"
+                } else {
+                    ""
+                }
             );
             partial
                 .remove()
