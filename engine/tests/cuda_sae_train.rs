@@ -4,7 +4,9 @@
 
 use scinterp_engine::cuda::{GpuPrecision, GpuSaeEncoder, GpuSaeStepper};
 use scinterp_engine::sae::synth::SynthSpec;
-use scinterp_engine::sae::train::{evaluate, train, train_with, MemoryRows, Stepper, TrainConfig};
+use scinterp_engine::sae::train::{
+    evaluate, train, train_with, MemoryRows, Stepper, StepperError, TrainConfig,
+};
 use scinterp_engine::sae::TopKSae;
 
 fn gpu_available(test: &str) -> bool {
@@ -71,8 +73,10 @@ fn gpu_training_reaches_the_cpu_fvu() {
         cpu_summary.tokens_per_second
     );
     for precision in [GpuPrecision::F32, GpuPrecision::Bf16] {
-        let make = |sae: TopKSae| -> Result<Box<dyn Stepper>, String> {
-            Ok(Box::new(GpuSaeStepper::new(sae, &cfg, precision)?))
+        let make = |sae: TopKSae| -> Result<Box<dyn Stepper>, StepperError> {
+            Ok(Box::new(
+                GpuSaeStepper::new(sae, &cfg, precision).map_err(StepperError::Device)?,
+            ))
         };
         let (gpu_sae, summary) = train_with(&source, &train_rows, &cfg, &make, &mut |_, _, _| {}).unwrap();
         let gpu_fvu = evaluate(&gpu_sae, &source, &heldout).fvu;

@@ -22,7 +22,7 @@ use scinterp_kernels::gpu::sae_optim::{AdamStep, SUM_BLOCKS};
 use scinterp_kernels::gpu::{take_recorded_error, GpuError, Kernels};
 
 use super::GpuPrecision;
-use crate::sae::train::{adam_bias_corrections, Stepper, TrainConfig};
+use crate::sae::train::{adam_bias_corrections, Stepper, StepperError, TrainConfig};
 use crate::sae::{SparseCodes, TopKSae};
 
 /// The four parameter arrays (or their moments, or gradients) on the device.
@@ -99,6 +99,11 @@ pub struct GpuSaeStepper {
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("GPU: {e}")
+}
+
+/// A device failure at the [`Stepper`] boundary.
+fn device(e: impl std::fmt::Display) -> StepperError {
+    StepperError::Device(err(e))
 }
 
 impl GpuSaeStepper {
@@ -401,31 +406,31 @@ impl Stepper for GpuSaeStepper {
         cfg: &TrainConfig,
         lr: f64,
         data_variance: f64,
-    ) -> Result<(f64, f64), String> {
+    ) -> Result<(f64, f64), StepperError> {
         let rows = x.len() / self.d_in.max(1);
         if rows == 0 || rows * self.d_in != x.len() || x.len() > self.buffers.x.len() {
-            return Err(format!(
+            return Err(StepperError::Device(format!(
                 "GPU SAE step: {} values are not 1..={} rows of {}",
                 x.len(),
                 self.buffers.x.len() / self.d_in.max(1),
                 self.d_in
-            ));
+            )));
         }
-        self.try_step(x, cfg, lr, data_variance).map_err(err)
+        self.try_step(x, cfg, lr, data_variance).map_err(device)
     }
 
-    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String> {
+    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), StepperError> {
         let s = &self.stream;
         let sae = TopKSae {
             d_in: self.d_in,
             d_sae: self.d_sae,
             k: self.k,
-            w_enc: s.clone_dtoh(&self.params.w_enc).map_err(err)?,
-            b_enc: s.clone_dtoh(&self.params.b_enc).map_err(err)?,
-            w_dec: s.clone_dtoh(&self.params.w_dec).map_err(err)?,
-            b_dec: s.clone_dtoh(&self.params.b_dec).map_err(err)?,
+            w_enc: s.clone_dtoh(&self.params.w_enc).map_err(device)?,
+            b_enc: s.clone_dtoh(&self.params.b_enc).map_err(device)?,
+            w_dec: s.clone_dtoh(&self.params.w_dec).map_err(device)?,
+            b_dec: s.clone_dtoh(&self.params.b_dec).map_err(device)?,
         };
-        let counters = s.clone_dtoh(&self.tokens_since_fired).map_err(err)?;
+        let counters = s.clone_dtoh(&self.tokens_since_fired).map_err(device)?;
         let dead = counters.iter().filter(|&&t| t >= cfg.dead_after_tokens).count();
         Ok((sae, dead))
     }

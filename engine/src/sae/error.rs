@@ -111,8 +111,10 @@ pub enum SaeError {
     },
     #[error("{}: {reason}", path.display())]
     Npy { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Step(String),
+    #[error(transparent)]
+    Step(#[from] crate::sae::train::StepperError),
+    #[error("there are no training rows")]
+    EmptyTraining,
     #[error("GPU: {0}")]
     Gpu(String),
     #[error("cannot serialise {0}")]

@@ -22,8 +22,8 @@ use super::splice::SpliceLosses;
 use super::synth::{recovery, Recovery, SynthSpec};
 use super::train::{
     default_dead_after_tokens, default_tokens, evaluate, hook_seed, push_range, split_by_cell,
-    train_resumable, Checkpointing, CpuStepper, EvalStats, RowSource, Stepper, TrainConfig, TrainSummary,
-    MIN_STEPS,
+    train_resumable, Checkpointing, CpuStepper, EvalStats, RowSource, Stepper, StepperError, TrainConfig,
+    TrainSummary, MIN_STEPS,
 };
 use super::TopKSae;
 use crate::cuda::{GpuPrecision, GpuSaeEncoder, GpuSaeStepper};
@@ -307,10 +307,12 @@ pub fn train_on_store(
     });
     let backend = req.backend;
     let precision = req.gpu_precision;
-    let make_stepper = |sae: TopKSae| -> Result<Box<dyn Stepper>, String> {
+    let make_stepper = |sae: TopKSae| -> Result<Box<dyn Stepper>, StepperError> {
         Ok(match backend {
             Backend::Cpu => Box::new(CpuStepper::new(sae)),
-            Backend::Cuda => Box::new(GpuSaeStepper::new(sae, &cfg, precision)?),
+            Backend::Cuda => {
+                Box::new(GpuSaeStepper::new(sae, &cfg, precision).map_err(StepperError::Device)?)
+            }
         })
     };
     let mut progress = |step, steps, nmse| events(TrainEvent::Step { step, steps, nmse });
@@ -325,7 +327,7 @@ pub fn train_on_store(
     .map_err(|e| match e {
         SaeError::Step(reason) => SaeError::Training {
             acts: req.acts.clone(),
-            reason,
+            reason: reason.to_string(),
         },
         other => other,
     })?;

@@ -283,6 +283,31 @@ pub fn train(
     )
 }
 
+/// Why a stepper could not be built, step, finish or restore its state.
+#[derive(Debug, thiserror::Error)]
+pub enum StepperError {
+    /// The device failed: its driver's or kernel's message.
+    #[error("{0}")]
+    Device(String),
+    /// Saved optimiser state that does not fit this SAE.
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("this device cannot resume from a checkpoint")]
+    CannotResume,
+}
+
+/// Saved bytes (a checkpoint's fields) that do not fit what reads them.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("ends early (needs {needed} bytes at offset {at})")]
+    EndsEarly { needed: usize, at: usize },
+    #[error("{0} bytes too many")]
+    TooLong(usize),
+    /// A field whose value cannot belong to this run (named in the message).
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
 /// Where the optimiser steps run: the CPU ([`CpuStepper`]) or a GPU (`crate::cuda::GpuSaeStepper`).
 /// Both implement the same step, so the loop around them (data, scaling, schedule, summary) is shared.
 pub trait Stepper {
@@ -295,17 +320,17 @@ pub trait Stepper {
         cfg: &TrainConfig,
         lr: f64,
         data_variance: f64,
-    ) -> Result<(f64, f64), String>;
+    ) -> Result<(f64, f64), StepperError>;
     /// The trained SAE and the number of latents dead (by `cfg.dead_after_tokens`) at the end.
-    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String>;
+    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), StepperError>;
     /// The optimiser state (parameters, Adam moments, step, dead-latent counters) as bytes, for a
     /// checkpoint; `None` where the stepper cannot save it.
     fn save_state(&self) -> Option<Vec<u8>> {
         None
     }
     /// Restores what [`Stepper::save_state`] wrote.
-    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), String> {
-        Err("this device cannot resume from a checkpoint".into())
+    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), StepperError> {
+        Err(StepperError::CannotResume)
     }
 }
 
@@ -329,11 +354,11 @@ impl Stepper for CpuStepper {
         cfg: &TrainConfig,
         lr: f64,
         data_variance: f64,
-    ) -> Result<(f64, f64), String> {
+    ) -> Result<(f64, f64), StepperError> {
         Ok(self.state.step(&mut self.sae, x, cfg, lr, data_variance))
     }
 
-    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), String> {
+    fn finish(self: Box<Self>, cfg: &TrainConfig) -> Result<(TopKSae, usize), StepperError> {
         let dead = self
             .state
             .tokens_since_fired
@@ -358,7 +383,7 @@ impl Stepper for CpuStepper {
         Some(out)
     }
 
-    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), StepperError> {
         let mut r = ByteReader { bytes, at: 0 };
         self.state.step = r.u64()?;
         let sae = &mut self.sae;
@@ -378,7 +403,7 @@ impl Stepper for CpuStepper {
         let n = self.state.tokens_since_fired.len();
         let raw = r.take(n * 8)?;
         self.state.tokens_since_fired = bytemuck::pod_collect_to_vec(raw);
-        r.end()
+        Ok(r.end()?)
     }
 }
 
@@ -389,23 +414,26 @@ pub(crate) struct ByteReader<'a> {
 }
 
 impl<'a> ByteReader<'a> {
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("ends early (needs {n} bytes at offset {})", self.at))?;
+        let end = end.ok_or(StateError::EndsEarly {
+            needed: n,
+            at: self.at,
+        })?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
-    pub fn u64(&mut self) -> Result<u64, String> {
+    pub fn u64(&mut self) -> Result<u64, StateError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
-    pub fn f64(&mut self) -> Result<f64, String> {
+    pub fn f64(&mut self) -> Result<f64, StateError> {
         Ok(f64::from_bits(self.u64()?))
     }
 
-    pub fn f32s(&mut self, out: &mut [f32]) -> Result<(), String> {
+    pub fn f32s(&mut self, out: &mut [f32]) -> Result<(), StateError> {
         let raw = self.take(out.len() * 4)?;
         for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
             *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
@@ -413,11 +441,11 @@ impl<'a> ByteReader<'a> {
         Ok(())
     }
 
-    pub fn end(&self) -> Result<(), String> {
+    pub fn end(&self) -> Result<(), StateError> {
         if self.at == self.bytes.len() {
             Ok(())
         } else {
-            Err(format!("{} bytes too many", self.bytes.len() - self.at))
+            Err(StateError::TooLong(self.bytes.len() - self.at))
         }
     }
 }
@@ -441,7 +469,7 @@ pub fn train_with(
     source: &dyn RowSource,
     train: &[Range<usize>],
     cfg: &TrainConfig,
-    make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, String>,
+    make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, StepperError>,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<(TopKSae, TrainSummary), SaeError> {
     train_resumable(source, train, cfg, make_stepper, None, progress)
@@ -457,7 +485,7 @@ pub fn train_resumable(
     source: &dyn RowSource,
     train: &[Range<usize>],
     cfg: &TrainConfig,
-    make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, String>,
+    make_stepper: &dyn Fn(TopKSae) -> Result<Box<dyn Stepper>, StepperError>,
     mut checkpointing: Option<Checkpointing>,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<(TopKSae, TrainSummary), SaeError> {
@@ -465,7 +493,7 @@ pub fn train_resumable(
     cfg.validate(d)?;
     let n_train: usize = train.iter().map(|r| r.len()).sum();
     if n_train == 0 {
-        return Err(SaeError::Step("there are no training rows".into()));
+        return Err(SaeError::EmptyTraining);
     }
     let mut loader = Loader::new(source, train, cfg);
     let sample = loader.sample(cfg.init_sample_rows.min(n_train));
@@ -515,28 +543,28 @@ pub fn train_resumable(
     let mut seconds_before = 0.0f64;
     if let Some(bytes) = checkpointing.as_mut().and_then(|c| c.resume.take()) {
         let path = checkpointing.as_ref().map(|c| c.path.clone()).unwrap_or_default();
-        let damaged = |reason: String| SaeError::Checkpoint {
+        let damaged = |reason: &dyn std::fmt::Display| SaeError::Checkpoint {
             path: path.clone(),
-            reason,
+            reason: reason.to_string(),
         };
         let mut r = ByteReader { bytes: &bytes, at: 0 };
-        if r.take(8).map_err(&damaged)? != CHECKPOINT_MAGIC {
-            return Err(damaged("not an SAE training checkpoint".into()));
+        if r.take(8).map_err(|e| damaged(&e))? != CHECKPOINT_MAGIC {
+            return Err(damaged(&"not an SAE training checkpoint"));
         }
-        first_step = r.u64().map_err(&damaged)? as usize;
-        summary.tokens_trained = r.u64().map_err(&damaged)?;
-        tail_nmse = r.f64().map_err(&damaged)?;
-        tail_aux = r.f64().map_err(&damaged)?;
-        tail_n = r.u64().map_err(&damaged)? as usize;
-        seconds_before = r.f64().map_err(&damaged)?;
-        let loader_len = r.u64().map_err(&damaged)? as usize;
+        first_step = r.u64().map_err(|e| damaged(&e))? as usize;
+        summary.tokens_trained = r.u64().map_err(|e| damaged(&e))?;
+        tail_nmse = r.f64().map_err(|e| damaged(&e))?;
+        tail_aux = r.f64().map_err(|e| damaged(&e))?;
+        tail_n = r.u64().map_err(|e| damaged(&e))? as usize;
+        seconds_before = r.f64().map_err(|e| damaged(&e))?;
+        let loader_len = r.u64().map_err(|e| damaged(&e))? as usize;
         loader
-            .restore(r.take(loader_len).map_err(&damaged)?)
-            .map_err(&damaged)?;
+            .restore(r.take(loader_len).map_err(|e| damaged(&e))?)
+            .map_err(|e| damaged(&e))?;
         let rest = &bytes[r.at..];
-        stepper.load_state(rest).map_err(&damaged)?;
+        stepper.load_state(rest).map_err(|e| damaged(&e))?;
         if first_step > steps {
-            return Err(damaged(format!("{first_step} steps done of {steps}")));
+            return Err(damaged(&format!("{first_step} steps done of {steps}")));
         }
         summary.resumed_at_step = Some(first_step);
     }
@@ -756,7 +784,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Continues from [`Loader::snapshot`].
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         let mut r = ByteReader { bytes, at: 0 };
         let filled = r.u64()?;
         let next = r.u64()? as usize;
@@ -764,19 +792,24 @@ impl<'a> Loader<'a> {
         let cursor = r.u64()? as usize;
         let n = r.u64()? as usize;
         if n != 0 && n != self.pieces.len() {
-            return Err(format!("{n} pieces recorded, {} now", self.pieces.len()));
+            return Err(StateError::OutOfRange(format!(
+                "{n} pieces recorded, {} now",
+                self.pieces.len()
+            )));
         }
         let mut order = Vec::with_capacity(n);
         for _ in 0..n {
             let o = r.u64()? as usize;
             if o >= self.pieces.len() {
-                return Err(format!("piece {o} out of range"));
+                return Err(StateError::OutOfRange(format!("piece {o} out of range")));
             }
             order.push(o);
         }
         r.end()?;
         if next > order.len() {
-            return Err("the loader position is out of range".into());
+            return Err(StateError::OutOfRange(
+                "the loader position is out of range".into(),
+            ));
         }
         self.order = order;
         self.next_piece = next;
@@ -784,7 +817,9 @@ impl<'a> Loader<'a> {
         if filled == 1 {
             self.refill();
             if cursor > self.buffer_rows {
-                return Err("the buffer position is out of range".into());
+                return Err(StateError::OutOfRange(
+                    "the buffer position is out of range".into(),
+                ));
             }
             self.cursor = cursor;
         }
