@@ -54,3 +54,29 @@ fn every_committed_fuzz_input_is_read_or_refused_without_a_panic() {
     }
     eprintln!("replayed {replayed} fuzz inputs");
 }
+
+/// The two HDF5 inputs that once exhausted memory (a dataset and a chunk declaring gigabytes in a file of
+/// 33–42 kB): refused before anything is allocated, with an error that says why. A replay alone would not
+/// notice them: the allocation either succeeds slowly or aborts the test process.
+#[test]
+fn hdf5_sizes_beyond_what_the_file_can_hold_are_refused() {
+    for (target, file) in [
+        ("h5ad", "oom-078e909f77bef12527902790139819a280fc6b1f"),
+        ("loom", "crash-b89b4854671023f9cd1e5fefdd50b3b96b481c84"),
+    ] {
+        let src = fuzz_dir().join("regressions").join(target).join(file);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("cells.{target}"));
+        std::fs::copy(&src, &path).unwrap();
+        let err = match target {
+            "h5ad" => scinterp_models::cells::h5ad::read_h5ad(&path, &Default::default()).map(|_| ()),
+            _ => scinterp_models::cells::loom::read_loom(&path, None, &[]).map(|_| ()),
+        }
+        .expect_err(file)
+        .to_string();
+        assert!(
+            err.contains("more than this") && err.contains("the file is corrupt") && err.contains("cells."),
+            "{target}: {err}"
+        );
+    }
+}
