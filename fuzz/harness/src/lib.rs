@@ -286,7 +286,10 @@ fn tool_cells(dir: &Path) -> Option<PathBuf> {
         for (g, c, v) in entries {
             mtx += &format!("{} {} {v}\n", g + 1, c + 1);
         }
-        let features: String = TOOL_CELL_GENES.iter().map(|g| format!("{g}\t{g}\tGene Expression\n")).collect();
+        let features: String = TOOL_CELL_GENES
+            .iter()
+            .map(|g| format!("{g}\t{g}\tGene Expression\n"))
+            .collect();
         std::fs::write(cells.join("matrix.mtx"), mtx).ok()?;
         std::fs::write(cells.join("features.tsv"), features).ok()?;
         std::fs::write(cells.join("barcodes.tsv"), "c1\nc2\nc3\n").ok()?;

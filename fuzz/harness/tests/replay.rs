@@ -87,14 +87,23 @@ fn hdf5_sizes_beyond_what_the_file_can_hold_are_refused() {
 fn tool_folders_that_once_panicked_are_refused_with_the_reason() {
     let target = scinterp_fuzz_harness::target("tool").unwrap();
     for (file, says) in [
-        ("crash-empty-pseudotime-bias", ["tool.safetensors", "`pseudotime_bias` holds 0 values"]),
-        ("crash-pseudotime-weight-without-columns", ["card.json", "pseudotime weight columns: 0"]),
+        (
+            "crash-empty-pseudotime-bias",
+            ["tool.safetensors", "`pseudotime_bias` holds 0 values"],
+        ),
+        (
+            "crash-pseudotime-weight-without-columns",
+            ["card.json", "pseudotime weight columns: 0"],
+        ),
         ("crash-no-labels", ["card.json", "no labels"]),
     ] {
         let data = std::fs::read(fuzz_dir().join("regressions/tool").join(file)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         assert!(!run_in(target, dir.path(), &data), "{file} was accepted");
-        let err = scinterp_export::files::read_tool(dir.path()).err().unwrap().to_string();
+        let err = scinterp_export::files::read_tool(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(says.iter().all(|s| err.contains(s)), "{file}: {err}");
     }
 }
