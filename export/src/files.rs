@@ -261,10 +261,19 @@ pub fn read_tool(dir: &Path) -> Result<LoadedTool, ExportError> {
         })
     };
     let adaptor = get("adaptor_weight")?;
+    let pseudotime_bias = match get("pseudotime_bias")?.data.as_slice() {
+        &[b] => b,
+        other => {
+            return Err(ExportError::invalid(
+                &wpath,
+                format!("`pseudotime_bias` holds {} values, expected 1", other.len()),
+            ))
+        }
+    };
     let tool = Tool {
         adaptor_bias: get("adaptor_bias")?.data,
         pseudotime: get("pseudotime_weight")?,
-        pseudotime_bias: get("pseudotime_bias")?.data[0],
+        pseudotime_bias,
         classes: get("classes_weight")?,
         classes_bias: get("classes_bias")?.data,
         adaptor,
@@ -301,9 +310,14 @@ fn check_shapes(tool: &Tool, card: &Card) -> Result<(), String> {
         ("adaptor rows", tool.adaptor.rows, m),
         ("adaptor bias", tool.adaptor_bias.len(), d),
         ("pseudotime weight", tool.pseudotime.rows, d),
+        ("pseudotime weight columns", tool.pseudotime.cols, 1),
         ("classes weight rows", tool.classes.rows, d),
         ("classes bias", tool.classes_bias.len(), c),
     ];
+    // `apply` names each cell's most probable label: a tool without labels has nothing to call.
+    if c == 0 {
+        return Err("no labels: a tool calls at least one cell type".into());
+    }
     for (what, got, want) in checks {
         if got != want {
             return Err(format!("{what}: {got} in the card or weights, {want} expected"));

@@ -3,14 +3,16 @@
 //! `fuzz/fuzz_targets/<name>.rs` calls [`run`] under libFuzzer (nightly, `cargo fuzz run <name>`);
 //! `tests/replay.rs` replays every committed corpus and crash file on stable, so a fixed crash stays fixed.
 //!
-//! Multi-file inputs (a 10x folder, a token store, an SAE folder) are split on [`PART`] lines: the n-th
-//! part is the n-th file of [`Target::files`]; missing parts are empty files.
+//! Multi-file inputs (a 10x folder, a token store, an SAE or tool folder) are split on [`PART`] lines:
+//! the n-th part is the n-th file of [`Target::files`]; missing parts are empty files.
 
 use std::path::{Path, PathBuf};
 
 use scinterp_engine::annotate::{gene_sets, networks};
 use scinterp_engine::trace::state::{read_state, CHECKPOINT_MAGIC, SHARD_MAGIC};
 use scinterp_engine::trace::TraceAccumulator;
+use scinterp_export::apply::{apply, ApplyConfig};
+use scinterp_export::cells::CellInput;
 use scinterp_models::cells::{h5ad, loom, tenx};
 use scinterp_models::checkpoint::{pickle, Checkpoint};
 use scinterp_models::token_store::TokenStore;
@@ -93,6 +95,11 @@ pub const TARGETS: &[Target] = &[
         name: "trace_state",
         files: &["state.bin"],
         run: trace_state,
+    },
+    Target {
+        name: "tool",
+        files: &["card.json", "tool.safetensors", "tool.onnx"],
+        run: tool_folder,
     },
 ];
 
@@ -253,4 +260,58 @@ fn trace_state(dir: &Path) -> bool {
         }
     }
     checkpoint || shard
+}
+
+/// Genes of the cells the `tool` target applies its tool to: the panel of the seed tools
+/// (`fuzz/corpus/tool/`, scGPT exports of pbmc68k with 12 HVGs) and two genes outside it.
+const TOOL_CELL_GENES: &[&str] = &[
+    "FCER1G", "LTB", "LST1", "AIF1", "HLA-DRA", "HLA-DQA1", "HLA-DPA1", "HLA-DPB1", "LYZ", "IL32", "CST3",
+    "TYROBP", "ACTB", "MALAT1",
+];
+
+/// Writes (once per folder) a 10x folder of three cells over [`TOOL_CELL_GENES`].
+fn tool_cells(dir: &Path) -> Option<PathBuf> {
+    let cells = dir.join("cells");
+    if !cells.join("matrix.mtx").exists() {
+        std::fs::create_dir_all(&cells).ok()?;
+        let n = TOOL_CELL_GENES.len();
+        let mut mtx = String::from("%%MatrixMarket matrix coordinate integer general\n");
+        // Genes × cells: cell 1 holds every gene, cell 2 every other one, cell 3 none of the panel.
+        let entries: Vec<(usize, usize, usize)> = (0..n)
+            .map(|g| (g, 0, g + 1))
+            .chain((0..n).step_by(2).map(|g| (g, 1, 3)))
+            .chain([(n - 1, 2, 7)])
+            .collect();
+        mtx += &format!("{n} 3 {}\n", entries.len());
+        for (g, c, v) in entries {
+            mtx += &format!("{} {} {v}\n", g + 1, c + 1);
+        }
+        let features: String = TOOL_CELL_GENES
+            .iter()
+            .map(|g| format!("{g}\t{g}\tGene Expression\n"))
+            .collect();
+        std::fs::write(cells.join("matrix.mtx"), mtx).ok()?;
+        std::fs::write(cells.join("features.tsv"), features).ok()?;
+        std::fs::write(cells.join("barcodes.tsv"), "c1\nc2\nc3\n").ok()?;
+    }
+    Some(cells)
+}
+
+/// A tool folder as `scinterp apply` uses it: read and checked (card, weights, the ONNX file's hash),
+/// then run on three cells with the calls written out.
+fn tool_folder(dir: &Path) -> bool {
+    let Some(cells) = tool_cells(dir) else {
+        return false;
+    };
+    let config = ApplyConfig {
+        tool: dir.to_path_buf(),
+        cells: CellInput {
+            path: cells,
+            ..Default::default()
+        },
+        out: dir.join("calls.tsv"),
+        min_panel_fraction: 0.0,
+        overwrite: true,
+    };
+    apply(&config).is_ok()
 }

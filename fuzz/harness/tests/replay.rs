@@ -54,3 +54,56 @@ fn every_committed_fuzz_input_is_read_or_refused_without_a_panic() {
     }
     eprintln!("replayed {replayed} fuzz inputs");
 }
+
+/// The two HDF5 inputs that once exhausted memory (a dataset and a chunk declaring gigabytes in a file of
+/// 33–42 kB): refused before anything is allocated, with an error that says why. A replay alone would not
+/// notice them: the allocation either succeeds slowly or aborts the test process.
+#[test]
+fn hdf5_sizes_beyond_what_the_file_can_hold_are_refused() {
+    for (target, file) in [
+        ("h5ad", "oom-078e909f77bef12527902790139819a280fc6b1f"),
+        ("loom", "crash-b89b4854671023f9cd1e5fefdd50b3b96b481c84"),
+    ] {
+        let src = fuzz_dir().join("regressions").join(target).join(file);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("cells.{target}"));
+        std::fs::copy(&src, &path).unwrap();
+        let err = match target {
+            "h5ad" => scinterp_models::cells::h5ad::read_h5ad(&path, &Default::default()).map(|_| ()),
+            _ => scinterp_models::cells::loom::read_loom(&path, None, &[]).map(|_| ()),
+        }
+        .expect_err(file)
+        .to_string();
+        assert!(
+            err.contains("more than this") && err.contains("the file is corrupt") && err.contains("cells."),
+            "{target}: {err}"
+        );
+    }
+}
+
+/// The tool folders that once panicked `scinterp apply` are refused by the tool loader, naming the file
+/// and what is wrong with it.
+#[test]
+fn tool_folders_that_once_panicked_are_refused_with_the_reason() {
+    let target = scinterp_fuzz_harness::target("tool").unwrap();
+    for (file, says) in [
+        (
+            "crash-empty-pseudotime-bias",
+            ["tool.safetensors", "`pseudotime_bias` holds 0 values"],
+        ),
+        (
+            "crash-pseudotime-weight-without-columns",
+            ["card.json", "pseudotime weight columns: 0"],
+        ),
+        ("crash-no-labels", ["card.json", "no labels"]),
+    ] {
+        let data = std::fs::read(fuzz_dir().join("regressions/tool").join(file)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!run_in(target, dir.path(), &data), "{file} was accepted");
+        let err = scinterp_export::files::read_tool(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(says.iter().all(|s| err.contains(s)), "{file}: {err}");
+    }
+}

@@ -14,7 +14,17 @@ use super::{csr_from_triplets, CellsError, ObsColumn, Stored};
 pub(crate) struct Hdf5 {
     pub file: H5File,
     pub path: PathBuf,
+    /// The file's length: what bounds the size a dataset may declare ([`Hdf5::dataset`]).
+    len: u64,
 }
+
+/// How far one stored byte may expand when decoded: deflate, the filter h5py, anndata and loompy use,
+/// cannot exceed about 1032:1.
+const MAX_EXPANSION: u64 = 1100;
+
+/// Declared sizes up to this are trusted whatever the file's length (a small file may legitimately
+/// hold a dataset whose chunks were never written and read as fill values).
+const SIZE_FLOOR: u64 = 64 << 20;
 
 /// Runs a reader, turning a panic inside the HDF5 decoder (a corrupt or truncated file) into an error.
 pub(crate) fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, CellsError>) -> Result<T, CellsError> {
@@ -50,16 +60,20 @@ impl RawBytes {
 
 impl Hdf5 {
     pub fn open(path: &Path) -> Result<Self, CellsError> {
-        if let Err(source) = std::fs::metadata(path) {
-            return Err(CellsError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+        let len = match std::fs::metadata(path) {
+            Ok(meta) => meta.len(),
+            Err(source) => {
+                return Err(CellsError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
         match H5File::open(path) {
             Ok(file) => Ok(Hdf5 {
                 file,
                 path: path.to_path_buf(),
+                len,
             }),
             Err(Hdf5Error::Io(source)) => Err(CellsError::Io {
                 path: path.to_path_buf(),
@@ -88,10 +102,39 @@ impl Hdf5 {
         self.is_group(name) || self.is_dataset(name)
     }
 
+    /// A dataset whose declared size (and chunk size) this file could hold: rust-hdf5 allocates a
+    /// dataset's or a chunk's whole decoded image from the sizes the file declares, so a corrupt size would
+    /// otherwise ask for gigabytes (or abort the process) before any byte is read.
     pub fn dataset(&self, name: &str) -> Result<H5Dataset, CellsError> {
-        self.file
+        let ds = self
+            .file
             .dataset(name.trim_start_matches('/'))
-            .map_err(|e| self.err(format!("cannot open dataset `{name}`: {e:?}")))
+            .map_err(|e| self.err(format!("cannot open dataset `{name}`: {e:?}")))?;
+        let limit = self.len.saturating_mul(MAX_EXPANSION).max(SIZE_FLOOR);
+        let width = ds.element_size() as u64;
+        let bytes = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(width, |acc, &d| acc.checked_mul(d as u64))
+                .filter(|&b| b <= limit)
+        };
+        let shape = ds.shape();
+        if bytes(&shape).is_none() {
+            return Err(self.err(format!(
+                "dataset `{name}` declares shape {shape:?} of {width}-byte elements, more than this {}-byte \
+                 file can hold even compressed; the file is corrupt",
+                self.len
+            )));
+        }
+        if let Some(chunk) = ds.chunk_dims() {
+            if bytes(&chunk).is_none() {
+                return Err(self.err(format!(
+                    "dataset `{name}` declares chunks of {chunk:?} {width}-byte elements, more than this {}-byte \
+                     file can hold even compressed; the file is corrupt",
+                    self.len
+                )));
+            }
+        }
+        Ok(ds)
     }
 
     /// Names (last path component) of the groups and datasets directly under `group`, sorted.
