@@ -241,11 +241,21 @@ pub fn read_tool(dir: &Path) -> Result<LoadedTool, ExportError> {
                 ))
             }
         };
-        let data = t
+        let data: Vec<f32> = t
             .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        // A NaN or infinite weight would make every output NaN while `apply` exits 0.
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(ExportError::invalid(
+                &wpath,
+                format!(
+                    "`{name}` value {i} is {}: a tool's weights must be finite; export the tool again",
+                    data[i]
+                ),
+            ));
+        }
         Ok(Dense { rows, cols, data })
     };
     let stage = if st.names().contains(&"operator") {

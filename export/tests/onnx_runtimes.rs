@@ -230,6 +230,16 @@ fn broken_tool_folders_are_refused_with_the_file_named() {
     assert!(e.contains("card.json") && e.contains("panel genes"), "{e}");
     let e = read_tool(&dir.path().join("nope")).err().unwrap().to_string();
     assert!(e.contains("card.json"), "{e}");
+    // A NaN weight (hashes and all consistent) is refused, naming the tensor and the index.
+    let mut nan_tool = synthetic_tool(Stage::Operator(dense(g, g, 1, 0.3)), d, c);
+    nan_tool.adaptor_bias[1] = f32::NAN;
+    let nan_dir = dir.path().join("nan");
+    files::write_tool(&nan_dir, &nan_tool, &mut card_for(g, d, c), &[], false).unwrap();
+    let e = read_tool(&nan_dir).err().unwrap().to_string();
+    assert!(
+        e.contains("tool.safetensors") && e.contains("adaptor_bias") && e.contains("value 1"),
+        "{e}"
+    );
 }
 
 fn pbmc(model: &str, out: &Path) -> ExportConfig {
