@@ -332,7 +332,8 @@ impl TraceAccumulator {
             let f = u32_of(take(4)?);
             let t = u16::from_le_bytes(take(2)?.try_into().ok()?);
             let g = u32_of(take(4)?);
-            let mut flips = Vec::with_capacity(b);
+            // `b` comes from the bytes: reserve no more than they can hold (16 bytes per flip).
+            let mut flips = Vec::with_capacity(b.min(bytes.len() / 16));
             for _ in 0..b {
                 flips.push(FlipSums {
                     sum: f64::from_le_bytes(take(8)?.try_into().ok()?),
