@@ -252,42 +252,6 @@ fn create_fresh_dir(tmp: &Path) -> Result<Option<std::fs::File>, TokenStoreError
     Ok(lock_dir(tmp))
 }
 
-/// Swaps the folders `a` and `b` in one step; `Ok(false)` where the system or file system cannot.
-fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
-    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        };
-        let (ca, cb) = (c(a)?, c(b)?);
-        // SAFETY: two valid NUL-terminated paths relative to the working directory.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                ca.as_ptr(),
-                libc::AT_FDCWD,
-                cb.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
-            _ => Err(e),
-        }
-    }
-    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
-    {
-        let _ = (a, b);
-        Ok(false)
-    }
-}
-
 /// Puts the complete store in `tmp` at `dir`. An earlier store there is exchanged with it in one step
 /// and then removed; without an atomic exchange it is first moved aside to [`replaced_dir`], where
 /// [`prepare_output`] finds it if a kill comes between the two renames. Either way `dir` never lacks a
@@ -299,7 +263,7 @@ fn swap_into_place(tmp: &Path, dir: &Path) -> Result<(), TokenStoreError> {
     };
     if !dir.exists() {
         std::fs::rename(tmp, dir).map_err(werr(dir))?;
-    } else if exchange(tmp, dir).map_err(werr(dir))? {
+    } else if scinterp_engine::formats::atomic::exchange_dirs(tmp, dir).map_err(werr(dir))? {
         // `tmp` now holds the earlier store; a kill before it is removed leaves it to the next run.
         scinterp_engine::formats::atomic::sync_parent(dir);
         remove_earlier(tmp);

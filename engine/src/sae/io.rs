@@ -217,7 +217,7 @@ pub fn save_with(
 /// sits at `staged` and is removed), a rename otherwise.
 fn swap_into_place(staged: &Path, dir: &Path) -> Result<(), SaeFileError> {
     if dir.exists() {
-        if exchange(staged, dir).is_err() {
+        if !matches!(crate::formats::atomic::exchange_dirs(staged, dir), Ok(true)) {
             // Systems without an atomic exchange: move the old folder aside first.
             let aside = staged.with_extension("old");
             let _ = std::fs::remove_dir_all(&aside);
@@ -235,36 +235,6 @@ fn swap_into_place(staged: &Path, dir: &Path) -> Result<(), SaeFileError> {
     }
     crate::formats::atomic::sync_parent(dir);
     Ok(())
-}
-
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-    };
-    let (ca, cb) = (c(a)?, c(b)?);
-    // SAFETY: two valid NUL-terminated paths; renameat2 reads them and its integer arguments only.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
-    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// Writes and fsyncs one file of a staged folder.
