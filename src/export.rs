@@ -148,7 +148,8 @@ pub struct OperatorArgs {
     shuffled_control: Option<u64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The tool folder to write.
+    /// The tool folder to write. The attention construction keeps a checkpoint in `<out>.checkpoint`
+    /// (saved at most once a minute): a killed export resumes from it when rerun the same way.
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -156,6 +157,9 @@ pub struct OperatorArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Testing: stop after N batches of the attention pass with its checkpoint saved, as if killed.
+    #[arg(long, hide = true)]
+    stop_after_batches: Option<usize>,
 }
 
 /// Stage names as log lines; the attention pass over the reference cells (the step that takes minutes on
@@ -261,6 +265,7 @@ pub fn export_operator(a: &OperatorArgs) -> Result<ExportReport> {
         shuffled_control: a.shuffled_control,
         out: a.out.clone(),
         overwrite: a.overwrite,
+        stop_after_batches: a.stop_after_batches,
     };
     Ok(pipeline::export_tool(&config, &Stages::default())?)
 }

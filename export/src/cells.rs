@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use scinterp_models::cells::orthologs::OrthologTable;
-use scinterp_models::cells::{CountMatrix, ObsColumn, OpenOptions};
+use scinterp_models::cells::{CellSource, CountMatrix, ObsColumn, OpenOptions};
 use scinterp_models::registry::LoadedModel;
 use scinterp_models::tokenize::geneformer::{
     GeneIdKind, GeneformerDictionaries, GeneformerTokenizer, GeneformerVersion, TokenizerOptions,
@@ -31,23 +31,31 @@ pub struct CellInput {
 
 /// Reads every cell of `input` into memory (a block-read h5ad is read whole), ortholog-translated.
 pub fn read_cells(input: &CellInput) -> Result<CountMatrix, ExportError> {
-    let (source, _decompressed) = scinterp_models::cells::open(&input.path, &input.open)?;
+    let (source, _decompressed) = open_cells(input)?;
     let n = source.n_cells();
     let block = source.block(0..n)?;
-    let mut m = if block.cells == (0..block.matrix.n_cells) {
+    let m = if block.cells == (0..block.matrix.n_cells) {
         block.matrix.into_owned()
     } else {
         block.matrix.slice_rows(block.cells.clone())
     };
+    Ok(m)
+}
+
+/// Opens `input` to be read a block of cells at a time, its gene ids ortholog-translated; refuses an
+/// input with no cell. The temporary file (a decompressed `.gz`) must live as long as the source.
+pub fn open_cells(input: &CellInput) -> Result<(CellSource, Option<tempfile::NamedTempFile>), ExportError> {
+    let (mut source, decompressed) = scinterp_models::cells::open(&input.path, &input.open)?;
     if let Some(table) = &input.orthologs {
         let table = OrthologTable::read(table)?;
-        let mapped = table.translate(&mut m);
-        tracing::info!("{mapped} of {} mouse genes have a human ortholog", m.n_genes);
+        let genes = source.genes_mut();
+        let mapped = table.translate(genes);
+        tracing::info!("{mapped} of {} mouse genes have a human ortholog", genes.n_genes);
     }
-    if m.n_cells == 0 {
+    if source.n_cells() == 0 {
         return Err(ExportError::invalid(&input.path, "holds no cells"));
     }
-    Ok(m)
+    Ok((source, decompressed))
 }
 
 /// The text labels of obs column `column`, one per cell (numbers are written as text).

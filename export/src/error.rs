@@ -13,6 +13,8 @@ pub enum ExportError {
     Engine(#[from] scinterp_engine::EngineError),
     #[error(transparent)]
     File(#[from] scinterp_engine::formats::FileError),
+    #[error(transparent)]
+    Checkpoint(#[from] scinterp_engine::formats::checkpoint::CheckpointError),
     #[error("tokenizing the reference cells: {0}")]
     Tokenize(String),
     #[error("{} {action}: {source}", path.display())]
@@ -28,6 +30,9 @@ pub enum ExportError {
     /// A file whose content is wrong.
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    /// `--stop-after-batches` (testing) reached: the checkpoint is saved; a rerun resumes from it.
+    #[error("stopped after {batches} batches as asked (--stop-after-batches); rerun without it to resume from {}", checkpoint.display())]
+    Stopped { batches: usize, checkpoint: PathBuf },
     /// A numerical step that failed.
     #[error("{0}")]
     Numeric(String),

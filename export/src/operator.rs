@@ -18,6 +18,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use rayon::prelude::*;
 use scinterp_engine::encoder::PostLnBlock;
+use scinterp_engine::formats::checkpoint::{read_checkpoint, write_checkpoint, CheckpointError};
 use scinterp_engine::{Encoder, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 
 use crate::cells::{ModelGenes, PanelGene};
@@ -391,14 +392,85 @@ pub struct TokenCells {
     pub values: Option<Vec<Vec<f32>>>,
 }
 
+/// Where the attention pass keeps its checkpoint, and which run it belongs to: a killed export resumes
+/// from the last saved batch, and the sums it resumes from are the exact ones it saved, so the operators
+/// come out identical to an uninterrupted run's.
+pub struct AttentionResume {
+    pub path: std::path::PathBuf,
+    /// What the sums depend on (model weights, cells, panel, heads, batch size); a checkpoint with other
+    /// settings is refused, never resumed.
+    pub settings: serde_json::Value,
+    /// Save at most this often: a save rewrites every head's `[N, N]` sums.
+    pub every: std::time::Duration,
+    /// Testing: save and stop (as a kill would, but with the checkpoint just written) after this many
+    /// batches of this run.
+    pub stop_after_batches: Option<usize>,
+}
+
+const ATTENTION_MAGIC: &[u8; 8] = b"SCIEXATT";
+const ATTENTION_WHAT: &str = "a scinterp export checkpoint";
+
+fn damaged_checkpoint(path: &std::path::Path) -> ExportError {
+    CheckpointError::Damaged {
+        path: path.to_path_buf(),
+        what: ATTENTION_WHAT,
+    }
+    .into()
+}
+
+/// The checkpoint's payload: `counts` (u32) then each head's sums (f64), little-endian.
+fn attention_payload(counts: &[u32], sums: &[Vec<f64>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(counts.len() * 4 + sums.iter().map(|s| s.len() * 8).sum::<usize>());
+    out.extend(counts.iter().flat_map(|c| c.to_le_bytes()));
+    for sum in sums {
+        out.extend(sum.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    out
+}
+
+/// The sums and counts saved by an earlier run of the same export, and the cells it had done.
+fn resume_attention(
+    resume: &AttentionResume,
+    counts: &mut [u32],
+    sums: &mut [Vec<f64>],
+    total_cells: usize,
+) -> Result<usize, ExportError> {
+    let Some(c) = read_checkpoint(&resume.path, ATTENTION_MAGIC, ATTENTION_WHAT)? else {
+        return Ok(0);
+    };
+    if c.settings != resume.settings {
+        return Err(ExportError::invalid(
+            &resume.path,
+            "holds the checkpoint of another export (other model, cells, panel, heads or --max-len); rerun \
+             the command that wrote it to finish it, or remove the file to start this one",
+        ));
+    }
+    let damaged = || damaged_checkpoint(&resume.path);
+    let n2 = counts.len();
+    if c.payload.len() != n2 * 4 + sums.len() * n2 * 8 || c.done as usize > total_cells {
+        return Err(damaged());
+    }
+    let (head, rest) = c.payload.split_at(n2 * 4);
+    for (dst, b) in counts.iter_mut().zip(head.chunks_exact(4)) {
+        *dst = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    }
+    for (sum, part) in sums.iter_mut().zip(rest.chunks_exact(n2 * 8)) {
+        for (dst, b) in sum.iter_mut().zip(part.chunks_exact(8)) {
+            *dst = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+    }
+    Ok(c.done as usize)
+}
+
 /// Cell-averaged attention between panel genes for each head of `heads` (see the module doc), with
-/// `progress(done_cells)` called after each batch.
+/// `progress(done_cells)` called after each batch; with `resume`, checkpointed and resumable.
 pub fn attention_operators(
     encoder: &dyn Encoder,
     cells: &TokenCells,
     panel: &[PanelGene],
     heads: &[HeadId],
     batch_cells: usize,
+    resume: Option<&AttentionResume>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<Dense>, ExportError> {
     let n = panel.len();
@@ -406,6 +478,19 @@ pub fn attention_operators(
         panel.iter().enumerate().map(|(i, g)| (g.token, i)).collect();
     let mut sums: Vec<Vec<f64>> = vec![vec![0.0; n * n]; heads.len()];
     let mut counts = vec![0u32; n * n];
+    let batch_cells = batch_cells.max(1);
+    let resumed_at = match resume {
+        Some(r) => resume_attention(r, &mut counts, &mut sums, cells.tokens.len())?,
+        None => 0,
+    };
+    if resumed_at > 0 {
+        if resumed_at % batch_cells != 0 && resumed_at != cells.tokens.len() {
+            return Err(damaged_checkpoint(&resume.expect("resumed").path));
+        }
+        progress(resumed_at);
+    }
+    let mut last_save = std::time::Instant::now();
+    let mut batches_this_run = 0usize;
     let mut layers: Vec<usize> = heads.iter().map(|h| h.layer).collect();
     layers.sort_unstable();
     layers.dedup();
@@ -417,8 +502,11 @@ pub fn attention_operators(
         })
     });
     let d = encoder.dims().d_model;
-    for (b, chunk) in cells.tokens.chunks(batch_cells.max(1)).enumerate() {
-        let first = b * batch_cells.max(1);
+    for (b, chunk) in cells.tokens.chunks(batch_cells).enumerate() {
+        let first = b * batch_cells;
+        if first < resumed_at {
+            continue;
+        }
         let mut batch = PackedBatch::from_cells(chunk)?;
         if let Some(values) = &cells.values {
             batch = batch.with_values(
@@ -499,6 +587,27 @@ pub fn attention_operators(
                 }
             });
         progress(first + chunk.len());
+        batches_this_run += 1;
+        if let Some(r) = resume {
+            let stop = r.stop_after_batches == Some(batches_this_run);
+            let last = first + chunk.len() == cells.tokens.len();
+            if !last && (stop || last_save.elapsed() >= r.every) {
+                write_checkpoint(
+                    &r.path,
+                    ATTENTION_MAGIC,
+                    &r.settings,
+                    (first + chunk.len()) as u64,
+                    &attention_payload(&counts, &sums),
+                )?;
+                last_save = std::time::Instant::now();
+            }
+            if stop && !last {
+                return Err(ExportError::Stopped {
+                    batches: batches_this_run,
+                    checkpoint: r.path.clone(),
+                });
+            }
+        }
     }
     Ok(sums
         .into_iter()

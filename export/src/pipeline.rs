@@ -46,6 +46,8 @@ pub struct ExportConfig {
     pub shuffled_control: Option<u64>,
     pub out: PathBuf,
     pub overwrite: bool,
+    /// Testing: stop after this many batches of the attention pass, its checkpoint saved.
+    pub stop_after_batches: Option<usize>,
 }
 
 /// What an export did.
@@ -57,6 +59,18 @@ pub struct ExportReport {
     pub energy: Vec<(usize, f64, usize)>,
     pub operator_bytes: usize,
     pub seconds: f64,
+}
+
+/// Reference cells run through the model at a time in the attention construction (one checkpoint at
+/// most per batch).
+const ATTENTION_BATCH_CELLS: usize = 64;
+
+/// The checkpoint of an export's attention pass: `<out>.checkpoint`, beside the tool folder; removed
+/// once the tool is written.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".checkpoint");
+    out.with_file_name(name)
 }
 
 /// Progress messages (stage names, cells done).
@@ -214,7 +228,13 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
         .map(|l| classes.binary_search(l).expect("from the list"))
         .collect();
     let root = resolve_root(&config.root, &m.cell_names)?;
-    let (train, heldout) = tool::split(&labels, classes.len(), config.heldout, config.seed);
+    let (mut train, mut heldout) = tool::split(&labels, classes.len(), config.heldout, config.seed);
+    // The root anchors the ordering the readout is fitted to: it is always a training cell, never scored.
+    if let Ok(at) = heldout.binary_search(&root) {
+        heldout.remove(at);
+        let to = train.binary_search(&root).unwrap_or_else(|to| to);
+        train.insert(to, root);
+    }
 
     let panel = cells::choose_panel(&m, &genes, &config.panel)?;
     let n = panel.genes.len();
@@ -241,12 +261,40 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
                 values: values.map(|v| pick.iter().map(|&i| v[i].clone()).collect()),
             };
             let total = cells.tokens.len();
+            // What the attention sums depend on: a checkpoint of anything else is refused.
+            let mut cells_hash = blake3::Hasher::new();
+            for (i, t) in cells.tokens.iter().enumerate() {
+                cells_hash.update(&(t.len() as u64).to_le_bytes());
+                cells_hash.update(bytemuck::cast_slice(t));
+                if let Some(v) = &cells.values {
+                    cells_hash.update(bytemuck::cast_slice(&v[i]));
+                }
+            }
+            let panel_tokens: Vec<u32> = panel.genes.iter().map(|g| g.token).collect();
+            let resume = operator::AttentionResume {
+                path: checkpoint_path(&config.out),
+                settings: json!({
+                    "weights_blake3": weights_hash,
+                    "shuffled_control": config.shuffled_control,
+                    "heads": heads.iter().map(|h| [h.layer, h.head]).collect::<Vec<_>>(),
+                    "panel_blake3": blake3::hash(bytemuck::cast_slice(&panel_tokens)).to_hex().to_string(),
+                    "cells_blake3": cells_hash.finalize().to_hex().to_string(),
+                    "cells": total,
+                    "batch_cells": ATTENTION_BATCH_CELLS,
+                }),
+                every: std::time::Duration::from_secs(60),
+                stop_after_batches: config.stop_after_batches,
+            };
+            if resume.path.exists() {
+                progress.stage(&format!("resuming from {}", resume.path.display()));
+            }
             operator::attention_operators(
                 model.encoder.as_ref(),
                 &cells,
                 &panel.genes,
                 &heads,
-                64,
+                ATTENTION_BATCH_CELLS,
+                Some(&resume),
                 &|done| progress.cells(done, total),
             )?
         }
@@ -405,6 +453,11 @@ pub fn export_tool(config: &ExportConfig, progress: &dyn Progress) -> Result<Exp
     ];
     progress.stage("writing the tool");
     files::write_tool(&config.out, &t, &mut card, &metadata, config.overwrite)?;
+    // The tool is complete: its checkpoint has served.
+    let checkpoint = checkpoint_path(&config.out);
+    if checkpoint.exists() {
+        std::fs::remove_file(&checkpoint).map_err(ExportError::io(&checkpoint, "cannot remove"))?;
+    }
     Ok(ExportReport {
         out: config.out.clone(),
         card,

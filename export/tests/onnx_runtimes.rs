@@ -269,6 +269,7 @@ fn pbmc(model: &str, out: &Path) -> ExportConfig {
         shuffled_control: None,
         out: out.to_path_buf(),
         overwrite: false,
+        stop_after_batches: None,
     }
 }
 
@@ -494,4 +495,124 @@ fn a_tool_reads_as_a_pseudotime_readout_of_its_own_model_only() {
         e.contains("--pseudotime-tool") && e.contains("geneformer") && e.contains("scgpt"),
         "{e}"
     );
+}
+
+/// A killed attention pass resumes from its checkpoint to the same tool bytes as an uninterrupted run; a
+/// damaged checkpoint, or one of another export, is refused by name and never resumed. (Here rather than
+/// in a test file of its own: every export test binary links tract.)
+#[test]
+fn an_interrupted_export_resumes_to_the_same_tool() {
+    use scinterp_export::error::ExportError;
+    use scinterp_export::pipeline::checkpoint_path;
+    let dir = tempfile::tempdir().unwrap();
+    // 150 reference cells: batches of 64, 64 and 22.
+    let config = |out: &Path| ExportConfig {
+        max_reference_cells: 150,
+        heads: Some("1.0,2.1".into()),
+        ..pbmc("scgpt", out)
+    };
+    let whole = dir.path().join("whole");
+    export_tool(&config(&whole), &Quiet).unwrap();
+    assert!(
+        !checkpoint_path(&whole).exists(),
+        "a finished export leaves no checkpoint"
+    );
+
+    let cut = dir.path().join("cut");
+    let checkpoint = checkpoint_path(&cut);
+    let stop_after_one = |out: &Path| ExportConfig {
+        stop_after_batches: Some(1),
+        ..config(out)
+    };
+    let e = export_tool(&stop_after_one(&cut), &Quiet).unwrap_err();
+    assert!(matches!(e, ExportError::Stopped { batches: 1, .. }), "{e}");
+    assert!(
+        checkpoint.exists() && !cut.exists(),
+        "a stopped export keeps its checkpoint, writes no tool"
+    );
+
+    // A flipped byte is caught by the checksum; another export's settings are refused.
+    let good = std::fs::read(&checkpoint).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 4;
+    std::fs::write(&checkpoint, &bad).unwrap();
+    let e = export_tool(&config(&cut), &Quiet).unwrap_err().to_string();
+    assert!(e.contains("cut.checkpoint") && e.contains("checksum"), "{e}");
+    std::fs::write(&checkpoint, &good).unwrap();
+    let other = ExportConfig {
+        heads: Some("1.0".into()),
+        ..config(&cut)
+    };
+    let e = export_tool(&other, &Quiet).unwrap_err().to_string();
+    assert!(
+        e.contains("cut.checkpoint") && e.contains("another export"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&checkpoint).unwrap(),
+        good,
+        "a refused checkpoint is left as it was"
+    );
+
+    // Resumed: one more batch and a stop, then the rest.
+    let e = export_tool(&stop_after_one(&cut), &Quiet).unwrap_err();
+    assert!(matches!(e, ExportError::Stopped { batches: 1, .. }), "{e}");
+    assert_ne!(
+        std::fs::read(&checkpoint).unwrap(),
+        good,
+        "the second stop saved two batches"
+    );
+    export_tool(&config(&cut), &Quiet).unwrap();
+    assert!(!checkpoint.exists());
+    for file in ["tool.safetensors", "tool.onnx"] {
+        assert_eq!(
+            std::fs::read(whole.join(file)).unwrap(),
+            std::fs::read(cut.join(file)).unwrap(),
+            "{file} of the resumed export"
+        );
+    }
+}
+
+/// The root cell anchors the ordering: even when the seeded split would hold it out, it is fitted on and
+/// never scored.
+#[test]
+fn the_root_cell_is_never_held_out() {
+    use scinterp_export::cells::{labels, read_cells};
+    let dir = tempfile::tempdir().unwrap();
+    let config = ExportConfig {
+        heldout: 0.9,
+        construction: Construction::WeightsQk,
+        heads: Some("0.0".into()),
+        ..pbmc("scgpt", &dir.path().join("t"))
+    };
+    let m = read_cells(&CellInput {
+        open: OpenOptions {
+            obs_columns: vec![config.label_column.clone()],
+            ..Default::default()
+        },
+        ..config.cells.clone()
+    })
+    .unwrap();
+    let text = labels(&m, &config.label_column, &config.cells.path).unwrap();
+    let mut classes = text.clone();
+    classes.sort();
+    classes.dedup();
+    let y: Vec<usize> = text.iter().map(|l| classes.binary_search(l).unwrap()).collect();
+    let (_, held) = scinterp_export::tool::split(&y, classes.len(), config.heldout, config.seed);
+    assert!(
+        held.contains(&0),
+        "the test needs a split that would hold the root (cell 0) out"
+    );
+    export_tool(&config, &Quiet).unwrap();
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t/card.json")).unwrap()).unwrap();
+    let names: Vec<&str> = card["metrics"]["heldout_cell_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), held.len() - 1);
+    assert!(!names.contains(&m.cell_names[0].as_str()), "the root was scored");
 }

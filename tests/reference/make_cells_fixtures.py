@@ -17,6 +17,8 @@ One seeded 30 cells x 40 genes count matrix is written in every layout the reade
                       layout read in blocks of cells
 - `csr_unsorted.h5ad` as `csr_plain.h5ad`, but the stored rows are not canonical: columns out of order,
                       explicit zeros, and counts split into duplicate entries (which sum to the counts)
+- `csr_uint16.h5ad`, `csr_float64.h5ad`: as `csr_plain.h5ad` with the counts stored as uint16 / float64
+                      (also read in blocks, decoded to f32 a block at a time)
 - `symbol_index.h5ad` real human genes with the var index holding symbols and `var["gene_ids"]` their
                       Ensembl ids (plus a column that maps nothing), 6 cells of which one has no count:
                       for the refusal that names the gene id column to use, and for skipped empty cells.
@@ -29,7 +31,8 @@ Run (from the repository root):
     /tmp/pyenv/venv/bin/pip install anndata h5py scipy loompy
     /tmp/pyenv/venv/bin/python tests/reference/make_cells_fixtures.py
 
-`--only-csr-plain` writes just `csr_plain.h5ad` and `csr_unsorted.h5ad`.
+`--only-csr-plain` writes just `csr_plain.h5ad` and `csr_unsorted.h5ad`; `--only-csr-numbers` just
+`csr_uint16.h5ad` and `csr_float64.h5ad`.
 
 Checked with anndata 0.12.19, h5py 3.16.0, loompy 3.0.8.
 """
@@ -167,10 +170,21 @@ def write_csr_plain(counts, obs, var):
         assert not np.all(np.diff(f["X/indices"][: f["X/indptr"][1]]) > 0), "anndata sorted the rows"
 
 
+def write_csr_numbers(counts, obs, var):
+    for name, dtype in [("csr_uint16.h5ad", np.uint16), ("csr_float64.h5ad", np.float64)]:
+        a = ad.AnnData(X=sp.csr_matrix(counts.astype(dtype)), obs=obs, var=var)
+        a.write_h5ad(os.path.join(OUT, name))
+        with h5py.File(os.path.join(OUT, name), "r") as f:
+            assert f["X/data"].dtype == dtype and f["X/data"].compression is None, name
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     if "--only-csr-plain" in sys.argv:
         write_csr_plain(*make_data())
+        return
+    if "--only-csr-numbers" in sys.argv:
+        write_csr_numbers(*make_data())
         return
     dictionaries = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "geneformer", "v2")
     if "--dictionaries" in sys.argv:
@@ -202,6 +216,7 @@ def main():
 
     write_legacy_07(os.path.join(OUT, "legacy_07.h5ad"), counts, obs, var)
     write_csr_plain(counts, obs, var)
+    write_csr_numbers(counts, obs, var)
 
     loom_path = os.path.join(OUT, "cells.loom")
     if os.path.exists(loom_path):

@@ -8,6 +8,7 @@
 pub mod annotation;
 pub mod atomic;
 pub mod catalog;
+pub mod checkpoint;
 pub mod consensus;
 pub mod effects;
 pub mod layers;

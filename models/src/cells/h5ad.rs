@@ -623,6 +623,8 @@ pub(crate) mod tests {
             "legacy_07.h5ad",
             "csr_plain.h5ad",
             "csr_unsorted.h5ad",
+            "csr_uint16.h5ad",
+            "csr_float64.h5ad",
         ] {
             let m = read_h5ad(&fixture(file), &all_obs()).unwrap_or_else(|err| panic!("{file}: {err}"));
             assert_eq!((m.n_cells, m.n_genes), (30, 40), "{file}");

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use rust_hdf5::{ByteOrder, DatatypeMessage};
 
-use super::hdf5_util::{guard, Csr, Hdf5};
+use super::hdf5_util::{decode_map_into, guard, Csr, Hdf5};
 use super::{CellsError, CountMatrix, ObsColumn, Stored};
 
 /// The arrays of a block of cells: gene indices and values.
@@ -47,20 +47,22 @@ pub(crate) fn csr_in_blocks(
         let dt = ds
             .datatype()
             .map_err(|e| h5.err(format!("cannot read the datatype of `{part}`: {e:?}")))?;
-        let four_le = match dt {
+        // Indices: 32-bit integers. Values: any little-endian number (float32 as anndata writes it, or
+        // the integer counts some files hold), decoded to f32 a block at a time.
+        let readable = match dt {
             DatatypeMessage::FixedPoint {
-                size: 4,
+                size,
                 byte_order: ByteOrder::LittleEndian,
                 ..
-            } => integer,
+            } => size == 4 || !integer && matches!(size, 1 | 2 | 8),
             DatatypeMessage::FloatingPoint {
-                size: 4,
+                size,
                 byte_order: ByteOrder::LittleEndian,
                 ..
-            } => !integer,
+            } => !integer && matches!(size, 4 | 8),
             _ => false,
         };
-        if !(plain && four_le) {
+        if !(plain && readable) {
             return Ok(None);
         }
     }
@@ -317,10 +319,36 @@ fn read_arrays(
     h5.dataset(indices)?
         .read_slice_into(index_out, &[nz.start], &[nz.len()])
         .map_err(|e| h5.err(format!("cannot read `{indices}`: {e:?}")))?;
-    h5.dataset(data)?
-        .read_slice_into(value_out, &[nz.start], &[nz.len()])
-        .map_err(|e| h5.err(format!("cannot read `{data}`: {e:?}")))?;
-    Ok(())
+    let values = h5.dataset(data)?;
+    let cannot = |e: rust_hdf5::Hdf5Error| h5.err(format!("cannot read `{data}`: {e:?}"));
+    let dt = values.datatype().map_err(cannot)?;
+    if let DatatypeMessage::FloatingPoint { size: 4, .. } = dt {
+        return values
+            .read_slice_into(value_out, &[nz.start], &[nz.len()])
+            .map_err(cannot);
+    }
+    // Other numbers: the stored elements into a scratch buffer (reused by this thread, so no fresh memory
+    // per block), then decoded to f32 exactly as a whole read decodes them.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let width = match &dt {
+            DatatypeMessage::FixedPoint { size, .. } => *size as usize,
+            _ => 8,
+        };
+        scratch.resize((nz.len() * width).div_ceil(8), 0);
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(scratch.as_mut_slice())[..nz.len() * width];
+        let (at, count) = (&[nz.start][..], &[nz.len()][..]);
+        match width {
+            1 => values.read_slice_into(bytes, at, count),
+            2 => values.read_slice_into(bytemuck::cast_slice_mut::<u8, u16>(bytes), at, count),
+            4 => values.read_slice_into(bytemuck::cast_slice_mut::<u8, u32>(bytes), at, count),
+            _ => values.read_slice_into(bytemuck::cast_slice_mut::<u8, u64>(bytes), at, count),
+        }
+        .map_err(cannot)?;
+        decode_map_into(&dt, bytes, value_out, |x| x as f32).map_err(|e| h5.err(format!("`{data}`: {e}")))
+    })
 }
 
 #[cfg(test)]
@@ -362,7 +390,13 @@ mod tests {
     #[test]
     fn blocks_equal_the_counts_whatever_their_size_and_order() {
         let e = expected();
-        for file in ["csr_plain.h5ad", "csr_unsorted.h5ad"] {
+        // Counts stored as float32, as uint16 and as float64 (decoded a block at a time).
+        for file in [
+            "csr_plain.h5ad",
+            "csr_unsorted.h5ad",
+            "csr_uint16.h5ad",
+            "csr_float64.h5ad",
+        ] {
             let b = blocks(file);
             assert_eq!((b.n_cells(), b.head().n_genes, b.head().n_cells), (30, 40, 0));
             assert_eq!(b.cell_names(), e.cell_names);
@@ -382,7 +416,7 @@ mod tests {
 
     #[test]
     fn reading_ahead_gives_the_same_blocks_and_survives_skips_and_going_back() {
-        for file in ["csr_plain.h5ad", "csr_unsorted.h5ad"] {
+        for file in ["csr_plain.h5ad", "csr_unsorted.h5ad", "csr_uint16.h5ad"] {
             let b = blocks(file);
             b.read_ahead(ranges(30, 4));
             check_blocks(&b, ranges(30, 4));

@@ -469,11 +469,35 @@ pub(crate) fn decode_numeric(dt: &DatatypeMessage, raw: &[u8]) -> Result<Vec<f64
 }
 
 /// Decodes numeric elements and maps each one (through an exact f64) to `T`, in parallel.
-pub(crate) fn decode_map<T: Send>(
+pub(crate) fn decode_map<T: Send + Default + Clone>(
     dt: &DatatypeMessage,
     raw: &[u8],
     map: impl Fn(f64) -> T + Sync + Send,
 ) -> Result<Vec<T>, String> {
+    let w = element_width(dt)?;
+    let mut out = vec![T::default(); raw.len() / w.max(1)];
+    decode_map_into(dt, raw, &mut out, map)?;
+    Ok(out)
+}
+
+/// The byte width of a numeric datatype's elements.
+fn element_width(dt: &DatatypeMessage) -> Result<usize, String> {
+    match dt {
+        DatatypeMessage::FixedPoint { size, .. } | DatatypeMessage::FloatingPoint { size, .. } => {
+            Ok(*size as usize)
+        }
+        DatatypeMessage::Enum { base, .. } => element_width(base),
+        other => Err(format!("not a numeric dataset ({other:?})")),
+    }
+}
+
+/// [`decode_map`] into `out` (one element per stored element), in parallel.
+pub(crate) fn decode_map_into<T: Send>(
+    dt: &DatatypeMessage,
+    raw: &[u8],
+    out: &mut [T],
+    map: impl Fn(f64) -> T + Sync + Send,
+) -> Result<(), String> {
     fn chunk<const N: usize>(c: &[u8], big_endian: bool) -> [u8; N] {
         let mut a = [0u8; N];
         a.copy_from_slice(c);
@@ -496,7 +520,7 @@ pub(crate) fn decode_map<T: Send>(
         DatatypeMessage::FloatingPoint { size, byte_order, .. } => {
             (*size as usize, 'f', matches!(byte_order, ByteOrder::BigEndian))
         }
-        DatatypeMessage::Enum { base, .. } => return decode_map(base, raw, map),
+        DatatypeMessage::Enum { base, .. } => return decode_map_into(base, raw, out, map),
         other => return Err(format!("not a numeric dataset ({other:?})")),
     };
     let supported = match kind {
@@ -526,11 +550,18 @@ pub(crate) fn decode_map<T: Send>(
             _ => f64::from_le_bytes(chunk(c, big)),
         }
     };
-    Ok(raw
-        .par_chunks_exact(w)
+    if raw.len() / w != out.len() {
+        return Err(format!(
+            "{} elements decoded into room for {}",
+            raw.len() / w,
+            out.len()
+        ));
+    }
+    raw.par_chunks_exact(w)
+        .zip(out.par_iter_mut())
         .with_min_len(1 << 14)
-        .map(|c| map(decode(c)))
-        .collect())
+        .for_each(|(c, o)| *o = map(decode(c)));
+    Ok(())
 }
 
 /// A cells × genes matrix in CSR layout.
