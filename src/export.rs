@@ -110,7 +110,7 @@ pub struct OperatorArgs {
     #[arg(long, conflicts_with = "hvg")]
     panel: Option<PathBuf>,
     /// Gene panel: the N most variable genes (log1p-CP10k) of the reference cells known to the model.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = ExportConfig::HVG)]
     hvg: usize,
     #[arg(long, value_enum, default_value = "attention")]
     construction: ConstructionArg,
@@ -123,7 +123,7 @@ pub struct OperatorArgs {
     /// Replace the operator by its rank-k truncated-SVD surrogate.
     #[arg(long)]
     rank: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = ExportConfig::D_LATENT)]
     d_latent: usize,
     #[arg(long, value_enum, default_value = "unsupervised")]
     adaptor: AdaptorArg,
@@ -132,16 +132,16 @@ pub struct OperatorArgs {
     stage_order: Option<Vec<String>>,
     /// Fraction of each label's cells held out for the card's metrics (0: none held out, every cell is
     /// fitted on, and the card's metrics are null).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = ExportConfig::HELDOUT)]
     heldout: f64,
     /// Neighbours of the kNN graph of the root-anchored ordering.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = ExportConfig::KNN)]
     knn: usize,
     /// Attention construction: tokens per cell (default: the model's limit).
     #[arg(long)]
     max_len: Option<usize>,
     /// Attention construction: at most this many training cells go through the model.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = ExportConfig::MAX_REFERENCE_CELLS)]
     max_reference_cells: usize,
     /// Control: build the tool from the model with every weight tensor's elements shuffled (this seed).
     #[arg(long)]
@@ -165,7 +165,7 @@ pub struct OperatorArgs {
 /// Stage names as log lines; the attention pass over the reference cells (the step that takes minutes on
 /// a full-size model) as a progress bar, or periodic lines when stderr is not a terminal.
 #[derive(Default)]
-struct Stages {
+pub struct Stages {
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
 }
 

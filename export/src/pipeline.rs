@@ -50,6 +50,43 @@ pub struct ExportConfig {
     pub stop_after_batches: Option<usize>,
 }
 
+impl ExportConfig {
+    /// The defaults of `scinterp export operator`: attention operators pooled over every head, a panel
+    /// of the 500 most variable genes, the full operator, a 10-dimensional unsupervised adaptor, 20 % of
+    /// each label held out, a 15-neighbour ordering, at most 2,000 reference cells, seed 0.
+    pub fn new(model: PathBuf, cells: CellInput, label_column: String, root: String, out: PathBuf) -> Self {
+        ExportConfig {
+            model,
+            dictionaries: None,
+            cells,
+            label_column,
+            panel: PanelChoice::Hvg(Self::HVG),
+            construction: Construction::Attention,
+            heads: None,
+            drift: None,
+            rank: None,
+            d_latent: Self::D_LATENT,
+            adaptor: AdaptorKind::Unsupervised,
+            root,
+            stage_order: None,
+            heldout: Self::HELDOUT,
+            seed: 0,
+            knn: Self::KNN,
+            max_len: None,
+            max_reference_cells: Self::MAX_REFERENCE_CELLS,
+            shuffled_control: None,
+            out,
+            overwrite: false,
+            stop_after_batches: None,
+        }
+    }
+    pub const HVG: usize = 500;
+    pub const D_LATENT: usize = 10;
+    pub const HELDOUT: f64 = 0.2;
+    pub const KNN: usize = 15;
+    pub const MAX_REFERENCE_CELLS: usize = 2000;
+}
+
 /// What an export did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ExportReport {

@@ -22,6 +22,11 @@ use scinterp_engine::formats::Table;
 use serde::Serialize;
 use serde_json::json;
 
+use scinterp_export::cells::{CellInput, PanelChoice};
+use scinterp_export::pipeline::{export_tool, ExportConfig};
+use scinterp_export::tool::AdaptorKind;
+use scinterp_models::cells::OpenOptions;
+
 use super::{parse, sae_args};
 
 pub struct EmbeddedArgs {
@@ -397,34 +402,31 @@ fn tokenize_paul15(assets: &Path, tokens: &Path) -> Result<()> {
 /// operators pooled over all heads, the 200 most variable panel genes, a supervised adaptor.
 fn pseudotime_tool(out: &Path, assets: &Path, trained: &Arm, seed: u64) -> Result<PseudotimeTool> {
     let dir = out.join("pseudotime-tool");
-    let report = crate::export::export_operator(&parse(&[
-        "--model",
-        &trained.model.display().to_string(),
-        "--input",
-        &assets.join(PAUL15).display().to_string(),
-        "--orthologs",
-        &assets.join(PAUL15_ORTHOLOGS).display().to_string(),
-        "--labels",
-        PAUL15_LABELS,
-        "--root",
-        PAUL15_ROOT,
-        "--construction",
-        "attention",
-        "--hvg",
-        "200",
-        "--adaptor",
-        "supervised",
-        "--stage-order",
-        ERYTHROID_STAGES,
-        "--max-len",
-        STEER_MAX_LEN,
-        "--max-reference-cells",
-        "300",
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        &dir.display().to_string(),
-    ])?)?;
+    let labels = PAUL15_LABELS.to_string();
+    let cells = CellInput {
+        path: assets.join(PAUL15),
+        open: OpenOptions {
+            obs_columns: vec![labels.clone()],
+            ..Default::default()
+        },
+        orthologs: Some(assets.join(PAUL15_ORTHOLOGS)),
+    };
+    let config = ExportConfig {
+        panel: PanelChoice::Hvg(200),
+        adaptor: AdaptorKind::Supervised,
+        stage_order: Some(ERYTHROID_STAGES.split(',').map(String::from).collect()),
+        max_len: Some(STEER_MAX_LEN.parse()?),
+        max_reference_cells: 300,
+        seed,
+        ..ExportConfig::new(
+            trained.model.clone(),
+            cells,
+            labels,
+            PAUL15_ROOT.into(),
+            dir.clone(),
+        )
+    };
+    let report = export_tool(&config, &crate::export::Stages::default())?;
     let tool = PseudotimeTool {
         dir: dir.display().to_string(),
         panel_genes: report.card.panel.len(),
