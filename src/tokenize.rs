@@ -95,7 +95,7 @@ pub struct TokenizeArgs {
     #[arg(long)]
     allow_normalized: bool,
     /// scGPT: the value of `<cls>`: -2 (pretraining / zero-shot convention) or 0 (tutorial convention).
-    #[arg(long, default_value_t = -2.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = Config::CLS_VALUE, allow_negative_numbers = true)]
     cls_value: f32,
     /// Output token-store folder.
     #[arg(long)]
@@ -108,7 +108,7 @@ pub struct TokenizeArgs {
     json: bool,
     /// Once the run has lasted this many seconds, completed chunks of cells are saved in `<out>.partial`,
     /// so that a killed run resumes when the same command is run again (0: save every chunk).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = Config::CHECKPOINT_SECS)]
     checkpoint_secs: f64,
     /// Cells per chunk (the unit of progress and checkpoints).
     #[arg(long, default_value_t = pipeline::CHUNK_CELLS, hide = true)]
@@ -145,11 +145,7 @@ impl TokenizeArgs {
 }
 
 pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
-    let bars = Bars {
-        quiet,
-        bar: RefCell::new(None),
-    };
-    let report = pipeline::run(&args.config(), &bars)?;
+    let report = tokenize(&args.config(), quiet)?;
     if args.json {
         println!("{}", serde_json::to_string(&report.manifest)?);
     }
@@ -158,6 +154,15 @@ pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
     // piece by piece.
     std::mem::forget(report.retained);
     Ok(())
+}
+
+/// One library call, with progress bars on stderr unless `quiet`.
+pub fn tokenize(config: &Config, quiet: bool) -> Result<pipeline::Report> {
+    let bars = Bars {
+        quiet,
+        bar: RefCell::new(None),
+    };
+    Ok(pipeline::run(config, &bars)?)
 }
 
 /// The progress of a run on stderr: a spinner while the input is read, then a bar over cells (see

@@ -26,6 +26,9 @@ use scinterp_export::cells::{CellInput, PanelChoice};
 use scinterp_export::pipeline::{export_tool, ExportConfig};
 use scinterp_export::tool::AdaptorKind;
 use scinterp_models::cells::OpenOptions;
+use scinterp_models::registry::TokenizerKind;
+use scinterp_models::tokenize::geneformer::GeneIdKind;
+use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
 
 use super::{parse, sae_args};
 
@@ -344,58 +347,45 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
 }
 
 fn tokenize(assets: &Path, family: Family, tokens: &Path) -> Result<()> {
-    let cells = assets.join(CELLS).display().to_string();
-    let model = assets.join(family.name()).display().to_string();
-    let out = tokens.display().to_string();
-    let mut argv = vec![
-        "--input",
-        &cells,
-        "--max-len",
-        "256",
-        "--obs-columns",
-        "bulk_labels,split",
-        "--out",
-        &out,
-    ];
+    let model = assets.join(family.name());
+    let kind = match family {
+        Family::Geneformer => TokenizerKind::GeneformerV2,
+        Family::Scgpt => TokenizerKind::Scgpt,
+    };
+    let mut config = TokenizeConfig {
+        max_len: Some(256),
+        obs_columns: vec!["bulk_labels".into(), "split".into()],
+        ..TokenizeConfig::new(assets.join(CELLS), kind, tokens.to_path_buf())
+    };
     match family {
-        Family::Geneformer => argv.extend([
-            "--model-kind",
-            "geneformer-v2",
-            "--dictionaries",
-            &model,
-            "--gene-ids",
-            "symbol",
-        ]),
-        // Seed 19 is the seed of the tokens the model was trained on (models/assets/README.md).
-        Family::Scgpt => argv.extend(["--model-kind", "scgpt", "--vocab", &model, "--seed", "19"]),
+        Family::Geneformer => {
+            config.dictionaries = Some(model);
+            config.gene_ids = GeneIdKind::Symbol;
+        }
+        Family::Scgpt => {
+            config.vocab = Some(model);
+            // Seed 19 is the seed of the tokens the model was trained on (models/assets/README.md).
+            config.seed = 19;
+        }
     }
-    crate::tokenize::run(parse(&argv)?, true)
+    crate::tokenize::tokenize(&config, true).map(drop)
 }
 
 /// The paul15 cells as the embedded Geneformer reads them (mouse symbols through the ortholog table).
 fn tokenize_paul15(assets: &Path, tokens: &Path) -> Result<()> {
-    let model = assets.join("geneformer").display().to_string();
-    crate::tokenize::run(
-        parse(&[
-            "--input",
-            &assets.join(PAUL15).display().to_string(),
-            "--orthologs",
-            &assets.join(PAUL15_ORTHOLOGS).display().to_string(),
-            "--max-len",
-            STEER_MAX_LEN,
-            "--obs-columns",
-            PAUL15_LABELS,
-            "--model-kind",
-            "geneformer-v2",
-            "--dictionaries",
-            &model,
-            "--gene-ids",
-            "symbol",
-            "--out",
-            &tokens.display().to_string(),
-        ])?,
-        true,
-    )
+    let config = TokenizeConfig {
+        dictionaries: Some(assets.join("geneformer")),
+        gene_ids: GeneIdKind::Symbol,
+        orthologs: Some(assets.join(PAUL15_ORTHOLOGS)),
+        max_len: Some(STEER_MAX_LEN.parse()?),
+        obs_columns: vec![PAUL15_LABELS.into()],
+        ..TokenizeConfig::new(
+            assets.join(PAUL15),
+            TokenizerKind::GeneformerV2,
+            tokens.to_path_buf(),
+        )
+    };
+    crate::tokenize::tokenize(&config, true).map(drop)
 }
 
 /// A pseudotime + cell-type tool exported from the trained Geneformer on the paul15 cells: attention

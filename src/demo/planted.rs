@@ -10,8 +10,11 @@ use anyhow::{Context, Result};
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 use scinterp_models::forward::forward_to_file;
 use scinterp_models::input::InputCells;
+use scinterp_models::registry::TokenizerKind;
 use scinterp_models::synthetic::{splitmix64, tensor_values, write_f32_tensors, SyntheticSpec};
 use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
+use scinterp_models::tokenize::geneformer::GeneIdKind;
+use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
 use serde_json::json;
 
 use super::{parse, sae_args};
@@ -542,28 +545,16 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     let tokens = real.join("tokens");
     let (cells, dictionaries) = (need("cells/paul15.h5ad.gz")?, need("geneformer/v2")?);
     let orthologs = need("orthologs/Ensembl105_Human2Mouse_Genes.csv")?;
-    crate::tokenize::run(
-        parse(&[
-            "--input",
-            &cells,
-            "--model-kind",
-            "geneformer-v2",
-            "--dictionaries",
-            &dictionaries,
-            "--orthologs",
-            &orthologs,
-            "--gene-ids",
-            "symbol",
-            "--obs-columns",
-            "paul15_clusters",
-            "--max-len",
-            "256",
-            "--out",
-            &tokens.display().to_string(),
-            "--overwrite",
-        ])?,
-        true,
-    )?;
+    let config = TokenizeConfig {
+        dictionaries: Some(PathBuf::from(&dictionaries)),
+        orthologs: Some(orthologs.into()),
+        gene_ids: GeneIdKind::Symbol,
+        obs_columns: vec!["paul15_clusters".into()],
+        max_len: Some(256),
+        overwrite: true,
+        ..TokenizeConfig::new(cells.into(), TokenizerKind::GeneformerV2, tokens.clone())
+    };
+    crate::tokenize::tokenize(&config, true)?;
     let acts = real.join("acts");
     if acts.exists() {
         std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;

@@ -70,6 +70,37 @@ pub struct Config {
     pub stop_after_chunks: Option<usize>,
 }
 
+impl Config {
+    /// The defaults of `scinterp tokenize`: Ensembl gene ids, the model's native length, seed 0, `<cls>`
+    /// value −2, counts only, a checkpoint of finished chunks once the run has lasted 20 s. `tokenizer`'s
+    /// vocabulary comes from `dictionaries` (Geneformer) or `vocab` (scGPT), to be set by the caller.
+    pub fn new(input: PathBuf, tokenizer: TokenizerKind, out: PathBuf) -> Self {
+        Config {
+            input,
+            tokenizer,
+            dictionaries: None,
+            vocab: None,
+            gene_ids: GeneIdKind::Ensembl,
+            gene_id_column: None,
+            layer: None,
+            use_raw: false,
+            obs_columns: Vec::new(),
+            max_len: None,
+            seed: 0,
+            orthologs: None,
+            allow_normalized: false,
+            cls_value: Self::CLS_VALUE,
+            out,
+            overwrite: false,
+            checkpoint_secs: Self::CHECKPOINT_SECS,
+            chunk_cells: CHUNK_CELLS,
+            stop_after_chunks: None,
+        }
+    }
+    pub const CLS_VALUE: f32 = -2.0;
+    pub const CHECKPOINT_SECS: f64 = 20.0;
+}
+
 /// What a run wrote.
 pub struct Report {
     /// The store's manifest, as written.
