@@ -327,3 +327,40 @@ pub trait Encoder: Send + Sync {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_errors_are_typed_and_say_what_is_wrong() {
+        let e = LinearWeights::new(vec![0.0; 5], None, 2, 3).unwrap_err();
+        assert_eq!(
+            e,
+            WeightShapeError::WeightLength {
+                got: 5,
+                out: 2,
+                inp: 3
+            }
+        );
+        assert_eq!(e.to_string(), "weight has 5 values, expected 2×3");
+        assert_eq!(
+            LinearWeights::concat_outputs(&[]).unwrap_err(),
+            WeightShapeError::NothingToConcat
+        );
+        let with_bias = LinearWeights::new(vec![0.0; 6], Some(vec![0.0; 2]), 2, 3).unwrap();
+        let without = LinearWeights::new(vec![0.0; 6], None, 2, 3).unwrap();
+        assert_eq!(
+            LinearWeights::concat_outputs(&[with_bias, without])
+                .unwrap_err()
+                .to_string(),
+            "some parts have a bias and others do not"
+        );
+        assert_eq!(
+            LayerNormWeights::new(vec![1.0; 3], vec![0.0; 2], 1e-5)
+                .unwrap_err()
+                .to_string(),
+            "LayerNorm weight has 3 values but bias has 2"
+        );
+    }
+}

@@ -414,3 +414,33 @@ pub fn merge_shards(shards: &[std::path::PathBuf], out: &std::path::Path) -> Res
         already_complete: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_that_cannot_be_cut_are_refused_with_the_reason() {
+        // Each cell fills a 10-token batch on its own: four batches.
+        let lengths = [10usize; 4];
+        assert_eq!(shard_cells(&lengths, 10, 1, 2), Ok(2..4));
+        assert_eq!(
+            shard_cells(&lengths, 10, 2, 2),
+            Err(ShardError::Index { index: 2, count: 2 })
+        );
+        let e = shard_cells(&lengths, 10, 0, 5).unwrap_err();
+        assert_eq!(
+            e,
+            ShardError::TooMany {
+                count: 5,
+                batches: 4,
+                max_batch_tokens: 10
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "5 shards but the cells make only 4 batches of at most 10 tokens; use at most 4 shards (or a \
+             smaller --max-batch-tokens)"
+        );
+    }
+}

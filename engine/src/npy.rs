@@ -284,4 +284,19 @@ mod tests {
         assert!(read_header(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn errors_are_typed_and_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, b"not an npy file at all").unwrap();
+        let e = read_header(&path).unwrap_err();
+        assert!(matches!(&e, NpyError::BadMagic(p) if p == &path));
+        assert_eq!(
+            e.to_string(),
+            format!("{}: not an .npy file (bad magic)", path.display())
+        );
+        let missing = dir.path().join("missing.npy");
+        assert!(matches!(read_npy_bytes(&missing), Err(NpyError::Read { path, .. }) if path == missing));
+    }
 }

@@ -301,4 +301,24 @@ mod tests {
         assert!(varlen_tiles(&[0, 4], 0).is_err());
         assert!(varlen_tiles(&[0, 4, 4, 9], 64).is_ok());
     }
+
+    #[test]
+    fn bad_offsets_are_typed_and_say_what_is_wrong() {
+        assert!(matches!(
+            varlen_tiles(&[0, 5, 4], 64),
+            Err(ArgError::OffsetsDecrease {
+                cell: 1,
+                from: 5,
+                to: 4
+            })
+        ));
+        assert_eq!(
+            varlen_tiles(&[1, 4], 64).unwrap_err().to_string(),
+            "offsets start at 1, not 0"
+        );
+        assert_eq!(
+            varlen_tiles(&[0, 4], 0).unwrap_err().to_string(),
+            "query tile of 0 rows"
+        );
+    }
 }

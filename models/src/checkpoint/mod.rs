@@ -368,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn view_errors_are_typed_and_say_what_is_wrong() {
+        // Last element at 1 + 3 + 2 = 6: bytes up to 7 × 4 = 28 of a 24-byte storage.
+        let e = check_view_bounds(&view(vec![2, 3], vec![3, 1], 1, 24)).unwrap_err();
+        assert_eq!(e, ViewError::EndsPastStorage { end: 28, storage: 24 });
+        assert_eq!(e.to_string(), "view needs 28 bytes but its storage holds 24");
+        assert_eq!(
+            check_view_bounds(&view(vec![2], vec![usize::MAX], 0, 24)),
+            Err(ViewError::Overflow)
+        );
+        assert_eq!(
+            check_view_bounds(&view(vec![2, 3], vec![1], 0, 24)),
+            Err(ViewError::Ranks)
+        );
+    }
+
+    #[test]
     fn view_bounds_are_checked_without_overflow() {
         assert!(check_view_bounds(&view(vec![2, 3], vec![3, 1], 0, 24)).is_ok());
         assert!(check_view_bounds(&view(vec![2, 3], vec![3, 1], 1, 24)).is_err());
