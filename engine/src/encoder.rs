@@ -7,6 +7,38 @@ use crate::error::EngineError;
 use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
 
+/// Weights whose shapes do not agree with each other or with the model's dimensions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeightShapeError {
+    #[error("weight has {got} values, expected {out}×{inp}")]
+    WeightLength { got: usize, out: usize, inp: usize },
+    #[error("bias has {got} values, expected {out}")]
+    BiasLength { got: usize, out: usize },
+    #[error("nothing to concatenate")]
+    NothingToConcat,
+    #[error("input widths differ")]
+    InputWidthsDiffer,
+    #[error("some parts have a bias and others do not")]
+    MixedBias,
+    #[error("LayerNorm weight has {gamma} values but bias has {beta}")]
+    LayerNormLengths { gamma: usize, beta: usize },
+    /// A layer of a block whose `[out, in]` is not what the block's width asks for.
+    #[error("{what} is {}×{}, expected {}×{}", got.0, got.1, want.0, want.1)]
+    Layer {
+        what: &'static str,
+        got: (usize, usize),
+        want: (usize, usize),
+    },
+    #[error("{n_heads} heads × {head_dim} ≠ hidden size {hidden}")]
+    Heads {
+        n_heads: usize,
+        head_dim: usize,
+        hidden: usize,
+    },
+    #[error("LayerNorm width differs from the hidden size")]
+    LayerNormWidth,
+}
+
 /// A linear layer in PyTorch layout: `weight` is `[out, in]` row-major, `y = x·Wᵀ + b`.
 #[derive(Clone, Debug)]
 pub struct LinearWeights {
@@ -22,16 +54,20 @@ impl LinearWeights {
         bias: Option<Vec<f32>>,
         out_features: usize,
         in_features: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, WeightShapeError> {
         if weight.len() != out_features * in_features {
-            return Err(format!(
-                "weight has {} values, expected {out_features}×{in_features}",
-                weight.len()
-            ));
+            return Err(WeightShapeError::WeightLength {
+                got: weight.len(),
+                out: out_features,
+                inp: in_features,
+            });
         }
         if let Some(b) = &bias {
             if b.len() != out_features {
-                return Err(format!("bias has {} values, expected {out_features}", b.len()));
+                return Err(WeightShapeError::BiasLength {
+                    got: b.len(),
+                    out: out_features,
+                });
             }
         }
         Ok(LinearWeights {
@@ -59,14 +95,17 @@ impl LinearWeights {
     }
 
     /// Stacks layers with the same input width along the output axis (e.g. q, k, v into one QKV).
-    pub fn concat_outputs(parts: &[LinearWeights]) -> Result<Self, String> {
-        let in_features = parts.first().ok_or("nothing to concatenate")?.in_features;
+    pub fn concat_outputs(parts: &[LinearWeights]) -> Result<Self, WeightShapeError> {
+        let in_features = parts
+            .first()
+            .ok_or(WeightShapeError::NothingToConcat)?
+            .in_features;
         if parts.iter().any(|p| p.in_features != in_features) {
-            return Err("input widths differ".into());
+            return Err(WeightShapeError::InputWidthsDiffer);
         }
         let has_bias = parts[0].bias.is_some();
         if parts.iter().any(|p| p.bias.is_some() != has_bias) {
-            return Err("some parts have a bias and others do not".into());
+            return Err(WeightShapeError::MixedBias);
         }
         let weight = parts.iter().flat_map(|p| p.weight.iter().copied()).collect();
         let bias = has_bias.then(|| {
@@ -89,13 +128,12 @@ pub struct LayerNormWeights {
 }
 
 impl LayerNormWeights {
-    pub fn new(gamma: Vec<f32>, beta: Vec<f32>, eps: f64) -> Result<Self, String> {
+    pub fn new(gamma: Vec<f32>, beta: Vec<f32>, eps: f64) -> Result<Self, WeightShapeError> {
         if gamma.len() != beta.len() {
-            return Err(format!(
-                "LayerNorm weight has {} values but bias has {}",
-                gamma.len(),
-                beta.len()
-            ));
+            return Err(WeightShapeError::LayerNormLengths {
+                gamma: gamma.len(),
+                beta: beta.len(),
+            });
         }
         Ok(LayerNormWeights { gamma, beta, eps })
     }
@@ -148,7 +186,7 @@ pub struct PostLnBlock {
 
 impl PostLnBlock {
     /// Checks that every shape agrees with `d_model`, `n_heads × head_dim` and the FFN width.
-    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+    pub fn validate(&self, d_model: usize) -> Result<(), WeightShapeError> {
         let h = d_model;
         let checks = [
             ("qkv", self.qkv.out_features, self.qkv.in_features, 3 * h, h),
@@ -176,17 +214,22 @@ impl PostLnBlock {
         ];
         for (what, o, i, eo, ei) in checks {
             if (o, i) != (eo, ei) {
-                return Err(format!("{what} is {o}×{i}, expected {eo}×{ei}"));
+                return Err(WeightShapeError::Layer {
+                    what,
+                    got: (o, i),
+                    want: (eo, ei),
+                });
             }
         }
         if self.n_heads * self.head_dim != h {
-            return Err(format!(
-                "{} heads × {} ≠ hidden size {h}",
-                self.n_heads, self.head_dim
-            ));
+            return Err(WeightShapeError::Heads {
+                n_heads: self.n_heads,
+                head_dim: self.head_dim,
+                hidden: h,
+            });
         }
         if self.ln_attn.width() != h || self.ln_out.width() != h {
-            return Err("LayerNorm width differs from the hidden size".into());
+            return Err(WeightShapeError::LayerNormWidth);
         }
         Ok(())
     }
@@ -282,5 +325,42 @@ pub trait Encoder: Send + Sync {
     /// gene positions at a layer of their choice.
     fn cell_embedding(&self, _final_state: &Matrix, _batch: &PackedBatch) -> Option<Matrix> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_errors_are_typed_and_say_what_is_wrong() {
+        let e = LinearWeights::new(vec![0.0; 5], None, 2, 3).unwrap_err();
+        assert_eq!(
+            e,
+            WeightShapeError::WeightLength {
+                got: 5,
+                out: 2,
+                inp: 3
+            }
+        );
+        assert_eq!(e.to_string(), "weight has 5 values, expected 2×3");
+        assert_eq!(
+            LinearWeights::concat_outputs(&[]).unwrap_err(),
+            WeightShapeError::NothingToConcat
+        );
+        let with_bias = LinearWeights::new(vec![0.0; 6], Some(vec![0.0; 2]), 2, 3).unwrap();
+        let without = LinearWeights::new(vec![0.0; 6], None, 2, 3).unwrap();
+        assert_eq!(
+            LinearWeights::concat_outputs(&[with_bias, without])
+                .unwrap_err()
+                .to_string(),
+            "some parts have a bias and others do not"
+        );
+        assert_eq!(
+            LayerNormWeights::new(vec![1.0; 3], vec![0.0; 2], 1e-5)
+                .unwrap_err()
+                .to_string(),
+            "LayerNorm weight has 3 values but bias has 2"
+        );
     }
 }

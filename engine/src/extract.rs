@@ -209,21 +209,36 @@ pub fn shard_cells(
     max_batch_tokens: usize,
     index: usize,
     count: usize,
-) -> Result<std::ops::Range<usize>, String> {
+) -> Result<std::ops::Range<usize>, ShardError> {
     let groups = group_by_token_budget(lengths, max_batch_tokens.max(1));
     if count == 0 || index >= count {
-        return Err(format!("shard {index}/{count}: expected i/n with 0 ≤ i < n"));
+        return Err(ShardError::Index { index, count });
     }
     if count > groups.len() {
-        return Err(format!(
-            "{count} shards but the cells make only {} batches of at most {max_batch_tokens} tokens; use at \
-             most {} shards (or a smaller --max-batch-tokens)",
-            groups.len(),
-            groups.len()
-        ));
+        return Err(ShardError::TooMany {
+            count,
+            batches: groups.len(),
+            max_batch_tokens,
+        });
     }
     let (first, end) = (index * groups.len() / count, (index + 1) * groups.len() / count);
     Ok(groups[first].start..groups[end - 1].end)
+}
+
+/// A shard `index/count` that [`shard_cells`] cannot cut.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {index}/{count}: expected i/n with 0 ≤ i < n")]
+    Index { index: usize, count: usize },
+    #[error(
+        "{count} shards but the cells make only {batches} batches of at most {max_batch_tokens} tokens; use at \
+         most {batches} shards (or a smaller --max-batch-tokens)"
+    )]
+    TooMany {
+        count: usize,
+        batches: usize,
+        max_batch_tokens: usize,
+    },
 }
 
 /// What [`merge_shards`] did.
@@ -398,4 +413,34 @@ pub fn merge_shards(shards: &[std::path::PathBuf], out: &std::path::Path) -> Res
         resumed_from_cell,
         already_complete: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_that_cannot_be_cut_are_refused_with_the_reason() {
+        // Each cell fills a 10-token batch on its own: four batches.
+        let lengths = [10usize; 4];
+        assert_eq!(shard_cells(&lengths, 10, 1, 2), Ok(2..4));
+        assert_eq!(
+            shard_cells(&lengths, 10, 2, 2),
+            Err(ShardError::Index { index: 2, count: 2 })
+        );
+        let e = shard_cells(&lengths, 10, 0, 5).unwrap_err();
+        assert_eq!(
+            e,
+            ShardError::TooMany {
+                count: 5,
+                batches: 4,
+                max_batch_tokens: 10
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "5 shards but the cells make only 4 batches of at most 10 tokens; use at most 4 shards (or a \
+             smaller --max-batch-tokens)"
+        );
+    }
 }

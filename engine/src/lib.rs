@@ -44,6 +44,7 @@ pub mod trace;
 
 pub use encoder::{
     Activation, BertEmbedding, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock,
+    WeightShapeError,
 };
 pub use error::EngineError;
 pub use executor::{run, CpuForward, Forward, RunOutput, Start};

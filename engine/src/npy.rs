@@ -4,10 +4,47 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 const ALIGN: usize = 64;
+
+/// An `.npy` file that cannot be read, or whose header or length is wrong; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: too short to be an .npy file", .0.display())]
+    TooShort(PathBuf),
+    #[error("{}: not an .npy file (bad magic)", .0.display())]
+    BadMagic(PathBuf),
+    #[error("{}: truncated header", .0.display())]
+    TruncatedHeader(PathBuf),
+    #[error("{}: unsupported .npy version {version}", path.display())]
+    Version { path: PathBuf, version: u8 },
+    #[error("{}: implausible header length {len}", path.display())]
+    HeaderLength { path: PathBuf, len: usize },
+    #[error("{}: header has no descr", .0.display())]
+    NoDescr(PathBuf),
+    #[error("{}: element type {descr} is not one scinterp stores", path.display())]
+    Dtype { path: PathBuf, descr: String },
+    #[error("{}: Fortran-order arrays are not supported", .0.display())]
+    FortranOrder(PathBuf),
+    #[error("{}: header has no shape", .0.display())]
+    NoShape(PathBuf),
+    #[error("{}: bad shape ({shape})", path.display())]
+    BadShape { path: PathBuf, shape: String },
+    #[error(
+        "{}: its shape ({shape}) announces more bytes than can be addressed (corrupt header)",
+        path.display()
+    )]
+    ShapeOverflow { path: PathBuf, shape: String },
+    #[error(
+        "{}: holds {got} data bytes but its header announces {want} (truncated or corrupt file)",
+        path.display()
+    )]
+    DataLength { path: PathBuf, got: usize, want: usize },
+}
 
 /// Element types scinterp stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,32 +153,33 @@ pub fn write_npy(path: &Path, dtype: NpyDtype, shape: &[usize], bytes: &[u8]) ->
 }
 
 /// Reads and checks the header of an `.npy` file (versions 1–3, little-endian, C order).
-pub fn read_header(path: &Path) -> Result<NpyHeader, String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_header(path: &Path) -> Result<NpyHeader, NpyError> {
+    let p = || path.to_path_buf();
+    let mut file = File::open(path).map_err(|source| NpyError::Read { path: p(), source })?;
     let mut prefix = [0u8; 12];
     file.read_exact(&mut prefix[..10])
-        .map_err(|_| format!("{}: too short to be an .npy file", path.display()))?;
+        .map_err(|_| NpyError::TooShort(p()))?;
     if &prefix[..6] != MAGIC {
-        return Err(format!("{}: not an .npy file (bad magic)", path.display()));
+        return Err(NpyError::BadMagic(p()));
     }
     let (len, start) = match prefix[6] {
         1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10),
         2 | 3 => {
             file.read_exact(&mut prefix[10..12])
-                .map_err(|_| format!("{}: truncated header", path.display()))?;
+                .map_err(|_| NpyError::TruncatedHeader(p()))?;
             (
                 u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize,
                 12,
             )
         }
-        v => return Err(format!("{}: unsupported .npy version {v}", path.display())),
+        version => return Err(NpyError::Version { path: p(), version }),
     };
     if len > 1 << 20 {
-        return Err(format!("{}: implausible header length {len}", path.display()));
+        return Err(NpyError::HeaderLength { path: p(), len });
     }
     let mut dict = vec![0u8; len];
     file.read_exact(&mut dict)
-        .map_err(|_| format!("{}: truncated header", path.display()))?;
+        .map_err(|_| NpyError::TruncatedHeader(p()))?;
     let dict = String::from_utf8_lossy(&dict);
     let field = |key: &str| -> Option<String> {
         let at = dict.find(&format!("'{key}'"))? + key.len() + 2;
@@ -153,32 +191,29 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, String> {
             r.strip_prefix('\'')
                 .and_then(|r| r.split('\'').next().map(str::to_string))
         })
-        .ok_or_else(|| format!("{}: header has no descr", path.display()))?;
-    let dtype = NpyDtype::from_descr(&descr).ok_or_else(|| {
-        format!(
-            "{}: element type {descr} is not one scinterp stores",
-            path.display()
-        )
+        .ok_or_else(|| NpyError::NoDescr(p()))?;
+    let dtype = NpyDtype::from_descr(&descr).ok_or_else(|| NpyError::Dtype {
+        path: p(),
+        descr: descr.clone(),
     })?;
     if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
-        return Err(format!(
-            "{}: Fortran-order arrays are not supported",
-            path.display()
-        ));
+        return Err(NpyError::FortranOrder(p()));
     }
     let shape_text = field("shape")
         .and_then(|r| {
             r.strip_prefix('(')
                 .and_then(|r| r.split(')').next().map(str::to_string))
         })
-        .ok_or_else(|| format!("{}: header has no shape", path.display()))?;
+        .ok_or_else(|| NpyError::NoShape(p()))?;
     let shape = shape_text
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("{}: bad shape ({shape_text})", path.display()))
+            s.parse::<usize>().map_err(|_| NpyError::BadShape {
+                path: p(),
+                shape: shape_text.clone(),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Every caller multiplies the shape out; a header announcing more bytes than a machine can address
@@ -188,10 +223,10 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, String> {
         .try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d))
         .is_none()
     {
-        return Err(format!(
-            "{}: its shape ({shape_text}) announces more bytes than can be addressed (corrupt header)",
-            path.display()
-        ));
+        return Err(NpyError::ShapeOverflow {
+            path: p(),
+            shape: shape_text,
+        });
     }
     Ok(NpyHeader {
         dtype,
@@ -201,17 +236,20 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, String> {
 }
 
 /// Reads a whole 1-D or N-D array as raw little-endian bytes, checking the file length.
-pub fn read_npy_bytes(path: &Path) -> Result<(NpyHeader, Vec<u8>), String> {
+pub fn read_npy_bytes(path: &Path) -> Result<(NpyHeader, Vec<u8>), NpyError> {
     let header = read_header(path)?;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let need = header.numel() * header.dtype.size_in_bytes();
     let data = bytes.get(header.data_offset..).unwrap_or(&[]);
     if data.len() != need {
-        return Err(format!(
-            "{}: holds {} data bytes but its header announces {need} (truncated or corrupt file)",
-            path.display(),
-            data.len()
-        ));
+        return Err(NpyError::DataLength {
+            path: path.to_path_buf(),
+            got: data.len(),
+            want: need,
+        });
     }
     Ok((header, data.to_vec()))
 }
@@ -238,9 +276,27 @@ mod tests {
         // Truncation is detected.
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 4]).unwrap();
-        assert!(read_npy_bytes(&path).unwrap_err().contains("truncated"));
+        assert!(read_npy_bytes(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         std::fs::write(&path, b"not npy").unwrap();
         assert!(read_header(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn errors_are_typed_and_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, b"not an npy file at all").unwrap();
+        let e = read_header(&path).unwrap_err();
+        assert!(matches!(&e, NpyError::BadMagic(p) if p == &path));
+        assert_eq!(
+            e.to_string(),
+            format!("{}: not an .npy file (bad magic)", path.display())
+        );
+        let missing = dir.path().join("missing.npy");
+        assert!(matches!(read_npy_bytes(&missing), Err(NpyError::Read { path, .. }) if path == missing));
     }
 }

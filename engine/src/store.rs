@@ -283,7 +283,8 @@ impl StoreWriter {
             ));
         }
         let rows_path = dir.join(ROWS_FILE);
-        let (_, stored_rows) = read_npy_bytes(&rows_path).map_err(|e| StoreError::new(&rows_path, e))?;
+        let (_, stored_rows) =
+            read_npy_bytes(&rows_path).map_err(|e| StoreError::new(&rows_path, e.to_string()))?;
         if stored_rows != bytemuck::cast_slice::<_, u8>(rows) {
             return Err(StoreError::new(
                 &rows_path,
@@ -296,7 +297,7 @@ impl StoreWriter {
         let mut files = Vec::with_capacity(found.hooks.len());
         for hook in &found.hooks {
             let path = dir.join(found.hook_file(hook));
-            let header = read_header(&path).map_err(|e| StoreError::new(&path, e))?;
+            let header = read_header(&path).map_err(|e| StoreError::new(&path, e.to_string()))?;
             let expected = header.data_offset as u64
                 + (found.n_rows * found.d_model * found.dtype.size_in_bytes()) as u64;
             let file = OpenOptions::new()
@@ -482,7 +483,7 @@ impl ActStore {
     /// The row index: (cell, position, token) per row.
     pub fn rows(&self) -> Result<Vec<[i32; 3]>, StoreError> {
         let path = self.dir.join(ROWS_FILE);
-        let (header, bytes) = read_npy_bytes(&path).map_err(|e| StoreError::new(&path, e))?;
+        let (header, bytes) = read_npy_bytes(&path).map_err(|e| StoreError::new(&path, e.to_string()))?;
         if header.dtype != NpyDtype::I32 || header.shape != [self.manifest.n_rows, 3] {
             return Err(StoreError::new(
                 &path,
@@ -544,7 +545,7 @@ pub struct HookArray {
 
 impl HookArray {
     pub fn open(path: &Path, n_rows: usize, d: usize, dtype: ActDtype) -> Result<Self, StoreError> {
-        let header = read_header(path).map_err(|e| StoreError::new(path, e))?;
+        let header = read_header(path).map_err(|e| StoreError::new(path, e.to_string()))?;
         if header.dtype != dtype.npy() || header.shape != [n_rows, d] {
             return Err(StoreError::new(
                 path,

@@ -74,9 +74,7 @@ fn gpu_training_reaches_the_cpu_fvu() {
     );
     for precision in [GpuPrecision::F32, GpuPrecision::Bf16] {
         let make = |sae: TopKSae| -> Result<Box<dyn Stepper>, StepperError> {
-            Ok(Box::new(
-                GpuSaeStepper::new(sae, &cfg, precision).map_err(StepperError::Device)?,
-            ))
+            Ok(Box::new(GpuSaeStepper::new(sae, &cfg, precision)?))
         };
         let (gpu_sae, summary) = train_with(&source, &train_rows, &cfg, &make, &mut |_, _, _| {}).unwrap();
         let gpu_fvu = evaluate(&gpu_sae, &source, &heldout).fvu;

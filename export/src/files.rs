@@ -302,15 +302,33 @@ pub fn read_tool(dir: &Path) -> Result<LoadedTool, ExportError> {
     })
 }
 
-fn check_shapes(tool: &Tool, card: &Card) -> Result<(), String> {
+/// A tool whose card and weights disagree; [`read_tool`] adds both paths.
+#[derive(Debug, thiserror::Error)]
+enum ShapeMismatch {
+    #[error("surrogate factors {}×{} and {}×{}", left.0, left.1, right.0, right.1)]
+    Surrogate {
+        left: (usize, usize),
+        right: (usize, usize),
+    },
+    #[error("no labels: a tool calls at least one cell type")]
+    NoLabels,
+    #[error("{what}: {got} in the card or weights, {want} expected")]
+    Size {
+        what: &'static str,
+        got: usize,
+        want: usize,
+    },
+}
+
+fn check_shapes(tool: &Tool, card: &Card) -> Result<(), ShapeMismatch> {
     let (n, d, c) = (tool.n_genes(), tool.d_latent(), tool.n_classes());
     let m = tool.stage.n_features();
     if let Stage::Surrogate(s) = &tool.stage {
         if s.left.cols != s.right.rows {
-            return Err(format!(
-                "surrogate factors {}×{} and {}×{}",
-                s.left.rows, s.left.cols, s.right.rows, s.right.cols
-            ));
+            return Err(ShapeMismatch::Surrogate {
+                left: (s.left.rows, s.left.cols),
+                right: (s.right.rows, s.right.cols),
+            });
         }
     }
     let checks = [
@@ -326,11 +344,11 @@ fn check_shapes(tool: &Tool, card: &Card) -> Result<(), String> {
     ];
     // `apply` names each cell's most probable label: a tool without labels has nothing to call.
     if c == 0 {
-        return Err("no labels: a tool calls at least one cell type".into());
+        return Err(ShapeMismatch::NoLabels);
     }
     for (what, got, want) in checks {
         if got != want {
-            return Err(format!("{what}: {got} in the card or weights, {want} expected"));
+            return Err(ShapeMismatch::Size { what, got, want });
         }
     }
     Ok(())

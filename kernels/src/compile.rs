@@ -35,7 +35,7 @@ pub const MAX_PTX_ISA: (u32, u32) = (9, 0);
 #[derive(Debug, Error)]
 pub enum CompileError {
     #[error("NVRTC not found ({0})")]
-    NvrtcNotFound(String),
+    NvrtcNotFound(#[from] NvrtcLoadError),
     #[error("NVRTC {call} failed for {kernel}: {code:?}")]
     Nvrtc {
         kernel: String,
@@ -58,6 +58,22 @@ pub enum CompileError {
          nvidia-cuda-runtime wheel's nvidia/cu13/include or /usr/local/cuda/include"
     )]
     NoCudaHeaders { kernel: String, looked: String },
+}
+
+/// Why libnvrtc could not be loaded (kept once per process, hence `Clone`).
+#[derive(Debug, Clone, Error)]
+pub enum NvrtcLoadError {
+    #[error("{} contains a NUL byte", .0.display())]
+    NulInPath(PathBuf),
+    #[error("cannot load {} (SCINTERP_NVRTC_LIB): {why}", path.display())]
+    Dlopen { path: PathBuf, why: String },
+    #[error(
+        "libnvrtc not loadable: set SCINTERP_NVRTC_LIB to the folder holding libnvrtc.so.13, or \
+         add it to LD_LIBRARY_PATH"
+    )]
+    NotLoadable,
+    #[error("nvrtcVersion failed: {0:?}")]
+    Version(sys::nvrtcResult),
 }
 
 /// The loaded NVRTC and its version.
@@ -144,14 +160,11 @@ impl Compiled {
 
 /// NVRTC, loaded once; `Err` (never a panic) when it cannot be found.
 pub fn nvrtc() -> Result<Nvrtc, CompileError> {
-    static LOADED: OnceLock<Result<Nvrtc, String>> = OnceLock::new();
-    LOADED
-        .get_or_init(load_nvrtc)
-        .clone()
-        .map_err(CompileError::NvrtcNotFound)
+    static LOADED: OnceLock<Result<Nvrtc, NvrtcLoadError>> = OnceLock::new();
+    Ok(LOADED.get_or_init(load_nvrtc).clone()?)
 }
 
-fn load_nvrtc() -> Result<Nvrtc, String> {
+fn load_nvrtc() -> Result<Nvrtc, NvrtcLoadError> {
     if let Some(dir) = std::env::var_os("SCINTERP_NVRTC_LIB") {
         let dir = PathBuf::from(dir);
         // The builtins first: libnvrtc dlopens them by soname, which then resolves to this copy even
@@ -162,25 +175,21 @@ fn load_nvrtc() -> Result<Nvrtc, String> {
     }
     // SAFETY: only dlopen/dlclose of well-known library names.
     if !unsafe { sys::is_culib_present() } {
-        return Err(
-            "libnvrtc not loadable: set SCINTERP_NVRTC_LIB to the folder holding libnvrtc.so.13, or \
-                    add it to LD_LIBRARY_PATH"
-                .to_string(),
-        );
+        return Err(NvrtcLoadError::NotLoadable);
     }
     let (mut major, mut minor) = (0 as c_int, 0 as c_int);
     // SAFETY: the library is present; nvrtcVersion writes two ints.
     let code = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
     if code != sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(format!("nvrtcVersion failed: {code:?}"));
+        return Err(NvrtcLoadError::Version(code));
     }
     Ok(Nvrtc { major, minor })
 }
 
 /// dlopen by full path with RTLD_GLOBAL, kept open for the life of the process.
-fn dlopen_global(path: &Path) -> Result<(), String> {
+fn dlopen_global(path: &Path) -> Result<(), NvrtcLoadError> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+        .map_err(|_| NvrtcLoadError::NulInPath(path.to_path_buf()))?;
     // SAFETY: a NUL-terminated path; the handle is deliberately leaked so the library stays loaded.
     let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     if handle.is_null() {
@@ -192,10 +201,10 @@ fn dlopen_global(path: &Path) -> Result<(), String> {
             // SAFETY: non-null, NUL-terminated, valid until the next dl* call on this thread.
             unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
         };
-        return Err(format!(
-            "cannot load {} (SCINTERP_NVRTC_LIB): {why}",
-            path.display()
-        ));
+        return Err(NvrtcLoadError::Dlopen {
+            path: path.to_path_buf(),
+            why,
+        });
     }
     Ok(())
 }

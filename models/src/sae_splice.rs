@@ -9,15 +9,49 @@
 
 use std::path::PathBuf;
 
-use scinterp_engine::sae::pipeline::SpliceModel;
+use scinterp_engine::sae::pipeline::{SpliceModel, SpliceModelError};
 use scinterp_engine::sae::splice::{splice_losses, SpliceLosses};
 use scinterp_engine::sae::TopKSae;
 use scinterp_engine::store::ActStore;
-use scinterp_engine::{HookPoint, Matrix, PackedBatch};
+use scinterp_engine::{EngineError, HookPoint, Matrix, PackedBatch};
 
-use crate::input::{read_cells, InputCells};
+use crate::error::ModelError;
+use crate::input::{read_cells, InputCells, InputError};
 use crate::registry::{LoadedModel, PretrainingLoss};
-use crate::token_store::TokenStore;
+use crate::token_store::{TokenStore, TokenStoreError};
+
+/// Why a store has no model to splice into (the spliced loss is then skipped, not an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoStoreModel {
+    #[error("the store records no model (synthetic rows?): no spliced loss")]
+    NotRecorded,
+    #[error(
+        "the store's model ({}) or token store ({}) is gone: no spliced loss",
+        model.display(),
+        tokens.display()
+    )]
+    Gone { model: PathBuf, tokens: PathBuf },
+}
+
+/// Why the model or cells a store records could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreModelError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    TokenStore(#[from] TokenStoreError),
+}
+
+/// Why the spliced losses could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cell {cell} is not in the token store ({cells} cells)")]
+    CellOutOfRange { cell: usize, cells: usize },
+}
 
 /// The model and cells behind an activation store.
 pub struct StoreModel {
@@ -30,26 +64,22 @@ pub struct StoreModel {
 impl StoreModel {
     /// The model and token store recorded in `store`'s manifest. `Ok(Err(why))` when there is none to
     /// load (synthetic rows, or the model or token store is gone): the spliced loss is then skipped.
-    pub fn open(store: &ActStore) -> Result<Result<StoreModel, String>, String> {
+    pub fn open(store: &ActStore) -> Result<Result<StoreModel, NoStoreModel>, StoreModelError> {
         let path = |v: &serde_json::Value| v.get("path").and_then(|p| p.as_str()).map(PathBuf::from);
         let (Some(model_dir), Some(token_dir)) = (path(&store.manifest.model), path(&store.manifest.source))
         else {
-            return Ok(Err(
-                "the store records no model (synthetic rows?): no spliced loss".into(),
-            ));
+            return Ok(Err(NoStoreModel::NotRecorded));
         };
         if !model_dir.is_dir() || !token_dir.is_dir() {
-            return Ok(Err(format!(
-                "the store's model ({}) or token store ({}) is gone: no spliced loss",
-                model_dir.display(),
-                token_dir.display()
-            )));
+            return Ok(Err(NoStoreModel::Gone {
+                model: model_dir,
+                tokens: token_dir,
+            }));
         }
-        let model = crate::load(&model_dir, true).map_err(|e| e.to_string())?;
-        let cells = read_cells(&token_dir, &model).map_err(|e| e.to_string())?;
+        let model = crate::load(&model_dir, true)?;
+        let cells = read_cells(&token_dir, &model)?;
         let special = model
-            .special_tokens(|| TokenStore::read_manifest(&token_dir))
-            .map_err(|e| e.to_string())?
+            .special_tokens(|| TokenStore::read_manifest(&token_dir))?
             .ids();
         Ok(Ok(StoreModel {
             model,
@@ -67,14 +97,26 @@ impl SpliceModel for StoreModel {
         sae: &TopKSae,
         mean: &[f32],
         cells: &[u64],
-    ) -> Result<SpliceLosses, String> {
-        let hook = HookPoint::parse(hook_name).map_err(|e| e.to_string())?;
+    ) -> Result<SpliceLosses, SpliceModelError> {
+        Ok(self.losses(hook_name, sae, mean, cells)?)
+    }
+}
+
+impl StoreModel {
+    fn losses(
+        &self,
+        hook_name: &str,
+        sae: &TopKSae,
+        mean: &[f32],
+        cells: &[u64],
+    ) -> Result<SpliceLosses, SpliceError> {
+        let hook = HookPoint::parse(hook_name)?;
         let chosen: Vec<usize> = cells.iter().map(|&c| c as usize).collect();
         if let Some(&bad) = chosen.iter().find(|&&c| c >= self.cells.tokens.len()) {
-            return Err(format!(
-                "cell {bad} is not in the token store ({} cells)",
-                self.cells.tokens.len()
-            ));
+            return Err(SpliceError::CellOutOfRange {
+                cell: bad,
+                cells: self.cells.tokens.len(),
+            });
         }
         let tokens: Vec<Vec<u32>> = chosen.iter().map(|&c| self.cells.tokens[c].clone()).collect();
         let is_special = |t: &u32| self.special.contains(t);
@@ -111,11 +153,11 @@ impl SpliceModel for StoreModel {
             .filter(|(r, t)| (self.include_special || !is_special(t)) && !masked.contains(r))
             .map(|(r, _)| r)
             .collect();
-        let mut batch = PackedBatch::from_cells(&batch_tokens).map_err(|e| e.to_string())?;
+        let mut batch = PackedBatch::from_cells(&batch_tokens)?;
         let mut targets = Vec::new();
         if let Some(values) = &self.cells.values {
             targets = chosen.iter().flat_map(|&c| values[c].iter().copied()).collect();
-            batch = batch.with_values(targets.clone()).map_err(|e| e.to_string())?;
+            batch = batch.with_values(targets.clone())?;
         }
         let kind = self.model.loss;
         let loss = move |head: &Matrix| -> f64 {
@@ -141,7 +183,7 @@ impl SpliceModel for StoreModel {
                 }
             }
         };
-        splice_losses(
+        Ok(splice_losses(
             self.model.encoder.as_ref(),
             &batch,
             hook,
@@ -149,7 +191,6 @@ impl SpliceModel for StoreModel {
             &spliced_rows,
             mean,
             &loss,
-        )
-        .map_err(|e| e.to_string())
+        )?)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use scinterp_engine::{LayerNormWeights, LinearWeights};
+use scinterp_engine::{LayerNormWeights, LinearWeights, WeightShapeError};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::ModelError;
@@ -101,19 +101,34 @@ impl<'a> WeightReader<'a> {
     }
 
     /// A linear layer `{prefix}.weight` `[out, inp]` and `{prefix}.bias` `[out]`.
-    pub fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<LinearWeights, String> {
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<LinearWeights, WeightShapeError> {
         let weight = self.take(&format!("{prefix}.weight"), &[out, inp]);
         let bias = self.take(&format!("{prefix}.bias"), &[out]);
         LinearWeights::new(weight, Some(bias), out, inp)
     }
 
     /// A linear layer without bias.
-    pub fn linear_no_bias(&mut self, prefix: &str, out: usize, inp: usize) -> Result<LinearWeights, String> {
+    pub fn linear_no_bias(
+        &mut self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<LinearWeights, WeightShapeError> {
         let weight = self.take(&format!("{prefix}.weight"), &[out, inp]);
         LinearWeights::new(weight, None, out, inp)
     }
 
-    pub fn layer_norm(&mut self, prefix: &str, width: usize, eps: f64) -> Result<LayerNormWeights, String> {
+    pub fn layer_norm(
+        &mut self,
+        prefix: &str,
+        width: usize,
+        eps: f64,
+    ) -> Result<LayerNormWeights, WeightShapeError> {
         let gamma = self.take(&format!("{prefix}.weight"), &[width]);
         let beta = self.take(&format!("{prefix}.bias"), &[width]);
         LayerNormWeights::new(gamma, beta, eps)

@@ -22,7 +22,7 @@ use scinterp_kernels::cudarc::driver::{
 use scinterp_kernels::gpu::attention::{VarlenBatch, ATTENTION_HEAD_DIM};
 use scinterp_kernels::gpu::embed::DeviceBertTables;
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
-use scinterp_kernels::gpu::{take_recorded_error, EditList, GpuError, Kernels};
+use scinterp_kernels::gpu::{take_recorded_error, EditList, EditListError, GpuError, Kernels};
 
 use crate::encoder::{Activation, Encoder, EncoderDims, LayerNormWeights, LinearWeights, PostLnBlock};
 use crate::error::EngineError;
@@ -488,7 +488,7 @@ impl DeviceState {
         if let Some(edits) = plan.edits_at(hook) {
             let list = edit_list(edits, shape).map_err(|e| EngineError::InvalidEdit {
                 hook: hook.to_string(),
-                reason: e,
+                reason: e.to_string(),
             })?;
             let device = list.upload(&self.stream).map_err(gpu_error)?;
             self.kernels
@@ -539,8 +539,8 @@ impl DeviceState {
 }
 
 /// The engine's edits of one hook as the kernel's edit list (same order, same arithmetic).
-fn edit_list(edits: &[Edit], (tokens, d): (usize, usize)) -> Result<EditList, String> {
-    let mut list = EditList::new(tokens, d).map_err(|e| e.to_string())?;
+fn edit_list(edits: &[Edit], (tokens, d): (usize, usize)) -> Result<EditList, EditListError> {
+    let mut list = EditList::new(tokens, d)?;
     for edit in edits {
         match edit {
             Edit::AddDirection {
@@ -551,8 +551,7 @@ fn edit_list(edits: &[Edit], (tokens, d): (usize, usize)) -> Result<EditList, St
             Edit::Zero { rows } => list.zero(rows),
             Edit::Replace { rows, values } => list.replace(rows, values),
             Edit::MeanAblate { rows, mean } => list.mean_ablate(rows, mean),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
     }
     Ok(list)
 }

@@ -8,7 +8,7 @@ mod forward;
 mod sae;
 
 pub use forward::CudaForward;
-pub use sae::{GpuSaeEncoder, GpuSaeStepper};
+pub use sae::{GpuSaeEncoder, GpuSaeError, GpuSaeStepper};
 
 use scinterp_kernels::gpu::GpuError;
 

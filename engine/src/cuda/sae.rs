@@ -15,7 +15,9 @@
 use std::sync::Arc;
 
 use half::bf16;
-use scinterp_kernels::cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
+use scinterp_kernels::cudarc::driver::{
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DriverError, PinnedHostSlice,
+};
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
 use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns};
 use scinterp_kernels::gpu::sae_optim::{AdamStep, SUM_BLOCKS};
@@ -23,7 +25,7 @@ use scinterp_kernels::gpu::{take_recorded_error, GpuError, Kernels};
 
 use super::GpuPrecision;
 use crate::sae::train::{adam_bias_corrections, Stepper, StepperError, TrainConfig};
-use crate::sae::{SparseCodes, TopKSae};
+use crate::sae::{SaeShapeError, SparseCodes, TopKSae};
 
 /// The four parameter arrays (or their moments, or gradients) on the device.
 struct DeviceParams {
@@ -97,63 +99,74 @@ pub struct GpuSaeStepper {
     step: u64,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    format!("GPU: {e}")
+/// Why the GPU SAE trainer or encoder could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuSaeError {
+    #[error("GPU: {0}")]
+    Absent(#[from] scinterp_kernels::GpuAbsence),
+    #[error("GPU: {0}")]
+    Driver(#[from] DriverError),
+    #[error("GPU: {0}")]
+    Kernel(#[from] GpuError),
+    #[error(transparent)]
+    Shape(#[from] SaeShapeError),
+    #[error("{got} values are not whole rows of {d}")]
+    Rows { got: usize, d: usize },
 }
 
 /// A device failure at the [`Stepper`] boundary.
 fn device(e: impl std::fmt::Display) -> StepperError {
-    StepperError::Device(err(e))
+    StepperError::Device(format!("GPU: {e}"))
 }
 
 impl GpuSaeStepper {
     /// Uploads `sae` and allocates everything a step of `cfg.batch_size` rows needs. Needs cuBLASLt
     /// (the encoder GEMM).
-    pub fn new(sae: TopKSae, cfg: &TrainConfig, precision: GpuPrecision) -> Result<Self, String> {
-        scinterp_kernels::cuda_available().map_err(err)?;
-        let ctx = CudaContext::new(0).map_err(err)?;
+    pub fn new(sae: TopKSae, cfg: &TrainConfig, precision: GpuPrecision) -> Result<Self, GpuSaeError> {
+        scinterp_kernels::cuda_available()?;
+        let ctx = CudaContext::new(0)?;
         let stream = ctx.default_stream();
-        let kernels = Kernels::load(&ctx).map_err(err)?;
-        let lt = CublasLt::new(&stream).map_err(err)?;
+        let kernels = Kernels::load(&ctx)?;
+        let lt = CublasLt::new(&stream)?;
         let (d, f, b) = (sae.d_in, sae.d_sae, cfg.batch_size);
         let aux_k = cfg.aux_k.min(f);
         let slots = sae.k + aux_k;
-        let params = DeviceParams::upload(&stream, &sae).map_err(err)?;
-        let m = DeviceParams::zeros(&stream, &sae).map_err(err)?;
-        let v = DeviceParams::zeros(&stream, &sae).map_err(err)?;
-        let g = DeviceParams::zeros(&stream, &sae).map_err(err)?;
+        let params = DeviceParams::upload(&stream, &sae)?;
+        let m = DeviceParams::zeros(&stream, &sae)?;
+        let v = DeviceParams::zeros(&stream, &sae)?;
+        let g = DeviceParams::zeros(&stream, &sae)?;
         let w_enc16 = match precision {
             GpuPrecision::Bf16 => {
-                let mut w = stream.alloc_zeros::<bf16>(f * d).map_err(err)?;
-                kernels.f32_to_bf16(&stream, &params.w_enc, &mut w).map_err(err)?;
+                let mut w = stream.alloc_zeros::<bf16>(f * d)?;
+                kernels.f32_to_bf16(&stream, &params.w_enc, &mut w)?;
                 Some(w)
             }
             GpuPrecision::F32 => None,
         };
-        let alloc = |n: usize| stream.alloc_zeros::<f32>(n.max(1)).map_err(err);
+        let alloc = |n: usize| stream.alloc_zeros::<f32>(n.max(1)).map_err(GpuSaeError::from);
         let buffers = StepBuffers {
             x: alloc(b * d)?,
             xc: alloc(b * d)?,
             xc16: match precision {
-                GpuPrecision::Bf16 => Some(stream.alloc_zeros::<bf16>(b * d).map_err(err)?),
+                GpuPrecision::Bf16 => Some(stream.alloc_zeros::<bf16>(b * d)?),
                 GpuPrecision::F32 => None,
             },
             pre: alloc(b * f)?,
-            idx: stream.alloc_zeros::<u32>(b * sae.k).map_err(err)?,
+            idx: stream.alloc_zeros::<u32>(b * sae.k)?,
             val: alloc(b * sae.k)?,
-            aux_idx: stream.alloc_zeros::<u32>((b * aux_k).max(1)).map_err(err)?,
+            aux_idx: stream.alloc_zeros::<u32>((b * aux_k).max(1))?,
             aux_val: alloc(b * aux_k)?,
             e: alloc(b * d)?,
             aux_e: alloc(b * d)?,
             grad_pre: alloc(b * slots)?,
-            dead: stream.alloc_zeros::<u8>(f).map_err(err)?,
-            n_dead: stream.alloc_zeros::<u32>(1).map_err(err)?,
-            partial: stream.alloc_zeros::<f64>(SUM_BLOCKS).map_err(err)?,
+            dead: stream.alloc_zeros::<u8>(f)?,
+            n_dead: stream.alloc_zeros::<u32>(1)?,
+            partial: stream.alloc_zeros::<f64>(SUM_BLOCKS)?,
             // SAFETY: page-locked host memory, written by us before every copy and read by no kernel.
-            staging: unsafe { ctx.alloc_pinned::<f32>(b * d) }.map_err(err)?,
+            staging: unsafe { ctx.alloc_pinned::<f32>(b * d) }?,
             staging_uploaded: None,
         };
-        let tokens_since_fired = stream.alloc_zeros::<u64>(f).map_err(err)?;
+        let tokens_since_fired = stream.alloc_zeros::<u64>(f)?;
         Ok(GpuSaeStepper {
             ctx,
             stream,
@@ -455,25 +468,25 @@ pub struct GpuSaeEncoder {
 }
 
 impl GpuSaeEncoder {
-    pub fn new(sae: &TopKSae, precision: GpuPrecision) -> Result<Self, String> {
-        sae.validate().map_err(|e| e.to_string())?;
-        scinterp_kernels::cuda_available().map_err(err)?;
-        let ctx = CudaContext::new(0).map_err(err)?;
+    pub fn new(sae: &TopKSae, precision: GpuPrecision) -> Result<Self, GpuSaeError> {
+        sae.validate()?;
+        scinterp_kernels::cuda_available()?;
+        let ctx = CudaContext::new(0)?;
         let stream = ctx.default_stream();
-        let kernels = Kernels::load(&ctx).map_err(err)?;
-        let lt = CublasLt::new(&stream).map_err(err)?;
-        let w = stream.clone_htod(&sae.w_enc).map_err(err)?;
+        let kernels = Kernels::load(&ctx)?;
+        let lt = CublasLt::new(&stream)?;
+        let w = stream.clone_htod(&sae.w_enc)?;
         let (w_enc, w_enc16) = match precision {
             GpuPrecision::F32 => (Some(w), None),
             GpuPrecision::Bf16 => {
-                let mut w16 = stream.alloc_zeros::<bf16>(w.len()).map_err(err)?;
-                kernels.f32_to_bf16(&stream, &w, &mut w16).map_err(err)?;
+                let mut w16 = stream.alloc_zeros::<bf16>(w.len())?;
+                kernels.f32_to_bf16(&stream, &w, &mut w16)?;
                 (None, Some(w16))
             }
         };
         Ok(GpuSaeEncoder {
-            b_dec: stream.clone_htod(&sae.b_dec).map_err(err)?,
-            b_enc: stream.clone_htod(&sae.b_enc).map_err(err)?,
+            b_dec: stream.clone_htod(&sae.b_dec)?,
+            b_enc: stream.clone_htod(&sae.b_enc)?,
             ctx,
             stream,
             kernels,
@@ -487,10 +500,10 @@ impl GpuSaeEncoder {
     }
 
     /// The k active latents of each row of `x` (`[rows, d_in]`).
-    pub fn encode(&self, x: &[f32]) -> Result<SparseCodes, String> {
+    pub fn encode(&self, x: &[f32]) -> Result<SparseCodes, GpuSaeError> {
         let (d, f) = (self.d_in, self.d_sae);
         if x.is_empty() || !x.len().is_multiple_of(d) {
-            return Err(format!("{} values are not whole rows of {d}", x.len()));
+            return Err(GpuSaeError::Rows { got: x.len(), d });
         }
         let rows = x.len() / d;
         let (s, kn) = (&self.stream, &self.kernels);
@@ -524,6 +537,6 @@ impl GpuSaeEncoder {
             take_recorded_error(&self.ctx)?;
             Ok(codes)
         };
-        run().map_err(err)
+        Ok(run()?)
     }
 }

@@ -196,7 +196,7 @@ pub fn run(
                     format!("{shown}: {reason}")
                 },
             };
-            let (header, bytes) = read_npy_bytes(p).map_err(bad)?;
+            let (header, bytes) = read_npy_bytes(p).map_err(|e| bad(e.to_string()))?;
             if header.dtype != NpyDtype::F32 || header.shape.iter().product::<usize>() != d {
                 return Err(bad(format!(
                     "expected {d} float32 values (the model's width), found {:?} {:?}",

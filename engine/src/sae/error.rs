@@ -117,10 +117,12 @@ pub enum SaeError {
     EmptyTraining,
     #[error("GPU: {0}")]
     Gpu(String),
+    #[error("GPU: {0}")]
+    GpuSae(#[from] crate::cuda::GpuSaeError),
     #[error("cannot serialise {0}")]
     Serialise(String),
     #[error("the spliced model loss: {0}")]
-    Splice(String),
+    Splice(super::pipeline::SpliceModelError),
     #[error("--rows {0}: expected `all` or `heldout`")]
     Rows(String),
     #[error("stopped after {steps} steps as asked (--stop-after-steps); rerun without it to resume from {}", checkpoint.display())]

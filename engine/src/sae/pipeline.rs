@@ -38,6 +38,10 @@ use crate::store::{
     free_bytes, ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT,
 };
 
+/// Why a [`SpliceModel`] could not measure the spliced loss: the implementor's own typed error (the
+/// engine does not know the models crate's errors).
+pub type SpliceModelError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// The model that made an activation store, able to run it with an SAE spliced in.
 pub trait SpliceModel {
     /// The model's pretraining loss on `cells` (store cell indices) clean, with `sae` spliced in at
@@ -48,7 +52,7 @@ pub trait SpliceModel {
         sae: &TopKSae,
         mean: &[f32],
         cells: &[u64],
-    ) -> Result<SpliceLosses, String>;
+    ) -> Result<SpliceLosses, SpliceModelError>;
 }
 
 /// Everything `sae train` needs (the flags, typed).
@@ -310,9 +314,7 @@ pub fn train_on_store(
     let make_stepper = |sae: TopKSae| -> Result<Box<dyn Stepper>, StepperError> {
         Ok(match backend {
             Backend::Cpu => Box::new(CpuStepper::new(sae)),
-            Backend::Cuda => {
-                Box::new(GpuSaeStepper::new(sae, &cfg, precision).map_err(StepperError::Device)?)
-            }
+            Backend::Cuda => Box::new(GpuSaeStepper::new(sae, &cfg, precision)?),
         })
     };
     let mut progress = |step, steps, nmse| events(TrainEvent::Step { step, steps, nmse });
@@ -613,7 +615,7 @@ pub fn encode_store(
     let (mut values_out, values_path) = open("values.npy", NpyDtype::F16)?;
     let gpu = match req.backend {
         Backend::Cpu => None,
-        Backend::Cuda => Some(GpuSaeEncoder::new(sae, req.gpu_precision).map_err(SaeError::Gpu)?),
+        Backend::Cuda => Some(GpuSaeEncoder::new(sae, req.gpu_precision)?),
     };
     const CHUNK: usize = 8192;
     let mut x = vec![0.0f32; CHUNK * sae.d_in];
@@ -624,7 +626,7 @@ pub fn encode_store(
         array.read_rows(start, x);
         refuse_nonfinite(&store, &array, start, x, sae.d_in)?;
         let codes = match &gpu {
-            Some(g) => g.encode(x).map_err(SaeError::Gpu)?,
+            Some(g) => g.encode(x)?,
             None => sae.encode(x),
         };
         if wide {
@@ -733,9 +735,9 @@ pub fn eval_on_store(req: &EvalRequest, splicer: Option<&dyn SpliceModel>) -> Re
         ),
         "heldout" => {
             let path = req.sae.join("heldout_cells.npy");
-            let (_, bytes) = read_npy_bytes(&path).map_err(|reason| SaeError::Npy {
+            let (_, bytes) = read_npy_bytes(&path).map_err(|e| SaeError::Npy {
                 path: path.clone(),
-                reason,
+                reason: e.to_string(),
             })?;
             let cells: Vec<i64> = bytemuck::pod_collect_to_vec(&bytes);
             let wanted: HashSet<i64> = cells.iter().copied().collect();
@@ -782,9 +784,9 @@ pub fn eval_on_store(req: &EvalRequest, splicer: Option<&dyn SpliceModel>) -> Re
 }
 
 fn planted_recovery(folder: &SaeFolder, path: &Path) -> Result<Recovery, SaeError> {
-    let (header, bytes) = read_npy_bytes(path).map_err(|reason| SaeError::Npy {
+    let (header, bytes) = read_npy_bytes(path).map_err(|e| SaeError::Npy {
         path: path.to_path_buf(),
-        reason,
+        reason: e.to_string(),
     })?;
     if header.dtype != NpyDtype::F32 || header.shape.len() != 2 || header.shape[1] != folder.sae.d_in {
         return Err(SaeError::Npy {

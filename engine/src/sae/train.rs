@@ -289,6 +289,9 @@ pub enum StepperError {
     /// The device failed: its driver's or kernel's message.
     #[error("{0}")]
     Device(String),
+    /// The GPU stepper could not start.
+    #[error("{0}")]
+    Gpu(#[from] crate::cuda::GpuSaeError),
     /// Saved optimiser state that does not fit this SAE.
     #[error(transparent)]
     State(#[from] StateError),

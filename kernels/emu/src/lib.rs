@@ -214,18 +214,47 @@ pub fn sanitizers() -> &'static str {
     env!("SCINTERP_EMU_SANITIZERS")
 }
 
+/// Why [`mutant_runner`] has no runner for a planted bug.
+#[derive(Debug, Clone)]
+pub enum MutantError {
+    /// build.rs could not plant the bug (its patch no longer matches the source): build.rs's reason.
+    NoLongerApplies { name: String, why: String },
+    /// No runner was built for the bug.
+    NoRunner { name: String, exe: PathBuf },
+}
+
+impl fmt::Display for MutantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MutantError::NoLongerApplies { name, why } => write!(
+                f,
+                "planted bug {name} no longer applies: {why}; update kernels/emu/build.rs"
+            ),
+            MutantError::NoRunner { name, exe } => {
+                write!(f, "no runner for planted bug {name} at {}", exe.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for MutantError {}
+
 /// The emulator with the planted bug `name` (see build.rs), or why it could not be made.
-pub fn mutant_runner(name: &str) -> Result<PathBuf, String> {
+pub fn mutant_runner(name: &str) -> Result<PathBuf, MutantError> {
     let dir = Path::new(env!("SCINTERP_EMU_MUTANTS"));
     if let Ok(why) = std::fs::read_to_string(dir.join(format!("{name}.missing"))) {
-        return Err(format!(
-            "planted bug {name} no longer applies: {why}; update kernels/emu/build.rs"
-        ));
+        return Err(MutantError::NoLongerApplies {
+            name: name.to_string(),
+            why,
+        });
     }
     let exe = dir.join(name).join("emu-runner");
     if exe.exists() {
         Ok(exe)
     } else {
-        Err(format!("no runner for planted bug {name} at {}", exe.display()))
+        Err(MutantError::NoRunner {
+            name: name.to_string(),
+            exe,
+        })
     }
 }

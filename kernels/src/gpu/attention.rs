@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::{GpuError, Kernels};
+use super::{ArgError, GpuError, Kernels};
 
 /// The only head size the kernels support.
 pub const ATTENTION_HEAD_DIM: usize = 64;
@@ -32,9 +32,9 @@ const THREADS: u32 = 128;
 /// starting last); cells of equal length keep their order. No block's result depends on the order.
 /// `offsets` must start at 0, never decrease, and end at most at `i32::MAX`; the last offset is the
 /// token count.
-pub fn varlen_tiles(offsets: &[usize], query_tile: usize) -> Result<Vec<i32>, String> {
+pub fn varlen_tiles(offsets: &[usize], query_tile: usize) -> Result<Vec<i32>, ArgError> {
     if query_tile == 0 {
-        return Err("query tile of 0 rows".into());
+        return Err(ArgError::EmptyQueryTile);
     }
     check_offsets(offsets)?;
     let mut cells: Vec<(usize, usize)> = offsets.windows(2).map(|w| (w[0], w[1])).collect();
@@ -52,22 +52,22 @@ pub fn varlen_tiles(offsets: &[usize], query_tile: usize) -> Result<Vec<i32>, St
 }
 
 /// Offsets start at 0, never decrease and fit an `i32`.
-fn check_offsets(offsets: &[usize]) -> Result<(), String> {
+fn check_offsets(offsets: &[usize]) -> Result<(), ArgError> {
     match offsets.first() {
-        None => return Err("offsets are empty (need n_cells + 1 values, starting at 0)".into()),
-        Some(&first) if first != 0 => return Err(format!("offsets start at {first}, not 0")),
+        None => return Err(ArgError::NoOffsets),
+        Some(&first) if first != 0 => return Err(ArgError::OffsetsStart(first)),
         _ => {}
     }
     if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
-        return Err(format!(
-            "offsets decrease at cell {i}: {} then {}",
-            offsets[i],
-            offsets[i + 1]
-        ));
+        return Err(ArgError::OffsetsDecrease {
+            cell: i,
+            from: offsets[i],
+            to: offsets[i + 1],
+        });
     }
     let last = *offsets.last().unwrap_or(&0);
     if last > i32::MAX as usize {
-        return Err(format!("{last} tokens exceed i32"));
+        return Err(ArgError::TooManyTokens(last));
     }
     Ok(())
 }
@@ -114,8 +114,8 @@ impl Kernels {
             kernel: "attention_varlen",
             reason,
         };
-        let bf16 = varlen_tiles(offsets, BF16_QUERY_TILE).map_err(bad)?;
-        let f32 = varlen_tiles(offsets, F32_QUERY_TILE).map_err(bad)?;
+        let bf16 = varlen_tiles(offsets, BF16_QUERY_TILE).map_err(|e| bad(e.to_string()))?;
+        let f32 = varlen_tiles(offsets, F32_QUERY_TILE).map_err(|e| bad(e.to_string()))?;
         let upload = |tiles: &[i32]| -> Result<Option<CudaSlice<i32>>, GpuError> {
             if tiles.is_empty() {
                 Ok(None)
@@ -223,10 +223,10 @@ impl Kernels {
         let qkv_len = ctx_len
             .checked_mul(3)
             .ok_or_else(|| bad("tokens × 3H overflows".into()))?;
-        super::check_len("qkv", qkv.len(), qkv_len).map_err(bad)?;
-        super::check_len("ctx", ctx.len(), ctx_len).map_err(bad)?;
+        super::check_len("qkv", qkv.len(), qkv_len).map_err(|e| bad(e.to_string()))?;
+        super::check_len("ctx", ctx.len(), ctx_len).map_err(|e| bad(e.to_string()))?;
         if let Some(mask) = key_mask {
-            super::check_len("key_mask", mask.len(), tokens).map_err(bad)?;
+            super::check_len("key_mask", mask.len(), tokens).map_err(|e| bad(e.to_string()))?;
         }
         let heads_i = i32::try_from(n_heads).map_err(|_| bad(format!("{n_heads} heads exceed i32")))?;
         let grid_y = u32::try_from(n_heads)
@@ -300,5 +300,25 @@ mod tests {
         assert!(varlen_tiles(&[0, i32::MAX as usize + 1], 64).is_err());
         assert!(varlen_tiles(&[0, 4], 0).is_err());
         assert!(varlen_tiles(&[0, 4, 4, 9], 64).is_ok());
+    }
+
+    #[test]
+    fn bad_offsets_are_typed_and_say_what_is_wrong() {
+        assert!(matches!(
+            varlen_tiles(&[0, 5, 4], 64),
+            Err(ArgError::OffsetsDecrease {
+                cell: 1,
+                from: 5,
+                to: 4
+            })
+        ));
+        assert_eq!(
+            varlen_tiles(&[1, 4], 64).unwrap_err().to_string(),
+            "offsets start at 1, not 0"
+        );
+        assert_eq!(
+            varlen_tiles(&[0, 4], 0).unwrap_err().to_string(),
+            "query tile of 0 rows"
+        );
     }
 }

@@ -54,8 +54,8 @@ impl Kernels {
                 "position {p} outside the {max_pos} position embeddings"
             )));
         }
-        check_len("token_type", tables.token_type.len(), d).map_err(bad)?;
-        check_len("out", out.len(), rows * d).map_err(bad)?;
+        check_len("token_type", tables.token_type.len(), d).map_err(|e| bad(e.to_string()))?;
+        check_len("out", out.len(), rows * d).map_err(|e| bad(e.to_string()))?;
         let rows_i = i32::try_from(rows).map_err(|_| bad(format!("{rows} rows exceed i32")))?;
         let d_i = i32::try_from(d).map_err(|_| bad(format!("d = {d} exceeds i32")))?;
         let cfg = LaunchConfig {

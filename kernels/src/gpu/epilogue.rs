@@ -26,9 +26,9 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        super::check_len("x", x.len(), n).map_err(bad)?;
-        super::check_len("y", y.len(), n).map_err(bad)?;
-        super::check_len("bias", bias.len(), cols).map_err(bad)?;
+        super::check_len("x", x.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("y", y.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("bias", bias.len(), cols).map_err(|e| bad(e.to_string()))?;
         let rows_i = i32::try_from(rows).map_err(|_| bad(format!("{rows} rows exceed i32")))?;
         let cols_i = i32::try_from(cols).map_err(|_| bad(format!("{cols} cols exceed i32")))?;
         // Grid-stride loop: enough blocks to fill an H200 (132 SMs) several times over, no more.

@@ -97,11 +97,11 @@ impl LinearShape {
             return Err(bad(format!("empty shape m={m} n={n} k={k}")));
         }
         let need = |a: usize, b: usize| a.checked_mul(b).ok_or_else(|| bad("shape overflows".into()));
-        super::check_len("x", x, need(m, k)?).map_err(bad)?;
-        super::check_len("w", w, need(n, k)?).map_err(bad)?;
-        super::check_len("y", y, need(m, n)?).map_err(bad)?;
+        super::check_len("x", x, need(m, k)?).map_err(|e| bad(e.to_string()))?;
+        super::check_len("w", w, need(n, k)?).map_err(|e| bad(e.to_string()))?;
+        super::check_len("y", y, need(m, n)?).map_err(|e| bad(e.to_string()))?;
         if let Some(b) = bias {
-            super::check_len("bias", b, n).map_err(bad)?;
+            super::check_len("bias", b, n).map_err(|e| bad(e.to_string()))?;
         }
         for (what, v) in [("m", m), ("n", n), ("k", k)] {
             if i32::try_from(v).is_err() {

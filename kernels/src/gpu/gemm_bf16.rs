@@ -126,9 +126,9 @@ impl Kernels {
         dst: &mut CudaSlice<D>,
     ) -> Result<(), GpuError> {
         let n = src.len();
-        super::check_len("dst", dst.len(), n).map_err(|reason| GpuError::BadArgs {
+        super::check_len("dst", dst.len(), n).map_err(|e| GpuError::BadArgs {
             kernel: entry,
-            reason,
+            reason: e.to_string(),
         })?;
         if n == 0 {
             return Ok(());

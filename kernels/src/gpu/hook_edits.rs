@@ -417,7 +417,7 @@ fn edit_launch(
     let n = tokens
         .checked_mul(d)
         .ok_or_else(|| bad("tokens × d overflows".into()))?;
-    super::check_len("x", x_len, n).map_err(bad)?;
+    super::check_len("x", x_len, n).map_err(|e| bad(e.to_string()))?;
     if list.n_segments == 0 || d == 0 {
         return Ok(None);
     }

@@ -64,6 +64,44 @@ pub enum GpuError {
     Cublas { call: &'static str, status: String },
     #[error("{kernel}: {reason}")]
     BadArgs { kernel: &'static str, reason: String },
+    #[error("no GPU ({0})")]
+    NoGpu(#[from] crate::GpuAbsence),
+    #[error("CUDA context on device 0: {0}")]
+    Context(cudarc::driver::DriverError),
+}
+
+/// A launch argument that does not fit its kernel; launch wrappers report it as [`GpuError::BadArgs`]
+/// with the kernel's name.
+#[derive(Debug, Error)]
+pub enum ArgError {
+    #[error("{what} holds {got} values, needs {want}")]
+    TooShort { what: String, got: usize, want: usize },
+    #[error("{what} = {value} exceeds i32")]
+    ExceedsI32 { what: &'static str, value: usize },
+    #[error("{0} rows exceed the grid")]
+    ExceedsGrid(usize),
+    #[error("{0} overflows")]
+    Overflow(&'static str),
+    #[error("d_sae is 0")]
+    NoLatents,
+    #[error("k = {k} needs {bytes} B of shared memory (max 48 KiB)")]
+    SharedMemory { k: usize, bytes: usize },
+    #[error("slot columns {offset}..{end} exceed the stride {stride}")]
+    SlotColumns {
+        offset: usize,
+        end: usize,
+        stride: usize,
+    },
+    #[error("query tile of 0 rows")]
+    EmptyQueryTile,
+    #[error("offsets are empty (need n_cells + 1 values, starting at 0)")]
+    NoOffsets,
+    #[error("offsets start at {0}, not 0")]
+    OffsetsStart(usize),
+    #[error("offsets decrease at cell {cell}: {from} then {to}")]
+    OffsetsDecrease { cell: usize, from: usize, to: usize },
+    #[error("{0} tokens exceed i32")]
+    TooManyTokens(usize),
 }
 
 /// Which artefact a module was loaded from.
@@ -102,10 +140,10 @@ pub fn load_module(
 
 /// Device 0, its default stream and every kernel loaded, or why not (no GPU; kernels neither embedded nor
 /// compilable). For tests and benches, which skip on `Err`.
-pub fn open_default() -> Result<(Arc<CudaContext>, Arc<CudaStream>, Kernels), String> {
-    crate::cuda_available().map_err(|e| format!("no GPU ({e})"))?;
-    let ctx = CudaContext::new(0).map_err(|e| format!("CUDA context on device 0: {e}"))?;
-    let kernels = Kernels::load(&ctx).map_err(|e| e.to_string())?;
+pub fn open_default() -> Result<(Arc<CudaContext>, Arc<CudaStream>, Kernels), GpuError> {
+    crate::cuda_available()?;
+    let ctx = CudaContext::new(0).map_err(GpuError::Context)?;
+    let kernels = Kernels::load(&ctx)?;
     let stream = ctx.default_stream();
     Ok((ctx, stream, kernels))
 }
@@ -185,9 +223,13 @@ pub fn take_recorded_error(ctx: &CudaContext) -> Result<(), GpuError> {
     ctx.check_err().map_err(GpuError::RecordedInDrop)
 }
 
-pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<(), String> {
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<(), ArgError> {
     if got < want {
-        Err(format!("{what} holds {got} values, needs {want}"))
+        Err(ArgError::TooShort {
+            what: what.to_string(),
+            got,
+            want,
+        })
     } else {
         Ok(())
     }

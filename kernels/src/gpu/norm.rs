@@ -30,11 +30,11 @@ impl Kernels {
         if dim == 0 || rows == 0 {
             return Ok(());
         }
-        super::check_len("a", a.len(), n).map_err(bad)?;
-        super::check_len("b", b.len(), n).map_err(bad)?;
-        super::check_len("out", out.len(), n).map_err(bad)?;
-        super::check_len("gamma", gamma.len(), dim).map_err(bad)?;
-        super::check_len("beta", beta.len(), dim).map_err(bad)?;
+        super::check_len("a", a.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("b", b.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("out", out.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("gamma", gamma.len(), dim).map_err(|e| bad(e.to_string()))?;
+        super::check_len("beta", beta.len(), dim).map_err(|e| bad(e.to_string()))?;
         let rows_i = i32::try_from(rows).map_err(|_| bad(format!("{rows} rows exceed i32")))?;
         let dim_i = i32::try_from(dim).map_err(|_| bad(format!("dim {dim} exceeds i32")))?;
         let grid = u32::try_from(rows).map_err(|_| bad(format!("{rows} rows exceed the grid")))?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::{GpuError, Kernels};
+use super::{ArgError, GpuError, Kernels};
 
 /// Largest k the top-k kernel selects (its sort buffer, 8 B × next_pow2(k), is dynamic shared memory
 /// and must stay within the default 48 KiB).
@@ -44,12 +44,12 @@ pub struct SlotColumns {
     pub offset: usize,
 }
 
-fn to_i32(what: &str, v: usize) -> Result<i32, String> {
-    i32::try_from(v).map_err(|_| format!("{what} = {v} exceeds i32"))
+fn to_i32(what: &'static str, v: usize) -> Result<i32, ArgError> {
+    i32::try_from(v).map_err(|_| ArgError::ExceedsI32 { what, value: v })
 }
 
-fn grid(rows: usize) -> Result<u32, String> {
-    u32::try_from(rows).map_err(|_| format!("{rows} rows exceed the grid"))
+fn grid(rows: usize) -> Result<u32, ArgError> {
+    u32::try_from(rows).map_err(|_| ArgError::ExceedsGrid(rows))
 }
 
 /// Threads over a row of `d` columns: 32–256, whole warps.
@@ -65,22 +65,22 @@ struct Checked {
 }
 
 /// Common checks of a (shape, k) pair; `None` when there is nothing to do.
-fn check_shape(shape: SaeShape, k: usize) -> Result<Option<Checked>, String> {
+fn check_shape(shape: SaeShape, k: usize) -> Result<Option<Checked>, ArgError> {
     if shape.rows == 0 || k == 0 || shape.d_in == 0 {
         return Ok(None);
     }
     if shape.d_sae == 0 {
-        return Err("d_sae is 0".into());
+        return Err(ArgError::NoLatents);
     }
     shape
         .rows
         .checked_mul(shape.d_in.max(k).max(shape.d_sae))
         .and_then(|n| n.checked_mul(8))
-        .ok_or("rows × width overflows")?;
+        .ok_or(ArgError::Overflow("rows × width"))?;
     shape
         .d_sae
         .checked_mul(shape.d_in)
-        .ok_or("d_sae × d_in overflows")?;
+        .ok_or(ArgError::Overflow("d_sae × d_in"))?;
     Ok(Some(Checked {
         rows: to_i32("rows", shape.rows)?,
         d: to_i32("d_in", shape.d_in)?,
@@ -89,17 +89,17 @@ fn check_shape(shape: SaeShape, k: usize) -> Result<Option<Checked>, String> {
     }))
 }
 
-fn check_codes(codes: &GpuCodes<'_>, rows: usize, what: &str) -> Result<(), String> {
+fn check_codes(codes: &GpuCodes<'_>, rows: usize, what: &str) -> Result<(), ArgError> {
     let n = rows * codes.k;
     super::check_len(&format!("{what} indices"), codes.indices.len(), n)?;
     super::check_len(&format!("{what} values"), codes.values.len(), n)
 }
 
 /// Dynamic shared memory of the kernels that stage a row's codes: `words` 4-byte arrays of k.
-fn codes_smem(k: usize, words: usize) -> Result<u32, String> {
+fn codes_smem(k: usize, words: usize) -> Result<u32, ArgError> {
     let bytes = k * 4 * words;
     if bytes > 48 * 1024 {
-        return Err(format!("k = {k} needs {bytes} B of shared memory (max 48 KiB)"));
+        return Err(ArgError::SharedMemory { k, bytes });
     }
     Ok(bytes as u32)
 }
@@ -143,22 +143,22 @@ impl Kernels {
         let n = rows
             .checked_mul(d_sae)
             .ok_or_else(|| bad("rows × d_sae overflows".into()))?;
-        super::check_len("pre", pre.len(), n).map_err(bad)?;
-        super::check_len("indices", indices.len(), rows * k).map_err(bad)?;
-        super::check_len("values", values.len(), rows * k).map_err(bad)?;
+        super::check_len("pre", pre.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("indices", indices.len(), rows * k).map_err(|e| bad(e.to_string()))?;
+        super::check_len("values", values.len(), rows * k).map_err(|e| bad(e.to_string()))?;
         if let Some(m) = dead {
-            super::check_len("dead mask", m.len(), d_sae).map_err(bad)?;
+            super::check_len("dead mask", m.len(), d_sae).map_err(|e| bad(e.to_string()))?;
         }
-        let rows_i = to_i32("rows", rows).map_err(bad)?;
-        let n_i = to_i32("d_sae", d_sae).map_err(bad)?;
-        let k_i = to_i32("k", k).map_err(bad)?;
+        let rows_i = to_i32("rows", rows).map_err(|e| bad(e.to_string()))?;
+        let n_i = to_i32("d_sae", d_sae).map_err(|e| bad(e.to_string()))?;
+        let k_i = to_i32("k", k).map_err(|e| bad(e.to_string()))?;
         let sort_len = k.next_power_of_two();
         let sort_len_i = sort_len as i32;
         // 256 threads up to 8k latents, 512 for wider rows (fewer elements per thread per pass; 512
         // threads leave the compiler up to 128 registers per thread).
         let threads: u32 = if d_sae <= 8192 { 256 } else { 512 };
         let cfg = LaunchConfig {
-            grid_dim: (grid(rows).map_err(bad)?, 1, 1),
+            grid_dim: (grid(rows).map_err(|e| bad(e.to_string()))?, 1, 1),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: (sort_len * 8) as u32,
         };
@@ -222,17 +222,17 @@ impl Kernels {
             kernel: entry,
             reason,
         };
-        let Some(c) = check_shape(shape, codes.k).map_err(bad)? else {
+        let Some(c) = check_shape(shape, codes.k).map_err(|e| bad(e.to_string()))? else {
             return Ok(());
         };
-        check_codes(&codes, shape.rows, "codes").map_err(bad)?;
-        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(bad)?;
-        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(bad)?;
-        super::check_len("out", out.len(), shape.rows * shape.d_in).map_err(bad)?;
+        check_codes(&codes, shape.rows, "codes").map_err(|e| bad(e.to_string()))?;
+        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("out", out.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
         let cfg = LaunchConfig {
-            grid_dim: (grid(shape.rows).map_err(bad)?, 1, 1),
+            grid_dim: (grid(shape.rows).map_err(|e| bad(e.to_string()))?, 1, 1),
             block_dim: (row_threads(shape.d_in), 1, 1),
-            shared_mem_bytes: codes_smem(codes.k, 2).map_err(bad)?,
+            shared_mem_bytes: codes_smem(codes.k, 2).map_err(|e| bad(e.to_string()))?,
         };
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch
@@ -268,18 +268,18 @@ impl Kernels {
             kernel: entry,
             reason,
         };
-        let Some(c) = check_shape(shape, codes.k).map_err(bad)? else {
+        let Some(c) = check_shape(shape, codes.k).map_err(|e| bad(e.to_string()))? else {
             return Ok(());
         };
-        check_codes(&codes, shape.rows, "codes").map_err(bad)?;
-        super::check_len("x", x.len(), shape.rows * shape.d_in).map_err(bad)?;
-        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(bad)?;
-        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(bad)?;
-        super::check_len("e", e.len(), shape.rows * shape.d_in).map_err(bad)?;
+        check_codes(&codes, shape.rows, "codes").map_err(|e| bad(e.to_string()))?;
+        super::check_len("x", x.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("e", e.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
         let cfg = LaunchConfig {
-            grid_dim: (grid(shape.rows).map_err(bad)?, 1, 1),
+            grid_dim: (grid(shape.rows).map_err(|e| bad(e.to_string()))?, 1, 1),
             block_dim: (row_threads(shape.d_in), 1, 1),
-            shared_mem_bytes: codes_smem(codes.k, 2).map_err(bad)?,
+            shared_mem_bytes: codes_smem(codes.k, 2).map_err(|e| bad(e.to_string()))?,
         };
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch
@@ -314,17 +314,17 @@ impl Kernels {
             kernel: entry,
             reason,
         };
-        let Some(c) = check_shape(shape, aux.k).map_err(bad)? else {
+        let Some(c) = check_shape(shape, aux.k).map_err(|e| bad(e.to_string()))? else {
             return Ok(());
         };
-        check_codes(&aux, shape.rows, "AuxK codes").map_err(bad)?;
-        super::check_len("e", e.len(), shape.rows * shape.d_in).map_err(bad)?;
-        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(bad)?;
-        super::check_len("out", out.len(), shape.rows * shape.d_in).map_err(bad)?;
+        check_codes(&aux, shape.rows, "AuxK codes").map_err(|e| bad(e.to_string()))?;
+        super::check_len("e", e.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("out", out.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
         let cfg = LaunchConfig {
-            grid_dim: (grid(shape.rows).map_err(bad)?, 1, 1),
+            grid_dim: (grid(shape.rows).map_err(|e| bad(e.to_string()))?, 1, 1),
             block_dim: (row_threads(shape.d_in), 1, 1),
-            shared_mem_bytes: codes_smem(aux.k, 2).map_err(bad)?,
+            shared_mem_bytes: codes_smem(aux.k, 2).map_err(|e| bad(e.to_string()))?,
         };
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch
@@ -363,19 +363,19 @@ impl Kernels {
             kernel: entry,
             reason,
         };
-        let Some(c) = check_shape(shape, codes.k).map_err(bad)? else {
+        let Some(c) = check_shape(shape, codes.k).map_err(|e| bad(e.to_string()))? else {
             return Ok(());
         };
-        check_codes(&codes, shape.rows, "codes").map_err(bad)?;
-        check_columns(cols, codes.k, shape.rows, grad_pre.len()).map_err(bad)?;
-        super::check_len("t", t.len(), shape.rows * shape.d_in).map_err(bad)?;
-        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(bad)?;
-        let stride = to_i32("stride", cols.stride).map_err(bad)?;
-        let offset = to_i32("offset", cols.offset).map_err(bad)?;
+        check_codes(&codes, shape.rows, "codes").map_err(|e| bad(e.to_string()))?;
+        check_columns(cols, codes.k, shape.rows, grad_pre.len()).map_err(|e| bad(e.to_string()))?;
+        super::check_len("t", t.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("W_dec", w_dec.len(), shape.d_sae * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        let stride = to_i32("stride", cols.stride).map_err(|e| bad(e.to_string()))?;
+        let offset = to_i32("offset", cols.offset).map_err(|e| bad(e.to_string()))?;
         // One warp per slot, up to 8 warps.
         let threads = (codes.k.clamp(1, 8) * 32) as u32;
         let cfg = LaunchConfig {
-            grid_dim: (grid(shape.rows).map_err(bad)?, 1, 1),
+            grid_dim: (grid(shape.rows).map_err(|e| bad(e.to_string()))?, 1, 1),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -420,29 +420,29 @@ impl Kernels {
             kernel: entry,
             reason,
         };
-        let Some(c) = check_shape(shape, codes.k).map_err(bad)? else {
+        let Some(c) = check_shape(shape, codes.k).map_err(|e| bad(e.to_string()))? else {
             return Ok(());
         };
-        check_codes(&codes, shape.rows, "codes").map_err(bad)?;
-        check_columns(cols, codes.k, shape.rows, grad_pre.len()).map_err(bad)?;
+        check_codes(&codes, shape.rows, "codes").map_err(|e| bad(e.to_string()))?;
+        check_columns(cols, codes.k, shape.rows, grad_pre.len()).map_err(|e| bad(e.to_string()))?;
         let (nx, nw) = (shape.rows * shape.d_in, shape.d_sae * shape.d_in);
-        super::check_len("t", t.len(), nx).map_err(bad)?;
-        super::check_len("x", x.len(), nx).map_err(bad)?;
-        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(bad)?;
-        super::check_len("g_w_dec", g_w_dec.len(), nw).map_err(bad)?;
-        super::check_len("g_w_enc", g_w_enc.len(), nw).map_err(bad)?;
-        super::check_len("g_b_enc", g_b_enc.len(), shape.d_sae).map_err(bad)?;
-        let stride = to_i32("stride", cols.stride).map_err(bad)?;
-        let offset = to_i32("offset", cols.offset).map_err(bad)?;
+        super::check_len("t", t.len(), nx).map_err(|e| bad(e.to_string()))?;
+        super::check_len("x", x.len(), nx).map_err(|e| bad(e.to_string()))?;
+        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("g_w_dec", g_w_dec.len(), nw).map_err(|e| bad(e.to_string()))?;
+        super::check_len("g_w_enc", g_w_enc.len(), nw).map_err(|e| bad(e.to_string()))?;
+        super::check_len("g_b_enc", g_b_enc.len(), shape.d_sae).map_err(|e| bad(e.to_string()))?;
+        let stride = to_i32("stride", cols.stride).map_err(|e| bad(e.to_string()))?;
+        let offset = to_i32("offset", cols.offset).map_err(|e| bad(e.to_string()))?;
         let vec_cols = if shape.d_in.is_multiple_of(4) {
             shape.d_in / 4
         } else {
             shape.d_in
         };
         let cfg = LaunchConfig {
-            grid_dim: (grid(shape.rows).map_err(bad)?, 1, 1),
+            grid_dim: (grid(shape.rows).map_err(|e| bad(e.to_string()))?, 1, 1),
             block_dim: (row_threads(vec_cols), 1, 1),
-            shared_mem_bytes: codes_smem(codes.k, 3).map_err(bad)?,
+            shared_mem_bytes: codes_smem(codes.k, 3).map_err(|e| bad(e.to_string()))?,
         };
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch
@@ -495,15 +495,15 @@ impl Kernels {
             },
             1,
         )
-        .map_err(bad)?
+        .map_err(|e| bad(e.to_string()))?
         else {
             return Ok(());
         };
-        super::check_len("e", e.len(), shape.rows * shape.d_in).map_err(bad)?;
-        super::check_len("g_b_enc", g_b_enc.len(), shape.d_sae).map_err(bad)?;
-        super::check_len("W_enc", w_enc.len(), shape.d_sae * shape.d_in).map_err(bad)?;
-        super::check_len("g_b_dec", g_b_dec.len(), shape.d_in).map_err(bad)?;
-        let rows = to_i32("rows", shape.rows).map_err(bad)?;
+        super::check_len("e", e.len(), shape.rows * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("g_b_enc", g_b_enc.len(), shape.d_sae).map_err(|e| bad(e.to_string()))?;
+        super::check_len("W_enc", w_enc.len(), shape.d_sae * shape.d_in).map_err(|e| bad(e.to_string()))?;
+        super::check_len("g_b_dec", g_b_dec.len(), shape.d_in).map_err(|e| bad(e.to_string()))?;
+        let rows = to_i32("rows", shape.rows).map_err(|e| bad(e.to_string()))?;
         let cfg = LaunchConfig {
             grid_dim: (shape.d_in.div_ceil(32) as u32, 1, 1),
             block_dim: (32, 16, 1),
@@ -544,11 +544,11 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        super::check_len("g_w_dec", g_w_dec.len(), n).map_err(bad)?;
-        super::check_len("W_dec", w_dec.len(), n).map_err(bad)?;
+        super::check_len("g_w_dec", g_w_dec.len(), n).map_err(|e| bad(e.to_string()))?;
+        super::check_len("W_dec", w_dec.len(), n).map_err(|e| bad(e.to_string()))?;
         let (rows_i, d_i) = (
-            to_i32("d_sae", d_sae).map_err(bad)?,
-            to_i32("d_in", d_in).map_err(bad)?,
+            to_i32("d_sae", d_sae).map_err(|e| bad(e.to_string()))?,
+            to_i32("d_in", d_in).map_err(|e| bad(e.to_string()))?,
         );
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch.arg(g_w_dec).arg(w_dec).arg(&rows_i).arg(&d_i);
@@ -576,8 +576,11 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        super::check_len("w", w.len(), n).map_err(bad)?;
-        let (rows_i, d_i) = (to_i32("rows", n_rows).map_err(bad)?, to_i32("d", d).map_err(bad)?);
+        super::check_len("w", w.len(), n).map_err(|e| bad(e.to_string()))?;
+        let (rows_i, d_i) = (
+            to_i32("rows", n_rows).map_err(|e| bad(e.to_string()))?,
+            to_i32("d", d).map_err(|e| bad(e.to_string()))?,
+        );
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch.arg(w).arg(&rows_i).arg(&d_i);
         // SAFETY: argument types and order match the kernel's signature; lengths checked above.
@@ -607,9 +610,10 @@ impl Kernels {
         let slots = rows
             .checked_mul(codes.k)
             .ok_or_else(|| bad("rows × k overflows".into()))?;
-        check_codes(&codes, rows, "codes").map_err(bad)?;
-        super::check_len("tokens_since_fired", tokens_since_fired.len(), d_sae).map_err(bad)?;
-        let d_i = to_i32("d_sae", d_sae).map_err(bad)?;
+        check_codes(&codes, rows, "codes").map_err(|e| bad(e.to_string()))?;
+        super::check_len("tokens_since_fired", tokens_since_fired.len(), d_sae)
+            .map_err(|e| bad(e.to_string()))?;
+        let d_i = to_i32("d_sae", d_sae).map_err(|e| bad(e.to_string()))?;
         let (b, n_slots) = (rows as u64, slots as i64);
         let mut launch = stream.launch_builder(self.function("sae_fire_counters_add")?);
         launch.arg(&mut *tokens_since_fired).arg(&d_i).arg(&b);
@@ -656,10 +660,11 @@ impl Kernels {
             kernel: entry,
             reason,
         };
-        super::check_len("tokens_since_fired", tokens_since_fired.len(), d_sae).map_err(bad)?;
-        super::check_len("dead", dead.len(), d_sae).map_err(bad)?;
-        super::check_len("n_dead", n_dead.len(), 1).map_err(bad)?;
-        let d_i = to_i32("d_sae", d_sae).map_err(bad)?;
+        super::check_len("tokens_since_fired", tokens_since_fired.len(), d_sae)
+            .map_err(|e| bad(e.to_string()))?;
+        super::check_len("dead", dead.len(), d_sae).map_err(|e| bad(e.to_string()))?;
+        super::check_len("n_dead", n_dead.len(), 1).map_err(|e| bad(e.to_string()))?;
+        let d_i = to_i32("d_sae", d_sae).map_err(|e| bad(e.to_string()))?;
         stream.memset_zeros(n_dead)?;
         if d_sae == 0 {
             return Ok(());
@@ -682,14 +687,13 @@ impl Kernels {
     }
 }
 
-fn check_columns(cols: SlotColumns, k: usize, rows: usize, len: usize) -> Result<(), String> {
+fn check_columns(cols: SlotColumns, k: usize, rows: usize, len: usize) -> Result<(), ArgError> {
     if cols.offset + k > cols.stride {
-        return Err(format!(
-            "slot columns {}..{} exceed the stride {}",
-            cols.offset,
-            cols.offset + k,
-            cols.stride
-        ));
+        return Err(ArgError::SlotColumns {
+            offset: cols.offset,
+            end: cols.offset + k,
+            stride: cols.stride,
+        });
     }
     super::check_len("grad_pre", len, rows * cols.stride)
 }

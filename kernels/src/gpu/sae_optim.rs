@@ -49,8 +49,8 @@ impl Kernels {
         let n = rows
             .checked_mul(cols)
             .ok_or_else(|| bad("rows × cols overflows".into()))?;
-        check_len("x", x.len(), n).map_err(bad)?;
-        check_len("out", out.len(), n).map_err(bad)?;
+        check_len("x", x.len(), n).map_err(|e| bad(e.to_string()))?;
+        check_len("out", out.len(), n).map_err(|e| bad(e.to_string()))?;
         if n == 0 {
             return Ok(());
         }
@@ -78,9 +78,9 @@ impl Kernels {
             reason,
         };
         let n = p.len();
-        check_len("m", m.len(), n).map_err(bad)?;
-        check_len("v", v.len(), n).map_err(bad)?;
-        check_len("g", g.len(), n).map_err(bad)?;
+        check_len("m", m.len(), n).map_err(|e| bad(e.to_string()))?;
+        check_len("v", v.len(), n).map_err(|e| bad(e.to_string()))?;
+        check_len("g", g.len(), n).map_err(|e| bad(e.to_string()))?;
         if n == 0 {
             return Ok(());
         }
@@ -117,8 +117,8 @@ impl Kernels {
             kernel: ENTRY,
             reason,
         };
-        check_len("x", x.len(), n).map_err(bad)?;
-        check_len("partial", partial.len(), SUM_BLOCKS).map_err(bad)?;
+        check_len("x", x.len(), n).map_err(|e| bad(e.to_string()))?;
+        check_len("partial", partial.len(), SUM_BLOCKS).map_err(|e| bad(e.to_string()))?;
         if n == 0 {
             return Ok(0.0);
         }

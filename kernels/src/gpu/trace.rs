@@ -109,8 +109,8 @@ impl AblationList {
     /// the tracer's `*x -= v * w`.
     pub fn apply_host(&self, clean: &[f32], d: usize, w_dec: &[f32]) -> Result<Vec<f32>, GpuError> {
         let bad = bad("trace_ablate_f32");
-        super::check_len("clean", clean.len(), self.tokens * d).map_err(&bad)?;
-        super::check_len("w_dec", w_dec.len(), self.n_features * d).map_err(&bad)?;
+        super::check_len("clean", clean.len(), self.tokens * d).map_err(|e| bad(e.to_string()))?;
+        super::check_len("w_dec", w_dec.len(), self.n_features * d).map_err(|e| bad(e.to_string()))?;
         let block = self.tokens * d;
         let mut out = Vec::with_capacity(self.copies() * block);
         for b in 0..self.copies() {
@@ -341,11 +341,11 @@ fn check_reduce_lens(
     let n = kc
         .checked_mul(n_targets)
         .ok_or_else(|| bad("copies × cells × targets overflows".into()))?;
-    super::check_len("clean_sum", clean, n).map_err(&bad)?;
-    super::check_len("ablated_sum", ablated, n).map_err(&bad)?;
-    super::check_len("n_active", n_active, kc).map_err(&bad)?;
+    super::check_len("clean_sum", clean, n).map_err(|e| bad(e.to_string()))?;
+    super::check_len("ablated_sum", ablated, n).map_err(|e| bad(e.to_string()))?;
+    super::check_len("n_active", n_active, kc).map_err(|e| bad(e.to_string()))?;
     if permutations > 0 {
-        super::check_len("sign_hash", sign_hash, kc).map_err(&bad)?;
+        super::check_len("sign_hash", sign_hash, kc).map_err(|e| bad(e.to_string()))?;
     }
     if i32::try_from(cells).is_err() {
         return Err(bad(format!("{cells} cells exceed i32")));
@@ -463,9 +463,9 @@ impl Kernels {
             .n_features
             .checked_mul(d)
             .ok_or_else(|| bad("features × d overflows".into()))?;
-        super::check_len("clean", clean.len(), block).map_err(&bad)?;
-        super::check_len("w_dec", w_dec.len(), dec).map_err(&bad)?;
-        super::check_len("out", out.len(), all).map_err(&bad)?;
+        super::check_len("clean", clean.len(), block).map_err(|e| bad(e.to_string()))?;
+        super::check_len("w_dec", w_dec.len(), dec).map_err(|e| bad(e.to_string()))?;
+        super::check_len("out", out.len(), all).map_err(|e| bad(e.to_string()))?;
         let d_i = i32::try_from(d).map_err(|_| bad(format!("d {d} exceeds i32")))?;
         if all == 0 {
             return Ok(());

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::h5ad_blocks::{csr_in_blocks, H5adBlocks};
-use super::hdf5_util::{guard, Csr, Hdf5};
+use super::hdf5_util::{guard, Csr, DecodeError, Hdf5};
 use super::{CellSource, CellsError, CountMatrix, ObsColumn};
 
 /// What to read from an h5ad file.
@@ -341,7 +341,7 @@ struct Frame {
     /// Column names (sorted for groups, member order for compounds), index excluded.
     columns: Vec<String>,
     /// Pre-decoded columns of a compound dataset; `None` for a group.
-    compound: Option<Vec<(String, Result<ObsColumn, String>)>>,
+    compound: Option<Vec<(String, Result<ObsColumn, DecodeError>)>>,
 }
 
 impl Frame {

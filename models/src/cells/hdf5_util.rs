@@ -10,6 +10,47 @@ use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error, Mapped
 
 use super::{csr_from_triplets, CellsError, ObsColumn, Stored};
 
+/// Why numeric elements (of a dataset, or of one member of a compound dataset) could not be decoded;
+/// the reader adds the file and dataset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The datatype, as the HDF5 reader describes it.
+    #[error("not a numeric dataset ({0})")]
+    NotNumeric(String),
+    #[error("unsupported numeric width {0} bytes")]
+    Width(usize),
+    #[error("{bytes} bytes is not a whole number of {width}-byte elements")]
+    Partial { bytes: usize, width: usize },
+    #[error("member lies outside the element")]
+    OutsideElement,
+    #[error("{elements} elements decoded into room for {room}")]
+    Room { elements: usize, room: usize },
+    /// A compound member's datatype, as the HDF5 reader describes it.
+    #[error("unsupported member type {0}")]
+    MemberType(String),
+}
+
+/// Compressed-sparse arrays that do not form a matrix of the announced shape; the reader adds the file
+/// and dataset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrError {
+    #[error("indptr has {got} entries, expected {want} for a {rows} × {cols} {layout} matrix")]
+    IndptrLength {
+        got: usize,
+        want: usize,
+        rows: usize,
+        cols: usize,
+        /// `CSR` or `CSC`.
+        layout: &'static str,
+    },
+    #[error("{indices} indices but {values} values")]
+    Lengths { indices: usize, values: usize },
+    #[error("indptr is not a valid non-decreasing offset array")]
+    Indptr,
+    #[error("index {index} out of range ({bound})")]
+    IndexOutOfRange { index: u32, bound: usize },
+}
+
 /// An open HDF5 file plus its path, for error messages.
 pub(crate) struct Hdf5 {
     pub file: H5File,
@@ -350,7 +391,10 @@ impl Hdf5 {
     /// A 1-D compound dataset (pre-0.7 anndata obs/var): each member as a column, in member order.
     /// Members this reader cannot decode (e.g. variable-length strings inside a compound) are `Err`.
     #[allow(clippy::type_complexity)]
-    pub fn read_compound(&self, name: &str) -> Result<Vec<(String, Result<ObsColumn, String>)>, CellsError> {
+    pub fn read_compound(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, Result<ObsColumn, DecodeError>)>, CellsError> {
         let ds = self.dataset(name)?;
         let dt = ds
             .datatype()
@@ -375,7 +419,7 @@ impl Hdf5 {
             let off = m.offset as usize;
             let width = m.datatype.element_size() as usize;
             if off + width > size {
-                out.push((m.name, Err("member lies outside the element".to_string())));
+                out.push((m.name, Err(DecodeError::OutsideElement)));
                 continue;
             }
             let col = match &m.datatype {
@@ -397,7 +441,7 @@ impl Hdf5 {
                     }
                     decode_numeric(dt, &bytes).map(ObsColumn::Number)
                 }
-                other => Err(format!("unsupported member type {other:?}")),
+                other => Err(DecodeError::MemberType(format!("{other:?}"))),
             };
             out.push((m.name, col));
         }
@@ -464,7 +508,7 @@ fn index_pass<const W: usize, T: Send>(
 
 /// Decodes a buffer of numeric elements (any standard-width integer, IEEE f32/f64, or an enum over an
 /// integer such as h5py's bool) to f64.
-pub(crate) fn decode_numeric(dt: &DatatypeMessage, raw: &[u8]) -> Result<Vec<f64>, String> {
+pub(crate) fn decode_numeric(dt: &DatatypeMessage, raw: &[u8]) -> Result<Vec<f64>, DecodeError> {
     decode_map(dt, raw, |x| x)
 }
 
@@ -473,7 +517,7 @@ pub(crate) fn decode_map<T: Send + Default + Clone>(
     dt: &DatatypeMessage,
     raw: &[u8],
     map: impl Fn(f64) -> T + Sync + Send,
-) -> Result<Vec<T>, String> {
+) -> Result<Vec<T>, DecodeError> {
     let w = element_width(dt)?;
     let mut out = vec![T::default(); raw.len() / w.max(1)];
     decode_map_into(dt, raw, &mut out, map)?;
@@ -481,13 +525,13 @@ pub(crate) fn decode_map<T: Send + Default + Clone>(
 }
 
 /// The byte width of a numeric datatype's elements.
-fn element_width(dt: &DatatypeMessage) -> Result<usize, String> {
+fn element_width(dt: &DatatypeMessage) -> Result<usize, DecodeError> {
     match dt {
         DatatypeMessage::FixedPoint { size, .. } | DatatypeMessage::FloatingPoint { size, .. } => {
             Ok(*size as usize)
         }
         DatatypeMessage::Enum { base, .. } => element_width(base),
-        other => Err(format!("not a numeric dataset ({other:?})")),
+        other => Err(DecodeError::NotNumeric(format!("{other:?}"))),
     }
 }
 
@@ -497,7 +541,7 @@ pub(crate) fn decode_map_into<T: Send>(
     raw: &[u8],
     out: &mut [T],
     map: impl Fn(f64) -> T + Sync + Send,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     fn chunk<const N: usize>(c: &[u8], big_endian: bool) -> [u8; N] {
         let mut a = [0u8; N];
         a.copy_from_slice(c);
@@ -521,20 +565,20 @@ pub(crate) fn decode_map_into<T: Send>(
             (*size as usize, 'f', matches!(byte_order, ByteOrder::BigEndian))
         }
         DatatypeMessage::Enum { base, .. } => return decode_map_into(base, raw, out, map),
-        other => return Err(format!("not a numeric dataset ({other:?})")),
+        other => return Err(DecodeError::NotNumeric(format!("{other:?}"))),
     };
     let supported = match kind {
         'f' => matches!(w, 4 | 8),
         _ => matches!(w, 1 | 2 | 4 | 8),
     };
     if !supported {
-        return Err(format!("unsupported numeric width {w} bytes"));
+        return Err(DecodeError::Width(w));
     }
     if !raw.len().is_multiple_of(w) {
-        return Err(format!(
-            "{} bytes is not a whole number of {w}-byte elements",
-            raw.len()
-        ));
+        return Err(DecodeError::Partial {
+            bytes: raw.len(),
+            width: w,
+        });
     }
     let decode = |c: &[u8]| -> f64 {
         match (kind, w) {
@@ -551,11 +595,10 @@ pub(crate) fn decode_map_into<T: Send>(
         }
     };
     if raw.len() / w != out.len() {
-        return Err(format!(
-            "{} elements decoded into room for {}",
-            raw.len() / w,
-            out.len()
-        ));
+        return Err(DecodeError::Room {
+            elements: raw.len() / w,
+            room: out.len(),
+        });
     }
     raw.par_chunks_exact(w)
         .zip(out.par_iter_mut())
@@ -625,28 +668,33 @@ impl Csr {
         indptr: Vec<u64>,
         minor: Stored<u32>,
         data: Stored<f32>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CsrError> {
         let n_major = if by_row { n_rows } else { n_cols };
         let n_minor = if by_row { n_cols } else { n_rows };
         if indptr.len() != n_major + 1 {
-            return Err(format!(
-                "indptr has {} entries, expected {} for a {} × {} {} matrix",
-                indptr.len(),
-                n_major + 1,
-                n_rows,
-                n_cols,
-                if by_row { "CSR" } else { "CSC" }
-            ));
+            return Err(CsrError::IndptrLength {
+                got: indptr.len(),
+                want: n_major + 1,
+                rows: n_rows,
+                cols: n_cols,
+                layout: if by_row { "CSR" } else { "CSC" },
+            });
         }
         if minor.len() != data.len() {
-            return Err(format!("{} indices but {} values", minor.len(), data.len()));
+            return Err(CsrError::Lengths {
+                indices: minor.len(),
+                values: data.len(),
+            });
         }
         let indptr: Vec<usize> = indptr.into_iter().map(|p| p as usize).collect();
         if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) || indptr[n_major] > data.len() {
-            return Err("indptr is not a valid non-decreasing offset array".into());
+            return Err(CsrError::Indptr);
         }
         if let Some(i) = super::first_out_of_range(&minor, n_minor) {
-            return Err(format!("index {i} out of range ({n_minor})"));
+            return Err(CsrError::IndexOutOfRange {
+                index: i,
+                bound: n_minor,
+            });
         }
         // What anndata writes for CSR is usually canonical already (columns strictly ascending within
         // each row, no stored zeros): then the arrays are the result as they are.

@@ -184,30 +184,29 @@ impl CountMatrix {
 
     /// Checks the internal consistency of the arrays (readers call this before returning).
     pub fn validate(&self) -> Result<(), crate::Invalid> {
-        self.check().map_err(crate::Invalid)
-    }
-
-    fn check(&self) -> Result<(), String> {
         if self.indptr.len() != self.n_cells + 1 || self.indptr.first() != Some(&0) {
-            return Err(format!(
+            return Err(crate::Invalid(format!(
                 "indptr has {} entries for {} cells",
                 self.indptr.len(),
                 self.n_cells
-            ));
+            )));
         }
         if self.indptr.windows(2).any(|w| w[0] > w[1]) {
             return Err("indptr is not non-decreasing".into());
         }
         let nnz = *self.indptr.last().unwrap_or(&0);
         if self.indices.len() != nnz || self.values.len() != nnz {
-            return Err(format!(
+            return Err(crate::Invalid(format!(
                 "{nnz} non-zeros announced, {} indices and {} values stored",
                 self.indices.len(),
                 self.values.len()
-            ));
+            )));
         }
         if let Some(g) = first_out_of_range(&self.indices, self.n_genes) {
-            return Err(format!("gene index {g} out of range ({} genes)", self.n_genes));
+            return Err(crate::Invalid(format!(
+                "gene index {g} out of range ({} genes)",
+                self.n_genes
+            )));
         }
         if let Some(c) = (0..self.n_cells)
             .into_par_iter()
@@ -218,26 +217,32 @@ impl CountMatrix {
                     .any(|w| w[0] >= w[1])
             })
         {
-            return Err(format!("cell {c}: gene indices not strictly ascending"));
+            return Err(crate::Invalid(format!(
+                "cell {c}: gene indices not strictly ascending"
+            )));
         }
         if self.gene_ids.len() != self.n_genes {
-            return Err(format!(
+            return Err(crate::Invalid(format!(
                 "{} gene ids for {} genes",
                 self.gene_ids.len(),
                 self.n_genes
-            ));
+            )));
         }
         if let Some(s) = &self.gene_symbols {
             if s.len() != self.n_genes {
-                return Err(format!("{} gene symbols for {} genes", s.len(), self.n_genes));
+                return Err(crate::Invalid(format!(
+                    "{} gene symbols for {} genes",
+                    s.len(),
+                    self.n_genes
+                )));
             }
         }
         if self.cell_names.len() != self.n_cells {
-            return Err(format!(
+            return Err(crate::Invalid(format!(
                 "{} cell names for {} cells",
                 self.cell_names.len(),
                 self.n_cells
-            ));
+            )));
         }
         for (name, col) in &self.obs {
             let len = match col {
@@ -245,10 +250,10 @@ impl CountMatrix {
                 ObsColumn::Number(v) => v.len(),
             };
             if len != self.n_cells {
-                return Err(format!(
+                return Err(crate::Invalid(format!(
                     "obs column `{name}` has {len} values for {} cells",
                     self.n_cells
-                ));
+                )));
             }
         }
         Ok(())

@@ -255,20 +255,34 @@ fn is_legacy_torch(magic: &[u8; 8]) -> bool {
     magic[..4] == [0x80, 0x02, 0x8a, 0x0a]
 }
 
+/// A tensor view (offset, shape, strides) that does not fit its storage; the reader adds the file and
+/// tensor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    #[error("shape and stride ranks differ")]
+    Ranks,
+    #[error("view size overflows")]
+    Overflow,
+    #[error("view starts at byte {offset} but its storage holds {storage}")]
+    StartsPastStorage { offset: usize, storage: usize },
+    #[error("view needs {end} bytes but its storage holds {storage}")]
+    EndsPastStorage { end: usize, storage: usize },
+}
+
 /// Checks that a view (offset, shape, strides in elements) stays inside its storage, with checked
 /// arithmetic throughout (shapes come from untrusted files). Shared by the readers.
-pub(crate) fn check_view_bounds(entry: &TensorEntry) -> Result<(), String> {
+pub(crate) fn check_view_bounds(entry: &TensorEntry) -> Result<(), ViewError> {
     let esize = entry.dtype.size_in_bytes();
     if entry.shape.len() != entry.strides.len() {
-        return Err("shape and stride ranks differ".into());
+        return Err(ViewError::Ranks);
     }
-    let overflow = || "view size overflows".to_string();
+    let overflow = || ViewError::Overflow;
     let offset_bytes = entry.offset.checked_mul(esize).ok_or_else(overflow)?;
     if offset_bytes > entry.storage_len {
-        return Err(format!(
-            "view starts at byte {offset_bytes} but its storage holds {}",
-            entry.storage_len
-        ));
+        return Err(ViewError::StartsPastStorage {
+            offset: offset_bytes,
+            storage: entry.storage_len,
+        });
     }
     let mut numel: usize = 1;
     let mut last: usize = 0;
@@ -291,10 +305,10 @@ pub(crate) fn check_view_bounds(entry: &TensorEntry) -> Result<(), String> {
         .and_then(|x| x.checked_mul(esize))
         .ok_or_else(overflow)?;
     if end_bytes > entry.storage_len {
-        return Err(format!(
-            "view needs {end_bytes} bytes but its storage holds {}",
-            entry.storage_len
-        ));
+        return Err(ViewError::EndsPastStorage {
+            end: end_bytes,
+            storage: entry.storage_len,
+        });
     }
     Ok(())
 }
@@ -351,6 +365,22 @@ mod tests {
         ));
         // No temporary file is left beside the output.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn view_errors_are_typed_and_say_what_is_wrong() {
+        // Last element at 1 + 3 + 2 = 6: bytes up to 7 × 4 = 28 of a 24-byte storage.
+        let e = check_view_bounds(&view(vec![2, 3], vec![3, 1], 1, 24)).unwrap_err();
+        assert_eq!(e, ViewError::EndsPastStorage { end: 28, storage: 24 });
+        assert_eq!(e.to_string(), "view needs 28 bytes but its storage holds 24");
+        assert_eq!(
+            check_view_bounds(&view(vec![2], vec![usize::MAX], 0, 24)),
+            Err(ViewError::Overflow)
+        );
+        assert_eq!(
+            check_view_bounds(&view(vec![2, 3], vec![1], 0, 24)),
+            Err(ViewError::Ranks)
+        );
     }
 
     #[test]

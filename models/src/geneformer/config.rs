@@ -61,29 +61,31 @@ impl BertConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.hidden_act != "relu" {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "hidden_act is \"{}\"; scinterp implements Geneformer's \"relu\" only (no Geneformer model uses GELU)",
                 self.hidden_act
-            ));
+            )));
         }
         if self.position_embedding_type != "absolute" {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "position_embedding_type is \"{}\"; only \"absolute\" is implemented",
                 self.position_embedding_type
-            ));
+            )));
         }
         if let Some(model_type) = &self.model_type {
             if model_type != "bert" {
-                return Err(format!("model_type is \"{model_type}\", expected \"bert\""));
+                return Err(Invalid(format!(
+                    "model_type is \"{model_type}\", expected \"bert\""
+                )));
             }
         }
         if let Some(archs) = &self.architectures {
             if !archs.iter().any(|a| a == "BertForMaskedLM" || a == "BertModel") {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "architectures is {archs:?}; expected BertForMaskedLM (Geneformer)"
-                ));
+                )));
             }
         }
         let positive = [
@@ -96,16 +98,19 @@ impl BertConfig {
             ("type_vocab_size", self.type_vocab_size),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be positive"));
+            return Err(Invalid(format!("{name} must be positive")));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
-            ));
+            )));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(format!("layer_norm_eps {} is invalid", self.layer_norm_eps));
+            return Err(Invalid(format!(
+                "layer_norm_eps {} is invalid",
+                self.layer_norm_eps
+            )));
         }
         Ok(())
     }

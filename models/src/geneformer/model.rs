@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use scinterp_engine::cpu;
 use scinterp_engine::{
     Activation, BertEmbedding, Encoder, EncoderDims, EngineError, LayerNormWeights, LinearWeights, Matrix,
-    PackedBatch, PostLnBlock,
+    PackedBatch, PostLnBlock, WeightShapeError,
 };
 
 use super::config::BertConfig;
@@ -166,9 +166,9 @@ impl Geneformer {
         // Every shape was checked above, so the constructors below cannot fail; map any residual
         // inconsistency to the same error type rather than panicking.
         let path = checkpoint.path().to_path_buf();
-        let shape_err = |e: String| ModelError::Weights {
+        let shape_err = |e: WeightShapeError| ModelError::Weights {
             path: path.clone(),
-            problems: vec![e],
+            problems: vec![e.to_string()],
         };
         let ln_embed = ln_embed.map_err(shape_err)?;
         let mut built = Vec::with_capacity(blocks.len());

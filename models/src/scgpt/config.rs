@@ -54,33 +54,33 @@ impl ScgptConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self, Invalid> {
-        Self::parse(text).map_err(Invalid)
+        Self::parse(text)
     }
 
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Invalid> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
         let obj = value
             .as_object()
             .ok_or("expected a JSON object (scGPT's args.json)")?;
         let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
-        let uint = |k: &str, default: usize| -> Result<usize, String> {
+        let uint = |k: &str, default: usize| -> Result<usize, Invalid> {
             match present(k) {
                 None => Ok(default),
                 Some(v) => v
                     .as_u64()
                     .and_then(|i| usize::try_from(i).ok())
                     .filter(|&i| i > 0)
-                    .ok_or_else(|| format!("`{k}` is {v}, expected a positive integer")),
+                    .ok_or_else(|| Invalid(format!("`{k}` is {v}, expected a positive integer"))),
             }
         };
-        let text_value = |k: &str| -> Result<Option<String>, String> {
+        let text_value = |k: &str| -> Result<Option<String>, Invalid> {
             match present(k) {
                 None => Ok(None),
                 Some(v) => v
                     .as_str()
                     .map(|s| Some(s.to_owned()))
-                    .ok_or_else(|| format!("`{k}` is {v}, expected a string")),
+                    .ok_or_else(|| Invalid(format!("`{k}` is {v}, expected a string"))),
             }
         };
         let flag = |k: &str| present(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
@@ -102,24 +102,24 @@ impl ScgptConfig {
             max_seq_len: uint("max_seq_len", d.max_seq_len)?,
         };
         if !config.d_model.is_multiple_of(config.n_heads) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "embsize {} is not a multiple of nheads {}",
                 config.d_model, config.n_heads
-            ));
+            )));
         }
         if let Some(style) = text_value("input_emb_style")? {
             if style != "continuous" {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "input_emb_style is \"{style}\"; scinterp implements the \"continuous\" value encoder of \
                      the whole-human model only"
-                ));
+                )));
             }
         }
         if let Some(style) = text_value("cell_emb_style")? {
             if style != "cls" {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "cell_emb_style is \"{style}\"; only \"cls\" (the whole-human setting) is implemented"
-                ));
+                )));
             }
         }
         for variant in [
@@ -130,10 +130,10 @@ impl ScgptConfig {
             "use_mod",
         ] {
             if flag(variant) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "`{variant}` is true; scinterp implements the whole-human architecture (post-norm, no \
                      batch or modality labels, no zero-probability head)"
-                ));
+                )));
             }
         }
         Ok(config)

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use scinterp_engine::cpu;
 use scinterp_engine::{
     Activation, Encoder, EncoderDims, EngineError, LayerNormWeights, LinearWeights, Matrix, PackedBatch,
-    PostLnBlock,
+    PostLnBlock, WeightShapeError,
 };
 
 use super::config::{ScgptConfig, SCGPT_LAYER_NORM_EPS, SCGPT_MAX_VALUE};
@@ -220,9 +220,9 @@ impl Scgpt {
 
         // Every shape was checked above; map any residual inconsistency to the same error, never a panic.
         let path = checkpoint.path().to_path_buf();
-        let shape_err = |e: String| ModelError::Weights {
+        let shape_err = |e: WeightShapeError| ModelError::Weights {
             path: path.clone(),
-            problems: vec![e],
+            problems: vec![e.to_string()],
         };
         let gene_norm = gene_norm.map_err(shape_err)?;
         let value_encoder = ValueEncoder {

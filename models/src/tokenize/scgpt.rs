@@ -130,20 +130,20 @@ impl ScgptVocab {
 
     /// Builds the vocabulary from a map; fails (with a reason) without `<pad>` or `<cls>`.
     pub fn from_map(tokens: HashMap<String, u32>) -> Result<Self, crate::Invalid> {
-        Self::build(tokens).map_err(crate::Invalid)
+        Self::build(tokens)
     }
 
-    fn build(tokens: HashMap<String, u32>) -> Result<Self, String> {
+    fn build(tokens: HashMap<String, u32>) -> Result<Self, crate::Invalid> {
         let get = |s: &str| {
             tokens
                 .get(s)
                 .copied()
-                .ok_or_else(|| format!("has no `{s}` entry; is it an scGPT vocab.json?"))
+                .ok_or_else(|| crate::Invalid(format!("has no `{s}` entry; is it an scGPT vocab.json?")))
         };
         let pad = get("<pad>")?;
         let cls = get("<cls>")?;
         if pad == cls {
-            return Err(format!("`<pad>` and `<cls>` share the id {pad}"));
+            return Err(crate::Invalid(format!("`<pad>` and `<cls>` share the id {pad}")));
         }
         let eoc = tokens.get("<eoc>").copied();
         Ok(ScgptVocab {
