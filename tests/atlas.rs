@@ -192,10 +192,15 @@ fn atlas_data_files_hold_what_the_tables_say() {
             let shard = data(&site, &format!("L{l}/d{}.js", f / 64));
             let g = &shard[f.to_string()]["g"];
             let n_rows = g["id"].as_array().unwrap().len();
-            // `cm` left out: every row in order.
-            let identity: Vec<Value> = (0..n_rows).map(|k| json!(k)).collect();
+            // `cm` left out: every row in order; a count n: rows 0 … n − 1.
             let order = if ranking == "conditional_mean" {
-                g.get("cm").cloned().unwrap_or(json!(identity))
+                match g.get("cm") {
+                    Some(Value::Array(a)) => json!(a),
+                    count => {
+                        let n = count.map_or(n_rows, |c| c.as_u64().unwrap() as usize);
+                        json!((0..n).collect::<Vec<_>>())
+                    }
+                }
             } else {
                 g["mass"].clone()
             };

@@ -662,8 +662,10 @@
     if (rowsG) {
       const geneTable = (id, order, title, def) => '<div><h3 title="' + esc(DEF[def]) + '">' + esc(title) + '</h3>' + (order.length ? '<table id="' + id + '"><tr>' + th('rank', 'rank', 'class="n"') + th('gene', 'n_positions') + th('n fired', 'n_fired', 'class="n"') + th('positions', 'n_positions', 'class="n"') + th('mean when fired', 'mean_when_fired', 'class="n"') + th('mass', 'mass', 'class="n"') + th('fire rate', 'fire_rate', 'class="n"') + '</tr>' +
         order.map((k, r) => { const g = rowsG[k]; const pos = g[3]; return '<tr data-gene="' + esc(geneLabel(G, g[0])) + '"><td class="n">' + num(r + 1, 'rank') + '</td><td>' + geneLink(G, g[0]) + '</td><td class="n">' + num(g[1], 'n_fired') + '</td><td class="n">' + num(pos, 'n_positions') + '</td><td class="n">' + num(g[2], 'mean_when_fired') + '</td><td class="n">' + num(g[2] * g[1], 'mass') + '</td><td class="n">' + num(pos > 0 ? g[1] / pos : null, 'fire_rate') + '</td></tr>'; }).join('') + '</table>' : none('no genes in this ranking')) + '</div>';
-      // cm is absent when it lists every row in order; mass is absent when the catalog has no mass list.
-      h += '<div class="grid2">' + geneTable('top-genes-cm', d.g.cm || rowsG.map((_, k) => k), 'By conditional mean', 'mean_when_fired') + geneTable('top-genes-mass', d.g.mass || [], 'By mass', 'mass') + '</div>';
+      // cm is absent when it lists every row in order, a count n when it lists rows 0 … n − 1; mass is
+      // absent when the catalog has no mass list.
+      const cm = Array.isArray(d.g.cm) ? d.g.cm : rowsG.slice(0, d.g.cm == null ? rowsG.length : d.g.cm).map((_, k) => k);
+      h += '<div class="grid2">' + geneTable('top-genes-cm', cm, 'By conditional mean', 'mean_when_fired') + geneTable('top-genes-mass', d.g.mass || [], 'By mass', 'mass') + '</div>';
     } else h += none('no top genes for this feature');
 
     // Terms.

@@ -1153,7 +1153,8 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
             // (gene), `nf` (n_fired), `m` (mean_when_fired) and `np` (n_positions, only when some row's
             // differs from genes.js's; null: genes.js's). The page derives mass = mean × n_fired (the
             // catalog's mass is that sum) and fire_rate = n_fired / n_positions. `cm` is left out when it
-            // lists every row in order (the usual case), `mass` when the catalog has no mass list.
+            // lists every row in order (the usual case) and is a count n when it lists rows 0 … n − 1,
+            // `mass` is left out when the catalog has no mass list.
             let mut rows: Vec<usize> = Vec::new();
             let mut seen: HashMap<(u32, [u64; 5]), usize> = HashMap::new();
             let mut ranked: [Vec<(u32, usize)>; 2] = [Vec::new(), Vec::new()];
@@ -1206,8 +1207,10 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                         .map(|&r| if own(r) { Value::Null } else { num(v(r, 1)) });
                     g.insert("np".into(), Value::Array(np.collect()));
                 }
-                if !(cm.len() == rows.len() && cm.iter().enumerate().all(|(k, &x)| k == x)) {
+                if !cm.iter().enumerate().all(|(k, &x)| k == x) {
                     g.insert("cm".into(), json!(cm));
+                } else if cm.len() < rows.len() {
+                    g.insert("cm".into(), json!(cm.len()));
                 }
                 if !mass.is_empty() {
                     g.insert("mass".into(), json!(mass));

@@ -77,7 +77,7 @@ pub fn z85(bytes: &[u8]) -> (String, usize) {
 }
 
 fn unz85(s: &str, pad: usize) -> Option<Vec<u8>> {
-    if s.len() % 5 != 0 {
+    if !s.len().is_multiple_of(5) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 5 * 4);
