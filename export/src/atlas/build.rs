@@ -742,7 +742,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         .collect();
     let manifest = json!({
         "format": "scinterp-atlas",
-        "format_version": 1,
+        "format_version": 2,
         "title": cfg.title.clone().unwrap_or_else(|| "scinterp atlas".into()),
         "scinterp_version": env!("CARGO_PKG_VERSION"),
         "shard": shard,
