@@ -191,30 +191,44 @@ fn atlas_data_files_hold_what_the_tables_say() {
             rows.sort_by_key(|r| r["rank"].as_i64().unwrap());
             let shard = data(&site, &format!("L{l}/d{}.js", f / 64));
             let g = &shard[f.to_string()]["g"];
-            let order = &g[if ranking == "conditional_mean" {
-                "cm"
+            let n_rows = g["id"].as_array().unwrap().len();
+            // `cm` left out: every row in order; a count n: rows 0 … n − 1.
+            let order = if ranking == "conditional_mean" {
+                match g.get("cm") {
+                    Some(Value::Array(a)) => json!(a),
+                    count => {
+                        let n = count.map_or(n_rows, |c| c.as_u64().unwrap() as usize);
+                        json!((0..n).collect::<Vec<_>>())
+                    }
+                }
             } else {
-                "mass"
-            }];
+                g["mass"].clone()
+            };
             assert_eq!(
                 order.as_array().unwrap().len(),
                 rows.len(),
                 "L{l} feature {f} {ranking}"
             );
             for (k, r) in rows.iter().enumerate() {
-                let row = &g["rows"][order[k].as_u64().unwrap() as usize];
-                let gi = row[0].as_u64().unwrap() as usize;
+                let at = order[k].as_u64().unwrap() as usize;
+                let gi = g["id"][at].as_u64().unwrap() as usize;
                 assert_eq!(genes["symbol"][gi], r["symbol"]);
                 assert_eq!(genes["gene_id"][gi], r["gene_id"]);
+                // n_positions: the row's own where it has one, else the gene's in genes.js.
+                let positions = match g.get("np").map(|np| &np[at]) {
+                    Some(v) if !v.is_null() => v.clone(),
+                    _ => genes["n_positions"][gi].clone(),
+                };
+                let row = [g["nf"][at].clone(), positions, g["m"][at].clone()];
                 for (j, col) in ["n_fired", "n_positions", "mean_when_fired"].iter().enumerate() {
-                    assert!(close(&row[j + 1], r[*col].as_f64().unwrap()), "L{l} {f} {col}");
+                    assert!(close(&row[j], r[*col].as_f64().unwrap()), "L{l} {f} {col}");
                 }
                 // The page derives mass and fire_rate from the row (they are not stored twice).
                 let v = |j: usize| row[j].as_f64().unwrap();
                 let (mass, rate) = (r["mass"].as_f64().unwrap(), r["fire_rate"].as_f64().unwrap());
-                assert!((v(3) * v(1) - mass).abs() <= 1e-3 * mass.abs(), "L{l} {f} mass");
+                assert!((v(2) * v(0) - mass).abs() <= 1e-3 * mass.abs(), "L{l} {f} mass");
                 assert!(
-                    (v(1) / v(2) - rate).abs() <= 1e-3 * rate.abs(),
+                    (v(0) / v(1) - rate).abs() <= 1e-3 * rate.abs(),
                     "L{l} {f} fire_rate"
                 );
                 checked_genes += 1;
@@ -249,14 +263,39 @@ fn atlas_data_files_hold_what_the_tables_say() {
             "p_value",
             "q_value_atlas",
             "q_value_catalog",
-            "fold_enrichment",
         ]
         .iter()
         .enumerate()
         {
             assert!(close(&row[j + 1], r[*col].as_f64().unwrap()), "L{l} {f} {col}");
         }
-        assert_eq!(row[9], r["overlap_genes"]);
+        // fold_enrichment: stored, or null where the page derives it from the four counts.
+        let fold = if row[8].is_null() {
+            let v = |j: usize| row[j].as_f64().unwrap();
+            (v(1) / v(2)) / (v(3) / v(4))
+        } else {
+            row[8].as_f64().unwrap()
+        };
+        assert!(
+            close(&json!(fold), r["fold_enrichment"].as_f64().unwrap()),
+            "L{l} {f} fold"
+        );
+        // Overlap genes: indices of the feature's top-gene rows (the page shows their symbols), or the
+        // list as annotate wrote it.
+        let overlap = match &row[9] {
+            Value::Array(ix) => {
+                let g = &rec["g"];
+                ix.iter()
+                    .map(|k| {
+                        let gi = g["id"][k.as_u64().unwrap() as usize].as_u64().unwrap() as usize;
+                        genes["symbol"][gi].as_str().unwrap().to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+            v => v.as_str().unwrap().to_string(),
+        };
+        assert_eq!(json!(overlap), r["overlap_genes"]);
         // The term index lists the feature under the term.
         let t = row[0].as_u64().unwrap() as usize;
         let idx = data(&site, &format!("tidx/{}.js", t / 256));
@@ -316,14 +355,33 @@ fn atlas_data_files_hold_what_the_tables_say() {
         .find(|&g| genes["symbol"][g] == first["symbol"])
         .unwrap();
     let idx = data(&site, &format!("gidx/{}.js", g / 256));
-    let hit = idx[g.to_string()]
+    // Per gene: [layer, n, n × (feature − previous, rank_cm + rank_base × rank_mass, mean), …].
+    let flat: Vec<f64> = idx[g.to_string()]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e[0] == json!(1) && e[1] == first["feature"])
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let base = manifest["rank_base"].as_f64().unwrap();
+    let mut entries = Vec::new();
+    let mut k = 0;
+    while k < flat.len() {
+        let (l, n) = (flat[k], flat[k + 1] as usize);
+        k += 2;
+        let mut f = 0.0;
+        for _ in 0..n {
+            f += flat[k];
+            entries.push((l, f, flat[k + 1] % base, (flat[k + 1] / base).floor()));
+            k += 3;
+        }
+    }
+    let (_, _, cm, mass) = *entries
+        .iter()
+        .find(|e| e.0 == 1.0 && json!(e.1 as i64) == first["feature"])
         .expect("gene index entry");
-    let rank = first["rank"].as_i64().unwrap() + 1;
-    assert!(hit[2] == json!(rank) || hit[3] == json!(rank));
+    let rank = (first["rank"].as_i64().unwrap() + 1) as f64;
+    let ranking = first["ranking"].as_str().unwrap();
+    assert_eq!(if ranking == "mass" { mass } else { cm }, rank, "{ranking}");
 
     // Effects rows sit on their features.
     let effects = parquet_rows(&fx.join("effects.parquet"));

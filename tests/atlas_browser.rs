@@ -388,7 +388,13 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
                 float(get(r, "n_fired")),
                 "{table}"
             );
-            for (k, col) in [(4, "mean_when_fired"), (5, "mass")] {
+            // n_positions comes from genes.js and fire_rate is derived on the page.
+            for (k, col) in [
+                (3, "n_positions"),
+                (4, "mean_when_fired"),
+                (5, "mass"),
+                (6, "fire_rate"),
+            ] {
                 let (a, b) = (shown(cells[k].as_str().unwrap()), float(get(r, col)));
                 assert!(
                     (a - b).abs() <= 1e-3 * b.abs(),
@@ -396,29 +402,6 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
                 );
             }
         }
-    }
-    // Its significant terms, as in enrichment.parquet.
-    let terms = parquet_rows(&fx.join("annotation/enrichment.parquet"));
-    let mut want: Vec<(String, f64)> = terms
-        .iter()
-        .filter(|r| {
-            text(get(r, "catalog")) == "blocks.1.hook_resid_post" && *get(r, "feature") == Field::Long(0)
-        })
-        .map(|r| (text(get(r, "term")), float(get(r, "p_value"))))
-        .collect();
-    want.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let page = driver.script(
-        "return [...document.querySelectorAll('#terms tr[data-term]')].map(r => [r.dataset.term, r.cells[6].textContent]);",
-    );
-    let page = page.as_array().cloned().unwrap_or_default();
-    assert_eq!(page.len(), want.len(), "terms of blocks.1 feature 0: {page:?}");
-    for (p, (term, pv)) in page.iter().zip(&want) {
-        assert_eq!(p[0], json!(term));
-        let shown_p = shown(p[1].as_str().unwrap());
-        assert!(
-            (shown_p - pv).abs() <= 1e-2 * pv.abs(),
-            "{term}: page p {shown_p}, table {pv}"
-        );
     }
     let downstream =
         driver.script("return document.querySelectorAll('#edges-down tr[data-feature]').length;");
@@ -443,6 +426,58 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
         "{nodes} nodes, {edges} edges"
     );
     driver.screenshot(&shots.join("circuit.png"));
+
+    // Significant terms, as in enrichment.parquet: on feature 0 and on the first feature of blocks.1
+    // that has any.
+    let terms = parquet_rows(&fx.join("annotation/enrichment.parquet"));
+    let in_b1 = |r: &&Vec<(String, Field)>| text(get(r, "catalog")) == "blocks.1.hook_resid_post";
+    let with_terms = match terms.iter().filter(in_b1).map(|r| get(r, "feature")).next() {
+        Some(Field::Long(f)) => *f,
+        other => panic!("the fixture has terms on blocks.1: {other:?}"),
+    };
+    for f in [0, with_terms] {
+        driver.cmd(
+            "POST",
+            "/url",
+            Some(json!({"url": format!("{index}#/feature/0/{f}")})),
+        );
+        driver.wait_route(&format!("feature/0/{f}"));
+        let mut want: Vec<(String, f64, f64, String)> = terms
+            .iter()
+            .filter(|r| in_b1(r) && *get(r, "feature") == Field::Long(f))
+            .map(|r| {
+                let overlap = text(get(r, "overlap_genes")).replace(',', ", ");
+                (
+                    text(get(r, "term")),
+                    float(get(r, "p_value")),
+                    float(get(r, "fold_enrichment")),
+                    overlap,
+                )
+            })
+            .collect();
+        want.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let page = driver.script(
+            "return [...document.querySelectorAll('#terms tr[data-term]')].map(r => [r.dataset.term, r.cells[6].textContent, r.cells[9].textContent, r.cells[10].textContent]);",
+        );
+        let page = page.as_array().cloned().unwrap_or_default();
+        assert_eq!(page.len(), want.len(), "terms of blocks.1 feature {f}: {page:?}");
+        for (p, (term, pv, fold, overlap)) in page.iter().zip(&want) {
+            assert_eq!(p[0], json!(term));
+            let shown_p = shown(p[1].as_str().unwrap());
+            assert!(
+                (shown_p - pv).abs() <= 1e-2 * pv.abs(),
+                "{term}: page p {shown_p}, table {pv}"
+            );
+            // fold_enrichment (derived on the page where not stored) and the overlap genes (stored as
+            // indices of the top-gene rows) read as in the table.
+            let shown_fold = shown(p[2].as_str().unwrap());
+            assert!(
+                (shown_fold - fold).abs() <= 1e-3 * fold.abs(),
+                "{term}: page fold {shown_fold}, table {fold}"
+            );
+            assert_eq!(p[3], json!(overlap), "{term}: overlap genes");
+        }
+    }
 
     // The layer explorer: the table filters by text and sorts by a click.
     driver.cmd("POST", "/url", Some(json!({"url": format!("{index}#/layer/1")})));

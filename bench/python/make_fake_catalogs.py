@@ -11,13 +11,26 @@ Per catalog (one per layer, hooks blocks.{L}.hook_resid_post):
   top_genes.EXT    feature, ranking (conditional_mean and mass), rank, token, gene_id, symbol, n_fired,
                    n_positions, mean_when_fired, mass, fire_rate: `--top-n` genes per alive feature, drawn at
                    random from the background, except that a `--planted` fraction of features take
-                   `--planted-genes` of them from one random term of the given GMT files (the rest random)
+                   `--planted-genes` of them from one random term of the given GMT files (the rest random).
+                   The mass ranking, by `--rankings`:
+                     shuffled (default; the files of earlier runs): the same genes in another order, but each
+                       rank keeps the numbers of the conditional_mean row at that rank, so a gene's numbers
+                       differ between its two rows (no row is shared; not a consistent catalog)
+                     disjoint: `--top-n` other genes (none in the conditional_mean list), each with its own
+                       numbers, ordered by mass: 2 × top-n distinct rows, the most a catalog can hold
+                     same: the conditional_mean rows themselves (same genes, same numbers) ordered by mass, as
+                       in a catalog whose two top lists hold the same genes
+                     one: no mass rows (top-n rows by one ranking, as the published atlas shows)
+                   Except with shuffled, mass = mean_when_fired × n_fired (the catalog's definition; shuffled
+                   keeps mean_when_fired × fire_rate). Every choice writes the same conditional_mean genes (and the same other tables) for a seed;
+                   the extra draws of `disjoint` come from a second generator seeded (seed, layer).
   feature_cells.EXT feature, cell, n_active, mean_when_active: 20-80 random cells per alive feature
 and one shared token store folder `store/` holding only `cells.tsv` (barcode, cell_type: 8 labels).
 
     /tmp/pyenv/venv/bin/python bench/python/make_fake_catalogs.py --out DIR [--catalogs 18] [--features 4608]
         [--background 18000] [--top-n 20] [--planted 0.2] [--planted-genes 10] [--cells 2000]
         [--format parquet|tsv] [--gene-sets a.gmt,b.gmt] [--seed 0] [--data ../shared/data]
+        [--rankings shuffled|disjoint|same|one]
 
 Seeded: the same arguments write the same files. The Geneformer dictionaries are Python pickles of plain str/int
 objects, read with `pickle` (a benchmark script on trusted reference files).
@@ -83,6 +96,7 @@ def main() -> None:
     ap.add_argument("--gene-sets", default="")
     ap.add_argument("--gencode", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rankings", choices=["shuffled", "disjoint", "same", "one"], default="shuffled")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data")
     a = ap.parse_args()
 
@@ -151,13 +165,53 @@ def main() -> None:
             "n_fired": n_fired, "n_positions": n_pos, "mean_when_fired": mean, "mass": mean * rate,
             "fire_rate": rate,
         }
+        if a.rankings != "shuffled":
+            # The catalog's definition (a sum over the fired positions); the shuffled files keep mean × rate.
+            base["mass"] = mean * n_fired
         cm = pd.DataFrame({**base, "ranking": "conditional_mean"})
-        # The mass ranking: the same genes in another order (enough for a realistic file).
-        order = np.argsort(-(mean * rate).reshape(len(alive_ids), n_top), axis=1)
-        mass_flat = (top_idx[np.arange(len(alive_ids))[:, None], order]).ravel()
-        ms = cm.copy()
-        ms["ranking"] = "mass"
-        ms["token"], ms["gene_id"], ms["symbol"] = tok[mass_flat], gid[mass_flat], sym[mass_flat]
+        n_alive = len(alive_ids)
+        if a.rankings == "shuffled":
+            # The same genes in another order, the numbers left at their rank (the earlier files).
+            order = np.argsort(-(mean * rate).reshape(n_alive, n_top), axis=1)
+            mass_flat = (top_idx[np.arange(n_alive)[:, None], order]).ravel()
+            ms = cm.copy()
+            ms["ranking"] = "mass"
+            ms["token"], ms["gene_id"], ms["symbol"] = tok[mass_flat], gid[mass_flat], sym[mass_flat]
+        elif a.rankings == "same":
+            # The conditional_mean rows, reordered by mass.
+            order = np.argsort(-(mean * n_fired).reshape(n_alive, n_top), axis=1, kind="stable")
+            rows = (np.arange(n_alive)[:, None] * n_top + order).ravel()
+            ms = cm.iloc[rows].reset_index(drop=True)
+            ms["ranking"] = "mass"
+            ms["rank"] = ranks
+        elif a.rankings == "disjoint":
+            # top-n other genes per feature with their own numbers, ranked by mass.
+            rng2 = np.random.default_rng([a.seed, layer])
+            other = np.empty((n_alive, n_top), dtype=np.int64)
+            for r in range(n_alive):
+                seen = set(int(g) for g in top_idx[r])
+                chosen = []
+                while len(chosen) < n_top:
+                    g = int(rng2.integers(n_bg))
+                    if g not in seen:
+                        seen.add(g)
+                        chosen.append(g)
+                other[r] = chosen
+            oflat = other.ravel()
+            o_pos = genes["n_positions"].to_numpy()[oflat]
+            o_fired = np.maximum(1, (o_pos * rng2.random(len(oflat))).astype(np.int64))
+            o_mean = rng2.gamma(2.0, 1.0, size=len(oflat))
+            o_rate = o_fired / o_pos
+            order = np.argsort(-(o_mean * o_fired).reshape(n_alive, n_top), axis=1, kind="stable")
+            rows = (np.arange(n_alive)[:, None] * n_top + order).ravel()
+            oflat, o_pos, o_fired, o_mean, o_rate = (x[rows] for x in (oflat, o_pos, o_fired, o_mean, o_rate))
+            ms = pd.DataFrame({
+                "feature": feats, "rank": ranks, "token": tok[oflat], "gene_id": gid[oflat], "symbol": sym[oflat],
+                "n_fired": o_fired, "n_positions": o_pos, "mean_when_fired": o_mean, "mass": o_mean * o_fired,
+                "fire_rate": o_rate, "ranking": "mass",
+            })
+        else:
+            ms = cm.iloc[:0]
         top = pd.concat([cm, ms], ignore_index=True)[
             ["feature", "ranking", "rank", "token", "gene_id", "symbol", "n_fired", "n_positions",
              "mean_when_fired", "mass", "fire_rate"]]

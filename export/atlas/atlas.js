@@ -1,5 +1,5 @@
 // scinterp atlas: a static page over the data files that `scinterp atlas` writes. Works from file://: every
-// data file is a script that calls atlas.receive(key, payload); payloads "z:<base64>" are zlib-compressed JSON,
+// data file is a script that calls atlas.receive(key, payload); payloads "y<pad>:<Z85>" are zlib-compressed JSON,
 // inflated with the browser's DecompressionStream. No network, no dependencies.
 (function () {
   'use strict';
@@ -21,11 +21,31 @@
     return 'data/' + key + '.js';
   }
 
+  const Z85 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
+  const Z85_VALUE = new Uint8Array(128);
+  for (let i = 0; i < Z85.length; i++) Z85_VALUE[Z85.charCodeAt(i)] = i;
+  // "y<pad>:<Z85>": zlib bytes padded with pad zero bytes to a multiple of 4 (5 characters per 4 bytes).
+  function unz85(text, pad) {
+    const n = text.length / 5;
+    const bytes = new Uint8Array(n * 4);
+    for (let i = 0, o = 0; i < n; i++, o += 4) {
+      let v = 0;
+      for (let j = 0; j < 5; j++) v = v * 85 + Z85_VALUE[text.charCodeAt(i * 5 + j)];
+      bytes[o] = v >>> 24; bytes[o + 1] = (v >>> 16) & 255; bytes[o + 2] = (v >>> 8) & 255; bytes[o + 3] = v & 255;
+    }
+    return bytes.subarray(0, bytes.length - pad);
+  }
+
   async function decode(payload) {
-    if (typeof payload !== 'string' || !payload.startsWith('z:')) return payload;
-    const bin = atob(payload.slice(2));
-    const bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    if (typeof payload !== 'string') return payload;
+    let bytes;
+    if (payload.startsWith('z:')) {
+      const bin = atob(payload.slice(2));
+      bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    } else if (/^y[0-3]:/.test(payload)) {
+      bytes = unz85(payload.slice(3), +payload[1]);
+    } else return payload;
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
     return JSON.parse(await new Response(stream).text());
   }
@@ -220,6 +240,26 @@
   }
   function geneLabel(G, g) {
     return G.symbol[g] || G.gene_id[g] || ('gene ' + g);
+  }
+  // The feature's distinct top-gene rows, [gene, n_fired, mean_when_fired, n_positions], from the
+  // column-wise record (np absent or null: the gene's n_positions in genes.js); null without top genes.
+  function geneRows(d, G) {
+    if (!d.g) return null;
+    if (!d.g.rows) {
+      d.g.rows = d.g.id.map((g, k) => [g, d.g.nf[k], d.g.m[k], d.g.np && d.g.np[k] != null ? d.g.np[k] : (G && G.n_positions ? G.n_positions[g] : null)]);
+    }
+    return d.g.rows;
+  }
+  // The histogram's 20 counts from [first bin, counts …].
+  function histCounts(h, range) {
+    const counts = new Array(range ? range[2] : h.length - 1).fill(0);
+    for (let k = 1; k < h.length; k++) counts[h[0] + k - 1] = h[k];
+    return counts;
+  }
+  // A term's overlap genes: indices of the feature's top-gene rows, or a comma list of names.
+  function overlapGenes(G, rows, v) {
+    if (Array.isArray(v)) return v.map((k) => (rows && rows[k] ? geneLabel(G, rows[k][0]) : '?'));
+    return String(v || '').split(',').filter(Boolean);
   }
   function termLabel(T, t) {
     return t == null || t < 0 ? '' : T.name[t];
@@ -599,7 +639,9 @@
     const tables = {};
     await Promise.all([...others].map(async (o) => { tables[o] = await layerTable(o); }));
     tables[l] = t;
-    const S = (k) => (d.s ? d.s[M.columns.feature_stats.indexOf(k)] : null);
+    // Statistics: d.s in feature_stats order (null or missing: the layer table's column, if any).
+    const S = (k) => { if (!d.s) return null; const v = d.s[M.columns.feature_stats.indexOf(k)]; return v != null ? v : (c[k] ? c[k][i] : null); };
+    const rowsG = geneRows(d, G);
     const best = c.bt[i] >= 0 ? T.name[c.bt[i]] : '';
     let h = '<h1>' + esc(meta.name) + ' · feature ' + f + (best ? ' — ' + esc(best) : '') + '</h1>';
     h += '<p>' + (c.alive ? (c.alive[i] ? '<span class="pill" title="' + esc(DEF.alive) + '">alive</span>' : '<span class="pill" title="' + esc(DEF.alive) + '">dead</span>') : '<span class="muted">no catalog for this layer</span>') +
@@ -612,22 +654,25 @@
     if (d.s) {
       const stats = M.columns.feature_stats.filter((k) => k !== 'module_size' && S(k) != null);
       h += '<div class="grid2"><div>' + kvTable(stats.map((k) => [k.replace(/_/g, ' '), S(k), k])) + '</div><div>' +
-        (d.h ? '<h3 title="' + esc(DEF.hist) + '">Cells by mean activation where it fired</h3>' + histogram(d.h, meta.hist) : none('no feature_cells table in the catalog')) + '</div></div>';
+        (d.h ? '<h3 title="' + esc(DEF.hist) + '">Cells by mean activation where it fired</h3>' + histogram(histCounts(d.h, meta.hist), meta.hist) : none('no feature_cells table in the catalog')) + '</div></div>';
     } else h += none('no catalog statistics for this feature');
 
     // Top genes by both rankings.
     h += '<h2>Top genes</h2>';
-    if (d.g) {
+    if (rowsG) {
       const geneTable = (id, order, title, def) => '<div><h3 title="' + esc(DEF[def]) + '">' + esc(title) + '</h3>' + (order.length ? '<table id="' + id + '"><tr>' + th('rank', 'rank', 'class="n"') + th('gene', 'n_positions') + th('n fired', 'n_fired', 'class="n"') + th('positions', 'n_positions', 'class="n"') + th('mean when fired', 'mean_when_fired', 'class="n"') + th('mass', 'mass', 'class="n"') + th('fire rate', 'fire_rate', 'class="n"') + '</tr>' +
-        order.map((k, r) => { const g = d.g.rows[k]; return '<tr data-gene="' + esc(geneLabel(G, g[0])) + '"><td class="n">' + num(r + 1, 'rank') + '</td><td>' + geneLink(G, g[0]) + '</td><td class="n">' + num(g[1], 'n_fired') + '</td><td class="n">' + num(g[2], 'n_positions') + '</td><td class="n">' + num(g[3], 'mean_when_fired') + '</td><td class="n">' + num(g[3] * g[1], 'mass') + '</td><td class="n">' + num(g[2] > 0 ? g[1] / g[2] : null, 'fire_rate') + '</td></tr>'; }).join('') + '</table>' : none('no genes in this ranking')) + '</div>';
-      h += '<div class="grid2">' + geneTable('top-genes-cm', d.g.cm, 'By conditional mean', 'mean_when_fired') + geneTable('top-genes-mass', d.g.mass, 'By mass', 'mass') + '</div>';
+        order.map((k, r) => { const g = rowsG[k]; const pos = g[3]; return '<tr data-gene="' + esc(geneLabel(G, g[0])) + '"><td class="n">' + num(r + 1, 'rank') + '</td><td>' + geneLink(G, g[0]) + '</td><td class="n">' + num(g[1], 'n_fired') + '</td><td class="n">' + num(pos, 'n_positions') + '</td><td class="n">' + num(g[2], 'mean_when_fired') + '</td><td class="n">' + num(g[2] * g[1], 'mass') + '</td><td class="n">' + num(pos > 0 ? g[1] / pos : null, 'fire_rate') + '</td></tr>'; }).join('') + '</table>' : none('no genes in this ranking')) + '</div>';
+      // cm is absent when it lists every row in order, a count n when it lists rows 0 … n − 1; mass is
+      // absent when the catalog has no mass list.
+      const cm = Array.isArray(d.g.cm) ? d.g.cm : rowsG.slice(0, d.g.cm == null ? rowsG.length : d.g.cm).map((_, k) => k);
+      h += '<div class="grid2">' + geneTable('top-genes-cm', cm, 'By conditional mean', 'mean_when_fired') + geneTable('top-genes-mass', d.g.mass || [], 'By mass', 'mass') + '</div>';
     } else h += none('no top genes for this feature');
 
     // Terms.
     h += '<h2>Significant terms</h2>';
     if (d.t && d.t.length) {
       h += '<table id="terms"><tr>' + th('library', 'terms') + th('term', 'terms') + th('overlap', 'overlap', 'class="n"') + th('query', 'query_size', 'class="n"') + th('term size', 'term_size', 'class="n"') + th('background', 'background_size', 'class="n"') + th('p', 'p_value', 'class="n"') + th('q (atlas)', 'q_value_atlas', 'class="n"') + th('q (catalog)', 'q_value_catalog', 'class="n"') + th('fold', 'fold_enrichment', 'class="n"') + th('overlap genes', 'overlap') + '</tr>' +
-        d.t.map((r) => '<tr data-term="' + esc(T.name[r[0]]) + '"><td>' + esc(M.libraries[T.library[r[0]]]) + '</td><td>' + termLink(T, r[0]) + '</td><td class="n">' + num(r[1], 'overlap') + '</td><td class="n">' + num(r[2], 'query_size') + '</td><td class="n">' + num(r[3], 'term_size') + '</td><td class="n">' + num(r[4], 'background_size') + '</td><td class="n">' + num(r[5], 'p_value') + '</td><td class="n">' + num(r[6], 'q_value_atlas') + '</td><td class="n">' + num(r[7], 'q_value_catalog') + '</td><td class="n">' + num(r[8], 'fold_enrichment') + '</td><td class="overlap">' + String(r[9] || '').split(',').filter(Boolean).map((s) => '<a href="#/gene/' + encodeURIComponent(s) + '">' + esc(s) + '</a>').join(', ') + '</td></tr>').join('') + '</table>';
+        d.t.map((r) => '<tr data-term="' + esc(T.name[r[0]]) + '"><td>' + esc(M.libraries[T.library[r[0]]]) + '</td><td>' + termLink(T, r[0]) + '</td><td class="n">' + num(r[1], 'overlap') + '</td><td class="n">' + num(r[2], 'query_size') + '</td><td class="n">' + num(r[3], 'term_size') + '</td><td class="n">' + num(r[4], 'background_size') + '</td><td class="n">' + num(r[5], 'p_value') + '</td><td class="n">' + num(r[6], 'q_value_atlas') + '</td><td class="n">' + num(r[7], 'q_value_catalog') + '</td><td class="n">' + num(r[8] != null ? r[8] : (r[2] > 0 && r[3] > 0 ? (r[1] / r[2]) / (r[3] / r[4]) : null), 'fold_enrichment') + '</td><td class="overlap">' + overlapGenes(G, rowsG, r[9]).map((s) => '<a href="#/gene/' + encodeURIComponent(s) + '">' + esc(s) + '</a>').join(', ') + '</td></tr>').join('') + '</table>';
     } else h += none(M.annotations.length ? 'no term at q ≤ alpha for this feature' : 'no annotation was given (--annotation)');
     if (d.e && d.e.length) {
       h += '<h3>Network edges among the top genes</h3><table id="edge-tests"><tr>' + th('network', 'observed_edges') + th('observed', 'observed_edges', 'class="n"') + th('null mean', 'null_mean', 'class="n"') + th('p', 'edge_test_p', 'class="n"') + th('q (atlas)', 'q_value_atlas', 'class="n"') + th('q (catalog)', 'q_value_catalog', 'class="n"') + th('permutations', 'permutations', 'class="n"') + th('edges', 'observed_edges') + '</tr>' +
@@ -762,6 +807,26 @@
   // ---------------------------------------------------------------------------------------------------
   // Gene and term search
 
+  // The gene index holds per gene [layer, n, n × (feature − previous feature, rank code, mean when fired),
+  // …] with rank code = rank_cm + rank_base × rank_mass (0: not in that list); decoded to [layer, feature,
+  // rank_cm, rank_mass, mean] and ordered by best rank, then mean when fired.
+  function decodeGeneIndex(flat) {
+    const out = [];
+    const base = M.rank_base;
+    for (let k = 0; k < flat.length;) {
+      const l = flat[k], n = flat[k + 1];
+      k += 2;
+      let f = 0;
+      for (let j = 0; j < n; j++, k += 3) {
+        f += flat[k];
+        const code = flat[k + 1], cm = code % base, mass = Math.floor(code / base);
+        out.push([l, f, cm || null, mass || null, flat[k + 2]]);
+      }
+    }
+    const best = (e) => Math.min(e[2] || Infinity, e[3] || Infinity);
+    return out.sort((a, b) => best(a) - best(b) || (b[4] ?? -Infinity) - (a[4] ?? -Infinity) || a[0] - b[0] || a[1] - b[1]);
+  }
+
   async function viewGene(query) {
     const G = await genes();
     const q = query.trim().toLowerCase();
@@ -775,7 +840,7 @@
       return setMain(h + (near.length ? '<p>No exact match; genes starting with “' + esc(query) + '”:</p><p id="gene-matches">' + near.map((g) => geneLink(G, g)).join(' ') + '</p>' : none('no feature has this gene among its top genes')));
     }
     const shard = await load('gidx/' + Math.floor(hit / M.index_shard));
-    const list = shard[String(hit)] || [];
+    const list = decodeGeneIndex(shard[String(hit)] || []);
     const used = [...new Set(list.map((e) => e[0]))];
     const [T] = await Promise.all([terms()]);
     const tables = {};

@@ -20,6 +20,14 @@ use super::{AtlasConfig, AtlasReport, ASSETS};
 const HIST_BINS: usize = 20;
 /// Gene and term index entries per shard file (by dictionary index).
 const INDEX_SHARD: usize = 256;
+/// Statistics in the layer table (a detail record leaves them out: the feature page reads the table).
+const TABLE_STATS: [&str; 5] = [
+    "fire_count",
+    "fire_freq",
+    "mean_when_active",
+    "max_activation",
+    "svd_max_abs_cos",
+];
 /// Genes per feature in the layer table (the explorer's "top genes" column).
 const TABLE_GENES: usize = 3;
 
@@ -512,6 +520,10 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
     let mut genes = Dict::default();
     let mut gene_symbol: Vec<String> = Vec::new();
     let mut gene_id: Vec<String> = Vec::new();
+    // n_positions of a gene is a count over the token store, the same in every row of every layer that
+    // reads that store: the dictionary holds it once (from the gene's first row) and a top-gene row
+    // repeats it only where it differs (a catalog of another store).
+    let mut gene_positions: Vec<f64> = Vec::new();
     let gene_of: Vec<Vec<u32>> = catalogs
         .iter()
         .map(|c| {
@@ -523,6 +535,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
                     if genes.names.len() > before {
                         gene_symbol.push(g.symbol.clone());
                         gene_id.push(g.gene_id.clone());
+                        gene_positions.push(g.values[1]);
                     }
                     i
                 })
@@ -585,6 +598,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         layer_sets: &layer_sets,
         layers: &layers.layers,
         gene_of: &gene_of,
+        gene_positions: &gene_positions,
         term_of: &term_of,
         best_of: &best_of,
         label_of: &label_of,
@@ -608,32 +622,52 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         add("details", w.detail_bytes, w.detail_files);
     }
 
-    // Gene index: gene → (layer, feature, rank by conditional mean, rank by mass, mean when fired).
+    // Gene index: gene → (layer, feature, rank by conditional mean, rank by mass, mean when fired),
+    // written per gene as one flat list grouped by layer: [layer, n, then n × (feature − the previous
+    // feature of that layer (the first: the feature), rank code, mean_when_fired), next layer, …]; the rank
+    // code is rank_cm + rank_base × rank_mass (1-based ranks, 0: not in that list). The page decodes it and
+    // orders the features itself (best rank, then mean when fired).
     let mut gene_rows: Vec<(u32, u16, u32, u8, u32, f64)> = Vec::new();
+    let mut rank_base = 1u64;
     for (l, layer) in layers.layers.iter().enumerate() {
         if let Some(c) = layer.catalog {
             for (i, g) in catalogs[c].top_genes.iter().enumerate() {
                 gene_rows.push((gene_of[c][i], l as u16, g.feature, g.ranking, g.rank, g.values[2]));
+                rank_base = rank_base.max(u64::from(g.rank) + 2);
             }
         }
     }
     gene_rows.par_sort_unstable_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
-    let mut by_gene: Vec<Vec<[f64; 5]>> = vec![Vec::new(); genes.names.len()];
+    let mut by_gene: Vec<Vec<Value>> = vec![Vec::new(); genes.names.len()];
     let mut i = 0;
+    let (mut last_layer, mut count_at, mut last_f) = (u16::MAX, 0usize, 0u32);
     while i < gene_rows.len() {
         let (g, l, f) = (gene_rows[i].0, gene_rows[i].1, gene_rows[i].2);
-        let mut entry = [l as f64, f as f64, f64::NAN, f64::NAN, gene_rows[i].5];
+        let list = &mut by_gene[g as usize];
+        if list.is_empty() || l != last_layer {
+            last_layer = l;
+            last_f = 0;
+            list.push(json!(l));
+            count_at = list.len();
+            list.push(json!(0));
+        }
+        let mean = gene_rows[i].5;
+        let mut code = 0u64;
         while i < gene_rows.len() && (gene_rows[i].0, gene_rows[i].1, gene_rows[i].2) == (g, l, f) {
-            entry[2 + gene_rows[i].3 as usize] = (gene_rows[i].4 + 1) as f64;
+            let rank = u64::from(gene_rows[i].4) + 1;
+            code += if gene_rows[i].3 == 0 {
+                rank
+            } else {
+                rank * rank_base
+            };
             i += 1;
         }
-        by_gene[g as usize].push(entry);
+        list.extend([json!(f - last_f), json!(code), num(mean)]);
+        last_f = f;
+        list[count_at] = json!(list[count_at].as_u64().unwrap_or(0) + 1);
     }
-    let best_rank = |e: &[f64; 5]| e[2].min(e[3]).min(f64::MAX);
-    let gene_shards = write_index(&staging, "gidx", &mut by_gene, |a, b| {
-        best_rank(a).total_cmp(&best_rank(b)).then(b[4].total_cmp(&a[4]))
-    })?;
-    add("genes", gene_shards.1, gene_shards.0);
+    let gene_index = write_keyed(&staging, "gidx", by_gene.into_iter().map(Value::Array).collect())?;
+    add("gene_index", gene_index.1, gene_index.0);
 
     // Term index: term → (layer, feature, p, q_value_atlas, overlap, fold).
     let mut by_term: Vec<Vec<[f64; 6]>> = vec![Vec::new(); terms.names.len()];
@@ -644,9 +678,12 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         }
     }
     let term_shards = write_index(&staging, "tidx", &mut by_term, |a, b| a[2].total_cmp(&b[2]))?;
-    add("terms", term_shards.1, term_shards.0);
+    add("term_index", term_shards.1, term_shards.0);
 
-    let genes_js = script("genes", &json!({"symbol": gene_symbol, "gene_id": gene_id}));
+    let genes_js = script(
+        "genes",
+        &json!({"symbol": gene_symbol, "gene_id": gene_id, "n_positions": nums(&gene_positions)}),
+    );
     add(
         "genes",
         write_file(&staging, "data/genes.js", genes_js.as_bytes())?,
@@ -705,11 +742,12 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         .collect();
     let manifest = json!({
         "format": "scinterp-atlas",
-        "format_version": 1,
+        "format_version": 2,
         "title": cfg.title.clone().unwrap_or_else(|| "scinterp atlas".into()),
         "scinterp_version": env!("CARGO_PKG_VERSION"),
         "shard": shard,
         "index_shard": INDEX_SHARD,
+        "rank_base": rank_base,
         "alpha": alphas.first().copied().unwrap_or(0.05),
         "layers": layer_json,
         "edge_pairs": edge_pairs.iter().map(|(&(a, b), c)| json!([a, b, c[0], c[1], c[2]])).collect::<Vec<_>>(),
@@ -726,7 +764,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         "terms": terms.names.len(),
         "columns": {
             "feature_stats": FEATURE_STATS,
-            "gene_row": ["gene", "n_fired", "n_positions", "mean_when_fired", "mass", "fire_rate"],
+            "gene_columns": {"id": "gene", "nf": "n_fired", "m": "mean_when_fired", "np": "n_positions (null: genes.js's)"},
             "term_row": ([&["term"][..], &TERM_VALUES[..], &["overlap_genes"][..]].concat()),
             "edge_test_row": ([&["network"][..], &EDGE_TEST_VALUES[..], &["edges"][..]].concat()),
             "cell_type_row": ([&["label"][..], &CELL_TYPE_VALUES[..]].concat()),
@@ -735,7 +773,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
             "match_row": ["layer", "feature", "abs_cos"],
             "highway_row": ["layer", "feature", "source_fires", "cocount", "pmi", "npmi", "pmi_permuted_pairing", "highway"],
             "effect_row": EFFECT_VALUES,
-            "gene_index_row": ["layer", "feature", "rank_conditional_mean", "rank_mass", "mean_when_fired"],
+            "gene_index_row": ["layer", "n", "feature − previous feature", "rank_conditional_mean + rank_base × rank_mass", "mean_when_fired"],
             "term_index_row": ["layer", "feature", "p_value", "q_value_atlas", "overlap", "fold_enrichment"],
         },
     });
@@ -860,18 +898,29 @@ fn write_index<const N: usize>(
     entries: &mut [Vec<[f64; N]>],
     order: impl Fn(&[f64; N], &[f64; N]) -> std::cmp::Ordering + Sync,
 ) -> Result<(usize, u64)> {
-    let results: Vec<u64> = entries
-        .par_chunks_mut(INDEX_SHARD)
+    let values: Vec<Value> = entries
+        .par_iter_mut()
+        .map(|list| {
+            list.sort_by(&order);
+            Value::Array(list.iter().map(|e| nums(e)).collect())
+        })
+        .collect();
+    write_keyed(staging, dir, values)
+}
+
+/// Writes one value per dictionary key (an empty array: none) as shards of [`INDEX_SHARD`] keys;
+/// returns (files, bytes).
+fn write_keyed(staging: &Path, dir: &str, values: Vec<Value>) -> Result<(usize, u64)> {
+    let results: Vec<u64> = values
+        .par_chunks(INDEX_SHARD)
         .enumerate()
         .map(|(k, chunk)| {
             let mut map = serde_json::Map::new();
-            for (j, list) in chunk.iter_mut().enumerate() {
-                if list.is_empty() {
+            for (j, v) in chunk.iter().enumerate() {
+                if v.as_array().is_some_and(Vec::is_empty) {
                     continue;
                 }
-                list.sort_by(&order);
-                let rows: Vec<Value> = list.iter().map(|e| nums(e)).collect();
-                map.insert((k * INDEX_SHARD + j).to_string(), Value::Array(rows));
+                map.insert((k * INDEX_SHARD + j).to_string(), v.clone());
             }
             let text = script(&format!("{dir}/{k}"), &Value::Object(map));
             write_file(staging, &format!("data/{dir}/{k}.js"), text.as_bytes())
@@ -888,6 +937,8 @@ struct Ctx<'a> {
     layer_sets: &'a [LayersIn],
     layers: &'a [Layer],
     gene_of: &'a [Vec<u32>],
+    /// n_positions of each dictionary gene (as genes.js holds it).
+    gene_positions: &'a [f64],
     term_of: &'a [Vec<u32>],
     best_of: &'a [Vec<u32>],
     /// The layer of each hook that names exactly one layer.
@@ -1015,11 +1066,7 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
             json!(c.alive.iter().map(|&a| a as u8).collect::<Vec<_>>()),
         );
         for (k, name) in FEATURE_STATS.iter().enumerate() {
-            if matches!(
-                *name,
-                "fire_count" | "fire_freq" | "mean_when_active" | "max_activation" | "svd_max_abs_cos"
-            ) && c.stats[k].iter().any(|x| x.is_finite())
-            {
+            if TABLE_STATS.contains(name) && c.stats[k].iter().any(|x| x.is_finite()) {
                 cols.insert((*name).into(), nums(&c.stats[k]));
             }
         }
@@ -1081,31 +1128,55 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
     let mut shards: BTreeMap<usize, serde_json::Map<String, Value>> = BTreeMap::new();
     for (i, &f) in layer.ids.iter().enumerate() {
         let mut rec = serde_json::Map::new();
+        // Symbol or gene id → index of the feature's top-gene row (for the terms' overlap genes).
+        let mut row_of_gene: HashMap<&str, usize> = HashMap::new();
         if let Some((ci, c)) = cat {
-            rec.insert(
-                "s".into(),
-                Value::Array(c.stats.iter().map(|col| num(col[i])).collect()),
-            );
-            rec.insert("alive".into(), json!(c.alive[i] as u8));
-            rec.insert("module".into(), json!(c.module[i]));
-            // Top genes: each distinct (gene, numbers) row once; the two rankings index into it. A row is
-            // [gene, n_fired, n_positions, mean_when_fired]: the page derives mass = mean × n_fired (the
-            // catalog's mass is that sum) and fire_rate = n_fired / n_positions, which saves a third of
-            // the detail bytes.
-            let mut rows: Vec<Value> = Vec::new();
+            // Statistics in FEATURE_STATS order, null where the layer table has the column (and where
+            // the catalog has no value), trailing nulls left out; alive and module are in the table.
+            let mut stats: Vec<Value> = FEATURE_STATS
+                .iter()
+                .zip(&c.stats)
+                .map(|(name, col)| {
+                    if TABLE_STATS.contains(name) {
+                        Value::Null
+                    } else {
+                        num(col[i])
+                    }
+                })
+                .collect();
+            while stats.last().is_some_and(Value::is_null) {
+                stats.pop();
+            }
+            rec.insert("s".into(), Value::Array(stats));
+            // Top genes: each distinct (gene, numbers) row once, conditional-mean list first, then the
+            // rows only the mass list has; the two rankings index into them. Rows are column-wise: `id`
+            // (gene), `nf` (n_fired), `m` (mean_when_fired) and `np` (n_positions, only when some row's
+            // differs from genes.js's; null: genes.js's). The page derives mass = mean × n_fired (the
+            // catalog's mass is that sum) and fire_rate = n_fired / n_positions. `cm` is left out when it
+            // lists every row in order (the usual case) and is a count n when it lists rows 0 … n − 1,
+            // `mass` is left out when the catalog has no mass list.
+            let mut rows: Vec<usize> = Vec::new();
             let mut seen: HashMap<(u32, [u64; 5]), usize> = HashMap::new();
             let mut ranked: [Vec<(u32, usize)>; 2] = [Vec::new(), Vec::new()];
-            for r in rows_of(&top, f) {
-                let g = &c.top_genes[r.2];
-                let gi = ctx.gene_of[ci][r.2];
+            let mut listed: Vec<(u8, u32, usize)> = rows_of(&top, f)
+                .iter()
+                .map(|r| (c.top_genes[r.2].ranking, c.top_genes[r.2].rank, r.2))
+                .collect();
+            listed.sort_unstable();
+            for (ranking, rank, r) in listed {
+                let g = &c.top_genes[r];
+                let gi = ctx.gene_of[ci][r];
                 let key = (gi, g.values.map(f64::to_bits));
                 let at = *seen.entry(key).or_insert_with(|| {
-                    let mut v = vec![json!(gi)];
-                    v.extend(g.values[..3].iter().map(|&x| num(x)));
-                    rows.push(Value::Array(v));
+                    rows.push(r);
                     rows.len() - 1
                 });
-                ranked[g.ranking as usize].push((g.rank, at));
+                for name in [&g.symbol, &g.gene_id] {
+                    if !name.is_empty() {
+                        row_of_gene.entry(name.as_str()).or_insert(at);
+                    }
+                }
+                ranked[ranking as usize].push((rank, at));
             }
             if !rows.is_empty() {
                 let order = |mut v: Vec<(u32, usize)>| {
@@ -1113,10 +1184,38 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                     v.into_iter().map(|x| x.1).collect::<Vec<_>>()
                 };
                 let [a, b] = ranked;
-                rec.insert(
-                    "g".into(),
-                    json!({"rows": rows, "cm": order(a), "mass": order(b)}),
+                let (cm, mass) = (order(a), order(b));
+                let mut g = serde_json::Map::new();
+                let gene = |r: usize| ctx.gene_of[ci][r];
+                let v = |r: usize, j: usize| c.top_genes[r].values[j];
+                g.insert(
+                    "id".into(),
+                    json!(rows.iter().map(|&r| gene(r)).collect::<Vec<_>>()),
                 );
+                g.insert(
+                    "nf".into(),
+                    Value::Array(rows.iter().map(|&r| num(v(r, 0))).collect()),
+                );
+                g.insert(
+                    "m".into(),
+                    Value::Array(rows.iter().map(|&r| num(v(r, 2))).collect()),
+                );
+                let own = |r: usize| ctx.gene_positions[gene(r) as usize].to_bits() == v(r, 1).to_bits();
+                if !rows.iter().all(|&r| own(r)) {
+                    let np = rows
+                        .iter()
+                        .map(|&r| if own(r) { Value::Null } else { num(v(r, 1)) });
+                    g.insert("np".into(), Value::Array(np.collect()));
+                }
+                if !cm.iter().enumerate().all(|(k, &x)| k == x) {
+                    g.insert("cm".into(), json!(cm));
+                } else if cm.len() < rows.len() {
+                    g.insert("cm".into(), json!(cm.len()));
+                }
+                if !mass.is_empty() {
+                    g.insert("mass".into(), json!(mass));
+                }
+                rec.insert("g".into(), Value::Object(g));
             }
             let tc: Vec<Value> = rows_of(&top_cells, f)
                 .iter()
@@ -1128,8 +1227,13 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
             if !tc.is_empty() {
                 rec.insert("tc".into(), Value::Array(tc));
             }
+            // The histogram from its first non-empty bin: [first bin, counts … up to the last non-empty].
             if let Some(h) = hist.get(&f) {
-                rec.insert("h".into(), json!(h));
+                let lo = h.iter().position(|&x| x > 0).unwrap_or(0);
+                let hi = h.iter().rposition(|&x| x > 0).map_or(lo, |i| i + 1);
+                let mut v = vec![lo as u32];
+                v.extend(&h[lo..hi]);
+                rec.insert("h".into(), json!(v));
             }
         }
         let mut terms: Vec<(f64, Value)> = rows_of(&refs.terms, f)
@@ -1138,7 +1242,22 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                 let t = &ctx.annotations[ai].terms[r];
                 let mut v = vec![json!(ctx.term_of[ai][r])];
                 v.extend(t.values.iter().map(|&x| num(x)));
-                v.push(json!(t.overlap_genes));
+                // fold_enrichment = (overlap / query_size) / (term_size / background_size), as annotate
+                // computes it: null where the page can derive it from the four counts.
+                let w = &t.values;
+                let fold = (w[0] / w[1]) / (w[2] / w[3]);
+                if (fold - w[7]).abs() <= 1e-9 * w[7].abs() {
+                    v[8] = Value::Null;
+                }
+                // Overlap genes as indices of the feature's top-gene rows when every one is among
+                // them (they are the query genes), else as annotate wrote them (a comma list).
+                let idx: Option<Vec<usize>> = t
+                    .overlap_genes
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| row_of_gene.get(s).copied())
+                    .collect();
+                v.push(idx.map_or_else(|| json!(t.overlap_genes), |i| json!(i)));
                 (t.values[4], Value::Array(v))
             })
             .collect();
