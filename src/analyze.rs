@@ -1,7 +1,7 @@
 //! `scinterp analyze`: arguments → [`AnalyzeConfig`] → [`scinterp_engine::analyze::run`] → the
 //! catalog summary, printed. The catalog folder is what `scinterp annotate` and `scinterp layers` read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
@@ -33,40 +33,40 @@ pub struct AnalyzeArgs {
     #[arg(long, value_enum, default_value = "parquet")]
     pub(crate) format: TableFormat,
     /// Genes listed per feature and ranking (at least 1).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = AnalyzeConfig::TOP_GENES)]
     pub(crate) top_genes: usize,
     /// Positions a feature must fire on a gene before the gene can rank by conditional mean.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = AnalyzeConfig::MIN_SUPPORT)]
     pub(crate) min_support: u64,
     /// Cells listed per feature.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = AnalyzeConfig::TOP_CELLS)]
     pub(crate) top_cells: usize,
     /// Principal axes compared with the decoder directions.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = AnalyzeConfig::SVD_AXES)]
     pub(crate) svd_axes: usize,
     /// Rows sampled (seeded) for the principal axes.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = AnalyzeConfig::SVD_SAMPLE_ROWS)]
     pub(crate) svd_sample_rows: usize,
     /// Skip co-activation and modules (they need 3·d_sae²·8 bytes).
     #[arg(long)]
     pub(crate) no_coactivation: bool,
     /// BH level of the co-activation test.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = AnalyzeConfig::COACT_ALPHA)]
     pub(crate) coact_alpha: f64,
     /// Minimum co-activated positions of an edge.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = AnalyzeConfig::COACT_MIN_COCOUNT)]
     pub(crate) coact_min_cocount: u64,
     /// Minimum PMI (log2) of an edge.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = AnalyzeConfig::COACT_MIN_PMI)]
     pub(crate) coact_min_pmi: f64,
     /// Leiden resolution (RB configuration; 1 is modularity).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = AnalyzeConfig::LEIDEN_RESOLUTION)]
     pub(crate) leiden_resolution: f64,
     /// Smallest module reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = AnalyzeConfig::MIN_MODULE_SIZE)]
     pub(crate) min_module_size: usize,
     /// Rows encoded at a time (rounded up to whole cells).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = AnalyzeConfig::CHUNK_ROWS)]
     pub(crate) chunk_rows: usize,
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -80,7 +80,7 @@ pub struct AnalyzeArgs {
 
 pub fn run(args: AnalyzeArgs) -> Result<()> {
     let json = args.json;
-    let summary = analyze(args)?;
+    let summary = analyze(&args.config(), args.genes.as_deref())?;
     if json {
         println!("{}", to_json(&summary)?);
     }
@@ -113,9 +113,10 @@ impl AnalyzeArgs {
     }
 }
 
-/// Runs the analysis and writes the catalog folder; returns catalog.json's content.
-pub fn analyze(args: AnalyzeArgs) -> Result<CatalogSummary> {
-    let names: Box<dyn GeneNaming> = match &args.genes {
+/// Runs the analysis (gene names from `genes`, see `--genes`) and writes the catalog folder, with a
+/// progress bar; returns catalog.json's content.
+pub fn analyze(config: &AnalyzeConfig, genes: Option<&Path>) -> Result<CatalogSummary> {
+    let names: Box<dyn GeneNaming> = match genes {
         Some(path) => Box::new(GeneNames::load(path)?),
         None => {
             tracing::warn!(
@@ -126,7 +127,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<CatalogSummary> {
         }
     };
     let mut bar = None;
-    let summary = scinterp_engine::analyze::run(&args.config(), names.as_ref(), &mut |p| match p {
+    let summary = scinterp_engine::analyze::run(config, names.as_ref(), &mut |p| match p {
         AnalyzeProgress::Start {
             hook,
             d_sae,
@@ -149,7 +150,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<CatalogSummary> {
     tracing::info!(
         "catalog of {} in {}: {} alive of {} latents, {} SVD-aligned at 0.5; {:.1} s",
         summary.hook,
-        args.out.display(),
+        config.out.display(),
         summary.alive,
         summary.d_sae,
         summary.svd.aligned_max_abs_cos_gt_0_5,

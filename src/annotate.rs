@@ -42,24 +42,24 @@ pub struct AnnotateArgs {
     #[arg(long, value_enum, default_value = "parquet")]
     format: TableFormat,
     /// Smallest term tested (genes in the background).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = AnnotateConfig::MIN_TERM_SIZE)]
     min_term_size: usize,
     /// Largest term tested (genes in the background).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = AnnotateConfig::MAX_TERM_SIZE)]
     max_term_size: usize,
     /// Top genes per feature used as its query.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = AnnotateConfig::TOP_N)]
     top_n: usize,
     /// Which top-gene ranking of the catalog to use.
     #[arg(long, value_enum, default_value = "conditional_mean")]
     ranking: Ranking,
     /// Permutations of the degree-preserving null per edge test.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = AnnotateConfig::PERMUTATIONS)]
     permutations: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// FDR level: rows with q ≤ alpha (atlas or catalog q) are written.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = AnnotateConfig::ALPHA)]
     alpha: f64,
     /// Replace an existing --out folder (only once the new annotation is complete).
     #[arg(long)]
@@ -94,7 +94,7 @@ impl AnnotateArgs {
 
 pub fn run(args: AnnotateArgs) -> Result<()> {
     let json_out = args.json;
-    let summary = annotate_catalogs(&args)?;
+    let summary = annotate_catalogs(&args.config())?;
     if json_out {
         println!("{}", serde_json::to_string(&summary)?);
     }
@@ -102,9 +102,10 @@ pub fn run(args: AnnotateArgs) -> Result<()> {
 }
 
 /// Runs the whole command and returns annotate.json's content.
-pub fn annotate_catalogs(args: &AnnotateArgs) -> Result<Value> {
+/// One library call with a progress bar; returns the summary (`annotate.json`).
+pub fn annotate_catalogs(config: &AnnotateConfig) -> Result<Value> {
     let bar: OnceLock<indicatif::ProgressBar> = OnceLock::new();
-    let summary = scinterp_engine::annotate::run(&args.config(), &|p| {
+    let summary = scinterp_engine::annotate::run(config, &|p| {
         match p {
         AnnotateProgress::Warning(w) => tracing::warn!("{w}"),
         AnnotateProgress::Read {
@@ -135,8 +136,8 @@ pub fn annotate_catalogs(args: &AnnotateArgs) -> Result<Value> {
             seconds,
         } => tracing::info!(
             "{tests} tests, {significant} significant at q ≤ {} (atlas); {rows} rows → {} in {seconds:.1} s",
-            args.alpha,
-            args.out.display()
+            config.alpha,
+            config.out.display()
         ),
     }
     });

@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use scinterp_engine::analyze::AnalyzeConfig;
+use scinterp_engine::annotate::AnnotateConfig;
 use scinterp_engine::formats::annotation::{read_cell_type_terms, read_feature_terms, FeatureTermRow};
 use scinterp_engine::formats::trace::read_trace_edges;
-use scinterp_engine::formats::Table;
+use scinterp_engine::formats::{Table, TableFormat};
 use serde::Serialize;
 use serde_json::json;
 
@@ -539,21 +541,13 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
                 seed,
             )
         })?;
-        let catalog = crate::analyze::analyze(parse(&[
-            "--acts",
-            &acts.display().to_string(),
-            "--sae",
-            &arm.saes().join(hook).display().to_string(),
-            "--genes",
-            &genes,
-            "--out",
-            &arm.catalog(hook).display().to_string(),
-            "--format",
-            "tsv",
-            "--seed",
-            &seed.to_string(),
-            "--overwrite",
-        ])?)?;
+        let config = AnalyzeConfig {
+            format: TableFormat::Tsv,
+            seed,
+            overwrite: true,
+            ..AnalyzeConfig::new(acts.clone(), arm.saes().join(hook), arm.catalog(hook))
+        };
+        let catalog = crate::analyze::analyze(&config, Some(Path::new(&genes)))?;
         layers.push(LayerResult {
             hook: hook.into(),
             sae_heldout_fvu: sae.heldout.fvu,
@@ -575,23 +569,16 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         .map(|g| assets.join(g).display().to_string())
         .collect::<Vec<_>>()
         .join(",");
-    crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
-        "--overwrite",
-        "--catalog",
-        &catalogs,
-        "--gene-sets",
-        &gene_sets,
-        "--obs-column",
-        LABELS,
-        "--out",
-        &arm.annotation().display().to_string(),
-        "--format",
-        "tsv",
-        "--alpha",
-        &ALPHA.to_string(),
-        "--seed",
-        &seed.to_string(),
-    ])?)?;
+    let config = AnnotateConfig {
+        gene_sets: gene_sets.split(',').map(PathBuf::from).collect(),
+        obs_column: Some(LABELS.into()),
+        format: TableFormat::Tsv,
+        alpha: ALPHA,
+        seed,
+        overwrite: true,
+        ..AnnotateConfig::new(catalogs.split(',').map(PathBuf::from).collect(), arm.annotation())
+    };
+    crate::annotate::annotate_catalogs(&config)?;
     let terms = FeatureTerms::read(&arm.annotation())?;
     for layer in &mut layers {
         layer.gene_set_features = terms.features(&layer.hook, false).len();

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use scinterp_engine::analyze::AnalyzeConfig;
+use scinterp_engine::annotate::AnnotateConfig;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 use scinterp_models::forward::forward_to_file;
 use scinterp_models::input::InputCells;
@@ -341,29 +343,12 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
     }
     std::fs::write(&genes, text).with_context(|| format!("cannot write {}", genes.display()))?;
     let catalog_dir = out.join("catalog");
-    let catalog = serde_json::to_value(crate::analyze::analyze(crate::analyze::AnalyzeArgs {
-        acts: out.join("acts"),
-        sae: out.join("sae"),
-        hook: None,
-        out: catalog_dir.clone(),
-        genes: Some(genes),
-        format: scinterp_engine::formats::TableFormat::Parquet,
-        top_genes: 20,
-        min_support: 5,
-        top_cells: 10,
-        svd_axes: 50,
-        svd_sample_rows: 50_000,
-        no_coactivation: false,
-        coact_alpha: 0.05,
-        coact_min_cocount: 10,
-        coact_min_pmi: 1.0,
-        leiden_resolution: 1.0,
-        min_module_size: 3,
-        chunk_rows: 8192,
+    let config = AnalyzeConfig {
         seed,
         overwrite: true,
-        json: false,
-    })?)?;
+        ..AnalyzeConfig::new(out.join("acts"), out.join("sae"), catalog_dir.clone())
+    };
+    let catalog = serde_json::to_value(crate::analyze::analyze(&config, Some(&genes))?)?;
     let svd = &catalog["svd"];
     println!(
         "  analyze  {}: {} of {} latents alive; SAE at mean L0 {:.1} explains {:.1} % vs {:.1} % for the top {} SVD axes \
@@ -447,17 +432,13 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
     }
     std::fs::write(&gmt, text).with_context(|| format!("cannot write {}", gmt.display()))?;
     let ann_dir = out.join("annotation");
-    let summary = crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
-        "--overwrite",
-        "--catalog",
-        &catalog_dir.display().to_string(),
-        "--gene-sets",
-        &gmt.display().to_string(),
-        "--out",
-        &ann_dir.display().to_string(),
-        "--seed",
-        &seed.to_string(),
-    ])?)?;
+    let config = AnnotateConfig {
+        gene_sets: vec![gmt.clone()],
+        seed,
+        overwrite: true,
+        ..AnnotateConfig::new(vec![catalog_dir.to_path_buf()], ann_dir.clone())
+    };
+    let summary = crate::annotate::annotate_catalogs(&config)?;
     let best = scinterp_engine::formats::Table::read(&ann_dir.join("best_terms.parquet"))?;
     let terms = best.strs("term")?;
     let recovered: std::collections::BTreeSet<&str> = terms
@@ -573,19 +554,12 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     let sae_dir = real.join("sae");
     let report = crate::sae::train_sae(sae_args(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 400_000, 0, seed))?;
     let catalog_dir = real.join("catalog");
-    let catalog = serde_json::to_value(crate::analyze::analyze(parse(&[
-        "--acts",
-        &acts.display().to_string(),
-        "--sae",
-        &sae_dir.display().to_string(),
-        "--genes",
-        &dictionaries,
-        "--out",
-        &catalog_dir.display().to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--overwrite",
-    ])?)?)?;
+    let config = AnalyzeConfig {
+        seed,
+        overwrite: true,
+        ..AnalyzeConfig::new(acts.clone(), sae_dir.clone(), catalog_dir.clone())
+    };
+    let catalog = serde_json::to_value(crate::analyze::analyze(&config, Some(Path::new(&dictionaries)))?)?;
     let genesets = [
         "h.all.v7.0.symbols.gmt",
         "c2.cp.kegg.v7.5.1.symbols.gmt",
@@ -597,21 +571,15 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     .collect::<Result<Vec<_>>>()?
     .join(",");
     let ann_dir = real.join("annotation");
-    let annotation = crate::annotate::annotate_catalogs(&parse::<crate::annotate::AnnotateArgs>(&[
-        "--overwrite",
-        "--catalog",
-        &catalog_dir.display().to_string(),
-        "--gene-sets",
-        &genesets,
-        "--trrust",
-        &need("trrust/trrust_rawdata.human.tsv")?,
-        "--obs-column",
-        "paul15_clusters",
-        "--out",
-        &ann_dir.display().to_string(),
-        "--seed",
-        &seed.to_string(),
-    ])?)?;
+    let config = AnnotateConfig {
+        gene_sets: genesets.split(',').map(PathBuf::from).collect(),
+        trrust: Some(need("trrust/trrust_rawdata.human.tsv")?.into()),
+        obs_column: Some("paul15_clusters".into()),
+        seed,
+        overwrite: true,
+        ..AnnotateConfig::new(vec![catalog_dir.clone()], ann_dir.clone())
+    };
+    let annotation = crate::annotate::annotate_catalogs(&config)?;
     println!(
         "  real     {}: paul15 ({} cells, mouse → human orthologs) tokenized for Geneformer V2 (256 tokens), \
          {hook} of the demo model (synthetic weights) → {} rows; SAE held-out FVU {:.3}; catalogue: {} of {} \

@@ -62,6 +62,46 @@ pub struct AnalyzeConfig {
     pub overwrite: bool,
 }
 
+impl AnalyzeConfig {
+    /// The defaults of `scinterp analyze`: Parquet tables, 20 top genes per ranking (support 5), 10 top
+    /// cells, 50 principal axes from 50,000 sampled rows, co-activation at BH 0.05 (co-count 10, PMI 1),
+    /// Leiden resolution 1 with modules of 3 or more, 8,192 rows at a time, seed 0.
+    pub fn new(acts: PathBuf, sae: PathBuf, out: PathBuf) -> Self {
+        AnalyzeConfig {
+            acts,
+            sae,
+            hook: None,
+            out,
+            format: TableFormat::Parquet,
+            top_genes: Self::TOP_GENES,
+            min_support: Self::MIN_SUPPORT,
+            top_cells: Self::TOP_CELLS,
+            svd_axes: Self::SVD_AXES,
+            svd_sample_rows: Self::SVD_SAMPLE_ROWS,
+            coactivation: true,
+            coact_alpha: Self::COACT_ALPHA,
+            coact_min_cocount: Self::COACT_MIN_COCOUNT,
+            coact_min_pmi: Self::COACT_MIN_PMI,
+            leiden_resolution: Self::LEIDEN_RESOLUTION,
+            min_module_size: Self::MIN_MODULE_SIZE,
+            chunk_rows: Self::CHUNK_ROWS,
+            seed: 0,
+            overwrite: false,
+        }
+    }
+    pub const TOP_GENES: usize = 20;
+    pub const MIN_SUPPORT: u64 = 5;
+    pub const TOP_CELLS: usize = 10;
+    pub const SVD_AXES: usize = 50;
+    pub const SVD_SAMPLE_ROWS: usize = 50_000;
+    pub const COACT_ALPHA: f64 = 0.05;
+    pub const COACT_MIN_COCOUNT: u64 = 10;
+    pub const COACT_MIN_PMI: f64 = 1.0;
+    pub const LEIDEN_RESOLUTION: f64 = 1.0;
+    pub const MIN_MODULE_SIZE: usize = 3;
+    pub const CHUNK_ROWS: usize = 8192;
+}
+
 /// Gene identifiers and symbols of token ids (a model's dictionaries; the caller loads them).
 pub trait GeneNaming: Sync {
     fn gene_id(&self, token: u32) -> String;

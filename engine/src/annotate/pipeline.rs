@@ -75,6 +75,37 @@ pub struct AnnotateConfig {
     pub overwrite: bool,
 }
 
+impl AnnotateConfig {
+    /// The defaults of `scinterp annotate`: no library chosen yet (set `gene_sets`, `trrust`, `ppi` or
+    /// `obs_column`), Parquet tables, terms of 5–500 background genes, each feature's top 20 genes by
+    /// conditional mean, 1,000 permutations per edge test, seed 0, q ≤ 0.05 written.
+    pub fn new(catalog: Vec<PathBuf>, out: PathBuf) -> Self {
+        AnnotateConfig {
+            catalog,
+            gene_sets: Vec::new(),
+            trrust: None,
+            ppi: None,
+            ppi_min_score: None,
+            obs_column: None,
+            out,
+            format: TableFormat::Parquet,
+            min_term_size: Self::MIN_TERM_SIZE,
+            max_term_size: Self::MAX_TERM_SIZE,
+            top_n: Self::TOP_N,
+            ranking: Ranking::ConditionalMean,
+            permutations: Self::PERMUTATIONS,
+            seed: 0,
+            alpha: Self::ALPHA,
+            overwrite: false,
+        }
+    }
+    pub const MIN_TERM_SIZE: usize = 5;
+    pub const MAX_TERM_SIZE: usize = 500;
+    pub const TOP_N: usize = 20;
+    pub const PERMUTATIONS: usize = 1000;
+    pub const ALPHA: f64 = 0.05;
+}
+
 /// Progress and notes of an annotation run, for a progress bar and the log.
 #[derive(Clone, Debug)]
 pub enum AnnotateProgress {
