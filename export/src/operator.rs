@@ -410,14 +410,6 @@ pub struct AttentionResume {
 const ATTENTION_MAGIC: &[u8; 8] = b"SCIEXATT";
 const ATTENTION_WHAT: &str = "a scinterp export checkpoint";
 
-fn damaged_checkpoint(path: &std::path::Path) -> ExportError {
-    CheckpointError::Damaged {
-        path: path.to_path_buf(),
-        what: ATTENTION_WHAT,
-    }
-    .into()
-}
-
 /// The checkpoint's payload: `counts` (u32) then each head's sums (f64), little-endian.
 fn attention_payload(counts: &[u32], sums: &[Vec<f64>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(counts.len() * 4 + sums.iter().map(|s| s.len() * 8).sum::<usize>());
@@ -428,12 +420,14 @@ fn attention_payload(counts: &[u32], sums: &[Vec<f64>]) -> Vec<u8> {
     out
 }
 
-/// The sums and counts saved by an earlier run of the same export, and the cells it had done.
+/// The sums and counts saved by an earlier run of the same export, and the cells it had done (a whole
+/// number of batches, or all of them).
 fn resume_attention(
     resume: &AttentionResume,
     counts: &mut [u32],
     sums: &mut [Vec<f64>],
     total_cells: usize,
+    batch_cells: usize,
 ) -> Result<usize, ExportError> {
     let Some(c) = read_checkpoint(&resume.path, ATTENTION_MAGIC, ATTENTION_WHAT)? else {
         return Ok(0);
@@ -445,10 +439,20 @@ fn resume_attention(
              the command that wrote it to finish it, or remove the file to start this one",
         ));
     }
-    let damaged = || damaged_checkpoint(&resume.path);
-    let n2 = counts.len();
-    if c.payload.len() != n2 * 4 + sums.len() * n2 * 8 || c.done as usize > total_cells {
+    let damaged = || -> ExportError {
+        CheckpointError::Damaged {
+            path: resume.path.clone(),
+            what: ATTENTION_WHAT,
+        }
+        .into()
+    };
+    let (n2, done) = (counts.len(), c.done as usize);
+    let on_a_batch = done % batch_cells == 0 || done == total_cells;
+    if c.payload.len() != n2 * 4 + sums.len() * n2 * 8 || done > total_cells || !on_a_batch {
         return Err(damaged());
+    }
+    if n2 == 0 {
+        return Ok(done);
     }
     let (head, rest) = c.payload.split_at(n2 * 4);
     for (dst, b) in counts.iter_mut().zip(head.chunks_exact(4)) {
@@ -459,7 +463,7 @@ fn resume_attention(
             *dst = f64::from_le_bytes(b.try_into().expect("8 bytes"));
         }
     }
-    Ok(c.done as usize)
+    Ok(done)
 }
 
 /// Cell-averaged attention between panel genes for each head of `heads` (see the module doc), with
@@ -480,13 +484,10 @@ pub fn attention_operators(
     let mut counts = vec![0u32; n * n];
     let batch_cells = batch_cells.max(1);
     let resumed_at = match resume {
-        Some(r) => resume_attention(r, &mut counts, &mut sums, cells.tokens.len())?,
+        Some(r) => resume_attention(r, &mut counts, &mut sums, cells.tokens.len(), batch_cells)?,
         None => 0,
     };
     if resumed_at > 0 {
-        if resumed_at % batch_cells != 0 && resumed_at != cells.tokens.len() {
-            return Err(damaged_checkpoint(&resume.expect("resumed").path));
-        }
         progress(resumed_at);
     }
     let mut last_save = std::time::Instant::now();

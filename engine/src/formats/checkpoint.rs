@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{atomic_write, FileError};
@@ -38,13 +37,6 @@ pub struct Checkpoint {
     pub settings: serde_json::Value,
     pub done: u64,
     pub payload: Vec<u8>,
-}
-
-impl Checkpoint {
-    /// The settings as `T`, or `None` if they have another shape.
-    pub fn settings_as<T: DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_value(self.settings.clone()).ok()
-    }
 }
 
 /// Writes a checkpoint atomically. The settings go through a `serde_json::Value` so that their keys are
@@ -143,9 +135,11 @@ mod tests {
             (settings, 7, vec![1, 2, 3, 250])
         );
         assert_eq!(
-            c.settings_as::<std::collections::BTreeMap<String, serde_json::Value>>()
-                .unwrap()
-                .len(),
+            serde_json::from_value::<std::collections::BTreeMap<String, serde_json::Value>>(
+                c.settings.clone()
+            )
+            .unwrap()
+            .len(),
             2
         );
         let e = read_checkpoint(&path, b"SCIOTHER", "a test file")

@@ -14,6 +14,8 @@ pub use crate::formats::checkpoint::CheckpointError as StateError;
 
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"SCICHECK";
 pub const SHARD_MAGIC: &[u8; 8] = b"SCISHARD";
+/// What a damaged trace file is said not to be.
+const WHAT: &str = "a scinterp trace file";
 
 /// Writes a state file (the accumulator is the checkpoint's payload; `done` counts cells).
 pub fn write_state<S: Serialize>(
@@ -32,12 +34,12 @@ pub fn read_state(
     path: &Path,
     magic: &[u8; 8],
 ) -> Result<Option<(serde_json::Value, usize, TraceAccumulator)>, StateError> {
-    let Some(c) = read_checkpoint(path, magic, "a scinterp trace file")? else {
+    let Some(c) = read_checkpoint(path, magic, WHAT)? else {
         return Ok(None);
     };
     let damaged = || StateError::Damaged {
         path: path.to_path_buf(),
-        what: "a scinterp trace file",
+        what: WHAT,
     };
     let cells_done = usize::try_from(c.done).map_err(|_| damaged())?;
     let acc = TraceAccumulator::from_bytes(&c.payload).ok_or_else(damaged)?;

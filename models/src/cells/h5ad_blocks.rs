@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use rust_hdf5::{ByteOrder, DatatypeMessage};
 
-use super::hdf5_util::{decode_map_into, guard, Csr, Hdf5};
+use super::hdf5_util::{decode_map_into, element_width, guard, Csr, Hdf5};
 use super::{CellsError, CountMatrix, ObsColumn, Stored};
 
 /// The arrays of a block of cells: gene indices and values.
@@ -333,10 +333,7 @@ fn read_arrays(
         static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with_borrow_mut(|scratch| {
-        let width = match &dt {
-            DatatypeMessage::FixedPoint { size, .. } => *size as usize,
-            _ => 8,
-        };
+        let width = element_width(&dt).map_err(|e| h5.err(format!("`{data}`: {e}")))?;
         scratch.resize((nz.len() * width).div_ceil(8), 0);
         let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(scratch.as_mut_slice())[..nz.len() * width];
         let (at, count) = (&[nz.start][..], &[nz.len()][..]);

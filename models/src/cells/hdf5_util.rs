@@ -525,7 +525,7 @@ pub(crate) fn decode_map<T: Send + Default + Clone>(
 }
 
 /// The byte width of a numeric datatype's elements.
-fn element_width(dt: &DatatypeMessage) -> Result<usize, DecodeError> {
+pub(crate) fn element_width(dt: &DatatypeMessage) -> Result<usize, DecodeError> {
     match dt {
         DatatypeMessage::FixedPoint { size, .. } | DatatypeMessage::FloatingPoint { size, .. } => {
             Ok(*size as usize)
