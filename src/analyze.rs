@@ -7,8 +7,9 @@ use anyhow::Result;
 use clap::Args;
 use scinterp_engine::analyze::{AnalyzeConfig, AnalyzeProgress, GeneNaming};
 use scinterp_engine::formats::catalog::CatalogSummary;
-use scinterp_engine::formats::{to_json, TableFormat};
+use scinterp_engine::formats::TableFormat;
 
+use crate::args::print_json;
 use crate::genes::GeneNames;
 
 #[derive(Args, Debug, Clone)]
@@ -73,17 +74,11 @@ pub struct AnalyzeArgs {
     /// Replace an existing catalog folder.
     #[arg(long)]
     pub(crate) overwrite: bool,
-    /// Print the summary (catalog.json) on stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
-pub fn run(args: AnalyzeArgs) -> Result<()> {
-    let json = args.json;
+pub fn run(args: AnalyzeArgs, json: bool) -> Result<()> {
     let summary = analyze(&args.config(), args.genes.as_deref())?;
-    if json {
-        println!("{}", to_json(&summary)?);
-    }
+    print_json(json, &summary)?;
     Ok(())
 }
 

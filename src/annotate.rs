@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::args::print_json;
 use anyhow::Result;
 use clap::Args;
 use scinterp_engine::annotate::{AnnotateConfig, AnnotateProgress, Ranking};
@@ -64,9 +65,6 @@ pub struct AnnotateArgs {
     /// Replace an existing --out folder (only once the new annotation is complete).
     #[arg(long)]
     overwrite: bool,
-    /// Print annotate.json to stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 impl AnnotateArgs {
@@ -92,12 +90,9 @@ impl AnnotateArgs {
     }
 }
 
-pub fn run(args: AnnotateArgs) -> Result<()> {
-    let json_out = args.json;
+pub fn run(args: AnnotateArgs, json: bool) -> Result<()> {
     let summary = annotate_catalogs(&args.config())?;
-    if json_out {
-        println!("{}", serde_json::to_string(&summary)?);
-    }
+    print_json(json, &summary)?;
     Ok(())
 }
 

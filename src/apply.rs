@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use scinterp_export::apply::{self, ApplyConfig};
 
+use crate::args::print_json;
 use crate::export::CellArgs;
 
 #[derive(Args, Debug)]
@@ -24,12 +25,9 @@ pub struct ApplyArgs {
     min_panel_fraction: f64,
     #[arg(long)]
     overwrite: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
-pub fn run(args: ApplyArgs) -> Result<()> {
+pub fn run(args: ApplyArgs, json: bool) -> Result<()> {
     let config = ApplyConfig {
         tool: args.tool,
         cells: args.cells.input(Vec::new()),
@@ -38,9 +36,8 @@ pub fn run(args: ApplyArgs) -> Result<()> {
         overwrite: args.overwrite,
     };
     let r = apply::apply(&config)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
-        return Ok(());
+    if json {
+        return print_json(json, &r);
     }
     println!(
         "wrote {} ({} cells; {} of {} panel genes found): read {:.2} s, calls {:.2} s, {:.0} cells/min",

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::args::print_json;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use scinterp_export::atlas::{self, AtlasConfig};
@@ -44,9 +45,6 @@ pub struct AtlasArgs {
     /// Replace an existing atlas at --out.
     #[arg(long)]
     overwrite: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,7 +61,7 @@ struct ServeArgs {
     port: u16,
 }
 
-pub fn run(args: AtlasArgs) -> Result<()> {
+pub fn run(args: AtlasArgs, json: bool) -> Result<()> {
     if let Some(AtlasCommand::Serve(s)) = args.command {
         let handle = atlas::serve(&s.dir, s.port)?;
         println!("serving {} at {} (Ctrl-C to stop)", s.dir.display(), handle.url());
@@ -84,9 +82,8 @@ pub fn run(args: AtlasArgs) -> Result<()> {
         shard_features: args.shard_features,
     };
     let report = atlas::build(&config)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
+    if json {
+        return print_json(json, &report);
     }
     println!(
         "atlas    {}: {} layers, {} features ({} alive, {} annotated), {} genes, {} terms, {} edges; \

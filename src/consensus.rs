@@ -7,80 +7,65 @@ use anyhow::Result;
 use clap::Args;
 use scinterp_engine::analyze::consensus::{ConsensusConfig, GraphInput};
 use scinterp_engine::formats::consensus::ConsensusSummary;
-use scinterp_engine::formats::{to_json, TableFormat};
+use scinterp_engine::formats::TableFormat;
+
+use crate::args::print_json;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConsensusArgs {
     /// Model A's trace edge table (`scinterp trace` output, .parquet or .tsv).
     #[arg(long)]
-    pub(crate) edges_a: PathBuf,
+    edges_a: PathBuf,
     /// Model A's annotation: a `scinterp annotate` output folder (its enrichment table) or a term table.
     #[arg(long)]
-    pub(crate) annotations_a: PathBuf,
+    annotations_a: PathBuf,
     /// Model B's trace edge table.
     #[arg(long)]
-    pub(crate) edges_b: PathBuf,
+    edges_b: PathBuf,
     /// Model B's annotation folder or term table.
     #[arg(long)]
-    pub(crate) annotations_b: PathBuf,
+    annotations_b: PathBuf,
     /// When one annotation run covered both models (catalogs named `<folder>:<hook>`): model A's folder
     /// name.
     #[arg(long)]
-    pub(crate) catalog_prefix_a: Option<String>,
+    catalog_prefix_a: Option<String>,
     /// Model B's catalog folder name (see --catalog-prefix-a).
     #[arg(long)]
-    pub(crate) catalog_prefix_b: Option<String>,
+    catalog_prefix_b: Option<String>,
     /// Optional GMT whose sets are the focus (e.g. disease genes annotated as a library): the
     /// over-representation of conserved pairs touching them.
     #[arg(long)]
-    pub(crate) focus_sets: Option<PathBuf>,
+    focus_sets: Option<PathBuf>,
     /// A feature carries a term when its atlas q is at most this.
     #[arg(long, default_value_t = 0.05)]
-    pub(crate) alpha: f64,
+    alpha: f64,
     /// Only terms of these libraries (comma list of library names; default: all).
     #[arg(long, value_delimiter = ',')]
-    pub(crate) libraries: Vec<String>,
+    libraries: Vec<String>,
     /// Permutations of the term labels (the null).
     #[arg(long, default_value_t = 1000)]
-    pub(crate) permutations: usize,
+    permutations: usize,
     #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
+    seed: u64,
     /// Output folder (created): consensus.json and the conserved_pairs table.
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     #[arg(long, value_enum, default_value = "tsv")]
-    pub(crate) format: TableFormat,
+    format: TableFormat,
     /// Replace an existing --out folder (only once the new consensus is complete).
     #[arg(long)]
-    pub(crate) overwrite: bool,
-    /// Print consensus.json to stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
+    overwrite: bool,
 }
 
-pub fn run(args: ConsensusArgs) -> Result<()> {
-    let json = args.json;
-    let s = consensus(args)?;
-    if json {
-        println!("{}", to_json(&s)?);
-    }
-    Ok(())
-}
-
-/// Runs the comparison and logs its headline; returns consensus.json's content.
-pub fn consensus(args: ConsensusArgs) -> Result<ConsensusSummary> {
+pub fn run(args: ConsensusArgs, json: bool) -> Result<()> {
     let config = ConsensusConfig {
         a: GraphInput {
-            name: "a".into(),
-            edges: args.edges_a,
-            annotations: args.annotations_a,
             catalog_prefix: args.catalog_prefix_a,
+            ..GraphInput::new("a", &args.edges_a, &args.annotations_a)
         },
         b: GraphInput {
-            name: "b".into(),
-            edges: args.edges_b,
-            annotations: args.annotations_b,
             catalog_prefix: args.catalog_prefix_b,
+            ..GraphInput::new("b", &args.edges_b, &args.annotations_b)
         },
         focus_sets: args.focus_sets,
         alpha: args.alpha,
@@ -91,7 +76,13 @@ pub fn consensus(args: ConsensusArgs) -> Result<ConsensusSummary> {
         format: args.format,
         overwrite: args.overwrite,
     };
-    let s = scinterp_engine::analyze::consensus::run(&config)?;
+    print_json(json, &consensus(&config)?)
+}
+
+/// Runs the comparison and logs its headline; returns consensus.json's content. (The demo calls this
+/// too.)
+pub fn consensus(config: &ConsensusConfig) -> Result<ConsensusSummary> {
+    let s = scinterp_engine::analyze::consensus::run(config)?;
     let enrichment = s
         .enrichment
         .map_or_else(|| "n/a (null mean 0)".to_string(), |e| format!("{e:.2}x"));

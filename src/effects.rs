@@ -2,18 +2,21 @@
 //! the residual stream, replay the rest of the model and its MLM head, and read the change in the logit
 //! of each position's own token (readout gene set vs the other genes) and, optionally, along a given
 //! direction of the final state, and optionally an exported tool's pseudotime; every edit is repeated with a norm-matched random direction.
-//! Arguments → [`EffectsConfig`] → [`scinterp_engine::effects::run`] → the summary, printed.
+//! Arguments → [`EffectsConfig`] → [`scinterp_export::steering::effects`] → the summary, printed.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use scinterp_engine::effects::{EffectsConfig, EffectsInputs};
+use scinterp_engine::cuda::GpuPrecision;
+use scinterp_engine::device::Backend;
+use scinterp_engine::effects::pipeline::DEFAULT_MAX_BATCH_TOKENS;
+use scinterp_engine::effects::EffectsConfig;
 use scinterp_engine::formats::effects::EffectsSummary;
-use scinterp_engine::formats::to_json;
+use scinterp_export::steering::EffectsFiles;
 
-use crate::forward::{load_model, read_cells};
+use crate::args::{print_json, DeviceArgs};
 
 #[derive(Args, Debug)]
 pub struct EffectsArgs {
@@ -61,7 +64,7 @@ pub struct EffectsArgs {
     #[arg(long)]
     no_control: bool,
     /// Tokens per tail pass (the logits are tokens × vocabulary floats).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
     /// Output table (.parquet or .tsv), one row per (feature, α).
     #[arg(long)]
@@ -69,17 +72,53 @@ pub struct EffectsArgs {
     /// Replace an existing --out table; without it one is refused.
     #[arg(long)]
     overwrite: bool,
-    #[arg(long)]
-    json: bool,
+    /// Where the clean runs and edited tail replays run (the MLM-head readouts stay on the CPU).
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
-pub fn run(args: EffectsArgs) -> Result<()> {
-    let json = args.json;
-    let summary = effects(args)?;
-    if json {
-        println!("{}", to_json(&summary)?);
+pub fn run(args: EffectsArgs, json: bool) -> Result<()> {
+    let backend = args.device.backend()?;
+    let config = EffectsConfig {
+        cells: args.cells,
+        alphas: args.alphas.clone(),
+        readout_tokens: match &args.readout_tokens {
+            Some(spec) => read_tokens(spec)?,
+            None => HashSet::new(),
+        },
+        direction: args.direction.clone(),
+        control_seed: (!args.no_control).then_some(args.seed),
+        max_batch_tokens: args.max_batch_tokens,
+        overwrite: args.overwrite,
+        ..EffectsConfig::new(&args.source, &args.features, &args.out)
+    };
+    let files = EffectsFiles {
+        model: &args.model,
+        input: &args.input,
+        saes: &args.saes,
+        pseudotime_tool: args.pseudotime_tool.as_deref(),
+    };
+    print_json(json, &effects(&files, config, backend, args.device.precision())?)
+}
+
+/// Runs [`scinterp_export::steering::effects`] with a progress bar. (The demo calls this too.)
+pub fn effects(
+    files: &EffectsFiles,
+    config: EffectsConfig,
+    backend: Backend,
+    precision: GpuPrecision,
+) -> Result<EffectsSummary> {
+    let mut bar = None;
+    let summary =
+        scinterp_export::steering::effects(files, config, backend, precision, &mut |done, total| {
+            // Edits (cell × feature × α × control), which advance per batch of tail passes.
+            bar.get_or_insert_with(|| crate::progress::bar_with_prefix(total as u64, 0, "edits", "effects"))
+                .set_position(done as u64);
+        });
+    if let Some(b) = bar {
+        crate::progress::finish(&b);
     }
-    Ok(())
+    Ok(summary?)
 }
 
 fn read_tokens(spec: &str) -> Result<HashSet<u32>> {
@@ -98,47 +137,4 @@ fn read_tokens(spec: &str) -> Result<HashSet<u32>> {
             })
         })
         .collect()
-}
-
-pub fn effects(args: EffectsArgs) -> Result<EffectsSummary> {
-    let model = load_model(&args.model, true)?;
-    let cells = read_cells(&args.input, &model)?;
-    let pseudotime = match &args.pseudotime_tool {
-        Some(dir) => Some(scinterp_export::steering::pseudotime_readout(dir, &model)?),
-        None => None,
-    };
-    let config = EffectsConfig {
-        source: args.source.clone(),
-        features: args.features.clone(),
-        cells: args.cells,
-        alphas: args.alphas.clone(),
-        readout_tokens: match &args.readout_tokens {
-            Some(spec) => read_tokens(spec)?,
-            None => HashSet::new(),
-        },
-        direction: args.direction.clone(),
-        control_seed: (!args.no_control).then_some(args.seed),
-        pseudotime,
-        max_batch_tokens: args.max_batch_tokens,
-        out: args.out.clone(),
-        overwrite: args.overwrite,
-    };
-    let inputs = EffectsInputs {
-        encoder: model.encoder.as_ref(),
-        tokens: &cells.tokens,
-        values: cells.values.as_deref(),
-        special_ids: crate::extract::special_token_ids(&args.input, &model)?,
-        saes: &args.saes,
-        input: &args.input,
-    };
-    let mut bar = None;
-    let summary = scinterp_engine::effects::pipeline::run(&config, &inputs, &mut |done, total| {
-        // Edits (cell × feature × α × control), which advance per batch of tail passes.
-        bar.get_or_insert_with(|| crate::progress::bar_with_prefix(total as u64, 0, "edits", "effects"))
-            .set_position(done as u64);
-    });
-    if let Some(b) = bar {
-        crate::progress::finish(&b);
-    }
-    Ok(summary?)
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::args::print_json;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use scinterp_export::cells::{CellInput, PanelChoice};
@@ -154,9 +155,6 @@ pub struct OperatorArgs {
     out: PathBuf,
     #[arg(long)]
     overwrite: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
     /// Testing: stop after N batches of the attention pass with its checkpoint saved, as if killed.
     #[arg(long, hide = true)]
     stop_after_batches: Option<usize>,
@@ -184,12 +182,11 @@ impl pipeline::Progress for Stages {
     }
 }
 
-pub fn run(args: ExportArgs) -> Result<()> {
+pub fn run(args: ExportArgs, json: bool) -> Result<()> {
     let ExportCommand::Operator(a) = args.command;
     let report = export_operator(&a)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
+    if json {
+        return print_json(json, &report);
     }
     let m = &report.card.metrics;
     println!("wrote {} in {:.1} s", report.out.display(), report.seconds);

@@ -1,17 +1,17 @@
 //! `scinterp forward`: a forward pass with hook points over ragged cells, for Geneformer and scGPT
-//! folders alike (the run and its file are `scinterp_models::forward`). Also the model, device and
-//! cell loading that extract, sae, trace and effects share.
+//! folders alike (the run and its file are `scinterp_models::forward`). Also the model and cell
+//! loading that trace and effects share.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use scinterp_engine::cuda::{CudaForward, GpuPrecision};
-use scinterp_engine::device::{Backend, DeviceChoice};
-use scinterp_engine::{CpuForward, Encoder, Forward, HookPoint};
+use scinterp_engine::HookPoint;
 use scinterp_models::forward::forward_to_file;
 use scinterp_models::input::InputCells;
 use scinterp_models::registry::LoadedModel;
+
+use crate::args::{print_json, DeviceArgs};
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
@@ -37,22 +37,14 @@ pub struct ForwardArgs {
     /// Most tokens run together in one packed batch (bounds memory).
     #[arg(long, default_value_t = 16_384)]
     max_batch_tokens: usize,
-    /// Backend: `auto` (the CPU until the CUDA path is validated on a GPU), `cpu`, or `cuda` (bf16
-    /// GEMMs and attention, f32 residual stream; an error where no GPU is usable).
-    #[arg(long, default_value = "auto")]
-    pub(crate) device: DeviceChoice,
-    /// With `--device cuda`: `bf16` (default) or `f32` (exact f32 GEMMs: the parity mode).
-    #[arg(long, default_value = "bf16")]
-    pub(crate) gpu_precision: GpuPrecisionArg,
-    /// Print a machine-readable summary on stdout.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
-pub fn run(args: ForwardArgs) -> Result<()> {
-    let backend = resolve_device(args.device)?;
+pub fn run(args: ForwardArgs, json: bool) -> Result<()> {
+    let backend = args.device.backend()?;
     let model = load_model(&args.model, args.head)?;
-    let forward = make_forward(backend, model.encoder.as_ref(), args.gpu_precision)?;
+    let forward = args.device.forward(backend, model.encoder.as_ref())?;
     let cells = read_cells(&args.input, &model)?;
     let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
     // A model with a cell embedding always writes it; others need a hook or the head.
@@ -78,50 +70,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         summary.tokens_per_second,
         args.out.display()
     );
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    }
-    Ok(())
-}
-
-/// Resolves `--device` before any work (never panics without CUDA) and logs the choice.
-pub(crate) fn resolve_device(choice: DeviceChoice) -> Result<Backend> {
-    let resolved = choice.resolve()?;
-    tracing::info!("device: {}", resolved.reason);
-    Ok(resolved.backend)
-}
-
-/// `--gpu-precision`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub(crate) enum GpuPrecisionArg {
-    Bf16,
-    F32,
-}
-
-impl From<GpuPrecisionArg> for GpuPrecision {
-    fn from(p: GpuPrecisionArg) -> Self {
-        match p {
-            GpuPrecisionArg::Bf16 => GpuPrecision::Bf16,
-            GpuPrecisionArg::F32 => GpuPrecision::F32,
-        }
-    }
-}
-
-/// The backend that runs the blocks: the CPU, or the model's blocks uploaded to GPU 0.
-pub(crate) fn make_forward(
-    backend: Backend,
-    encoder: &dyn Encoder,
-    precision: GpuPrecisionArg,
-) -> Result<Box<dyn Forward>> {
-    Ok(match backend {
-        Backend::Cpu => Box::new(CpuForward),
-        Backend::Cuda => {
-            let gpu = CudaForward::new(encoder, 0, precision.into())
-                .context("uploading the model to the GPU (--device cpu avoids the GPU)")?;
-            tracing::info!("forward pass: {}", gpu.name());
-            Box::new(gpu)
-        }
-    })
+    print_json(json, &summary)
 }
 
 /// Cells from a JSON file or a token store folder, checked against what the model reads.

@@ -3,65 +3,59 @@
 
 use std::path::PathBuf;
 
+use crate::args::print_json;
 use anyhow::Result;
 use clap::Args;
 use scinterp_engine::analyze::LayersConfig;
 use scinterp_engine::formats::layers::LayersSummary;
-use scinterp_engine::formats::{to_json, TableFormat};
+use scinterp_engine::formats::TableFormat;
 
 #[derive(Args, Debug, Clone)]
 pub struct LayersArgs {
     /// Activation store holding every SAE's hook.
     #[arg(long)]
-    pub(crate) acts: PathBuf,
+    acts: PathBuf,
     /// SAE folders in layer order, comma-separated (each names its hook in cfg.json).
     #[arg(long, value_delimiter = ',', required = true)]
-    pub(crate) saes: Vec<PathBuf>,
+    saes: Vec<PathBuf>,
     /// The different-seed control: SAE folders trained on hooks of --saes from another seed
     /// (`scinterp sae train --seed <other>`), comma-separated, at most one per hook. Without it
     /// layers.json says that no control was run.
     #[arg(long, value_delimiter = ',')]
-    pub(crate) control_saes: Vec<PathBuf>,
+    control_saes: Vec<PathBuf>,
     /// Output folder.
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     #[arg(long, value_enum, default_value = "parquet")]
-    pub(crate) format: TableFormat,
+    format: TableFormat,
     /// |cos| of a match.
     #[arg(long, default_value_t = 0.7)]
-    pub(crate) match_threshold: f64,
+    match_threshold: f64,
     /// |cos| of a strong match.
     #[arg(long, default_value_t = 0.9)]
-    pub(crate) strong_threshold: f64,
+    strong_threshold: f64,
     /// Fires a source or target needs to enter the highway statistics.
     #[arg(long, default_value_t = 100)]
-    pub(crate) highway_min_fires: u64,
+    highway_min_fires: u64,
     /// Co-activated rows a (source, target) pair needs (the published code had none).
     #[arg(long, default_value_t = 20)]
-    pub(crate) highway_min_cocount: u64,
+    highway_min_cocount: u64,
     /// PMI (log2) above which a source's best target makes it a highway.
     #[arg(long, default_value_t = 3.0)]
-    pub(crate) highway_pmi: f64,
+    highway_pmi: f64,
     /// Rows encoded at a time (rounded up to whole cells).
     #[arg(long, default_value_t = 8192)]
-    pub(crate) chunk_rows: usize,
+    chunk_rows: usize,
     #[arg(long)]
-    pub(crate) overwrite: bool,
-    #[arg(long)]
-    pub(crate) json: bool,
+    overwrite: bool,
 }
 
-pub fn run(args: LayersArgs) -> Result<()> {
-    let json = args.json;
-    let summary = compare_layers(args)?;
-    if json {
-        println!("{}", to_json(&summary)?);
-    }
-    Ok(())
+pub fn run(args: LayersArgs, json: bool) -> Result<()> {
+    print_json(json, &compare_layers(&layers_config(args))?)
 }
 
-pub fn compare_layers(args: LayersArgs) -> Result<LayersSummary> {
-    let config = LayersConfig {
+fn layers_config(args: LayersArgs) -> LayersConfig {
+    LayersConfig {
         acts: args.acts,
         saes: args.saes,
         control_saes: args.control_saes,
@@ -74,9 +68,13 @@ pub fn compare_layers(args: LayersArgs) -> Result<LayersSummary> {
         highway_pmi: args.highway_pmi,
         chunk_rows: args.chunk_rows,
         overwrite: args.overwrite,
-    };
+    }
+}
+
+/// Compares the layers with a progress bar and logs the headline. (The demo calls this too.)
+pub fn compare_layers(config: &LayersConfig) -> Result<LayersSummary> {
     let mut bar = None;
-    let summary = scinterp_engine::analyze::compare_layers(&config, &mut |done, total| {
+    let summary = scinterp_engine::analyze::compare_layers(config, &mut |done, total| {
         bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "rows"))
             .set_position(done as u64);
     });

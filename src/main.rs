@@ -4,6 +4,7 @@
 mod analyze;
 mod annotate;
 mod apply;
+mod args;
 mod atlas;
 mod consensus;
 mod demo;
@@ -38,6 +39,9 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Print the command's summary as one line of JSON on stdout (keys sorted).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,20 +101,20 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Forward(args) => forward::run(args),
+        Command::Forward(args) => forward::run(args, cli.json),
         Command::Demo(args) => demo::run(args),
-        Command::Tokenize(args) => tokenize::run(args, cli.quiet),
-        Command::Extract(args) => extract::run(args),
-        Command::Sae(args) => sae::run(args),
-        Command::Trace(args) => trace::run(args),
-        Command::Analyze(args) => analyze::run(args),
-        Command::Layers(args) => layers::run(args),
-        Command::Effects(args) => effects::run(args),
-        Command::Annotate(args) => annotate::run(args),
-        Command::Atlas(args) => atlas::run(args),
-        Command::Export(args) => export::run(args),
-        Command::Apply(args) => apply::run(args),
-        Command::Consensus(args) => consensus::run(args),
+        Command::Tokenize(args) => tokenize::run(args, cli.json, cli.quiet),
+        Command::Extract(args) => extract::run(args, cli.json),
+        Command::Sae(args) => sae::run(args, cli.json),
+        Command::Trace(args) => trace::run(args, cli.json),
+        Command::Analyze(args) => analyze::run(args, cli.json),
+        Command::Layers(args) => layers::run(args, cli.json),
+        Command::Effects(args) => effects::run(args, cli.json),
+        Command::Annotate(args) => annotate::run(args, cli.json),
+        Command::Atlas(args) => atlas::run(args, cli.json),
+        Command::Export(args) => export::run(args, cli.json),
+        Command::Apply(args) => apply::run(args, cli.json),
+        Command::Consensus(args) => consensus::run(args, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

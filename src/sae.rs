@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use scinterp_engine::device::DeviceChoice;
 use scinterp_engine::sae::pipeline::{
     encode_store, eval_on_store, synth_store, train_on_store, EncodeRequest, EvalRequest, SpliceModel,
     SynthRequest, TrainEvent, TrainRequest,
@@ -16,7 +15,7 @@ use scinterp_models::sae_splice::StoreModel;
 
 pub use scinterp_engine::sae::pipeline::TrainReport;
 
-use crate::forward::{resolve_device, GpuPrecisionArg};
+use crate::args::{print_json, DeviceArgs};
 
 #[derive(Args, Debug)]
 pub struct SaeArgs {
@@ -36,11 +35,11 @@ enum SaeCommand {
     Synth(SynthArgs),
 }
 
-pub fn run(args: SaeArgs) -> Result<()> {
+pub fn run(args: SaeArgs, json: bool) -> Result<()> {
     match args.command {
-        SaeCommand::Train(a) => run_train(a),
+        SaeCommand::Train(a) => run_train(a, json),
         SaeCommand::Encode(a) => run_encode(a),
-        SaeCommand::Eval(a) => run_eval(a),
+        SaeCommand::Eval(a) => run_eval(a, json),
         SaeCommand::Synth(a) => run_synth(a),
     }
 }
@@ -100,13 +99,10 @@ pub struct TrainArgs {
     /// Replace an existing SAE folder.
     #[arg(long)]
     pub(crate) overwrite: bool,
-    /// Where the optimiser steps run: `auto` (the CPU until the GPU trainer is validated on a GPU),
-    /// `cpu`, or `cuda` (every parameter and gradient on GPU 0; needs libcublasLt).
-    #[arg(long, default_value = "auto")]
-    pub(crate) device: DeviceChoice,
-    /// With `--device cuda`: the encoder GEMM in `bf16` (default; f32 accumulation) or exact `f32`.
-    #[arg(long, default_value = "bf16")]
-    pub(crate) gpu_precision: GpuPrecisionArg,
+    /// Where the optimiser steps run (with `cuda`: every parameter and gradient on GPU 0; needs
+    /// libcublasLt).
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
     /// Leave out rows holding inf/NaN (counted in the report) instead of refusing the store.
     #[arg(long)]
     pub(crate) skip_nonfinite_rows: bool,
@@ -117,18 +113,35 @@ pub struct TrainArgs {
     /// Testing: stop right after the checkpoint of this step, as a kill there would.
     #[arg(long, hide = true)]
     pub(crate) stop_after_steps: Option<usize>,
-    /// Print a machine-readable summary on stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
-fn run_train(args: TrainArgs) -> Result<()> {
-    let json = args.json;
-    let report = train_sae(args)?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    }
-    Ok(())
+fn run_train(args: TrainArgs, json: bool) -> Result<()> {
+    let req = TrainRequest {
+        acts: args.acts,
+        hook: args.hook,
+        d_sae: args.d_sae,
+        k: args.k,
+        out: args.out,
+        tokens: args.tokens,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        aux_k: args.aux_k,
+        aux_coef: args.aux_coef,
+        dead_after_tokens: args.dead_after_tokens,
+        normalize: !args.no_normalize,
+        holdout: args.holdout,
+        shuffle_buffer_rows: args.shuffle_buffer_rows,
+        splice_cells: args.splice_cells,
+        seed: args.seed,
+        overwrite: args.overwrite,
+        backend: args.device.backend()?,
+        gpu_precision: args.device.precision(),
+        skip_nonfinite_rows: args.skip_nonfinite_rows,
+        checkpoint_every_steps: args.checkpoint_every,
+        stop_after_steps: args.stop_after_steps,
+    };
+    print_json(json, &train_sae(&req)?)
 }
 
 /// The model behind a store, for the spliced loss (none: logged and skipped).
@@ -146,42 +159,17 @@ fn splice_model(acts: &std::path::Path, cells: usize) -> Result<Option<StoreMode
     }
 }
 
-/// Trains, evaluates and writes the SAE folder.
-pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
-    let backend = resolve_device(args.device)?;
-    let req = TrainRequest {
-        acts: args.acts.clone(),
-        hook: args.hook.clone(),
-        d_sae: args.d_sae,
-        k: args.k,
-        out: args.out.clone(),
-        tokens: args.tokens,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        warmup_steps: args.warmup_steps,
-        aux_k: args.aux_k,
-        aux_coef: args.aux_coef,
-        dead_after_tokens: args.dead_after_tokens,
-        normalize: !args.no_normalize,
-        holdout: args.holdout,
-        shuffle_buffer_rows: args.shuffle_buffer_rows,
-        splice_cells: args.splice_cells,
-        seed: args.seed,
-        overwrite: args.overwrite,
-        backend,
-        gpu_precision: args.gpu_precision.into(),
-        skip_nonfinite_rows: args.skip_nonfinite_rows,
-        checkpoint_every_steps: args.checkpoint_every,
-        stop_after_steps: args.stop_after_steps,
-    };
-    let splicer = if args.acts.join("manifest.json").exists() {
-        splice_model(&args.acts, args.splice_cells)?
+/// Trains, evaluates and writes the SAE folder, with a progress bar and the results logged. (The demo
+/// calls this too.)
+pub fn train_sae(req: &TrainRequest) -> Result<TrainReport> {
+    let splicer = if req.acts.join("manifest.json").exists() {
+        splice_model(&req.acts, req.splice_cells)?
     } else {
         None
     };
     let mut bar = None;
     let report = train_on_store(
-        &req,
+        req,
         splicer.as_ref().map(|s| s as &dyn SpliceModel),
         &mut |event| match event {
             TrainEvent::Warning(w) => tracing::warn!("{w}"),
@@ -208,7 +196,7 @@ pub fn train_sae(args: TrainArgs) -> Result<TrainReport> {
         report.heldout.l0,
         report.heldout.dead_latents,
         100.0 * report.heldout.dead_fraction,
-        args.out.display()
+        req.out.display()
     );
     if let Some(s) = &report.spliced {
         tracing::info!(
@@ -250,18 +238,14 @@ struct EncodeArgs {
     out: PathBuf,
     #[arg(long)]
     overwrite: bool,
-    /// `auto` (the CPU until the GPU path is validated on a GPU), `cpu`, or `cuda` (the SAE uploaded
-    /// once; centring, encoder GEMM and top-k on GPU 0).
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    /// With `--device cuda`: the encoder GEMM in `bf16` (f32 accumulation) or exact `f32` (default, so
-    /// that the codes match the CPU's).
-    #[arg(long, default_value = "f32")]
-    gpu_precision: GpuPrecisionArg,
+    /// Where the rows are encoded (with `cuda`: the SAE uploaded once; centring, encoder GEMM and
+    /// top-k on GPU 0; `--gpu-precision f32` gives the CPU's codes).
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 fn run_encode(args: EncodeArgs) -> Result<()> {
-    let backend = resolve_device(args.device)?;
+    let backend = args.device.backend()?;
     let req = EncodeRequest {
         sae: args.input.sae.clone(),
         acts: args.input.acts.clone(),
@@ -269,7 +253,7 @@ fn run_encode(args: EncodeArgs) -> Result<()> {
         out: args.out.clone(),
         overwrite: args.overwrite,
         backend,
-        gpu_precision: args.gpu_precision.into(),
+        gpu_precision: args.device.precision(),
     };
     let mut bar = None;
     let report = encode_store(&req, &mut |done, total| {
@@ -305,11 +289,9 @@ struct EvalArgs {
     /// Cells run through the model to measure the spliced loss (0: skip).
     #[arg(long, default_value_t = 16)]
     splice_cells: usize,
-    #[arg(long)]
-    json: bool,
 }
 
-fn run_eval(args: EvalArgs) -> Result<()> {
+fn run_eval(args: EvalArgs, json: bool) -> Result<()> {
     let splicer = splice_model(&args.input.acts, args.splice_cells)?;
     let req = EvalRequest {
         sae: args.input.sae.clone(),
@@ -337,10 +319,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             r.mean_best_cosine
         );
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    }
-    Ok(())
+    print_json(json, &report)
 }
 
 #[derive(Args, Debug)]

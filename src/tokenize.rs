@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use crate::args::print_json;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
@@ -103,9 +104,6 @@ pub struct TokenizeArgs {
     /// Replace an existing store at --out.
     #[arg(long)]
     overwrite: bool,
-    /// Print a machine-readable summary on stdout.
-    #[arg(long)]
-    json: bool,
     /// Once the run has lasted this many seconds, completed chunks of cells are saved in `<out>.partial`,
     /// so that a killed run resumes when the same command is run again (0: save every chunk).
     #[arg(long, default_value_t = Config::CHECKPOINT_SECS)]
@@ -144,11 +142,9 @@ impl TokenizeArgs {
     }
 }
 
-pub fn run(args: TokenizeArgs, quiet: bool) -> Result<()> {
+pub fn run(args: TokenizeArgs, json: bool, quiet: bool) -> Result<()> {
     let report = tokenize(&args.config(), quiet)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report.manifest)?);
-    }
+    print_json(json, &report.manifest)?;
     // The process ends here: hand the cells, the scGPT values (hundreds of MB for big inputs) and the
     // tokenizer's maps (hundreds of thousands of strings) back to the OS with it instead of freeing them
     // piece by piece.

@@ -5,6 +5,9 @@ use std::str::FromStr;
 
 use scinterp_kernels::GpuAbsence;
 
+use crate::cuda::{CudaForward, GpuPrecision};
+use crate::{CpuForward, Encoder, EngineError, Forward};
+
 /// Whether the CUDA forward pass ([`crate::cuda`]) may be chosen by `auto`. It is built and `--device
 /// cuda` runs it, but it has not yet been validated against the CPU path on a GPU (issue 8), so `auto`
 /// keeps to the CPU until a GPU run has shown agreement.
@@ -108,6 +111,19 @@ impl DeviceChoice {
             },
         }
     }
+}
+
+/// What runs `encoder`'s blocks on a resolved backend: the CPU, or its blocks uploaded once to GPU 0 in
+/// `precision` (ignored on the CPU).
+pub fn forward_on(
+    backend: Backend,
+    encoder: &dyn Encoder,
+    precision: GpuPrecision,
+) -> Result<Box<dyn Forward>, EngineError> {
+    Ok(match backend {
+        Backend::Cpu => Box::new(CpuForward),
+        Backend::Cuda => Box::new(CudaForward::new(encoder, 0, precision)?),
+    })
 }
 
 #[cfg(test)]

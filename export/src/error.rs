@@ -12,6 +12,12 @@ pub enum ExportError {
     #[error(transparent)]
     Engine(#[from] scinterp_engine::EngineError),
     #[error(transparent)]
+    Input(#[from] scinterp_models::input::InputError),
+    #[error(transparent)]
+    TokenStore(#[from] scinterp_models::token_store::TokenStoreError),
+    #[error(transparent)]
+    Effects(#[from] scinterp_engine::effects::pipeline::EffectsError),
+    #[error(transparent)]
     File(#[from] scinterp_engine::formats::FileError),
     #[error(transparent)]
     Checkpoint(#[from] scinterp_engine::formats::checkpoint::CheckpointError),

@@ -6,11 +6,60 @@
 
 use std::path::Path;
 
+use scinterp_engine::cuda::GpuPrecision;
+use scinterp_engine::device::{forward_on, Backend};
+use scinterp_engine::effects::pipeline::{EffectsConfig, EffectsInputs};
 use scinterp_engine::effects::{PanelReadout, PseudotimeReadout};
+use scinterp_engine::formats::effects::EffectsSummary;
+use scinterp_models::extract::special_token_ids;
+use scinterp_models::input::read_cells;
 use scinterp_models::LoadedModel;
 
 use crate::files::read_tool;
 use crate::ExportError;
+
+/// The folders `scinterp effects` reads.
+#[derive(Clone, Copy, Debug)]
+pub struct EffectsFiles<'a> {
+    /// Model folder (its MLM head is read).
+    pub model: &'a Path,
+    /// Token store of the cells.
+    pub input: &'a Path,
+    /// Folder of SAE folders, one per hook.
+    pub saes: &'a Path,
+    /// An exported tool of this model whose pseudotime is read on the edited cells.
+    pub pseudotime_tool: Option<&'a Path>,
+}
+
+/// `scinterp effects` as a library call: loads the model with its head and the cells, reads the tool's
+/// pseudotime readout when one is given (it replaces `config.pseudotime`), runs the blocks on `backend`
+/// and writes `config.out`. `progress(edits_done, total)`.
+pub fn effects(
+    files: &EffectsFiles,
+    mut config: EffectsConfig,
+    backend: Backend,
+    precision: GpuPrecision,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EffectsSummary, ExportError> {
+    let model = scinterp_models::load(files.model, true)?;
+    let cells = read_cells(files.input, &model)?;
+    if let Some(dir) = files.pseudotime_tool {
+        config.pseudotime = Some(pseudotime_readout(dir, &model)?);
+    }
+    let forward = forward_on(backend, model.encoder.as_ref(), precision)?;
+    let inputs = EffectsInputs {
+        encoder: model.encoder.as_ref(),
+        forward: forward.as_ref(),
+        tokens: &cells.tokens,
+        values: cells.values.as_deref(),
+        special_ids: special_token_ids(files.input, &model)?,
+        saes: files.saes,
+        input: files.input,
+    };
+    Ok(scinterp_engine::effects::pipeline::run(
+        &config, &inputs, progress,
+    )?)
+}
 
 /// Reads the tool in `dir` as a pseudotime readout of `model`. Refused: a tool of another model kind
 /// (its panel tokens index another vocabulary) or one whose panel tokens the model does not have.

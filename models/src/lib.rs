@@ -4,10 +4,12 @@
 pub mod cells;
 pub mod checkpoint;
 pub mod error;
+pub mod extract;
 pub mod forward;
 pub mod gene_names;
 pub mod geneformer;
 pub mod input;
+pub mod planted;
 pub mod random_control;
 pub mod registry;
 pub mod sae_splice;

@@ -32,7 +32,18 @@ use scinterp_models::registry::TokenizerKind;
 use scinterp_models::tokenize::geneformer::GeneIdKind;
 use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
 
-use super::{parse, sae_args};
+use scinterp_engine::analyze::consensus::{ConsensusConfig, GraphInput};
+use scinterp_engine::cuda::GpuPrecision;
+use scinterp_engine::device::Backend;
+use scinterp_engine::effects::EffectsConfig;
+use scinterp_engine::sae::pipeline::TrainRequest;
+use scinterp_engine::trace::{EdgeFilters, TraceConfig};
+use scinterp_export::steering::EffectsFiles;
+use scinterp_models::extract::ExtractConfig;
+
+use super::sae_request;
+use crate::args::DeviceArgs;
+use crate::trace::TraceFiles;
 
 pub struct EmbeddedArgs {
     pub out: PathBuf,
@@ -454,29 +465,20 @@ fn pseudotime_steering(
         .collect::<Vec<_>>()
         .join(",");
     let out = arm.dir.join("steering.tsv");
-    crate::effects::effects(parse(&[
-        "--overwrite",
-        "--model",
-        &arm.model.display().to_string(),
-        "--input",
-        &tokens.display().to_string(),
-        "--saes",
-        &arm.saes().display().to_string(),
-        "--source",
-        TRACE_SOURCE,
-        "--features",
-        &features,
-        "--cells",
-        &STEER_CELLS.to_string(),
-        "--alphas",
-        "0,4",
-        "--pseudotime-tool",
-        &tool.dir,
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        &out.display().to_string(),
-    ])?)?;
+    let files = EffectsFiles {
+        model: &arm.model,
+        input: tokens,
+        saes: &arm.saes(),
+        pseudotime_tool: Some(Path::new(&tool.dir)),
+    };
+    let config = EffectsConfig {
+        cells: Some(STEER_CELLS),
+        alphas: vec![0.0, 4.0],
+        control_seed: Some(seed),
+        overwrite: true,
+        ..EffectsConfig::new(TRACE_SOURCE, &features, &out)
+    };
+    crate::effects::effects(&files, config, Backend::Cpu, GpuPrecision::Bf16)?;
     let t = Table::read(&out)?;
     let (f, alpha, cells) = (t.i64s("feature")?, t.f64s("alpha")?, t.i64s("n_cells")?);
     let (shift, control) = (t.f64s("pseudotime_shift")?, t.f64s("control_pseudotime_shift")?);
@@ -503,20 +505,12 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
     let started = Instant::now();
     let label = arm.label();
     let acts = arm.dir.join("acts");
-    let extracted = crate::extract::extract_store(crate::extract::ExtractArgs {
-        model: arm.model.clone(),
-        input: arm.tokens.clone(),
-        hooks: HOOKS.join(","),
-        out: acts.clone(),
-        dtype: crate::extract::DtypeArg::F16,
-        include_special: false,
-        max_batch_tokens: 16_384,
-        device: scinterp_engine::device::DeviceChoice::Cpu,
-        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-        json: false,
-        shard: None,
-        stop_after_batches: None,
-    })?
+    let extracted = crate::extract::extract_with_progress(&ExtractConfig::new(
+        &arm.model,
+        &arm.tokens,
+        &HOOKS.join(","),
+        &acts,
+    ))?
     .context("the activation store was not written")?;
 
     let genes = match arm.family {
@@ -528,9 +522,9 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
     let mut layers = Vec::new();
     for hook in HOOKS {
         // The default dead-latent window (a tenth of the run), unlike the planted fixture's 50k tokens.
-        let sae = crate::sae::train_sae(crate::sae::TrainArgs {
+        let sae = crate::sae::train_sae(&TrainRequest {
             dead_after_tokens: None,
-            ..sae_args(
+            ..sae_request(
                 &acts,
                 hook,
                 D_SAE,
@@ -586,32 +580,25 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         layer.cell_type_fraction = layer.cell_type_features as f64 / layer.alive.max(1) as f64;
     }
 
-    let trace_summary = crate::trace::trace_edges(crate::trace::RunArgs {
-        shard: None,
-        model: arm.model.clone(),
-        input: arm.tokens.clone(),
-        saes: arm.saes(),
-        source: TRACE_SOURCE.into(),
+    let files = TraceFiles {
+        model: &arm.model,
+        input: &arm.tokens,
+        saes: &arm.saes(),
+    };
+    let config = TraceConfig {
         features: TRACE_FEATURES.into(),
-        targets: TRACE_TARGET.into(),
         cells: Some(TRACE_CELLS),
-        out: arm.trace(),
-        filters: crate::trace::FilterArgs {
+        filters: EdgeFilters {
             min_abs_d: 0.5,
             max_q: ALPHA,
-            min_consistency: 0.0,
-            min_cells: scinterp_engine::trace::edges::DEFAULT_MIN_CELLS,
+            ..EdgeFilters::default()
         },
-        chunk_cells: 64,
-        max_batch_tokens: 16_384,
         null_permutations: TRACE_NULL_PERMUTATIONS,
         seed,
-        device: scinterp_engine::device::DeviceChoice::Cpu,
-        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-        json: false,
         overwrite: true,
-        stop_after_chunks: None,
-    })?;
+        ..TraceConfig::new(TRACE_SOURCE, TRACE_TARGET, &arm.trace())
+    };
+    let trace_summary = crate::trace::trace_edges(&files, &config, &DeviceArgs::CPU)?;
     let edges = read_trace_edges(&arm.trace())?;
     let (mut annotated_edges, mut sharing) = (0, 0);
     for e in &edges {
@@ -793,35 +780,22 @@ fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result
         return Ok(Vec::new());
     };
     let genes = top_genes(&arm.catalog(TRACE_SOURCE), feature, 20)?;
-    let readout = genes
-        .iter()
-        .map(|(t, _)| t.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
     let out = arm.dir.join("effects.tsv");
-    crate::effects::effects(parse(&[
-        "--overwrite",
-        "--model",
-        &arm.model.display().to_string(),
-        "--input",
-        &arm.tokens.display().to_string(),
-        "--saes",
-        &arm.saes().display().to_string(),
-        "--source",
-        TRACE_SOURCE,
-        "--features",
-        &feature.to_string(),
-        "--cells",
-        &TRACE_CELLS.to_string(),
-        "--alphas",
-        "0,4",
-        "--readout-tokens",
-        &readout,
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        &out.display().to_string(),
-    ])?)?;
+    let files = EffectsFiles {
+        model: &arm.model,
+        input: &arm.tokens,
+        saes: &arm.saes(),
+        pseudotime_tool: None,
+    };
+    let config = EffectsConfig {
+        cells: Some(TRACE_CELLS),
+        alphas: vec![0.0, 4.0],
+        readout_tokens: genes.iter().map(|&(t, _)| t as u32).collect(),
+        control_seed: Some(seed),
+        overwrite: true,
+        ..EffectsConfig::new(TRACE_SOURCE, &feature.to_string(), &out)
+    };
+    crate::effects::effects(&files, config, Backend::Cpu, GpuPrecision::Bf16)?;
     let t = Table::read(&out)?;
     let (alpha, diff, p) = (
         t.f64s("alpha")?,
@@ -847,24 +821,16 @@ fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result
 /// and cell types) along traced edges found in both models, against the label-permutation null.
 fn consensus(out: &Path, weights: &str, a: &Arm, b: &Arm, seed: u64) -> Result<serde_json::Value> {
     let dir = out.join("consensus").join(weights);
-    let s = crate::consensus::consensus(parse(&[
-        "--edges-a",
-        &a.trace().display().to_string(),
-        "--annotations-a",
-        &a.annotation().display().to_string(),
-        "--edges-b",
-        &b.trace().display().to_string(),
-        "--annotations-b",
-        &b.annotation().display().to_string(),
-        "--alpha",
-        &ALPHA.to_string(),
-        "--permutations",
-        "1000",
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        &dir.display().to_string(),
-    ])?)?;
+    let s = crate::consensus::consensus(&ConsensusConfig {
+        alpha: ALPHA,
+        permutations: 1000,
+        seed,
+        ..ConsensusConfig::new(
+            GraphInput::new("a", &a.trace(), &a.annotation()),
+            GraphInput::new("b", &b.trace(), &b.annotation()),
+            &dir,
+        )
+    })?;
     Ok(serde_json::to_value(s)?)
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
+use scinterp_engine::sae::pipeline::TrainRequest;
 
 mod embedded;
 mod planted;
@@ -46,22 +47,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     })
 }
 
-/// Parses a subcommand's arguments exactly as the command line would.
-#[derive(clap::Parser)]
-struct Parsed<T: clap::Args> {
-    #[command(flatten)]
-    args: T,
-}
-
-fn parse<T: clap::Args>(argv: &[&str]) -> Result<T> {
-    use clap::Parser;
-    Ok(Parsed::<T>::try_parse_from(std::iter::once("scinterp").chain(argv.iter().copied()))?.args)
-}
-
 /// The demo's SAE training settings (batches of 1,024 rows, a 32k-row shuffle buffer, dead after
 /// 50k tokens, 10 % of cells held out).
 #[allow(clippy::too_many_arguments)]
-fn sae_args(
+fn sae_request(
     acts: &Path,
     hook: &str,
     d_sae: usize,
@@ -70,31 +59,16 @@ fn sae_args(
     tokens: u64,
     splice_cells: usize,
     seed: u64,
-) -> crate::sae::TrainArgs {
-    crate::sae::TrainArgs {
-        acts: acts.to_path_buf(),
-        hook: hook.into(),
-        d_sae,
-        k,
-        out: out.to_path_buf(),
+) -> TrainRequest {
+    TrainRequest {
         tokens: Some(tokens),
         batch_size: 1024,
-        lr: None,
-        warmup_steps: None,
-        aux_k: None,
-        aux_coef: 1.0 / 32.0,
         dead_after_tokens: Some(50_000),
-        no_normalize: false,
-        holdout: 0.1,
         shuffle_buffer_rows: 1 << 15,
         splice_cells,
         seed,
         overwrite: true,
-        device: scinterp_engine::device::DeviceChoice::Cpu,
-        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-        skip_nonfinite_rows: false,
-        checkpoint_every: 0,
-        stop_after_steps: None,
-        json: false,
+        checkpoint_every_steps: 0,
+        ..TrainRequest::new(acts, hook, d_sae, k, out)
     }
 }

@@ -12,14 +12,29 @@ use scinterp_engine::annotate::AnnotateConfig;
 use scinterp_engine::{run as run_encoder, Edit, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 use scinterp_models::forward::forward_to_file;
 use scinterp_models::input::InputCells;
+use scinterp_models::planted::{
+    program_cells, programs, random_cells, unit_direction, write_model, HEADS, HIDDEN, LAYERS, POOL,
+    POOL_START, PROGRAMS, PROGRAM_SIZE, VOCAB,
+};
 use scinterp_models::registry::TokenizerKind;
-use scinterp_models::synthetic::{splitmix64, tensor_values, write_f32_tensors, SyntheticSpec};
+use scinterp_models::synthetic::splitmix64;
 use scinterp_models::token_store::{TokenStore, TokenStoreManifest};
 use scinterp_models::tokenize::geneformer::GeneIdKind;
 use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
 use serde_json::json;
 
-use super::{parse, sae_args};
+use scinterp_engine::cuda::GpuPrecision;
+use scinterp_engine::device::Backend;
+use scinterp_engine::effects::EffectsConfig;
+use scinterp_export::steering::EffectsFiles;
+use scinterp_models::extract::{ExtractConfig, ExtractSummary};
+
+use scinterp_engine::analyze::LayersConfig;
+use scinterp_engine::trace::{EdgeFilters, TraceConfig};
+
+use super::sae_request;
+use crate::args::DeviceArgs;
+use crate::trace::TraceFiles;
 
 use crate::forward::load_model;
 
@@ -31,22 +46,6 @@ pub struct PlantedArgs {
     pub data: Option<PathBuf>,
 }
 
-/// A Geneformer-V2-shaped config at small width (real V2 vocabulary size and special tokens).
-const HIDDEN: usize = 128;
-const LAYERS: usize = 4;
-const HEADS: usize = 2;
-const FFN: usize = 512;
-const VOCAB: usize = 20_275;
-const MAX_POS: usize = 512;
-const CLS: u32 = 2;
-/// Gene programs planted in the demo model's embeddings (see [`demo_programs`]).
-const PROGRAMS: usize = 12;
-const PROGRAM_SIZE: usize = 20;
-const POOL_START: u32 = 4;
-const POOL: usize = 800;
-const PROGRAM_STRENGTH: f32 = 0.5;
-const EOS: u32 = 3;
-
 pub fn run(args: PlantedArgs) -> Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -57,14 +56,14 @@ pub fn run(args: PlantedArgs) -> Result<()> {
     );
 
     let model_dir = out.join("model");
-    write_demo_model(&model_dir, args.seed)?;
+    write_model(&model_dir, args.seed)?;
     println!(
         "  model    {}: Geneformer-V2-shaped BertForMaskedLM, {LAYERS} layers, d_model {HIDDEN}, {HEADS} heads, \
          vocab {VOCAB}; seeded synthetic weights",
         model_dir.display()
     );
 
-    let cells = demo_cells(args.seed, 8);
+    let cells = random_cells(args.seed, 8);
     let cells_path = out.join("cells.json");
     std::fs::write(
         &cells_path,
@@ -200,7 +199,7 @@ fn extract_and_train(
     model_dir: &Path,
     seed: u64,
 ) -> Result<(
-    Option<crate::extract::ExtractSummary>,
+    Option<ExtractSummary>,
     crate::sae::TrainReport,
     scinterp_engine::formats::trace::TraceSummary,
 )> {
@@ -240,19 +239,9 @@ fn extract_and_train(
     if acts.exists() {
         std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
     }
-    let extracted = crate::extract::extract_store(crate::extract::ExtractArgs {
-        model: model_dir.to_path_buf(),
-        input: store_dir.clone(),
-        hooks: hooks.into(),
-        out: acts.clone(),
-        dtype: crate::extract::DtypeArg::F16,
-        include_special: false,
+    let extracted = crate::extract::extract_with_progress(&ExtractConfig {
         max_batch_tokens: 4096,
-        device: scinterp_engine::device::DeviceChoice::Cpu,
-        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-        json: false,
-        shard: None,
-        stop_after_batches: None,
+        ..ExtractConfig::new(model_dir, &store_dir, hooks, &acts)
     })?;
     if let Some(s) = &extracted {
         println!(
@@ -264,7 +253,16 @@ fn extract_and_train(
         );
     }
     let sae_dir = out.join("sae");
-    let report = crate::sae::train_sae(sae_args(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 200_000, 8, seed))?;
+    let report = crate::sae::train_sae(&sae_request(
+        &acts,
+        hook,
+        4 * HIDDEN,
+        16,
+        &sae_dir,
+        200_000,
+        8,
+        seed,
+    ))?;
     println!(
         "  sae      {}: {}→{} TopK (k {}), {} tokens at {:.0} tokens/s; held-out FVU {:.3}, L0 {:.1}, dead {:.1} %",
         sae_dir.display(),
@@ -287,35 +285,36 @@ fn extract_and_train(
     //    features of an SAE at blocks.3 change.
     let saes = out.join("saes");
     for h in ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"] {
-        crate::sae::train_sae(sae_args(&acts, h, 2 * HIDDEN, 8, &saes.join(h), 100_000, 0, seed))?;
+        crate::sae::train_sae(&sae_request(
+            &acts,
+            h,
+            2 * HIDDEN,
+            8,
+            &saes.join(h),
+            100_000,
+            0,
+            seed,
+        ))?;
     }
     let edges = out.join("edges.tsv");
-    let trace = crate::trace::trace_edges(crate::trace::RunArgs {
-        shard: None,
-        model: model_dir.to_path_buf(),
-        input: store_dir.clone(),
-        saes: saes.clone(),
-        source: "blocks.1.hook_resid_post".into(),
+    let files = TraceFiles {
+        model: model_dir,
+        input: &store_dir,
+        saes: &saes,
+    };
+    let config = TraceConfig {
         features: (0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(","),
-        targets: "blocks.3.hook_resid_post".into(),
         cells: Some(32),
-        out: edges.clone(),
-        filters: crate::trace::FilterArgs {
+        filters: EdgeFilters {
             min_abs_d: 0.5,
-            max_q: 0.05,
-            min_consistency: 0.0,
-            min_cells: scinterp_engine::trace::edges::DEFAULT_MIN_CELLS,
+            ..EdgeFilters::default()
         },
-        chunk_cells: 64,
-        max_batch_tokens: 16_384,
         null_permutations: 20,
         seed,
-        device: scinterp_engine::device::DeviceChoice::Cpu,
-        gpu_precision: crate::forward::GpuPrecisionArg::Bf16,
-        json: false,
         overwrite: true,
-        stop_after_chunks: None,
-    })?;
+        ..TraceConfig::new("blocks.1.hook_resid_post", "blocks.3.hook_resid_post", &edges)
+    };
+    let trace = crate::trace::trace_edges(&files, &config, &DeviceArgs::CPU)?;
     println!(
         "  trace    {}: 16 features of blocks.1 × 32 cells = {} ablations ({:.0}/s), {} tests (≥ 3 cells), {} edges at q ≤ 0.05 and |d| ≥ 0.5 to blocks.3 (source raises target {:.2}, lowers {:.2}); sign-flip null of the fixed rule p ≤ {:.2e} and |d| ≥ 0.5 ({} permutations): {:.1} edges, empirical FDR {:.3}",
         edges.display(),
@@ -370,7 +369,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
     );
     let layers_dir = out.join("layers");
     let saes = out.join("saes");
-    let layers = serde_json::to_value(crate::layers::compare_layers(crate::layers::LayersArgs {
+    let layers = serde_json::to_value(crate::layers::compare_layers(&LayersConfig {
         acts: out.join("acts"),
         saes: vec![
             saes.join("blocks.1.hook_resid_post"),
@@ -387,7 +386,6 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         highway_pmi: 3.0,
         chunk_rows: 8192,
         overwrite: true,
-        json: false,
     })?)?;
     let pair = &layers["highways"]["pairs"][0];
     println!(
@@ -408,7 +406,7 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
 fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_json::Value> {
     let gmt = out.join("programs.gmt");
     let mut text = String::new();
-    for (p, genes) in demo_programs().iter().enumerate() {
+    for (p, genes) in programs().iter().enumerate() {
         let names: Vec<String> = genes.iter().map(|g| format!("DEMO{g}")).collect();
         text.push_str(&format!(
             "PLANTED_PROGRAM_{:02}\tplanted in the demo model\t{}\n",
@@ -471,30 +469,27 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
 /// next to a norm-matched random direction.
 fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::Value> {
     let table = out.join("effects.parquet");
-    let readout: Vec<String> = demo_programs()[0].iter().map(u32::to_string).collect();
-    let summary = serde_json::to_value(crate::effects::effects(parse(&[
-        "--overwrite",
-        "--model",
-        &model_dir.display().to_string(),
-        "--input",
-        &out.join("tokens").display().to_string(),
-        "--saes",
-        &out.join("saes").display().to_string(),
-        "--source",
-        "blocks.1.hook_resid_post",
-        "--features",
-        &(0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(","),
-        "--cells",
-        "32",
-        "--alphas",
-        "0,3",
-        "--readout-tokens",
-        &readout.join(","),
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        &table.display().to_string(),
-    ])?)?)?;
+    let features = (0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(",");
+    let files = EffectsFiles {
+        model: model_dir,
+        input: &out.join("tokens"),
+        saes: &out.join("saes"),
+        pseudotime_tool: None,
+    };
+    let config = EffectsConfig {
+        cells: Some(32),
+        alphas: vec![0.0, 3.0],
+        readout_tokens: programs()[0].iter().copied().collect(),
+        control_seed: Some(seed),
+        overwrite: true,
+        ..EffectsConfig::new("blocks.1.hook_resid_post", &features, &table)
+    };
+    let summary = serde_json::to_value(crate::effects::effects(
+        &files,
+        config,
+        Backend::Cpu,
+        GpuPrecision::Bf16,
+    )?)?;
     let rows = scinterp_engine::formats::Table::read(&table)?;
     let q = rows.f64s("vs_control_q")?;
     println!(
@@ -541,18 +536,19 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
     }
     let hook = "blocks.2.hook_resid_post";
-    let extracted = crate::extract::extract_store(parse(&[
-        "--model",
-        &model_dir.display().to_string(),
-        "--input",
-        &tokens.display().to_string(),
-        "--hooks",
-        hook,
-        "--out",
-        &acts.display().to_string(),
-    ])?)?;
+    let extracted =
+        crate::extract::extract_with_progress(&ExtractConfig::new(model_dir, &tokens, hook, &acts))?;
     let sae_dir = real.join("sae");
-    let report = crate::sae::train_sae(sae_args(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 400_000, 0, seed))?;
+    let report = crate::sae::train_sae(&sae_request(
+        &acts,
+        hook,
+        4 * HIDDEN,
+        16,
+        &sae_dir,
+        400_000,
+        0,
+        seed,
+    ))?;
     let catalog_dir = real.join("catalog");
     let config = AnalyzeConfig {
         seed,
@@ -607,185 +603,6 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
     Ok(
         serde_json::json!({ "catalog": catalog, "annotation": annotation, "sae_heldout_fvu": report.heldout.fvu }),
     )
-}
-
-/// Writes `config.json` and `model.safetensors` of the demo model.
-fn write_demo_model(dir: &Path, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = json!({
-        "architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_act": "relu",
-        "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-        "intermediate_size": FFN, "max_position_embeddings": MAX_POS, "vocab_size": VOCAB,
-        "layer_norm_eps": 1e-12, "type_vocab_size": 2, "position_embedding_type": "absolute",
-        "pad_token_id": 0, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-    });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-
-    let mut names = Vec::new();
-    let mut shapes = Vec::new();
-    let mut add = |name: String, shape: Vec<usize>| {
-        names.push(name);
-        shapes.push(shape);
-    };
-    add(
-        "bert.embeddings.word_embeddings.weight".into(),
-        vec![VOCAB, HIDDEN],
-    );
-    add(
-        "bert.embeddings.position_embeddings.weight".into(),
-        vec![MAX_POS, HIDDEN],
-    );
-    add(
-        "bert.embeddings.token_type_embeddings.weight".into(),
-        vec![2, HIDDEN],
-    );
-    add("bert.embeddings.LayerNorm.weight".into(), vec![HIDDEN]);
-    add("bert.embeddings.LayerNorm.bias".into(), vec![HIDDEN]);
-    for l in 0..LAYERS {
-        let p = format!("bert.encoder.layer.{l}");
-        for (part, out_f, in_f) in [
-            ("attention.self.query", HIDDEN, HIDDEN),
-            ("attention.self.key", HIDDEN, HIDDEN),
-            ("attention.self.value", HIDDEN, HIDDEN),
-            ("attention.output.dense", HIDDEN, HIDDEN),
-            ("intermediate.dense", FFN, HIDDEN),
-            ("output.dense", HIDDEN, FFN),
-        ] {
-            add(format!("{p}.{part}.weight"), vec![out_f, in_f]);
-            add(format!("{p}.{part}.bias"), vec![out_f]);
-        }
-        for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            add(format!("{p}.{ln}.weight"), vec![HIDDEN]);
-            add(format!("{p}.{ln}.bias"), vec![HIDDEN]);
-        }
-    }
-    add(
-        "cls.predictions.transform.dense.weight".into(),
-        vec![HIDDEN, HIDDEN],
-    );
-    add("cls.predictions.transform.dense.bias".into(), vec![HIDDEN]);
-    add("cls.predictions.transform.LayerNorm.weight".into(), vec![HIDDEN]);
-    add("cls.predictions.transform.LayerNorm.bias".into(), vec![HIDDEN]);
-    add("cls.predictions.bias".into(), vec![VOCAB]);
-
-    // LayerNorm gains near 1; query/key weights large enough that attention is peaked, not uniform.
-    let qk_scale = 1.4 * 3f64.sqrt() / (HIDDEN as f64).sqrt();
-    let (centers, scales) = names
-        .iter()
-        .map(|n| {
-            if n.ends_with("LayerNorm.weight") {
-                (1.0, 0.1)
-            } else if n.ends_with("LayerNorm.bias") {
-                (0.0, 0.1)
-            } else if n.ends_with("query.weight") || n.ends_with("key.weight") {
-                (0.0, qk_scale)
-            } else {
-                (0.0, 0.05)
-            }
-        })
-        .unzip();
-    let spec = SyntheticSpec {
-        seed,
-        names,
-        shapes,
-        centers,
-        scales,
-    };
-    // Plant the gene programs: every gene of program p gets the same unit direction added to its
-    // embedding, so the residual stream carries the program and SAE features can find it.
-    let mut tensors = spec.generate();
-    let embeddings = &mut tensors[0].2;
-    for (p, genes) in demo_programs().iter().enumerate() {
-        let direction = unit_direction(seed ^ (0x9E0 + p as u64), HIDDEN);
-        for &g in genes {
-            let row = &mut embeddings[g as usize * HIDDEN..(g as usize + 1) * HIDDEN];
-            row.iter_mut()
-                .zip(&direction)
-                .for_each(|(e, d)| *e += PROGRAM_STRENGTH * d);
-        }
-    }
-    write_f32_tensors(&dir.join("model.safetensors"), &tensors)?;
-    Ok(())
-}
-
-/// Demo gene programs: `PROGRAMS` disjoint sets of `PROGRAM_SIZE` genes from the start of the pool.
-fn demo_programs() -> Vec<Vec<u32>> {
-    (0..PROGRAMS)
-        .map(|p| {
-            (0..PROGRAM_SIZE)
-                .map(|i| POOL_START + (p * PROGRAM_SIZE + i) as u32)
-                .collect()
-        })
-        .collect()
-}
-
-/// Cells for the extract → SAE → analyze → annotate steps: each expresses three programs in full plus
-/// random other genes of a pool of `POOL` genes (so every gene is seen often enough to rank).
-fn program_cells(seed: u64, n: usize) -> Vec<Vec<u32>> {
-    let programs = demo_programs();
-    let mut state = splitmix64(seed ^ 0x9E11);
-    let mut next = move || {
-        state = splitmix64(state);
-        state
-    };
-    (0..n)
-        .map(|_| {
-            let mut genes: Vec<u32> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            while genes.len() < 3 * PROGRAM_SIZE {
-                let p = (next() % PROGRAMS as u64) as usize;
-                if seen.insert(programs[p][0]) {
-                    genes.extend(&programs[p]);
-                    seen.extend(&programs[p]);
-                }
-            }
-            let extra = 40 + (next() % 160) as usize;
-            while genes.len() < 3 * PROGRAM_SIZE + extra {
-                let g = POOL_START + (next() % POOL as u64) as u32;
-                if seen.insert(g) {
-                    genes.push(g);
-                }
-            }
-            // A seeded shuffle: rank order is not informative here.
-            for i in (1..genes.len()).rev() {
-                genes.swap(i, (next() % (i as u64 + 1)) as usize);
-            }
-            std::iter::once(CLS)
-                .chain(genes)
-                .chain(std::iter::once(EOS))
-                .collect()
-        })
-        .collect()
-}
-
-/// `n` cells of seeded lengths in V2 form: `<cls>`, distinct gene tokens (ids ≥ 4), `<eos>`.
-fn demo_cells(seed: u64, n: usize) -> Vec<Vec<u32>> {
-    let mut state = splitmix64(seed ^ 0xCE11);
-    let mut next = move || {
-        state = splitmix64(state);
-        state
-    };
-    (0..n)
-        .map(|_| {
-            let genes = 40 + (next() % 300) as usize;
-            let mut cell = vec![CLS];
-            let mut seen = std::collections::HashSet::new();
-            while cell.len() <= genes {
-                let id = 4 + (next() % (VOCAB as u64 - 4)) as u32;
-                if seen.insert(id) {
-                    cell.push(id);
-                }
-            }
-            cell.push(EOS);
-            cell
-        })
-        .collect()
-}
-
-fn unit_direction(seed: u64, width: usize) -> Vec<f32> {
-    let v = tensor_values(seed ^ 0xD1, 0, width, 0.0, 1.0);
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / norm).collect()
 }
 
 /// Mean over the rows of `range` of the L2 norm of `b − a`.

@@ -83,6 +83,35 @@ pub struct ConsensusConfig {
     pub overwrite: bool,
 }
 
+impl GraphInput {
+    pub fn new(name: &str, edges: &Path, annotations: &Path) -> Self {
+        GraphInput {
+            name: name.into(),
+            edges: edges.to_path_buf(),
+            annotations: annotations.to_path_buf(),
+            catalog_prefix: None,
+        }
+    }
+}
+
+impl ConsensusConfig {
+    /// The command line's defaults: atlas q ≤ 0.05, every library, 1,000 permutations, seed 0, TSV.
+    pub fn new(a: GraphInput, b: GraphInput, out: &Path) -> Self {
+        ConsensusConfig {
+            a,
+            b,
+            focus_sets: None,
+            alpha: 0.05,
+            libraries: Vec::new(),
+            permutations: 1000,
+            seed: 0,
+            out: out.to_path_buf(),
+            format: TableFormat::Tsv,
+            overwrite: false,
+        }
+    }
+}
+
 /// A circuit graph with term labels: nodes are (hook, feature); `stratum` is the node's hook (the
 /// permutation null moves term sets only within a stratum).
 #[derive(Clone, Debug, Default)]

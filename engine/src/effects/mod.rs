@@ -24,7 +24,7 @@ use std::collections::HashSet;
 
 use crate::encoder::Encoder;
 use crate::error::EngineError;
-use crate::executor::{run, Start};
+use crate::executor::{CpuForward, Forward, Start};
 use crate::hooks::{HookPlan, HookPoint};
 use crate::matrix::Matrix;
 use crate::packed::PackedBatch;
@@ -190,7 +190,7 @@ pub fn output_effects(
     features: &[u32],
     tokens: &[Vec<u32>],
 ) -> Result<Vec<EffectObservation>, EngineError> {
-    output_effects_with_progress(encoder, setup, features, tokens, &mut |_| {})
+    output_effects_with_progress(encoder, &CpuForward, setup, features, tokens, &mut |_| {})
 }
 
 /// The edits [`output_effects_with_progress`] reports for `n_cells` cells: one per (cell, feature, α,
@@ -205,6 +205,7 @@ pub fn edit_count(setup: &EffectsSetup, n_features: usize, n_cells: usize) -> u6
 /// others after each batch of edited tail passes.
 pub fn output_effects_with_progress(
     encoder: &dyn Encoder,
+    forward: &dyn Forward,
     setup: &EffectsSetup,
     features: &[u32],
     tokens: &[Vec<u32>],
@@ -242,7 +243,7 @@ pub fn output_effects_with_progress(
     let mut clean = Vec::with_capacity(tokens.len());
     for group in crate::batching::group_by_token_budget(&lengths, setup.max_batch_tokens) {
         let batch = PackedBatch::from_cells(&tokens[group.clone()])?;
-        let out = run(
+        let out = forward.run(
             encoder,
             &batch,
             &HookPlan::new().capture(source_hook),
@@ -360,7 +361,7 @@ pub fn output_effects_with_progress(
                 row.iter_mut().zip(&w).for_each(|(x, wi)| *x += scale * wi);
             }
         }
-        let result = run(
+        let result = forward.run(
             encoder,
             &batch,
             &HookPlan::new(),
@@ -428,6 +429,7 @@ pub fn output_effects_with_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::run;
     use crate::hooks::Edit;
     use crate::test_model::tiny_encoder;
 
@@ -454,8 +456,10 @@ mod tests {
         ];
         let features: Vec<u32> = (0..48).collect();
         let mut steps = Vec::new();
-        let obs =
-            output_effects_with_progress(&enc, &setup, &features, &cells, &mut |n| steps.push(n)).unwrap();
+        let obs = output_effects_with_progress(&enc, &CpuForward, &setup, &features, &cells, &mut |n| {
+            steps.push(n)
+        })
+        .unwrap();
         assert_eq!(edit_count(&setup, 48, 2), 2 * 48 * 2 * 2);
         assert_eq!(steps.iter().sum::<u64>(), edit_count(&setup, 48, 2));
         assert!(steps.len() > 10, "{steps:?}");

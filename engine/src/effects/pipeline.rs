@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::{edit_count, output_effects_with_progress, EffectObservation, EffectsSetup, PanelReadout};
 use crate::encoder::Encoder;
 use crate::error::EngineError;
+use crate::executor::Forward;
 use crate::formats::effects::{ControlRecord, EffectsSummary, PseudotimeRecord};
 use crate::formats::{atomic_write, to_json_pretty, Column, FileError, Table, TableError};
 use crate::hooks::HookPoint;
@@ -38,10 +39,33 @@ pub struct EffectsConfig {
     pub pseudotime: Option<PseudotimeReadout>,
     /// Tokens per tail pass.
     pub max_batch_tokens: usize,
-    /// Output table (.parquet or .tsv).
     /// Replace an existing --out table; without it one is refused.
     pub overwrite: bool,
+    /// Output table (.parquet or .tsv).
     pub out: PathBuf,
+}
+
+/// Tokens per tail pass by default (the logits are tokens × vocabulary floats).
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
+
+impl EffectsConfig {
+    /// The command line's defaults: every cell, ablation only (α = 0), no readout set or direction,
+    /// the random-direction control with seed 0.
+    pub fn new(source: &str, features: &str, out: &Path) -> Self {
+        EffectsConfig {
+            source: source.into(),
+            features: features.into(),
+            cells: None,
+            alphas: vec![0.0],
+            readout_tokens: HashSet::new(),
+            direction: None,
+            control_seed: Some(0),
+            pseudotime: None,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            overwrite: false,
+            out: out.to_path_buf(),
+        }
+    }
 }
 
 /// A tool's pseudotime as a panel readout, and where it came from (for the summary).
@@ -61,6 +85,8 @@ pub struct PseudotimeReadout {
 pub struct EffectsInputs<'a> {
     /// An encoder with its MLM head.
     pub encoder: &'a dyn Encoder,
+    /// What runs its blocks (the CPU or a GPU); the MLM head's readouts stay on the CPU.
+    pub forward: &'a dyn Forward,
     pub tokens: &'a [Vec<u32>],
     /// scGPT's values: refused (scGPT has no MLM logits).
     pub values: Option<&'a [Vec<f32>]>,
@@ -235,6 +261,7 @@ pub fn run(
         let end = (start + 64).min(n_cells);
         let chunk = output_effects_with_progress(
             inputs.encoder,
+            inputs.forward,
             &setup,
             &features,
             &inputs.tokens[start..end],

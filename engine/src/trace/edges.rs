@@ -27,6 +27,18 @@ pub struct EdgeFilters {
 /// undefined (J(1) = 0).
 pub const DEFAULT_MIN_CELLS: u32 = 3;
 
+impl Default for EdgeFilters {
+    /// The command line's defaults: q ≤ 0.05, no effect-size filters, at least [`DEFAULT_MIN_CELLS`].
+    fn default() -> Self {
+        EdgeFilters {
+            max_q: 0.05,
+            min_abs_d: 0.0,
+            min_consistency: 0.0,
+            min_cells: DEFAULT_MIN_CELLS,
+        }
+    }
+}
+
 impl EdgeFilters {
     /// The effect-size filters (|d| and consistency), without the q threshold.
     pub fn effect_passes(&self, s: &EdgeStats) -> bool {

@@ -36,11 +36,33 @@ pub struct TraceConfig {
     pub max_batch_tokens: usize,
     pub null_permutations: usize,
     pub seed: u64,
-    /// Testing: stop with [`TraceError::Stopped`] after this many chunks, as if killed right after a
-    /// checkpoint.
     /// Replace an existing --out (a finished table or shard); without it one is refused.
     pub overwrite: bool,
+    /// Testing: stop with [`TraceError::Stopped`] after this many chunks, as if killed right after a
+    /// checkpoint.
     pub stop_after_chunks: Option<usize>,
+}
+
+impl TraceConfig {
+    /// The command line's defaults: every feature of `source`, every cell, the default edge filters, 64
+    /// cells per chunk, 16,384 tokens per batch, no sign-flip null. `targets` is a comma list.
+    pub fn new(source: &str, targets: &str, out: &Path) -> Self {
+        TraceConfig {
+            source: source.into(),
+            targets: targets.split(',').map(String::from).collect(),
+            features: "all".into(),
+            cells: None,
+            out: out.to_path_buf(),
+            shard: None,
+            filters: EdgeFilters::default(),
+            chunk_cells: 64,
+            max_batch_tokens: 16_384,
+            null_permutations: 0,
+            seed: 0,
+            overwrite: false,
+            stop_after_chunks: None,
+        }
+    }
 }
 
 /// The model, cells and SAEs a trace runs on (loaded by the caller).
