@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args, cli.json),
         Command::Demo(args) => demo::run(args),
-        Command::Tokenize(args) => tokenize::run(args, cli.json, cli.quiet),
+        Command::Tokenize(args) => tokenize::run(args, cli.json),
         Command::Extract(args) => extract::run(args, cli.json),
         Command::Sae(args) => sae::run(args, cli.json),
         Command::Trace(args) => trace::run(args, cli.json),

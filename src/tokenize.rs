@@ -142,8 +142,8 @@ impl TokenizeArgs {
     }
 }
 
-pub fn run(args: TokenizeArgs, json: bool, quiet: bool) -> Result<()> {
-    let report = tokenize(&args.config(), quiet)?;
+pub fn run(args: TokenizeArgs, json: bool) -> Result<()> {
+    let report = tokenize(&args.config())?;
     print_json(json, &report.manifest)?;
     // The process ends here: hand the cells, the scGPT values (hundreds of MB for big inputs) and the
     // tokenizer's maps (hundreds of thousands of strings) back to the OS with it instead of freeing them
@@ -152,10 +152,9 @@ pub fn run(args: TokenizeArgs, json: bool, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// One library call, with progress bars on stderr unless `quiet`.
-pub fn tokenize(config: &Config, quiet: bool) -> Result<pipeline::Report> {
+/// One library call, with progress bars on stderr (unless `--quiet`: see `crate::progress`).
+pub fn tokenize(config: &Config) -> Result<pipeline::Report> {
     let bars = Bars {
-        quiet,
         bar: RefCell::new(None),
     };
     Ok(pipeline::run(config, &bars)?)
@@ -164,15 +163,12 @@ pub fn tokenize(config: &Config, quiet: bool) -> Result<pipeline::Report> {
 /// The progress of a run on stderr: a spinner while the input is read, then a bar over cells (see
 /// `crate::progress` for terminals vs logs).
 struct Bars {
-    quiet: bool,
     bar: RefCell<Option<ProgressBar>>,
 }
 
 impl pipeline::Progress for Bars {
     fn reading(&self, input: &Path) {
-        if !self.quiet {
-            *self.bar.borrow_mut() = Some(crate::progress::spinner(format!("reading {}", input.display())));
-        }
+        *self.bar.borrow_mut() = Some(crate::progress::spinner(format!("reading {}", input.display())));
     }
 
     fn read(&self) {
@@ -182,10 +178,8 @@ impl pipeline::Progress for Bars {
     }
 
     fn cells_start(&self, n_cells: u64, done: u64) {
-        if !self.quiet {
-            let bar = crate::progress::bar_with_prefix(n_cells, done, "cells", "tokenizing");
-            *self.bar.borrow_mut() = Some(bar);
-        }
+        let bar = crate::progress::bar_with_prefix(n_cells, done, "cells", "tokenizing");
+        *self.bar.borrow_mut() = Some(bar);
     }
 
     fn cells(&self, n: u64) {

@@ -11,7 +11,7 @@ use crate::encoder::Encoder;
 use crate::executor::{Forward, Start};
 use crate::hooks::{HookPlan, HookPoint};
 use crate::packed::PackedBatch;
-use crate::store::{StoreError, StoreWriter};
+use crate::store::{StoreError, StoreSourceRecord, StoreWriter};
 
 /// The cells and what to keep of them.
 pub struct ExtractCells<'a> {
@@ -186,17 +186,16 @@ pub fn extract(
     Ok(stats)
 }
 
-/// Key under the manifest's `source` that marks a shard store (`scinterp extract --shard i/n`).
-pub const SHARD_KEY: &str = "shard";
-
 /// Where a shard store sits in the whole extraction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// (Fields in alphabetical order: the order a store's manifest has always recorded them in.)
+#[serde(deny_unknown_fields)]
 pub struct ShardInfo {
-    pub index: usize,
     pub count: usize,
     /// Cells `first_cell..end_cell` of the token store (the shard's rows number them from 0).
-    pub first_cell: usize,
     pub end_cell: usize,
+    pub first_cell: usize,
+    pub index: usize,
     pub total_cells: usize,
 }
 
@@ -257,21 +256,17 @@ pub struct MergeStats {
 fn shard_of(
     dir: &std::path::Path,
     m: &crate::store::StoreManifest,
-) -> Result<(ShardInfo, serde_json::Value), StoreError> {
-    let mut source = m.source.clone();
-    let info = source
-        .as_object_mut()
-        .and_then(|o| o.remove(SHARD_KEY))
-        .ok_or_else(|| {
-            StoreError::new(
-                dir,
-                "is not a shard store (its manifest has no source.shard); merge only stores written by \
-                 `scinterp extract --shard i/n`",
-            )
-        })?;
-    let info: ShardInfo = serde_json::from_value(info)
-        .map_err(|e| StoreError::new(dir, format!("source.shard is not a valid shard description: {e}")))?;
-    Ok((info, source))
+) -> Result<(ShardInfo, StoreSourceRecord), StoreError> {
+    let not_a_shard = || {
+        StoreError::new(
+            dir,
+            "is not a shard store (its manifest has no valid source.shard); merge only stores written by \
+             `scinterp extract --shard i/n`",
+        )
+    };
+    let mut record = m.source.token_store().cloned().ok_or_else(not_a_shard)?;
+    let info = record.shard.take().ok_or_else(not_a_shard)?;
+    Ok((info, StoreSourceRecord::TokenStore(record)))
 }
 
 /// Concatenates complete shard stores (`scinterp extract --shard i/n`, every i of one n once, in any

@@ -18,7 +18,9 @@ use half::slice::HalfFloatSliceExt;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
+use crate::extract::ShardInfo;
 use crate::npy::{header_bytes, read_header, read_npy_bytes, write_npy, NpyDtype};
+use crate::sae::synth::SynthSpec;
 
 pub const STORE_FORMAT: &str = "scinterp-activation-store";
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -87,15 +89,103 @@ impl ActDtype {
     }
 }
 
+/// `model` of a store's manifest: what made the activations. The fields of each record are declared in
+/// alphabetical order, which keeps the bytes of the manifests written before the record was typed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StoreModelRecord {
+    /// A model folder run by `scinterp extract`.
+    Folder(ModelFolderRecord),
+    /// Rows made from a known dictionary by `scinterp sae synth`.
+    Synthetic { synthetic: SynthSpec },
+    /// A store written by another tool (e.g. the Python benchmark scripts): kept as it is.
+    Other(serde_json::Value),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFolderRecord {
+    /// The registry's name of the model (`geneformer`, `scgpt`).
+    pub kind: String,
+    /// The model folder, absolute.
+    pub path: String,
+    /// The weights file, absolute, and its BLAKE3 hash.
+    pub weights: String,
+    pub weights_blake3: String,
+}
+
+/// `source` of a store's manifest: the cells.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StoreSourceRecord {
+    /// A token store (`scinterp tokenize`).
+    TokenStore(TokenStoreRecord),
+    /// `scinterp sae synth`: rows, in pseudo-cells of `cell_rows`.
+    Synthetic { cell_rows: usize, synthetic_rows: usize },
+    /// A store written by another tool: kept as it is.
+    Other(serde_json::Value),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenStoreRecord {
+    /// BLAKE3 of the token store's `offsets.npy`.
+    pub offsets_blake3: String,
+    /// The token store folder, absolute.
+    pub path: String,
+    /// Present in the store of one shard of an extraction (`scinterp extract --shard i/n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+    /// BLAKE3 of the token store's `tokens.npy`.
+    pub tokens_blake3: String,
+}
+
+impl StoreModelRecord {
+    /// The model folder, when a folder made the store.
+    pub fn folder(&self) -> Option<&ModelFolderRecord> {
+        match self {
+            StoreModelRecord::Folder(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl StoreSourceRecord {
+    /// The token store, when one was the source.
+    pub fn token_store(&self) -> Option<&TokenStoreRecord> {
+        match self {
+            StoreSourceRecord::TokenStore(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Compact JSON, as messages about differing records show them.
+fn write_json<T: Serialize>(value: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(&serde_json::to_string(value).map_err(|_| std::fmt::Error)?)
+}
+
+impl std::fmt::Display for StoreModelRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_json(self, f)
+    }
+}
+
+impl std::fmt::Display for StoreSourceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_json(self, f)
+    }
+}
+
 /// `manifest.json` of an activation store.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StoreManifest {
     pub format: String,
     pub format_version: u32,
-    /// What made the activations (model folder, kind, weights hash). Free-form, compared on resume.
-    pub model: serde_json::Value,
-    /// The cells (token store folder and its hashes). Free-form, compared on resume.
-    pub source: serde_json::Value,
+    /// What made the activations (model folder, kind, weights hash); compared on resume.
+    pub model: StoreModelRecord,
+    /// The cells (token store folder and its hashes); compared on resume.
+    pub source: StoreSourceRecord,
     /// Hook names, one `<hook>.npy` each.
     pub hooks: Vec<String>,
     pub dtype: ActDtype,
@@ -626,12 +716,107 @@ impl HookArray {
 mod tests {
     use super::*;
 
+    /// Manifests as the untyped records wrote them (a model folder, a shard, `sae synth`, another
+    /// tool's) read into the typed records and write back byte for byte, each into its own variant.
+    #[test]
+    fn typed_records_keep_the_bytes_of_every_manifest_kind() {
+        let tail = r#"  "hooks": [
+    "blocks.0.hook_resid_post"
+  ],
+  "dtype": "f16",
+  "d_model": 128,
+  "include_special": false,
+  "n_cells": 700,
+  "n_rows": 165193,
+  "max_batch_tokens": 16384,
+  "cells_complete": 700,
+  "rows_complete": 165193,
+  "complete": true,
+  "scinterp_version": "0.1.0"
+}"#;
+        let folder = r#"  "model": {
+    "kind": "geneformer",
+    "path": "/m",
+    "weights": "/m/model.safetensors",
+    "weights_blake3": "a9"
+  },
+"#;
+        let shard = r#"  "source": {
+    "offsets_blake3": "5f",
+    "path": "/t",
+    "shard": {
+      "count": 4,
+      "end_cell": 350,
+      "first_cell": 175,
+      "index": 1,
+      "total_cells": 700
+    },
+    "tokens_blake3": "77"
+  },
+"#;
+        let whole = r#"  "source": {
+    "offsets_blake3": "5f",
+    "path": "/t",
+    "tokens_blake3": "77"
+  },
+"#;
+        let synth_model = r#"  "model": {
+    "synthetic": {
+      "active": 4,
+      "atoms": 64,
+      "d": 16,
+      "noise": 0.05,
+      "seed": 0
+    }
+  },
+"#;
+        let synth_source = r#"  "source": {
+    "cell_rows": 100,
+    "synthetic_rows": 1000
+  },
+"#;
+        let other_model = r#"  "model": {
+    "kind": "synthetic",
+    "maker": "bench/python/sae_fake_store.py"
+  },
+"#;
+        let other_source = r#"  "source": {
+    "synthetic": true
+  },
+"#;
+        let head = "{\n  \"format\": \"scinterp-activation-store\",\n  \"format_version\": 1,\n";
+        for (model, source, kinds) in [
+            (folder, whole, ("folder", "token store")),
+            (folder, shard, ("folder", "shard")),
+            (synth_model, synth_source, ("synthetic", "synthetic")),
+            (other_model, other_source, ("other", "other")),
+        ] {
+            let text = format!("{head}{model}{source}{tail}");
+            let m: StoreManifest = serde_json::from_str(&text).unwrap();
+            let got = (
+                match &m.model {
+                    StoreModelRecord::Folder(_) => "folder",
+                    StoreModelRecord::Synthetic { .. } => "synthetic",
+                    StoreModelRecord::Other(_) => "other",
+                },
+                match &m.source {
+                    StoreSourceRecord::TokenStore(t) if t.shard.is_some() => "shard",
+                    StoreSourceRecord::TokenStore(_) => "token store",
+                    StoreSourceRecord::Synthetic { .. } => "synthetic",
+                    StoreSourceRecord::Other(_) => "other",
+                },
+            );
+            assert_eq!(got, kinds);
+            assert_eq!(serde_json::to_string_pretty(&m).unwrap(), text);
+        }
+    }
+
     fn manifest(hooks: &[&str], n_cells: usize) -> StoreManifest {
         StoreManifest {
             format: STORE_FORMAT.into(),
             format_version: 1,
-            model: serde_json::json!({"name": "test"}),
-            source: serde_json::json!({"cells": n_cells}),
+            model: StoreModelRecord::Other(serde_json::json!({"name": "test"})),
+            source: StoreSourceRecord::Other(serde_json::json!({"cells": n_cells})),
             hooks: hooks.iter().map(|s| s.to_string()).collect(),
             dtype: ActDtype::F16,
             d_model: 4,

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use scinterp_engine::cuda::GpuPrecision;
 use scinterp_engine::device::{forward_on, Backend};
 use scinterp_engine::extract::{
-    extract, shard_cells, ExtractCells, ExtractError, ExtractProgress, ShardError, ShardInfo, SHARD_KEY,
+    extract, shard_cells, ExtractCells, ExtractError, ExtractProgress, ShardError, ShardInfo,
 };
 use scinterp_engine::formats::absolute;
-use scinterp_engine::store::{ActDtype, OpenedStore, StoreError, StoreManifest, StoreWriter, STORE_FORMAT};
+use scinterp_engine::store::{
+    ActDtype, ModelFolderRecord, OpenedStore, StoreError, StoreManifest, StoreModelRecord, StoreSourceRecord,
+    StoreWriter, TokenStoreRecord, STORE_FORMAT,
+};
 use scinterp_engine::EngineError;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::forward::{parse_hooks, ForwardError};
 use crate::input::{read_cells, InputError};
@@ -179,23 +181,29 @@ pub fn run(
     if rows.is_empty() {
         return Err(ExtractStoreError::NoPositions(config.input.clone()));
     }
-    let mut source = source_identity(&config.input)?;
-    if let Some((index, count)) = config.shard {
+    let source = TokenStoreRecord {
+        offsets_blake3: hash(&config.input.join("offsets.npy"))?,
+        path: absolute(&config.input),
         // A shard store numbers its cells from 0; this places them for `extract merge`.
-        let info = ShardInfo {
-            index,
+        shard: config.shard.map(|(index, count)| ShardInfo {
             count,
-            first_cell: range.start,
             end_cell: range.end,
+            first_cell: range.start,
+            index,
             total_cells,
-        };
-        source[SHARD_KEY] = serde_json::to_value(info).expect("ShardInfo serialises");
-    }
+        }),
+        tokens_blake3: hash(&config.input.join("tokens.npy"))?,
+    };
     let manifest = StoreManifest {
         format: STORE_FORMAT.into(),
         format_version: 1,
-        model: model_identity(&config.model, &model)?,
-        source,
+        model: StoreModelRecord::Folder(ModelFolderRecord {
+            kind: model.name.to_string(),
+            path: absolute(&config.model),
+            weights: absolute(&model.weights),
+            weights_blake3: hash(&model.weights)?,
+        }),
+        source: StoreSourceRecord::TokenStore(source),
         hooks: hooks.iter().map(ToString::to_string).collect(),
         dtype: config.dtype,
         d_model: model.encoder.dims().d_model,
@@ -253,26 +261,6 @@ pub fn run(
 /// and `<pad>`).
 pub fn special_token_ids(store: &Path, model: &LoadedModel) -> Result<Vec<u32>, TokenStoreError> {
     Ok(model.special_tokens(|| TokenStore::read_manifest(store))?.ids())
-}
-
-/// The model as the store records it: folder, kind, weights file and its BLAKE3 hash.
-fn model_identity(dir: &Path, model: &LoadedModel) -> Result<serde_json::Value, ExtractStoreError> {
-    let weights = &model.weights;
-    Ok(json!({
-        "path": absolute(dir),
-        "kind": model.name,
-        "weights": absolute(weights),
-        "weights_blake3": hash(weights)?,
-    }))
-}
-
-/// The cells as the store records them: token store folder and the hashes of its arrays.
-fn source_identity(dir: &Path) -> Result<serde_json::Value, ExtractStoreError> {
-    Ok(json!({
-        "path": absolute(dir),
-        "tokens_blake3": hash(&dir.join("tokens.npy"))?,
-        "offsets_blake3": hash(&dir.join("offsets.npy"))?,
-    }))
 }
 
 fn hash(path: &Path) -> Result<String, ExtractStoreError> {

@@ -65,11 +65,12 @@ impl StoreModel {
     /// The model and token store recorded in `store`'s manifest. `Ok(Err(why))` when there is none to
     /// load (synthetic rows, or the model or token store is gone): the spliced loss is then skipped.
     pub fn open(store: &ActStore) -> Result<Result<StoreModel, NoStoreModel>, StoreModelError> {
-        let path = |v: &serde_json::Value| v.get("path").and_then(|p| p.as_str()).map(PathBuf::from);
-        let (Some(model_dir), Some(token_dir)) = (path(&store.manifest.model), path(&store.manifest.source))
+        let (Some(model), Some(tokens)) =
+            (store.manifest.model.folder(), store.manifest.source.token_store())
         else {
             return Ok(Err(NoStoreModel::NotRecorded));
         };
+        let (model_dir, token_dir) = (PathBuf::from(&model.path), PathBuf::from(&tokens.path));
         if !model_dir.is_dir() || !token_dir.is_dir() {
             return Ok(Err(NoStoreModel::Gone {
                 model: model_dir,

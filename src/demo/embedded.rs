@@ -381,7 +381,7 @@ fn tokenize(assets: &Path, family: Family, tokens: &Path) -> Result<()> {
             config.seed = 19;
         }
     }
-    crate::tokenize::tokenize(&config, true).map(drop)
+    crate::tokenize::tokenize(&config).map(drop)
 }
 
 /// The paul15 cells as the embedded Geneformer reads them (mouse symbols through the ortholog table).
@@ -398,7 +398,7 @@ fn tokenize_paul15(assets: &Path, tokens: &Path) -> Result<()> {
             tokens.to_path_buf(),
         )
     };
-    crate::tokenize::tokenize(&config, true).map(drop)
+    crate::tokenize::tokenize(&config).map(drop)
 }
 
 /// A pseudotime + cell-type tool exported from the trained Geneformer on the paul15 cells: attention

@@ -530,7 +530,7 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         overwrite: true,
         ..TokenizeConfig::new(cells.into(), TokenizerKind::GeneformerV2, tokens.clone())
     };
-    crate::tokenize::tokenize(&config, true)?;
+    crate::tokenize::tokenize(&config)?;
     let acts = real.join("acts");
     if acts.exists() {
         std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;

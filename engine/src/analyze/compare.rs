@@ -792,8 +792,8 @@ mod tests {
         let manifest = StoreManifest {
             format: STORE_FORMAT.into(),
             format_version: 1,
-            model: json!({"name": "test"}),
-            source: json!({}),
+            model: crate::store::StoreModelRecord::Other(json!({"name": "test"})),
+            source: crate::store::StoreSourceRecord::Other(json!({})),
             hooks: vec![L1.into(), L2.into()],
             dtype: ActDtype::F32,
             d_model: D,

@@ -232,9 +232,8 @@ pub fn run(
     let token_store = store
         .manifest
         .source
-        .get("path")
-        .and_then(Value::as_str)
-        .map(PathBuf::from);
+        .token_store()
+        .map(|t| PathBuf::from(&t.path));
     progress(AnalyzeProgress::Start {
         hook: hook.clone(),
         d_sae: sae.d_sae,

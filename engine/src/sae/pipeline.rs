@@ -35,7 +35,8 @@ use crate::formats::{absolute, atomic_write};
 use crate::hooks::HookPoint;
 use crate::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
 use crate::store::{
-    free_bytes, ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreWriter, STORE_FORMAT,
+    free_bytes, ActDtype, ActStore, HookArray, OpenedStore, StoreManifest, StoreModelRecord,
+    StoreSourceRecord, StoreWriter, STORE_FORMAT,
 };
 
 /// Why a [`SpliceModel`] could not measure the spliced loss: the implementor's own typed error (the
@@ -355,7 +356,11 @@ pub fn train_on_store(
         sae_lens_version: SAE_LENS_VERSION,
         hook_name: req.hook.clone(),
         hook_layer: hook_point.and_then(|h| h.layer()),
-        model_name: store.manifest.model.get("path").cloned(),
+        model_name: store
+            .manifest
+            .model
+            .folder()
+            .map(|f| serde_json::Value::String(f.path.clone())),
         scinterp: SaeTrainingRecord {
             version: env!("CARGO_PKG_VERSION"),
             activation_store: absolute(&req.acts),
@@ -836,8 +841,13 @@ pub fn synth_store(req: &SynthRequest) -> Result<SynthReport, SaeError> {
     let manifest = StoreManifest {
         format: STORE_FORMAT.into(),
         format_version: 1,
-        model: serde_json::json!({"synthetic": spec}),
-        source: serde_json::json!({"synthetic_rows": req.rows, "cell_rows": cell_rows}),
+        model: StoreModelRecord::Synthetic {
+            synthetic: spec.clone(),
+        },
+        source: StoreSourceRecord::Synthetic {
+            cell_rows,
+            synthetic_rows: req.rows,
+        },
         hooks: vec![req.hook.clone()],
         dtype: ActDtype::F32,
         d_model: spec.d,

@@ -7,18 +7,20 @@
 //! stream, so rows can be made in parallel and in any order with the same result.
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::FlagError;
 use super::TopKSae;
 use crate::rng::Rng;
 
 /// What to generate.
-#[derive(Clone, Debug, Serialize)]
+/// (Fields in alphabetical order: the order a store's manifest has always recorded them in.)
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct SynthSpec {
-    pub d: usize,
-    pub atoms: usize,
     pub active: usize,
+    pub atoms: usize,
+    pub d: usize,
     pub noise: f64,
     pub seed: u64,
 }
