@@ -19,7 +19,7 @@ fn gpu_available() -> bool {
         Ok(r) if r.backend == Backend::Cuda => true,
         Ok(_) => unreachable!("--device cuda resolves to CUDA or fails"),
         Err(e) => {
-            skip(&format!("no usable GPU: {e}"));
+            skip(&e.to_string());
             false
         }
     }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    as_strs, assert_fails_with, assets, f32_tensor, fixture, ok, ok_json, pbmc68k_tokenize_args,
-    relative_error, s, scinterp, skip, tiny_v2_token_store, write_token_store,
+    as_strs, assert_fails_with, assets, extract_tiny_v2, f32_tensor, fixture, ok, ok_json,
+    pbmc68k_tokenize_args, relative_error, s, scinterp, skip, tiny_v2_token_store, write_token_store,
 };
 use safetensors::SafeTensors;
 use scinterp_engine::npy::{read_npy_bytes, NpyDtype};
@@ -133,17 +133,7 @@ fn extract_equals_forward_at_gene_positions_and_resumes_byte_for_byte() {
 
     // f16 by default, readable as numpy's <f2.
     let half = tmp.path().join("half");
-    ok(&scinterp(&[
-        "extract",
-        "--model",
-        s(&model),
-        "--input",
-        s(&tokens),
-        "--hooks",
-        "blocks.1.hook_resid_post",
-        "--out",
-        s(&half),
-    ]));
+    extract_tiny_v2(&tokens, "blocks.1.hook_resid_post", &half);
     let (header, _) = read_npy_bytes(&half.join("blocks.1.hook_resid_post.npy")).unwrap();
     assert_eq!(header.dtype, NpyDtype::F16);
     assert_eq!(header.shape, vec![genes, 128]);

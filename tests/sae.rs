@@ -10,7 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{assert_fails_with, fixture, names, ok, ok_json, s, scinterp, skip_part, tiny_v2_token_store};
+use common::{
+    assert_fails_with, extract_tiny_v2, names, ok, ok_json, s, scinterp, skip_part, tiny_v2_token_store,
+};
 use safetensors::SafeTensors;
 use scinterp_engine::npy::{read_npy_bytes, NpyDtype};
 use scinterp_engine::store::ActStore;
@@ -276,17 +278,7 @@ fn geneformer_spliced_loss_skips_masked_positions_and_has_a_mean_floor() {
     tiny_v2_token_store(&tokens, 6);
     let acts = tmp.path().join("acts");
     let hook = "blocks.1.hook_resid_post";
-    ok(&scinterp(&[
-        "extract",
-        "--model",
-        s(&fixture("tiny_v2")),
-        "--input",
-        s(&tokens),
-        "--hooks",
-        hook,
-        "--out",
-        s(&acts),
-    ]));
+    extract_tiny_v2(&tokens, hook, &acts);
     let sae = tmp.path().join("sae");
     // --d-sae 64 and --tokens 20000: train's small defaults.
     let report = ok_json(&train(

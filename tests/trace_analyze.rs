@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{
-    as_strs, assert_fails_with, fixture, num, ok, ok_json, read_tsv, s, scinterp, tiny_v2_token_store,
+    as_strs, assert_fails_with, extract_tiny_v2, fixture, num, ok, ok_json, read_tsv, s, scinterp,
+    tiny_v2_token_store,
 };
 use scinterp_engine::sae::TopKSae;
 use scinterp_engine::store::ActStore;
@@ -48,17 +49,7 @@ fn trace_fixture(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let model = fixture("tiny_v2");
     let acts = tmp.join("acts");
     let (src, tgt) = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post");
-    ok(&scinterp(&[
-        "extract",
-        "--model",
-        s(&model),
-        "--input",
-        s(&tokens),
-        "--hooks",
-        &format!("{src},{tgt}"),
-        "--out",
-        s(&acts),
-    ]));
+    extract_tiny_v2(&tokens, &format!("{src},{tgt}"), &acts);
     let saes = tmp.join("saes");
     for hook in [src, tgt] {
         train_sae(&acts, hook, &saes.join(hook), &[]);

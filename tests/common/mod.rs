@@ -62,6 +62,22 @@ pub fn ok_json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("--json prints JSON")
 }
 
+/// `scinterp extract` of `hooks` of the tiny_v2 fixture model over `tokens` into `out`, with the default
+/// settings (f16); it must succeed.
+pub fn extract_tiny_v2(tokens: &Path, hooks: &str, out: &Path) {
+    ok(&scinterp(&[
+        "extract",
+        "--model",
+        s(&fixture("tiny_v2")),
+        "--input",
+        s(tokens),
+        "--hooks",
+        hooks,
+        "--out",
+        s(out),
+    ]));
+}
+
 /// A path as a command-line argument.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
