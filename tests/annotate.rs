@@ -11,12 +11,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_fails_with, scinterp};
+use common::{assert_fails_with, read_tsv, repo_root, rng, s, scinterp, shared_data_all, skip_part};
 use scinterp_engine::rng::Rng;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Number of background genes of the synthetic catalogs.
 const GENES: usize = 400;
@@ -59,7 +55,7 @@ struct Inputs {
 /// Feature ids: 0 planted term, 1 random genes, 2 a TRRUST module, 3 dead, 4 two genes only (untested),
 /// 5–16 partly planted (4–9 genes of one term), 17.. random; feature 0's strongest cells are B cells.
 fn write_inputs(dir: &Path) -> Inputs {
-    let mut rng = Rng::new(20_261_129, 0);
+    let mut rng = rng(20_261_129, 0);
     let planted: Vec<usize> = (0..30).collect();
     // MSigDB style: name, URL, symbols; some names not in the background; one tiny and one huge term.
     let mut gmt = String::new();
@@ -288,7 +284,7 @@ fn python() -> Option<(String, bool)> {
 }
 
 fn check_with_python(py: &str, out: &Path, inputs: &Inputs, obs: bool) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/check_annotate.py");
+    let script = repo_root().join("tests/reference/check_annotate.py");
     let catalogs: Vec<&str> = inputs.catalogs.iter().map(|p| s(p)).collect();
     let gene_sets = format!("{},{}", s(&inputs.gmt_symbols), s(&inputs.gmt_ensembl));
     let mut args = vec![
@@ -312,22 +308,6 @@ fn check_with_python(py: &str, out: &Path, inputs: &Inputs, obs: bool) -> Output
         args.extend(["--obs-column".into(), "cell_type".into()]);
     }
     Command::new(py).args(&args).output().expect("run python")
-}
-
-/// Reads a TSV written by scinterp into rows of (column → value).
-fn read_tsv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .map(|h| h.to_string())
-                .zip(l.split('\t').map(String::from))
-                .collect()
-        })
-        .collect()
 }
 
 fn run_annotate(inputs: &Inputs, out: &Path, format: &str) -> Output {
@@ -511,7 +491,10 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
     }
 
     let Some((py, arrow)) = python() else {
-        println!("skipped the scipy/statsmodels check: no python with scipy, statsmodels and pandas found");
+        skip_part(
+            "the scipy/statsmodels check",
+            "no python with scipy, statsmodels and pandas found",
+        );
         return;
     };
     let check = check_with_python(&py, &out, &inputs, true);
@@ -532,7 +515,7 @@ fn annotate_finds_the_planted_term_and_agrees_with_scipy_and_statsmodels() {
             String::from_utf8_lossy(&check.stderr)
         );
     } else {
-        println!("skipped the Parquet check: pyarrow not installed");
+        skip_part("the Parquet check", "pyarrow not installed");
     }
     // The check can fail: a copy of the output with one q changed, and one with a row dropped.
     let bad = tmp.path().join("out_bad");
@@ -638,20 +621,15 @@ fn annotate_refuses_bad_input_with_one_clear_message() {
 
 #[test]
 fn annotate_reads_every_real_gene_set_file_and_both_trrust_files() {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    let gencode = data.join("orthologs/GENCODEv44_Gene_id2name.csv");
-    let genesets = data.join("genesets");
-    let trrust = [
-        data.join("trrust/trrust_rawdata.human.tsv"),
-        data.join("trrust/trrust_rawdata.human.2018.tsv"),
-    ];
-    if !gencode.exists() || !genesets.exists() || trrust.iter().any(|p| !p.exists()) {
-        println!(
-            "skipped: reference data not found at {} (see ../shared/data/README.md)",
-            data.display()
-        );
+    let Some([gencode, genesets, trrust_now, trrust_2018]) = shared_data_all([
+        "orthologs/GENCODEv44_Gene_id2name.csv",
+        "genesets",
+        "trrust/trrust_rawdata.human.tsv",
+        "trrust/trrust_rawdata.human.2018.tsv",
+    ]) else {
         return;
-    }
+    };
+    let trrust = [trrust_now, trrust_2018];
     let mut gmts: Vec<PathBuf> = std::fs::read_dir(&genesets)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -687,7 +665,7 @@ fn annotate_reads_every_real_gene_set_file_and_both_trrust_files() {
         .skip(2)
         .take(15)
         .collect();
-    let mut rng = Rng::new(5, 5);
+    let mut rng = rng(5, 5);
     let mut features = String::from("feature\talive\tfire_count\n");
     let mut top = String::from("feature\tranking\trank\ttoken\tgene_id\tsymbol\tn_fired\tn_positions\tmean_when_fired\tmass\tfire_rate\n");
     for f in 0..20 {

@@ -7,17 +7,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use common::{assert_fails_with, repo_root, scinterp};
+use common::{as_strs, assert_fails_with, fixtures, read_tsv, s, scinterp};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{json, Value};
 
 fn fixture() -> PathBuf {
-    repo_root().join("tests/fixtures/atlas")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    fixtures().join("atlas")
 }
 
 /// The arguments that build the fixture's atlas into `out`.
@@ -46,7 +42,7 @@ fn atlas_args(out: &Path) -> Vec<String> {
 }
 
 fn run(args: &[String]) -> std::process::Output {
-    scinterp(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    scinterp(&as_strs(args))
 }
 
 /// Every row of a Parquet table as column name → JSON value.
@@ -71,21 +67,6 @@ fn parquet_rows(path: &Path) -> Vec<BTreeMap<String, Value>> {
                     };
                     (name.clone(), v)
                 })
-                .collect()
-        })
-        .collect()
-}
-
-fn tsv_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .map(|h| h.to_string())
-                .zip(l.split('\t').map(str::to_string))
                 .collect()
         })
         .collect()
@@ -309,7 +290,7 @@ fn atlas_data_files_hold_what_the_tables_say() {
     assert!(checked_terms > 50, "{checked_terms}");
 
     // Every edge, downstream on its source and upstream on its target.
-    let edges = tsv_rows(&fx.join("edges.tsv"));
+    let edges = read_tsv(&fx.join("edges.tsv"));
     assert_eq!(report["edges"], json!(edges.len()));
     for e in &edges {
         let (ls, lt) = (layer_of(&e["source_hook"]), layer_of(&e["target_hook"]));

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, scinterp};
+use common::{repo_root, required_in_ci, scinterp};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{json, Value};
@@ -47,16 +47,10 @@ fn browser() -> Option<(PathBuf, PathBuf)> {
     let driver = find_tool("SCINTERP_CHROMEDRIVER", &["chromedriver"]);
     match (chromium, driver) {
         (Some(c), Some(d)) => Some((c, d)),
-        _ => {
-            let msg =
-                "atlas browser test: Chromium or chromedriver not found (install Debian's chromium and \
-                       chromium-driver, as .ci/run does, or set SCINTERP_CHROMIUM and SCINTERP_CHROMEDRIVER)";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg}");
-            }
-            eprintln!("skipped: {msg}");
-            None
-        }
+        _ => required_in_ci(
+            "Chromium or chromedriver not found (install Debian's chromium and chromium-driver, as \
+             .ci/run does, or set SCINTERP_CHROMIUM and SCINTERP_CHROMEDRIVER)",
+        ),
     }
 }
 

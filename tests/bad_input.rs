@@ -14,40 +14,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{fixture, repo_root, scinterp};
+use common::{as_strs, assets, files, fixture, fixtures, pbmc68k_tokenize_args, scinterp};
 
+/// A path as an owned argument (the cases keep their arguments as Strings).
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-fn assets() -> PathBuf {
-    repo_root().join("models/assets")
-}
-
-fn fixtures() -> PathBuf {
-    repo_root().join("tests/fixtures")
-}
-
-/// Every file under `p` (relative path → bytes); a file is its own single entry; absent → empty.
-fn snapshot(p: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    if p.is_dir() {
-        walk(p, p, &mut out);
-    } else if p.exists() {
-        out.insert(String::new(), std::fs::read(p).unwrap());
-    }
-    out
 }
 
 /// What a case's output must look like afterwards.
@@ -129,14 +100,13 @@ impl Case<'_> {
             self.name,
             p.display()
         );
-        self.guards.push(Guard::Unchanged(p.to_path_buf(), snapshot(p)));
+        self.guards.push(Guard::Unchanged(p.to_path_buf(), files(p)));
         self
     }
 
     /// Runs the command and checks that it failed cleanly.
     fn fails(self) {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let out = scinterp(&args);
+        let out = scinterp(&as_strs(&self.args));
         *self.cat.per_command.entry(self.command).or_default() += 1;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let mut why = Vec::new();
@@ -170,7 +140,7 @@ impl Case<'_> {
         for g in &self.guards {
             match g {
                 Guard::Absent(p) if p.exists() => why.push(format!("{} was left behind", p.display())),
-                Guard::Unchanged(p, before) if snapshot(p) != *before => {
+                Guard::Unchanged(p, before) if files(p) != *before => {
                     why.push(format!("{} was changed", p.display()))
                 }
                 _ => {}
@@ -185,8 +155,7 @@ impl Case<'_> {
 
     /// Runs the command, which must succeed (for the cases whose right answer is a result).
     fn succeeds(self) -> std::process::Output {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let out = scinterp(&args);
+        let out = scinterp(&as_strs(&self.args));
         *self.cat.per_command.entry(self.command).or_default() += 1;
         if !out.status.success() {
             let (command, name) = (self.command, self.name.clone());
@@ -287,21 +256,10 @@ fn build_inputs() -> Inputs {
         &s(&acts),
     ]);
     let long_tokens = t.join("long_gf");
-    make(&[
-        "tokenize",
-        "--input",
-        &s(&assets().join("cells/pbmc68k.h5ad.gz")),
-        "--model-kind",
-        "geneformer-v2",
-        "--dictionaries",
-        &s(&assets().join("geneformer")),
-        "--gene-ids",
-        "symbol",
-        "--max-len",
-        "400",
-        "--out",
-        &s(&long_tokens),
-    ]);
+    make(&as_strs(&pbmc68k_tokenize_args(
+        &long_tokens,
+        &["--max-len", "400"],
+    )));
     let export = |out: &Path, seed: &str| {
         make(&[
             "export",
@@ -605,12 +563,7 @@ fn tokenize_cases(cat: &mut Catalogue, i: &Inputs) {
         .fails();
     // An existing store is kept unless --overwrite.
     let store = i.p("tok_store");
-    make(
-        &sg(&pbmc, &store, &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    make(&as_strs(&sg(&pbmc, &store, &[])));
     cat.case("tokenize", "existing store without --overwrite")
         .args(&sg(&pbmc, &store, &["--max-len", "100"]))
         .says(&["tok_store", "--overwrite"])
@@ -897,12 +850,7 @@ fn sae_cases(cat: &mut Catalogue, i: &Inputs) {
         .unchanged(&other)
         .fails();
     let trained = i.p("trained_sae");
-    make(
-        &train(&acts, &trained, &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    make(&as_strs(&train(&acts, &trained, &[])));
     cat.case("sae train", "existing SAE without --overwrite")
         .args(&train(&acts, &trained, &["--seed", "3"]))
         .says(&["trained_sae", "already holds an SAE", "--overwrite"])
@@ -1044,7 +992,7 @@ fn analyze_layers_cases(cat: &mut Catalogue, i: &Inputs) {
     let catalog = i.p("catalog");
     let mut a = analyze(&sae0, &[]);
     *a.iter_mut().find(|x| **x == s(&out)).unwrap() = s(&catalog);
-    make(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    make(&as_strs(&a));
     a.extend(["--top-genes".to_string(), "5".to_string()]);
     cat.case("analyze", "existing catalog without --overwrite")
         .args(&a)
@@ -1268,12 +1216,7 @@ fn annotate_consensus_atlas_cases(cat: &mut Catalogue, i: &Inputs) {
         .absent(&cons_out)
         .fails();
     let done = i.p("consensus");
-    make(
-        &consensus(&edges, &ann, &done, &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    make(&as_strs(&consensus(&edges, &ann, &done, &[])));
     cat.case("consensus", "existing output without --overwrite")
         .args(&consensus(&edges, &ann, &done, &["--seed", "4"]))
         .says(&["consensus", "--overwrite"])
@@ -1474,7 +1417,7 @@ fn trace_cases(cat: &mut Catalogue, i: &Inputs) {
     );
     let mut first = resume.clone();
     first.extend(["--stop-after-chunks".to_string(), "1".to_string()]);
-    let o = scinterp(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = scinterp(&as_strs(&first));
     assert!(!o.status.success() && ck.is_file(), "no checkpoint to corrupt");
     let mut bytes = std::fs::read(&ck).unwrap();
     let at = bytes.len() - 20;
@@ -1487,12 +1430,7 @@ fn trace_cases(cat: &mut Catalogue, i: &Inputs) {
         .unchanged(&ck)
         .fails();
     let done = i.p("edges.tsv");
-    make(
-        &trace(&tiny, &tokens, &done, &["--features", "0,1"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    make(&as_strs(&trace(&tiny, &tokens, &done, &["--features", "0,1"])));
     cat.case("trace", "existing table without --overwrite")
         .args(&trace(&tiny, &tokens, &done, &["--features", "0,1,2"]))
         .says(&["edges.tsv", "already holds a trace table", "--overwrite"])
@@ -1748,12 +1686,10 @@ fn effects_cases(cat: &mut Catalogue, i: &Inputs) {
         .absent(&csv)
         .fails();
     let done = i.p("effects.parquet");
-    make(
-        &effects(&done, &["--features", "0", "--readout-tokens", "5,6,7"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    make(&as_strs(&effects(
+        &done,
+        &["--features", "0", "--readout-tokens", "5,6,7"],
+    )));
     cat.case("effects", "existing table without --overwrite")
         .args(&effects(&done, &["--features", "1", "--readout-tokens", "5"]))
         .says(&["effects.parquet", "already holds an effects table", "--overwrite"])

@@ -6,12 +6,12 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assert_fails_with, fixture, real_rows, relative_error, scinterp, ExpectedFile};
+use common::{
+    as_strs, assert_fails_with, assets, f32_tensor, files, fixture, fixtures, ok, real_rows, relative_error,
+    s, scinterp, scinterp_env, shared_data, shared_data_all, shared_data_for_part, write_token_store,
+    ExpectedFile,
+};
 use safetensors::SafeTensors;
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn forward_writes_every_hook_lengths_and_logits_matching_transformers() {
@@ -21,19 +21,19 @@ fn forward_writes_every_hook_lengths_and_logits_matching_transformers() {
     let out = scinterp(&[
         "forward",
         "--model",
-        path_str(&dir),
+        s(&dir),
         "--input",
-        path_str(&dir.join("tokens.json")),
+        s(&dir.join("tokens.json")),
         "--hooks",
         "all",
         "--logits",
         "--out",
-        path_str(&out_path),
+        s(&out_path),
         "--json",
         "--threads",
         "2",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(summary["cells"], 3);
     assert_eq!(summary["tokens"], 64 + 20 + 7);
@@ -93,15 +93,15 @@ fn forward_with_selected_hooks_writes_only_those() {
     let out = scinterp(&[
         "forward",
         "--model",
-        path_str(&dir),
+        s(&dir),
         "--input",
-        path_str(&dir.join("tokens.json")),
+        s(&dir.join("tokens.json")),
         "--hooks",
         "blocks.3.hook_resid_post,hook_embed",
         "--out",
-        path_str(&out_path),
+        s(&out_path),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let bytes = std::fs::read(&out_path).unwrap();
     let written = SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<&str> = written.names();
@@ -121,13 +121,13 @@ fn forward_err(model: &Path, input: &str, hooks: &str) -> Output {
     let o = scinterp(&[
         "forward",
         "--model",
-        path_str(model),
+        s(model),
         "--input",
         input,
         "--hooks",
         hooks,
         "--out",
-        path_str(&out),
+        s(&out),
     ]);
     assert!(!out.exists(), "a failed run must not leave an output file");
     o
@@ -232,13 +232,13 @@ fn planted_demo_runs_end_to_end_and_reports_what_it_did() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
     // With the reference data, the demo also runs real cells through the whole pipeline.
-    let data = shared_data("");
-    let mut args = vec!["demo", "--planted", "--out", path_str(&out_dir)];
+    let data = shared_data_for_part("the real-cells step", "");
+    let mut args = vec!["demo", "--planted", "--out", s(&out_dir)];
     if let Some(d) = &data {
-        args.extend(["--data", path_str(d)]);
+        args.extend(["--data", s(d)]);
     }
     let out = scinterp(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("forward") && stdout.contains("replay"),
@@ -299,8 +299,8 @@ fn planted_demo_runs_end_to_end_and_reports_what_it_did() {
 fn demo_on_the_embedded_models_shows_what_training_added() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
-    let out = scinterp(&["demo", "--out", path_str(&out_dir)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = scinterp(&["demo", "--out", s(&out_dir)]);
+    ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("What came back") && stdout.contains("consensus"),
@@ -393,44 +393,29 @@ fn demo_on_the_embedded_models_shows_what_training_added() {
     }
 }
 
-fn shared_data(rel: &str) -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!(
-            "skipped: {} not found (reference data lives in ../shared/data)",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn tokenize_h5ad_for_geneformer_then_forward_from_the_store() {
     let Some(dicts) = shared_data("geneformer/v2") else {
         return;
     };
-    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells/csr_gzip.h5ad");
+    let input = fixtures().join("cells/csr_gzip.h5ad");
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&input),
+        s(&input),
         "--model",
         "geneformer-v2",
         "--dictionaries",
-        path_str(&dicts),
+        s(&dicts),
         "--obs-columns",
         "cell_type",
         "--out",
-        path_str(&store),
+        s(&store),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(manifest["tokenizer"], "geneformer");
     assert_eq!(
@@ -449,45 +434,42 @@ fn tokenize_h5ad_for_geneformer_then_forward_from_the_store() {
     let again = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&input),
+        s(&input),
         "--model",
         "geneformer-v2",
         "--dictionaries",
-        path_str(&dicts),
+        s(&dicts),
         "--out",
-        path_str(&store),
+        s(&store),
     ]);
     assert_fails_with(&again, &["already exists", "--overwrite"]);
 
     // The store feeds the forward pass of a V2-shaped model (the demo's: real V2 vocabulary size).
     let demo = tmp.path().join("demo");
-    assert!(scinterp(&["demo", "--planted", "--out", path_str(&demo)])
+    assert!(scinterp(&["demo", "--planted", "--out", s(&demo)])
         .status
         .success());
     let fwd = tmp.path().join("f.safetensors");
     let o = scinterp(&[
         "forward",
         "--model",
-        path_str(&demo.join("model")),
+        s(&demo.join("model")),
         "--input",
-        path_str(&store),
+        s(&store),
         "--hooks",
         "blocks.0.hook_resid_post",
         "--out",
-        path_str(&fwd),
+        s(&fwd),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&o);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["cells"].as_u64().unwrap() as usize, n_cells);
 }
 
 #[test]
 fn tokenize_refuses_log_normalised_matrices_and_writes_nothing() {
-    let (Some(dicts), Some(pbmc)) = (
-        shared_data("geneformer/v2"),
-        shared_data("cells/pbmc68k_reduced.h5ad"),
-    ) else {
+    let Some([dicts, pbmc]) = shared_data_all(["geneformer/v2", "cells/pbmc68k_reduced.h5ad"]) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -495,16 +477,16 @@ fn tokenize_refuses_log_normalised_matrices_and_writes_nothing() {
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&pbmc),
+        s(&pbmc),
         "--use-raw",
         "--model",
         "geneformer-v2",
         "--gene-ids",
         "symbol",
         "--dictionaries",
-        path_str(&dicts),
+        s(&dicts),
         "--out",
-        path_str(&store),
+        s(&store),
     ]);
     assert_fails_with(&out, &["raw counts", "log-normalised"]);
     assert!(!store.exists());
@@ -517,10 +499,7 @@ fn tokenize_refuses_log_normalised_matrices_and_writes_nothing() {
 
 #[test]
 fn tokenize_10x_for_scgpt_writes_binned_values() {
-    let (Some(vocab), Some(tenx)) = (
-        shared_data("scgpt/whole-human"),
-        shared_data("cells/10x_chr21_v3"),
-    ) else {
+    let Some([vocab, tenx]) = shared_data_all(["scgpt/whole-human", "cells/10x_chr21_v3"]) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -528,18 +507,18 @@ fn tokenize_10x_for_scgpt_writes_binned_values() {
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&tenx),
+        s(&tenx),
         "--model",
         "scgpt",
         "--vocab",
-        path_str(&vocab),
+        s(&vocab),
         "--seed",
         "3",
         "--out",
-        path_str(&store),
+        s(&store),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(manifest["has_values"], true);
     assert_eq!(manifest["options"]["cls_value"], -2.0);
@@ -560,11 +539,11 @@ fn tokenize_10x_for_scgpt_writes_binned_values() {
 
 #[test]
 fn tokenize_mouse_h5ad_gz_through_the_ortholog_table() {
-    let (Some(dicts), Some(paul15), Some(table)) = (
-        shared_data("geneformer/v2"),
-        shared_data("cells/paul15.h5ad.gz"),
-        shared_data("orthologs/Ensembl105_Human2Mouse_Genes.csv"),
-    ) else {
+    let Some([dicts, paul15, table]) = shared_data_all([
+        "geneformer/v2",
+        "cells/paul15.h5ad.gz",
+        "orthologs/Ensembl105_Human2Mouse_Genes.csv",
+    ]) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -572,20 +551,20 @@ fn tokenize_mouse_h5ad_gz_through_the_ortholog_table() {
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&paul15),
+        s(&paul15),
         "--model-kind",
         "geneformer-v2",
         "--orthologs",
-        path_str(&table),
+        s(&table),
         "--dictionaries",
-        path_str(&dicts),
+        s(&dicts),
         "--obs-columns",
         "paul15_clusters",
         "--out",
-        path_str(&store),
+        s(&store),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mapped = manifest["options"]["genes_mapped"].as_u64().unwrap();
     assert!(
@@ -598,18 +577,6 @@ fn tokenize_mouse_h5ad_gz_through_the_ortholog_table() {
     );
     let cells = std::fs::read_to_string(store.join("cells.tsv")).unwrap();
     assert!(cells.starts_with("cell\tpaul15_clusters\n"), "{}", &cells[..40]);
-}
-
-/// Reads an F32 tensor of a safetensors file written by `scinterp forward`.
-fn f32_tensor(file: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = file.tensor(name).unwrap_or_else(|_| panic!("{name} missing"));
-    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-    let values = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (t.shape().to_vec(), values)
 }
 
 /// Checks an scGPT forward output against the torch fixture at real positions, and zeros past them.
@@ -665,19 +632,19 @@ fn forward_runs_scgpt_folders_from_json_and_from_a_token_store() {
         scinterp(&[
             "forward",
             "--model",
-            path_str(&dir),
+            s(&dir),
             "--input",
-            path_str(input),
+            s(input),
             "--hooks",
             "all",
             "--head",
             "--out",
-            path_str(&out_path),
+            s(&out_path),
             "--json",
         ])
     };
     let out = run(&dir.join("input.json"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         summary["outputs"],
@@ -712,34 +679,9 @@ fn forward_runs_scgpt_folders_from_json_and_from_a_token_store() {
         .map(|c| c.iter().map(|&v| v as f32).collect())
         .collect();
     let store_dir = tmp.path().join("store");
-    let store = scinterp_models::token_store::TokenStore {
-        manifest: scinterp_models::token_store::TokenStoreManifest {
-            format: scinterp_models::token_store::FORMAT.into(),
-            format_version: scinterp_models::token_store::FORMAT_VERSION,
-            tokenizer: "scgpt".into(),
-            tokenizer_version: "whole-human".into(),
-            options: serde_json::json!({}),
-            hash_algorithm: scinterp_models::token_store::HASH_ALGORITHM.into(),
-            dictionaries: Default::default(),
-            source_path: "input.json".into(),
-            source_hash: String::new(),
-            n_cells: cells.len(),
-            n_tokens: cells.iter().map(Vec::len).sum(),
-            max_len: cells.iter().map(Vec::len).max().unwrap(),
-            has_values: true,
-            n_cells_dropped: 0,
-            scinterp_version: "test".into(),
-        },
-        cell_table: (
-            vec!["cell".into()],
-            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
-        ),
-        cells,
-        values: Some(values),
-    };
-    store.write(&store_dir, false).unwrap();
+    write_token_store(&store_dir, "scgpt", "whole-human", &cells, Some(values));
     let out = run(&store_dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     assert_eq!(check_scgpt_output(&out_path, &expected, &lengths), 12);
 }
 
@@ -778,10 +720,7 @@ fn forward_refuses_inputs_made_for_the_other_model() {
 /// real-width fixture model (which has the real 60,697-token vocabulary).
 #[test]
 fn tokenize_10x_for_scgpt_then_forward_at_the_real_width() {
-    let (Some(whole_human), Some(tenx)) = (
-        shared_data("scgpt/whole-human"),
-        shared_data("cells/10x_chr21_v3"),
-    ) else {
+    let Some([whole_human, tenx]) = shared_data_all(["scgpt/whole-human", "cells/10x_chr21_v3"]) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -789,15 +728,15 @@ fn tokenize_10x_for_scgpt_then_forward_at_the_real_width() {
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&tenx),
+        s(&tenx),
         "--model-kind",
         "scgpt",
         "--vocab",
-        path_str(&whole_human),
+        s(&whole_human),
         "--out",
-        path_str(&store),
+        s(&store),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
 
     let src = common::scgpt_fixture("width512");
     let model = tmp.path().join("model");
@@ -812,16 +751,16 @@ fn tokenize_10x_for_scgpt_then_forward_at_the_real_width() {
     let o = scinterp(&[
         "forward",
         "--model",
-        path_str(&model),
+        s(&model),
         "--input",
-        path_str(&store),
+        s(&store),
         "--hooks",
         "blocks.1.hook_resid_post",
         "--out",
-        path_str(&fwd),
+        s(&fwd),
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&o);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let stored = scinterp_models::token_store::TokenStore::read(&store).unwrap();
     assert_eq!(summary["cells"].as_u64().unwrap() as usize, stored.cells.len());
@@ -841,52 +780,33 @@ fn tokenize_10x_for_scgpt_then_forward_at_the_real_width() {
     assert!(emb.iter().all(|v| v.is_finite()));
 }
 
-/// Runs `scinterp tokenize` with `args` after the common ones, logging at info level (for resume messages).
+/// Runs `scinterp tokenize` with `args`, logging at info level (for resume messages).
 fn tokenize_info(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scinterp"))
-        .arg("tokenize")
-        .args(args)
-        .env("SCINTERP_LOG", "info")
-        .output()
-        .expect("run scinterp")
-}
-
-/// Every file of a token store, by name.
-fn store_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
+    scinterp_env(&[&["tokenize"], args].concat(), &[("SCINTERP_LOG", "info")])
 }
 
 #[test]
 fn tokenize_refuses_a_gene_column_that_maps_nothing_and_names_the_one_to_use() {
-    let (Some(dicts), Some(vocab)) = (shared_data("geneformer/v2"), shared_data("scgpt/whole-human")) else {
+    let Some([dicts, vocab]) = shared_data_all(["geneformer/v2", "scgpt/whole-human"]) else {
         return;
     };
     // Index = symbols (2 of them unknown), var["gene_ids"] = the Ensembl ids, var["feature_types"] = a
     // constant (tests/reference/make_cells_fixtures.py).
-    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells/symbol_index.h5ad");
+    let input = fixtures().join("cells/symbol_index.h5ad");
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&input),
+        s(&input),
         "--model-kind",
         "geneformer-v2",
         "--dictionaries",
-        path_str(&dicts),
+        s(&dicts),
         "--gene-id-column",
         "feature_types",
         "--out",
-        path_str(&store),
+        s(&store),
     ]);
     assert_fails_with(
         &out,
@@ -904,15 +824,15 @@ fn tokenize_refuses_a_gene_column_that_maps_nothing_and_names_the_one_to_use() {
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&input),
+        s(&input),
         "--model-kind",
         "scgpt",
         "--vocab",
-        path_str(&vocab),
+        s(&vocab),
         "--gene-id-column",
         "gene_ids",
         "--out",
-        path_str(&store),
+        s(&store),
     ]);
     assert_fails_with(
         &out,
@@ -936,24 +856,24 @@ fn tokenize_counts_and_skips_cells_without_tokens() {
         return;
     };
     // 6 cells; cell2 has no count at all.
-    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells/symbol_index.h5ad");
+    let input = fixtures().join("cells/symbol_index.h5ad");
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let out = scinterp(&[
         "tokenize",
         "--input",
-        path_str(&input),
+        s(&input),
         "--model-kind",
         "geneformer-v2",
         "--dictionaries",
-        path_str(&dicts),
+        s(&dicts),
         "--gene-id-column",
         "gene_ids",
         "--out",
-        path_str(&store),
+        s(&store),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("1 of 6 cells") && stderr.contains("skipped") && stderr.contains("cell2"),
@@ -971,11 +891,9 @@ fn tokenize_counts_and_skips_cells_without_tokens() {
 
 #[test]
 fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
-    let (Some(dicts), Some(vocab), Some(tenx)) = (
-        shared_data("geneformer/v2"),
-        shared_data("scgpt/whole-human"),
-        shared_data("cells/10x_chr21_v3"),
-    ) else {
+    let Some([dicts, vocab, tenx]) =
+        shared_data_all(["geneformer/v2", "scgpt/whole-human", "cells/10x_chr21_v3"])
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -986,13 +904,13 @@ fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
         let common = |out: &Path| -> Vec<String> {
             [
                 "--input",
-                path_str(&tenx),
+                s(&tenx),
                 "--model-kind",
                 model,
                 dict_flag,
-                path_str(dict),
+                s(dict),
                 "--out",
-                path_str(out),
+                s(out),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -1001,12 +919,12 @@ fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
         let run = |out: &Path, extra: &[&str]| {
             let mut args = common(out);
             args.extend(extra.iter().map(|s| s.to_string()));
-            tokenize_info(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            tokenize_info(&as_strs(&args))
         };
         // Uninterrupted, default chunking.
         let reference = tmp.path().join(format!("{model}-reference"));
         let o = run(&reference, &[]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ok(&o);
 
         // Killed after 3 chunks of 100 cells (1,107 cells: 12 chunks), with checkpoints from the start.
         let store = tmp.path().join(format!("{model}-store"));
@@ -1037,11 +955,7 @@ fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
             stderr.contains("resuming") && stderr.contains("3 of 12 chunks"),
             "{stderr}"
         );
-        assert_eq!(
-            store_files(&store),
-            store_files(&reference),
-            "{model}: resumed store differs"
-        );
+        assert_eq!(files(&store), files(&reference), "{model}: resumed store differs");
         assert!(
             !partial.exists(),
             "checkpoints are removed once the store is written"
@@ -1066,8 +980,8 @@ fn tokenize_resumes_an_interrupted_run_to_the_same_bytes() {
         );
         let fresh = tmp.path().join(format!("{model}-max64"));
         assert!(run(&fresh, &["--max-len", "64"]).status.success());
-        assert_eq!(store_files(&store), store_files(&fresh));
-        assert_ne!(store_files(&store), store_files(&reference));
+        assert_eq!(files(&store), files(&fresh));
+        assert_ne!(files(&store), files(&reference));
         assert!(!partial.exists());
     }
 }
@@ -1078,34 +992,34 @@ fn tokenize_reads_chunked_csr_in_blocks_to_the_tokens_of_a_whole_read() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let cells = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cells");
+    let cells = fixtures().join("cells");
     let run = |file: &str, out: &str, extra: &[&str]| {
         let (input, out) = (cells.join(file), tmp.path().join(out));
         let mut args = vec![
             "--input",
-            path_str(&input),
+            s(&input),
             "--model-kind",
             "geneformer-v2",
             "--dictionaries",
-            path_str(&dicts),
+            s(&dicts),
             "--obs-columns",
             "cell_type",
             "--out",
-            path_str(&out),
+            s(&out),
         ];
         args.extend(extra);
         (tokenize_info(&args), out)
     };
     // Everything but the manifest (which names the input and its hash).
     let tokens = |dir: &Path| {
-        let mut files = store_files(dir);
+        let mut files = files(dir);
         files.remove("manifest.json");
         files
     };
     // The same counts compressed (read whole) and uncompressed (read in blocks; one file with rows out of
     // order, explicit zeros and duplicate entries).
     let (o, whole) = run("csr_lzf.h5ad", "whole", &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("read 30 cells"));
     for file in ["csr_plain.h5ad", "csr_unsorted.h5ad"] {
         for chunk in ["1", "7", "1000"] {
@@ -1130,7 +1044,7 @@ fn tokenize_reads_chunked_csr_in_blocks_to_the_tokens_of_a_whole_read() {
     let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), Default::default());
     std::io::Write::write_all(&mut e, &std::fs::read(cells.join("csr_plain.h5ad")).unwrap()).unwrap();
     e.finish().unwrap();
-    let (o, store) = run(path_str(&gz), "gz", &["--chunk-cells", "7"]);
+    let (o, store) = run(s(&gz), "gz", &["--chunk-cells", "7"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success() && stderr.contains("to be read in blocks"),
@@ -1149,13 +1063,13 @@ fn device_flag_resolves_without_panicking_and_cuda_errors_clearly_without_a_gpu(
         scinterp(&[
             "forward",
             "--model",
-            path_str(&model),
+            s(&model),
             "--input",
             &cells,
             "--hooks",
             "hook_embed",
             "--out",
-            path_str(&out),
+            s(&out),
             "--device",
             device,
         ])
@@ -1183,7 +1097,7 @@ fn device_flag_resolves_without_panicking_and_cuda_errors_clearly_without_a_gpu(
 /// counts, rate and ETA, ending with the final count; `--quiet` silences them.
 #[test]
 fn progress_is_logged_as_lines_when_stderr_is_not_a_terminal() {
-    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets");
+    let assets = assets();
     let tmp = tempfile::tempdir().unwrap();
     let run = |quiet: bool, out: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_scinterp"));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, formula_model_dir, scgpt_fixture, scgpt_width512_dir, ExpectedFile};
+use common::{fixture, formula_model_dir, scgpt_fixture, scgpt_width512_dir, skip, ExpectedFile};
 use scinterp_engine::cuda::{CudaForward, GpuPrecision};
 use scinterp_engine::device::{Backend, DeviceChoice};
 use scinterp_engine::{
@@ -13,12 +13,13 @@ use scinterp_engine::{
 use scinterp_models::geneformer::{Geneformer, LoadOptions};
 use scinterp_models::scgpt::{Scgpt, ScgptLoadOptions};
 
-fn gpu_available(test: &str) -> bool {
+/// Whether a GPU is usable; if not, prints the skip line (with the reason) for the caller to return.
+fn gpu_available() -> bool {
     match DeviceChoice::Cuda.resolve() {
         Ok(r) if r.backend == Backend::Cuda => true,
         Ok(_) => unreachable!("--device cuda resolves to CUDA or fails"),
         Err(e) => {
-            println!("{test} skipped: {e}");
+            skip(&e.to_string());
             false
         }
     }
@@ -98,7 +99,7 @@ fn check_model(label: &str, encoder: &dyn Encoder, batch: &PackedBatch) {
 
 #[test]
 fn geneformer_gpu_forward_matches_the_cpu() {
-    if !gpu_available("geneformer_gpu_forward") {
+    if !gpu_available() {
         return;
     }
     for name in ["tiny_v2", "v1_10m_full", "ragged_v1"] {
@@ -119,7 +120,7 @@ fn geneformer_gpu_forward_matches_the_cpu() {
 
 #[test]
 fn scgpt_gpu_forward_matches_the_cpu() {
-    if !gpu_available("scgpt_gpu_forward") {
+    if !gpu_available() {
         return;
     }
     // The real-width fixture: head_dim 64, the one the attention kernel takes (the `tiny` fixture's 16
@@ -150,7 +151,7 @@ fn scgpt_gpu_forward_matches_the_cpu() {
 
 #[test]
 fn gpu_forward_refuses_another_models_batch() {
-    if !gpu_available("gpu_forward_refuses_another_model") {
+    if !gpu_available() {
         return;
     }
     let tiny = Geneformer::load(&fixture("tiny_v2"), LoadOptions { with_head: false }).unwrap();
@@ -192,10 +193,10 @@ fn edge_d(path: &std::path::Path) -> std::collections::BTreeMap<(u32, u32), f64>
 
 #[test]
 fn gpu_trace_finds_the_cpu_edges() {
-    if !gpu_available("gpu_trace") {
+    if !gpu_available() {
         return;
     }
-    let fx = common::repo_root().join("tests/fixtures");
+    let fx = common::fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let trace = |name: &str, device: &[&str]| {
         let out = tmp.path().join(name);

@@ -6,9 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{real_positions, real_rows, relative_error, repo_root, scinterp, ExpectedFile};
+use common::{as_strs, assets, real_positions, real_rows, relative_error, scinterp, ExpectedFile};
 use scinterp_engine::{run, Encoder, HookPlan, HookPoint, Matrix, PackedBatch, Start};
 use scinterp_models::geneformer::{Geneformer, LoadOptions};
 use scinterp_models::scgpt::{Scgpt, ScgptLoadOptions};
@@ -25,10 +25,6 @@ const CELLS_PER_DATASET: usize = 40;
 /// Geneformer held-out margins over the frequency prior (nats; top-1 as a factor): see the test.
 const CE_MARGIN: f64 = 0.1;
 const TOP1_FACTOR: f64 = 2.0;
-
-fn assets() -> PathBuf {
-    repo_root().join("models/assets")
-}
 
 fn geneformer() -> Geneformer {
     Geneformer::load(&assets().join("geneformer"), LoadOptions { with_head: true })
@@ -75,8 +71,7 @@ fn tokenize(dataset: &str, kind: &str, out: &Path) -> TokenStore {
     if dataset == "paul15" {
         args.extend(["--orthologs".into(), orthologs.display().to_string()]);
     }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = scinterp(&refs);
+    let run = scinterp(&as_strs(&args));
     assert!(
         run.status.success(),
         "scinterp tokenize {dataset}: {}",

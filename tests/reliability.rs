@@ -6,86 +6,24 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use common::{fixture, repo_root, ExpectedFile};
-use scinterp_models::token_store::{TokenStore, TokenStoreManifest, FORMAT, FORMAT_VERSION};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn assets() -> PathBuf {
-    repo_root().join("models/assets")
-}
+use common::{
+    as_strs, files, fixture, fixtures, names, ok_stderr, pbmc68k_tokenize_args, s, scinterp_command,
+    scinterp_env, tiny_v2_token_store,
+};
+use scinterp_models::token_store::TokenStore;
 
 /// `scinterp` with `args`, logging at info level.
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scinterp"))
-        .args(args)
-        .env("SCINTERP_LOG", "info")
-        .output()
-        .expect("run scinterp")
+    scinterp_env(args, &[("SCINTERP_LOG", "info")])
 }
 
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "scinterp failed: {stderr}");
-    stderr
-}
-
-/// The arguments of a Geneformer tokenize of the embedded pbmc68k cells (700 cells) into `out`.
-fn tokenize_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "tokenize".into(),
-        "--input".into(),
-        s(&assets().join("cells/pbmc68k.h5ad.gz")).into(),
-        "--model-kind".into(),
-        "geneformer-v2".into(),
-        "--dictionaries".into(),
-        s(&assets().join("geneformer")).into(),
-        "--gene-ids".into(),
-        "symbol".into(),
-        "--out".into(),
-        s(out).into(),
-    ];
-    a.extend(extra.iter().map(|x| x.to_string()));
-    a
-}
-
+/// A Geneformer tokenize of the embedded pbmc68k cells (700 cells) into `out`.
 fn tokenize(out: &Path, extra: &[&str]) -> Output {
-    let args = tokenize_args(out, extra);
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Every file under `dir` (relative path → bytes).
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    run(&as_strs(&pbmc68k_tokenize_args(out, extra)))
 }
 
 /// The id of a process that has exited.
@@ -102,7 +40,7 @@ fn dead_pid() -> u32 {
 fn tokenize_discards_a_damaged_resume_chunk_by_name_and_redoes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let reference = tmp.path().join("reference");
-    ok(&tokenize(&reference, &["--max-len", "128"]));
+    ok_stderr(&tokenize(&reference, &["--max-len", "128"]));
     let store = tmp.path().join("store");
     let chunked = [
         "--max-len",
@@ -120,7 +58,7 @@ fn tokenize_discards_a_damaged_resume_chunk_by_name_and_redoes_it() {
     bytes[at] ^= 0x04;
     std::fs::write(&chunk, &bytes).unwrap();
 
-    let stderr = ok(&tokenize(&store, &chunked));
+    let stderr = ok_stderr(&tokenize(&store, &chunked));
     assert!(
         stderr.contains("chunk-000000000100.bin")
             && stderr.contains("checksum")
@@ -149,7 +87,7 @@ fn tokenize_removes_the_temporary_folders_of_killed_runs() {
     let result = tokenize(&out, &["--max-len", "64"]);
     let _ = live.kill();
     let _ = live.wait();
-    let stderr = ok(&result);
+    let stderr = ok_stderr(&result);
     assert!(!killed.exists(), "a killed run's folder is left:\n{stderr}");
     assert!(stderr.contains("killed run"), "{stderr}");
     assert!(running.join("tokens.npy").is_file() && other.join("tokens.npy").is_file());
@@ -163,22 +101,21 @@ fn a_killed_tokenize_overwrite_keeps_a_whole_store() {
     let tmp = tempfile::tempdir().unwrap();
     let old_ref = tmp.path().join("old");
     let new_ref = tmp.path().join("new");
-    ok(&tokenize(&old_ref, &["--max-len", "64"]));
+    ok_stderr(&tokenize(&old_ref, &["--max-len", "64"]));
     let started = Instant::now();
-    ok(&tokenize(&new_ref, &["--max-len", "96"]));
+    ok_stderr(&tokenize(&new_ref, &["--max-len", "96"]));
     let length = started.elapsed();
     let (old_files, new_files) = (files(&old_ref), files(&new_ref));
     let out = tmp.path().join("out");
-    ok(&tokenize(&out, &["--max-len", "64"]));
+    ok_stderr(&tokenize(&out, &["--max-len", "64"]));
     // Kill times spread over a whole run, the last ones past its end.
     let steps = 12u32;
     let mut outcomes = BTreeMap::new();
     for i in 0..=steps {
         let wait = length.mul_f64(f64::from(i) * 1.2 / f64::from(steps));
-        let args = tokenize_args(&out, &["--max-len", "96", "--overwrite"]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scinterp"))
+        let args = pbmc68k_tokenize_args(&out, &["--max-len", "96", "--overwrite"]);
+        let mut child = scinterp_command()
             .args(&args)
-            .env("SCINTERP_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -205,64 +142,18 @@ fn a_killed_tokenize_overwrite_keeps_a_whole_store() {
         *outcomes.entry(which).or_insert(0) += 1;
         // Back to the earlier store for the next kill.
         if which == "new" {
-            ok(&tokenize(&out, &["--max-len", "64", "--overwrite"]));
+            ok_stderr(&tokenize(&out, &["--max-len", "64", "--overwrite"]));
         }
     }
     println!("outcomes over {} kills: {outcomes:?}", steps + 1);
     // A last run cleans every leftover of the killed ones.
-    ok(&tokenize(&out, &["--max-len", "96", "--overwrite"]));
+    ok_stderr(&tokenize(&out, &["--max-len", "96", "--overwrite"]));
     assert_eq!(files(&out), new_files);
     let left: Vec<String> = names(tmp.path())
         .into_iter()
         .filter(|n| n.starts_with(".out"))
         .collect();
     assert!(left.is_empty(), "left beside the store: {left:?}");
-}
-
-/// Writes a V2 Geneformer token store of the tiny_v2 fixture's cells, repeated `copies` times.
-fn token_store(dir: &Path, copies: usize) {
-    let expected = ExpectedFile::open(&fixture("tiny_v2").join("expected.safetensors"));
-    let base = expected.cells();
-    let cells: Vec<Vec<u32>> = (0..copies)
-        .flat_map(|copy| {
-            base.iter().map(move |cell| {
-                let mut cell = cell.clone();
-                let genes = 1..cell.len() - 1;
-                let len = genes.len();
-                if len > 1 {
-                    cell[genes].rotate_left(copy % len);
-                }
-                cell
-            })
-        })
-        .collect();
-    TokenStore {
-        manifest: TokenStoreManifest {
-            format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
-            tokenizer: "geneformer".into(),
-            tokenizer_version: "V2".into(),
-            options: serde_json::json!({}),
-            hash_algorithm: "blake3".into(),
-            dictionaries: Default::default(),
-            source_path: "test".into(),
-            source_hash: String::new(),
-            n_cells: cells.len(),
-            n_tokens: cells.iter().map(Vec::len).sum(),
-            max_len: cells.iter().map(Vec::len).max().unwrap(),
-            has_values: false,
-            n_cells_dropped: 0,
-            scinterp_version: "test".into(),
-        },
-        cell_table: (
-            vec!["cell".into()],
-            (0..cells.len()).map(|c| vec![format!("c{c}")]).collect(),
-        ),
-        cells,
-        values: None,
-    }
-    .write(dir, false)
-    .unwrap();
 }
 
 /// `extract` killed between creating its folder and writing the first manifest left rows.npy and hook
@@ -272,7 +163,7 @@ fn token_store(dir: &Path, copies: usize) {
 fn extract_killed_before_its_first_manifest_is_started_over() {
     let tmp = tempfile::tempdir().unwrap();
     let tokens = tmp.path().join("tokens");
-    token_store(&tokens, 3);
+    tiny_v2_token_store(&tokens, 3);
     let model = fixture("tiny_v2");
     let extract = |out: &Path| {
         run(&[
@@ -290,7 +181,7 @@ fn extract_killed_before_its_first_manifest_is_started_over() {
         ])
     };
     let reference = tmp.path().join("reference");
-    ok(&extract(&reference));
+    ok_stderr(&extract(&reference));
     // What a kill after the hook files' creation and before the manifest leaves: the row index, one
     // hook file whole and one only begun.
     let killed = tmp.path().join("killed");
@@ -299,7 +190,7 @@ fn extract_killed_before_its_first_manifest_is_started_over() {
         std::fs::copy(reference.join(name), killed.join(name)).unwrap();
     }
     std::fs::write(killed.join("blocks.1.hook_resid_post.npy"), b"\x93NUMPY\x01\x00").unwrap();
-    ok(&extract(&killed));
+    ok_stderr(&extract(&killed));
     assert_eq!(files(&killed), files(&reference));
     // A folder with anything else is still refused and left alone.
     let foreign = tmp.path().join("foreign");
@@ -318,9 +209,9 @@ fn extract_killed_before_its_first_manifest_is_started_over() {
 fn effects_logs_progress_in_edits() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("effects.tsv");
-    let fx = repo_root().join("tests/fixtures/trace");
-    let result = Command::new(env!("CARGO_BIN_EXE_scinterp"))
-        .args([
+    let fx = fixtures().join("trace");
+    let result = scinterp_env(
+        &[
             "effects",
             "--model",
             s(&fixture("tiny_v2")),
@@ -342,12 +233,10 @@ fn effects_logs_progress_in_edits() {
             "64",
             "--out",
             s(&out),
-        ])
-        .env("SCINTERP_LOG", "warn")
-        .env("SCINTERP_PROGRESS_SECS", "0")
-        .output()
-        .unwrap();
-    let stderr = ok(&result);
+        ],
+        &[("SCINTERP_PROGRESS_SECS", "0")],
+    );
+    let stderr = ok_stderr(&result);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("effects ")).collect();
     // 8 cells × 8 features × 2 scales × (feature, control).
     let total = 8 * 8 * 2 * 2;

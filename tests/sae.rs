@@ -1,26 +1,23 @@
-//! End-to-end tests of `scinterp sae train|eval` on synthetic stores: settings refused with the flag
-//! named (before anything is allocated), non-finite rows and weights refused where they enter, the
-//! save as one unit, per-hook seeds, the defaults' warnings, and resume after a kill byte for byte.
-//! (Training quality, SAELens files, encode and the spliced loss: tests/extract_sae.rs.)
+//! End-to-end tests of `scinterp sae synth|train|eval|encode`: training recovers planted atoms, SAELens
+//! files, encode equal to the engine's, reproducibility for a seed, the spliced loss (masked positions
+//! skipped, a mean-ablation floor); on synthetic stores: settings refused with the flag named (before
+//! anything is allocated), non-finite rows and weights refused where they enter, the save as one unit,
+//! per-hook seeds, the defaults' warnings, and resume after a kill byte for byte. (The scGPT spliced
+//! expression loss: tests/extract.rs.)
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{assert_fails_with, scinterp};
+use common::{
+    assert_fails_with, extract_tiny_v2, names, ok, ok_json, s, scinterp, skip_part, tiny_v2_token_store,
+};
+use safetensors::SafeTensors;
+use scinterp_engine::npy::{read_npy_bytes, NpyDtype};
+use scinterp_engine::store::ActStore;
 
 const HOOK: &str = "blocks.0.hook_resid_post";
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "scinterp failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A synthetic store of `rows` rows of width `d` under `hook`.
 fn synth(dir: &Path, d: usize, rows: usize, hook: &str) -> PathBuf {
@@ -69,13 +66,259 @@ fn train(acts: &Path, hook: &str, out: &Path, extra: &[&str]) -> Output {
     scinterp(&args)
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+#[test]
+fn sae_train_recovers_planted_atoms_and_encode_eval_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = tmp.path().join("acts");
+    ok(&scinterp(&[
+        "sae",
+        "synth",
+        "--d-in",
+        "32",
+        "--atoms",
+        "128",
+        "--rows",
+        "60000",
+        "--active",
+        "3",
+        "--seed",
+        "7",
+        "--out",
+        s(&acts),
+    ]));
+    let sae = tmp.path().join("sae");
+    let report = ok_json(&train(
+        &acts,
+        HOOK,
+        &sae,
+        &[
+            "--d-sae",
+            "256",
+            "--k",
+            "3",
+            "--tokens",
+            "1500000",
+            "--batch-size",
+            "1024",
+            "--dead-after-tokens",
+            "50000",
+            "--seed",
+            "7",
+        ],
+    ));
+    let heldout_fvu = report["heldout"]["fvu"].as_f64().unwrap();
+    assert!(heldout_fvu < 0.2, "held-out FVU {heldout_fvu}");
+    assert_eq!(report["heldout"]["l0"].as_f64().unwrap(), 3.0);
+    assert!(report["heldout_cells"].as_u64().unwrap() > 0);
+
+    // SAELens layout and keys.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sae.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "topk");
+    assert_eq!(
+        (cfg["d_in"].as_u64(), cfg["d_sae"].as_u64(), cfg["k"].as_u64()),
+        (Some(32), Some(256), Some(3))
+    );
+    assert_eq!(cfg["apply_b_dec_to_input"], true);
+    assert_eq!(cfg["normalize_activations"], "none");
+    assert_eq!(cfg["metadata"]["hook_name"], "blocks.0.hook_resid_post");
+    let weights = std::fs::read(sae.join("sae_weights.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&weights).unwrap();
+    assert_eq!(st.tensor("W_enc").unwrap().shape(), &[32, 256]);
+    assert_eq!(st.tensor("W_dec").unwrap().shape(), &[256, 32]);
+    // Decoder rows stay unit norm on disk (the input scale is folded into the biases).
+    let w_dec: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("W_dec").unwrap().data());
+    for row in w_dec.chunks(32) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "decoder row norm {norm}");
+    }
+    assert!(cfg["metadata"]["sae_lens_version"].is_string());
+
+    // Eval on the held-out cells, with the planted dictionary.
+    let eval = ok_json(&scinterp(&[
+        "sae",
+        "eval",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&acts),
+        "--rows",
+        "heldout",
+        "--truth",
+        s(&acts.join("dictionary.npy")),
+        "--json",
+    ]));
+    let recovered = eval["recovery"]["recovered_fraction"].as_f64().unwrap();
+    assert!(recovered >= 0.9, "recovered {recovered}");
+    assert!((eval["rows"]["fvu"].as_f64().unwrap() - heldout_fvu).abs() < 1e-9);
+
+    // Encode: int16 indices and f16 values [rows, k], equal to the engine's encode of the same rows.
+    let codes = tmp.path().join("codes");
+    ok(&scinterp(&[
+        "sae",
+        "encode",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&acts),
+        "--out",
+        s(&codes),
+    ]));
+    let (ih, ib) = read_npy_bytes(&codes.join("indices.npy")).unwrap();
+    let (vh, vb) = read_npy_bytes(&codes.join("values.npy")).unwrap();
+    assert_eq!((ih.dtype, ih.shape.clone()), (NpyDtype::I16, vec![60000, 3]));
+    assert_eq!((vh.dtype, vh.shape.clone()), (NpyDtype::F16, vec![60000, 3]));
+    let indices: Vec<i16> = bytemuck::pod_collect_to_vec(&ib);
+    let values: Vec<half::f16> = bytemuck::pod_collect_to_vec(&vb);
+    let folder = scinterp_engine::sae::io::load(&sae).unwrap();
+    let store = ActStore::open(&acts).unwrap();
+    let array = store.hook("blocks.0.hook_resid_post").unwrap();
+    let mut x = vec![0.0f32; 500 * 32];
+    array.read_rows(1000, &mut x);
+    let want = folder.sae.encode(&x);
+    for j in 0..want.indices.len() {
+        assert_eq!(indices[1000 * 3 + j] as u32, want.indices[j]);
+        assert_eq!(values[1000 * 3 + j], half::f16::from_f32(want.values[j]));
+    }
+
+    // An SAE of another width is refused, naming both files.
+    let narrow = tmp.path().join("narrow");
+    ok(&scinterp(&[
+        "sae",
+        "synth",
+        "--d-in",
+        "16",
+        "--rows",
+        "500",
+        "--out",
+        s(&narrow),
+    ]));
+    assert_fails_with(
+        &scinterp(&[
+            "sae",
+            "encode",
+            "--sae",
+            s(&sae),
+            "--acts",
+            s(&narrow),
+            "--out",
+            s(&tmp.path().join("c2")),
+        ]),
+        &["d_in = 32", "width 16", s(&narrow)],
+    );
+    // An existing SAE is not overwritten by accident.
+    assert_fails_with(
+        &scinterp(&[
+            "sae",
+            "train",
+            "--acts",
+            s(&acts),
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--d-sae",
+            "64",
+            "--k",
+            "3",
+            "--out",
+            s(&sae),
+        ]),
+        &["already holds an SAE", "--overwrite"],
+    );
+}
+
+#[test]
+fn sae_training_is_reproducible_for_a_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = tmp.path().join("acts");
+    ok(&scinterp(&[
+        "sae",
+        "synth",
+        "--d-in",
+        "16",
+        "--rows",
+        "8000",
+        "--out",
+        s(&acts),
+    ]));
+    let train = |out: &Path, seed: &str| {
+        ok(&scinterp(&[
+            "sae",
+            "train",
+            "--acts",
+            s(&acts),
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--d-sae",
+            "64",
+            "--k",
+            "4",
+            "--out",
+            s(out),
+            "--batch-size",
+            "512",
+            "--seed",
+            seed,
+        ]));
+        std::fs::read(out.join("sae_weights.safetensors")).unwrap()
+    };
+    let a = train(&tmp.path().join("a"), "3");
+    let b = train(&tmp.path().join("b"), "3");
+    let c = train(&tmp.path().join("c"), "4");
+    assert!(a == b, "same seed, different weights");
+    assert!(a != c, "another seed gave the same weights");
+}
+
+/// The masked-LM spliced loss (issue 18): the SAE is spliced only where the store has rows and the
+/// gene is still there (never at a `<mask>` position, which no store holds), beside zero- and
+/// mean-ablation floors.
+#[test]
+fn geneformer_spliced_loss_skips_masked_positions_and_has_a_mean_floor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    tiny_v2_token_store(&tokens, 6);
+    let acts = tmp.path().join("acts");
+    let hook = "blocks.1.hook_resid_post";
+    extract_tiny_v2(&tokens, hook, &acts);
+    let sae = tmp.path().join("sae");
+    // --d-sae 64 and --tokens 20000: train's small defaults.
+    let report = ok_json(&train(
+        &acts,
+        hook,
+        &sae,
+        &[
+            "--k",
+            "8",
+            "--batch-size",
+            "128",
+            "--holdout",
+            "0.4",
+            "--splice-cells",
+            "4",
+        ],
+    ));
+    let spliced = &report["spliced"];
+    // Rows of the first 4 held-out cells: every gene position; 15 % of them are masked.
+    let (_, bytes) = read_npy_bytes(&sae.join("heldout_cells.npy")).unwrap();
+    let held: Vec<i64> = bytemuck::pod_collect_to_vec(&bytes);
+    let rows = ActStore::open(&acts).unwrap().rows().unwrap();
+    let gene_rows = rows
+        .iter()
+        .filter(|r| held[..4.min(held.len())].contains(&(r[0] as i64)))
+        .count();
+    let n = spliced["rows_spliced"].as_u64().unwrap() as usize;
+    assert!(
+        n > 0 && n < gene_rows,
+        "spliced at {n} of {gene_rows} gene positions"
+    );
+    for key in [
+        "clean",
+        "spliced",
+        "zero_ablated",
+        "mean_ablated",
+        "loss_recovered_vs_mean",
+    ] {
+        assert!(spliced[key].as_f64().unwrap().is_finite(), "{key}: {spliced}");
+    }
 }
 
 #[test]
@@ -104,13 +347,13 @@ fn bad_settings_are_refused_naming_the_flag_before_any_allocation() {
         assert_fails_with(&result, needles);
         assert!(!out.exists(), "{extra:?} left an output behind");
     }
-    assert_eq!(names_in(tmp.path()).len(), 1, "{:?}", names_in(tmp.path()));
+    assert_eq!(names(tmp.path()).len(), 1, "{:?}", names(tmp.path()));
 }
 
 /// Sets column `column` of row `row` of a synthetic (f32) store's hook array to `value`.
 fn poison(acts: &Path, hook: &str, row: usize, column: usize, value: f32) {
     let path = acts.join(format!("{hook}.npy"));
-    let (header, _) = scinterp_engine::npy::read_npy_bytes(&path).unwrap();
+    let (header, _) = read_npy_bytes(&path).unwrap();
     let d = header.shape[1];
     let mut bytes = std::fs::read(&path).unwrap();
     let offset = bytes.len() - header.shape[0] * d * 4 + (row * d + column) * 4;
@@ -135,8 +378,7 @@ fn a_nonfinite_row_is_refused_naming_file_and_row_unless_skipped() {
         ],
     );
     assert!(!out.exists());
-    let report: serde_json::Value =
-        serde_json::from_str(&ok(&train(&acts, HOOK, &out, &["--skip-nonfinite-rows"]))).unwrap();
+    let report = ok_json(&train(&acts, HOOK, &out, &["--skip-nonfinite-rows"]));
     assert_eq!(report["skipped_nonfinite_rows"], 2);
     assert!(report["heldout"]["fvu"].as_f64().unwrap().is_finite());
     let folder = scinterp_engine::sae::io::load(&out).unwrap();
@@ -203,10 +445,10 @@ fn the_save_replaces_the_folder_as_one_unit_and_leaves_nothing_behind() {
     let second = std::fs::read(out.join("sae_weights.safetensors")).unwrap();
     assert_ne!(first, second);
     assert_eq!(
-        names_in(&out),
+        names(&out),
         ["cfg.json", "heldout_cells.npy", "sae_weights.safetensors"]
     );
-    assert_eq!(names_in(&parent), [HOOK]);
+    assert_eq!(names(&parent), [HOOK]);
     // The cfg.json beside the weights is the new run's.
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("cfg.json")).unwrap()).unwrap();
@@ -221,7 +463,7 @@ fn the_save_replaces_the_folder_as_one_unit_and_leaves_nothing_behind() {
     if !writable {
         assert_fails_with(&train(&acts, HOOK, &ro.join("sae"), &[]), &["ro"]);
     } else {
-        eprintln!("skipped the read-only check: running as root");
+        skip_part("the read-only check", "running as root");
     }
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -254,7 +496,7 @@ fn defaults_scale_with_the_store_and_short_runs_are_flagged() {
     let tmp = tempfile::tempdir().unwrap();
     let acts = synth(tmp.path(), 16, 4000, HOOK);
     let out = tmp.path().join("short");
-    let report: serde_json::Value = serde_json::from_str(&ok(&train(&acts, HOOK, &out, &[]))).unwrap();
+    let report = ok_json(&train(&acts, HOOK, &out, &[]));
     let warnings = report["warnings"].as_array().unwrap();
     assert!(
         warnings
@@ -292,7 +534,7 @@ fn defaults_scale_with_the_store_and_short_runs_are_flagged() {
         "0",
         "--json",
     ]);
-    let report: serde_json::Value = serde_json::from_str(&ok(&result)).unwrap();
+    let report = ok_json(&result);
     let train_rows = report["train_rows"].as_u64().unwrap();
     assert_eq!(
         report["tokens_trained"].as_u64().unwrap(),
@@ -320,13 +562,12 @@ fn training_resumes_after_a_kill_to_the_same_weights_byte_for_byte() {
         );
         assert_fails_with(&stopped, &[&format!("stopped after {stop} steps"), "rerun"]);
         assert!(!out.exists(), "a half-trained SAE was written");
-        let report: serde_json::Value =
-            serde_json::from_str(&ok(&train(&acts, HOOK, &out, &common))).unwrap();
+        let report = ok_json(&train(&acts, HOOK, &out, &common));
         assert_eq!(report["resumed_at_step"].as_u64(), Some(stop.parse().unwrap()));
         let resumed = std::fs::read(out.join("sae_weights.safetensors")).unwrap();
         assert!(resumed == reference, "stop at {stop}: the resumed weights differ");
         assert_eq!(
-            names_in(tmp.path()).iter().filter(|n| n.starts_with('.')).count(),
+            names(tmp.path()).iter().filter(|n| n.starts_with('.')).count(),
             0,
             "a staging folder was left behind"
         );
@@ -342,12 +583,11 @@ fn training_resumes_after_a_kill_to_the_same_weights_byte_for_byte() {
         ),
         &["stopped after 6 steps"],
     );
-    let report: serde_json::Value = serde_json::from_str(&ok(&train(
+    let report = ok_json(&train(
         &acts,
         HOOK,
         &out,
         &[&common[..], &["--seed", "1"]].concat(),
-    )))
-    .unwrap();
+    ));
     assert!(report["resumed_at_step"].is_null(), "{report}");
 }

@@ -4,19 +4,17 @@
 //! `tests/reference/make_real_token_fixtures.py` (Geneformer's `TranscriptomeTokenizer` and scGPT's binning
 //! re-implemented in numpy; the scGPT random draws follow scinterp's documented splitmix64 rule, so the
 //! comparison is exact). Each test runs the binary on the same real input and compares tokens, offsets and
-//! (scGPT) values exactly. The inputs live in `../shared/data`; without it the tests print `skipped: …`.
+//! (scGPT) values exactly. The inputs live in `../shared/data`; without it the tests print `SKIPPED …`.
+
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::{scinterp_command, shared_data, shared_data_all};
 use scinterp_engine::npy::{read_npy_bytes, NpyDtype};
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
-}
-
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real_tokens")
+    common::fixtures().join("real_tokens")
 }
 
 /// Reads an integer or float `.npy` array as f64 (every dtype used here converts exactly).
@@ -55,11 +53,11 @@ struct Case {
 }
 
 fn case(name: &str) -> Option<Case> {
-    let data = data_dir();
-    if !data.is_dir() {
-        println!("skipped: {} is absent", data.display());
-        return None;
+    let data = shared_data("")?;
+    if name.starts_with("10x") {
+        shared_data("cells/10x_chr21_v3")?;
     }
+    shared_data_all(["geneformer", "scgpt/whole-human"])?;
     let tenx = data.join("cells/10x_chr21_v3");
     let pbmc = fixtures().join("pbmc68k_counts.h5ad");
     let gf = |v: &str, kind: &str| {
@@ -91,12 +89,6 @@ fn case(name: &str) -> Option<Case> {
         "pbmc68k_scgpt" => (pbmc, scgpt, true, "pbmc68k_scgpt"),
         _ => unreachable!(),
     };
-    for p in [&input, &data.join("geneformer"), &data.join("scgpt/whole-human")] {
-        if !p.exists() {
-            println!("skipped: {} is absent", p.display());
-            return None;
-        }
-    }
     Some(Case {
         name,
         input,
@@ -109,7 +101,7 @@ fn check(name: &str) {
     let Some(c) = case(name) else { return };
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let out = Command::new(env!("CARGO_BIN_EXE_scinterp"))
+    let out = scinterp_command()
         .arg("tokenize")
         .arg("--input")
         .arg(&c.input)

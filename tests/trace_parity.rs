@@ -9,9 +9,12 @@
 //! Every column is compared with max|a − b| / max(1, max|b|) ≤ 1e-4 over the edges both tables hold;
 //! the edge sets must be equal except for edges whose |mean change| is below 1e-6 in both.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+
+use common::{fixtures, scinterp_command};
 
 const COLUMNS: [&str; 13] = [
     "source_hook",
@@ -32,10 +35,6 @@ const TOL: f64 = 1e-4;
 const TINY_MEAN: f64 = 1e-6;
 
 type Key = (String, u32, String, u32);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// Edge key → the numeric columns n_cells..q, by hand (no csv dependency).
 fn read_edges(path: &Path) -> BTreeMap<Key, Vec<f64>> {
@@ -78,7 +77,7 @@ fn read_edges(path: &Path) -> BTreeMap<Key, Vec<f64>> {
 fn run_trace(out: &Path, extra: &[&str]) {
     let fx = fixtures();
     let trace = fx.join("trace");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scinterp"));
+    let mut cmd = scinterp_command();
     cmd.arg("trace")
         .arg("--model")
         .arg(fx.join("geneformer/tiny_v2"))
@@ -91,8 +90,7 @@ fn run_trace(out: &Path, extra: &[&str]) {
         .args(["--features", "all", "--threads", "2"])
         .arg("--out")
         .arg(out)
-        .args(extra)
-        .env("SCINTERP_LOG", "warn");
+        .args(extra);
     let res = cmd.output().expect("run scinterp");
     assert!(
         res.status.success(),

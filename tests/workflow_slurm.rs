@@ -16,23 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::repo_root;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+use common::{repo_root, required_in_ci};
 
 /// Fails under CI=true, otherwise prints why the test skips; returns None for the caller to return.
 fn missing<T>(what: &str) -> Option<T> {
-    let msg = format!(
-        "workflow test: {what} (run .ci/run, or install slurm-wlm and munge, start .ci/slurm-up, and pip install \
+    required_in_ci(&format!(
+        "{what} (run .ci/run, or install slurm-wlm and munge, start .ci/slurm-up, and pip install \
          snakemake snakemake-executor-plugin-slurm into /tmp/venv-flow or set SCINTERP_SNAKEMAKE)"
-    );
-    if ci() {
-        panic!("{msg}");
-    }
-    eprintln!("skipped: {msg}");
-    None
+    ))
 }
 
 fn snakemake() -> Option<PathBuf> {

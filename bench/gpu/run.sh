@@ -78,7 +78,7 @@ if [[ "$what" == all || "$what" == tests ]]; then
             status=1
             echo "FAILED: $name (see $out/$name.log)"
         fi
-        grep -E "^test result|skipped|error|max|error " "$out/$name.log" | tail -40
+        grep -E "^test result|skipped|SKIPPED|error|max|error " "$out/$name.log" | tail -40
     done
 fi
 

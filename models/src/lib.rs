@@ -15,6 +15,8 @@ pub mod registry;
 pub mod sae_splice;
 pub mod scgpt;
 pub mod synthetic;
+#[cfg(test)]
+mod test_data;
 pub mod token_chunks;
 pub mod token_store;
 pub mod tokenize;

@@ -1,20 +1,92 @@
-//! Helpers shared by the end-to-end tests: fixture paths, reading expected tensors, comparing.
+//! Helpers shared by the end-to-end tests: running the binary and checking its outcome, fixture paths
+//! and small fixtures written on the fly (files.rs), reading expected tensors, comparing, the tests' one
+//! seeded generator, and the way a test says it skipped (skip.rs).
 #![allow(dead_code)]
+
+mod files;
+mod skip;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use files::*;
+#[allow(unused_imports)]
+pub use skip::*;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
+use scinterp_engine::rng::Rng;
 use scinterp_models::synthetic::SyntheticSpec;
 
-/// Runs the `scinterp` binary built for these tests (log level warn).
+/// The `scinterp` binary built for these tests, logging at warn level (callers may override
+/// `SCINTERP_LOG`, spawn it, or pass arguments that are not UTF-8).
+pub fn scinterp_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scinterp"));
+    cmd.env("SCINTERP_LOG", "warn");
+    cmd
+}
+
+/// Runs `scinterp` with `args` (log level warn).
 pub fn scinterp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_scinterp"))
-        .args(args)
-        .env("SCINTERP_LOG", "warn")
-        .output()
-        .expect("run scinterp")
+    scinterp_env(args, &[])
+}
+
+/// Runs `scinterp` with `args` and extra environment variables (these may set `SCINTERP_LOG`).
+pub fn scinterp_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = scinterp_command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run scinterp")
+}
+
+/// Asserts success and returns stdout (the `--json` report where one was asked for).
+pub fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scinterp failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts success and returns stderr (the log).
+pub fn ok_stderr(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "scinterp failed: {stderr}");
+    stderr
+}
+
+/// Asserts success and parses stdout as the `--json` report.
+pub fn ok_json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).expect("--json prints JSON")
+}
+
+/// `scinterp extract` of `hooks` of the tiny_v2 fixture model over `tokens` into `out`, with the default
+/// settings (f16); it must succeed.
+pub fn extract_tiny_v2(tokens: &Path, hooks: &str, out: &Path) {
+    ok(&scinterp(&[
+        "extract",
+        "--model",
+        s(&fixture("tiny_v2")),
+        "--input",
+        s(tokens),
+        "--hooks",
+        hooks,
+        "--out",
+        s(out),
+    ]));
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The tests' one seeded generator: the engine's splitmix64 stream (`stream` separates independent
+/// draws from one seed), so a fixture drawn here is the same on every machine and run.
+pub fn rng(seed: u64, stream: u64) -> Rng {
+    Rng::new(seed, stream)
 }
 
 /// Asserts a clean failure: non-zero exit, an error line containing every `needles`, no panic.
@@ -41,12 +113,22 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The committed fixtures (tests/fixtures).
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    repo_root().join("tests/fixtures/geneformer").join(name)
+    fixtures().join("geneformer").join(name)
 }
 
 pub fn scgpt_fixture(name: &str) -> PathBuf {
-    repo_root().join("tests/fixtures/scgpt").join(name)
+    fixtures().join("scgpt").join(name)
+}
+
+/// The embedded assets (models/assets): the small trained models and the compact real cells.
+pub fn assets() -> PathBuf {
+    repo_root().join("models/assets")
 }
 
 /// The real-width scGPT fixture (512 wide, 8 heads: head_dim 64, the one the GPU attention kernel takes)

@@ -760,14 +760,10 @@ pub(crate) mod tests {
 
     #[test]
     fn pbmc68k_reduced() {
-        let path = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/cells/pbmc68k_reduced.h5ad"
-        ));
-        if !path.exists() {
-            eprintln!("skipped: {} absent", path.display());
+        let Some(path) = crate::test_data::shared_data("cells/pbmc68k_reduced.h5ad") else {
             return;
-        }
+        };
+        let path = path.as_path();
         let opts = H5adOptions {
             obs_columns: vec!["bulk_labels".into(), "n_counts".into()],
             ..Default::default()

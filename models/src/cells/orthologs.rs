@@ -152,14 +152,10 @@ mod tests {
 
     #[test]
     fn reads_the_shared_human_mouse_table() {
-        let p = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/orthologs/Ensembl105_Human2Mouse_Genes.csv"
-        ));
-        if !p.exists() {
-            println!("skipped: {} not found", p.display());
+        let Some(p) = crate::test_data::shared_data("orthologs/Ensembl105_Human2Mouse_Genes.csv") else {
             return;
-        }
+        };
+        let p = p.as_path();
         let t = OrthologTable::read(p).unwrap();
         assert_eq!(t.human_for("Gata1"), Some("GATA1"));
         assert!(t.len() > 20_000, "{}", t.len());

@@ -503,14 +503,10 @@ mod tests {
 
     #[test]
     fn tenx_real_v3_folder() {
-        let dir = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/cells/10x_chr21_v3"
-        ));
-        if !dir.is_dir() {
-            println!("skipping: {} is absent", dir.display());
+        let Some(dir) = crate::test_data::shared_data("cells/10x_chr21_v3") else {
             return;
-        }
+        };
+        let dir = dir.as_path();
         let m = read_10x_mtx(dir, GeneIdColumn::Id).unwrap();
         assert_eq!((m.n_genes, m.n_cells), (507, 1107));
         assert!(m.gene_ids[0].starts_with("ENSG"), "{}", m.gene_ids[0]);

@@ -124,20 +124,13 @@ impl BertConfig {
 mod tests {
     use super::*;
 
-    const CONFIGS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/geneformer/configs"
-    );
-
     #[test]
     fn every_published_geneformer_config_parses() {
-        let dir = Path::new(CONFIGS);
-        if !dir.exists() {
-            println!("skipped: {CONFIGS} not found (reference data lives in ../shared/data)");
+        let Some(dir) = crate::test_data::shared_data("geneformer/configs") else {
             return;
-        }
+        };
         let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path().join("config.json");
             let c = BertConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.head_dim(), 64, "{}", path.display());

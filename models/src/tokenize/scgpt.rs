@@ -571,7 +571,6 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/scgpt/whole-human");
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tokenizer/scgpt");
 
     use crate::cells::test_matrix as matrix;
@@ -774,11 +773,9 @@ mod tests {
 
     #[test]
     fn fixtures_with_real_vocab() {
-        let path = Path::new(DATA).join("vocab.json");
-        if !path.is_file() {
-            eprintln!("skipping: {} not found", path.display());
+        let Some(path) = crate::test_data::shared_data("scgpt/whole-human/vocab.json") else {
             return;
-        }
+        };
         let vocab = ScgptVocab::load(&path).unwrap();
         assert_eq!(vocab.len(), 60_697);
         assert_eq!((vocab.pad, vocab.cls, vocab.eoc), (60_694, 60_695, Some(60_696)));
@@ -802,11 +799,9 @@ mod tests {
 
     #[test]
     fn real_args_load() {
-        let path = Path::new(DATA).join("args.json");
-        if !path.is_file() {
-            eprintln!("skipping: {} not found", path.display());
+        let Some(path) = crate::test_data::shared_data("scgpt/whole-human/args.json") else {
             return;
-        }
+        };
         let a = ScgptArgs::load(&path).unwrap();
         assert_eq!(a, ScgptArgs::default());
         let o = ScgptTokenizerOptions::from_args(&a);

@@ -724,17 +724,9 @@ fn numpy_scalar_fixtures_match_python() {
 // ---- the real Geneformer dictionaries (skipped when the shared data is absent) -----------
 
 fn geneformer(rel: &str) -> Option<Vec<(Value, Value)>> {
-    let path = format!(
-        "{}/../../shared/data/geneformer/{rel}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(load_dict(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"))),
-        Err(_) => {
-            eprintln!("skipped: {path} not found");
-            None
-        }
-    }
+    let path = crate::test_data::shared_data(&format!("geneformer/{rel}"))?;
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(load_dict(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 #[test]
@@ -837,14 +829,12 @@ fn vm_map(bytes: &[u8]) -> HashMap<String, Value> {
 
 #[test]
 fn the_flat_dict_fast_path_equals_the_vm_on_every_real_dictionary() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/geneformer");
     let mut taken = 0;
     for version in ["v1", "v2"] {
-        let Ok(entries) = std::fs::read_dir(format!("{dir}/{version}")) else {
-            eprintln!("skipped: {dir} not found");
+        let Some(dir) = crate::test_data::shared_data(&format!("geneformer/{version}")) else {
             return;
         };
-        for e in entries {
+        for e in std::fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
             let bytes = std::fs::read(&path).unwrap();
             // The fast path either declines (numpy scalars: the medians, V1 tokens) or agrees.
@@ -870,14 +860,12 @@ fn the_flat_dict_fast_path_equals_the_vm_on_every_real_dictionary() {
 
 #[test]
 fn the_float_scalar_fast_path_equals_the_vm_on_every_real_dictionary() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/geneformer");
     let mut taken = 0;
     for version in ["v1", "v2"] {
-        let Ok(entries) = std::fs::read_dir(format!("{dir}/{version}")) else {
-            eprintln!("skipped: {dir} not found");
+        let Some(dir) = crate::test_data::shared_data(&format!("geneformer/{version}")) else {
             return;
         };
-        for e in entries {
+        for e in std::fs::read_dir(dir).unwrap() {
             let path = e.unwrap().path();
             let bytes = std::fs::read(&path).unwrap();
             // Declined (the string dictionaries, V1's int16 tokens) or equal to the VM, bit for bit,

@@ -336,7 +336,7 @@ fn missing_dictionary_file_is_named() {
     let err = GeneformerDictionaries::load(GeneformerVersion::V2, dir.path()).unwrap_err();
     assert!(err.to_string().contains("token_dictionary_gc104M.pkl"), "{err}");
     let Some(_) = real_dicts(GeneformerVersion::V1) else {
-        println!("skipped: Geneformer dictionaries not found under {DICTS}");
+        crate::test_data::skip("../shared/data/geneformer/{v1,v2} not found");
         return;
     };
     // three of the four V1 files present: the error names the missing one
@@ -365,7 +365,7 @@ fn real_dictionaries_sizes() {
         real_dicts(GeneformerVersion::V1),
         real_dicts(GeneformerVersion::V2),
     ) else {
-        println!("skipped: Geneformer dictionaries not found under {DICTS}");
+        crate::test_data::skip("../shared/data/geneformer/{v1,v2} not found");
         return;
     };
     assert_eq!(
@@ -447,7 +447,7 @@ fn matches_reference_fixtures() {
             _ => GeneformerVersion::V2,
         };
         let Some(dicts) = real_dicts(version) else {
-            println!("skipped: Geneformer dictionaries not found under {DICTS}");
+            crate::test_data::skip("../shared/data/geneformer/{v1,v2} not found");
             return;
         };
         let mut o = TokenizerOptions::new(version);
