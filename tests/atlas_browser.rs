@@ -1,8 +1,9 @@
 //! The atlas in a real browser: headless Chromium driven through chromedriver (W3C WebDriver, spoken here
 //! over std::net). The site is built from the demo's outputs (tests/fixtures/atlas) and opened from
 //! file:// with no server and no flags that relax file access. The test opens the overview, searches a
-//! gene, opens a feature page, checks its top genes and terms against the catalog files, opens its circuit
-//! view, checks that every number has a definition on hover and that the console stayed clean, and saves
+//! gene, opens a feature page, checks its top genes, terms, cell types and top cells against the tables
+//! (the cell types from an annotation with --obs-column made here, as the fixture's has none), opens its
+//! circuit view, checks that every number has a definition on hover and that the console stayed clean, and saves
 //! screenshots (kept with SCINTERP_KEEP_SCREENSHOTS=1; the path is printed).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (or SCINTERP_CHROMIUM / SCINTERP_CHROMEDRIVER). Without
@@ -292,6 +293,89 @@ fn shown(s: &str) -> f64 {
     s.replace(',', "").trim().parse().unwrap_or(f64::NAN)
 }
 
+/// An annotation with cell types of the fixture's catalogs (whose own annotation ran without --obs-column):
+/// copies of the three catalogs point at a token store of our own whose `cell_type` labels blocks.1 feature
+/// 0's top 10 % cells (by mean_when_active, the rule annotate applies) `planted` and every other cell A, B or
+/// C in turn; its one gene set is below the minimum term size, so it adds no terms. Returns the annotation folder
+/// and the cell_types.parquet rows of blocks.1 feature 0, by p.
+fn cell_type_annotation(fx: &Path, tmp: &Path) -> (PathBuf, Vec<Vec<(String, Field)>>) {
+    let ct = tmp.join("celltypes");
+    let store = ct.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let mut cats = Vec::new();
+    for c in ["catalog-b1", "catalog-b2", "catalog-b3"] {
+        let dst = ct.join(c);
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(fx.join(c)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+        let json_path = dst.join("catalog.json");
+        let mut j: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        j["token_store"] = json!(store.display().to_string());
+        std::fs::write(&json_path, j.to_string()).unwrap();
+        cats.push(dst.display().to_string());
+    }
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("catalog-b1/catalog.json")).unwrap()).unwrap();
+    let n_cells = j["n_cells"].as_u64().unwrap() as usize;
+    let mut active: Vec<(i64, f64)> = parquet_rows(&fx.join("catalog-b1/feature_cells.parquet"))
+        .iter()
+        .filter(|r| *get(r, "feature") == Field::Long(0))
+        .map(|r| match get(r, "cell") {
+            Field::Long(c) => (*c, float(get(r, "mean_when_active"))),
+            other => panic!("cell {other:?}"),
+        })
+        .collect();
+    active.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top: Vec<i64> = active[..active.len().div_ceil(10)].iter().map(|c| c.0).collect();
+    assert!(
+        top.len() >= 5,
+        "blocks.1 feature 0 has {} active cells",
+        active.len()
+    );
+    let mut tsv = String::from("barcode\tcell_type\n");
+    for c in 0..n_cells {
+        let label = if top.contains(&(c as i64)) {
+            "planted"
+        } else {
+            ["A", "B", "C"][c % 3]
+        };
+        tsv.push_str(&format!("cell{c}\t{label}\n"));
+    }
+    std::fs::write(store.join("cells.tsv"), tsv).unwrap();
+    // annotate needs a library whose genes the catalogs know; one term of 3 genes is below the minimum
+    // term size (5), so nothing is tested.
+    let genes: Vec<String> = parquet_rows(&fx.join("catalog-b1/genes.parquet"))
+        .iter()
+        .take(3)
+        .map(|r| text(get(r, "symbol")))
+        .collect();
+    let gmt = ct.join("none.gmt");
+    std::fs::write(&gmt, format!("TOO_SMALL\tna\t{}\n", genes.join("\t"))).unwrap();
+    let out_dir = ct.join("annotation");
+    let out = scinterp(&[
+        "annotate",
+        "--catalog",
+        &cats.join(","),
+        "--gene-sets",
+        gmt.to_str().unwrap(),
+        "--obs-column",
+        "cell_type",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<Vec<(String, Field)>> = parquet_rows(&out_dir.join("cell_types.parquet"))
+        .into_iter()
+        .filter(|r| {
+            text(get(r, "catalog")) == "blocks.1.hook_resid_post" && *get(r, "feature") == Field::Long(0)
+        })
+        .collect();
+    rows.sort_by(|a, b| float(get(a, "p_value")).total_cmp(&float(get(b, "p_value"))));
+    (out_dir, rows)
+}
+
 #[test]
 fn atlas_works_in_headless_chromium_from_file_urls() {
     let Some((chromium, chromedriver)) = browser() else {
@@ -304,12 +388,14 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
         .iter()
         .map(|c| fx.join(c).display().to_string())
         .collect();
+    let (ct_annotation, ct_feature0) = cell_type_annotation(&fx, tmp.path());
+    let annotations = format!("{},{}", fx.join("annotation").display(), ct_annotation.display());
     let out = scinterp(&[
         "atlas",
         "--catalogs",
         &cats.join(","),
         "--annotation",
-        fx.join("annotation").to_str().unwrap(),
+        &annotations,
         "--edges",
         fx.join("edges.tsv").to_str().unwrap(),
         "--effects",
@@ -396,6 +482,69 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
                 );
             }
         }
+    }
+    // Cell types, as in the cell-type annotation's cell_types.parquet (rows by p, as the page lists them).
+    let page = driver.script(
+        "return [...document.querySelectorAll('#cell-types tr[data-label]')].map(r => [...r.cells].map(c => c.textContent).concat([r.dataset.p]));",
+    );
+    let page = page.as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        page.len(),
+        ct_feature0.len(),
+        "cell types of blocks.1 feature 0: {page:?}"
+    );
+    assert!(
+        page.iter().any(|r| r[0] == json!("planted")),
+        "the planted label is enriched: {page:?}"
+    );
+    for (cells, r) in page.iter().zip(&ct_feature0) {
+        assert_eq!(cells[0], json!(text(get(r, "label"))));
+        // The page shows 3 significant digits below 1e-3. p is not stored: the page computes the
+        // hypergeometric tail, which must agree with annotate's to far better than the 4 stored digits.
+        for (k, col, tol) in [
+            (1, "in_top", 0.0),
+            (2, "top_size", 0.0),
+            (3, "label_cells", 0.0),
+            (4, "n_cells", 0.0),
+            (5, "p_value", 1e-2),
+            (6, "q_value", 1e-2),
+            (7, "p_value", 1e-9),
+        ] {
+            let (a, b) = (shown(cells[k].as_str().unwrap()), float(get(r, col)));
+            assert!(
+                (a - b).abs() <= tol * b.abs(),
+                "cell type {} {col}: page {a}, table {b}",
+                text(get(r, "label"))
+            );
+        }
+    }
+    // Top cells, as in top_cells.parquet (ids from the cell dictionary, by rank).
+    let page = driver.script(
+        "return [...document.querySelectorAll('#top-cells tr')].slice(1).map(r => [...r.cells].map(c => c.textContent));",
+    );
+    let page = page.as_array().cloned().unwrap_or_default();
+    let mut want: Vec<Vec<(String, Field)>> = parquet_rows(&fx.join("catalog-b1/top_cells.parquet"))
+        .into_iter()
+        .filter(|r| *get(r, "feature") == Field::Long(0))
+        .collect();
+    want.sort_by_key(|r| float(get(r, "rank")) as i64);
+    assert!(
+        !want.is_empty(),
+        "the fixture has top cells of blocks.1 feature 0"
+    );
+    assert_eq!(page.len(), want.len(), "top cells: {page:?}");
+    for (cells, r) in page.iter().zip(&want) {
+        assert_eq!(shown(cells[0].as_str().unwrap()), float(get(r, "rank")) + 1.0);
+        assert_eq!(cells[1], json!(text(get(r, "cell_id"))));
+        assert_eq!(shown(cells[2].as_str().unwrap()), float(get(r, "n_active")));
+        let (a, b) = (
+            shown(cells[3].as_str().unwrap()),
+            float(get(r, "mean_when_active")),
+        );
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs(),
+            "top cell mean: page {a}, table {b}"
+        );
     }
     let downstream =
         driver.script("return document.querySelectorAll('#edges-down tr[data-feature]').length;");

@@ -24,13 +24,29 @@ Per catalog (one per layer, hooks blocks.{L}.hook_resid_post):
                    Except with shuffled, mass = mean_when_fired × n_fired (the catalog's definition; shuffled
                    keeps mean_when_fired × fire_rate). Every choice writes the same conditional_mean genes (and the same other tables) for a seed;
                    the extra draws of `disjoint` come from a second generator seeded (seed, layer).
-  feature_cells.EXT feature, cell, n_active, mean_when_active: 20-80 random cells per alive feature
-and one shared token store folder `store/` holding only `cells.tsv` (barcode, cell_type: 8 labels).
+  feature_cells.EXT feature, cell, n_active, mean_when_active: `--active-cells` (20-80) random cells per alive
+                   feature. With `--cell-types F` > 0 (default 0: the random cells of earlier runs), a fraction F
+                   of the alive features draw their strongest cells from 1-3 labels (1, 2 or 3 with
+                   probabilities 0.4 / 0.35 / 0.25): of the top ceil(10 %) of the feature's active cells (the
+                   cells `scinterp annotate --obs-column cell_type` tests), a share `--cell-purity` (0.8) come
+                   from those labels' cells and the rest at random, and they get the feature's highest
+                   mean_when_active values; the other active cells are random. The rows of a feature are then
+                   written strongest first (as `scinterp analyze` writes them). These draws come from a third
+                   generator seeded (seed, layer, 1), so the other tables stay those of F = 0 for a seed.
+  top_cells.EXT    with `--top-cells N` > 0 (default 0: no table): feature, rank (0-based), cell, cell_id
+                   (the store's barcode), n_active, mean_when_active of each alive feature's N strongest cells
+                   (as `scinterp analyze --top-cells N` writes them)
+and one shared token store folder `store/` holding only `cells.tsv` (barcode, cell_type: `--labels` labels,
+type_0 ... type_{N-1}, label i drawn with weight 2 - i / (N - 1): the first twice as common as the last).
 
     /tmp/pyenv/venv/bin/python bench/python/make_fake_catalogs.py --out DIR [--catalogs 18] [--features 4608]
         [--background 18000] [--top-n 20] [--planted 0.2] [--planted-genes 10] [--cells 2000]
         [--format parquet|tsv] [--gene-sets a.gmt,b.gmt] [--seed 0] [--data ../shared/data]
-        [--rankings shuffled|disjoint|same|one]
+        [--rankings shuffled|disjoint|same|one] [--labels 8] [--active-cells 20,80] [--cell-types 0]
+        [--cell-purity 0.8] [--top-cells 0]
+
+The atlas benchmark with cell-type structure (BENCHMARKS.md, "Atlas at full scale", cell-type follow-up) used
+`--rankings one --labels 40 --active-cells 50,400 --cell-types 0.6 --top-cells 10`.
 
 Seeded: the same arguments write the same files. The Geneformer dictionaries are Python pickles of plain str/int
 objects, read with `pickle` (a benchmark script on trusted reference files).
@@ -82,8 +98,38 @@ def write(df: pd.DataFrame, path: Path, fmt: str) -> None:
         df.to_csv(path.with_suffix(".tsv"), sep="\t", index=False)
 
 
+def plant_cell_types(fc: pd.DataFrame, alive_ids: np.ndarray, n_cells_f: np.ndarray,
+                     cells_of_label: list[np.ndarray], a: argparse.Namespace, layer: int) -> tuple[pd.DataFrame, int]:
+    """Redraws the cells of a fraction of the features so that their strongest cells come mostly from 1-3
+    labels (the module docstring says how); the other features keep their random cells. Rows come out per
+    feature, strongest first."""
+    rng = np.random.default_rng([a.seed, layer, 1])
+    n_all = len(np.concatenate(cells_of_label))
+    typed = rng.random(len(alive_ids)) < a.cell_types
+    k_labels = rng.choice([1, 2, 3], size=len(alive_ids), p=[0.4, 0.35, 0.25])
+    starts = np.concatenate([[0], np.cumsum(n_cells_f)])
+    cell = fc["cell"].to_numpy().copy()
+    mean = fc["mean_when_active"].to_numpy().copy()
+    for r in np.flatnonzero(typed):
+        n = int(n_cells_f[r])
+        top = -(-n // 10)
+        chosen = rng.choice(len(cells_of_label), size=min(int(k_labels[r]), len(cells_of_label)), replace=False)
+        pool = np.concatenate([cells_of_label[c] for c in chosen])
+        from_pool = min(int(rng.binomial(top, a.cell_purity)), len(pool))
+        first = rng.choice(pool, size=from_pool, replace=False)
+        rest = np.setdiff1d(np.arange(n_all), first, assume_unique=False)
+        others = rng.choice(rest, size=n - from_pool, replace=False)
+        # The pool cells first, then the others, so the pool cells get the highest values.
+        lo_, hi_ = starts[r], starts[r + 1]
+        cell[lo_:hi_] = np.concatenate([first, others])
+        mean[lo_:hi_] = np.sort(mean[lo_:hi_])[::-1]
+    fc = fc.assign(cell=cell, mean_when_active=mean)
+    fc = fc.sort_values(["feature", "mean_when_active", "cell"], ascending=[True, False, True], kind="stable")
+    return fc.reset_index(drop=True), int(typed.sum())
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--catalogs", type=int, default=18)
     ap.add_argument("--features", type=int, default=4608)
@@ -97,8 +143,28 @@ def main() -> None:
     ap.add_argument("--gencode", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rankings", choices=["shuffled", "disjoint", "same", "one"], default="shuffled")
+    ap.add_argument("--labels", type=int, default=8, help="cell labels in store/cells.tsv (default 8)")
+    ap.add_argument("--active-cells", default="20,80",
+                    help="LO,HI: active cells per alive feature, uniform in [LO, HI] (default 20,80)")
+    ap.add_argument("--cell-types", type=float, default=0.0,
+                    help="fraction of alive features whose strongest cells come mostly from 1-3 labels "
+                         "(default 0: random cells, the files of earlier runs)")
+    ap.add_argument("--cell-purity", type=float, default=0.8,
+                    help="share of such a feature's top 10 %% cells drawn from its labels (default 0.8)")
+    ap.add_argument("--top-cells", type=int, default=0,
+                    help="write top_cells with this many cells per feature (default 0: no table)")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data")
     a = ap.parse_args()
+    try:
+        lo, hi = (int(x) for x in a.active_cells.split(","))
+    except ValueError:
+        ap.error(f"--active-cells {a.active_cells!r}: expected LO,HI (two integers)")
+    if not 1 <= lo <= hi <= a.cells:
+        ap.error(f"--active-cells {a.active_cells}: need 1 <= LO <= HI <= --cells ({a.cells})")
+    if a.labels < 1:
+        ap.error("--labels must be at least 1")
+    if not 0.0 <= a.cell_types <= 1.0 or not 0.0 <= a.cell_purity <= 1.0:
+        ap.error("--cell-types and --cell-purity are fractions in [0, 1]")
 
     rng = np.random.default_rng(a.seed)
     universe = gene_universe(a.data, a.gencode)
@@ -117,8 +183,11 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     store = (a.out / "store").resolve()
     store.mkdir(exist_ok=True)
-    labels = [f"type_{i}" for i in range(8)]
-    cell_labels = rng.choice(labels, size=a.cells, p=np.linspace(2, 1, 8) / np.linspace(2, 1, 8).sum())
+    labels = [f"type_{i}" for i in range(a.labels)]
+    weights = np.linspace(2, 1, a.labels)
+    cell_labels = rng.choice(labels, size=a.cells, p=weights / weights.sum())
+    cells_of_label = [np.flatnonzero(cell_labels == lab) for lab in labels]
+    barcodes = np.array([f"cell{i:06d}" for i in range(a.cells)])
     with open(store / "cells.tsv", "w") as f:
         f.write("barcode\tcell_type\n")
         for i, lab in enumerate(cell_labels):
@@ -217,20 +286,32 @@ def main() -> None:
              "mean_when_fired", "mass", "fire_rate"]]
         write(top, d / "top_genes", a.format)
         write(genes, d / "genes", a.format)
-        n_cells_f = rng.integers(20, 81, size=len(alive_ids))
+        n_cells_f = rng.integers(lo, hi + 1, size=len(alive_ids))
         fc_feat = np.repeat(alive_ids, n_cells_f)
         fc_cell = np.concatenate([rng.choice(a.cells, size=n, replace=False) for n in n_cells_f])
-        write(pd.DataFrame({
+        fc = pd.DataFrame({
             "feature": fc_feat, "cell": fc_cell,
             "n_active": rng.integers(1, 50, size=len(fc_feat)),
             "mean_when_active": rng.gamma(2.0, 1.0, size=len(fc_feat)),
-        }), d / "feature_cells", a.format)
+        })
+        n_typed = 0
+        if a.cell_types > 0:
+            fc, n_typed = plant_cell_types(fc, alive_ids, n_cells_f, cells_of_label, a, layer)
+        write(fc, d / "feature_cells", a.format)
+        if a.top_cells > 0:
+            top_c = fc.sort_values(["feature", "mean_when_active", "cell"], ascending=[True, False, True],
+                                   kind="stable")
+            top_c = top_c.groupby("feature", sort=True).head(a.top_cells).copy()
+            top_c.insert(1, "rank", top_c.groupby("feature").cumcount())
+            top_c.insert(3, "cell_id", barcodes[top_c["cell"].to_numpy()])
+            write(top_c.reset_index(drop=True), d / "top_cells", a.format)
         (d / "catalog.json").write_text(json.dumps({
             "format": "scinterp-catalog", "format_version": 1, "hook": hook, "token_store": str(store),
             "table_format": a.format, "generator": "bench/python/make_fake_catalogs.py", "seed": a.seed,
         }, indent=1))
-        print(f"{d}: {len(alive_ids)} alive features, {int(planted.sum())} planted, {n_bg} background genes",
-              flush=True)
+        typed = f", {n_typed} with cell-type structure" if a.cell_types > 0 else ""
+        print(f"{d}: {len(alive_ids)} alive features, {int(planted.sum())} planted{typed}, {n_bg} background "
+              "genes", flush=True)
 
 
 if __name__ == "__main__":

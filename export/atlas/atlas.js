@@ -626,6 +626,57 @@
       list.map((e) => '<tr data-layer="' + e[0] + '" data-feature="' + e[1] + '"><td>' + (e[0] == null ? e[1] : featLink(e[0], e[1])) + '</td><td class="genes-inline">' + esc(name(e)) + '</td><td class="n">' + num(e[2], 'edge_n') + '</td><td class="n">' + num(e[3], 'mean_change') + '</td><td class="n">' + num(e[4], 'cohens_d') + '</td><td class="n">' + num(e[5], 'sign_consistency') + '</td><td class="n">' + num(e[6], 'edge_p') + '</td><td class="n">' + num(e[7], 'edge_q') + '</td></tr>').join('') + '</table>';
   }
 
+  // ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms: ~1e-15 relative).
+  const LANCZOS = [0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059, 12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7];
+  function lnGamma(x) {
+    if (x < 0.5) return Math.log(Math.PI / Math.abs(Math.sin(Math.PI * x))) - lnGamma(1 - x);
+    x -= 1;
+    let a = LANCZOS[0];
+    const t = x + 7.5;
+    for (let i = 1; i < 9; i++) a += LANCZOS[i] / (x + i);
+    return 0.5 * Math.log(2 * Math.PI) + (x + 0.5) * Math.log(t) - t + Math.log(a);
+  }
+  const lnChoose = (n, k) => lnGamma(n + 1) - lnGamma(k + 1) - lnGamma(n - k + 1);
+  // P(X ≥ a), X ~ Hypergeom(population N, successes K, draws n): pmf(a) times the sum of the terms above it,
+  // each from the one before by the pmf ratio. The builder leaves p to the page only where a lies above the
+  // mode (the terms then only fall) and the tail is well inside the float range.
+  function hyperUpper(a, N, K, n) {
+    const hi = Math.min(n, K);
+    if (a > hi) return 0;
+    let t = 1, s = 1;
+    for (let k = a; k < hi; k++) {
+      t *= ((K - k) * (n - k)) / ((k + 1) * (N - K - n + k + 1));
+      s += t;
+      if (t < 1e-17 * s) break;
+    }
+    return Math.min(1, Math.exp(lnChoose(K, a) + lnChoose(N - K, n - a) - lnChoose(N, n)) * s);
+  }
+  // A record's cell types (column-wise, see the manifest's columns.cell_type_columns) as rows [label, in_top,
+  // top_size, label_cells, n_cells, p, q]; label_cells and n_cells default to the layer's, p to the tail.
+  function cellTypeRows(c, cells) {
+    if (!c || !c.l) return [];
+    const lc = (cells && cells.lc) || [], n = cells ? cells.n : null;
+    return c.l.map((lab, j) => {
+      const top = Array.isArray(c.t) ? c.t[j] : c.t;
+      const K = c.lc && c.lc[j] != null ? c.lc[j] : lc[lab];
+      const N = c.n && c.n[j] != null ? c.n[j] : n;
+      const p = c.p && c.p[j] != null ? c.p[j] : hyperUpper(c.k[j], N, K, top);
+      return [lab, c.k[j], top, K, N, p, c.q[j]];
+    });
+  }
+
+  // A record's top cells (column-wise: c = cell-id index, a = n_active, m = mean_when_active, r = rank,
+  // absent when 0, 1, 2, …) as rows [rank, cell_id, n_active, mean_when_active]; the ids come from the
+  // dictionary shards data/cells/<k>.js that hold them.
+  async function topCellRows(tc) {
+    if (!tc || !tc.c) return [];
+    const shardOf = (i) => Math.floor(i / M.index_shard);
+    const keys = [...new Set(tc.c.map(shardOf))];
+    const shards = new Map();
+    await Promise.all(keys.map(async (k) => { shards.set(k, await load('cells/' + k)); }));
+    return tc.c.map((i, j) => [tc.r ? tc.r[j] : j, shards.get(shardOf(i))[String(i)], tc.a[j], tc.m[j]]);
+  }
+
   async function viewFeature(l, f) {
     const meta = M.layers[l];
     if (!meta) return fail('no layer ' + l);
@@ -681,13 +732,15 @@
 
     // Cell types and top cells.
     h += '<h2>Cell types</h2>';
-    if (d.c && d.c.length) {
+    const ctRows = cellTypeRows(d.c, meta.cells);
+    if (ctRows.length) {
       h += '<table id="cell-types"><tr>' + th('label', 'label_cells') + th('in top', 'in_top', 'class="n"') + th('top cells', 'top_size', 'class="n"') + th('label cells', 'label_cells', 'class="n"') + th('labelled cells', 'n_cells_label', 'class="n"') + th('p', 'cell_p', 'class="n"') + th('q', 'cell_q', 'class="n"') + '</tr>' +
-        d.c.map((r) => '<tr><td>' + esc(M.labels[r[0]]) + '</td><td class="n">' + num(r[1], 'in_top') + '</td><td class="n">' + num(r[2], 'top_size') + '</td><td class="n">' + num(r[3], 'label_cells') + '</td><td class="n">' + num(r[4], 'n_cells_label') + '</td><td class="n">' + num(r[5], 'cell_p') + '</td><td class="n">' + num(r[6], 'cell_q') + '</td></tr>').join('') + '</table>';
+        ctRows.map((r) => '<tr data-label="' + esc(M.labels[r[0]]) + '" data-p="' + r[5] + '"><td>' + esc(M.labels[r[0]]) + '</td><td class="n">' + num(r[1], 'in_top') + '</td><td class="n">' + num(r[2], 'top_size') + '</td><td class="n">' + num(r[3], 'label_cells') + '</td><td class="n">' + num(r[4], 'n_cells_label') + '</td><td class="n">' + num(r[5], 'cell_p') + '</td><td class="n">' + num(r[6], 'cell_q') + '</td></tr>').join('') + '</table>';
     } else h += none(M.labels.length ? 'no cell type at q ≤ alpha for this feature' : 'the annotation tested no cell labels (annotate --obs-column)');
-    if (d.tc && d.tc.length) {
+    const tcRows = await topCellRows(d.tc);
+    if (tcRows.length) {
       h += '<h3>Top cells</h3><table id="top-cells"><tr>' + th('rank', 'cell_rank', 'class="n"') + th('cell', 'cell_rank') + th('active positions', 'n_active', 'class="n"') + th('mean when active', 'cell_mean', 'class="n"') + '</tr>' +
-        d.tc.map((r) => '<tr><td class="n">' + num(r[0] + 1, 'cell_rank') + '</td><td>' + esc(r[1]) + '</td><td class="n">' + num(r[2], 'n_active') + '</td><td class="n">' + num(r[3], 'cell_mean') + '</td></tr>').join('') + '</table>';
+        tcRows.map((r) => '<tr><td class="n">' + num(r[0] + 1, 'cell_rank') + '</td><td>' + esc(r[1]) + '</td><td class="n">' + num(r[2], 'n_active') + '</td><td class="n">' + num(r[3], 'cell_mean') + '</td></tr>').join('') + '</table>';
     }
 
     // Module.

@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 use super::encode::{num, nums, script, write_file};
 use super::error::{AtlasError, Result};
 use super::input::{
-    self, AnnotationIn, CatalogIn, EdgesIn, EffectsIn, GenericTable, LayersIn, CELL_TYPE_VALUES,
-    EDGE_TEST_VALUES, EDGE_VALUES, EFFECT_VALUES, FEATURE_STATS, TERM_VALUES,
+    self, AnnotationIn, CatalogIn, EdgesIn, EffectsIn, GenericTable, LayersIn, EDGE_TEST_VALUES, EDGE_VALUES,
+    EFFECT_VALUES, FEATURE_STATS, TERM_VALUES,
 };
 use super::{AtlasConfig, AtlasReport, ASSETS};
+use scinterp_engine::stats::hypergeom_upper_tail;
 
 /// Bins of the per-feature histogram of per-cell mean activation (log-spaced over the layer's range).
 const HIST_BINS: usize = 20;
@@ -574,6 +575,12 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         .iter()
         .map(|a| a.cell_types.iter().map(|c| labels.add(&c.label)).collect())
         .collect();
+    // Top cells name their cells by index into one dictionary of cell ids (data/cells/<k>.js).
+    let mut cell_ids = Dict::default();
+    let cell_of: Vec<Vec<u32>> = catalogs
+        .iter()
+        .map(|c| c.top_cells.iter().map(|t| cell_ids.add(&t.cell_id)).collect())
+        .collect();
     let mut networks = Dict::default();
     let network_of: Vec<Vec<u32>> = annotations
         .iter()
@@ -599,6 +606,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         layers: &layers.layers,
         gene_of: &gene_of,
         gene_positions: &gene_positions,
+        cell_of: &cell_of,
         term_of: &term_of,
         best_of: &best_of,
         label_of: &label_of,
@@ -680,6 +688,14 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
     let term_shards = write_index(&staging, "tidx", &mut by_term, |a, b| a[2].total_cmp(&b[2]))?;
     add("term_index", term_shards.1, term_shards.0);
 
+    let cells = write_keyed(
+        &staging,
+        "cells",
+        cell_ids.names.iter().map(|s| json!(s)).collect(),
+    )?;
+    if !cell_ids.names.is_empty() {
+        add("cells", cells.1, cells.0);
+    }
     let genes_js = script(
         "genes",
         &json!({"symbol": gene_symbol, "gene_id": gene_id, "n_positions": nums(&gene_positions)}),
@@ -736,13 +752,20 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
                 "edges_in": refs[l].up.len(),
                 "shards": layer.ids.iter().max().map_or(0, |&m| m as usize / shard + 1),
                 "hist": w.hist_range.map(|(lo, hi)| json!([num(lo), num(hi), HIST_BINS])),
+                "cells": w.cells.as_ref().map(|(n, per_label)| {
+                    let mut lc = vec![Value::Null; labels.names.len()];
+                    for (&l, &c) in per_label {
+                        lc[l as usize] = num(c);
+                    }
+                    json!({"n": num(*n), "lc": lc})
+                }),
                 "summary": c.map(|c| catalog_summary(&c.summary)),
             })
         })
         .collect();
     let manifest = json!({
         "format": "scinterp-atlas",
-        "format_version": 2,
+        "format_version": 3,
         "title": cfg.title.clone().unwrap_or_else(|| "scinterp atlas".into()),
         "scinterp_version": env!("CARGO_PKG_VERSION"),
         "shard": shard,
@@ -767,8 +790,8 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
             "gene_columns": {"id": "gene", "nf": "n_fired", "m": "mean_when_fired", "np": "n_positions (null: genes.js's)"},
             "term_row": ([&["term"][..], &TERM_VALUES[..], &["overlap_genes"][..]].concat()),
             "edge_test_row": ([&["network"][..], &EDGE_TEST_VALUES[..], &["edges"][..]].concat()),
-            "cell_type_row": ([&["label"][..], &CELL_TYPE_VALUES[..]].concat()),
-            "top_cell_row": ["rank", "cell_id", "n_active", "mean_when_active"],
+            "cell_type_columns": {"l": "label", "k": "in_top", "t": "top_size (one number: every row's)", "q": "q_value", "lc": "label_cells (absent or null: the layer's cells.lc)", "n": "n_cells (absent or null: the layer's cells.n)", "p": "p_value (absent or null: P(X >= in_top), X ~ Hypergeom(n_cells, label_cells, top_size), computed by the page)"},
+            "top_cell_columns": {"c": "cell_id (index into data/cells/<index / index_shard>.js)", "a": "n_active", "m": "mean_when_active", "r": "rank (absent: 0, 1, 2, … in order)"},
             "edge_row": ([&["layer", "feature"][..], &EDGE_VALUES[..]].concat()),
             "match_row": ["layer", "feature", "abs_cos"],
             "highway_row": ["layer", "feature", "source_fires", "cocount", "pmi", "npmi", "pmi_permuted_pairing", "highway"],
@@ -939,6 +962,8 @@ struct Ctx<'a> {
     gene_of: &'a [Vec<u32>],
     /// n_positions of each dictionary gene (as genes.js holds it).
     gene_positions: &'a [f64],
+    /// Per catalog, per top_cells row: the index of its cell id in the cell dictionary.
+    cell_of: &'a [Vec<u32>],
     term_of: &'a [Vec<u32>],
     best_of: &'a [Vec<u32>],
     /// The layer of each hook that names exactly one layer.
@@ -957,6 +982,8 @@ struct LayerOut {
     table_bytes: u64,
     detail_bytes: u64,
     detail_files: usize,
+    /// The layer's cell-type counts (labelled cells, cells per label index), when it has cell-type rows.
+    cells: Option<(f64, BTreeMap<u32, f64>)>,
 }
 
 /// Indices of `items` grouped by feature: (feature, index), sorted.
@@ -1020,6 +1047,14 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
             best_label_q[i] = q;
             best_label[i] = ctx.label_of[ai][r] as i64;
         }
+    }
+    // Cell types: the store's labelled cells and each label's cells belong to the layer (one token store per
+    // catalog), so the manifest holds them once; a record repeats them only where a row's differ.
+    let mut cells: Option<(f64, BTreeMap<u32, f64>)> = None;
+    for &(_, ai, r) in &refs.cell_types {
+        let v = &ctx.annotations[ai].cell_types[r].values;
+        let (_, per_label) = cells.get_or_insert_with(|| (v[3], BTreeMap::new()));
+        per_label.entry(ctx.label_of[ai][r]).or_insert(v[2]);
     }
     let alpha = ctx.alphas.first().copied().unwrap_or(0.05);
     let annotated_flag: Vec<bool> = (0..n).map(|i| n_sig[i] > 0 || best_q[i] <= alpha).collect();
@@ -1217,15 +1252,32 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                 }
                 rec.insert("g".into(), Value::Object(g));
             }
-            let tc: Vec<Value> = rows_of(&top_cells, f)
-                .iter()
-                .map(|r| {
-                    let t = &c.top_cells[r.2];
-                    json!([t.rank, t.cell_id, num(t.n_active), num(t.mean_when_active)])
-                })
-                .collect();
-            if !tc.is_empty() {
-                rec.insert("tc".into(), Value::Array(tc));
+            // Top cells column-wise, by rank: `c` (the cell id's index in data/cells/), `a` (n_active), `m`
+            // (mean_when_active); `r` (rank) only when the ranks are not 0, 1, 2, … in order.
+            let mut tc_rows: Vec<usize> = rows_of(&top_cells, f).iter().map(|r| r.2).collect();
+            if !tc_rows.is_empty() {
+                tc_rows.sort_by_key(|&r| c.top_cells[r].rank);
+                let t = |r: usize| &c.top_cells[r];
+                let mut tc = serde_json::Map::new();
+                tc.insert(
+                    "c".into(),
+                    json!(tc_rows.iter().map(|&r| ctx.cell_of[ci][r]).collect::<Vec<_>>()),
+                );
+                tc.insert(
+                    "a".into(),
+                    Value::Array(tc_rows.iter().map(|&r| num(t(r).n_active)).collect()),
+                );
+                tc.insert(
+                    "m".into(),
+                    Value::Array(tc_rows.iter().map(|&r| num(t(r).mean_when_active)).collect()),
+                );
+                if !tc_rows.iter().enumerate().all(|(k, &r)| t(r).rank as usize == k) {
+                    tc.insert(
+                        "r".into(),
+                        json!(tc_rows.iter().map(|&r| t(r).rank).collect::<Vec<_>>()),
+                    );
+                }
+                rec.insert("tc".into(), Value::Object(tc));
             }
             // The histogram from its first non-empty bin: [first bin, counts … up to the last non-empty].
             if let Some(h) = hist.get(&f) {
@@ -1278,18 +1330,8 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
         if !tests.is_empty() {
             rec.insert("e".into(), Value::Array(tests));
         }
-        let mut cells: Vec<(f64, Value)> = rows_of(&refs.cell_types, f)
-            .iter()
-            .map(|&(_, ai, r)| {
-                let t = &ctx.annotations[ai].cell_types[r];
-                let mut v = vec![json!(ctx.label_of[ai][r])];
-                v.extend(t.values.iter().map(|&x| num(x)));
-                (t.values[4], Value::Array(v))
-            })
-            .collect();
-        cells.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if !cells.is_empty() {
-            rec.insert("c".into(), Value::Array(cells.into_iter().map(|x| x.1).collect()));
+        if let Some(c) = cell_type_record(ctx, rows_of(&refs.cell_types, f), cells.as_ref()) {
+            rec.insert("c".into(), c);
         }
         for (key, list, downstream) in [("dn", &refs.down, true), ("up", &refs.up, false)] {
             let mut es: Vec<(f64, Value)> = rows_of(list, f)
@@ -1379,5 +1421,131 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
         table_bytes,
         detail_bytes,
         detail_files,
+        cells,
     })
+}
+
+/// A feature's cell-type rows, by p, column-wise: `l` (label index), `k` (in_top), `t` (top_size: one number
+/// when every row has the same, as rows of one annotation do), `q`; `lc` (label_cells) and `n` (n_cells)
+/// only when some row's differ from the layer's (null where equal); `p` only when the page cannot derive
+/// some row's (null where it can: see [`cell_p_derivable`]).
+fn cell_type_record(
+    ctx: &Ctx,
+    refs: &[(u32, usize, usize)],
+    layer: Option<&(f64, BTreeMap<u32, f64>)>,
+) -> Option<Value> {
+    if refs.is_empty() {
+        return None;
+    }
+    let mut rows: Vec<(&[f64; 6], u32)> = refs
+        .iter()
+        .map(|&(_, ai, r)| (&ctx.annotations[ai].cell_types[r].values, ctx.label_of[ai][r]))
+        .collect();
+    rows.sort_by(|a, b| a.0[4].total_cmp(&b.0[4]));
+    let col = |j: usize| -> Vec<Value> { rows.iter().map(|(v, _)| num(v[j])).collect() };
+    let mut c = serde_json::Map::new();
+    c.insert("l".into(), json!(rows.iter().map(|r| r.1).collect::<Vec<_>>()));
+    c.insert("k".into(), Value::Array(col(0)));
+    let top = rows[0].0[1];
+    if rows.iter().all(|(v, _)| v[1].to_bits() == top.to_bits()) {
+        c.insert("t".into(), num(top));
+    } else {
+        c.insert("t".into(), Value::Array(col(1)));
+    }
+    c.insert("q".into(), Value::Array(col(5)));
+    let (n_layer, per_label) = layer.map_or((None, None), |(n, m)| (Some(*n), Some(m)));
+    let same = |x: f64, y: Option<f64>| y.is_some_and(|y| y.to_bits() == x.to_bits());
+    let lc: Vec<Value> = rows
+        .iter()
+        .map(|(v, l)| {
+            let own = per_label.and_then(|m| m.get(l).copied());
+            if same(v[2], own) {
+                Value::Null
+            } else {
+                num(v[2])
+            }
+        })
+        .collect();
+    if lc.iter().any(|x| !x.is_null()) {
+        c.insert("lc".into(), Value::Array(lc));
+    }
+    let n: Vec<Value> = rows
+        .iter()
+        .map(|(v, _)| {
+            if same(v[3], n_layer) {
+                Value::Null
+            } else {
+                num(v[3])
+            }
+        })
+        .collect();
+    if n.iter().any(|x| !x.is_null()) {
+        c.insert("n".into(), Value::Array(n));
+    }
+    let p: Vec<Value> = rows
+        .iter()
+        .map(|(v, _)| {
+            if cell_p_derivable(v) {
+                Value::Null
+            } else {
+                num(v[4])
+            }
+        })
+        .collect();
+    if p.iter().any(|x| !x.is_null()) {
+        c.insert("p".into(), Value::Array(p));
+    }
+    Some(Value::Object(c))
+}
+
+/// Whether the page may derive a cell-type row's p (values: in_top, top_size, label_cells, n_cells, p, q)
+/// as annotate defines it, P(X ≥ in_top) for X ~ Hypergeom(n_cells, label_cells, top_size): the counts are
+/// integers, in_top lies above the mode (the page sums the tail upwards from in_top, which is stable only
+/// there), the tail is well inside f64's range, and it equals the stored p to 1e-9.
+fn cell_p_derivable(v: &[f64; 6]) -> bool {
+    if !v[..4]
+        .iter()
+        .all(|x| x.fract() == 0.0 && (0.0..9.0e15).contains(x))
+    {
+        return false;
+    }
+    let (a, draws, successes, population) = (v[0] as u64, v[1] as u64, v[2] as u64, v[3] as u64);
+    let mode = (u128::from(draws) + 1) * (u128::from(successes) + 1) / (u128::from(population) + 2);
+    if u128::from(a) <= mode {
+        return false;
+    }
+    let p = hypergeom_upper_tail(a, population, successes, draws);
+    p >= 1e-300 && (p - v[4]).abs() <= 1e-9 * v[4]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cell_p_left_to_the_page_only_where_it_can_derive_it() {
+        // 14 of 38 top cells carry a label that 36 of 2,000 cells have (a row of the benchmark's annotation).
+        let p = hypergeom_upper_tail(14, 2000, 36, 38);
+        assert!((p - 1.591e-16).abs() < 1e-19, "{p}");
+        assert!(cell_p_derivable(&[14.0, 38.0, 36.0, 2000.0, p, 2.574e-14]));
+        // A p that is not this tail (another rule, or rounded) is stored.
+        assert!(!cell_p_derivable(&[
+            14.0,
+            38.0,
+            36.0,
+            2000.0,
+            p * 1.001,
+            2.574e-14
+        ]));
+        // At or below the mode (38 draws of a label with 200 cells: mode 3) the page's upward sum is not
+        // used; above it, it is.
+        let at = hypergeom_upper_tail(3, 2000, 200, 38);
+        assert!(!cell_p_derivable(&[3.0, 38.0, 200.0, 2000.0, at, 1.0]));
+        let above = hypergeom_upper_tail(4, 2000, 200, 38);
+        assert!(cell_p_derivable(&[4.0, 38.0, 200.0, 2000.0, above, 1.0]));
+        // Non-integer counts, and tails that underflow.
+        assert!(!cell_p_derivable(&[14.5, 38.0, 36.0, 2000.0, p, 1.0]));
+        let tiny = hypergeom_upper_tail(200, 100_000, 200, 200);
+        assert!(!cell_p_derivable(&[200.0, 200.0, 200.0, 100_000.0, tiny, 0.0]));
+    }
 }
