@@ -1296,6 +1296,8 @@ pub fn evaluate(sae: &TopKSae, source: &dyn RowSource, ranges: &[Range<usize>]) 
     let (mut sum_sq, mut err, mut active, mut rows) = (0.0f64, 0.0f64, 0usize, 0usize);
     let mut fire_counts = vec![0u64; sae.d_sae];
     const CHUNK: usize = 4096;
+    // Values per piece of the parallel error sum (a fixed split, so the sum is the same on every run).
+    const ERR_PIECE: usize = 1 << 14;
     let mut x = vec![0.0f32; CHUNK * d];
     for range in ranges {
         let mut s = range.start;
@@ -1305,11 +1307,19 @@ pub fn evaluate(sae: &TopKSae, source: &dyn RowSource, ranges: &[Range<usize>]) 
             source.read(s, x);
             let codes = sae.encode(x);
             let recon = sae.decode(&codes);
-            err += x
-                .par_iter()
-                .zip(&recon)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
-                .sum::<f64>();
+            // Fixed-size pieces summed in order: a parallel `sum` would add in an order that depends on
+            // work stealing, and the FVU written to cfg.json would differ between runs in its last bits.
+            let pieces: Vec<f64> = x
+                .par_chunks(ERR_PIECE)
+                .zip(recon.par_chunks(ERR_PIECE))
+                .map(|(a, b)| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(a, b)| ((a - b) as f64).powi(2))
+                        .sum::<f64>()
+                })
+                .collect();
+            err += pieces.iter().sum::<f64>();
             for r in x.chunks(d) {
                 for (acc, &v) in sum.iter_mut().zip(r) {
                     *acc += v as f64;
@@ -1428,6 +1438,33 @@ mod tests {
     }
 
     use super::*;
+
+    /// The held-out FVU written to cfg.json is the same number on every run and at every thread count
+    /// (the parallel error sum has a fixed split).
+    #[test]
+    fn evaluation_gives_the_same_bits_at_any_thread_count() {
+        let (d, f, k, n) = (64, 96, 8, 3000);
+        let sae = crate::sae::tests::random_sae(d, f, k, 5);
+        let mut rng = crate::rng::Rng::new(6, 0);
+        let rows = MemoryRows {
+            d,
+            data: (0..n * d).map(|_| rng.normal() as f32).collect(),
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let stats = pool.install(|| evaluate(&sae, &rows, &[0..n / 2, n / 2..n]));
+            (stats.fvu.to_bits(), stats.mse.to_bits())
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            for _ in 0..3 {
+                assert_eq!(run(threads), one, "{threads} threads");
+            }
+        }
+    }
 
     /// The sparse backward equals finite differences of the loss.
     #[test]
