@@ -1,15 +1,12 @@
 //! `scinterp forward`: a forward pass with hook points over ragged cells, for Geneformer and scGPT
-//! folders alike (the run and its file are `scinterp_models::forward`). Also the model and cell
-//! loading that trace and effects share.
+//! folders alike (the run and its file are `scinterp_models::forward`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use scinterp_engine::HookPoint;
-use scinterp_models::forward::forward_to_file;
-use scinterp_models::input::InputCells;
-use scinterp_models::registry::LoadedModel;
+use scinterp_models::forward::{forward_to_file, parse_hooks};
+use scinterp_models::input::read_cells;
 
 use crate::args::{print_json, DeviceArgs};
 
@@ -43,7 +40,7 @@ pub struct ForwardArgs {
 
 pub fn run(args: ForwardArgs, json: bool) -> Result<()> {
     let backend = args.device.backend()?;
-    let model = load_model(&args.model, args.head)?;
+    let model = scinterp_models::load(&args.model, args.head)?;
     let forward = args.device.forward(backend, model.encoder.as_ref())?;
     let cells = read_cells(&args.input, &model)?;
     let hooks = parse_hooks(&args.hooks, model.encoder.dims().n_layers)?;
@@ -71,19 +68,4 @@ pub fn run(args: ForwardArgs, json: bool) -> Result<()> {
         args.out.display()
     );
     print_json(json, &summary)
-}
-
-/// Cells from a JSON file or a token store folder, checked against what the model reads.
-pub fn read_cells(input: &Path, model: &LoadedModel) -> Result<InputCells> {
-    Ok(scinterp_models::input::read_cells(input, model)?)
-}
-
-/// Loads a model folder through the registry (Geneformer, scGPT).
-pub fn load_model(dir: &Path, with_head: bool) -> Result<LoadedModel> {
-    Ok(scinterp_models::load(dir, with_head)?)
-}
-
-/// `all`, empty, or a comma list of hook names checked against the model depth.
-pub fn parse_hooks(spec: &str, n_layers: usize) -> Result<Vec<HookPoint>> {
-    Ok(scinterp_models::forward::parse_hooks(spec, n_layers)?)
 }

@@ -11,9 +11,9 @@ use scinterp_engine::formats::trace::TraceSummary;
 use scinterp_engine::trace::{EdgeFilters, TraceConfig, TraceInputs, TraceOutcome, TraceProgress};
 
 use scinterp_models::extract::special_token_ids;
+use scinterp_models::input::read_cells;
 
 use crate::args::{parse_shard, print_json, DeviceArgs};
-use crate::forward::{load_model, read_cells};
 
 /// `trace run …`, `trace merge …`, or (the old spelling) `trace …` with the arguments of `run`.
 #[derive(Debug)]
@@ -225,7 +225,7 @@ fn run_trace(args: RunArgs) -> Result<TraceSummary> {
 /// table, or of the shard). (The demo calls this too.)
 pub fn trace_edges(files: &TraceFiles, config: &TraceConfig, device: &DeviceArgs) -> Result<TraceSummary> {
     let backend = device.backend()?;
-    let model = load_model(files.model, false)?;
+    let model = scinterp_models::load(files.model, false)?;
     let forward = device.forward(backend, model.encoder.as_ref())?;
     let cells = read_cells(files.input, &model)?;
     let inputs = TraceInputs {

@@ -36,8 +36,6 @@ use super::sae_request;
 use crate::args::DeviceArgs;
 use crate::trace::TraceFiles;
 
-use crate::forward::load_model;
-
 /// What the planted demo needs from the command line (`scinterp demo --planted`).
 pub struct PlantedArgs {
     pub out: PathBuf,
@@ -81,7 +79,7 @@ pub fn run(args: PlantedArgs) -> Result<()> {
 
     // 1. The forward pass through the same code as `scinterp forward`: the residual stream after the
     //    embedding and after every block (the logits over 20,275 tokens would be 200 MB, so not here).
-    let loaded = load_model(&model_dir, true)?;
+    let loaded = scinterp_models::load(&model_dir, true)?;
     let model = loaded.encoder.as_ref();
     let hooks: Vec<HookPoint> = std::iter::once(HookPoint::Embed)
         .chain((0..LAYERS).map(HookPoint::ResidPost))
