@@ -1,16 +1,17 @@
 //! `scinterp analyze`: arguments → [`AnalyzeConfig`] → [`scinterp_engine::analyze::run`] → the
 //! catalog summary, printed. The catalog folder is what `scinterp annotate` and `scinterp layers` read.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use scinterp_engine::analyze::{AnalyzeConfig, AnalyzeProgress, GeneNaming};
-use scinterp_engine::formats::catalog::CatalogSummary;
+use scinterp_engine::analyze::AnalyzeConfig;
 use scinterp_engine::formats::TableFormat;
 
+use scinterp_export::steps;
+
 use crate::args::print_json;
-use crate::genes::GeneNames;
+use crate::progress::Bars;
 
 #[derive(Args, Debug, Clone)]
 pub struct AnalyzeArgs {
@@ -77,7 +78,7 @@ pub struct AnalyzeArgs {
 }
 
 pub fn run(args: AnalyzeArgs, json: bool) -> Result<()> {
-    let summary = analyze(&args.config(), args.genes.as_deref())?;
+    let summary = steps::analyze(&args.config(), args.genes.as_deref(), &mut Bars::default())?;
     print_json(json, &summary)?;
     Ok(())
 }
@@ -106,50 +107,4 @@ impl AnalyzeArgs {
             overwrite: self.overwrite,
         }
     }
-}
-
-/// Runs the analysis (gene names from `genes`, see `--genes`) and writes the catalog folder, with a
-/// progress bar; returns catalog.json's content.
-pub fn analyze(config: &AnalyzeConfig, genes: Option<&Path>) -> Result<CatalogSummary> {
-    let names: Box<dyn GeneNaming> = match genes {
-        Some(path) => Box::new(GeneNames::load(path)?),
-        None => {
-            tracing::warn!(
-                "no --genes: genes are named token_<id>; pass the model's dictionary folder or vocab.json to \
-                 annotate them"
-            );
-            Box::new(GeneNames::default())
-        }
-    };
-    let mut bar = None;
-    let summary = scinterp_engine::analyze::run(config, names.as_ref(), &mut |p| match p {
-        AnalyzeProgress::Start {
-            hook,
-            d_sae,
-            rows,
-            cells,
-        } => {
-            tracing::info!("analysing {d_sae} latents of {hook} over {rows} rows of {cells} cells");
-            bar = Some(crate::progress::bar(rows as u64, 0, "rows"));
-        }
-        AnalyzeProgress::Rows(n) => {
-            if let Some(b) = &bar {
-                b.set_position(n as u64);
-            }
-        }
-    });
-    if let Some(b) = bar {
-        crate::progress::finish(&b);
-    }
-    let summary = summary?;
-    tracing::info!(
-        "catalog of {} in {}: {} alive of {} latents, {} SVD-aligned at 0.5; {:.1} s",
-        summary.hook,
-        config.out.display(),
-        summary.alive,
-        summary.d_sae,
-        summary.svd.aligned_max_abs_cos_gt_0_5,
-        summary.seconds
-    );
-    Ok(summary)
 }

@@ -3,14 +3,15 @@
 //! summary (`annotate.json`), printed.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use crate::args::print_json;
 use anyhow::Result;
 use clap::Args;
-use scinterp_engine::annotate::{AnnotateConfig, AnnotateProgress, Ranking};
+use scinterp_engine::annotate::{AnnotateConfig, Ranking};
 use scinterp_engine::formats::TableFormat;
-use serde_json::Value;
+use scinterp_export::steps;
+
+use crate::args::print_json;
+use crate::progress::Bars;
 
 #[derive(Args, Debug)]
 pub struct AnnotateArgs {
@@ -91,53 +92,7 @@ impl AnnotateArgs {
 }
 
 pub fn run(args: AnnotateArgs, json: bool) -> Result<()> {
-    let summary = annotate_catalogs(&args.config())?;
+    let summary = steps::annotate(&args.config(), &mut Bars::default())?;
     print_json(json, &summary)?;
     Ok(())
-}
-
-/// Runs the whole command and returns annotate.json's content.
-/// One library call with a progress bar; returns the summary (`annotate.json`).
-pub fn annotate_catalogs(config: &AnnotateConfig) -> Result<Value> {
-    let bar: OnceLock<indicatif::ProgressBar> = OnceLock::new();
-    let summary = scinterp_engine::annotate::run(config, &|p| {
-        match p {
-        AnnotateProgress::Warning(w) => tracing::warn!("{w}"),
-        AnnotateProgress::Read {
-            catalogs,
-            alive_features,
-            libraries,
-            seconds,
-        } => tracing::info!(
-            "read {catalogs} catalogs ({alive_features} alive features) and {libraries} libraries in {seconds:.1} s"
-        ),
-        AnnotateProgress::TestsStart { total } => {
-            let _ = bar.set(crate::progress::bar(total, 0, "features"));
-        }
-        AnnotateProgress::Tested(k) => {
-            if let Some(b) = bar.get() {
-                b.inc(k);
-            }
-        }
-        AnnotateProgress::TestsDone => {
-            if let Some(b) = bar.get() {
-                crate::progress::finish(b);
-            }
-        }
-        AnnotateProgress::Done {
-            tests,
-            significant,
-            rows,
-            seconds,
-        } => tracing::info!(
-            "{tests} tests, {significant} significant at q ≤ {} (atlas); {rows} rows → {} in {seconds:.1} s",
-            config.alpha,
-            config.out.display()
-        ),
-    }
-    });
-    if let Some(b) = bar.get() {
-        crate::progress::finish(b);
-    }
-    Ok(serde_json::to_value(summary?)?)
 }

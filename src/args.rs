@@ -21,12 +21,6 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    /// The CPU, for library calls made by the demo.
-    pub const CPU: DeviceArgs = DeviceArgs {
-        device: DeviceChoice::Cpu,
-        gpu_precision: GpuPrecisionArg::Bf16,
-    };
-
     /// Resolves `--device` before any work (never panics without CUDA) and logs the choice.
     pub fn backend(&self) -> Result<Backend> {
         let resolved = self.device.resolve()?;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use scinterp_engine::analyze::consensus::{ConsensusConfig, GraphInput};
-use scinterp_engine::formats::consensus::ConsensusSummary;
 use scinterp_engine::formats::TableFormat;
+use scinterp_export::steps;
 
 use crate::args::print_json;
 
@@ -76,36 +76,5 @@ pub fn run(args: ConsensusArgs, json: bool) -> Result<()> {
         format: args.format,
         overwrite: args.overwrite,
     };
-    print_json(json, &consensus(&config)?)
-}
-
-/// Runs the comparison and logs its headline; returns consensus.json's content. (The demo calls this
-/// too.)
-pub fn consensus(config: &ConsensusConfig) -> Result<ConsensusSummary> {
-    let s = scinterp_engine::analyze::consensus::run(config)?;
-    let enrichment = s
-        .enrichment
-        .map_or_else(|| "n/a (null mean 0)".to_string(), |e| format!("{e:.2}x"));
-    tracing::info!(
-        "term pairs: a {}, b {}; conserved {} vs null {:.1} ± {:.1} ({} permutations): enrichment {enrichment}, p = {:.3}",
-        s.graphs[0].term_pairs,
-        s.graphs[1].term_pairs,
-        s.conserved_pairs,
-        s.null_mean,
-        s.null_sd,
-        s.settings.permutations,
-        s.p_value
-    );
-    if let Some(f) = &s.focus {
-        tracing::info!(
-            "focus: {} of {} conserved pairs touch a focus set (expected {:.1}); hypergeometric p = {:.3e}, permutation p = {:.3}",
-            f.conserved_focus_pairs,
-            s.conserved_pairs,
-            f.expected,
-            f.p_hypergeometric,
-            f.p_permutation
-        );
-    }
-    tracing::info!("wrote {}", config.out.display());
-    Ok(s)
+    print_json(json, &steps::consensus(&config)?)
 }

@@ -9,14 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use scinterp_engine::cuda::GpuPrecision;
-use scinterp_engine::device::Backend;
 use scinterp_engine::effects::pipeline::DEFAULT_MAX_BATCH_TOKENS;
 use scinterp_engine::effects::EffectsConfig;
-use scinterp_engine::formats::effects::EffectsSummary;
 use scinterp_export::steering::EffectsFiles;
+use scinterp_export::steps;
 
 use crate::args::{print_json, DeviceArgs};
+use crate::progress::Bars;
 
 #[derive(Args, Debug)]
 pub struct EffectsArgs {
@@ -98,27 +97,16 @@ pub fn run(args: EffectsArgs, json: bool) -> Result<()> {
         saes: &args.saes,
         pseudotime_tool: args.pseudotime_tool.as_deref(),
     };
-    print_json(json, &effects(&files, config, backend, args.device.precision())?)
-}
-
-/// Runs [`scinterp_export::steering::effects`] with a progress bar. (The demo calls this too.)
-pub fn effects(
-    files: &EffectsFiles,
-    config: EffectsConfig,
-    backend: Backend,
-    precision: GpuPrecision,
-) -> Result<EffectsSummary> {
-    let mut bar = None;
-    let summary =
-        scinterp_export::steering::effects(files, config, backend, precision, &mut |done, total| {
-            // Edits (cell × feature × α × control), which advance per batch of tail passes.
-            bar.get_or_insert_with(|| crate::progress::bar_with_prefix(total as u64, 0, "edits", "effects"))
-                .set_position(done as u64);
-        });
-    if let Some(b) = bar {
-        crate::progress::finish(&b);
-    }
-    Ok(summary?)
+    print_json(
+        json,
+        &steps::effects(
+            &files,
+            config,
+            backend,
+            args.device.precision(),
+            &mut Bars::default(),
+        )?,
+    )
 }
 
 fn read_tokens(spec: &str) -> Result<HashSet<u32>> {

@@ -3,14 +3,17 @@
 
 use std::path::PathBuf;
 
-use crate::args::print_json;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use scinterp_export::cells::{CellInput, PanelChoice};
 use scinterp_export::operator::Construction;
-use scinterp_export::pipeline::{self, ExportConfig, ExportReport};
+use scinterp_export::pipeline::{ExportConfig, ExportReport};
+use scinterp_export::steps;
 use scinterp_export::tool::AdaptorKind;
 use scinterp_models::cells::{GeneIdColumn, OpenOptions};
+
+use crate::args::print_json;
+use crate::progress::Bars;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -160,28 +163,6 @@ pub struct OperatorArgs {
     stop_after_batches: Option<usize>,
 }
 
-/// Stage names as log lines; the attention pass over the reference cells (the step that takes minutes on
-/// a full-size model) as a progress bar, or periodic lines when stderr is not a terminal.
-#[derive(Default)]
-pub struct Stages {
-    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
-}
-
-impl pipeline::Progress for Stages {
-    fn stage(&self, what: &str) {
-        if let Some(bar) = self.bar.lock().ok().and_then(|mut b| b.take()) {
-            crate::progress::finish(&bar);
-        }
-        tracing::info!("{what}");
-    }
-    fn cells(&self, done: usize, total: usize) {
-        if let Ok(mut bar) = self.bar.lock() {
-            bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "reference cells"))
-                .set_position(done as u64);
-        }
-    }
-}
-
 pub fn run(args: ExportArgs, json: bool) -> Result<()> {
     let ExportCommand::Operator(a) = args.command;
     let report = export_operator(&a)?;
@@ -264,5 +245,5 @@ pub fn export_operator(a: &OperatorArgs) -> Result<ExportReport> {
         overwrite: a.overwrite,
         stop_after_batches: a.stop_after_batches,
     };
-    Ok(pipeline::export_tool(&config, &Stages::default())?)
+    Ok(steps::export_tool(&config, &mut Bars::default())?)
 }

@@ -7,10 +7,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use scinterp_engine::extract::merge_shards;
 use scinterp_engine::store::ActDtype;
-use scinterp_models::extract::{ExtractConfig, ExtractEvent, ExtractOutcome, ExtractSummary};
+use scinterp_export::steps;
+use scinterp_models::extract::{ExtractConfig, ExtractSummary};
 use serde_json::json;
 
 use crate::args::{parse_shard, print_json, DeviceArgs};
+use crate::progress::Bars;
 
 /// `scinterp extract …` (a run), or `scinterp extract merge …` (shard stores → one store).
 #[derive(Debug)]
@@ -72,6 +74,10 @@ pub struct MergeArgs {
     /// The merged activation store (created, or resumed if a merge was interrupted).
     #[arg(long)]
     out: PathBuf,
+    /// Delete an existing merged store at --out (complete or partial) and merge afresh; without it the
+    /// merge resumes it (or, when it is complete, does nothing).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +109,11 @@ pub struct ExtractArgs {
     /// the shard stores with `scinterp extract merge`, which gives the unsharded store byte for byte.
     #[arg(long, value_parser = parse_shard)]
     pub(crate) shard: Option<(usize, usize)>,
+    /// Delete an existing store at --out (complete or partial; only an activation store is deleted) and
+    /// extract afresh; without it a store made with the same settings is resumed (or, when complete,
+    /// left as it is).
+    #[arg(long)]
+    pub(crate) overwrite: bool,
     /// Testing: stop after N batches are written, before the last is checkpointed (as a kill there would).
     #[arg(long, hide = true)]
     pub(crate) stop_after_batches: Option<usize>,
@@ -129,7 +140,7 @@ pub fn run(cli: ExtractCli, json: bool) -> Result<()> {
 }
 
 fn merge(args: MergeArgs, json: bool) -> Result<()> {
-    let stats = merge_shards(&args.shards, &args.out)
+    let stats = merge_shards(&args.shards, &args.out, args.overwrite)
         .with_context(|| format!("merging shard stores into {}", args.out.display()))?;
     if stats.already_complete {
         tracing::info!("{} is already complete; nothing to do", args.out.display());
@@ -172,53 +183,7 @@ fn extract_store(args: ExtractArgs) -> Result<Option<ExtractSummary>> {
         backend: args.device.backend()?,
         gpu_precision: args.device.precision(),
         stop_after_batches: args.stop_after_batches,
+        overwrite: args.overwrite,
     };
-    extract_with_progress(&config)
-}
-
-/// Runs the extraction with a progress bar and logs what it did; `None` when the store was already
-/// complete. (The demo calls this too.)
-pub fn extract_with_progress(config: &ExtractConfig) -> Result<Option<ExtractSummary>> {
-    let mut bar = None;
-    let outcome = scinterp_models::extract::run(config, &mut |event| match event {
-        ExtractEvent::Started { cells, resumed_from } => {
-            if resumed_from > 0 {
-                tracing::info!(
-                    "resuming {} at cell {resumed_from} of {cells}",
-                    config.out.display()
-                );
-            }
-            bar = Some(crate::progress::bar(cells as u64, resumed_from as u64, "cells"));
-        }
-        ExtractEvent::Progress(p) => {
-            if let Some(bar) = &bar {
-                bar.set_position(p.cells_done as u64);
-            }
-        }
-    });
-    if let Some(bar) = &bar {
-        crate::progress::finish(bar);
-    }
-    match outcome? {
-        ExtractOutcome::AlreadyComplete { n_cells, n_rows } => {
-            tracing::info!(
-                "{} is already complete ({n_cells} cells, {n_rows} rows); nothing to do",
-                config.out.display()
-            );
-            Ok(None)
-        }
-        ExtractOutcome::Extracted(summary) => {
-            tracing::info!(
-                "{} cells ({} tokens) in {:.2} s ({:.1} cells/s); {} rows × {} hooks in {}",
-                summary.cells_run,
-                summary.tokens_run,
-                summary.seconds,
-                summary.cells_per_second,
-                summary.n_rows,
-                summary.hooks.len(),
-                config.out.display()
-            );
-            Ok(Some(summary))
-        }
-    }
+    Ok(steps::extract(&config, &mut Bars::default())?)
 }

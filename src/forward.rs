@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use scinterp_engine::formats::check_file_output;
 use scinterp_models::forward::{forward_to_file, parse_hooks};
 use scinterp_models::input::read_cells;
 
@@ -31,6 +32,9 @@ pub struct ForwardArgs {
     /// Output safetensors file (written atomically).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out file (only once the new one is complete); without it one is refused.
+    #[arg(long)]
+    overwrite: bool,
     /// Most tokens run together in one packed batch (bounds memory).
     #[arg(long, default_value_t = 16_384)]
     max_batch_tokens: usize,
@@ -39,6 +43,7 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: ForwardArgs, json: bool) -> Result<()> {
+    check_file_output(&args.out, args.overwrite, "a forward-pass file")?;
     let backend = args.device.backend()?;
     let model = scinterp_models::load(&args.model, args.head)?;
     let forward = args.device.forward(backend, model.encoder.as_ref())?;

@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 
-use crate::args::print_json;
 use anyhow::Result;
 use clap::Args;
 use scinterp_engine::analyze::LayersConfig;
-use scinterp_engine::formats::layers::LayersSummary;
 use scinterp_engine::formats::TableFormat;
+use scinterp_export::steps;
+
+use crate::args::print_json;
+use crate::progress::Bars;
 
 #[derive(Args, Debug, Clone)]
 pub struct LayersArgs {
@@ -51,7 +53,10 @@ pub struct LayersArgs {
 }
 
 pub fn run(args: LayersArgs, json: bool) -> Result<()> {
-    print_json(json, &compare_layers(&layers_config(args))?)
+    print_json(
+        json,
+        &steps::compare_layers(&layers_config(args), &mut Bars::default())?,
+    )
 }
 
 fn layers_config(args: LayersArgs) -> LayersConfig {
@@ -69,45 +74,4 @@ fn layers_config(args: LayersArgs) -> LayersConfig {
         chunk_rows: args.chunk_rows,
         overwrite: args.overwrite,
     }
-}
-
-/// Compares the layers with a progress bar and logs the headline. (The demo calls this too.)
-pub fn compare_layers(config: &LayersConfig) -> Result<LayersSummary> {
-    let mut bar = None;
-    let summary = scinterp_engine::analyze::compare_layers(config, &mut |done, total| {
-        bar.get_or_insert_with(|| crate::progress::bar(total as u64, 0, "rows"))
-            .set_position(done as u64);
-    });
-    if let Some(b) = bar {
-        crate::progress::finish(&b);
-    }
-    let summary = summary?;
-    if let Some(control) = &summary.seed_control {
-        for h in &control.hooks {
-            tracing::info!(
-                "seed control {}: {} of {} alive features reproduced by the other seed ({} strong)",
-                h.hook,
-                h.reproduced,
-                h.alive_primary,
-                h.strong_reproduced
-            );
-        }
-        for p in &control.pairs {
-            tracing::info!(
-                "seed control {} ({}) → {} ({}): {} matches of {} (primaries: {} of {})",
-                p.from,
-                p.from_sae,
-                p.to,
-                p.to_sae,
-                p.matches,
-                p.alive_from,
-                p.primary_matches,
-                p.primary_alive_from
-            );
-        }
-    }
-    for w in &summary.warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(summary)
 }

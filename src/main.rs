@@ -12,7 +12,6 @@ mod effects;
 mod export;
 mod extract;
 mod forward;
-mod genes;
 mod layers;
 mod progress;
 mod sae;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
+use scinterp_export::steps::Observer;
 
 static HIDDEN: AtomicBool = AtomicBool::new(false);
 
@@ -212,5 +213,55 @@ impl TermLike for LogLines {
     }
     fn flush(&self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The CLI's [`Observer`] of library steps: each counted part as a [`bar`] (or a [`spinner`] while
+/// something without a count runs), report lines on stdout.
+#[derive(Default)]
+pub struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Observer for Bars {
+    fn start(&mut self, label: &str, unit: &str, total: u64, done: u64) {
+        self.end(true);
+        self.bar = Some(bar_with_prefix(total, done, unit, label));
+    }
+    fn position(&mut self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+    fn status(&mut self, text: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(text.to_string());
+        }
+    }
+    fn end(&mut self, completed: bool) {
+        if let Some(b) = self.bar.take() {
+            if completed {
+                finish(&b);
+            } else {
+                b.abandon();
+            }
+        }
+    }
+    fn waiting(&mut self, what: &str) {
+        self.end(true);
+        self.bar = Some(spinner(what.to_string()));
+    }
+    fn say(&mut self, line: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
+    }
+}
+
+impl Drop for Bars {
+    /// A part left open (a step that failed midway) stays on screen as it stopped.
+    fn drop(&mut self) {
+        self.end(false);
     }
 }

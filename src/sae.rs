@@ -6,16 +6,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use scinterp_engine::sae::pipeline::{
-    encode_store, eval_on_store, synth_store, train_on_store, EncodeRequest, EvalRequest, SpliceModel,
-    SynthRequest, TrainEvent, TrainRequest,
+    encode_store, eval_on_store, synth_store, EncodeRequest, EvalRequest, SpliceModel, SynthRequest,
+    TrainRequest,
 };
 use scinterp_engine::sae::synth::SynthSpec;
-use scinterp_engine::store::ActStore;
-use scinterp_models::sae_splice::StoreModel;
-
-pub use scinterp_engine::sae::pipeline::TrainReport;
+use scinterp_export::steps;
 
 use crate::args::{print_json, DeviceArgs};
+use crate::progress::Bars;
 
 #[derive(Args, Debug)]
 pub struct SaeArgs {
@@ -141,77 +139,7 @@ fn run_train(args: TrainArgs, json: bool) -> Result<()> {
         checkpoint_every_steps: args.checkpoint_every,
         stop_after_steps: args.stop_after_steps,
     };
-    print_json(json, &train_sae(&req)?)
-}
-
-/// The model behind a store, for the spliced loss (none: logged and skipped).
-fn splice_model(acts: &std::path::Path, cells: usize) -> Result<Option<StoreModel>> {
-    if cells == 0 {
-        return Ok(None);
-    }
-    let store = ActStore::open(acts)?;
-    match StoreModel::open(&store).map_err(anyhow::Error::msg)? {
-        Ok(model) => Ok(Some(model)),
-        Err(why) => {
-            tracing::info!("{why}");
-            Ok(None)
-        }
-    }
-}
-
-/// Trains, evaluates and writes the SAE folder, with a progress bar and the results logged. (The demo
-/// calls this too.)
-pub fn train_sae(req: &TrainRequest) -> Result<TrainReport> {
-    let splicer = if req.acts.join("manifest.json").exists() {
-        splice_model(&req.acts, req.splice_cells)?
-    } else {
-        None
-    };
-    let mut bar = None;
-    let report = train_on_store(
-        req,
-        splicer.as_ref().map(|s| s as &dyn SpliceModel),
-        &mut |event| match event {
-            TrainEvent::Warning(w) => tracing::warn!("{w}"),
-            TrainEvent::Info(i) => tracing::info!("{i}"),
-            TrainEvent::Step { step, steps, nmse } => {
-                let bar =
-                    bar.get_or_insert_with(|| crate::progress::bar(steps as u64, step as u64 - 1, "steps"));
-                bar.set_position(step as u64);
-                if step % 10 == 0 {
-                    bar.set_message(format!("nmse {nmse:.4}"));
-                }
-            }
-        },
-    )?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    tracing::info!(
-        "{} tokens in {:.1} s ({:.0} tokens/s); held-out FVU {:.4}, L0 {:.1}, dead on held-out rows {} ({:.2} %); wrote {}",
-        report.summary.tokens_trained,
-        report.summary.train_seconds,
-        report.summary.tokens_per_second,
-        report.heldout.fvu,
-        report.heldout.l0,
-        report.heldout.dead_latents,
-        100.0 * report.heldout.dead_fraction,
-        req.out.display()
-    );
-    if let Some(s) = &report.spliced {
-        tracing::info!(
-            "model loss at {} positions: clean {:.4}, SAE spliced {:.4}, zero-ablated {:.4}, mean-ablated {:.4} \
-             (loss recovered {:.3} vs zero, {:.3} vs mean)",
-            s.rows_spliced,
-            s.clean,
-            s.spliced,
-            s.zero_ablated,
-            s.mean_ablated,
-            s.loss_recovered,
-            s.loss_recovered_vs_mean
-        );
-    }
-    Ok(report)
+    print_json(json, &steps::train_sae(&req, &mut Bars::default())?)
 }
 
 /// An SAE and the activation store it reads (shared by `encode` and `eval`).
@@ -292,7 +220,7 @@ struct EvalArgs {
 }
 
 fn run_eval(args: EvalArgs, json: bool) -> Result<()> {
-    let splicer = splice_model(&args.input.acts, args.splice_cells)?;
+    let splicer = steps::splice_model(&args.input.acts, args.splice_cells)?;
     let req = EvalRequest {
         sae: args.input.sae.clone(),
         acts: args.input.acts.clone(),
@@ -346,8 +274,12 @@ struct SynthArgs {
     hook: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Activation store folder to write.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing --out store (only once the new one is complete); without it one is refused.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn run_synth(args: SynthArgs) -> Result<()> {
@@ -364,6 +296,7 @@ fn run_synth(args: SynthArgs) -> Result<()> {
         cell_rows: args.cell_rows,
         hook: args.hook.clone(),
         out: args.out.clone(),
+        overwrite: args.overwrite,
     };
     let report = synth_store(&req)?;
     tracing::info!(

@@ -2,16 +2,17 @@
 //! Geneformer (V1/V2 rank value encoding) or scGPT (binned values). The pipeline is
 //! `scinterp_models::tokenize::pipeline`; this is its arguments, progress bars and printing.
 
-use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::args::print_json;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use indicatif::ProgressBar;
+use scinterp_export::steps;
 use scinterp_models::registry;
 use scinterp_models::tokenize::geneformer::GeneIdKind;
 use scinterp_models::tokenize::pipeline::{self, Config};
+
+use crate::args::print_json;
+use crate::progress::Bars;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum TokenizerKind {
@@ -143,58 +144,11 @@ impl TokenizeArgs {
 }
 
 pub fn run(args: TokenizeArgs, json: bool) -> Result<()> {
-    let report = tokenize(&args.config())?;
+    let report = steps::tokenize(&args.config(), &mut Bars::default())?;
     print_json(json, &report.manifest)?;
     // The process ends here: hand the cells, the scGPT values (hundreds of MB for big inputs) and the
     // tokenizer's maps (hundreds of thousands of strings) back to the OS with it instead of freeing them
     // piece by piece.
     std::mem::forget(report.retained);
     Ok(())
-}
-
-/// One library call, with progress bars on stderr (unless `--quiet`: see `crate::progress`).
-pub fn tokenize(config: &Config) -> Result<pipeline::Report> {
-    let bars = Bars {
-        bar: RefCell::new(None),
-    };
-    Ok(pipeline::run(config, &bars)?)
-}
-
-/// The progress of a run on stderr: a spinner while the input is read, then a bar over cells (see
-/// `crate::progress` for terminals vs logs).
-struct Bars {
-    bar: RefCell<Option<ProgressBar>>,
-}
-
-impl pipeline::Progress for Bars {
-    fn reading(&self, input: &Path) {
-        *self.bar.borrow_mut() = Some(crate::progress::spinner(format!("reading {}", input.display())));
-    }
-
-    fn read(&self) {
-        if let Some(b) = self.bar.borrow_mut().take() {
-            crate::progress::finish(&b);
-        }
-    }
-
-    fn cells_start(&self, n_cells: u64, done: u64) {
-        let bar = crate::progress::bar_with_prefix(n_cells, done, "cells", "tokenizing");
-        *self.bar.borrow_mut() = Some(bar);
-    }
-
-    fn cells(&self, n: u64) {
-        if let Some(b) = self.bar.borrow().as_ref() {
-            b.inc(n);
-        }
-    }
-
-    fn cells_end(&self, completed: bool) {
-        if let Some(b) = self.bar.borrow_mut().take() {
-            if completed {
-                crate::progress::finish(&b);
-            } else {
-                b.abandon();
-            }
-        }
-    }
 }

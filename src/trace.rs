@@ -2,18 +2,17 @@
 //! `merge`) → the summary, printed. `scinterp trace --model …` without `run` is the old spelling and
 //! still works.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use scinterp_engine::formats::absolute;
 use scinterp_engine::formats::trace::TraceSummary;
-use scinterp_engine::trace::{EdgeFilters, TraceConfig, TraceInputs, TraceOutcome, TraceProgress};
-
-use scinterp_models::extract::special_token_ids;
-use scinterp_models::input::read_cells;
+use scinterp_engine::trace::{EdgeFilters, TraceConfig};
+use scinterp_export::steps;
+use scinterp_models::trace::TraceFiles;
 
 use crate::args::{parse_shard, print_json, DeviceArgs};
+use crate::progress::Bars;
 
 /// `trace run …`, `trace merge …`, or (the old spelling) `trace …` with the arguments of `run`.
 #[derive(Debug)]
@@ -178,7 +177,7 @@ pub fn run(args: TraceArgs, json: bool) -> Result<()> {
     let summary = match (args.command, args.run) {
         (Some(TraceCommand::Merge(m)), _) => {
             let summary = scinterp_engine::trace::merge(&m.shards, &m.out, &m.filters.into(), m.overwrite)?;
-            log_table(&summary);
+            steps::log_trace_table(&summary);
             summary
         }
         (Some(TraceCommand::Run(r)), _) => run_trace(*r)?,
@@ -186,17 +185,6 @@ pub fn run(args: TraceArgs, json: bool) -> Result<()> {
         (None, None) => bail!("nothing to do: use `scinterp trace run …` or `scinterp trace merge …`"),
     };
     print_json(json, &summary)
-}
-
-/// The folders a trace reads.
-#[derive(Clone, Copy, Debug)]
-pub struct TraceFiles<'a> {
-    /// Model folder (Geneformer or scGPT).
-    pub model: &'a Path,
-    /// Token store of the cells.
-    pub input: &'a Path,
-    /// Folder of SAE folders, one per hook.
-    pub saes: &'a Path,
 }
 
 fn run_trace(args: RunArgs) -> Result<TraceSummary> {
@@ -221,72 +209,13 @@ fn run_trace(args: RunArgs) -> Result<TraceSummary> {
     trace_edges(&files, &config, &args.device)
 }
 
-/// Loads the model and the cells, traces with a progress bar, logs and returns the summary (of the
-/// table, or of the shard). (The demo calls this too.)
-pub fn trace_edges(files: &TraceFiles, config: &TraceConfig, device: &DeviceArgs) -> Result<TraceSummary> {
+fn trace_edges(files: &TraceFiles, config: &TraceConfig, device: &DeviceArgs) -> Result<TraceSummary> {
     let backend = device.backend()?;
-    let model = scinterp_models::load(files.model, false)?;
-    let forward = device.forward(backend, model.encoder.as_ref())?;
-    let cells = read_cells(files.input, &model)?;
-    let inputs = TraceInputs {
-        encoder: model.encoder.as_ref(),
-        forward: forward.as_ref(),
-        tokens: &cells.tokens,
-        values: cells.values.as_deref(),
-        special_ids: special_token_ids(files.input, &model)?,
-        saes: files.saes,
-        model_path: absolute(files.model),
-        input_path: absolute(files.input),
-    };
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let outcome = scinterp_engine::trace::run(config, &inputs, &mut |p| match p {
-        TraceProgress::Resumed {
-            checkpoint,
-            cells_done,
-        } => tracing::info!("resuming from {} at cell {cells_done}", checkpoint.display()),
-        TraceProgress::Start { total, done } => {
-            bar = Some(crate::progress::bar(total as u64, done as u64, "cells"));
-        }
-        TraceProgress::Ablations(n) => {
-            if let Some(b) = &bar {
-                b.set_message(format!("{n} ablations"));
-            }
-        }
-        TraceProgress::Cells(n) => {
-            if let Some(b) = &bar {
-                b.set_position(n as u64);
-            }
-        }
-    });
-    if let Some(b) = bar {
-        crate::progress::finish(&b);
-    }
-    Ok(match outcome? {
-        TraceOutcome::Shard(s) => {
-            tracing::info!(
-                "shard: {} ablations in {:.1} s; accumulator written to {} (combine shards with `scinterp trace merge`)",
-                s.ablations,
-                s.seconds,
-                s.out
-            );
-            s
-        }
-        TraceOutcome::Table(s) => {
-            log_table(&s);
-            s
-        }
-    })
-}
-
-fn log_table(s: &TraceSummary) {
-    tracing::info!(
-        "{} ablations over {} cells in {:.1} s ({:.1}/s); {} tests, {} edges written to {}",
-        s.ablations,
-        s.cells,
-        s.seconds,
-        s.ablations_per_second,
-        s.tests_performed,
-        s.edges_written,
-        s.out
-    );
+    Ok(steps::trace(
+        files,
+        config,
+        backend,
+        device.precision(),
+        &mut Bars::default(),
+    )?)
 }

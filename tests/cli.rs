@@ -640,6 +640,7 @@ fn forward_runs_scgpt_folders_from_json_and_from_a_token_store() {
             "--head",
             "--out",
             s(&out_path),
+            "--overwrite",
             "--json",
         ])
     };
@@ -1070,6 +1071,7 @@ fn device_flag_resolves_without_panicking_and_cuda_errors_clearly_without_a_gpu(
             "hook_embed",
             "--out",
             s(&out),
+            "--overwrite",
             "--device",
             device,
         ])

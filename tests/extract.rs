@@ -526,3 +526,113 @@ fn sharded_extract_merges_to_the_unsharded_store_byte_for_byte() {
         &["--shard", "0 ≤ i < n"],
     );
 }
+
+/// `--overwrite` on the commands whose output already exists: `forward` (refused without it),
+/// `extract` and `extract merge` (which otherwise resume or keep a complete store) start afresh and give
+/// the same bytes; a folder that is not an activation store is never deleted.
+#[test]
+fn overwrite_starts_afresh_and_deletes_only_an_activation_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    tiny_v2_token_store(&tokens, 4);
+    let model = fixture("tiny_v2");
+    let hooks = "blocks.1.hook_resid_post";
+
+    let fwd = tmp.path().join("fwd.safetensors");
+    let forward = |extra: &[&str]| {
+        let base = [
+            "forward",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--hooks",
+            hooks,
+            "--out",
+            s(&fwd),
+        ];
+        scinterp(&[&base[..], extra].concat())
+    };
+    ok(&forward(&[]));
+    let first = std::fs::read(&fwd).unwrap();
+    assert_fails_with(&forward(&[]), &[s(&fwd), "--overwrite"]);
+    assert_eq!(
+        std::fs::read(&fwd).unwrap(),
+        first,
+        "a refused run must leave the file"
+    );
+    ok(&forward(&["--overwrite"]));
+    assert_eq!(std::fs::read(&fwd).unwrap(), first);
+
+    let extract = |out: &Path, extra: &[&str]| {
+        let base = [
+            "extract",
+            "--model",
+            s(&model),
+            "--input",
+            s(&tokens),
+            "--hooks",
+            hooks,
+            "--out",
+            s(out),
+            "--max-batch-tokens",
+            "64",
+            "--json",
+        ];
+        scinterp(&[&base[..], extra].concat())
+    };
+    let full = tmp.path().join("full");
+    ok_json(&extract(&full, &[]));
+    let want = common::files(&full);
+    // A partial store: without --overwrite a rerun resumes it; with it the run starts at cell 0.
+    let partial = tmp.path().join("partial");
+    assert_fails_with(
+        &extract(&partial, &["--stop-after-batches", "1"]),
+        &["stopped after 1 batches"],
+    );
+    let fresh = ok_json(&extract(&partial, &["--overwrite"]));
+    assert_eq!(fresh["resumed_from_cell"], 0);
+    assert_eq!(common::files(&partial), want);
+    // A complete store is extracted again.
+    let again = ok_json(&extract(&full, &["--overwrite"]));
+    assert_eq!(again["resumed_from_cell"], 0);
+    assert_eq!(common::files(&full), want);
+    // Not an activation store: refused, its file kept.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "keep me").unwrap();
+    assert_fails_with(&extract(&foreign, &["--overwrite"]), &[s(&foreign), "not one"]);
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+
+    // Shards merged, then merged again with --overwrite: the unsharded store's bytes both times.
+    let shards: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("shard{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        ok_json(&extract(dir, &["--shard", &format!("{i}/2")]));
+    }
+    let list = format!("{},{}", s(&shards[0]), s(&shards[1]));
+    let merged = tmp.path().join("merged");
+    let merge = |extra: &[&str]| {
+        let base = ["extract", "merge", "--shards", &list, "--out", s(&merged)];
+        scinterp(&[&base[..], extra].concat())
+    };
+    ok(&merge(&[]));
+    assert_eq!(common::files(&merged), want);
+    ok(&merge(&["--overwrite"]));
+    assert_eq!(common::files(&merged), want);
+    assert_fails_with(
+        &scinterp(&[
+            "extract",
+            "merge",
+            "--shards",
+            &list,
+            "--out",
+            s(&foreign),
+            "--overwrite",
+        ]),
+        &[s(&foreign), "not one"],
+    );
+    assert!(foreign.join("notes.txt").is_file());
+}

@@ -266,6 +266,27 @@ fn sae_training_is_reproducible_for_a_seed() {
     let c = train(&tmp.path().join("c"), "4");
     assert!(a == b, "same seed, different weights");
     assert!(a != c, "another seed gave the same weights");
+
+    // `sae synth` over an existing store: refused without --overwrite (the store kept), replaced with it
+    // by the same bytes for the same settings.
+    let before = common::files(&acts);
+    let synth_again = |extra: &[&str]| {
+        let base = [
+            "sae",
+            "synth",
+            "--d-in",
+            "16",
+            "--rows",
+            "8000",
+            "--out",
+            s(&acts),
+        ];
+        scinterp(&[&base[..], extra].concat())
+    };
+    assert_fails_with(&synth_again(&[]), &[s(&acts), "--overwrite"]);
+    assert_eq!(common::files(&acts), before);
+    ok(&synth_again(&["--overwrite"]));
+    assert_eq!(common::files(&acts), before);
 }
 
 /// The masked-LM spliced loss (issue 18): the SAE is spliced only where the store has rows and the

@@ -132,7 +132,7 @@ def parse_json_stdout(text: str) -> dict:
 def bench_scinterp(binary: str, model_dir: Path, tokens: Path, hook: str, out: Path, threads: int, repeats: int):
     """Best forward_seconds over `repeats` runs; returns (seconds, tokens, last run's JSON)."""
     cmd = [binary, "forward", "--model", str(model_dir), "--input", str(tokens), "--hooks", hook,
-           "--out", str(out), "--threads", str(threads), "--json"]
+           "--out", str(out), "--overwrite", "--threads", str(threads), "--json"]
     best, n_tokens, last = float("inf"), None, None
     for _ in range(repeats):
         proc = subprocess.run(cmd, capture_output=True, text=True)

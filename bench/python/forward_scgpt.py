@@ -139,7 +139,7 @@ def bench_scinterp(binary: str, model_dir: Path, inp: Path, hook: str, out: Path
     """Best tokens_per_second over `repeats` runs; returns (tok/s, last run's JSON)."""
     # --threads is a global flag: it goes before the subcommand.
     cmd = [binary, "--threads", str(threads), "forward", "--model", str(model_dir), "--input", str(inp),
-           "--hooks", hook, "--out", str(out), "--json"]
+           "--hooks", hook, "--out", str(out), "--overwrite", "--json"]
     best, last = 0.0, None
     for _ in range(repeats):
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -272,8 +272,13 @@ fn shard_of(
 /// Concatenates complete shard stores (`scinterp extract --shard i/n`, every i of one n once, in any
 /// order) into the store one unsharded run writes, byte for byte. Checks that they belong together
 /// (same model, cells, hooks, dtype, positions, batch budget, version; contiguous cell ranges).
-/// Resumable: the output advances shard by shard, and a rerun continues after the last whole shard.
-pub fn merge_shards(shards: &[std::path::PathBuf], out: &std::path::Path) -> Result<MergeStats, StoreError> {
+/// Resumable: the output advances shard by shard, and a rerun continues after the last whole shard;
+/// `overwrite` deletes an existing output store (complete or partial) first and merges afresh.
+pub fn merge_shards(
+    shards: &[std::path::PathBuf],
+    out: &std::path::Path,
+    overwrite: bool,
+) -> Result<MergeStats, StoreError> {
     use crate::store::{ActStore, OpenedStore, StoreWriter};
     let first_dir = shards
         .first()
@@ -366,6 +371,10 @@ pub fn merge_shards(shards: &[std::path::PathBuf], out: &std::path::Path) -> Res
     let mut manifest = base.clone();
     manifest.source = source0.clone();
     manifest.n_cells = info0.total_cells;
+    // Only now, with every shard checked: a refused merge deletes nothing.
+    if overwrite {
+        crate::store::remove_store_for_overwrite(out)?;
+    }
     let mut writer = match StoreWriter::open(out, manifest, &rows)? {
         OpenedStore::AlreadyComplete(m) => {
             return Ok(MergeStats {

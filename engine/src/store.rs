@@ -520,6 +520,23 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
+/// `--overwrite` of the commands that resume a store in place (`extract`, `extract merge`): deletes the
+/// activation store at `dir`, complete or partial, so that the run starts afresh. Only a folder whose
+/// `manifest.json` is an activation store's is deleted (nothing else is touched: a wrong `--out` is an
+/// error, not a loss); a missing `dir` is nothing to do.
+pub fn remove_store_for_overwrite(dir: &Path) -> Result<(), StoreError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    read_manifest(dir).map_err(|e| {
+        StoreError::new(
+            dir,
+            format!("--overwrite deletes only an activation store, and this is not one ({e}); choose another --out"),
+        )
+    })?;
+    std::fs::remove_dir_all(dir).map_err(|e| StoreError::io(dir, "cannot remove (--overwrite)", e))
+}
+
 /// Reads and checks `manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<StoreManifest, StoreError> {
     let path = dir.join(MANIFEST_FILE);

@@ -16,6 +16,8 @@ pub enum ExportError {
     #[error(transparent)]
     TokenStore(#[from] scinterp_models::token_store::TokenStoreError),
     #[error(transparent)]
+    ModelOnCells(#[from] scinterp_models::input::ModelOnCellsError),
+    #[error(transparent)]
     Effects(#[from] scinterp_engine::effects::pipeline::EffectsError),
     #[error(transparent)]
     File(#[from] scinterp_engine::formats::FileError),

@@ -11,12 +11,14 @@
 pub mod apply;
 pub mod atlas;
 pub mod cells;
+pub mod demo;
 pub mod error;
 pub mod files;
 pub mod onnx;
 pub mod operator;
 pub mod pipeline;
 pub mod steering;
+pub mod steps;
 pub mod tool;
 
 pub use error::ExportError;

@@ -7,12 +7,11 @@
 use std::path::Path;
 
 use scinterp_engine::cuda::GpuPrecision;
-use scinterp_engine::device::{forward_on, Backend};
+use scinterp_engine::device::Backend;
 use scinterp_engine::effects::pipeline::{EffectsConfig, EffectsInputs};
 use scinterp_engine::effects::{PanelReadout, PseudotimeReadout};
 use scinterp_engine::formats::effects::EffectsSummary;
-use scinterp_models::extract::special_token_ids;
-use scinterp_models::input::read_cells;
+use scinterp_models::input::ModelOnCells;
 use scinterp_models::LoadedModel;
 
 use crate::files::read_tool;
@@ -41,18 +40,16 @@ pub fn effects(
     precision: GpuPrecision,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EffectsSummary, ExportError> {
-    let model = scinterp_models::load(files.model, true)?;
-    let cells = read_cells(files.input, &model)?;
+    let loaded = ModelOnCells::open(files.model, files.input, true, backend, precision)?;
     if let Some(dir) = files.pseudotime_tool {
-        config.pseudotime = Some(pseudotime_readout(dir, &model)?);
+        config.pseudotime = Some(pseudotime_readout(dir, &loaded.model)?);
     }
-    let forward = forward_on(backend, model.encoder.as_ref(), precision)?;
     let inputs = EffectsInputs {
-        encoder: model.encoder.as_ref(),
-        forward: forward.as_ref(),
-        tokens: &cells.tokens,
-        values: cells.values.as_deref(),
-        special_ids: special_token_ids(files.input, &model)?,
+        encoder: loaded.model.encoder.as_ref(),
+        forward: loaded.forward.as_ref(),
+        tokens: &loaded.cells.tokens,
+        values: loaded.cells.values.as_deref(),
+        special_ids: loaded.special_ids.clone(),
         saes: files.saes,
         input: files.input,
     };

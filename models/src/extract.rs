@@ -12,8 +12,8 @@ use scinterp_engine::extract::{
 };
 use scinterp_engine::formats::absolute;
 use scinterp_engine::store::{
-    ActDtype, ModelFolderRecord, OpenedStore, StoreError, StoreManifest, StoreModelRecord, StoreSourceRecord,
-    StoreWriter, TokenStoreRecord, STORE_FORMAT,
+    remove_store_for_overwrite, ActDtype, ModelFolderRecord, OpenedStore, StoreError, StoreManifest,
+    StoreModelRecord, StoreSourceRecord, StoreWriter, TokenStoreRecord, STORE_FORMAT,
 };
 use scinterp_engine::EngineError;
 use serde::Serialize;
@@ -48,6 +48,8 @@ pub struct ExtractConfig {
     pub gpu_precision: GpuPrecision,
     /// Testing: stop after this many batches, before the last is checkpointed.
     pub stop_after_batches: Option<usize>,
+    /// Delete an existing store at `out` (complete or partial) and extract afresh, instead of resuming it.
+    pub overwrite: bool,
 }
 
 impl ExtractConfig {
@@ -65,6 +67,7 @@ impl ExtractConfig {
             backend: Backend::Cpu,
             gpu_precision: GpuPrecision::Bf16,
             stop_after_batches: None,
+            overwrite: false,
         }
     }
 }
@@ -216,6 +219,10 @@ pub fn run(
         complete: false,
         scinterp_version: env!("CARGO_PKG_VERSION").into(),
     };
+    // Only now, with every input checked: a refused run deletes nothing.
+    if config.overwrite {
+        remove_store_for_overwrite(&config.out)?;
+    }
     let mut writer = match StoreWriter::open(&config.out, manifest, &rows)? {
         OpenedStore::AlreadyComplete(m) => {
             return Ok(ExtractOutcome::AlreadyComplete {

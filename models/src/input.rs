@@ -4,6 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use scinterp_engine::cuda::GpuPrecision;
+use scinterp_engine::device::{forward_on, Backend};
+use scinterp_engine::executor::Forward;
+use scinterp_engine::EngineError;
+
 use crate::registry::{InputKind, LoadedModel};
 use crate::token_store::{TokenStore, TokenStoreError};
 
@@ -249,5 +254,54 @@ mod tests {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("t.json"), "{bad}: {err}");
         }
+    }
+}
+
+/// A model with the cells of a token store and what runs its blocks: what `trace` and `effects` read.
+pub struct ModelOnCells {
+    pub model: LoadedModel,
+    pub cells: InputCells,
+    /// Token ids whose positions the SAEs never read (from the store's tokenizer and the model).
+    pub special_ids: Vec<u32>,
+    /// The CPU, or the model's weights on a GPU.
+    pub forward: Box<dyn Forward>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelOnCellsError {
+    #[error(transparent)]
+    Model(#[from] crate::ModelError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    TokenStore(#[from] TokenStoreError),
+    #[error("uploading the model to the GPU (--device cpu avoids the GPU): {0}")]
+    Upload(#[source] EngineError),
+}
+
+impl ModelOnCells {
+    /// Loads the model folder (with its MLM head when `with_head`), the store's cells (checked against the
+    /// model's tokenizer) and their special ids, and places the model on `backend`.
+    pub fn open(
+        model: &Path,
+        store: &Path,
+        with_head: bool,
+        backend: Backend,
+        precision: GpuPrecision,
+    ) -> Result<Self, ModelOnCellsError> {
+        let model = crate::load(model, with_head)?;
+        let cells = read_cells(store, &model)?;
+        let special_ids = crate::extract::special_token_ids(store, &model)?;
+        let forward =
+            forward_on(backend, model.encoder.as_ref(), precision).map_err(ModelOnCellsError::Upload)?;
+        if backend == Backend::Cuda {
+            tracing::info!("forward pass: {}", forward.name());
+        }
+        Ok(ModelOnCells {
+            model,
+            cells,
+            special_ids,
+            forward,
+        })
     }
 }

@@ -20,6 +20,7 @@ mod test_data;
 pub mod token_chunks;
 pub mod token_store;
 pub mod tokenize;
+pub mod trace;
 pub mod weights;
 
 pub use error::{Invalid, ModelError};

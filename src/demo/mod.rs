@@ -1,15 +1,15 @@
-//! `scinterp demo`: the main job on the embedded default. By default it runs the pipeline on the
-//! models of `models/assets` (trained on real blood cells) beside their random-weight controls
-//! ([`embedded`]); `--planted` runs the older fixture with planted gene programs ([`planted`]).
+//! `scinterp demo`: arguments → [`scinterp_export::demo`] (the whole pipeline as library calls, on the
+//! embedded models or, with `--planted`, the planted-program fixture) → what came back, printed.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use scinterp_engine::sae::pipeline::TrainRequest;
+use scinterp_export::demo::{embedded, planted};
 
-mod embedded;
-mod planted;
+use crate::progress::Bars;
+
+mod report;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -33,42 +33,25 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    let mut bars = Bars::default();
     if args.planted {
-        return planted::run(planted::PlantedArgs {
+        let config = planted::PlantedConfig {
             out: args.out,
             seed: args.seed,
             data: args.data,
-        });
+        };
+        planted::run(&config, &mut bars)?;
+        return Ok(());
     }
-    embedded::run(embedded::EmbeddedArgs {
+    let config = embedded::EmbeddedConfig {
         out: args.out,
         seed: args.seed,
-        assets: args.assets.unwrap_or_else(embedded::default_assets),
-    })
-}
-
-/// The demo's SAE training settings (batches of 1,024 rows, a 32k-row shuffle buffer, dead after
-/// 50k tokens, 10 % of cells held out).
-#[allow(clippy::too_many_arguments)]
-fn sae_request(
-    acts: &Path,
-    hook: &str,
-    d_sae: usize,
-    k: usize,
-    out: &Path,
-    tokens: u64,
-    splice_cells: usize,
-    seed: u64,
-) -> TrainRequest {
-    TrainRequest {
-        tokens: Some(tokens),
-        batch_size: 1024,
-        dead_after_tokens: Some(50_000),
-        shuffle_buffer_rows: 1 << 15,
-        splice_cells,
-        seed,
-        overwrite: true,
-        checkpoint_every_steps: 0,
-        ..TrainRequest::new(acts, hook, d_sae, k, out)
-    }
+        // The checkout's models/assets, where `cargo run -- demo` finds the embedded models and cells.
+        assets: args
+            .assets
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets")),
+    };
+    let report = embedded::run(&config, &mut bars)?;
+    report::print(&report);
+    Ok(())
 }

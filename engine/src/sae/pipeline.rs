@@ -31,6 +31,7 @@ use crate::device::Backend;
 use crate::formats::sae::{
     HoldoutRecord, NormalizationRecord, SaeMetadata, SaeTrainingRecord, SAE_LENS_VERSION,
 };
+use crate::formats::staged::StagedDir;
 use crate::formats::{absolute, atomic_write};
 use crate::hooks::HookPoint;
 use crate::npy::{header_bytes, read_npy_bytes, write_npy, NpyDtype};
@@ -817,6 +818,8 @@ pub struct SynthRequest {
     pub cell_rows: usize,
     pub hook: String,
     pub out: PathBuf,
+    /// Replace an existing store at `out` (only once the new one is complete).
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -829,10 +832,9 @@ pub struct SynthReport {
 pub fn synth_store(req: &SynthRequest) -> Result<SynthReport, SaeError> {
     let spec = &req.spec;
     spec.validate()?;
-    if req.out.exists() {
-        return Err(SaeError::OutputExists(req.out.clone()));
-    }
     HookPoint::parse(&req.hook).map_err(|e| FlagError::new("hook", &req.hook, e.to_string()))?;
+    // Written in a staging sibling and swapped in when complete: an earlier store survives a failed run.
+    let staged = StagedDir::begin(&req.out, req.overwrite, "an activation store")?;
     let cell_rows = req.cell_rows.max(1);
     let n_cells = req.rows.div_ceil(cell_rows);
     let rows: Vec<[i32; 3]> = (0..req.rows)
@@ -860,11 +862,11 @@ pub fn synth_store(req: &SynthRequest) -> Result<SynthReport, SaeError> {
         complete: false,
         scinterp_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let OpenedStore::Writer(mut writer) = StoreWriter::open(&req.out, manifest, &rows)? else {
+    let OpenedStore::Writer(mut writer) = StoreWriter::open(staged.path(), manifest, &rows)? else {
         return Err(SaeError::OutputExists(req.out.clone()));
     };
     let dictionary = spec.dictionary();
-    let dict_path = req.out.join("dictionary.npy");
+    let dict_path = staged.path().join("dictionary.npy");
     write_npy(
         &dict_path,
         NpyDtype::F32,
@@ -883,6 +885,8 @@ pub fn synth_store(req: &SynthRequest) -> Result<SynthReport, SaeError> {
         writer.checkpoint(end_cell, last)?;
         cell = end_cell;
     }
+    drop(writer);
+    staged.commit()?;
     Ok(SynthReport {
         rows: req.rows,
         cells: n_cells,

@@ -11,49 +11,56 @@
 //! blocks.2 → (Geneformer) the output effect of the best cell-type feature on its own top genes; then
 //! the cross-model consensus of the two trained models' annotated circuits, and of the two controls.
 
+use super::say;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use scinterp_engine::analyze::consensus::{ConsensusConfig, GraphInput};
 use scinterp_engine::analyze::AnalyzeConfig;
 use scinterp_engine::annotate::AnnotateConfig;
-use scinterp_engine::formats::annotation::{read_cell_type_terms, read_feature_terms, FeatureTermRow};
-use scinterp_engine::formats::trace::read_trace_edges;
-use scinterp_engine::formats::{Table, TableFormat};
-use serde::Serialize;
-use serde_json::json;
-
-use scinterp_export::cells::{CellInput, PanelChoice};
-use scinterp_export::pipeline::{export_tool, ExportConfig};
-use scinterp_export::tool::AdaptorKind;
-use scinterp_models::cells::OpenOptions;
-use scinterp_models::registry::TokenizerKind;
-use scinterp_models::tokenize::geneformer::GeneIdKind;
-use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
-
-use scinterp_engine::analyze::consensus::{ConsensusConfig, GraphInput};
 use scinterp_engine::cuda::GpuPrecision;
 use scinterp_engine::device::Backend;
 use scinterp_engine::effects::EffectsConfig;
+use scinterp_engine::formats::annotation::{read_cell_type_terms, read_feature_terms, FeatureTermRow};
+use scinterp_engine::formats::consensus::ConsensusSummary;
+use scinterp_engine::formats::trace::read_trace_edges;
+use scinterp_engine::formats::{Table, TableFormat};
 use scinterp_engine::sae::pipeline::TrainRequest;
 use scinterp_engine::trace::{EdgeFilters, TraceConfig};
-use scinterp_export::steering::EffectsFiles;
+use scinterp_models::cells::OpenOptions;
 use scinterp_models::extract::ExtractConfig;
+use scinterp_models::registry::TokenizerKind;
+use scinterp_models::tokenize::geneformer::GeneIdKind;
+use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
+use scinterp_models::trace::TraceFiles;
+use serde::Serialize;
+use serde_json::json;
 
 use super::sae_request;
-use crate::args::DeviceArgs;
-use crate::trace::TraceFiles;
+use crate::cells::{CellInput, PanelChoice};
+use crate::pipeline::ExportConfig;
+use crate::steering::EffectsFiles;
+use crate::steps::{self, Observer};
+use crate::tool::AdaptorKind;
 
-pub struct EmbeddedArgs {
+/// Where the demo writes, its seed, and the embedded assets folder (models and cells).
+pub struct EmbeddedConfig {
     pub out: PathBuf,
     pub seed: u64,
     pub assets: PathBuf,
 }
 
-/// The checkout's `models/assets` (where `cargo run -- demo` finds the embedded models and cells).
-pub fn default_assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets")
+/// What the demo found, for its report (the same as `summary.json`).
+pub struct EmbeddedReport {
+    /// Geneformer trained, Geneformer random, scGPT trained, scGPT random.
+    pub arms: Vec<ArmResult>,
+    pub tool: PseudotimeTool,
+    /// Geneformer × scGPT, trained and random weights.
+    pub consensus_trained: ConsensusSummary,
+    pub consensus_random: ConsensusSummary,
+    pub summary: PathBuf,
 }
 
 const HOOKS: [&str; 3] = [
@@ -61,8 +68,8 @@ const HOOKS: [&str; 3] = [
     "blocks.1.hook_resid_post",
     "blocks.2.hook_resid_post",
 ];
-const TRACE_SOURCE: &str = "blocks.1.hook_resid_post";
-const TRACE_TARGET: &str = "blocks.2.hook_resid_post";
+pub const TRACE_SOURCE: &str = "blocks.1.hook_resid_post";
+pub const TRACE_TARGET: &str = "blocks.2.hook_resid_post";
 /// SAE shape and budget: 4× the models' width, k 16, 300k rows (about 2 passes over the store; the
 /// SAE report's `warnings` says that this is short of the 5-pass default, which would take minutes).
 const D_SAE: usize = 512;
@@ -73,9 +80,9 @@ const TRACE_FEATURES: &str = "top:24";
 const TRACE_CELLS: usize = 200;
 const TRACE_NULL_PERMUTATIONS: usize = 20;
 /// FDR level of every annotation and of the term a feature carries.
-const ALPHA: f64 = 0.05;
+pub const ALPHA: f64 = 0.05;
 const CELLS: &str = "cells/pbmc68k.h5ad.gz";
-const LABELS: &str = "bulk_labels";
+pub const LABELS: &str = "bulk_labels";
 /// Steering read through a pseudotime tool: the paul15 mouse bone-marrow cells (erythroid stages
 /// 7MEP → 1Ery), a tool exported from the trained Geneformer on them (root cell 840, the benchmark's), and
 /// the source features firing in most pbmc68k cells, amplified (α 4) and ablated (α 0) in the first
@@ -85,8 +92,8 @@ const PAUL15_ORTHOLOGS: &str = "cells/paul15_orthologs.csv";
 const PAUL15_LABELS: &str = "paul15_clusters";
 const PAUL15_ROOT: &str = "840";
 const ERYTHROID_STAGES: &str = "7MEP,6Ery,5Ery,4Ery,3Ery,2Ery,1Ery";
-const STEER_FEATURES: usize = 8;
-const STEER_CELLS: usize = 100;
+pub const STEER_FEATURES: usize = 8;
+pub const STEER_CELLS: usize = 100;
 const STEER_MAX_LEN: &str = "128";
 const GENE_SETS: [&str; 2] = [
     "genesets/h.all.v7.0.symbols.gmt",
@@ -151,98 +158,99 @@ impl Arm {
 }
 
 #[derive(Debug, Serialize)]
-struct LayerResult {
-    hook: String,
-    sae_heldout_fvu: f64,
-    sae_loss_recovered: Option<f64>,
-    alive: usize,
+pub struct LayerResult {
+    pub hook: String,
+    pub sae_heldout_fvu: f64,
+    pub sae_loss_recovered: Option<f64>,
+    pub alive: usize,
     /// Features with a gene-set term at q ≤ 0.05 (atlas q over the three layers).
-    gene_set_features: usize,
+    pub gene_set_features: usize,
     /// Features whose top cells are enriched for a cell type at q ≤ 0.05.
-    cell_type_features: usize,
-    cell_type_fraction: f64,
+    pub cell_type_features: usize,
+    pub cell_type_fraction: f64,
 }
 
 #[derive(Debug, Serialize)]
-struct BestFeature {
-    hook: String,
-    feature: i64,
+pub struct BestFeature {
+    pub hook: String,
+    pub feature: i64,
     /// Cell types the feature's top cells are enriched for (q ≤ 0.05), best first, with q.
-    cell_types: Vec<(String, f64)>,
+    pub cell_types: Vec<(String, f64)>,
     /// Gene-set terms (q ≤ 0.05), best first, with q.
-    gene_sets: Vec<(String, f64)>,
-    top_genes: Vec<String>,
+    pub gene_sets: Vec<(String, f64)>,
+    pub top_genes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
-struct TraceResult {
-    source: String,
-    target: String,
-    ablations: u64,
-    tests: u64,
-    edges: u64,
+pub struct TraceResult {
+    pub source: String,
+    pub target: String,
+    pub ablations: u64,
+    pub tests: u64,
+    pub edges: u64,
     /// Edges whose source and target both carry a term (gene set or cell type at q ≤ 0.05).
-    annotated_edges: usize,
+    pub annotated_edges: usize,
     /// Of those, edges whose source and target share a term.
-    edges_sharing_a_term: usize,
-    empirical_fdr: Option<f64>,
+    pub edges_sharing_a_term: usize,
+    pub empirical_fdr: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
-struct EffectResult {
-    feature: i64,
-    readout: String,
-    readout_genes: usize,
-    alpha: f64,
+pub struct EffectResult {
+    pub feature: i64,
+    pub readout: String,
+    pub readout_genes: usize,
+    pub alpha: f64,
     /// Mean change of the readout genes' logits minus that of the other genes' logits.
-    target_minus_other: f64,
-    target_minus_other_p: f64,
+    pub target_minus_other: f64,
+    pub target_minus_other_p: f64,
     /// The same statistic minus that of the norm-matched random direction.
-    vs_control: f64,
-    vs_control_p: f64,
+    pub vs_control: f64,
+    pub vs_control_p: f64,
 }
 
 /// The pseudotime tool the steering is read through.
 #[derive(Debug, Serialize)]
-struct PseudotimeTool {
-    dir: String,
-    panel_genes: usize,
+pub struct PseudotimeTool {
+    pub dir: String,
+    pub panel_genes: usize,
     /// Held-out Spearman of the tool's pseudotime with the erythroid stage order.
-    heldout_stage_spearman: Option<f64>,
+    pub heldout_stage_spearman: Option<f64>,
 }
 
 /// One (feature, α) row of `steering.tsv` (`scinterp effects --pseudotime-tool`).
 #[derive(Debug, Serialize)]
-struct SteeringRow {
-    feature: i64,
-    alpha: f64,
-    cells: i64,
+pub struct SteeringRow {
+    pub feature: i64,
+    pub alpha: f64,
+    pub cells: i64,
     /// Mean pseudotime shift of the edited cells, and of the norm-matched random direction.
-    pseudotime_shift: f64,
-    control_shift: f64,
+    pub pseudotime_shift: f64,
+    pub control_shift: f64,
     /// Mean per-cell (feature − control) shift, its paired t-test p and BH q over the rows.
-    vs_control: f64,
-    vs_control_p: f64,
-    vs_control_q: f64,
+    pub vs_control: f64,
+    pub vs_control_p: f64,
+    pub vs_control_q: f64,
 }
 
 #[derive(Debug, Serialize)]
-struct ArmResult {
-    model: String,
-    weights: String,
-    model_dir: String,
-    layers: Vec<LayerResult>,
-    best_features: Vec<BestFeature>,
-    trace: TraceResult,
-    effects: Vec<EffectResult>,
+pub struct ArmResult {
+    pub model: String,
+    pub weights: String,
+    pub model_dir: String,
+    pub layers: Vec<LayerResult>,
+    pub best_features: Vec<BestFeature>,
+    pub trace: TraceResult,
+    pub effects: Vec<EffectResult>,
     /// Geneformer arms: pseudotime steering on the paul15 cells (filled after the arms ran).
-    steering: Vec<SteeringRow>,
-    seconds: f64,
+    pub steering: Vec<SteeringRow>,
+    pub seconds: f64,
 }
 
-pub fn run(args: EmbeddedArgs) -> Result<()> {
+/// Runs the demo on the embedded models (see the module comment); writes everything under `config.out`.
+pub fn run(config: &EmbeddedConfig, obs: &mut dyn Observer) -> Result<EmbeddedReport> {
     let started = Instant::now();
-    let (out, assets, seed) = (&args.out, &args.assets, args.seed);
+    let (out, assets, seed) = (&config.out, &config.assets, config.seed);
     for rel in [
         "geneformer/config.json",
         "scgpt/args.json",
@@ -276,7 +284,8 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
             std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
-    println!(
+    say!(
+        obs,
         "scinterp demo (seed {seed}): the embedded models trained on real blood cells, each beside a \
          random-weight control; writing to {}",
         out.display()
@@ -285,11 +294,12 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
     let mut arms = Vec::new();
     for family in [Family::Geneformer, Family::Scgpt] {
         let tokens = out.join("tokens").join(family.name());
-        tokenize(assets, family, &tokens)?;
+        tokenize(assets, family, &tokens, obs)?;
         let trained = assets.join(family.name());
         let random = out.join("models").join(format!("{}-random", family.name()));
         let control = scinterp_models::random_control::write_random_control(&trained, &random, seed)?;
-        println!(
+        say!(
+            obs,
             "  models   {}: trained ({}) and its random-weight control ({}: {} tensors, {} parameters, \
              N(0, 0.02²) matrices, unit norms, zero biases)",
             family.name(),
@@ -312,24 +322,24 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
 
     let mut results = Vec::new();
     for arm in &arms {
-        results.push(run_arm(arm, assets, seed)?);
+        results.push(run_arm(arm, assets, seed, obs)?);
     }
 
-    let tool = pseudotime_tool(out, assets, &arms[0], seed)?;
+    let tool = pseudotime_tool(out, assets, &arms[0], seed, obs)?;
     let paul15_tokens = out.join("tokens").join("geneformer-paul15");
-    tokenize_paul15(assets, &paul15_tokens)?;
+    tokenize_paul15(assets, &paul15_tokens, obs)?;
     for (arm, result) in arms.iter().zip(&mut results) {
         if arm.family == Family::Geneformer {
-            result.steering = pseudotime_steering(arm, &paul15_tokens, &tool, seed)?;
+            result.steering = pseudotime_steering(arm, &paul15_tokens, &tool, seed, obs)?;
         }
     }
 
     let consensus_trained = consensus(out, "trained", &arms[0], &arms[2], seed)?;
     let consensus_random = consensus(out, "random", &arms[1], &arms[3], seed)?;
 
-    report(&results, &tool, &consensus_trained, &consensus_random);
     let atlas = build_atlas(out, &arms[0])?;
-    println!(
+    say!(
+        obs,
         "  atlas    {}: the trained Geneformer's {} features and {} edges, {:.1} MB; open {}",
         atlas.out.display(),
         atlas.features,
@@ -351,15 +361,22 @@ pub fn run(args: EmbeddedArgs) -> Result<()> {
     let path = out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!(
+    say!(
+        obs,
         "  summary  {} ({:.0} s in all)",
         path.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(EmbeddedReport {
+        arms: results,
+        tool,
+        consensus_trained,
+        consensus_random,
+        summary: path,
+    })
 }
 
-fn tokenize(assets: &Path, family: Family, tokens: &Path) -> Result<()> {
+fn tokenize(assets: &Path, family: Family, tokens: &Path, obs: &mut dyn Observer) -> Result<()> {
     let model = assets.join(family.name());
     let kind = match family {
         Family::Geneformer => TokenizerKind::GeneformerV2,
@@ -381,11 +398,12 @@ fn tokenize(assets: &Path, family: Family, tokens: &Path) -> Result<()> {
             config.seed = 19;
         }
     }
-    crate::tokenize::tokenize(&config).map(drop)
+    steps::tokenize(&config, obs)?;
+    Ok(())
 }
 
 /// The paul15 cells as the embedded Geneformer reads them (mouse symbols through the ortholog table).
-fn tokenize_paul15(assets: &Path, tokens: &Path) -> Result<()> {
+fn tokenize_paul15(assets: &Path, tokens: &Path, obs: &mut dyn Observer) -> Result<()> {
     let config = TokenizeConfig {
         dictionaries: Some(assets.join("geneformer")),
         gene_ids: GeneIdKind::Symbol,
@@ -398,12 +416,19 @@ fn tokenize_paul15(assets: &Path, tokens: &Path) -> Result<()> {
             tokens.to_path_buf(),
         )
     };
-    crate::tokenize::tokenize(&config).map(drop)
+    steps::tokenize(&config, obs)?;
+    Ok(())
 }
 
 /// A pseudotime + cell-type tool exported from the trained Geneformer on the paul15 cells: attention
 /// operators pooled over all heads, the 200 most variable panel genes, a supervised adaptor.
-fn pseudotime_tool(out: &Path, assets: &Path, trained: &Arm, seed: u64) -> Result<PseudotimeTool> {
+fn pseudotime_tool(
+    out: &Path,
+    assets: &Path,
+    trained: &Arm,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<PseudotimeTool> {
     let dir = out.join("pseudotime-tool");
     let labels = PAUL15_LABELS.to_string();
     let cells = CellInput {
@@ -429,13 +454,14 @@ fn pseudotime_tool(out: &Path, assets: &Path, trained: &Arm, seed: u64) -> Resul
             dir.clone(),
         )
     };
-    let report = export_tool(&config, &crate::export::Stages::default())?;
+    let report = steps::export_tool(&config, obs)?;
     let tool = PseudotimeTool {
         dir: dir.display().to_string(),
         panel_genes: report.card.panel.len(),
         heldout_stage_spearman: report.card.metrics["pseudotime"]["stage_order"]["spearman"].as_f64(),
     };
-    println!(
+    say!(
+        obs,
         "  tool     {}: pseudotime + cell-type tool of the trained Geneformer on paul15 ({} panel genes; \
          held-out Spearman with the erythroid stages {})",
         tool.dir,
@@ -453,6 +479,7 @@ fn pseudotime_steering(
     tokens: &Path,
     tool: &PseudotimeTool,
     seed: u64,
+    obs: &mut dyn Observer,
 ) -> Result<Vec<SteeringRow>> {
     let t = Table::read(&arm.catalog(TRACE_SOURCE).join("features.tsv"))?;
     let (feature, cells_fired) = (t.i64s("feature")?, t.i64s("cells_fired")?);
@@ -478,7 +505,7 @@ fn pseudotime_steering(
         overwrite: true,
         ..EffectsConfig::new(TRACE_SOURCE, &features, &out)
     };
-    crate::effects::effects(&files, config, Backend::Cpu, GpuPrecision::Bf16)?;
+    steps::effects(&files, config, Backend::Cpu, GpuPrecision::Bf16, obs)?;
     let t = Table::read(&out)?;
     let (f, alpha, cells) = (t.i64s("feature")?, t.f64s("alpha")?, t.i64s("n_cells")?);
     let (shift, control) = (t.f64s("pseudotime_shift")?, t.f64s("control_pseudotime_shift")?);
@@ -501,16 +528,14 @@ fn pseudotime_steering(
         .collect())
 }
 
-fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
+fn run_arm(arm: &Arm, assets: &Path, seed: u64, obs: &mut dyn Observer) -> Result<ArmResult> {
     let started = Instant::now();
     let label = arm.label();
     let acts = arm.dir.join("acts");
-    let extracted = crate::extract::extract_with_progress(&ExtractConfig::new(
-        &arm.model,
-        &arm.tokens,
-        &HOOKS.join(","),
-        &acts,
-    ))?
+    let extracted = steps::extract(
+        &ExtractConfig::new(&arm.model, &arm.tokens, &HOOKS.join(","), &acts),
+        obs,
+    )?
     .context("the activation store was not written")?;
 
     let genes = match arm.family {
@@ -522,26 +547,29 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
     let mut layers = Vec::new();
     for hook in HOOKS {
         // The default dead-latent window (a tenth of the run), unlike the planted fixture's 50k tokens.
-        let sae = crate::sae::train_sae(&TrainRequest {
-            dead_after_tokens: None,
-            ..sae_request(
-                &acts,
-                hook,
-                D_SAE,
-                K,
-                &arm.saes().join(hook),
-                SAE_TOKENS,
-                16,
-                seed,
-            )
-        })?;
+        let sae = steps::train_sae(
+            &TrainRequest {
+                dead_after_tokens: None,
+                ..sae_request(
+                    &acts,
+                    hook,
+                    D_SAE,
+                    K,
+                    &arm.saes().join(hook),
+                    SAE_TOKENS,
+                    16,
+                    seed,
+                )
+            },
+            obs,
+        )?;
         let config = AnalyzeConfig {
             format: TableFormat::Tsv,
             seed,
             overwrite: true,
             ..AnalyzeConfig::new(acts.clone(), arm.saes().join(hook), arm.catalog(hook))
         };
-        let catalog = crate::analyze::analyze(&config, Some(Path::new(&genes)))?;
+        let catalog = steps::analyze(&config, Some(Path::new(&genes)), obs)?;
         layers.push(LayerResult {
             hook: hook.into(),
             sae_heldout_fvu: sae.heldout.fvu,
@@ -572,7 +600,7 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         overwrite: true,
         ..AnnotateConfig::new(catalogs.split(',').map(PathBuf::from).collect(), arm.annotation())
     };
-    crate::annotate::annotate_catalogs(&config)?;
+    serde_json::to_value(steps::annotate(&config, obs)?)?;
     let terms = FeatureTerms::read(&arm.annotation())?;
     for layer in &mut layers {
         layer.gene_set_features = terms.features(&layer.hook, false).len();
@@ -598,7 +626,7 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
         overwrite: true,
         ..TraceConfig::new(TRACE_SOURCE, TRACE_TARGET, &arm.trace())
     };
-    let trace_summary = crate::trace::trace_edges(&files, &config, &DeviceArgs::CPU)?;
+    let trace_summary = steps::trace(&files, &config, Backend::Cpu, GpuPrecision::Bf16, obs)?;
     let edges = read_trace_edges(&arm.trace())?;
     let (mut annotated_edges, mut sharing) = (0, 0);
     for e in &edges {
@@ -624,11 +652,12 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
 
     let best_features = best_features(arm, &terms)?;
     let effects = if arm.family == Family::Geneformer {
-        effects_of_best_feature(arm, &terms, seed)?
+        effects_of_best_feature(arm, &terms, seed, obs)?
     } else {
         Vec::new()
     };
-    println!(
+    say!(
+        obs,
         "  {label:<18} {} rows × 3 hooks; SAEs {D_SAE}×k{K}; cell-type features {}; gene-set features {}; \
          trace {} → {}: {} edges, {} between annotated features, {} sharing a term ({:.0} s)",
         extracted.n_rows,
@@ -663,7 +692,7 @@ fn run_arm(arm: &Arm, assets: &Path, seed: u64) -> Result<ArmResult> {
 }
 
 /// `blocks.1.hook_resid_post` → `blocks.1`.
-fn short(hook: &str) -> &str {
+pub fn short(hook: &str) -> &str {
     hook.strip_suffix(".hook_resid_post").unwrap_or(hook)
 }
 
@@ -775,7 +804,12 @@ fn best_features(arm: &Arm, terms: &FeatureTerms) -> Result<Vec<BestFeature>> {
 
 /// Ablates (α 0) and amplifies (α 4) the best cell-type feature of the trace source and reads the MLM
 /// logits of its own top 20 genes against the other genes', beside a norm-matched random direction.
-fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result<Vec<EffectResult>> {
+fn effects_of_best_feature(
+    arm: &Arm,
+    terms: &FeatureTerms,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<Vec<EffectResult>> {
     let Some(feature) = terms.best(TRACE_SOURCE, true) else {
         return Ok(Vec::new());
     };
@@ -795,7 +829,7 @@ fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result
         overwrite: true,
         ..EffectsConfig::new(TRACE_SOURCE, &feature.to_string(), &out)
     };
-    crate::effects::effects(&files, config, Backend::Cpu, GpuPrecision::Bf16)?;
+    steps::effects(&files, config, Backend::Cpu, GpuPrecision::Bf16, obs)?;
     let t = Table::read(&out)?;
     let (alpha, diff, p) = (
         t.f64s("alpha")?,
@@ -819,9 +853,9 @@ fn effects_of_best_feature(arm: &Arm, terms: &FeatureTerms, seed: u64) -> Result
 
 /// `scinterp consensus` of the Geneformer and scGPT arms with the same weights: term pairs (gene sets
 /// and cell types) along traced edges found in both models, against the label-permutation null.
-fn consensus(out: &Path, weights: &str, a: &Arm, b: &Arm, seed: u64) -> Result<serde_json::Value> {
+fn consensus(out: &Path, weights: &str, a: &Arm, b: &Arm, seed: u64) -> Result<ConsensusSummary> {
     let dir = out.join("consensus").join(weights);
-    let s = crate::consensus::consensus(&ConsensusConfig {
+    let s = steps::consensus(&ConsensusConfig {
         alpha: ALPHA,
         permutations: 1000,
         seed,
@@ -831,18 +865,18 @@ fn consensus(out: &Path, weights: &str, a: &Arm, b: &Arm, seed: u64) -> Result<s
             &dir,
         )
     })?;
-    Ok(serde_json::to_value(s)?)
+    Ok(s)
 }
 
 /// The static atlas (`scinterp atlas`) of one arm: its catalogues, annotation, trace, effects and the
 /// consensus of its weights.
-fn build_atlas(out: &Path, arm: &Arm) -> Result<scinterp_export::atlas::AtlasReport> {
+fn build_atlas(out: &Path, arm: &Arm) -> Result<crate::atlas::AtlasReport> {
     let effects = arm.dir.join("effects.tsv");
     let consensus = out
         .join("consensus")
         .join(arm.weights.name())
         .join("conserved_pairs.tsv");
-    let config = scinterp_export::atlas::AtlasConfig {
+    let config = crate::atlas::AtlasConfig {
         catalogs: HOOKS.iter().map(|h| arm.catalog(h)).collect(),
         annotations: vec![arm.annotation()],
         edges: vec![arm.trace()],
@@ -855,133 +889,5 @@ fn build_atlas(out: &Path, arm: &Arm) -> Result<scinterp_export::atlas::AtlasRep
         overwrite: true,
         shard_features: 64,
     };
-    Ok(scinterp_export::atlas::build(&config)?)
-}
-
-fn report(
-    results: &[ArmResult],
-    tool: &PseudotimeTool,
-    trained: &serde_json::Value,
-    random: &serde_json::Value,
-) {
-    let find = |model: &str, weights: &str| {
-        results
-            .iter()
-            .find(|r| r.model == model && r.weights == weights)
-            .expect("every arm ran")
-    };
-    println!("\nWhat came back (trained model | random-weight control; q ≤ {ALPHA}; pbmc68k, 700 cells):");
-    println!("  features whose top cells are enriched for a cell type ({LABELS}), of alive features:");
-    for model in ["geneformer", "scgpt"] {
-        let (t, r) = (find(model, "trained"), find(model, "random"));
-        for (lt, lr) in t.layers.iter().zip(&r.layers) {
-            println!(
-                "    {model:<10} {:<8} {:>4}/{:<4} ({:>5.1} %) | {:>4}/{:<4} ({:>5.1} %)   gene-set features {} | {}",
-                short(&lt.hook),
-                lt.cell_type_features,
-                lt.alive,
-                100.0 * lt.cell_type_fraction,
-                lr.cell_type_features,
-                lr.alive,
-                100.0 * lr.cell_type_fraction,
-                lt.gene_set_features,
-                lr.gene_set_features
-            );
-        }
-    }
-    println!("  best-annotated features of the trained models:");
-    for model in ["geneformer", "scgpt"] {
-        for b in &find(model, "trained").best_features {
-            let cells = b
-                .cell_types
-                .iter()
-                .map(|(t, q)| format!("{t} (q {q:.1e})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sets = b
-                .gene_sets
-                .iter()
-                .map(|(t, q)| format!("{t} (q {q:.1e})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            println!(
-                "    {model:<10} {} #{:<4} marks {}; gene sets {}; top genes {}",
-                short(&b.hook),
-                b.feature,
-                if cells.is_empty() { "-".into() } else { cells },
-                if sets.is_empty() { "-".into() } else { sets },
-                b.top_genes.join(" ")
-            );
-        }
-    }
-    println!(
-        "  traced edges {} → {} (|d| ≥ 0.5, q ≤ {ALPHA}), between annotated features, sharing a term:",
-        short(TRACE_SOURCE),
-        short(TRACE_TARGET)
-    );
-    for model in ["geneformer", "scgpt"] {
-        let (t, r) = (&find(model, "trained").trace, &find(model, "random").trace);
-        println!(
-            "    {model:<10} {} edges, {} annotated, {} sharing | {} edges, {} annotated, {} sharing",
-            t.edges,
-            t.annotated_edges,
-            t.edges_sharing_a_term,
-            r.edges,
-            r.annotated_edges,
-            r.edges_sharing_a_term
-        );
-    }
-    for weights in ["trained", "random"] {
-        for e in &find("geneformer", weights).effects {
-            println!(
-                "  effect     geneformer {weights}: α {} on {} #{} → its top-gene logits {:+.4} vs other genes (p {:.1e}), {:+.4} beyond a random direction (p {:.1e})",
-                e.alpha,
-                short(TRACE_SOURCE),
-                e.feature,
-                e.target_minus_other,
-                e.target_minus_other_p,
-                e.vs_control,
-                e.vs_control_p
-            );
-        }
-    }
-    println!(
-        "  steering   {} features of {} amplified (α 4) and ablated (α 0) in {STEER_CELLS} paul15 cells, read \
-         through the tool's pseudotime ({} panel genes; shift beyond a random direction, q ≤ {ALPHA}):",
-        STEER_FEATURES,
-        short(TRACE_SOURCE),
-        tool.panel_genes
-    );
-    for weights in ["trained", "random"] {
-        let rows = &find("geneformer", weights).steering;
-        for alpha in [4.0, 0.0] {
-            let at: Vec<&SteeringRow> = rows.iter().filter(|r| r.alpha == alpha).collect();
-            let significant = at.iter().filter(|r| r.vs_control_q <= ALPHA).count();
-            let largest = at
-                .iter()
-                .filter(|r| r.vs_control.is_finite())
-                .max_by(|a, b| a.vs_control.abs().total_cmp(&b.vs_control.abs()));
-            println!(
-                "    geneformer {weights:<7} α {alpha}: {significant}/{} features shift pseudotime beyond the \
-                 control{}",
-                at.len(),
-                largest.map_or(String::new(), |r| format!(
-                    "; largest #{} {:+.4} (feature {:+.4}, control {:+.4}, q {:.1e}, {} cells)",
-                    r.feature, r.vs_control, r.pseudotime_shift, r.control_shift, r.vs_control_q, r.cells
-                ))
-            );
-        }
-    }
-    for (name, c) in [("trained", trained), ("random", random)] {
-        println!(
-            "  consensus  geneformer × scgpt, {name}: {} conserved term pairs (null mean {:.2}, enrichment {}, p {:.3}); shared terms {}",
-            c["conserved_pairs"],
-            c["null_mean"].as_f64().unwrap_or(f64::NAN),
-            c["enrichment"]
-                .as_f64()
-                .map_or("-".to_string(), |e| format!("{e:.1}×")),
-            c["p_value"].as_f64().unwrap_or(f64::NAN),
-            c["shared_terms"]
-        );
-    }
+    Ok(crate::atlas::build(&config)?)
 }

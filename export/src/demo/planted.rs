@@ -4,6 +4,7 @@
 //! with every hook, shows a tail replay and an edit, then extracts, trains TopK SAEs, traces, analyses
 //! and annotates, where the planted programs are the known answer.
 
+use super::say;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -23,31 +24,35 @@ use scinterp_models::tokenize::geneformer::GeneIdKind;
 use scinterp_models::tokenize::pipeline::Config as TokenizeConfig;
 use serde_json::json;
 
+use crate::steering::EffectsFiles;
 use scinterp_engine::cuda::GpuPrecision;
 use scinterp_engine::device::Backend;
 use scinterp_engine::effects::EffectsConfig;
-use scinterp_export::steering::EffectsFiles;
+use scinterp_engine::sae::pipeline::TrainReport;
 use scinterp_models::extract::{ExtractConfig, ExtractSummary};
 
 use scinterp_engine::analyze::LayersConfig;
 use scinterp_engine::trace::{EdgeFilters, TraceConfig};
 
 use super::sae_request;
-use crate::args::DeviceArgs;
-use crate::trace::TraceFiles;
+use scinterp_models::trace::TraceFiles;
 
-/// What the planted demo needs from the command line (`scinterp demo --planted`).
-pub struct PlantedArgs {
+use crate::steps::{self, Observer};
+
+/// Where the planted demo writes, its seed, and optional real cells.
+pub struct PlantedConfig {
     pub out: PathBuf,
     pub seed: u64,
     /// Reference data folder (`../shared/data` layout) for the optional real-cells step.
     pub data: Option<PathBuf>,
 }
 
-pub fn run(args: PlantedArgs) -> Result<()> {
+/// Runs the planted-program demo (see the module comment); returns the path of its `summary.json`.
+pub fn run(args: &PlantedConfig, obs: &mut dyn Observer) -> Result<PathBuf> {
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    println!(
+    say!(
+        obs,
         "scinterp demo --planted (seed {}), writing to {}",
         args.seed,
         out.display()
@@ -55,7 +60,8 @@ pub fn run(args: PlantedArgs) -> Result<()> {
 
     let model_dir = out.join("model");
     write_model(&model_dir, args.seed)?;
-    println!(
+    say!(
+        obs,
         "  model    {}: Geneformer-V2-shaped BertForMaskedLM, {LAYERS} layers, d_model {HIDDEN}, {HEADS} heads, \
          vocab {VOCAB}; seeded synthetic weights",
         model_dir.display()
@@ -69,7 +75,8 @@ pub fn run(args: PlantedArgs) -> Result<()> {
     )
     .with_context(|| format!("cannot write {}", cells_path.display()))?;
     let n_tokens: usize = cells.iter().map(Vec::len).sum();
-    println!(
+    say!(
+        obs,
         "  cells    {}: {} cells in V2 form [<cls>, genes…, <eos>], {} tokens, lengths {:?}",
         cells_path.display(),
         cells.len(),
@@ -98,7 +105,8 @@ pub fn run(args: PlantedArgs) -> Result<()> {
         &forward_path,
         16_384,
     )?;
-    println!(
+    say!(
+        obs,
         "  forward  {}: {} hooks (hook_embed, blocks.*.hook_resid_post), {} tokens in {:.3} s ({:.0} tokens/s, {} threads)",
         forward_path.display(),
         hooks.len(),
@@ -125,7 +133,7 @@ pub fn run(args: PlantedArgs) -> Result<()> {
         true,
     )?;
     let replay_diff = full.final_state.max_abs_diff(&replay.final_state);
-    println!("  replay   blocks 2..{} from the captured blocks.1.hook_resid_post: max |Δ| vs the full pass = {replay_diff:e}", LAYERS - 1);
+    say!(obs, "  replay   blocks 2..{} from the captured blocks.1.hook_resid_post: max |Δ| vs the full pass = {replay_diff:e}", LAYERS - 1);
 
     // 3. An edit: push cell 0's first five genes along a fixed direction at blocks.1.hook_resid_post.
     let direction = unit_direction(args.seed, HIDDEN);
@@ -145,25 +153,28 @@ pub fn run(args: PlantedArgs) -> Result<()> {
         );
         let in_cell0 = mean_row_change(a, b, batch.cell_range(0));
         let in_cell1 = mean_row_change(a, b, batch.cell_range(1));
-        println!("  edit     +4·w at 5 genes of cell 0 (blocks.1.hook_resid_post) → {h}: mean |Δ| per position {in_cell0:.4} in cell 0, {in_cell1:.1e} in cell 1");
+        say!(obs, "  edit     +4·w at 5 genes of cell 0 (blocks.1.hook_resid_post) → {h}: mean |Δ| per position {in_cell0:.4} in cell 0, {in_cell1:.1e} in cell 1");
         edit_effects.push(json!({ "hook": h.to_string(), "cell0": in_cell0, "cell1": in_cell1 }));
     }
     let logit_shift = match (&clean.head, &edited.head) {
         (Some(a), Some(b)) => mean_row_change(a, b, batch.cell_range(0)),
         _ => 0.0,
     };
-    println!("  edit     mean |Δ logit| per position in cell 0: {logit_shift:.4}");
+    say!(
+        obs,
+        "  edit     mean |Δ logit| per position in cell 0: {logit_shift:.4}"
+    );
 
     // 4. Extract + SAE: a token store of 96 cells, blocks.2.hook_resid_post at gene positions into an
     //    activation store (f16), and a TopK SAE (4× wide, k 16) trained on it.
-    let (extract_summary, sae_report, trace_summary) = extract_and_train(out, &model_dir, args.seed)?;
+    let (extract_summary, sae_report, trace_summary) = extract_and_train(out, &model_dir, args.seed, obs)?;
     // 7. Analysis: the catalogue of the blocks.2 SAE and the comparison of the three layers' SAEs.
-    let (catalog, layers) = analyze_step(out, args.seed)?;
+    let (catalog, layers) = analyze_step(out, args.seed, obs)?;
     // 8. Feature → output: ablate and steer blocks.1 features, read the logits of program 1's genes.
-    let output_effects = effects_step(out, &model_dir, args.seed)?;
+    let output_effects = effects_step(out, &model_dir, args.seed, obs)?;
 
     let real = match &args.data {
-        Some(data) => Some(real_cells_step(out, &model_dir, data, args.seed)?),
+        Some(data) => Some(real_cells_step(out, &model_dir, data, args.seed, obs)?),
         None => None,
     };
 
@@ -187,8 +198,8 @@ pub fn run(args: PlantedArgs) -> Result<()> {
     });
     std::fs::write(&summary_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
-    println!("  summary  {}", summary_path.display());
-    Ok(())
+    say!(obs, "  summary  {}", summary_path.display());
+    Ok(summary_path)
 }
 
 /// Steps 4–6 of the demo: token store → activation store → SAEs → trace.
@@ -196,9 +207,10 @@ fn extract_and_train(
     out: &Path,
     model_dir: &Path,
     seed: u64,
+    obs: &mut dyn Observer,
 ) -> Result<(
     Option<ExtractSummary>,
-    crate::sae::TrainReport,
+    TrainReport,
     scinterp_engine::formats::trace::TraceSummary,
 )> {
     let cells = program_cells(seed ^ 0x5A3, 160);
@@ -234,15 +246,17 @@ fn extract_and_train(
     let hook = "blocks.2.hook_resid_post";
     let hooks = "blocks.1.hook_resid_post,blocks.2.hook_resid_post,blocks.3.hook_resid_post";
     // A rerun of the demo starts the store afresh (its settings may differ from an older demo's).
-    if acts.exists() {
-        std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
-    }
-    let extracted = crate::extract::extract_with_progress(&ExtractConfig {
-        max_batch_tokens: 4096,
-        ..ExtractConfig::new(model_dir, &store_dir, hooks, &acts)
-    })?;
+    let extracted = steps::extract(
+        &ExtractConfig {
+            max_batch_tokens: 4096,
+            overwrite: true,
+            ..ExtractConfig::new(model_dir, &store_dir, hooks, &acts)
+        },
+        obs,
+    )?;
     if let Some(s) = &extracted {
-        println!(
+        say!(
+            obs,
             "  extract  {}: {hooks} at {} gene positions of {} cells (f16), {:.1} cells/s",
             acts.display(),
             s.n_rows,
@@ -251,17 +265,12 @@ fn extract_and_train(
         );
     }
     let sae_dir = out.join("sae");
-    let report = crate::sae::train_sae(&sae_request(
-        &acts,
-        hook,
-        4 * HIDDEN,
-        16,
-        &sae_dir,
-        200_000,
-        8,
-        seed,
-    ))?;
-    println!(
+    let report = steps::train_sae(
+        &sae_request(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 200_000, 8, seed),
+        obs,
+    )?;
+    say!(
+        obs,
         "  sae      {}: {}→{} TopK (k {}), {} tokens at {:.0} tokens/s; held-out FVU {:.3}, L0 {:.1}, dead {:.1} %",
         sae_dir.display(),
         report.d_in,
@@ -274,7 +283,8 @@ fn extract_and_train(
         100.0 * report.heldout.dead_fraction
     );
     if let Some(s) = &report.spliced {
-        println!(
+        say!(
+        obs,
             "  sae      masked-gene cross-entropy: clean {:.3}, SAE spliced in {:.3}, zero-ablated {:.3} (loss recovered {:.2})",
             s.clean, s.spliced, s.zero_ablated, s.loss_recovered
         );
@@ -283,16 +293,10 @@ fn extract_and_train(
     //    features of an SAE at blocks.3 change.
     let saes = out.join("saes");
     for h in ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"] {
-        crate::sae::train_sae(&sae_request(
-            &acts,
-            h,
-            2 * HIDDEN,
-            8,
-            &saes.join(h),
-            100_000,
-            0,
-            seed,
-        ))?;
+        steps::train_sae(
+            &sae_request(&acts, h, 2 * HIDDEN, 8, &saes.join(h), 100_000, 0, seed),
+            obs,
+        )?;
     }
     let edges = out.join("edges.tsv");
     let files = TraceFiles {
@@ -312,8 +316,9 @@ fn extract_and_train(
         overwrite: true,
         ..TraceConfig::new("blocks.1.hook_resid_post", "blocks.3.hook_resid_post", &edges)
     };
-    let trace = crate::trace::trace_edges(&files, &config, &DeviceArgs::CPU)?;
-    println!(
+    let trace = steps::trace(&files, &config, Backend::Cpu, GpuPrecision::Bf16, obs)?;
+    say!(
+        obs,
         "  trace    {}: 16 features of blocks.1 × 32 cells = {} ablations ({:.0}/s), {} tests (≥ 3 cells), {} edges at q ≤ 0.05 and |d| ≥ 0.5 to blocks.3 (source raises target {:.2}, lowers {:.2}); sign-flip null of the fixed rule p ≤ {:.2e} and |d| ≥ 0.5 ({} permutations): {:.1} edges, empirical FDR {:.3}",
         edges.display(),
         trace.ablations,
@@ -332,7 +337,11 @@ fn extract_and_train(
 
 /// Step 7: `scinterp analyze` on the blocks.2 SAE (gene names from a TSV the demo writes: gene
 /// `DEMO<token>`), then `scinterp layers` over the SAEs of blocks 1, 2 and 3.
-fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json::Value)> {
+fn analyze_step(
+    out: &Path,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<(serde_json::Value, serde_json::Value)> {
     let genes = out.join("genes.tsv");
     let mut text = String::from("token\tgene_id\tsymbol\n");
     for t in POOL_START..POOL_START + POOL as u32 {
@@ -345,9 +354,10 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         overwrite: true,
         ..AnalyzeConfig::new(out.join("acts"), out.join("sae"), catalog_dir.clone())
     };
-    let catalog = serde_json::to_value(crate::analyze::analyze(&config, Some(&genes))?)?;
+    let catalog = serde_json::to_value(steps::analyze(&config, Some(&genes), obs)?)?;
     let svd = &catalog["svd"];
-    println!(
+    say!(
+        obs,
         "  analyze  {}: {} of {} latents alive; SAE at mean L0 {:.1} explains {:.1} % vs {:.1} % for the top {} SVD axes \
          (matched L0; top 50: {:.1} %); {} aligned at |cos| > 0.5 with one axis (published \"invisible\": {}), but {} \
          have ‖P₅₀w‖² ≥ 0.5; {} co-activation edges → {} modules",
@@ -367,26 +377,30 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
     );
     let layers_dir = out.join("layers");
     let saes = out.join("saes");
-    let layers = serde_json::to_value(crate::layers::compare_layers(&LayersConfig {
-        acts: out.join("acts"),
-        saes: vec![
-            saes.join("blocks.1.hook_resid_post"),
-            out.join("sae"),
-            saes.join("blocks.3.hook_resid_post"),
-        ],
-        control_saes: Vec::new(),
-        out: layers_dir.clone(),
-        format: scinterp_engine::formats::TableFormat::Parquet,
-        match_threshold: 0.7,
-        strong_threshold: 0.9,
-        highway_min_fires: 100,
-        highway_min_cocount: 20,
-        highway_pmi: 3.0,
-        chunk_rows: 8192,
-        overwrite: true,
-    })?)?;
+    let layers = serde_json::to_value(steps::compare_layers(
+        &LayersConfig {
+            acts: out.join("acts"),
+            saes: vec![
+                saes.join("blocks.1.hook_resid_post"),
+                out.join("sae"),
+                saes.join("blocks.3.hook_resid_post"),
+            ],
+            control_saes: Vec::new(),
+            out: layers_dir.clone(),
+            format: scinterp_engine::formats::TableFormat::Parquet,
+            match_threshold: 0.7,
+            strong_threshold: 0.9,
+            highway_min_fires: 100,
+            highway_min_cocount: 20,
+            highway_pmi: 3.0,
+            chunk_rows: 8192,
+            overwrite: true,
+        },
+        obs,
+    )?)?;
     let pair = &layers["highways"]["pairs"][0];
-    println!(
+    say!(
+        obs,
         "  layers   {}: blocks.1→2 decoder matches {} of {}; highways {} of {} sources (within-token null: {})",
         layers_dir.display(),
         layers["matching"]["pairs"][0]["matches"],
@@ -395,13 +409,18 @@ fn analyze_step(out: &Path, seed: u64) -> Result<(serde_json::Value, serde_json:
         pair["eligible_sources"],
         pair["highways_permuted_pairing"],
     );
-    let annotation = annotate_programs(out, &catalog_dir, seed)?;
+    let annotation = annotate_programs(out, &catalog_dir, seed, obs)?;
     Ok((json!({ "catalog": catalog, "annotation": annotation }), layers))
 }
 
 /// Step 7b: `scinterp annotate` of the blocks.2 catalogue against a GMT of the 12 planted programs plus
 /// 36 decoy sets of 20 random pool genes: how many programs come back as some feature's best term.
-fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_json::Value> {
+fn annotate_programs(
+    out: &Path,
+    catalog_dir: &Path,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<serde_json::Value> {
     let gmt = out.join("programs.gmt");
     let mut text = String::new();
     for (p, genes) in programs().iter().enumerate() {
@@ -434,7 +453,7 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
         overwrite: true,
         ..AnnotateConfig::new(vec![catalog_dir.to_path_buf()], ann_dir.clone())
     };
-    let summary = crate::annotate::annotate_catalogs(&config)?;
+    let summary = serde_json::to_value(steps::annotate(&config, obs)?)?;
     let best = scinterp_engine::formats::Table::read(&ann_dir.join("best_terms.parquet"))?;
     let terms = best.strs("term")?;
     let recovered: std::collections::BTreeSet<&str> = terms
@@ -443,7 +462,8 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
         .map(String::as_str)
         .collect();
     let decoys = terms.iter().filter(|t| t.starts_with("DECOY")).count();
-    println!(
+    say!(
+        obs,
         "  annotate {}: {} of {PROGRAMS} planted programs are the best term of some feature ({} features), decoy \
          sets best for {decoys}; BH over all {} (feature, term) pairs (gene_sets family; background {} genes with \
          ≥ {} positions)",
@@ -465,7 +485,12 @@ fn annotate_programs(out: &Path, catalog_dir: &Path, seed: u64) -> Result<serde_
 /// Step 8: `scinterp effects` on 16 blocks.1 features over 32 cells, ablated (α = 0) and amplified
 /// (α = 3), reading the own-token logits of planted program 1's genes against the others, each edit
 /// next to a norm-matched random direction.
-fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::Value> {
+fn effects_step(
+    out: &Path,
+    model_dir: &Path,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<serde_json::Value> {
     let table = out.join("effects.parquet");
     let features = (0..16).map(|f| f.to_string()).collect::<Vec<_>>().join(",");
     let files = EffectsFiles {
@@ -482,15 +507,17 @@ fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::V
         overwrite: true,
         ..EffectsConfig::new("blocks.1.hook_resid_post", &features, &table)
     };
-    let summary = serde_json::to_value(crate::effects::effects(
+    let summary = serde_json::to_value(steps::effects(
         &files,
         config,
         Backend::Cpu,
         GpuPrecision::Bf16,
+        obs,
     )?)?;
     let rows = scinterp_engine::formats::Table::read(&table)?;
     let q = rows.f64s("vs_control_q")?;
-    println!(
+    say!(
+        obs,
         "  effects  {}: {} edits ({:.0}/s) of 16 blocks.1 features at α = 0 and 3 over 32 cells; {} of {} (feature, α) \
          rows differ from the random-direction control at q ≤ 0.05",
         table.display(),
@@ -504,7 +531,13 @@ fn effects_step(out: &Path, model_dir: &Path, seed: u64) -> Result<serde_json::V
 
 /// Step 8 (with `--data`): real mouse myeloid progenitors (paul15, mapped to human genes through
 /// orthologs) → Geneformer V2 tokens → the demo model → activation store → SAE → catalogue.
-fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Result<serde_json::Value> {
+fn real_cells_step(
+    out: &Path,
+    model_dir: &Path,
+    data: &Path,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<serde_json::Value> {
     let need = |rel: &str| -> Result<String> {
         let p = data.join(rel);
         if !p.exists() {
@@ -528,32 +561,28 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         overwrite: true,
         ..TokenizeConfig::new(cells.into(), TokenizerKind::GeneformerV2, tokens.clone())
     };
-    crate::tokenize::tokenize(&config)?;
+    steps::tokenize(&config, obs)?;
     let acts = real.join("acts");
-    if acts.exists() {
-        std::fs::remove_dir_all(&acts).with_context(|| format!("cannot remove {}", acts.display()))?;
-    }
     let hook = "blocks.2.hook_resid_post";
-    let extracted =
-        crate::extract::extract_with_progress(&ExtractConfig::new(model_dir, &tokens, hook, &acts))?;
+    let extracted = steps::extract(
+        &ExtractConfig {
+            overwrite: true,
+            ..ExtractConfig::new(model_dir, &tokens, hook, &acts)
+        },
+        obs,
+    )?;
     let sae_dir = real.join("sae");
-    let report = crate::sae::train_sae(&sae_request(
-        &acts,
-        hook,
-        4 * HIDDEN,
-        16,
-        &sae_dir,
-        400_000,
-        0,
-        seed,
-    ))?;
+    let report = steps::train_sae(
+        &sae_request(&acts, hook, 4 * HIDDEN, 16, &sae_dir, 400_000, 0, seed),
+        obs,
+    )?;
     let catalog_dir = real.join("catalog");
     let config = AnalyzeConfig {
         seed,
         overwrite: true,
         ..AnalyzeConfig::new(acts.clone(), sae_dir.clone(), catalog_dir.clone())
     };
-    let catalog = serde_json::to_value(crate::analyze::analyze(&config, Some(Path::new(&dictionaries)))?)?;
+    let catalog = serde_json::to_value(steps::analyze(&config, Some(Path::new(&dictionaries)), obs)?)?;
     let genesets = [
         "h.all.v7.0.symbols.gmt",
         "c2.cp.kegg.v7.5.1.symbols.gmt",
@@ -573,8 +602,9 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         overwrite: true,
         ..AnnotateConfig::new(vec![catalog_dir.clone()], ann_dir.clone())
     };
-    let annotation = crate::annotate::annotate_catalogs(&config)?;
-    println!(
+    let annotation = serde_json::to_value(steps::annotate(&config, obs)?)?;
+    say!(
+        obs,
         "  real     {}: paul15 ({} cells, mouse → human orthologs) tokenized for Geneformer V2 (256 tokens), \
          {hook} of the demo model (synthetic weights) → {} rows; SAE held-out FVU {:.3}; catalogue: {} of {} \
          latents alive over {} genes",
@@ -587,7 +617,8 @@ fn real_cells_step(out: &Path, model_dir: &Path, data: &Path, seed: u64) -> Resu
         catalog["n_genes"],
     );
     let c = &annotation["catalogs"][0];
-    println!(
+    say!(
+        obs,
         "  real     {}: Hallmark, KEGG, Reactome, GO BP 2021 and TRRUST over {} (feature, term) pairs (gene_sets \
          family) and {} TRRUST edge tests (network_edges family): {} features annotated at q ≤ 0.05 (synthetic \
          weights: none expected); cell-type enrichment (paul15_clusters): {} of {} features",
