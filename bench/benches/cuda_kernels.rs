@@ -16,7 +16,7 @@ fn bench_kernels(c: &mut Criterion) {
     let (_ctx, stream, kernels) = match scinterp_kernels::gpu::open_default() {
         Ok(gpu) => gpu,
         Err(why) => {
-            println!("cuda_kernels skipped: {why}");
+            scinterp_kernels::print_skip("cuda_kernels", &why);
             return;
         }
     };
@@ -66,7 +66,7 @@ fn bench_gemms(c: &mut Criterion, stream: &Arc<CudaStream>, kernels: &Kernels) {
         ("ffn_out", 1152, 4608),
     ];
     let lt = CublasLt::new(stream)
-        .map_err(|e| println!("cuBLASLt GEMMs skipped: {e}"))
+        .map_err(|e| scinterp_kernels::print_skip("cuda_kernels (cuBLASLt GEMMs)", &e))
         .ok();
     let mut g = c.benchmark_group("cuda_gemm");
     g.sample_size(20);

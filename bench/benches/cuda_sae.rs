@@ -4,7 +4,7 @@
 //! `.ci/run`). Without a GPU or NVRTC it prints why and measures nothing.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns};
+use scinterp_kernels::gpu::sae::{GpuCodes, GradSet, SaeShape, SlotColumns};
 
 /// Deterministic pseudo-normal-ish values in [-scale, scale) (xorshift).
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -23,7 +23,7 @@ fn bench_sae(c: &mut Criterion) {
     let (_ctx, stream, kernels) = match scinterp_kernels::gpu::open_default() {
         Ok(gpu) => gpu,
         Err(why) => {
-            println!("cuda_sae skipped: {why}");
+            scinterp_kernels::print_skip("cuda_sae", &why);
             return;
         }
     };
@@ -108,35 +108,57 @@ fn bench_sae(c: &mut Criterion) {
         })
     });
 
-    // Backward of the main loss (no AuxK): residual, ∂L/∂pre, atomic weight gradients, projection of
-    // the decoder gradient, b_dec gradient.
+    // Backward of the main loss (no AuxK): residual, ∂L/∂pre, the weight gradients as dense GEMMs (bf16
+    // operands, as the bf16 training mode), projection of the decoder gradient, b_dec gradient.
+    let lt = match scinterp_kernels::gpu::gemm::CublasLt::new(&stream) {
+        Ok(lt) => lt,
+        Err(e) => {
+            scinterp_kernels::print_skip("cuda_sae (backward)", &e);
+            g.finish();
+            return;
+        }
+    };
     let coef = -2.0 / (rows * d) as f32;
     let mut e = stream.alloc_zeros::<f32>(rows * d).unwrap();
+    let mut e16 = stream.alloc_zeros::<half::bf16>(rows * d).unwrap();
+    let mut xc16 = stream.alloc_zeros::<half::bf16>(rows * d).unwrap();
+    kernels.f32_to_bf16(&stream, &x, &mut xc16).unwrap();
+    let mut dense16 = stream.alloc_zeros::<half::bf16>(rows * f).unwrap();
     let mut gp = stream.alloc_zeros::<f32>(rows * k).unwrap();
     let mut gwd = stream.alloc_zeros::<f32>(f * d).unwrap();
     let mut gwe = stream.alloc_zeros::<f32>(f * d).unwrap();
     let mut gbe = stream.alloc_zeros::<f32>(f).unwrap();
     let mut gbd = stream.alloc_zeros::<f32>(d).unwrap();
     let cols = SlotColumns { stride: k, offset: 0 };
+    kernels
+        .sae_residual(&stream, &x, &b_dec, codes, &w_dec, &mut e, shape)
+        .unwrap();
+    kernels.f32_to_bf16(&stream, &e, &mut e16).unwrap();
+    kernels
+        .sae_grad_pre(&stream, &e, codes, &w_dec, coef, &mut gp, cols, shape)
+        .unwrap();
     g.bench_function(format!("backward/{rows}x{d}x{f}/k{k}"), |b| {
         b.iter(|| {
-            stream.memset_zeros(&mut gwd).unwrap();
-            stream.memset_zeros(&mut gwe).unwrap();
-            stream.memset_zeros(&mut gbe).unwrap();
             kernels
                 .sae_residual(&stream, &x, &b_dec, codes, &w_dec, &mut e, shape)
                 .unwrap();
             kernels
                 .sae_grad_pre(&stream, &e, codes, &w_dec, coef, &mut gp, cols, shape)
                 .unwrap();
+            kernels.f32_to_bf16(&stream, &e, &mut e16).unwrap();
             kernels
-                .sae_grad_scatter(
+                .sae_weight_grads(
                     &stream,
-                    codes,
-                    &gp,
-                    cols,
-                    (&e, coef),
-                    (&x, &b_dec),
+                    &lt,
+                    GradSet {
+                        codes,
+                        cols,
+                        coef,
+                        target: &e16,
+                    },
+                    None,
+                    (&gp, &xc16),
+                    &mut dense16,
                     (&mut gwd, &mut gwe, &mut gbe),
                     shape,
                 )
@@ -150,17 +172,22 @@ fn bench_sae(c: &mut Criterion) {
             stream.synchronize().unwrap();
         })
     });
-    // The scatter alone (the atomic part).
-    g.bench_function(format!("grad_scatter/{rows}x{d}x{f}/k{k}"), |b| {
+    // The weight gradients alone (two dense scatters, the column sum and two bf16 GEMMs).
+    g.bench_function(format!("weight_grads_bf16/{rows}x{d}x{f}/k{k}"), |b| {
         b.iter(|| {
             kernels
-                .sae_grad_scatter(
+                .sae_weight_grads(
                     &stream,
-                    codes,
-                    &gp,
-                    cols,
-                    (&e, coef),
-                    (&x, &b_dec),
+                    &lt,
+                    GradSet {
+                        codes,
+                        cols,
+                        coef,
+                        target: &e16,
+                    },
+                    None,
+                    (&gp, &xc16),
+                    &mut dense16,
                     (&mut gwd, &mut gwe, &mut gbe),
                     shape,
                 )

@@ -31,7 +31,7 @@ fn bench_trace(c: &mut Criterion) {
     let (_ctx, stream, kernels) = match scinterp_kernels::gpu::open_default() {
         Ok(gpu) => gpu,
         Err(why) => {
-            println!("cuda_trace skipped: {why}");
+            scinterp_kernels::print_skip("cuda_trace", &why);
             return;
         }
     };

@@ -75,7 +75,7 @@ fn cublaslt_bf16_linear_matches_the_cpu() {
     let lt = match CublasLt::new(&stream) {
         Ok(lt) => lt,
         Err(GpuError::NoCublasLt) => {
-            println!("cublaslt_bf16_linear skipped: no libcublasLt on this GPU host");
+            scinterp_kernels::print_skip("cublaslt_bf16_linear", &"no libcublasLt on this GPU host");
             return;
         }
         Err(e) => panic!("{e}"),
@@ -150,7 +150,7 @@ fn cublaslt_f16_and_exact_f32_linear_match_the_cpu() {
         return;
     };
     let Ok(lt) = CublasLt::new(&stream) else {
-        println!("cublaslt_f16_f32_linear skipped: no libcublasLt");
+        scinterp_kernels::print_skip("cublaslt_f16_f32_linear", &"no libcublasLt on this GPU host");
         return;
     };
     let shape = SHAPES[0];

@@ -14,8 +14,11 @@
 
 use scinterp_engine::rng::Rng;
 use scinterp_engine::sae::{top_k_rows, SparseCodes, TopKSae};
+use scinterp_kernels::gpu::gemm::CublasLt;
 use scinterp_kernels::gpu::open_or_skip as gpu;
-use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns, SAE_NO_INDEX, SAE_TOPK_MAX_K};
+use scinterp_kernels::gpu::sae::{
+    DenseCodes, GpuCodes, GradSet, SaeShape, SlotColumns, SAE_NO_INDEX, SAE_TOPK_MAX_K,
+};
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -668,7 +671,11 @@ fn backward_kernels_match_the_cpu_trainer() {
     let Some((stream, kernels)) = gpu("sae backward") else {
         return;
     };
-    // d % 4 == 0 (vector atomics) and d odd (scalar path).
+    let lt = match CublasLt::new(&stream) {
+        Ok(lt) => lt,
+        Err(e) => return scinterp_kernels::print_skip("sae backward", &e),
+    };
+    // The weight gradients as exact-f32 cuBLASLt GEMMs over the dense code matrices; d even and odd.
     for &(d, f, k, ka, rows) in &[
         (128usize, 512usize, 16usize, 24usize, 64usize),
         (61, 200, 5, 9, 33),
@@ -723,26 +730,30 @@ fn backward_kernels_match_the_cpu_trainer() {
         kernels
             .sae_grad_pre(&stream, &da, auxc, &dwd, grad_aux, &mut gp, cols_aux, shape)
             .unwrap();
+        let xc: Vec<f32> = x
+            .chunks(d)
+            .flat_map(|r| r.iter().zip(&sae.b_dec).map(|(a, b)| a - b))
+            .collect();
+        let dxc = up(&xc);
+        let mut dense = stream.alloc_zeros::<f32>(rows * f).unwrap();
         kernels
-            .sae_grad_scatter(
+            .sae_weight_grads(
                 &stream,
-                main,
-                &gp,
-                cols_main,
-                (&de, grad_main),
-                (&dx, &dbd),
-                (&mut gwd, &mut gwe, &mut gbe),
-                shape,
-            )
-            .unwrap();
-        kernels
-            .sae_grad_scatter(
-                &stream,
-                auxc,
-                &gp,
-                cols_aux,
-                (&da, grad_aux),
-                (&dx, &dbd),
+                &lt,
+                GradSet {
+                    codes: main,
+                    cols: cols_main,
+                    coef: grad_main,
+                    target: &de,
+                },
+                Some(GradSet {
+                    codes: auxc,
+                    cols: cols_aux,
+                    coef: grad_aux,
+                    target: &da,
+                }),
+                (&gp, &dxc),
+                &mut dense,
                 (&mut gwd, &mut gwe, &mut gbe),
                 shape,
             )
@@ -919,21 +930,37 @@ fn sae_kernels_reject_bad_arguments() {
             shape
         )
         .is_err());
-    let mut gw = stream.alloc_zeros::<f32>(100 * 16).unwrap();
-    let mut ge_short = stream.alloc_zeros::<f32>(100 * 15).unwrap();
-    let mut gb = stream.alloc_zeros::<f32>(100).unwrap();
+    // The dense scatter: an output shorter than rows × d_sae, and slot columns beyond grad_pre's stride.
+    let dense_codes = |weights, cols| DenseCodes {
+        indices: &idx,
+        k: 8,
+        weights,
+        cols,
+        coef: 1.0,
+    };
+    let mut dense_short = stream.alloc_zeros::<f32>(10 * 100 - 1).unwrap();
     assert!(kernels
-        .sae_grad_scatter(
+        .sae_dense_scatter(
             &stream,
-            codes,
-            &gp,
-            SlotColumns { stride: 8, offset: 0 },
-            (&x, 1.0),
-            (&x, &b),
-            (&mut gw, &mut ge_short, &mut gb),
-            shape,
+            dense_codes(&val, SlotColumns { stride: 8, offset: 0 }),
+            None,
+            &mut dense_short,
+            (10, 100)
         )
         .is_err());
+    let mut dense = stream.alloc_zeros::<f32>(10 * 100).unwrap();
+    assert!(kernels
+        .sae_dense_scatter(
+            &stream,
+            dense_codes(&val, SlotColumns { stride: 8, offset: 0 }),
+            Some(dense_codes(&gp, SlotColumns { stride: 8, offset: 1 })),
+            &mut dense,
+            (10, 100)
+        )
+        .is_err());
+    let mut gb = stream.alloc_zeros::<f32>(100).unwrap();
+    assert!(kernels.sae_col_sum(&stream, &dense, (11, 100), &mut gb).is_err());
+    let mut gw = stream.alloc_zeros::<f32>(100 * 16).unwrap();
     let mut short = stream.alloc_zeros::<f32>(15).unwrap();
     assert!(kernels
         .sae_grad_b_dec(&stream, &x, 1.0, &gb, &w, &mut short, shape)

@@ -13,7 +13,7 @@ fn gpu_available(test: &str) -> bool {
     match scinterp_kernels::cuda_available() {
         Ok(()) => true,
         Err(e) => {
-            println!("{test} skipped: no GPU ({e})");
+            scinterp_kernels::print_skip(test, &format!("no GPU ({e})"));
             false
         }
     }

@@ -60,6 +60,16 @@ const MUTANTS: &[Mutant] = &[
             "    if (tid == 0) {\n        s_gt = 0u;\n        __syncthreads();\n    }",
         )],
     },
+    // The barrier between the dense scatter's zero fill and its writes deleted: a thread's write can be
+    // overwritten by another thread's later zero fill of the same column.
+    Mutant {
+        name: "dense_scatter_missing_barrier",
+        kernel: "sae_sparse",
+        edits: &[(
+            "        o[c] = sae_dense_from_float<T>(0.0f);\n    }\n    __syncthreads();",
+            "        o[c] = sae_dense_from_float<T>(0.0f);\n    }",
+        )],
+    },
 ];
 
 fn main() {

@@ -467,7 +467,7 @@ pub(crate) fn skip_without_nvrtc(test: &str, why: &dyn std::fmt::Display) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: NVRTC is required under CI=true (.ci/run installs it): {why}");
     }
-    println!("{test} skipped: {why}");
+    crate::print_skip(test, why);
 }
 
 #[cfg(test)]
@@ -555,7 +555,10 @@ mod tests {
         ("sae_renormalise_rows_f32", 32, 1024),
         ("sae_remove_parallel_grad_f32", 32, 1024),
         ("sae_grad_b_dec_f32", 32, 512),
-        ("sae_grad_scatter_f32", 48, 1024),
+        ("sae_dense_scatter_f32", 24, 256),
+        ("sae_dense_scatter_bf16", 24, 256),
+        ("sae_col_sum_f32", 32, 512),
+        ("sae_col_sum_bf16", 32, 512),
         ("sae_grad_pre_f32", 32, 1024),
         ("sae_aux_residual_f32", 40, 1024),
         ("sae_residual_f32", 40, 1024),

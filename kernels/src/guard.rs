@@ -36,6 +36,24 @@ pub fn cuda_available() -> Result<(), GpuAbsence> {
     detect_cuda().map(|_| ())
 }
 
+/// How a test that cannot run here says so, in the workspace's one format (README, "Skipped tests";
+/// `tests/common/skip.rs`): `SKIPPED <test name>: <why>` on its own line of stderr, so that
+/// `grep -c '^SKIPPED'` counts it. The name is the running test's (libtest names each test's thread
+/// after the test); outside a test (a bench's main thread) it is `fallback`.
+pub fn print_skip(fallback: &str, why: &dyn std::fmt::Display) {
+    let name = match std::thread::current().name() {
+        Some(n) if n != "main" => n.to_string(),
+        _ => fallback.to_string(),
+    };
+    // The leading newline keeps the line countable after libtest's `test name ... `; one write keeps
+    // parallel tests' lines whole.
+    eprint!("{}", skip_line(&name, why));
+}
+
+fn skip_line(name: &str, why: &dyn std::fmt::Display) -> String {
+    format!("\nSKIPPED {name}: {why}\n")
+}
+
 fn no_device_or(message: String) -> GpuAbsence {
     if message.contains("NO_DEVICE") {
         GpuAbsence::NoDevice
@@ -47,6 +65,13 @@ fn no_device_or(message: String) -> GpuAbsence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skip_is_one_countable_line() {
+        let line = skip_line("some_test", &"no GPU");
+        assert_eq!(line, "\nSKIPPED some_test: no GPU\n");
+        assert_eq!(line.lines().filter(|l| l.starts_with("SKIPPED")).count(), 1);
+    }
 
     #[test]
     fn cuda_check_never_panics_and_agrees_with_the_driver_library() {

@@ -15,7 +15,7 @@ pub mod registry;
 /// cudarc, re-exported so that callers use the same version and features.
 pub use cudarc;
 
-pub use guard::{cuda_available, detect_cuda, GpuAbsence};
+pub use guard::{cuda_available, detect_cuda, print_skip, GpuAbsence};
 pub use registry::{kernel, Kernel, HEADERS, KERNELS};
 
 #[cfg(test)]

@@ -3,14 +3,17 @@
 //!
 //! Per step: upload the batch (pinned staging), centre it, the dense encoder GEMM (cuBLASLt: exact f32,
 //! or bf16 operands with f32 accumulation and an f32 output), top-k, the dead mask and AuxK top-k, the
-//! residuals, the gradients at the active pre-activations, the sparse weight-gradient scatter, the `b_dec`
-//! gradient, the removal of the decoder-parallel gradient, the firing counters, Adam on all four arrays and
-//! the decoder renormalisation. Two small reads come back per step: the dead-latent count (AuxK's k) and
-//! the loss sums.
+//! residuals, the gradients at the active pre-activations, the weight gradients as dense GEMMs (the codes
+//! scattered into a `[rows, d_sae]` matrix, then `dW = Gᵀ·H` through cuBLASLt, and a column sum for
+//! `b_enc`), the `b_dec` gradient, the removal of the decoder-parallel gradient, the firing counters, Adam
+//! on all four arrays and the decoder renormalisation. Two small reads come back per step: the dead-latent
+//! count (AuxK's k) and the loss sums. No kernel adds floats with atomics, so a run gives the same bits
+//! every time on the same GPU model (cuBLASLt's own guarantee for a fixed algorithm and one stream).
 //!
-//! Differences from the CPU, by design: the weight-gradient scatter adds with atomics (the summation
-//! order varies, so runs are not bit-identical), and in bf16 mode the encoder GEMM rounds its operands to
-//! bf16. Agreement is therefore statistical (FVU after the same tokens; `engine/tests/cuda_sae_train.rs`).
+//! Differences from the CPU, by design: GEMM summation orders differ from the CPU's, and in bf16 mode
+//! every GEMM (the encoder and the three weight-gradient GEMMs) rounds its operands to bf16 (f32
+//! accumulation). Agreement is therefore statistical (FVU after the same tokens;
+//! `engine/tests/cuda_sae_train.rs`).
 
 use std::sync::Arc;
 
@@ -19,7 +22,7 @@ use scinterp_kernels::cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, DriverError, PinnedHostSlice,
 };
 use scinterp_kernels::gpu::gemm::{CublasLt, Epilogue, LinearShape};
-use scinterp_kernels::gpu::sae::{GpuCodes, SaeShape, SlotColumns};
+use scinterp_kernels::gpu::sae::{GpuCodes, GradSet, SaeShape, SlotColumns};
 use scinterp_kernels::gpu::sae_optim::{AdamStep, SUM_BLOCKS};
 use scinterp_kernels::gpu::{take_recorded_error, GpuError, Kernels};
 
@@ -68,6 +71,11 @@ struct StepBuffers {
     e: CudaSlice<f32>,
     aux_e: CudaSlice<f32>,
     grad_pre: CudaSlice<f32>,
+    /// bf16 mode: the weight-gradient GEMM operands — the dense `[B, d_sae]` code matrix (in f32 mode
+    /// `pre` serves, no longer needed once the top-k sets are chosen) and the two residuals.
+    dense16: Option<CudaSlice<bf16>>,
+    e16: Option<CudaSlice<bf16>>,
+    aux_e16: Option<CudaSlice<bf16>>,
     dead: CudaSlice<u8>,
     n_dead: CudaSlice<u32>,
     partial: CudaSlice<f64>,
@@ -75,6 +83,29 @@ struct StepBuffers {
     staging: PinnedHostSlice<f32>,
     /// Recorded right after the last upload from `staging`; waited on before `staging` is rewritten.
     staging_uploaded: Option<CudaEvent>,
+}
+
+/// The main and AuxK code sets of a step (codes, ∂L/∂pre columns, decoder coefficient), before their
+/// residuals are chosen in the GEMM operand type.
+struct WeightGradSets<'a> {
+    main: (GpuCodes<'a>, SlotColumns, f32),
+    aux: Option<(GpuCodes<'a>, SlotColumns, f32)>,
+}
+
+impl<'a> WeightGradSets<'a> {
+    fn with_targets<T>(
+        &self,
+        e: &'a CudaSlice<T>,
+        aux_e: &'a CudaSlice<T>,
+    ) -> (GradSet<'a, T>, Option<GradSet<'a, T>>) {
+        let set = |(codes, cols, coef): (GpuCodes<'a>, SlotColumns, f32), target| GradSet {
+            codes,
+            cols,
+            coef,
+            target,
+        };
+        (set(self.main, e), self.aux.map(|a| set(a, aux_e)))
+    }
 }
 
 /// A [`Stepper`] on GPU 0.
@@ -144,6 +175,15 @@ impl GpuSaeStepper {
             GpuPrecision::F32 => None,
         };
         let alloc = |n: usize| stream.alloc_zeros::<f32>(n.max(1)).map_err(GpuSaeError::from);
+        let alloc16 = |n: usize| -> Result<Option<CudaSlice<bf16>>, GpuSaeError> {
+            Ok(match precision {
+                GpuPrecision::Bf16 => Some(stream.alloc_zeros::<bf16>(n.max(1))?),
+                GpuPrecision::F32 => None,
+            })
+        };
+        // Memory of the dense weight gradients: one [B, d_sae] matrix — `pre` itself in f32 mode, a
+        // bf16 matrix of half `pre`'s bytes in bf16 mode (plus two bf16 [B, d] residuals) — so at most
+        // 1.5× what `pre` takes already, and no chunking (B 8,192, F 4,608: pre 151 MB, bf16 75 MB).
         let buffers = StepBuffers {
             x: alloc(b * d)?,
             xc: alloc(b * d)?,
@@ -159,6 +199,9 @@ impl GpuSaeStepper {
             e: alloc(b * d)?,
             aux_e: alloc(b * d)?,
             grad_pre: alloc(b * slots)?,
+            dense16: alloc16(b * f)?,
+            e16: alloc16(b * d)?,
+            aux_e16: alloc16(b * d)?,
             dead: stream.alloc_zeros::<u8>(f)?,
             n_dead: stream.alloc_zeros::<u32>(1)?,
             partial: stream.alloc_zeros::<f64>(SUM_BLOCKS)?,
@@ -307,8 +350,8 @@ impl GpuSaeStepper {
             shape,
         )?;
         let g = &mut self.g;
-        s.memset_zeros(&mut g.w_dec)?;
-        s.memset_zeros(&mut g.w_enc)?;
+        // Only b_enc's gradient needs zeroing (for the spread below); the weight-gradient GEMMs and
+        // the column sum overwrite the rest.
         s.memset_zeros(&mut g.b_enc)?;
         // AuxK normalised as the CPU does (`TrainState::step`): by the residual's spread over the
         // batch, Σ‖e‖² − ‖Σ_rows e‖²/B. The column sums come from the b_dec-gradient kernel with
@@ -343,28 +386,44 @@ impl GpuSaeStepper {
             )?;
         }
 
-        // Weight gradients of the active latents, then b_dec's, then the decoder-parallel part removed.
-        kn.sae_grad_scatter(
-            s,
-            codes,
-            &buf.grad_pre,
-            main_cols,
-            (&buf.e, grad_main),
-            (&buf.x, &self.params.b_dec),
-            (&mut g.w_dec, &mut g.w_enc, &mut g.b_enc),
-            shape,
-        )?;
-        if k_aux > 0 {
-            kn.sae_grad_scatter(
-                s,
-                aux_codes,
-                &buf.grad_pre,
-                aux_cols,
-                (&buf.aux_e, grad_aux),
-                (&buf.x, &self.params.b_dec),
-                (&mut g.w_dec, &mut g.w_enc, &mut g.b_enc),
-                shape,
-            )?;
+        // Weight gradients of the active latents (dense GEMMs, in the step's precision), then b_dec's,
+        // then the decoder-parallel part removed.
+        let sets = WeightGradSets {
+            main: (codes, main_cols, grad_main),
+            aux: (k_aux > 0).then_some((aux_codes, aux_cols, grad_aux)),
+        };
+        let outputs = (&mut g.w_dec, &mut g.w_enc, &mut g.b_enc);
+        match (&mut buf.dense16, &mut buf.e16, &mut buf.aux_e16, &buf.xc16) {
+            (Some(dense16), Some(e16), Some(aux_e16), Some(xc16)) => {
+                kn.f32_to_bf16(s, &buf.e, e16)?;
+                if k_aux > 0 {
+                    kn.f32_to_bf16(s, &buf.aux_e, aux_e16)?;
+                }
+                let (main, aux) = sets.with_targets(e16, aux_e16);
+                kn.sae_weight_grads(
+                    s,
+                    &self.lt,
+                    main,
+                    aux,
+                    (&buf.grad_pre, xc16),
+                    dense16,
+                    outputs,
+                    shape,
+                )?;
+            }
+            _ => {
+                let (main, aux) = sets.with_targets(&buf.e, &buf.aux_e);
+                kn.sae_weight_grads(
+                    s,
+                    &self.lt,
+                    main,
+                    aux,
+                    (&buf.grad_pre, &buf.xc),
+                    &mut buf.pre,
+                    outputs,
+                    shape,
+                )?
+            }
         }
         kn.sae_grad_b_dec(
             s,

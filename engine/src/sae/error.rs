@@ -117,7 +117,8 @@ pub enum SaeError {
     EmptyTraining,
     #[error("GPU: {0}")]
     Gpu(String),
-    #[error("GPU: {0}")]
+    /// Its message already starts with "GPU: ".
+    #[error(transparent)]
     GpuSae(#[from] crate::cuda::GpuSaeError),
     #[error("cannot serialise {0}")]
     Serialise(String),
@@ -129,4 +130,20 @@ pub enum SaeError {
     Stopped { steps: usize, checkpoint: PathBuf },
     #[error("{}: the training checkpoint is damaged ({reason}); delete it to start over", path.display())]
     Checkpoint { path: PathBuf, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::GpuSaeError;
+    use crate::sae::train::StepperError;
+    use scinterp_kernels::GpuAbsence;
+
+    #[test]
+    fn a_gpu_failure_says_gpu_once() {
+        let start = SaeError::from(GpuSaeError::Absent(GpuAbsence::NoDevice)).to_string();
+        assert_eq!(start, "GPU: the CUDA driver reports no GPU");
+        let step = SaeError::from(StepperError::from(GpuSaeError::Absent(GpuAbsence::NoDevice)));
+        assert_eq!(step.to_string(), start);
+    }
 }

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::error::{FlagError, SaeError};
-use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, TopKSae};
+use super::{axpy, dot, gemm_rows_by_latents, top_k_rows, SparseCodes, TopKSae};
 use crate::rng::{splitmix64, unit_f64, Rng};
 use crate::store::HookArray;
 
@@ -958,6 +958,64 @@ struct Touch {
 /// result does not depend on thread scheduling).
 const ROW_BLOCK: usize = 64;
 
+/// What [`TrainState::backward`] leaves besides the gradients.
+struct Backward {
+    /// Normalised MSE and AuxK loss of the step's forward pass.
+    loss: f64,
+    aux_loss: f64,
+    codes: SparseCodes,
+    aux_codes: Option<SparseCodes>,
+    grad_main: f32,
+    grad_aux: f32,
+}
+
+/// The gradients of one CPU training step ([`step_gradients`]), in [`TopKSae`]'s layouts, as Adam
+/// receives them (the decoder gradient with its component along each decoder row removed), with what
+/// the step chose on the way: the reference the GPU backward is checked against.
+#[derive(Clone, Debug)]
+pub struct StepGradients {
+    pub w_enc: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+    /// The top-k codes of the rows, and the AuxK codes (over the dead latents) when there were any.
+    pub codes: SparseCodes,
+    pub aux_codes: Option<SparseCodes>,
+    /// ∂L/∂x̂ per unit of residual for the main loss (−2/(B·d)) and for AuxK (0 without AuxK): the
+    /// decoder gradient is Σ coef·value·residual.
+    pub grad_main: f32,
+    pub grad_aux: f32,
+}
+
+/// The gradients the CPU trainer computes in one step on the rows `x` (already scaled, `[B, d_in]`),
+/// with `tokens_since_fired` (one counter per latent) deciding which latents are dead for AuxK.
+/// Nothing is updated: this is the step's own code up to, not including, Adam.
+pub fn step_gradients(
+    sae: &TopKSae,
+    x: &[f32],
+    cfg: &TrainConfig,
+    data_variance: f64,
+    tokens_since_fired: &[u64],
+) -> StepGradients {
+    let mut state = TrainState::new(sae);
+    state
+        .tokens_since_fired
+        .iter_mut()
+        .zip(tokens_since_fired)
+        .for_each(|(t, &v)| *t = v);
+    let done = state.backward(sae, x, cfg, data_variance);
+    StepGradients {
+        w_enc: state.g.w_enc,
+        b_enc: state.g.b_enc,
+        w_dec: state.g.w_dec,
+        b_dec: state.g.b_dec,
+        codes: done.codes,
+        aux_codes: done.aux_codes,
+        grad_main: done.grad_main,
+        grad_aux: done.grad_aux,
+    }
+}
+
 impl TrainState {
     fn new(sae: &TopKSae) -> Self {
         TrainState {
@@ -984,6 +1042,15 @@ impl TrainState {
         lr: f64,
         data_variance: f64,
     ) -> (f64, f64) {
+        let done = self.backward(sae, x, cfg, data_variance);
+        self.adam(sae, cfg, lr);
+        sae.w_dec.par_chunks_mut(sae.d_in).for_each(normalise);
+        (done.loss, done.aux_loss)
+    }
+
+    /// The forward and backward half of [`TrainState::step`]: fills `self.g` and updates the
+    /// dead-latent counters; the parameters are not touched.
+    fn backward(&mut self, sae: &TopKSae, x: &[f32], cfg: &TrainConfig, data_variance: f64) -> Backward {
         let d = sae.d_in;
         let f_count = sae.d_sae;
         let b = x.len() / d;
@@ -1218,9 +1285,14 @@ impl TrainState {
             aux_residual,
             grad_pre,
         };
-        self.adam(sae, cfg, lr);
-        sae.w_dec.par_chunks_mut(d).for_each(normalise);
-        (err / energy.max(1e-30), aux_loss)
+        Backward {
+            loss: err / energy.max(1e-30),
+            aux_loss,
+            codes,
+            aux_codes,
+            grad_main,
+            grad_aux: if k_aux > 0 { grad_aux } else { 0.0 },
+        }
     }
 
     fn adam(&mut self, sae: &mut TopKSae, cfg: &TrainConfig, lr: f64) {

@@ -1,14 +1,25 @@
-//! Linear layers on the GPU: row-major `y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias) (ReLU)`, the PyTorch
-//! weight layout, through cuBLASLt in bf16 or f16 with f32 accumulation.
+//! GEMMs on the GPU through cuBLASLt, row-major throughout, in bf16 or f16 with f32 accumulation (or
+//! exact f32):
+//! - [`CublasLt::linear`]: `y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias) (ReLU)`, the PyTorch weight layout;
+//! - [`CublasLt::weight_grad`]: `y[M,N] (+)= g[K,M]ᵀ · h[K,N]`, a weight gradient summed over K batch
+//!   rows (the TopK SAE's `dW = Gᵀ·H`, with the weight layout `[M,N]` = one row per latent).
 //!
 //! cuBLASLt rebuilds its descriptors and reruns its algorithm heuristic on every call when used naively;
 //! a forward pass calls the same few shapes thousands of times, so [`CublasLt`] keeps one [`Plan`]
-//! (matmul descriptor, three layouts, the chosen algorithm) per (shape, types, epilogue) and only
-//! rebinds the bias pointer per call.
+//! (matmul descriptor, three layouts, the chosen algorithm) per (shape, orientation, types, epilogue) and
+//! only rebinds the bias pointer per call.
 //!
-//! Column-major view (cuBLAS): `Dᶜ[N,M] = op(A)·B` with `A = W` seen as `[K,N]` (ld K) transposed and
-//! `B = x` seen as `[K,M]` (ld K); `Dᶜ` is `y` row-major, and the bias (one value per output feature) is
-//! cuBLASLt's per-row bias of `Dᶜ`. No copies or transposes.
+//! Column-major view (cuBLAS): a row-major `[R,C]` matrix is, byte for byte, the column-major `[C,R]`
+//! matrix with leading dimension C, its transpose. So row-major `y = L·R` is column-major `yᵀ = Rᵀ·Lᵀ`:
+//! cuBLASLt's A is always the right operand (`W`, `h`), its B the left one (`x`, `g`), and its D is `y`
+//! seen as `[N,M]` with ld N; the bias (one value per output feature) is cuBLASLt's per-row bias of D.
+//! [`Orientation::operands`] states the transposes and layouts of each kind; no copies or transposes
+//! are made. The CPU emulator tests replay exactly those operands through a column-major reference GEMM
+//! (kernels/emu/tests/emulated/gemm.rs and sae.rs), so everything but cuBLASLt itself is checked off-GPU.
+//!
+//! Reproducibility: cuBLAS documents bit-identical results run to run on the same architecture and SM
+//! count for one active stream, and for `cublasLtMatmul` with a user-owned workspace, as here; the cached
+//! plan fixes the algorithm per shape.
 //!
 //! Bound: compute for M ≥ a few hundred rows (2·M·N·K flops over (M·K + N·K + M·N)·2 bytes).
 //!
@@ -112,9 +123,75 @@ impl LinearShape {
     }
 }
 
+/// Which product a call computes, in row-major terms (see the module comment for the column-major view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Orientation {
+    /// `y[M,N] = x[M,K] · w[N,K]ᵀ`: a linear layer ([`CublasLt::linear`]).
+    Linear,
+    /// `y[M,N] = g[K,M]ᵀ · h[K,N]`: a weight gradient over K rows ([`CublasLt::weight_grad`]).
+    WeightGrad,
+}
+
+/// One column-major matrix as cuBLASLt's layout describes it (`cublasLtMatrixLayoutCreate`):
+/// `rows × cols`, element `(i, j)` at `i + j·ld`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LtLayout {
+    pub rows: u64,
+    pub cols: u64,
+    pub ld: i64,
+}
+
+/// Everything a call tells cuBLASLt about its operands: `D = op(A)·op(B)` (`+ β·D`), with `op` the
+/// transpose where `trans_*` is set. A is the caller's right operand (`w` or `h`), B the left (`x` or
+/// `g`), D the output `y`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LtOperands {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a: LtLayout,
+    pub b: LtLayout,
+    pub d: LtLayout,
+}
+
+impl Orientation {
+    /// The transposes and layouts of a call of this orientation at `shape`.
+    pub fn operands(self, shape: LinearShape) -> LtOperands {
+        let LinearShape { m, n, k } = shape;
+        let (m, n, k) = (m as u64, n as u64, k as u64);
+        let layout = |rows: u64, cols: u64| LtLayout {
+            rows,
+            cols,
+            ld: rows as i64,
+        };
+        // D = yᵀ: row-major y[M,N] is column-major [N,M], ld N.
+        let d = layout(n, m);
+        match self {
+            // yᵀ = w·xᵀ. w[N,K] row-major is stored as column-major [K,N] (= wᵀ): transpose it back.
+            // x[M,K] row-major is stored as column-major [K,M] = xᵀ, already what is needed.
+            Orientation::Linear => LtOperands {
+                trans_a: true,
+                trans_b: false,
+                a: layout(k, n),
+                b: layout(k, m),
+                d,
+            },
+            // yᵀ = hᵀ·g. h[K,N] row-major is stored as column-major [N,K] = hᵀ, as needed. g[K,M]
+            // row-major is stored as column-major [M,K] = gᵀ: transpose it back to [K,M].
+            Orientation::WeightGrad => LtOperands {
+                trans_a: false,
+                trans_b: true,
+                a: layout(n, k),
+                b: layout(m, k),
+                d,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PlanKey {
     shape: LinearShape,
+    orientation: Orientation,
     input: &'static str,
     output: &'static str,
     epilogue: Epilogue,
@@ -147,8 +224,7 @@ impl Drop for Plan {
 
 impl Plan {
     fn new(handle: sys::cublasLtHandle_t, key: &PlanKey, types: PlanTypes) -> Result<Plan, GpuError> {
-        let LinearShape { m, n, k } = key.shape;
-        let (m, n, k) = (m as u64, n as u64, k as u64);
+        let ops = key.orientation.operands(key.shape);
         let desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
@@ -163,17 +239,25 @@ impl Plan {
             d: std::ptr::null_mut(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
         };
-        let transpose: i32 = 1;
+        // cublasOperation_t as an int32: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
+        let (trans_a, trans_b) = (i32::from(ops.trans_a), i32::from(ops.trans_b));
         let epilogue = key.epilogue.cublaslt();
         // SAFETY: live descriptor; each buffer pointer and size describe one value of the attribute type.
         unsafe {
             lt::set_matmul_desc_attribute(
                 desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                (&transpose as *const i32).cast(),
+                (&trans_a as *const i32).cast(),
                 size_of::<i32>(),
             )
             .map_err(cublas("TRANSA"))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                (&trans_b as *const i32).cast(),
+                size_of::<i32>(),
+            )
+            .map_err(cublas("TRANSB"))?;
             lt::set_matmul_desc_attribute(
                 desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
@@ -182,9 +266,12 @@ impl Plan {
             )
             .map_err(cublas("EPILOGUE"))?;
         }
-        plan.a = lt::create_matrix_layout(types.input, k, n, k as i64).map_err(cublas("layout W"))?;
-        plan.b = lt::create_matrix_layout(types.input, k, m, k as i64).map_err(cublas("layout x"))?;
-        plan.d = lt::create_matrix_layout(types.output, n, m, n as i64).map_err(cublas("layout y"))?;
+        let layout = |t: sys::cudaDataType, l: LtLayout, what: &'static str| {
+            lt::create_matrix_layout(t, l.rows, l.cols, l.ld).map_err(cublas(what))
+        };
+        plan.a = layout(types.input, ops.a, "layout A")?;
+        plan.b = layout(types.input, ops.b, "layout B")?;
+        plan.d = layout(types.output, ops.d, "layout D")?;
 
         let pref = lt::create_matmul_pref().map_err(cublas("cublasLtMatmulPreferenceCreate"))?;
         let workspace = WORKSPACE_BYTES;
@@ -278,12 +365,59 @@ impl CublasLt {
         shape: LinearShape,
         epilogue: Epilogue,
     ) -> Result<(), GpuError> {
-        const KERNEL: &str = "cublasLt linear";
-        let bad = |reason: String| GpuError::BadArgs {
-            kernel: KERNEL,
-            reason,
-        };
-        shape.check(KERNEL, (x.len(), w.len(), y.len()), bias.map(|b| b.len()))?;
+        self.matmul(
+            "cublasLt linear",
+            Orientation::Linear,
+            (x, w),
+            bias,
+            y,
+            shape,
+            epilogue,
+            false,
+        )
+    }
+
+    /// `y[M,N] = g[K,M]ᵀ · h[K,N]` (all row-major), or `y += gᵀ·h` when `accumulate` (β = 1): a weight
+    /// gradient summed over K batch rows, e.g. the TopK SAE's `dW_dec = Cᵀ·e` (`g` = the dense code
+    /// coefficients `[rows, d_sae]`, `h` = the residual `[rows, d_in]`, `y` = `[d_sae, d_in]`). Types as
+    /// in [`CublasLt::linear`]; `shape` = `{ m: M, n: N, k: K }` (the buffer checks read `x` as `g` and
+    /// `w` as `h`). Same bits on every run for a given shape (see the module comment).
+    pub fn weight_grad<I: GemmScalar, O: GemmScalar>(
+        &self,
+        g: &CudaSlice<I>,
+        h: &CudaSlice<I>,
+        y: &mut CudaSlice<O>,
+        shape: LinearShape,
+        accumulate: bool,
+    ) -> Result<(), GpuError> {
+        self.matmul(
+            "cublasLt weight_grad",
+            Orientation::WeightGrad,
+            (g, h),
+            None,
+            y,
+            shape,
+            Epilogue::None,
+            accumulate,
+        )
+    }
+
+    /// One cuBLASLt call: `y (+)= left ⊗ right` in `orientation`, through the cached plan.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul<I: GemmScalar, O: GemmScalar>(
+        &self,
+        kernel: &'static str,
+        orientation: Orientation,
+        (left, right): (&CudaSlice<I>, &CudaSlice<I>),
+        bias: Option<&CudaSlice<O>>,
+        y: &mut CudaSlice<O>,
+        shape: LinearShape,
+        epilogue: Epilogue,
+        accumulate: bool,
+    ) -> Result<(), GpuError> {
+        let bad = |reason: String| GpuError::BadArgs { kernel, reason };
+        // Both orientations read m·k left values, n·k right values and write m·n.
+        shape.check(kernel, (left.len(), right.len(), y.len()), bias.map(|b| b.len()))?;
         if epilogue.has_bias() != bias.is_some() {
             return Err(bad(format!(
                 "epilogue {epilogue:?} with bias given: {}",
@@ -299,6 +433,7 @@ impl CublasLt {
         }
         let key = PlanKey {
             shape,
+            orientation,
             input: I::NAME,
             output: O::NAME,
             epilogue,
@@ -315,12 +450,13 @@ impl CublasLt {
             }
         };
         let stream = &self.stream;
-        let (w_ptr, _w_guard) = w.device_ptr(stream);
-        let (x_ptr, _x_guard) = x.device_ptr(stream);
+        // cuBLASLt's A is the right operand, its B the left (see `Orientation::operands`).
+        let (a_ptr, _a_guard) = right.device_ptr(stream);
+        let (b_ptr, _b_guard) = left.device_ptr(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
         let (ws_ptr, _ws_guard) = self.workspace.device_ptr(stream);
         let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         // SAFETY: the plan's descriptors are live and used under the lock; every pointer is a live
         // device allocation whose length was checked against the shape; the workspace holds
         // WORKSPACE_BYTES, the limit the heuristic was given.
@@ -339,9 +475,9 @@ impl CublasLt {
                 plan.desc,
                 (&alpha as *const f32).cast::<c_void>(),
                 (&beta as *const f32).cast::<c_void>(),
-                w_ptr as *const c_void,
+                a_ptr as *const c_void,
                 plan.a,
-                x_ptr as *const c_void,
+                b_ptr as *const c_void,
                 plan.b,
                 y_ptr as *const c_void,
                 plan.d,

@@ -148,8 +148,9 @@ pub fn open_default() -> Result<(Arc<CudaContext>, Arc<CudaStream>, Kernels), Gp
     Ok((ctx, stream, kernels))
 }
 
-/// [`open_default`] for tests and benches: the stream and kernels, or `None` after printing why `what`
-/// skips (so a run without a GPU says so instead of passing silently).
+/// [`open_default`] for tests and benches: the stream and kernels, or `None` after printing
+/// `SKIPPED <test>: <why>` ([`crate::print_skip`]; `what` names a bench), so a run without a GPU says
+/// so instead of passing silently.
 pub fn open_or_skip(what: &str) -> Option<(Arc<CudaStream>, Kernels)> {
     match open_default() {
         Ok((_ctx, stream, kernels)) => {
@@ -157,7 +158,7 @@ pub fn open_or_skip(what: &str) -> Option<(Arc<CudaStream>, Kernels)> {
             Some((stream, kernels))
         }
         Err(why) => {
-            println!("{what} skipped: {why}");
+            crate::print_skip(what, &why);
             None
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! CPU references (`scinterp_engine::sae`): [`Kernels::sae_topk`] ↔ `top_k_rows`; [`Kernels::sae_decode`]
 //! ↔ `TopKSae::decode`; the residual, gradient, renormalisation and counter kernels ↔ the matching steps
-//! of `train::TrainState::step` (see each method). Layouts are the engine's: `W_enc` and `W_dec` are
-//! `[d_sae, d_in]` row-major (one row per latent), codes are `k` (index, value) pairs per row. An index
+//! of `train::TrainState::step` (see each method); the weight gradients ([`Kernels::sae_weight_grads`])
+//! ↔ its per-latent pass, as a dense scatter, two or three cuBLASLt GEMMs and a column sum. Layouts are
+//! the engine's: `W_enc` and `W_dec` are `[d_sae, d_in]` row-major (one row per latent), codes are `k`
+//! (index, value) pairs per row. An index
 //! `>= d_sae` (the top-k writes `u32::MAX` when fewer latents are eligible than asked for) marks an empty
 //! slot and is skipped by every kernel.
 
@@ -11,7 +13,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::{ArgError, GpuError, Kernels};
+use super::gemm::{CublasLt, GemmScalar, LinearShape};
+use super::{check_len, ArgError, GpuError, Kernels};
 
 /// Largest k the top-k kernel selects (its sort buffer, 8 B × next_pow2(k), is dynamic shared memory
 /// and must stay within the default 48 KiB).
@@ -42,6 +45,53 @@ pub struct SaeShape {
 pub struct SlotColumns {
     pub stride: usize,
     pub offset: usize,
+}
+
+/// Threads per block of the dense scatter (one block per row).
+const DENSE_SCATTER_THREADS: u32 = 256;
+
+/// Row lanes (`blockDim.y`) of the column-sum kernel.
+const COL_SUM_ROWS: u32 = 16;
+
+/// Element types of the dense gradient matrices (the GEMM operand type): f32 or bf16.
+pub trait DenseScalar: GemmScalar {
+    /// `sae_dense_scatter_*` entry point.
+    const SCATTER: &'static str;
+    /// `sae_col_sum_*` entry point.
+    const COL_SUM: &'static str;
+}
+
+impl DenseScalar for f32 {
+    const SCATTER: &'static str = "sae_dense_scatter_f32";
+    const COL_SUM: &'static str = "sae_col_sum_f32";
+}
+
+impl DenseScalar for half::bf16 {
+    const SCATTER: &'static str = "sae_dense_scatter_bf16";
+    const COL_SUM: &'static str = "sae_col_sum_bf16";
+}
+
+/// One code set for [`Kernels::sae_dense_scatter`]: slot `j` of row `r` puts `coef · weights[r·stride +
+/// offset + j]` at column `indices[r·k + j]`.
+#[derive(Clone, Copy)]
+pub struct DenseCodes<'a> {
+    pub indices: &'a CudaSlice<u32>,
+    pub k: usize,
+    pub weights: &'a CudaSlice<f32>,
+    pub cols: SlotColumns,
+    pub coef: f32,
+}
+
+/// One code set's part of the weight gradients ([`Kernels::sae_weight_grads`]): its codes, where its
+/// ∂L/∂pre slots are in `grad_pre`, its decoder coefficient (−2/(B·d) for the main codes, the AuxK
+/// coefficient for AuxK) and the residual its decoder gradient multiplies (`e`, or the AuxK residual),
+/// in the GEMM operand type.
+#[derive(Clone, Copy)]
+pub struct GradSet<'a, T> {
+    pub codes: GpuCodes<'a>,
+    pub cols: SlotColumns,
+    pub coef: f32,
+    pub target: &'a CudaSlice<T>,
 }
 
 fn to_i32(what: &'static str, v: usize) -> Result<i32, ArgError> {
@@ -398,72 +448,182 @@ impl Kernels {
         Ok(())
     }
 
-    /// Weight gradients of the active latents by **atomic** index-add (not bit-reproducible): for every
-    /// slot `(r, j)`, `g_w_dec[f] += coef·v_j·t[r]` (v ≠ 0), `g_w_enc[f] += gp·(x[r] − b_dec)` and
-    /// `g_b_enc[f] += gp` (gp = `grad_pre[r, offset + j]` ≠ 0) — the CPU trainer's per-latent pass. The
-    /// three outputs accumulate: zero them once per step, then call for the main codes (`t = e`) and
-    /// for the AuxK codes (`t` = AuxK residual).
-    #[allow(clippy::too_many_arguments)]
-    pub fn sae_grad_scatter(
+    /// Scatters up to two code sets into the dense row-major `[rows, d_sae]` matrix `out` (every
+    /// element of the first `rows` rows written): zero, then `coef·weight` of each slot of `a` at its
+    /// latent's column, then `b`'s added (the main and AuxK ∂L/∂pre of one latent in one row sum). An
+    /// index `>= d_sae` is skipped; a row's indices within one set must be distinct (top-k output).
+    /// `T` is f32 or bf16 (rounded once per element). Deterministic, no atomics.
+    pub fn sae_dense_scatter<T: DenseScalar>(
         &self,
         stream: &Arc<CudaStream>,
-        codes: GpuCodes<'_>,
-        grad_pre: &CudaSlice<f32>,
-        cols: SlotColumns,
-        (t, coef): (&CudaSlice<f32>, f32),
-        (x, b_dec): (&CudaSlice<f32>, &CudaSlice<f32>),
-        (g_w_dec, g_w_enc, g_b_enc): (&mut CudaSlice<f32>, &mut CudaSlice<f32>, &mut CudaSlice<f32>),
-        shape: SaeShape,
+        a: DenseCodes<'_>,
+        b: Option<DenseCodes<'_>>,
+        out: &mut CudaSlice<T>,
+        (rows, d_sae): (usize, usize),
     ) -> Result<(), GpuError> {
-        let entry = "sae_grad_scatter_f32";
+        let entry = T::SCATTER;
         let bad = |reason: String| GpuError::BadArgs {
             kernel: entry,
             reason,
         };
-        let Some(c) = check_shape(shape, codes.k).map_err(|e| bad(e.to_string()))? else {
+        if rows == 0 || d_sae == 0 {
             return Ok(());
+        }
+        let n = rows
+            .checked_mul(d_sae)
+            .ok_or_else(|| bad("rows × d_sae overflows".into()))?;
+        super::check_len("out", out.len(), n).map_err(|e| bad(e.to_string()))?;
+        let rows_i = to_i32("rows", rows).map_err(|e| bad(e.to_string()))?;
+        let d_sae_i = to_i32("d_sae", d_sae).map_err(|e| bad(e.to_string()))?;
+        let set = |c: &DenseCodes<'_>, what: &str| -> Result<[i32; 3], GpuError> {
+            check_len(&format!("{what} indices"), c.indices.len(), rows * c.k)
+                .map_err(|e| bad(e.to_string()))?;
+            check_columns(c.cols, c.k, rows, c.weights.len()).map_err(|e| bad(format!("{what}: {e}")))?;
+            Ok([
+                to_i32("k", c.k).map_err(|e| bad(e.to_string()))?,
+                to_i32("stride", c.cols.stride).map_err(|e| bad(e.to_string()))?,
+                to_i32("offset", c.cols.offset).map_err(|e| bad(e.to_string()))?,
+            ])
         };
-        check_codes(&codes, shape.rows, "codes").map_err(|e| bad(e.to_string()))?;
-        check_columns(cols, codes.k, shape.rows, grad_pre.len()).map_err(|e| bad(e.to_string()))?;
-        let (nx, nw) = (shape.rows * shape.d_in, shape.d_sae * shape.d_in);
-        super::check_len("t", t.len(), nx).map_err(|e| bad(e.to_string()))?;
-        super::check_len("x", x.len(), nx).map_err(|e| bad(e.to_string()))?;
-        super::check_len("b_dec", b_dec.len(), shape.d_in).map_err(|e| bad(e.to_string()))?;
-        super::check_len("g_w_dec", g_w_dec.len(), nw).map_err(|e| bad(e.to_string()))?;
-        super::check_len("g_w_enc", g_w_enc.len(), nw).map_err(|e| bad(e.to_string()))?;
-        super::check_len("g_b_enc", g_b_enc.len(), shape.d_sae).map_err(|e| bad(e.to_string()))?;
-        let stride = to_i32("stride", cols.stride).map_err(|e| bad(e.to_string()))?;
-        let offset = to_i32("offset", cols.offset).map_err(|e| bad(e.to_string()))?;
-        let vec_cols = if shape.d_in.is_multiple_of(4) {
-            shape.d_in / 4
-        } else {
-            shape.d_in
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (grid(shape.rows).map_err(|e| bad(e.to_string()))?, 1, 1),
-            block_dim: (row_threads(vec_cols), 1, 1),
-            shared_mem_bytes: codes_smem(codes.k, 3).map_err(|e| bad(e.to_string()))?,
-        };
+        let [k_a, stride_a, offset_a] = set(&a, "set a")?;
         let mut launch = stream.launch_builder(self.function(entry)?);
         launch
-            .arg(codes.indices)
-            .arg(codes.values)
-            .arg(grad_pre)
-            .arg(&stride)
-            .arg(&offset)
-            .arg(t)
-            .arg(&coef)
-            .arg(x)
-            .arg(b_dec)
-            .arg(g_w_dec)
-            .arg(g_w_enc)
-            .arg(g_b_enc)
-            .arg(&c.rows)
-            .arg(&c.k)
-            .arg(&c.d)
-            .arg(&c.d_sae);
+            .arg(a.indices)
+            .arg(a.weights)
+            .arg(&k_a)
+            .arg(&stride_a)
+            .arg(&offset_a)
+            .arg(&a.coef);
+        // No second set: k_b = 0 and the first set's buffers as (unread) pointers.
+        let b_args = match &b {
+            Some(b) => set(b, "set b")?,
+            None => [0, 1, 0],
+        };
+        let (b_idx, b_w, b_coef) = match &b {
+            Some(b) => (b.indices, b.weights, b.coef),
+            None => (a.indices, a.weights, 0.0f32),
+        };
+        launch
+            .arg(b_idx)
+            .arg(b_w)
+            .arg(&b_args[0])
+            .arg(&b_args[1])
+            .arg(&b_args[2])
+            .arg(&b_coef)
+            .arg(out)
+            .arg(&rows_i)
+            .arg(&d_sae_i);
+        let cfg = LaunchConfig {
+            grid_dim: (grid(rows).map_err(|e| bad(e.to_string()))?, 1, 1),
+            block_dim: (DENSE_SCATTER_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: argument types and order match the kernel's signature; lengths checked above.
         unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `out[c] = Σ_r m[r, c]` over the first `rows` rows of the row-major `[rows, n]` matrix `m`
+    /// (f32 or bf16), in f32, overwritten; deterministic (fixed summation order).
+    pub fn sae_col_sum<T: DenseScalar>(
+        &self,
+        stream: &Arc<CudaStream>,
+        m: &CudaSlice<T>,
+        (rows, n): (usize, usize),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        let entry = T::COL_SUM;
+        let bad = |reason: String| GpuError::BadArgs {
+            kernel: entry,
+            reason,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let len = rows
+            .checked_mul(n)
+            .ok_or_else(|| bad("rows × n overflows".into()))?;
+        super::check_len("m", m.len(), len).map_err(|e| bad(e.to_string()))?;
+        super::check_len("out", out.len(), n).map_err(|e| bad(e.to_string()))?;
+        let rows_i = to_i32("rows", rows).map_err(|e| bad(e.to_string()))?;
+        let n_i = to_i32("n", n).map_err(|e| bad(e.to_string()))?;
+        let mut launch = stream.launch_builder(self.function(entry)?);
+        launch.arg(m).arg(&rows_i).arg(&n_i).arg(out);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(32) as u32, 1, 1),
+            block_dim: (32, COL_SUM_ROWS, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument types and order match the kernel's signature; lengths checked above.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// The weight gradients of the active latents as dense GEMMs (the CPU trainer's per-latent pass in
+    /// `TrainState::step`), overwriting the three outputs:
+    ///
+    /// 1. `G = scatter(main ∂L/∂pre, AuxK ∂L/∂pre)`; `g_b_enc = Σ_rows G`; `g_W_enc = Gᵀ·xc`;
+    /// 2. `C = scatter(main_coef · main values)`; `g_W_dec = Cᵀ·main.target` (the residual e);
+    /// 3. with AuxK: `C = scatter(aux_coef · AuxK values)`; `g_W_dec += Cᵀ·aux.target` (its residual).
+    ///
+    /// `G` and `C` are `[rows, d_sae]` in `dense` (reused in turn: the launches are ordered on
+    /// `stream`, which must be `lt`'s), `xc` and the targets `[rows, d_in]`, `W` gradients
+    /// `[d_sae, d_in]` — `W_enc`/`W_dec`'s own layout, so `dW = Gᵀ·H` is [`CublasLt::weight_grad`] with
+    /// `m = d_sae`, `n = d_in`, `k = rows`. `T` = f32 (exact f32 GEMM) or bf16 (bf16 operands, f32
+    /// accumulation and output). Deterministic for a given shape.
+    ///
+    /// Memory: `dense` holds `rows · d_sae` values (the size of the encoder's pre-activations, which the
+    /// f32 trainer passes here once the top-k is taken; 75 MB in bf16 at 8,192 rows × 4,608 latents).
+    /// Work: `2·rows·d_sae·d_in` flops per GEMM (two, three with AuxK), plus one write of `dense` per
+    /// scatter and one read for the column sum.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sae_weight_grads<'a, T: DenseScalar>(
+        &self,
+        stream: &Arc<CudaStream>,
+        lt: &CublasLt,
+        main: GradSet<'a, T>,
+        aux: Option<GradSet<'a, T>>,
+        (grad_pre, xc): (&'a CudaSlice<f32>, &CudaSlice<T>),
+        dense: &mut CudaSlice<T>,
+        (g_w_dec, g_w_enc, g_b_enc): (&mut CudaSlice<f32>, &mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        shape: SaeShape,
+    ) -> Result<(), GpuError> {
+        let SaeShape { rows, d_in, d_sae } = shape;
+        if rows == 0 || d_in == 0 || d_sae == 0 {
+            return Ok(());
+        }
+        let gemm = LinearShape {
+            m: d_sae,
+            n: d_in,
+            k: rows,
+        };
+        let dims = (rows, d_sae);
+        let gp = |s: GradSet<'a, T>| DenseCodes {
+            indices: s.codes.indices,
+            k: s.codes.k,
+            weights: grad_pre,
+            cols: s.cols,
+            coef: 1.0,
+        };
+        let values = |s: GradSet<'a, T>| DenseCodes {
+            indices: s.codes.indices,
+            k: s.codes.k,
+            weights: s.codes.values,
+            cols: SlotColumns {
+                stride: s.codes.k,
+                offset: 0,
+            },
+            coef: s.coef,
+        };
+        self.sae_dense_scatter(stream, gp(main), aux.map(gp), dense, dims)?;
+        self.sae_col_sum(stream, dense, dims, g_b_enc)?;
+        lt.weight_grad(dense, xc, g_w_enc, gemm, false)?;
+        self.sae_dense_scatter(stream, values(main), None, dense, dims)?;
+        lt.weight_grad(dense, main.target, g_w_dec, gemm, false)?;
+        if let Some(aux) = aux {
+            self.sae_dense_scatter(stream, values(aux), None, dense, dims)?;
+            lt.weight_grad(dense, aux.target, g_w_dec, gemm, true)?;
+        }
         Ok(())
     }
 

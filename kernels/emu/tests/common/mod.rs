@@ -92,3 +92,66 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
         panic!("{what}: off by {w:.2}× the tolerance (abs {abs:e}, rel {rel:e}); e.g. element {i}: {g:e} vs {r:e}");
     }
 }
+
+/// cuBLASLt's `D = op(A)·op(B) + β·D` in column-major storage, written from cuBLASLt's documented
+/// semantics (`cublasLtMatrixLayoutCreate(rows, cols, ld)`: element (i, j) at `i + j·ld`; TRANSA/TRANSB
+/// transpose the stored matrix), not from how scinterp means to use it: the GEMM arguments a call
+/// builds ([`scinterp_kernels::gpu::gemm::Orientation::operands`]) run through here exactly as cuBLASLt
+/// would read them; with β = 0 the old D is not read. `Err` where cuBLASLt would refuse the call (inconsistent dimensions, ld < rows) or
+/// read out of bounds. f64 accumulation.
+pub fn lt_matmul(
+    ops: &scinterp_kernels::gpu::gemm::LtOperands,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    d: &mut [f32],
+) -> Result<(), String> {
+    use scinterp_kernels::gpu::gemm::LtLayout;
+    let check = |what: &str, l: &LtLayout, len: usize| -> Result<(), String> {
+        if l.ld < l.rows as i64 || l.rows == 0 || l.cols == 0 {
+            return Err(format!("{what}: {l:?} is not a valid layout"));
+        }
+        let need = l.ld as u64 * (l.cols - 1) + l.rows;
+        if need as usize > len {
+            return Err(format!(
+                "{what}: layout needs {need} values, the buffer has {len}"
+            ));
+        }
+        Ok(())
+    };
+    check("A", &ops.a, a.len())?;
+    check("B", &ops.b, b.len())?;
+    check("D", &ops.d, d.len())?;
+    // op(X) dimensions: (rows, cols) of the stored matrix, swapped when transposed.
+    let dims = |l: &LtLayout, t: bool| if t { (l.cols, l.rows) } else { (l.rows, l.cols) };
+    let (m, ka) = dims(&ops.a, ops.trans_a);
+    let (kb, n) = dims(&ops.b, ops.trans_b);
+    if ka != kb {
+        return Err(format!("op(A) has {ka} columns, op(B) {kb} rows"));
+    }
+    if (ops.d.rows, ops.d.cols) != (m, n) {
+        return Err(format!("D is {:?}, op(A)·op(B) is {m} × {n}", ops.d));
+    }
+    let at = |l: &LtLayout, t: bool, i: u64, j: u64| -> usize {
+        // Element (i, j) of op(X) is (j, i) of the stored matrix when transposed.
+        let (r, c) = if t { (j, i) } else { (i, j) };
+        (r + c * l.ld as u64) as usize
+    };
+    for j in 0..n {
+        for i in 0..m {
+            let mut acc = 0.0f64;
+            for l in 0..ka {
+                acc += a[at(&ops.a, ops.trans_a, i, l)] as f64 * b[at(&ops.b, ops.trans_b, l, j)] as f64;
+            }
+            let o = at(&ops.d, false, i, j);
+            // β = 0: D's old contents are not read (cuBLAS: C need not hold valid values then).
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * d[o] as f64
+            };
+            d[o] = (acc + old) as f32;
+        }
+    }
+    Ok(())
+}

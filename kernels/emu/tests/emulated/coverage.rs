@@ -53,7 +53,10 @@ fn an_unknown_entry_point_or_a_wrong_argument_list_is_refused() {
 fn an_out_of_bounds_read_is_caught_by_the_sanitizer() {
     use scinterp_kernels_emu::{sanitizers, Arg, Program};
     if !sanitizers().contains("address") {
-        eprintln!("skipped: the emulator was built without AddressSanitizer");
+        scinterp_kernels::print_skip(
+            "an_out_of_bounds_read_is_caught_by_the_sanitizer",
+            &"the emulator was built without AddressSanitizer",
+        );
         return;
     }
     // bias_relu_f32 over 2 × 8 elements with a bias of 4 instead of 8 values: reads past its end.

@@ -62,3 +62,64 @@ fn linear_bf16_matches_the_cpu_linear_with_every_epilogue() {
         );
     }
 }
+
+/// The cuBLASLt arguments of both GEMM orientations, replayed through cuBLASLt's column-major semantics
+/// ([`lt_matmul`]), give the row-major products they stand for, at ragged shapes (1s, primes, K = 1).
+/// cuBLASLt itself cannot run here; this checks everything handed to it (transposes, layouts, leading
+/// dimensions, which buffer is A and which B, β = 1 accumulation).
+#[test]
+fn cublaslt_operands_compute_the_row_major_products() {
+    use scinterp_kernels::gpu::gemm::{LinearShape, Orientation};
+    let mut g = Gen::new(41);
+    for (m, n, k) in [
+        (7usize, 5usize, 3usize),
+        (1, 13, 4),
+        (9, 1, 6),
+        (4, 6, 1),
+        (20, 16, 11),
+    ] {
+        let shape = LinearShape { m, n, k };
+        // Linear: y[M,N] = x[M,K]·w[N,K]ᵀ (cuBLASLt's A = the right operand w, B = the left x).
+        let (x, w) = (g.vec(m * k, -1.0, 1.0), g.vec(n * k, -1.0, 1.0));
+        let mut y = vec![0.0f32; m * n];
+        lt_matmul(&Orientation::Linear.operands(shape), &w, &x, 0.0, &mut y).unwrap();
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                (0..k)
+                    .map(|l| x[r * k + l] as f64 * w[c * k + l] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close(&format!("linear {shape:?}"), &y, &want, 1e-6, 1e-6);
+        // WeightGrad: y[M,N] = g[K,M]ᵀ·h[K,N] (A = h, B = g), then y += gᵀ·h with β = 1.
+        let (gm, h) = (g.vec(k * m, -1.0, 1.0), g.vec(k * n, -1.0, 1.0));
+        let ops = Orientation::WeightGrad.operands(shape);
+        let mut y = vec![f32::NAN; m * n];
+        lt_matmul(&ops, &h, &gm, 0.0, &mut y).unwrap();
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                (0..k)
+                    .map(|l| gm[l * m + r] as f64 * h[l * n + c] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close(&format!("weight_grad {shape:?}"), &y, &want, 1e-6, 1e-6);
+        lt_matmul(&ops, &h, &gm, 1.0, &mut y).unwrap();
+        let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+        assert_close(&format!("weight_grad += {shape:?}"), &y, &twice, 1e-6, 1e-6);
+        // The replay can fail: the linear operands on the weight-gradient buffers are refused or
+        // give other numbers (at shapes where no two of m, n, k are equal and k > 1: with k = 1 both
+        // orientations are the same outer product).
+        if m != n && m != k && n != k && k > 1 {
+            let mut y = vec![0.0f32; m * n];
+            if lt_matmul(&Orientation::Linear.operands(shape), &h, &gm, 0.0, &mut y).is_ok() {
+                assert!(
+                    worst(&y, &want, 1e-6, 1e-6) > 1.0,
+                    "{shape:?}: the swapped orientation passed"
+                );
+            }
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! Planted bugs: build.rs compiles textual mutations of the real attention_varlen.cu into separate
-//! runners; each must fail, by an emulator check or by numbers outside the tolerance the real kernel meets.
+//! Planted bugs: build.rs compiles textual mutations of real kernel sources into separate runners; each
+//! must fail, by an emulator check or by numbers outside the tolerance the real kernel meets.
 
 use crate::attention::{self, BF16_TOL, F32_TOL};
 use crate::common::worst;
@@ -92,4 +92,42 @@ fn a_barrier_under_a_divergent_condition_is_an_emulator_error() {
         .expect_err("a divergent __syncthreads must fail");
     assert_eq!(err.status, Some(3), "{err}");
     eprintln!("divergent barrier: {err}");
+}
+
+#[test]
+fn a_dense_scatter_without_its_barrier_gives_wrong_gradients() {
+    use crate::sae::launch_dense_scatter;
+    use scinterp_kernels_emu::Program;
+    // 300 latents over 256 threads; slot j is written by thread j, column f zeroed by thread f % 256.
+    let (rows, k, d_sae) = (3usize, 8usize, 300usize);
+    let idx: Vec<u32> = (0..rows * k)
+        .map(|i| (37 * i as u32 + 11) % d_sae as u32)
+        .collect();
+    let w: Vec<f32> = (0..rows * k).map(|i| 1.0 + i as f32).collect();
+    let mut p = Program::new();
+    let (ib, wb) = (p.upload(&idx), p.upload(&w));
+    let out = p.upload(&vec![f32::NAN; rows * d_sae]);
+    launch_dense_scatter(
+        &mut p,
+        "sae_dense_scatter_f32",
+        (ib, wb, k, k, 0, 1.0),
+        None,
+        out,
+        (rows, d_sae),
+    );
+    let want_nonzero = rows * k;
+    let nonzero = |v: Vec<f32>| v.iter().filter(|x| **x != 0.0).count();
+    assert_eq!(
+        nonzero(p.run().unwrap().read::<f32>(out)),
+        want_nonzero,
+        "the real kernel"
+    );
+    match p.run_with(&runner("dense_scatter_missing_barrier")) {
+        Ok(mem) => {
+            let got = nonzero(mem.read::<f32>(out));
+            eprintln!("dense scatter without its barrier: {got} of {want_nonzero} values kept");
+            assert_ne!(got, want_nonzero, "the missing __syncthreads was not detected");
+        }
+        Err(e) => assert_eq!(e.status, Some(3), "{e}"),
+    }
 }

@@ -1,9 +1,11 @@
 //! sae_topk (against `scinterp_engine::sae::top_k_rows`, exactly) and every entry point of sae_sparse
-//! (decode against `TopKSae::decode` bit for bit; the backward pieces against the CPU trainer's formulas).
+//! (decode against `TopKSae::decode` bit for bit; the backward pieces against the CPU trainer's formulas;
+//! the dense weight gradients — scatter, column sum and the cuBLASLt GEMM arguments replayed on the CPU —
+//! against the CPU training step's own gradients, `train::step_gradients`).
 
 use crate::common::*;
 use scinterp_engine::sae::{top_k_rows, SparseCodes, TopKSae};
-use scinterp_kernels_emu::{Arg, Program};
+use scinterp_kernels_emu::{Arg, Buf, Program};
 
 const NO_INDEX: u32 = 0xFFFF_FFFF;
 
@@ -289,7 +291,7 @@ fn sae_decode_and_residuals_match_the_cpu_bit_for_bit() {
 
 #[test]
 fn sae_backward_kernels_match_the_cpu_trainer() {
-    // d = 48 takes the float4 atomics of sae_grad_scatter_f32, d = 45 the scalar ones.
+    // d = 48 and a ragged d = 45.
     for d in [48usize, 45] {
         let s = sae_case(d, 72 + d as u64);
         let (rows, k, d_sae) = (s.rows, s.k, s.d_sae);
@@ -300,20 +302,13 @@ fn sae_backward_kernels_match_the_cpu_trainer() {
 
         let mut p = Program::new();
         let (ib, vb) = (p.upload(&s.codes.indices), p.upload(&s.codes.values));
-        let (tb, wdb, web, bdb, xb) = (
-            p.upload(&t),
-            p.upload(&s.sae.w_dec),
-            p.upload(&s.sae.w_enc),
-            p.upload(&s.sae.b_dec),
-            p.upload(&s.x),
-        );
+        let (tb, wdb, web) = (p.upload(&t), p.upload(&s.sae.w_dec), p.upload(&s.sae.w_enc));
         let gp = p.upload(&vec![7.0f32; rows * stride]);
-        let (gwd, gwe, gbe, gbd) = (
-            p.zeros::<f32>(d_sae * d),
-            p.zeros::<f32>(d_sae * d),
-            p.zeros::<f32>(d_sae),
-            p.zeros::<f32>(d),
-        );
+        // A b_enc gradient with zeros (skipped latents) among non-zeros.
+        let be: Vec<f32> = (0..d_sae)
+            .map(|f| if f % 3 == 0 { 0.0 } else { g.uniform(-0.5, 0.5) })
+            .collect();
+        let (gbe, gbd) = (p.upload(&be), p.zeros::<f32>(d));
         let dims = [
             Arg::I32(rows as i32),
             Arg::I32(k as i32),
@@ -335,29 +330,6 @@ fn sae_backward_kernels_match_the_cpu_trainer() {
             (rows as u32, 1, 1),
             ((k.clamp(1, 8) * 32) as u32, 1, 1),
             0,
-            &args,
-        );
-        let mut args = vec![
-            Arg::Buf(ib),
-            Arg::Buf(vb),
-            Arg::Buf(gp),
-            Arg::I32(stride as i32),
-            Arg::I32(offset as i32),
-            Arg::Buf(tb),
-            Arg::F32(coef),
-            Arg::Buf(xb),
-            Arg::Buf(bdb),
-            Arg::Buf(gwd),
-            Arg::Buf(gwe),
-            Arg::Buf(gbe),
-        ];
-        args.extend(dims);
-        let vec_cols = if d % 4 == 0 { d / 4 } else { d };
-        p.launch(
-            "sae_grad_scatter_f32",
-            (rows as u32, 1, 1),
-            (row_threads(vec_cols), 1, 1),
-            k * 12,
             &args,
         );
         p.launch(
@@ -395,55 +367,6 @@ fn sae_backward_kernels_match_the_cpu_trainer() {
         }
         let got_gp = mem.read::<f32>(gp);
         assert_close("sae_grad_pre_f32", &got_gp, &want_gp, 1e-6, 1e-5);
-
-        // Scatter from the kernel's own grad_pre (so that only the scatter is under test here).
-        let (mut wd, mut we, mut be) = (
-            vec![0.0f32; d_sae * d],
-            vec![0.0f32; d_sae * d],
-            vec![0.0f32; d_sae],
-        );
-        for r in 0..rows {
-            for j in 0..k {
-                let f = s.codes.indices[r * k + j] as usize;
-                if f >= d_sae {
-                    continue;
-                }
-                let a = coef * s.codes.values[r * k + j];
-                let gpj = got_gp[r * stride + offset + j];
-                if gpj != 0.0 {
-                    be[f] += gpj;
-                }
-                for c in 0..d {
-                    if a != 0.0 {
-                        wd[f * d + c] += a * t[r * d + c];
-                    }
-                    if gpj != 0.0 {
-                        we[f * d + c] += gpj * (s.x[r * d + c] - s.sae.b_dec[c]);
-                    }
-                }
-            }
-        }
-        assert_close(
-            &format!("sae_grad_scatter_f32 d {d}: W_dec"),
-            &mem.read::<f32>(gwd),
-            &wd,
-            1e-7,
-            1e-6,
-        );
-        assert_close(
-            &format!("sae_grad_scatter_f32 d {d}: W_enc"),
-            &mem.read::<f32>(gwe),
-            &we,
-            1e-7,
-            1e-6,
-        );
-        assert_close(
-            &format!("sae_grad_scatter_f32 d {d}: b_enc"),
-            &mem.read::<f32>(gbe),
-            &be,
-            1e-7,
-            1e-6,
-        );
 
         let bd: Vec<f32> = (0..d)
             .map(|c| {
@@ -585,4 +508,450 @@ fn sae_decoder_constraints_and_dead_latents_match_the_cpu() {
         [want_dead.iter().map(|&x| x as u32).sum::<u32>()],
         "dead count"
     );
+}
+
+/// One code set of a `sae_dense_scatter_*` launch: (indices, weights, k, stride, offset, coef).
+pub type ScatterSet = (Buf, Buf, usize, usize, usize, f32);
+
+/// Launches `entry` (`sae_dense_scatter_f32`/`_bf16`) as `Kernels::sae_dense_scatter` does: one block of
+/// 256 threads per row, no dynamic shared memory; without a second set, k_b = 0 and set a's buffers.
+pub fn launch_dense_scatter(
+    p: &mut Program,
+    entry: &str,
+    a: ScatterSet,
+    b: Option<ScatterSet>,
+    out: Buf,
+    (rows, d_sae): (usize, usize),
+) {
+    let b = b.unwrap_or((a.0, a.1, 0, 1, 0, 0.0));
+    let mut args = Vec::new();
+    for (idx, w, k, stride, offset, coef) in [a, b] {
+        args.extend([
+            Arg::Buf(idx),
+            Arg::Buf(w),
+            Arg::I32(k as i32),
+            Arg::I32(stride as i32),
+            Arg::I32(offset as i32),
+            Arg::F32(coef),
+        ]);
+    }
+    args.extend([Arg::Buf(out), Arg::I32(rows as i32), Arg::I32(d_sae as i32)]);
+    p.launch(entry, (rows as u32, 1, 1), (256, 1, 1), 0, &args);
+}
+
+/// Launches `entry` (`sae_col_sum_f32`/`_bf16`) as `Kernels::sae_col_sum` does: block (32, 16).
+pub fn launch_col_sum(p: &mut Program, entry: &str, m: Buf, (rows, n): (usize, usize), out: Buf) {
+    p.launch(
+        entry,
+        (n.div_ceil(32) as u32, 1, 1),
+        (32, 16, 1),
+        0,
+        &[
+            Arg::Buf(m),
+            Arg::I32(rows as i32),
+            Arg::I32(n as i32),
+            Arg::Buf(out),
+        ],
+    );
+}
+
+/// `k` distinct latents per row (top-k output never repeats one), with some slots replaced by
+/// `replace` (an empty slot or an index past d_sae).
+fn distinct_indices(g: &mut Gen, rows: usize, k: usize, d_sae: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows * k);
+    for _ in 0..rows {
+        let mut row: Vec<u32> = Vec::with_capacity(k);
+        while row.len() < k {
+            let f = g.below(d_sae) as u32;
+            if !row.contains(&f) {
+                row.push(f);
+            }
+        }
+        out.extend(row);
+    }
+    out
+}
+
+/// The definitions, element for element: every element written (the output starts as NaN), set a's
+/// products, set b's added to them (the same latent in both sets of a row), empty slots and indices
+/// past d_sae skipped; bf16 rounded once per write. Column sums in the kernel's order, bit for bit.
+#[test]
+fn sae_dense_scatter_and_col_sum_match_their_definitions() {
+    for d_sae in [20usize, 300] {
+        let mut g = Gen::new(90 + d_sae as u64);
+        let (rows, k_a, k_b) = (5usize, 6usize, 4usize);
+        let (stride_a, offset_a, coef_a) = (9usize, 2usize, -0.37f32);
+        let (coef_b, stride_b) = (1.5f32, k_b);
+        let mut idx_a = distinct_indices(&mut g, rows, k_a, d_sae);
+        idx_a[2] = NO_INDEX;
+        idx_a[k_a + 4] = d_sae as u32 + 3;
+        // Set b shares two latents with set a in every row.
+        let mut idx_b = distinct_indices(&mut g, rows, k_b, d_sae);
+        for r in 0..rows {
+            for j in 0..2 {
+                let shared = idx_a[r * k_a + j];
+                if !idx_b[r * k_b..(r + 1) * k_b].contains(&shared) {
+                    idx_b[r * k_b + j] = shared;
+                }
+            }
+        }
+        let w_a = g.vec(rows * stride_a, -2.0, 2.0);
+        let w_b = g.vec(rows * stride_b, -2.0, 2.0);
+
+        let mut p = Program::new();
+        let (ia, wa, ib, wb) = (p.upload(&idx_a), p.upload(&w_a), p.upload(&idx_b), p.upload(&w_b));
+        let n = rows * d_sae;
+        let (o32, o16) = (p.upload(&vec![f32::NAN; n]), p.upload(&vec![0xFFFFu16; n]));
+        let (one32, one16) = (p.upload(&vec![f32::NAN; n]), p.upload(&vec![0xFFFFu16; n]));
+        let a = (ia, wa, k_a, stride_a, offset_a, coef_a);
+        let b = (ib, wb, k_b, stride_b, 0, coef_b);
+        let dims = (rows, d_sae);
+        launch_dense_scatter(&mut p, "sae_dense_scatter_f32", a, Some(b), o32, dims);
+        launch_dense_scatter(&mut p, "sae_dense_scatter_bf16", a, Some(b), o16, dims);
+        launch_dense_scatter(&mut p, "sae_dense_scatter_f32", a, None, one32, dims);
+        launch_dense_scatter(&mut p, "sae_dense_scatter_bf16", a, None, one16, dims);
+        // Column sums of a ragged matrix (rows not a multiple of 16, columns not of 32).
+        let (cr, cn) = (37usize, 45usize);
+        let m = g.vec(cr * cn, -3.0, 3.0);
+        let m16 = to_bf16_bits(&m);
+        let (mb, m16b) = (p.upload(&m), p.upload(&m16));
+        let (s32, s16) = (p.upload(&vec![f32::NAN; cn]), p.upload(&vec![f32::NAN; cn]));
+        launch_col_sum(&mut p, "sae_col_sum_f32", mb, (cr, cn), s32);
+        launch_col_sum(&mut p, "sae_col_sum_bf16", m16b, (cr, cn), s16);
+        let mem = p.run().unwrap();
+
+        let bf = |v: f32| half::bf16::from_f32(v).to_f32();
+        let expect = |with_b: bool, round: &dyn Fn(f32) -> f32| -> Vec<f32> {
+            let mut out = vec![0.0f32; n];
+            for r in 0..rows {
+                for j in 0..k_a {
+                    let f = idx_a[r * k_a + j] as usize;
+                    if f < d_sae {
+                        out[r * d_sae + f] = round(coef_a * w_a[r * stride_a + offset_a + j]);
+                    }
+                }
+                for j in 0..if with_b { k_b } else { 0 } {
+                    let f = idx_b[r * k_b + j] as usize;
+                    let at = r * d_sae + f;
+                    out[at] = round(out[at] + coef_b * w_b[r * stride_b + j]);
+                }
+            }
+            out
+        };
+        let exact = |v: f32| v;
+        let tag = |what: &str| format!("{what} (d_sae {d_sae})");
+        assert_bits_eq(
+            &tag("sae_dense_scatter_f32, two sets"),
+            &mem.read::<f32>(o32),
+            &expect(true, &exact),
+        );
+        assert_bits_eq(
+            &tag("sae_dense_scatter_f32, one set"),
+            &mem.read::<f32>(one32),
+            &expect(false, &exact),
+        );
+        assert_bits_eq(
+            &tag("sae_dense_scatter_bf16, two sets"),
+            &from_bf16_bits(&mem.read::<u16>(o16)),
+            &expect(true, &bf),
+        );
+        assert_bits_eq(
+            &tag("sae_dense_scatter_bf16, one set"),
+            &from_bf16_bits(&mem.read::<u16>(one16)),
+            &expect(false, &bf),
+        );
+
+        // Warp y sums rows y, y + 16, …; then the 16 partials in order.
+        let col_sums = |m: &[f32]| -> Vec<f32> {
+            (0..cn)
+                .map(|c| {
+                    let mut partial = [0.0f32; 16];
+                    for (y, p) in partial.iter_mut().enumerate() {
+                        for r in (y..cr).step_by(16) {
+                            *p += m[r * cn + c];
+                        }
+                    }
+                    partial.iter().fold(0.0f32, |s, v| s + v)
+                })
+                .collect()
+        };
+        assert_bits_eq(&tag("sae_col_sum_f32"), &mem.read::<f32>(s32), &col_sums(&m));
+        assert_bits_eq(
+            &tag("sae_col_sum_bf16"),
+            &mem.read::<f32>(s16),
+            &col_sums(&from_bf16_bits(&m16)),
+        );
+    }
+}
+
+/// max |got − want| / max |want|.
+fn scaled_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(want).fold(0.0f32, |m, (a, b)| {
+        if a.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max((a - b).abs())
+        }
+    });
+    diff / scale
+}
+
+/// The whole GPU weight-gradient path of a training step with AuxK active — the real kernels (centring,
+/// residuals, ∂L/∂pre, the dense scatters, the column sum, the b_dec gradient, the decoder projection)
+/// in the emulator, and the cuBLASLt GEMMs replayed on the CPU from the very arguments the wrapper
+/// hands cuBLASLt (`Orientation::WeightGrad.operands`, A = the residual or xc, B = the dense matrix) —
+/// against the CPU trainer's own gradients for the same step (`train::step_gradients`). f32 and bf16
+/// operands, at ragged sizes (d 21, 13 rows). Only cuBLASLt's execution is not covered.
+#[test]
+fn sae_weight_grads_match_the_cpu_training_step() {
+    use scinterp_engine::sae::train::{step_gradients, TrainConfig};
+    use scinterp_kernels::gpu::gemm::{LinearShape, Orientation};
+
+    let (rows, d, d_sae, k) = (13usize, 21usize, 40usize, 4usize);
+    let mut g = Gen::new(91);
+    let mut w_dec = g.vec(d_sae * d, -1.0, 1.0);
+    for row in w_dec.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    let sae = TopKSae {
+        d_in: d,
+        d_sae,
+        k,
+        w_enc: g.vec(d_sae * d, -0.5, 0.5),
+        b_enc: g.vec(d_sae, -0.1, 0.1),
+        w_dec,
+        b_dec: g.vec(d, -0.2, 0.2),
+    };
+    let x = g.vec(rows * d, -1.0, 1.0);
+    let mut cfg = TrainConfig::new(d, d_sae, k, 10_000);
+    cfg.aux_k = 6;
+    cfg.aux_coef = 1.0 / 32.0;
+    cfg.dead_after_tokens = 100;
+    // Every third latent dead: AuxK picks 6 of those 14 per row.
+    let since: Vec<u64> = (0..d_sae).map(|f| if f % 3 == 0 { 500 } else { 0 }).collect();
+    let want = step_gradients(&sae, &x, &cfg, 0.8, &since);
+    let aux = want.aux_codes.clone().expect("dead latents: AuxK is active");
+    let (codes, ka) = (&want.codes, aux.k);
+    assert!(ka > 0 && want.grad_aux != 0.0);
+    let slots = k + ka;
+
+    let mut p = Program::new();
+    let (xb, bdb, wdb, web) = (
+        p.upload(&x),
+        p.upload(&sae.b_dec),
+        p.upload(&sae.w_dec),
+        p.upload(&sae.w_enc),
+    );
+    let (ib, vb) = (p.upload(&codes.indices), p.upload(&codes.values));
+    let (aib, avb) = (p.upload(&aux.indices), p.upload(&aux.values));
+    let (xc, e, a) = (
+        p.zeros::<f32>(rows * d),
+        p.zeros::<f32>(rows * d),
+        p.zeros::<f32>(rows * d),
+    );
+    let gp = p.upload(&vec![f32::NAN; rows * slots]);
+    p.launch(
+        "sub_row_vector_f32",
+        (1, 1, 1),
+        (64, 1, 1),
+        0,
+        &[
+            Arg::Buf(xb),
+            Arg::Buf(bdb),
+            Arg::Buf(xc),
+            Arg::U64(rows as u64),
+            Arg::I32(d as i32),
+        ],
+    );
+    let dims = |kk: usize| {
+        [
+            Arg::I32(rows as i32),
+            Arg::I32(kk as i32),
+            Arg::I32(d as i32),
+            Arg::I32(d_sae as i32),
+        ]
+    };
+    let row_cfg = |kk: usize| ((rows as u32, 1, 1), (row_threads(d), 1, 1), kk * 8);
+    let (gr, bl, sm) = row_cfg(k);
+    p.launch(
+        "sae_residual_f32",
+        gr,
+        bl,
+        sm,
+        &[
+            &[
+                Arg::Buf(xb),
+                Arg::Buf(bdb),
+                Arg::Buf(ib),
+                Arg::Buf(vb),
+                Arg::Buf(wdb),
+                Arg::Buf(e),
+            ][..],
+            &dims(k),
+        ]
+        .concat(),
+    );
+    let (gr, bl, sm) = row_cfg(ka);
+    p.launch(
+        "sae_aux_residual_f32",
+        gr,
+        bl,
+        sm,
+        &[
+            &[
+                Arg::Buf(e),
+                Arg::Buf(aib),
+                Arg::Buf(avb),
+                Arg::Buf(wdb),
+                Arg::Buf(a),
+            ][..],
+            &dims(ka),
+        ]
+        .concat(),
+    );
+    for (t, ci, cv, kk, coef, offset) in [
+        (e, ib, vb, k, want.grad_main, 0),
+        (a, aib, avb, ka, want.grad_aux, k),
+    ] {
+        p.launch(
+            "sae_grad_pre_f32",
+            (rows as u32, 1, 1),
+            ((kk.clamp(1, 8) * 32) as u32, 1, 1),
+            0,
+            &[
+                &[
+                    Arg::Buf(t),
+                    Arg::Buf(ci),
+                    Arg::Buf(cv),
+                    Arg::Buf(wdb),
+                    Arg::F32(coef),
+                    Arg::Buf(gp),
+                ][..],
+                &dims(kk),
+                &[Arg::I32(slots as i32), Arg::I32(offset as i32)],
+            ]
+            .concat(),
+        );
+    }
+    // As `Kernels::sae_weight_grads`: G (both sets' ∂L/∂pre) and its column sums, C_main, C_aux; in
+    // f32 and in bf16. (The wrapper reuses one buffer in turn; separate ones here.)
+    let n = rows * d_sae;
+    let mut dense = Vec::new();
+    for (entry, col_sum) in [
+        ("sae_dense_scatter_f32", "sae_col_sum_f32"),
+        ("sae_dense_scatter_bf16", "sae_col_sum_bf16"),
+    ] {
+        let bytes = if entry.ends_with("f32") { 4 } else { 2 };
+        let fresh = |p: &mut Program| p.upload(&vec![0xFFu8; n * bytes]);
+        let (gm, c_main, c_aux) = (fresh(&mut p), fresh(&mut p), fresh(&mut p));
+        let gbe = p.upload(&vec![f32::NAN; d_sae]);
+        launch_dense_scatter(
+            &mut p,
+            entry,
+            (ib, gp, k, slots, 0, 1.0),
+            Some((aib, gp, ka, slots, k, 1.0)),
+            gm,
+            (rows, d_sae),
+        );
+        launch_col_sum(&mut p, col_sum, gm, (rows, d_sae), gbe);
+        launch_dense_scatter(
+            &mut p,
+            entry,
+            (ib, vb, k, k, 0, want.grad_main),
+            None,
+            c_main,
+            (rows, d_sae),
+        );
+        launch_dense_scatter(
+            &mut p,
+            entry,
+            (aib, avb, ka, ka, 0, want.grad_aux),
+            None,
+            c_aux,
+            (rows, d_sae),
+        );
+        dense.push((gm, c_main, c_aux, gbe));
+    }
+    let gbd = p.upload(&vec![f32::NAN; d]);
+    p.launch(
+        "sae_grad_b_dec_f32",
+        (d.div_ceil(32) as u32, 1, 1),
+        (32, 16, 1),
+        0,
+        &[
+            Arg::Buf(e),
+            Arg::I32(rows as i32),
+            Arg::I32(d as i32),
+            Arg::F32(want.grad_main),
+            Arg::Buf(dense[0].3),
+            Arg::Buf(web),
+            Arg::I32(d_sae as i32),
+            Arg::Buf(gbd),
+        ],
+    );
+    let mem = p.run().unwrap();
+
+    // The GEMMs, from the wrapper's own cuBLASLt arguments: dW[d_sae, d] = Gᵀ·H over the rows.
+    let ops = Orientation::WeightGrad.operands(LinearShape {
+        m: d_sae,
+        n: d,
+        k: rows,
+    });
+    let (xc_v, e_v, a_v) = (mem.read::<f32>(xc), mem.read::<f32>(e), mem.read::<f32>(a));
+    for (i, (gm, c_main, c_aux, gbe)) in dense.iter().enumerate() {
+        let bf16 = i == 1;
+        // The dense matrices as the GEMM reads them, and the residuals / xc in its operand type.
+        let read = |b: Buf| {
+            if bf16 {
+                from_bf16_bits(&mem.read::<u16>(b))
+            } else {
+                mem.read::<f32>(b)
+            }
+        };
+        let op = |v: &[f32]| if bf16 { bf16_round(v) } else { v.to_vec() };
+        let mut gwe = vec![f32::NAN; d_sae * d];
+        lt_matmul(&ops, &op(&xc_v), &read(*gm), 0.0, &mut gwe).unwrap();
+        let mut gwd = vec![f32::NAN; d_sae * d];
+        lt_matmul(&ops, &op(&e_v), &read(*c_main), 0.0, &mut gwd).unwrap();
+        lt_matmul(&ops, &op(&a_v), &read(*c_aux), 1.0, &mut gwd).unwrap();
+        // The decoder projection, by its kernel, as the stepper runs it next.
+        let mut q = Program::new();
+        let (gwdb, wq) = (q.upload(&gwd), q.upload(&sae.w_dec));
+        q.launch(
+            "sae_remove_parallel_grad_f32",
+            (d_sae.div_ceil(8) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                Arg::Buf(gwdb),
+                Arg::Buf(wq),
+                Arg::I32(d_sae as i32),
+                Arg::I32(d as i32),
+            ],
+        );
+        let gwd = q.run().unwrap().read::<f32>(gwdb);
+        // f32: the CPU's sums in another order (and f64 here). bf16: operands rounded to 8 bits.
+        let tol = if bf16 { 1e-2 } else { 1e-5 };
+        for (what, got, reference) in [
+            ("W_enc", gwe, &want.w_enc),
+            ("W_dec", gwd, &want.w_dec),
+            ("b_enc", mem.read::<f32>(*gbe), &want.b_enc),
+        ] {
+            let err = scaled_err(&got, reference);
+            eprintln!(
+                "dense weight gradients ({}): {what} scaled error {err:.1e}",
+                if bf16 { "bf16" } else { "f32" }
+            );
+            assert!(
+                err < tol,
+                "{what} ({}): scaled error {err:e} ≥ {tol:e}",
+                if bf16 { "bf16" } else { "f32" }
+            );
+        }
+    }
+    let err = scaled_err(&mem.read::<f32>(gbd), &want.b_dec);
+    assert!(err < 1e-5, "b_dec: scaled error {err:e}");
 }
