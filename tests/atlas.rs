@@ -72,12 +72,31 @@ fn parquet_rows(path: &Path) -> Vec<BTreeMap<String, Value>> {
         .collect()
 }
 
-/// A data file of the site, decoded.
+/// A data file of the site, decoded (a detail shard as its records, as the page reads it).
 fn data(site: &Path, rel: &str) -> Value {
     let text = std::fs::read_to_string(site.join("data").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
-    scinterp_export::atlas::read_script(&text)
+    let v = scinterp_export::atlas::read_script(&text)
         .unwrap_or_else(|| panic!("{rel}: not an atlas data script"))
-        .1
+        .1;
+    scinterp_export::atlas::records(&v)
+}
+
+/// A record's top-gene ids: the first `it` are the layer table's `top` genes of the feature.
+fn gene_ids(g: &Value, table: &Value, f: i64) -> Vec<Value> {
+    let it = g.get("it").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let row = table["cols"]["f"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|x| x.as_i64() == Some(f))
+        .unwrap();
+    let top = table["cols"]["top"][row].as_array().unwrap();
+    assert!(it <= top.len(), "feature {f}: it {it}");
+    top[..it]
+        .iter()
+        .chain(g["id"].as_array().unwrap())
+        .cloned()
+        .collect()
 }
 
 /// Equal to 4 significant digits (the atlas rounds every float so).
@@ -172,7 +191,12 @@ fn atlas_data_files_hold_what_the_tables_say() {
             rows.sort_by_key(|r| r["rank"].as_i64().unwrap());
             let shard = data(&site, &format!("L{l}/d{}.js", f / 64));
             let g = &shard[f.to_string()]["g"];
-            let n_rows = g["id"].as_array().unwrap().len();
+            let ids = gene_ids(g, &table, f);
+            assert!(
+                g.get("it").and_then(Value::as_u64) >= Some(1),
+                "L{l} {f}: the first ids are the layer table's top genes"
+            );
+            let n_rows = ids.len();
             // `cm` left out: every row in order; a count n: rows 0 … n − 1.
             let order = if ranking == "conditional_mean" {
                 match g.get("cm") {
@@ -192,7 +216,7 @@ fn atlas_data_files_hold_what_the_tables_say() {
             );
             for (k, r) in rows.iter().enumerate() {
                 let at = order[k].as_u64().unwrap() as usize;
-                let gi = g["id"][at].as_u64().unwrap() as usize;
+                let gi = ids[at].as_u64().unwrap() as usize;
                 assert_eq!(genes["symbol"][gi], r["symbol"]);
                 assert_eq!(genes["gene_id"][gi], r["gene_id"]);
                 // n_positions: the row's own where it has one, else the gene's in genes.js.
@@ -218,7 +242,61 @@ fn atlas_data_files_hold_what_the_tables_say() {
     }
     assert!(checked_genes > 10_000, "{checked_genes}");
 
+    // Every top cell: its id, n_active and mean_when_active, the last quantised (the first cell's value s
+    // to 4 digits, the others to the nearest multiple of s / 255: within s / 510 of the table's).
+    let mut checked_cells = 0;
+    for (l, dir) in ["catalog-b1", "catalog-b2", "catalog-b3"].iter().enumerate() {
+        let mut by_feature: BTreeMap<i64, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
+        for r in parquet_rows(&fx.join(dir).join("top_cells.parquet")) {
+            by_feature
+                .entry(r["feature"].as_i64().unwrap())
+                .or_default()
+                .push(r);
+        }
+        for (f, mut rows) in by_feature {
+            rows.sort_by_key(|r| r["rank"].as_i64().unwrap());
+            let tc = &data(&site, &format!("L{l}/d{}.js", f / 64))[f.to_string()]["tc"];
+            assert!(tc.get("r").is_none(), "L{l} {f}: ranks 0, 1, 2, …");
+            let ids: Vec<u64> = tc["c"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids.len(), rows.len(), "L{l} {f}");
+            let s = tc["s"]
+                .as_f64()
+                .expect("quantised: the demo's means fall with rank");
+            let steps: Vec<i64> = tc["q"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|q| q.as_i64().unwrap())
+                .collect();
+            let shown = scinterp_export::atlas::dequantise_top_cell_means(s, &steps);
+            for (k, r) in rows.iter().enumerate() {
+                let cells = data(&site, &format!("cells/{}.js", ids[k] / 256));
+                assert_eq!(cells[ids[k].to_string()], r["cell_id"], "L{l} {f} rank {k}");
+                assert_eq!(tc["a"][k].as_f64(), r["n_active"].as_f64(), "L{l} {f} rank {k}");
+                let m = r["mean_when_active"].as_f64().unwrap();
+                let bound = if k == 0 {
+                    5e-4 * m
+                } else {
+                    s / 510.0 * (1.0 + 1e-9)
+                };
+                assert!(
+                    (shown[k] - m).abs() <= bound,
+                    "L{l} {f} rank {k}: shown {}, table {m}, bound {bound}",
+                    shown[k]
+                );
+                checked_cells += 1;
+            }
+        }
+    }
+    assert!(checked_cells >= 1000, "{checked_cells}");
+
     // Every significant term, with p, q, fold and its overlap genes, on its feature.
+    let mut derived_p = 0;
     let layer_of = |hook: &str| names.iter().position(|n| *n == hook).unwrap();
     for r in parquet_rows(&fx.join("annotation/enrichment.parquet")) {
         let l = layer_of(r["catalog"].as_str().unwrap());
@@ -248,7 +326,20 @@ fn atlas_data_files_hold_what_the_tables_say() {
         .iter()
         .enumerate()
         {
-            assert!(close(&row[j + 1], r[*col].as_f64().unwrap()), "L{l} {f} {col}");
+            let want = r[*col].as_f64().unwrap();
+            if *col == "p_value" && row[5].is_null() {
+                // Left to the page: the hypergeometric tail of the row's four counts (annotate's test),
+                // which the builder found equal to the table's p.
+                let v = |j: usize| row[j].as_u64().unwrap();
+                let tail = scinterp_engine::stats::hypergeom_upper_tail(v(1), v(4), v(3), v(2));
+                assert!(
+                    (tail - want).abs() <= 1e-9 * want,
+                    "L{l} {f} p: tail {tail}, table {want}"
+                );
+                derived_p += 1;
+                continue;
+            }
+            assert!(close(&row[j + 1], want), "L{l} {f} {col}");
         }
         // fold_enrichment: stored, or null where the page derives it from the four counts.
         let fold = if row[8].is_null() {
@@ -265,10 +356,10 @@ fn atlas_data_files_hold_what_the_tables_say() {
         // list as annotate wrote it.
         let overlap = match &row[9] {
             Value::Array(ix) => {
-                let g = &rec["g"];
+                let ids = gene_ids(&rec["g"], &data(&site, &format!("L{l}/features.js")), f);
                 ix.iter()
                     .map(|k| {
-                        let gi = g["id"][k.as_u64().unwrap() as usize].as_u64().unwrap() as usize;
+                        let gi = ids[k.as_u64().unwrap() as usize].as_u64().unwrap() as usize;
                         genes["symbol"][gi].as_str().unwrap().to_string()
                     })
                     .collect::<Vec<_>>()
@@ -288,6 +379,7 @@ fn atlas_data_files_hold_what_the_tables_say() {
         checked_terms += 1;
     }
     assert!(checked_terms > 50, "{checked_terms}");
+    assert!(derived_p > 0, "some term p is left to the page");
 
     // Every edge, downstream on its source and upstream on its target.
     let edges = read_tsv(&fx.join("edges.tsv"));

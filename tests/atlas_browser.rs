@@ -533,7 +533,14 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
         "the fixture has top cells of blocks.1 feature 0"
     );
     assert_eq!(page.len(), want.len(), "top cells: {page:?}");
-    for (cells, r) in page.iter().zip(&want) {
+    // mean_when_active is stored quantised (README "scinterp atlas", Files): the first cell's, s, to 4
+    // significant digits, every other one as the nearest multiple of s / 255. The page must show exactly
+    // that value (to its 4 displayed digits; one step is ≥ 0.39 % of a value, far above the display's
+    // 0.05 %), which lies within s / 510 of the table's.
+    let s4: f64 = format!("{:.3e}", float(get(&want[0], "mean_when_active")))
+        .parse()
+        .unwrap();
+    for (k, (cells, r)) in page.iter().zip(&want).enumerate() {
         assert_eq!(shown(cells[0].as_str().unwrap()), float(get(r, "rank")) + 1.0);
         assert_eq!(cells[1], json!(text(get(r, "cell_id"))));
         assert_eq!(shown(cells[2].as_str().unwrap()), float(get(r, "n_active")));
@@ -541,9 +548,18 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
             shown(cells[3].as_str().unwrap()),
             float(get(r, "mean_when_active")),
         );
+        let stored = if k == 0 {
+            s4
+        } else {
+            (b * 255.0 / s4).round() * s4 / 255.0
+        };
         assert!(
-            (a - b).abs() <= 1e-3 * b.abs(),
-            "top cell mean: page {a}, table {b}"
+            (a - stored).abs() <= 5e-4 * stored,
+            "top cell {k} mean: page {a}, stored value {stored} (table {b})"
+        );
+        assert!(
+            (a - b).abs() <= s4 / 510.0 + 5e-4 * a.abs(),
+            "top cell {k} mean: page {a}, table {b}, beyond the documented rounding"
         );
     }
     let downstream =
@@ -578,6 +594,7 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
         Some(Field::Long(f)) => *f,
         other => panic!("the fixture has terms on blocks.1: {other:?}"),
     };
+    let mut computed_p = 0;
     for f in [0, with_terms] {
         driver.cmd(
             "POST",
@@ -600,7 +617,7 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
             .collect();
         want.sort_by(|a, b| a.1.total_cmp(&b.1));
         let page = driver.script(
-            "return [...document.querySelectorAll('#terms tr[data-term]')].map(r => [r.dataset.term, r.cells[6].textContent, r.cells[9].textContent, r.cells[10].textContent]);",
+            "return [...document.querySelectorAll('#terms tr[data-term]')].map(r => [r.dataset.term, r.cells[6].textContent, r.cells[9].textContent, r.cells[10].textContent, r.dataset.p]);",
         );
         let page = page.as_array().cloned().unwrap_or_default();
         assert_eq!(page.len(), want.len(), "terms of blocks.1 feature {f}: {page:?}");
@@ -611,6 +628,16 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
                 (shown_p - pv).abs() <= 1e-2 * pv.abs(),
                 "{term}: page p {shown_p}, table {pv}"
             );
+            // The page's own p: stored (annotate's to 4 digits), or, where the builder left it out, the
+            // hypergeometric tail the page computes from the row's counts, which must agree with annotate's
+            // far beyond those 4 digits.
+            let page_p: f64 = p[4].as_str().unwrap().parse().unwrap();
+            let stored: f64 = format!("{pv:.3e}").parse().unwrap();
+            if (page_p - pv).abs() <= 1e-9 * pv.abs() {
+                computed_p += 1;
+            } else {
+                assert_eq!(page_p, stored, "{term}: page p {page_p}, table {pv}");
+            }
             // fold_enrichment (derived on the page where not stored) and the overlap genes (stored as
             // indices of the top-gene rows) read as in the table.
             let shown_fold = shown(p[2].as_str().unwrap());
@@ -621,6 +648,8 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
             assert_eq!(p[3], json!(overlap), "{term}: overlap genes");
         }
     }
+
+    assert!(computed_p > 0, "no term p computed by the page");
 
     // The layer explorer: the table filters by text and sorts by a click.
     driver.cmd("POST", "/url", Some(json!({"url": format!("{index}#/layer/1")})));
@@ -658,6 +687,33 @@ fn atlas_works_in_headless_chromium_from_file_urls() {
     assert_eq!(errors, json!([]), "the page reported errors");
     let severe = driver.severe_logs();
     assert!(severe.is_empty(), "console errors: {severe:?}");
+
+    // Data of another format version (a site mixed from two builds): the page says so instead of
+    // misreading it.
+    std::fs::write(
+        site.join("data/atlas.js"),
+        "atlas.receive(\"atlas\",{\"format\":\"scinterp-atlas\",\"format_version\":3,\"title\":\"old\"});\n",
+    )
+    .unwrap();
+    driver.cmd("POST", "/url", Some(json!({"url": "about:blank"})));
+    driver.cmd("POST", "/url", Some(json!({"url": index})));
+    let started = Instant::now();
+    let message = loop {
+        let m = driver
+            .script("const e = document.querySelector('#main .error'); return e ? e.textContent : null;");
+        if let Some(m) = m.as_str() {
+            break m.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no error shown for format 3"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        message.contains("format 3") && message.contains("reads scinterp-atlas format 4"),
+        "{message}"
+    );
     drop(driver);
 
     let keep = std::env::var_os("SCINTERP_KEEP_SCREENSHOTS").is_some();

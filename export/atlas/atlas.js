@@ -7,6 +7,8 @@
   // ---------------------------------------------------------------------------------------------------
   // Loading
 
+  // The data layout this page reads (the manifest's format_version; scinterp atlas writes both together).
+  const FORMAT_VERSION = 4;
   const pending = new Map(); // key -> {promise, resolve, reject}
   // timings: one entry per rendered route, {route, ms: render time, at: ms since navigation start}.
   const atlas = { ready: false, errors: [], timings: [] };
@@ -123,7 +125,7 @@
     query_size: 'Query genes in the library\'s background (the feature\'s top-n genes by the annotation ranking).',
     term_size: 'Genes of the term in the background.',
     background_size: 'Genes of the library in the catalog\'s background (genes observed at the store\'s positions).',
-    p_value: 'One-sided Fisher test: hypergeometric upper tail P[X ≥ overlap] (scipy.stats.hypergeom.sf(overlap − 1, background_size, term_size, query_size)).',
+    p_value: 'One-sided Fisher test: hypergeometric upper tail P[X ≥ overlap] (scipy.stats.hypergeom.sf(overlap − 1, background_size, term_size, query_size)); where the atlas leaves it out (it equals this tail), the page computes it from the row\'s four counts.',
     q_value_atlas: 'Benjamini–Hochberg q within its family over every catalog in the annotation run: term rows in the gene_sets family (every (feature, term) pair), network-edge tests in their own network_edges family (every (feature, network) pair).',
     q_value_catalog: 'Benjamini–Hochberg q over this catalog\'s part of the tests only.',
     fold_enrichment: '(overlap / query_size) / (term_size / background_size).',
@@ -141,7 +143,7 @@
     cell_q: 'Benjamini–Hochberg q over every (feature, label) pair of the annotation run.',
     cell_rank: 'Rank of the cell among the cells where the feature fired, by mean activation.',
     n_active: 'Positions of the cell where the feature fired.',
-    cell_mean: 'Mean activation over the cell\'s positions where the feature fired.',
+    cell_mean: 'Mean activation over the cell\'s positions where the feature fired. Stored rounded: the first top cell\'s (s) to 4 significant digits, every other one to a multiple of s/255 (the nearest), so the value shown is within s/510 of the catalog\'s (before its display to 4 digits).',
     hist: 'Cells whose mean activation (over their positions where the feature fired) falls in this log-spaced bin of the layer\'s range.',
     edge_n: 'Cells in which the source feature fired and was ablated (the observations of the edge).',
     mean_change: 'Mean over cells of the target feature\'s change (ablated − clean run), averaged over the source\'s active positions. Negative: the target falls when the source is removed (the source excites it).',
@@ -234,9 +236,50 @@
     }
     return t;
   }
+  // A detail shard stores some record parts column-wise over its features (manifest columns.detail_shard_columns):
+  // each of _g (top genes), _tc (top cells), _h (histograms), _t (term rows), _c (cell types) holds f (the
+  // features) and n (each one's rows), then its columns one feature after another: _g: nf, m (n each), id
+  // (n − it each) and e and it (one); _tc: c, a (n each), s (one), q (n − 1 each); _h: h (n each); _t: t0 … t{L−1} (n each; row j =
+  // [t0[j], t1[j], …]); _c: l, k, q (n each) and t (one). They go back into the records once, on loading. The
+  // top genes' m are integers of 10^e, the first and then the steps down from the row before: n / 10^−e
+  // (correctly rounded, with 10^k read from its decimal text) is the stored 4-digit value.
+  const TEN = (k) => Number('1e' + k);
+  const expanded = new WeakSet();
+  function expandShard(d) {
+    if (expanded.has(d)) return d;
+    expanded.add(d);
+    for (const [key, name] of [['_g', 'g'], ['_tc', 'tc'], ['_h', 'h'], ['_t', 't'], ['_c', 'c']]) {
+      const cols = d[key];
+      if (!cols) continue;
+      delete d[key];
+      const rowCols = [];
+      if (name === 't') for (let c = 0; cols['t' + c]; c++) rowCols.push(cols['t' + c]);
+      let at = 0, atQ = 0, atId = 0;
+      cols.f.forEach((f, j) => {
+        const n = cols.n[j];
+        const rec = d[String(f)] || (d[String(f)] = {});
+        const rows = (c) => cols[c].slice(at, at + n);
+        if (name === 'h') rec.h = rows('h');
+        else if (name === 't') rec.t = Array.from({ length: n }, (_, r) => rowCols.map((c) => c[at + r]));
+        else if (name === 'c') rec.c = { l: rows('l'), k: rows('k'), q: rows('q'), t: cols.t[j] };
+        else if (name === 'tc') { rec.tc = { c: rows('c'), a: rows('a'), s: cols.s[j], q: cols.q.slice(atQ, atQ + n - 1) }; atQ += n - 1; }
+        else {
+          const e = cols.e[j];
+          let v = 0;
+          const m = rows('m').map((x, k) => { v = k === 0 ? x : v - x; return e < 0 ? v / TEN(-e) : v * TEN(e); });
+          const it = cols.it ? cols.it[j] : 0;
+          rec.g = { id: cols.id.slice(atId, atId + n - it), nf: rows('nf'), m };
+          if (it) rec.g.it = it;
+          atId += n - it;
+        }
+        at += n;
+      });
+    }
+    return d;
+  }
   async function detail(l, f) {
     const d = await loadOptional('L' + l + '/d' + Math.floor(f / M.shard));
-    return (d && d[String(f)]) || {};
+    return (d && expandShard(d)[String(f)]) || {};
   }
   function geneLabel(G, g) {
     return G.symbol[g] || G.gene_id[g] || ('gene ' + g);
@@ -651,6 +694,9 @@
     }
     return Math.min(1, Math.exp(lnChoose(K, a) + lnChoose(N - K, n - a) - lnChoose(N, n)) * s);
   }
+  // A term row's p_value: stored, or null where the builder found it equal (to 1e-9) to the hypergeometric
+  // tail P(X ≥ overlap), X ~ Hypergeom(background_size, term_size, query_size), which the page computes.
+  const termP = (r) => (r[5] != null ? r[5] : hyperUpper(r[1], r[4], r[3], r[2]));
   // A record's cell types (column-wise, see the manifest's columns.cell_type_columns) as rows [label, in_top,
   // top_size, label_cells, n_cells, p, q]; label_cells and n_cells default to the layer's, p to the tail.
   function cellTypeRows(c, cells) {
@@ -665,16 +711,28 @@
     });
   }
 
-  // A record's top cells (column-wise: c = cell-id index, a = n_active, m = mean_when_active, r = rank,
-  // absent when 0, 1, 2, …) as rows [rank, cell_id, n_active, mean_when_active]; the ids come from the
-  // dictionary shards data/cells/<k>.js that hold them.
+  // A record's top cells (column-wise: c = cell-id index, a = n_active, r = rank, absent when 0, 1, 2, …;
+  // mean_when_active either m, the numbers, or quantised: s = the first cell's, and q = the steps
+  // q[k-1] − q[k] of q[k] = round(TOP_CELL_LEVELS · m[k] / s) from q[0] = TOP_CELL_LEVELS) as rows
+  // [rank, cell_id, n_active, mean_when_active]; the ids come from the dictionary shards data/cells/<k>.js.
+  const TOP_CELL_LEVELS = 255;
+  function topCellMeans(tc) {
+    if (Array.isArray(tc.m)) return tc.m;
+    let q = TOP_CELL_LEVELS;
+    return tc.c.map((_, j) => {
+      if (j === 0) return tc.s;
+      q -= tc.q[j - 1];
+      return q * tc.s / TOP_CELL_LEVELS;
+    });
+  }
   async function topCellRows(tc) {
     if (!tc || !tc.c) return [];
     const shardOf = (i) => Math.floor(i / M.index_shard);
     const keys = [...new Set(tc.c.map(shardOf))];
     const shards = new Map();
     await Promise.all(keys.map(async (k) => { shards.set(k, await load('cells/' + k)); }));
-    return tc.c.map((i, j) => [tc.r ? tc.r[j] : j, shards.get(shardOf(i))[String(i)], tc.a[j], tc.m[j]]);
+    const means = topCellMeans(tc);
+    return tc.c.map((i, j) => [tc.r ? tc.r[j] : j, shards.get(shardOf(i))[String(i)], tc.a[j], means[j]]);
   }
 
   async function viewFeature(l, f) {
@@ -692,6 +750,8 @@
     tables[l] = t;
     // Statistics: d.s in feature_stats order (null or missing: the layer table's column, if any).
     const S = (k) => { if (!d.s) return null; const v = d.s[M.columns.feature_stats.indexOf(k)]; return v != null ? v : (c[k] ? c[k][i] : null); };
+    // The record's top-gene ids leave out the first `it`, the layer table's top genes of the feature.
+    if (d.g && d.g.it) { d.g.id = c.top[i].slice(0, d.g.it).concat(d.g.id); delete d.g.it; }
     const rowsG = geneRows(d, G);
     const best = c.bt[i] >= 0 ? T.name[c.bt[i]] : '';
     let h = '<h1>' + esc(meta.name) + ' · feature ' + f + (best ? ' — ' + esc(best) : '') + '</h1>';
@@ -723,7 +783,7 @@
     h += '<h2>Significant terms</h2>';
     if (d.t && d.t.length) {
       h += '<table id="terms"><tr>' + th('library', 'terms') + th('term', 'terms') + th('overlap', 'overlap', 'class="n"') + th('query', 'query_size', 'class="n"') + th('term size', 'term_size', 'class="n"') + th('background', 'background_size', 'class="n"') + th('p', 'p_value', 'class="n"') + th('q (atlas)', 'q_value_atlas', 'class="n"') + th('q (catalog)', 'q_value_catalog', 'class="n"') + th('fold', 'fold_enrichment', 'class="n"') + th('overlap genes', 'overlap') + '</tr>' +
-        d.t.map((r) => '<tr data-term="' + esc(T.name[r[0]]) + '"><td>' + esc(M.libraries[T.library[r[0]]]) + '</td><td>' + termLink(T, r[0]) + '</td><td class="n">' + num(r[1], 'overlap') + '</td><td class="n">' + num(r[2], 'query_size') + '</td><td class="n">' + num(r[3], 'term_size') + '</td><td class="n">' + num(r[4], 'background_size') + '</td><td class="n">' + num(r[5], 'p_value') + '</td><td class="n">' + num(r[6], 'q_value_atlas') + '</td><td class="n">' + num(r[7], 'q_value_catalog') + '</td><td class="n">' + num(r[8] != null ? r[8] : (r[2] > 0 && r[3] > 0 ? (r[1] / r[2]) / (r[3] / r[4]) : null), 'fold_enrichment') + '</td><td class="overlap">' + overlapGenes(G, rowsG, r[9]).map((s) => '<a href="#/gene/' + encodeURIComponent(s) + '">' + esc(s) + '</a>').join(', ') + '</td></tr>').join('') + '</table>';
+        d.t.map((r) => '<tr data-term="' + esc(T.name[r[0]]) + '" data-p="' + termP(r) + '"><td>' + esc(M.libraries[T.library[r[0]]]) + '</td><td>' + termLink(T, r[0]) + '</td><td class="n">' + num(r[1], 'overlap') + '</td><td class="n">' + num(r[2], 'query_size') + '</td><td class="n">' + num(r[3], 'term_size') + '</td><td class="n">' + num(r[4], 'background_size') + '</td><td class="n">' + num(termP(r), 'p_value') + '</td><td class="n">' + num(r[6], 'q_value_atlas') + '</td><td class="n">' + num(r[7], 'q_value_catalog') + '</td><td class="n">' + num(r[8] != null ? r[8] : (r[2] > 0 && r[3] > 0 ? (r[1] / r[2]) / (r[3] / r[4]) : null), 'fold_enrichment') + '</td><td class="overlap">' + overlapGenes(G, rowsG, r[9]).map((s) => '<a href="#/gene/' + encodeURIComponent(s) + '">' + esc(s) + '</a>').join(', ') + '</td></tr>').join('') + '</table>';
     } else h += none(M.annotations.length ? 'no term at q ≤ alpha for this feature' : 'no annotation was given (--annotation)');
     if (d.e && d.e.length) {
       h += '<h3>Network edges among the top genes</h3><table id="edge-tests"><tr>' + th('network', 'observed_edges') + th('observed', 'observed_edges', 'class="n"') + th('null mean', 'null_mean', 'class="n"') + th('p', 'edge_test_p', 'class="n"') + th('q (atlas)', 'q_value_atlas', 'class="n"') + th('q (catalog)', 'q_value_catalog', 'class="n"') + th('permutations', 'permutations', 'class="n"') + th('edges', 'observed_edges') + '</tr>' +
@@ -1051,6 +1111,9 @@
       return fail(err);
     }
     atlas.manifest = M;
+    if (M.format !== 'scinterp-atlas' || M.format_version !== FORMAT_VERSION) {
+      return fail(new Error('data/atlas.js is ' + M.format + ' format ' + M.format_version + ', but this page reads scinterp-atlas format ' + FORMAT_VERSION + ': the page and the data come from different scinterp versions; build the atlas again (scinterp atlas … --overwrite) and copy the whole site folder'));
+    }
     document.getElementById('title').textContent = M.title;
     document.title = M.title;
     document.getElementById('gene-search').addEventListener('submit', (ev) => { ev.preventDefault(); location.hash = '#/gene/' + encodeURIComponent(document.getElementById('gene-input').value.trim()); });

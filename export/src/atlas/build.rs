@@ -8,7 +8,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use super::encode::{num, nums, script, write_file};
+use super::encode::{columnise, num, nums, quantise_top_cell_means, script, write_file};
 use super::error::{AtlasError, Result};
 use super::input::{
     self, AnnotationIn, CatalogIn, EdgesIn, EffectsIn, GenericTable, LayersIn, EDGE_TEST_VALUES, EDGE_VALUES,
@@ -19,6 +19,11 @@ use scinterp_engine::stats::hypergeom_upper_tail;
 
 /// Bins of the per-feature histogram of per-cell mean activation (log-spaced over the layer's range).
 const HIST_BINS: usize = 20;
+/// The data layout (the manifest's `format_version`; the page, `export/atlas/atlas.js`, reads this one only).
+/// 4: top cells' mean_when_active quantised to one byte of the first's; top genes (their mean_when_fired as
+/// decimal steps), top cells, histograms, term rows and cell types column-wise per detail shard
+/// (`encode::columnise`); a term's p_value left to the page where it is the hypergeometric tail.
+const FORMAT_VERSION: u64 = 4;
 /// Gene and term index entries per shard file (by dictionary index).
 const INDEX_SHARD: usize = 256;
 /// Statistics in the layer table (a detail record leaves them out: the feature page reads the table).
@@ -765,7 +770,7 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         .collect();
     let manifest = json!({
         "format": "scinterp-atlas",
-        "format_version": 3,
+        "format_version": FORMAT_VERSION,
         "title": cfg.title.clone().unwrap_or_else(|| "scinterp atlas".into()),
         "scinterp_version": env!("CARGO_PKG_VERSION"),
         "shard": shard,
@@ -787,11 +792,12 @@ pub fn build(cfg: &AtlasConfig) -> Result<AtlasReport> {
         "terms": terms.names.len(),
         "columns": {
             "feature_stats": FEATURE_STATS,
-            "gene_columns": {"id": "gene", "nf": "n_fired", "m": "mean_when_fired", "np": "n_positions (null: genes.js's)"},
+            "gene_columns": {"id": "gene (after the first it, which are the layer table's top)", "it": "leading genes left to the layer table's top (absent: 0)", "nf": "n_fired", "m": "mean_when_fired", "np": "n_positions (null: genes.js's)"},
             "term_row": ([&["term"][..], &TERM_VALUES[..], &["overlap_genes"][..]].concat()),
             "edge_test_row": ([&["network"][..], &EDGE_TEST_VALUES[..], &["edges"][..]].concat()),
             "cell_type_columns": {"l": "label", "k": "in_top", "t": "top_size (one number: every row's)", "q": "q_value", "lc": "label_cells (absent or null: the layer's cells.lc)", "n": "n_cells (absent or null: the layer's cells.n)", "p": "p_value (absent or null: P(X >= in_top), X ~ Hypergeom(n_cells, label_cells, top_size), computed by the page)"},
-            "top_cell_columns": {"c": "cell_id (index into data/cells/<index / index_shard>.js)", "a": "n_active", "m": "mean_when_active", "r": "rank (absent: 0, 1, 2, … in order)"},
+            "top_cell_columns": {"c": "cell_id (index into data/cells/<index / index_shard>.js)", "a": "n_active", "s": "mean_when_active of the first row (4 significant digits)", "q": "mean_when_active of the later rows, quantised: steps q[k-1] - q[k] of q[k] = round(255 * m[k] / s), q[0] = 255; shown as q[k] * s / 255", "m": "mean_when_active (instead of s and q, where they do not apply)", "r": "rank (absent: 0, 1, 2, … in order)"},
+            "detail_shard_columns": {"_g": "top genes (g) of the shard's features: f (features), n (rows of each), nf, m (n rows each, one feature after another), id (n - it each), e and it (one per feature); mean_when_fired of row k = M_k × 10^e with M_0 = m[0], M_k = M_(k-1) - m[k]; the first it ids are the layer table's top of the feature", "_tc": "top cells (tc): f, n, c and a (n rows each), s (one per feature), q (n - 1 each)", "_h": "histograms (h): f, n (length of each), h", "_t": "term rows (t): f, n (rows of each), t0 … t(L-1) (n each; row j = [t0[j], t1[j], …])", "_c": "cell types (c) with just l, k, q, t: f, n, l, k, q (n each), t (one per feature)"},
             "edge_row": ([&["layer", "feature"][..], &EDGE_VALUES[..]].concat()),
             "match_row": ["layer", "feature", "abs_cos"],
             "highway_row": ["layer", "feature", "source_fires", "cocount", "pmi", "npmi", "pmi_permuted_pairing", "highway"],
@@ -1094,6 +1100,9 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
     cols.insert("f".into(), json!(layer.ids));
     let mut alive = 0;
     let mut modules = 0;
+    // The `top` column: each feature's first TABLE_GENES genes (the explorer shows them; the detail records
+    // leave them out of their top-gene ids).
+    let mut table_top: Vec<Vec<u32>> = Vec::new();
     if let Some((ci, c)) = cat {
         alive = c.alive.iter().filter(|&&a| a).count();
         cols.insert(
@@ -1128,6 +1137,7 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
             genes3.push(if cm.is_empty() { pick(1) } else { cm });
         }
         cols.insert("top".into(), json!(genes3));
+        table_top = genes3;
     }
     let count_of =
         |refs: &Refs| -> Vec<u32> { layer.ids.iter().map(|&f| rows_of(refs, f).len() as u32).collect() };
@@ -1223,10 +1233,19 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                 let mut g = serde_json::Map::new();
                 let gene = |r: usize| ctx.gene_of[ci][r];
                 let v = |r: usize, j: usize| c.top_genes[r].values[j];
-                g.insert(
-                    "id".into(),
-                    json!(rows.iter().map(|&r| gene(r)).collect::<Vec<_>>()),
-                );
+                // The first ids, when they are the layer table's `top` genes of the feature (its first
+                // conditional-mean genes), are left out: `it` says how many the page takes from there.
+                let ids: Vec<u32> = rows.iter().map(|&r| gene(r)).collect();
+                let top = table_top.get(i).map_or(&[][..], Vec::as_slice);
+                let it = if !top.is_empty() && ids.starts_with(top) {
+                    top.len()
+                } else {
+                    0
+                };
+                g.insert("id".into(), json!(ids[it..]));
+                if it > 0 {
+                    g.insert("it".into(), json!(it));
+                }
                 g.insert(
                     "nf".into(),
                     Value::Array(rows.iter().map(|&r| num(v(r, 0))).collect()),
@@ -1252,8 +1271,10 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                 }
                 rec.insert("g".into(), Value::Object(g));
             }
-            // Top cells column-wise, by rank: `c` (the cell id's index in data/cells/), `a` (n_active), `m`
-            // (mean_when_active); `r` (rank) only when the ranks are not 0, 1, 2, … in order.
+            // Top cells column-wise, by rank: `c` (the cell id's index in data/cells/), `a` (n_active), and
+            // mean_when_active quantised (`s`, the first cell's to 4 digits, and `q`, the steps of
+            // round(255 · m / s) down from 255: encode::quantise_top_cell_means), or as numbers (`m`) where
+            // it does not apply; `r` (rank) only when the ranks are not 0, 1, 2, … in order.
             let mut tc_rows: Vec<usize> = rows_of(&top_cells, f).iter().map(|r| r.2).collect();
             if !tc_rows.is_empty() {
                 tc_rows.sort_by_key(|&r| c.top_cells[r].rank);
@@ -1267,10 +1288,16 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                     "a".into(),
                     Value::Array(tc_rows.iter().map(|&r| num(t(r).n_active)).collect()),
                 );
-                tc.insert(
-                    "m".into(),
-                    Value::Array(tc_rows.iter().map(|&r| num(t(r).mean_when_active)).collect()),
-                );
+                let means: Vec<f64> = tc_rows.iter().map(|&r| t(r).mean_when_active).collect();
+                match quantise_top_cell_means(&means) {
+                    Some((s, q)) => {
+                        tc.insert("s".into(), s);
+                        tc.insert("q".into(), json!(q));
+                    }
+                    None => {
+                        tc.insert("m".into(), nums(&means));
+                    }
+                }
                 if !tc_rows.iter().enumerate().all(|(k, &r)| t(r).rank as usize == k) {
                     tc.insert(
                         "r".into(),
@@ -1300,6 +1327,11 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
                 let fold = (w[0] / w[1]) / (w[2] / w[3]);
                 if (fold - w[7]).abs() <= 1e-9 * w[7].abs() {
                     v[8] = Value::Null;
+                }
+                // p_value = P(X ≥ overlap), X ~ Hypergeom(background_size, term_size, query_size)
+                // (annotate's test): null where the page can compute it to 1e-9 (as for cell types).
+                if p_derivable(&[w[0], w[1], w[2], w[3], w[4], w[5]]) {
+                    v[5] = Value::Null;
                 }
                 // Overlap genes as indices of the feature's top-gene rows when every one is among
                 // them (they are the query genes), else as annotate wrote them (a comma list).
@@ -1410,7 +1442,7 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
         detail_bytes += write_file(
             staging,
             &format!("data/L{l}/d{k}.js"),
-            script(&key, &Value::Object(features)).as_bytes(),
+            script(&key, &Value::Object(columnise(features))).as_bytes(),
         )?;
     }
     Ok(LayerOut {
@@ -1428,7 +1460,7 @@ fn write_layer(ctx: &Ctx, refs: &LayerRefs, l: usize, staging: &Path) -> Result<
 /// A feature's cell-type rows, by p, column-wise: `l` (label index), `k` (in_top), `t` (top_size: one number
 /// when every row has the same, as rows of one annotation do), `q`; `lc` (label_cells) and `n` (n_cells)
 /// only when some row's differ from the layer's (null where equal); `p` only when the page cannot derive
-/// some row's (null where it can: see [`cell_p_derivable`]).
+/// some row's (null where it can: see [`p_derivable`]).
 fn cell_type_record(
     ctx: &Ctx,
     refs: &[(u32, usize, usize)],
@@ -1484,13 +1516,7 @@ fn cell_type_record(
     }
     let p: Vec<Value> = rows
         .iter()
-        .map(|(v, _)| {
-            if cell_p_derivable(v) {
-                Value::Null
-            } else {
-                num(v[4])
-            }
-        })
+        .map(|(v, _)| if p_derivable(v) { Value::Null } else { num(v[4]) })
         .collect();
     if p.iter().any(|x| !x.is_null()) {
         c.insert("p".into(), Value::Array(p));
@@ -1498,11 +1524,12 @@ fn cell_type_record(
     Some(Value::Object(c))
 }
 
-/// Whether the page may derive a cell-type row's p (values: in_top, top_size, label_cells, n_cells, p, q)
-/// as annotate defines it, P(X ≥ in_top) for X ~ Hypergeom(n_cells, label_cells, top_size): the counts are
+/// Whether the page may derive a cell-type row's p (values: in_top, top_size, label_cells, n_cells, p, q;
+/// a term row's overlap, query_size, term_size, background_size, p_value, q are the same test) as annotate
+/// defines it, P(X ≥ in_top) for X ~ Hypergeom(n_cells, label_cells, top_size): the counts are
 /// integers, in_top lies above the mode (the page sums the tail upwards from in_top, which is stable only
 /// there), the tail is well inside f64's range, and it equals the stored p to 1e-9.
-fn cell_p_derivable(v: &[f64; 6]) -> bool {
+fn p_derivable(v: &[f64; 6]) -> bool {
     if !v[..4]
         .iter()
         .all(|x| x.fract() == 0.0 && (0.0..9.0e15).contains(x))
@@ -1523,29 +1550,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_page_reads_the_format_version_written() {
+        let page = ASSETS.iter().find(|a| a.0 == "assets/atlas.js").unwrap().1;
+        assert!(
+            page.contains(&format!("const FORMAT_VERSION = {FORMAT_VERSION};")),
+            "export/atlas/atlas.js and build.rs name different format versions"
+        );
+    }
+
+    #[test]
     fn cell_p_left_to_the_page_only_where_it_can_derive_it() {
         // 14 of 38 top cells carry a label that 36 of 2,000 cells have (a row of the benchmark's annotation).
         let p = hypergeom_upper_tail(14, 2000, 36, 38);
         assert!((p - 1.591e-16).abs() < 1e-19, "{p}");
-        assert!(cell_p_derivable(&[14.0, 38.0, 36.0, 2000.0, p, 2.574e-14]));
+        assert!(p_derivable(&[14.0, 38.0, 36.0, 2000.0, p, 2.574e-14]));
         // A p that is not this tail (another rule, or rounded) is stored.
-        assert!(!cell_p_derivable(&[
-            14.0,
-            38.0,
-            36.0,
-            2000.0,
-            p * 1.001,
-            2.574e-14
-        ]));
+        assert!(!p_derivable(&[14.0, 38.0, 36.0, 2000.0, p * 1.001, 2.574e-14]));
         // At or below the mode (38 draws of a label with 200 cells: mode 3) the page's upward sum is not
         // used; above it, it is.
         let at = hypergeom_upper_tail(3, 2000, 200, 38);
-        assert!(!cell_p_derivable(&[3.0, 38.0, 200.0, 2000.0, at, 1.0]));
+        assert!(!p_derivable(&[3.0, 38.0, 200.0, 2000.0, at, 1.0]));
         let above = hypergeom_upper_tail(4, 2000, 200, 38);
-        assert!(cell_p_derivable(&[4.0, 38.0, 200.0, 2000.0, above, 1.0]));
+        assert!(p_derivable(&[4.0, 38.0, 200.0, 2000.0, above, 1.0]));
         // Non-integer counts, and tails that underflow.
-        assert!(!cell_p_derivable(&[14.5, 38.0, 36.0, 2000.0, p, 1.0]));
+        assert!(!p_derivable(&[14.5, 38.0, 36.0, 2000.0, p, 1.0]));
         let tiny = hypergeom_upper_tail(200, 100_000, 200, 200);
-        assert!(!cell_p_derivable(&[200.0, 200.0, 200.0, 100_000.0, tiny, 0.0]));
+        assert!(!p_derivable(&[200.0, 200.0, 200.0, 100_000.0, tiny, 0.0]));
     }
 }

@@ -18,7 +18,7 @@ mod serve;
 use std::path::PathBuf;
 
 pub use build::build;
-pub use encode::{read_script, script};
+pub use encode::{dequantise_top_cell_means, read_script, records, script};
 pub use error::{AtlasError, Result};
 pub use serve::{serve, ServeHandle};
 
