@@ -248,3 +248,109 @@ fn gpu_trace_finds_the_cpu_edges() {
         assert!(worst_d <= 1e-2, "{precision}: max |Δd| {worst_d}");
     }
 }
+
+/// The GPU forward with the resident tracer hidden: `trace_cells` then runs its host loop (tail passes
+/// through `Forward::run`, encodes and statistics on the CPU) on the GPU forward.
+struct HostLoop<'a>(&'a CudaForward);
+
+impl Forward for HostLoop<'_> {
+    fn run(
+        &self,
+        encoder: &dyn Encoder,
+        batch: &PackedBatch,
+        plan: &HookPlan,
+        start: Start,
+        with_head: bool,
+    ) -> Result<RunOutput, scinterp_engine::EngineError> {
+        self.0.run(encoder, batch, plan, start, with_head)
+    }
+
+    fn name(&self) -> String {
+        format!("{} (host loop)", self.0.name())
+    }
+}
+
+/// The resident tracer (ablation → tail → target encode → code sums → edge reduction on the GPU) against
+/// the host loop on the same GPU forward and against the CPU: the same edges (cells, sign counts) and
+/// means within rounding in f32; timings printed for the record, not asserted.
+#[test]
+fn resident_trace_equals_the_host_loop_and_the_cpu() {
+    use scinterp_engine::sae::io::find_sae;
+    use scinterp_engine::trace::{trace_cells, SignFlipNull, TraceAccumulator, TraceSetup};
+    if !gpu_available() {
+        return;
+    }
+    let fx = common::fixtures();
+    let model = scinterp_models::load(&fx.join("geneformer/tiny_v2"), false).unwrap();
+    let encoder = model.encoder.as_ref();
+    let cells = scinterp_models::input::read_cells(&fx.join("trace/tokens"), &model).unwrap();
+    let special_ids = scinterp_models::extract::special_token_ids(&fx.join("trace/tokens"), &model).unwrap();
+    let saes = fx.join("trace/saes");
+    let source = find_sae(&saes, "blocks.0.hook_resid_post").unwrap();
+    let target = find_sae(&saes, "blocks.2.hook_resid_post").unwrap();
+    let setup = TraceSetup {
+        source_layer: 0,
+        source_sae: &source.sae,
+        targets: vec![(HookPoint::ResidPost(2), &target.sae)],
+        special_ids,
+        max_batch_tokens: 4096,
+        null: SignFlipNull {
+            permutations: 5,
+            seed: 9,
+        },
+    };
+    let features: Vec<u32> = (0..source.sae.d_sae as u32).collect();
+    let trace = |forward: &dyn Forward| {
+        let mut acc = TraceAccumulator::default();
+        let start = std::time::Instant::now();
+        trace_cells(
+            (encoder, forward),
+            &setup,
+            &features,
+            &cells.tokens,
+            cells.values.as_deref(),
+            &mut acc,
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", forward.name()));
+        println!(
+            "{}: {} ablations, {} edges in {:.3} s",
+            forward.name(),
+            acc.ablations,
+            acc.edges.len(),
+            start.elapsed().as_secs_f64()
+        );
+        acc
+    };
+    let cpu = trace(&scinterp_engine::CpuForward);
+    let gpu = CudaForward::new(encoder, 0, GpuPrecision::F32).unwrap();
+    assert!(
+        gpu.traces_resident(),
+        "cuBLASLt is needed for the resident tracer"
+    );
+    let host_loop = trace(&HostLoop(&gpu));
+    let resident = trace(&gpu);
+    for (label, other) in [("host loop", &host_loop), ("CPU", &cpu)] {
+        assert_eq!(resident.ablations, other.ablations, "{label}");
+        assert_eq!(resident.cells_active, other.cells_active, "{label}");
+        let common = resident
+            .edges
+            .keys()
+            .filter(|k| other.edges.contains_key(k))
+            .count();
+        let union = resident.edges.len() + other.edges.len() - common;
+        let jaccard = common as f64 / union.max(1) as f64;
+        let worst = resident
+            .edges
+            .iter()
+            .filter_map(|(k, e)| other.edges.get(k).map(|o| (e, o)))
+            .map(|(e, o)| {
+                let (a, b) = (e.nonzero.mean(), o.nonzero.mean());
+                (a - b).abs() / b.abs().max(1e-3)
+            })
+            .fold(0.0f64, f64::max);
+        println!("resident vs {label}: edge-set Jaccard {jaccard:.4}, max relative |Δmean| {worst:.2e}");
+        assert!(jaccard >= 0.98, "{label}: Jaccard {jaccard}");
+        assert!(worst <= 1e-3, "{label}: relative mean difference {worst}");
+    }
+}

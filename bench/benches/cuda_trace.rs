@@ -139,7 +139,7 @@ fn bench_trace(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     kernels
-                        .trace_reduce(&stream, &mut stats, &dc, &da, &dn, &dh, cells)
+                        .trace_reduce(&stream, &mut stats, &dc, &da, &dn, &dh, cells, None)
                         .unwrap();
                     stream.synchronize().unwrap();
                 })

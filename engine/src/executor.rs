@@ -108,6 +108,25 @@ pub trait Forward: Sync {
 
     /// For logs and summaries, e.g. "cpu".
     fn name(&self) -> String;
+
+    /// The GPU backend, for work it runs whole on the device (the resident tracer); `None` elsewhere.
+    fn as_cuda(&self) -> Option<&crate::cuda::CudaForward> {
+        None
+    }
+}
+
+/// A model on its backend and the cells it runs on: what the trace and effects pipelines read (the
+/// caller loads them, e.g. `scinterp_models::input::ModelOnCells::view`).
+#[derive(Clone, Copy)]
+pub struct ModelAndCells<'a> {
+    pub encoder: &'a dyn Encoder,
+    /// What runs its blocks (the CPU or a GPU).
+    pub forward: &'a dyn Forward,
+    /// Token ids of each cell, and scGPT's values.
+    pub tokens: &'a [Vec<u32>],
+    pub values: Option<&'a [Vec<f32>]>,
+    /// Token ids whose positions the SAEs never read.
+    pub special_ids: &'a [u32],
 }
 
 /// The CPU backend: [`run`].

@@ -47,7 +47,7 @@ pub use encoder::{
     WeightShapeError,
 };
 pub use error::EngineError;
-pub use executor::{run, CpuForward, Forward, RunOutput, Start};
+pub use executor::{run, CpuForward, Forward, ModelAndCells, RunOutput, Start};
 pub use hooks::{Captures, Edit, HookPlan, HookPoint};
 pub use matrix::Matrix;
 pub use packed::PackedBatch;

@@ -380,6 +380,7 @@ fn reduction_emulation_matches_the_engine_accumulator() {
             &case.n_active,
             &case.sign_hash,
             cells,
+            None,
         )
         .unwrap();
         let (dm, dd, dn) = compare(&got, &case);
@@ -400,6 +401,7 @@ fn reduction_emulation_is_the_engine_welford_bit_for_bit_on_equal_observations()
         &case.n_active,
         &case.sign_hash,
         60,
+        None,
     )
     .unwrap();
     for (k, &f) in case.features.iter().enumerate() {
@@ -426,12 +428,13 @@ fn reduction_accumulates_over_launches_in_cell_order() {
         &case.n_active,
         &case.sign_hash,
         41,
+        None,
     )
     .unwrap();
     let mut chunked = TraceStatsHost::new(&case.features, 16, 4);
     for (from, to) in [(0, 10), (10, 11), (11, 41)] {
         let (c, a, n, h) = cells_of(&case, from, to);
-        chunked.accumulate(&c, &a, &n, &h, to - from).unwrap();
+        chunked.accumulate(&c, &a, &n, &h, to - from, None).unwrap();
     }
     assert_eq!(once, chunked);
     // Short inputs are an Err.
@@ -441,15 +444,16 @@ fn reduction_accumulates_over_launches_in_cell_order() {
             &case.ablated_sum,
             &case.n_active,
             &case.sign_hash,
-            41
+            41,
+            None
         )
         .is_err());
     assert!(once
-        .accumulate(&case.clean_sum, &case.ablated_sum, &case.n_active, &[], 41)
+        .accumulate(&case.clean_sum, &case.ablated_sum, &case.n_active, &[], 41, None)
         .is_err());
     let mut no_null = TraceStatsHost::new(&case.features, 16, 0);
     no_null
-        .accumulate(&case.clean_sum, &case.ablated_sum, &case.n_active, &[], 41)
+        .accumulate(&case.clean_sum, &case.ablated_sum, &case.n_active, &[], 41, None)
         .unwrap();
 }
 
@@ -538,12 +542,12 @@ fn trace_reduce_kernel_matches_the_emulation_and_the_engine() {
         let half = cells / 2;
         for (from, to) in [(0, half), (half, cells)] {
             let (c, a, n, mut h) = cells_of(&case, from, to);
-            want.accumulate(&c, &a, &n, &h, to - from).unwrap();
+            want.accumulate(&c, &a, &n, &h, to - from, None).unwrap();
             h.push(0); // never an empty buffer
             let (dc, da) = (stream.clone_htod(&c).unwrap(), stream.clone_htod(&a).unwrap());
             let (dn, dh) = (stream.clone_htod(&n).unwrap(), stream.clone_htod(&h).unwrap());
             kernels
-                .trace_reduce(&stream, &mut stats, &dc, &da, &dn, &dh, to - from)
+                .trace_reduce(&stream, &mut stats, &dc, &da, &dn, &dh, to - from, None)
                 .unwrap();
         }
         let got = stats.download(&stream).unwrap();
@@ -571,22 +575,22 @@ fn trace_reduce_rejects_bad_arguments() {
     let h = stream.alloc_zeros::<u64>(copies * cells).unwrap();
     let short_h = stream.alloc_zeros::<u64>(1).unwrap();
     assert!(kernels
-        .trace_reduce(&stream, &mut stats, &short, &sums, &n, &h, cells)
+        .trace_reduce(&stream, &mut stats, &short, &sums, &n, &h, cells, None)
         .is_err());
     assert!(kernels
-        .trace_reduce(&stream, &mut stats, &sums, &short, &n, &h, cells)
+        .trace_reduce(&stream, &mut stats, &sums, &short, &n, &h, cells, None)
         .is_err());
     assert!(kernels
-        .trace_reduce(&stream, &mut stats, &sums, &sums, &short_n, &h, cells)
+        .trace_reduce(&stream, &mut stats, &sums, &sums, &short_n, &h, cells, None)
         .is_err());
     assert!(kernels
-        .trace_reduce(&stream, &mut stats, &sums, &sums, &n, &short_h, cells)
+        .trace_reduce(&stream, &mut stats, &sums, &sums, &n, &short_h, cells, None)
         .is_err());
     assert!(kernels
-        .trace_reduce(&stream, &mut stats, &sums, &sums, &n, &h, cells + 1)
+        .trace_reduce(&stream, &mut stats, &sums, &sums, &n, &h, cells + 1, None)
         .is_err());
     kernels
-        .trace_reduce(&stream, &mut stats, &sums, &sums, &n, &h, cells)
+        .trace_reduce(&stream, &mut stats, &sums, &sums, &n, &h, cells, None)
         .unwrap();
     let got = stats.download(&stream).unwrap();
     assert_eq!(

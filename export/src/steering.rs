@@ -45,11 +45,7 @@ pub fn effects(
         config.pseudotime = Some(pseudotime_readout(dir, &loaded.model)?);
     }
     let inputs = EffectsInputs {
-        encoder: loaded.model.encoder.as_ref(),
-        forward: loaded.forward.as_ref(),
-        tokens: &loaded.cells.tokens,
-        values: loaded.cells.values.as_deref(),
-        special_ids: loaded.special_ids.clone(),
+        cells: loaded.view(),
         saes: files.saes,
         input: files.input,
     };

@@ -70,6 +70,16 @@ const MUTANTS: &[Mutant] = &[
             "        o[c] = sae_dense_from_float<T>(0.0f);\n    }",
         )],
     },
+    // The barrier between the code sums' zero fill and the first row's adds deleted: an add can be
+    // overwritten by another thread's later zero fill of the same latent.
+    Mutant {
+        name: "code_sums_missing_barrier",
+        kernel: "trace",
+        edits: &[(
+            "        row_out[g] = 0.0f;\n    }\n    __syncthreads();",
+            "        row_out[g] = 0.0f;\n    }",
+        )],
+    },
 ];
 
 fn main() {

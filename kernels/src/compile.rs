@@ -568,6 +568,8 @@ mod tests {
         ("sae_topk_f32", 32, 1024),
         ("trace_reduce", 48, 1024),
         ("trace_ablate_f32", 32, 1024),
+        ("trace_gather_rows_f32", 24, 256),
+        ("trace_code_sums", 24, 256),
     ];
 
     /// CI runs this with the NVRTC 13.0 wheels (see `.ci/run`), where a missing NVRTC fails;

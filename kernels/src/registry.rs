@@ -47,7 +47,12 @@ pub const KERNELS: &[Kernel] = &[
     Kernel {
         name: "trace",
         source: include_str!("trace.cu"),
-        entry_points: &["trace_ablate_f32", "trace_reduce"],
+        entry_points: &[
+            "trace_ablate_f32",
+            "trace_reduce",
+            "trace_gather_rows_f32",
+            "trace_code_sums",
+        ],
     },
     Kernel {
         name: "sae_topk",

@@ -26,7 +26,20 @@
 // reproducible and equal the CPU's Welford for equal x. State layout: [copies, F] for the edge sums and
 // [copies, P, F] for the null, so that neighbouring threads (neighbouring g) touch neighbouring words.
 // Bound: memory (reads 8 B per (k, c, g); the null costs 16 B of read-modify-write per permutation per
-// non-zero observation only).
+// non-zero observation only). With `slots` (not null), input copy k updates the state of edge slot
+// slots[k] instead of k: the resident tracer reduces the few source features ablated in one cell into
+// the statistics of every traced feature; a launch's slots are distinct, so no two threads share an
+// edge.
+//
+// trace_gather_rows_f32: out[i, :] = src[rows[i], :], the SAE positions of the tail's captures that the
+// target SAEs encode. A copy, exact.
+//
+// trace_code_sums: per segment s (one ablation's clean or ablated rows), the dense sum over its rows
+// of their top-k codes, out[s, g] = Σ_{r in segment s} Σ_j [idx[r, j] = g]·val[r, j], in f32, the rows
+// in order. One block owns one segment: it zeroes the output row, then adds row after row (a row's k
+// indices are distinct, so its k threads write distinct words), with a barrier between rows. No
+// atomics: the sums are the same bits on every run.
+// Bound: memory (writes F floats per segment; reads 8 B per code).
 #include "common.cuh"
 
 extern "C" __global__ void trace_ablate_f32(const float* __restrict__ clean, int tokens, int d,
@@ -91,14 +104,17 @@ extern "C" __global__ void trace_reduce(const float* __restrict__ clean_sum,
                                         double* __restrict__ null_sum,
                                         unsigned int* __restrict__ null_positive,
                                         unsigned int* __restrict__ null_negative,
-                                        unsigned int* __restrict__ cells_active) {
+                                        unsigned int* __restrict__ cells_active,
+                                        const unsigned int* __restrict__ slots) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
     const int k = blockIdx.y;
     if (k >= copies || g >= n_targets) {
         return;
     }
+    // The state slot of input copy k (the host checks slots against the state's size).
+    const size_t slot = slots ? (size_t)slots[k] : (size_t)k;
     const size_t F = (size_t)n_targets;
-    const size_t edge = (size_t)k * F + (size_t)g;
+    const size_t edge = slot * F + (size_t)g;
     double mu = mean[edge];
     double ss = m2[edge];
     unsigned int pos = positive[edge];
@@ -133,7 +149,7 @@ extern "C" __global__ void trace_reduce(const float* __restrict__ clean_sum,
                 const bool plus =
                     (splitmix64(h ^ ((unsigned long long)p * 0x9E3779B97F4A7C15ull)) >> 63) == 0ull;
                 const double sx = plus ? x : -x;
-                const size_t at = ((size_t)k * (size_t)permutations + (size_t)p) * F + (size_t)g;
+                const size_t at = (slot * (size_t)permutations + (size_t)p) * F + (size_t)g;
                 null_sum[at] = __dadd_rn(null_sum[at], sx);
                 if (sx > 0.0) {
                     null_positive[at] += 1u;
@@ -148,6 +164,51 @@ extern "C" __global__ void trace_reduce(const float* __restrict__ clean_sum,
     positive[edge] = pos;
     negative[edge] = neg;
     if (g == 0) {
-        cells_active[k] += active;
+        cells_active[slot] += active;
+    }
+}
+
+extern "C" __global__ void trace_gather_rows_f32(const float* __restrict__ src, int src_rows, int d,
+                                                 const unsigned int* __restrict__ rows, int n,
+                                                 float* __restrict__ out) {
+    const int i = blockIdx.x;
+    if (i >= n) {
+        return;
+    }
+    const unsigned int r = rows[i];
+    float* dst = out + (size_t)i * (size_t)d;
+    if (r >= (unsigned int)src_rows) {
+        return;  // the host validates rows; never read outside src
+    }
+    const float* from = src + (size_t)r * (size_t)d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        dst[c] = from[c];
+    }
+}
+
+extern "C" __global__ void trace_code_sums(const unsigned int* __restrict__ idx,
+                                           const float* __restrict__ val, int k,
+                                           const unsigned int* __restrict__ starts, int segments,
+                                           int n_targets, float* __restrict__ out) {
+    const int s = blockIdx.x;
+    if (s >= segments) {
+        return;  // uniform per block: no lane of a live block leaves before a barrier
+    }
+    float* row_out = out + (size_t)s * (size_t)n_targets;
+    for (int g = threadIdx.x; g < n_targets; g += blockDim.x) {
+        row_out[g] = 0.0f;
+    }
+    __syncthreads();
+    const unsigned int end = starts[s + 1];
+    for (unsigned int r = starts[s]; r < end; ++r) {
+        for (int j = threadIdx.x; j < k; j += blockDim.x) {
+            const size_t at = (size_t)r * (size_t)k + (size_t)j;
+            const unsigned int g = idx[at];
+            if (g < (unsigned int)n_targets) {
+                row_out[g] = __fadd_rn(row_out[g], val[at]);
+            }
+        }
+        // The next row may name a latent this row's thread j' < j wrote: finish the row first.
+        __syncthreads();
     }
 }

@@ -304,4 +304,14 @@ impl ModelOnCells {
             forward,
         })
     }
+    /// The model, its backend and the cells, as the engine's pipelines read them.
+    pub fn view(&self) -> scinterp_engine::ModelAndCells<'_> {
+        scinterp_engine::ModelAndCells {
+            encoder: self.model.encoder.as_ref(),
+            forward: self.forward.as_ref(),
+            tokens: &self.cells.tokens,
+            values: self.cells.values.as_deref(),
+            special_ids: &self.special_ids,
+        }
+    }
 }

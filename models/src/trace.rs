@@ -40,11 +40,7 @@ pub fn run(
 ) -> Result<TraceOutcome, TraceRunError> {
     let loaded = ModelOnCells::open(files.model, files.input, false, backend, precision)?;
     let inputs = TraceInputs {
-        encoder: loaded.model.encoder.as_ref(),
-        forward: loaded.forward.as_ref(),
-        tokens: &loaded.cells.tokens,
-        values: loaded.cells.values.as_deref(),
-        special_ids: loaded.special_ids.clone(),
+        cells: loaded.view(),
         saes: files.saes,
         model_path: absolute(files.model),
         input_path: absolute(files.input),

@@ -62,15 +62,15 @@ struct DeviceBlock {
 }
 
 /// Which GEMM implementation runs.
-enum Gemm {
+pub(super) enum Gemm {
     CublasLt(CublasLt),
     InHouse,
 }
 
 /// One encoder's blocks resident on a GPU, ready to run batches. Runs are serialised on one stream.
 pub struct CudaForward {
-    state: Mutex<DeviceState>,
-    dims: EncoderDims,
+    pub(super) state: Mutex<DeviceState>,
+    pub(super) dims: EncoderDims,
     precision: GpuPrecision,
     /// Where the GEMMs run, for the user ("cuBLASLt" or "in-house WMMA").
     pub gemm_backend: &'static str,
@@ -82,12 +82,12 @@ struct DeviceEmbedding {
     ln: DeviceLayerNorm,
 }
 
-struct DeviceState {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    kernels: Kernels,
-    gemm: Gemm,
-    precision: GpuPrecision,
+pub(super) struct DeviceState {
+    pub(super) ctx: Arc<CudaContext>,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) kernels: Kernels,
+    pub(super) gemm: Gemm,
+    pub(super) precision: GpuPrecision,
     embedding: Option<DeviceEmbedding>,
     blocks: Vec<DeviceBlock>,
     /// Page-locked host buffers that captures are copied into, kept between runs (allocating
@@ -103,6 +103,9 @@ struct PendingCaptures {
     buffers: Vec<PinnedHostSlice<f32>>,
     /// (hook, shape, index into `buffers`), in capture order.
     pending: Vec<(HookPoint, (usize, usize), usize)>,
+    /// Set for the resident tracer's tail: captures stay on the device (a device-to-device copy, since
+    /// the captured tensor runs on into the next block) and nothing goes to the host.
+    on_device: Option<Vec<(HookPoint, CudaSlice<f32>)>>,
 }
 
 impl Drop for PendingCaptures {
@@ -120,6 +123,7 @@ impl PendingCaptures {
             stream: stream.clone(),
             buffers,
             pending: Vec::new(),
+            on_device: None,
         }
     }
 
@@ -137,6 +141,10 @@ impl PendingCaptures {
                 "{hook}: {} values on the device, {n} expected",
                 x.len()
             )));
+        }
+        if let Some(kept) = &mut self.on_device {
+            kept.push((hook, self.stream.clone_dtod(x).map_err(driver_error)?));
+            return Ok(());
         }
         let used = self.pending.len();
         let slot = match (used..self.buffers.len()).find(|&i| self.buffers[i].len() >= n) {
@@ -337,7 +345,7 @@ impl Act<'_> {
 impl DeviceState {
     /// A device buffer of `n` values for a kernel or GEMM to write whole: left uninitialised, since a
     /// memset of every intermediate costs a pass over memory for nothing.
-    fn output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, EngineError> {
+    pub(super) fn output<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, EngineError> {
         // SAFETY: every caller hands the buffer, before any read, to a kernel or GEMM that writes all
         // `n` values (GEMMs with β = 0, attention, add + LayerNorm, conversion, the embedding gather);
         // the GPU tests compare every such output with the CPU.
@@ -538,6 +546,29 @@ impl DeviceState {
     }
 }
 
+impl DeviceState {
+    /// The resident tracer's tail: blocks `first_layer..` on `x` (`[batch tokens, d]`, on the device),
+    /// returning the captures of `plan` on the device; nothing is copied to the host.
+    pub(super) fn tail_on_device(
+        &self,
+        first_layer: usize,
+        mut x: CudaSlice<f32>,
+        batch: &PackedBatch,
+        plan: &HookPlan,
+    ) -> Result<Vec<(HookPoint, CudaSlice<f32>)>, EngineError> {
+        let cells = self
+            .kernels
+            .attention_batch(&self.stream, batch.offsets())
+            .map_err(gpu_error)?;
+        let mut pending = PendingCaptures::new(&self.stream, Vec::new());
+        pending.on_device = Some(Vec::new());
+        for layer in first_layer..self.blocks.len() {
+            x = self.run_block(&self.blocks[layer], layer, x, &cells, plan, &mut pending)?;
+        }
+        Ok(pending.on_device.take().unwrap_or_default())
+    }
+}
+
 /// The engine's edits of one hook as the kernel's edit list (same order, same arithmetic).
 fn edit_list(edits: &[Edit], (tokens, d): (usize, usize)) -> Result<EditList, EditListError> {
     let mut list = EditList::new(tokens, d)?;
@@ -690,6 +721,10 @@ impl Forward for CudaForward {
 
     fn name(&self) -> String {
         format!("cuda ({:?}, GEMMs: {})", self.precision, self.gemm_backend)
+    }
+
+    fn as_cuda(&self) -> Option<&CudaForward> {
+        Some(self)
     }
 }
 

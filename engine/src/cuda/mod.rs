@@ -1,11 +1,12 @@
-//! The CUDA backend: the forward pass ([`CudaForward`]) and TopK SAE training ([`GpuSaeStepper`]) on a
-//! GPU, built from the kernels of `scinterp-kernels` and checked against the CPU path by the GPU tests
+//! The CUDA backend: the forward pass ([`CudaForward`]), the resident tracer (`CudaForward`'s
+//! `trace_resident`, used by `trace::trace_cells`) and TopK SAE training ([`GpuSaeStepper`]) on a GPU, built from the kernels of `scinterp-kernels` and checked against the CPU path by the GPU tests
 //! (`tests/cuda_forward.rs`, `engine/tests/cuda_*.rs`). Construct them only after
 //! [`scinterp_kernels::cuda_available`] returned `Ok` (or `--device` resolved to CUDA): cudarc panics
 //! where the driver is missing.
 
 mod forward;
 mod sae;
+mod trace;
 
 pub use forward::CudaForward;
 pub use sae::{GpuSaeEncoder, GpuSaeError, GpuSaeStepper};

@@ -508,22 +508,86 @@ impl Stepper for GpuSaeStepper {
     }
 }
 
-/// `TopKSae::encode` on GPU 0, with the SAE's weights uploaded once: centring, the encoder GEMM (exact f32
-/// or bf16 operands, f32 accumulation) and the top-k kernel. Codes equal the CPU's up to GEMM rounding (top-k
-/// sets differ only where two pre-activations are within it of each other).
-pub struct GpuSaeEncoder {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    kernels: Kernels,
-    lt: CublasLt,
-    d_in: usize,
-    d_sae: usize,
-    k: usize,
+/// A TopK SAE's encoder on the device: centring, the encoder GEMM (exact f32 or bf16 operands, f32
+/// accumulation) and the top-k kernel, from a device input to device codes. Used by [`GpuSaeEncoder`]
+/// and by the resident tracer (`cuda::trace`), which encodes the tail's captures where they are.
+pub(super) struct DeviceSaeEncoder {
+    pub(super) d_in: usize,
+    pub(super) d_sae: usize,
+    pub(super) k: usize,
     b_dec: CudaSlice<f32>,
     b_enc: CudaSlice<f32>,
     /// `W_enc` in f32 (exact mode) or its bf16 copy.
     w_enc: Option<CudaSlice<f32>>,
     w_enc16: Option<CudaSlice<bf16>>,
+}
+
+impl DeviceSaeEncoder {
+    pub(super) fn upload(
+        stream: &Arc<CudaStream>,
+        kernels: &Kernels,
+        sae: &TopKSae,
+        precision: GpuPrecision,
+    ) -> Result<Self, GpuError> {
+        let w = stream.clone_htod(&sae.w_enc)?;
+        let (w_enc, w_enc16) = match precision {
+            GpuPrecision::F32 => (Some(w), None),
+            GpuPrecision::Bf16 => {
+                let mut w16 = stream.alloc_zeros::<bf16>(w.len())?;
+                kernels.f32_to_bf16(stream, &w, &mut w16)?;
+                (None, Some(w16))
+            }
+        };
+        Ok(DeviceSaeEncoder {
+            d_in: sae.d_in,
+            d_sae: sae.d_sae,
+            k: sae.k,
+            b_dec: stream.clone_htod(&sae.b_dec)?,
+            b_enc: stream.clone_htod(&sae.b_enc)?,
+            w_enc,
+            w_enc16,
+        })
+    }
+
+    /// The k active latents (indices, values; `[rows, k]`) of each row of `x` (`[rows, d_in]`, on the
+    /// device).
+    pub(super) fn encode(
+        &self,
+        (stream, kernels, lt): (&Arc<CudaStream>, &Kernels, &CublasLt),
+        x: &CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(CudaSlice<u32>, CudaSlice<f32>), GpuError> {
+        let (d, f, s) = (self.d_in, self.d_sae, stream);
+        let mut xc = s.alloc_zeros::<f32>(rows * d)?;
+        kernels.sub_row_vector(s, x, &self.b_dec, &mut xc, rows)?;
+        let mut pre = s.alloc_zeros::<f32>(rows * f)?;
+        let gemm = LinearShape { m: rows, n: f, k: d };
+        match (&self.w_enc, &self.w_enc16) {
+            (Some(w), _) => lt.linear(&xc, w, Some(&self.b_enc), &mut pre, gemm, Epilogue::Bias)?,
+            (None, Some(w16)) => {
+                let mut xc16 = s.alloc_zeros::<bf16>(rows * d)?;
+                kernels.f32_to_bf16(s, &xc, &mut xc16)?;
+                lt.linear(&xc16, w16, Some(&self.b_enc), &mut pre, gemm, Epilogue::Bias)?;
+            }
+            (None, None) => unreachable!("one encoder copy is always uploaded"),
+        }
+        drop(xc);
+        let mut idx = s.alloc_zeros::<u32>(rows * self.k)?;
+        let mut val = s.alloc_zeros::<f32>(rows * self.k)?;
+        kernels.sae_topk(s, &pre, None, &mut idx, &mut val, (rows, f), self.k)?;
+        Ok((idx, val))
+    }
+}
+
+/// `TopKSae::encode` on GPU 0, with the SAE's weights uploaded once ([`DeviceSaeEncoder`]). Codes equal
+/// the CPU's up to GEMM rounding (top-k sets differ only where two pre-activations are within it of each
+/// other).
+pub struct GpuSaeEncoder {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    lt: CublasLt,
+    sae: DeviceSaeEncoder,
 }
 
 impl GpuSaeEncoder {
@@ -534,65 +598,33 @@ impl GpuSaeEncoder {
         let stream = ctx.default_stream();
         let kernels = Kernels::load(&ctx)?;
         let lt = CublasLt::new(&stream)?;
-        let w = stream.clone_htod(&sae.w_enc)?;
-        let (w_enc, w_enc16) = match precision {
-            GpuPrecision::F32 => (Some(w), None),
-            GpuPrecision::Bf16 => {
-                let mut w16 = stream.alloc_zeros::<bf16>(w.len())?;
-                kernels.f32_to_bf16(&stream, &w, &mut w16)?;
-                (None, Some(w16))
-            }
-        };
+        let sae = DeviceSaeEncoder::upload(&stream, &kernels, sae, precision)?;
         Ok(GpuSaeEncoder {
-            b_dec: stream.clone_htod(&sae.b_dec)?,
-            b_enc: stream.clone_htod(&sae.b_enc)?,
             ctx,
             stream,
             kernels,
             lt,
-            d_in: sae.d_in,
-            d_sae: sae.d_sae,
-            k: sae.k,
-            w_enc,
-            w_enc16,
+            sae,
         })
     }
 
     /// The k active latents of each row of `x` (`[rows, d_in]`).
     pub fn encode(&self, x: &[f32]) -> Result<SparseCodes, GpuSaeError> {
-        let (d, f) = (self.d_in, self.d_sae);
+        let d = self.sae.d_in;
         if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(GpuSaeError::Rows { got: x.len(), d });
         }
         let rows = x.len() / d;
-        let (s, kn) = (&self.stream, &self.kernels);
+        let s = &self.stream;
         let run = || -> Result<SparseCodes, GpuError> {
             let dx = s.clone_htod(x)?;
-            let mut xc = s.alloc_zeros::<f32>(rows * d)?;
-            kn.sub_row_vector(s, &dx, &self.b_dec, &mut xc, rows)?;
-            let mut pre = s.alloc_zeros::<f32>(rows * f)?;
-            let gemm = LinearShape { m: rows, n: f, k: d };
-            match (&self.w_enc, &self.w_enc16) {
-                (Some(w), _) => self
-                    .lt
-                    .linear(&xc, w, Some(&self.b_enc), &mut pre, gemm, Epilogue::Bias)?,
-                (None, Some(w16)) => {
-                    let mut xc16 = s.alloc_zeros::<bf16>(rows * d)?;
-                    kn.f32_to_bf16(s, &xc, &mut xc16)?;
-                    self.lt
-                        .linear(&xc16, w16, Some(&self.b_enc), &mut pre, gemm, Epilogue::Bias)?;
-                }
-                (None, None) => unreachable!("one encoder copy is always uploaded"),
-            }
-            let mut idx = s.alloc_zeros::<u32>(rows * self.k)?;
-            let mut val = s.alloc_zeros::<f32>(rows * self.k)?;
-            kn.sae_topk(s, &pre, None, &mut idx, &mut val, (rows, f), self.k)?;
+            let (idx, val) = self.sae.encode((s, &self.kernels, &self.lt), &dx, rows)?;
             let codes = SparseCodes {
-                k: self.k,
+                k: self.sae.k,
                 indices: s.clone_dtoh(&idx)?,
                 values: s.clone_dtoh(&val)?,
             };
-            drop((dx, xc, pre, idx, val));
+            drop((dx, idx, val));
             take_recorded_error(&self.ctx)?;
             Ok(codes)
         };

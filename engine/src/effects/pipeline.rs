@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{edit_count, output_effects_with_progress, EffectObservation, EffectsSetup, PanelReadout};
-use crate::encoder::Encoder;
 use crate::error::EngineError;
-use crate::executor::Forward;
+use crate::executor::ModelAndCells;
 use crate::formats::effects::{ControlRecord, EffectsSummary, PseudotimeRecord};
 use crate::formats::{atomic_write, to_json_pretty, Column, FileError, Table, TableError};
 use crate::hooks::HookPoint;
@@ -83,14 +82,9 @@ pub struct PseudotimeReadout {
 
 /// The model and cells an effects run reads (loaded by the caller).
 pub struct EffectsInputs<'a> {
-    /// An encoder with its MLM head.
-    pub encoder: &'a dyn Encoder,
-    /// What runs its blocks (the CPU or a GPU); the MLM head's readouts stay on the CPU.
-    pub forward: &'a dyn Forward,
-    pub tokens: &'a [Vec<u32>],
-    /// scGPT's values: refused (scGPT has no MLM logits).
-    pub values: Option<&'a [Vec<f32>]>,
-    pub special_ids: Vec<u32>,
+    /// An encoder with its MLM head (the head's readouts stay on the CPU); scGPT's values are refused
+    /// (scGPT has no MLM logits).
+    pub cells: ModelAndCells<'a>,
     /// Folder of SAE folders, one per hook.
     pub saes: &'a Path,
     /// The token store (for messages).
@@ -152,11 +146,11 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EffectsSummary> {
     let started = Instant::now();
-    if inputs.values.is_some() {
+    if inputs.cells.values.is_some() {
         return Err(EffectsError::NoLogits(inputs.input.to_path_buf()));
     }
     crate::formats::check_file_output(&config.out, config.overwrite, "an effects table")?;
-    let dims = inputs.encoder.dims();
+    let dims = inputs.cells.encoder.dims();
     // Refused before any work: each would give NaN rows or a readout that silently measures less.
     if config.alphas.is_empty() {
         return Err(EffectsError::Flag(
@@ -194,8 +188,8 @@ pub fn run(
     }
     let n_cells = config
         .cells
-        .unwrap_or(inputs.tokens.len())
-        .min(inputs.tokens.len());
+        .unwrap_or(inputs.cells.tokens.len())
+        .min(inputs.cells.tokens.len());
     let source_layer = match HookPoint::parse(&config.source)? {
         HookPoint::ResidPost(l) if l + 1 < dims.n_layers => l,
         _ => return Err(EffectsError::Source(config.source.clone())),
@@ -248,7 +242,7 @@ pub fn run(
         direction,
         control_seed: config.control_seed,
         panel_readout: config.pseudotime.as_ref().map(|p| p.readout.clone()),
-        special_ids: inputs.special_ids.clone(),
+        special_ids: inputs.cells.special_ids.to_vec(),
         max_batch_tokens: config.max_batch_tokens.max(1),
     };
     // Chunks of cells bound the clean states kept. Progress counts edits (cell × feature × α ×
@@ -260,11 +254,11 @@ pub fn run(
     for start in (0..n_cells).step_by(64) {
         let end = (start + 64).min(n_cells);
         let chunk = output_effects_with_progress(
-            inputs.encoder,
-            inputs.forward,
+            inputs.cells.encoder,
+            inputs.cells.forward,
             &setup,
             &features,
-            &inputs.tokens[start..end],
+            &inputs.cells.tokens[start..end],
             &mut |n| {
                 done += n as usize;
                 progress(done, total);

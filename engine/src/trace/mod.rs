@@ -15,6 +15,7 @@
 
 pub mod edges;
 pub mod pipeline;
+pub(crate) mod resident;
 pub mod state;
 
 use std::collections::HashMap;
@@ -348,24 +349,36 @@ impl TraceAccumulator {
 }
 
 /// A cell's clean run, kept for all its ablations.
-struct CleanCell {
-    tokens: Vec<u32>,
-    values: Option<Vec<f32>>,
+pub(crate) struct CleanCell {
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) values: Option<Vec<f32>>,
     /// `blocks.L.hook_resid_post`, `[len, d]`.
-    source_state: Matrix,
+    pub(crate) source_state: Matrix,
     /// Positions the SAEs read, and their source codes (one row per such position).
-    sae_positions: Vec<usize>,
-    source_codes: SparseCodes,
+    pub(crate) sae_positions: Vec<usize>,
+    pub(crate) source_codes: SparseCodes,
     /// Per target: the clean state at `sae_positions`, `[positions, d]` row-major.
-    target_states: Vec<Vec<f32>>,
+    pub(crate) target_states: Vec<Vec<f32>>,
+}
+
+impl CleanCell {
+    /// A packed batch of `n` copies of the cell (the resident tracer's clean and ablated copies).
+    pub(crate) fn copies(&self, n: usize) -> Result<PackedBatch, EngineError> {
+        let cells = vec![self.tokens.as_slice(); n];
+        let batch = PackedBatch::from_cells(&cells)?;
+        match &self.values {
+            Some(v) => batch.with_values(v.repeat(n)),
+            None => Ok(batch),
+        }
+    }
 }
 
 /// One pending ablation: cell index in the chunk, feature, and the positions with their activations.
-struct Ablation {
-    cell: usize,
-    feature: u32,
+pub(crate) struct Ablation {
+    pub(crate) cell: usize,
+    pub(crate) feature: u32,
     /// (index into `sae_positions`, a_f) of the positions where the feature fires.
-    active: Vec<(usize, f32)>,
+    pub(crate) active: Vec<(usize, f32)>,
 }
 
 /// Traces `features` over a chunk of cells (`tokens`, optional scGPT `values`) and adds the effects to
@@ -397,29 +410,11 @@ pub fn trace_cells(
     }
     let clean = clean_runs(encoder, forward, setup, tokens, values)?;
 
-    // Which (feature, cell) pairs to ablate: only where the feature fires.
-    let wanted: HashMap<u32, ()> = features.iter().map(|&f| (f, ())).collect();
-    let mut ablations = Vec::new();
-    for (c, cell) in clean.iter().enumerate() {
-        let mut by_feature: HashMap<u32, Vec<(usize, f32)>> = HashMap::new();
-        for p in 0..cell.sae_positions.len() {
-            let (idx, val) = cell.source_codes.row(p);
-            for (&f, &v) in idx.iter().zip(val) {
-                if v > 0.0 && wanted.contains_key(&f) {
-                    by_feature.entry(f).or_default().push((p, v));
-                }
-            }
-        }
-        let mut feats: Vec<u32> = by_feature.keys().copied().collect();
-        feats.sort_unstable();
-        for f in feats {
-            *acc.cells_active.entry(f).or_default() += 1;
-            ablations.push(Ablation {
-                cell: c,
-                feature: f,
-                active: by_feature.remove(&f).unwrap_or_default(),
-            });
-        }
+    let ablations = ablations_of(&clean, features, acc);
+
+    // On a GPU with cuBLASLt everything from here to the statistics stays on the device.
+    if let Some(gpu) = forward.as_cuda().filter(|g| g.traces_resident()) {
+        return gpu.trace_resident(encoder, setup, (&clean, &ablations), acc, progress);
     }
 
     // Pack ablations into tail passes under the token budget.
@@ -519,6 +514,39 @@ pub fn trace_cells(
     Ok(())
 }
 
+/// The (feature, cell) pairs to ablate, where the feature fires, ordered by cell then feature; counts
+/// each in `acc.cells_active`.
+pub(crate) fn ablations_of(
+    clean: &[CleanCell],
+    features: &[u32],
+    acc: &mut TraceAccumulator,
+) -> Vec<Ablation> {
+    let wanted: HashMap<u32, ()> = features.iter().map(|&f| (f, ())).collect();
+    let mut ablations = Vec::new();
+    for (c, cell) in clean.iter().enumerate() {
+        let mut by_feature: HashMap<u32, Vec<(usize, f32)>> = HashMap::new();
+        for p in 0..cell.sae_positions.len() {
+            let (idx, val) = cell.source_codes.row(p);
+            for (&f, &v) in idx.iter().zip(val) {
+                if v > 0.0 && wanted.contains_key(&f) {
+                    by_feature.entry(f).or_default().push((p, v));
+                }
+            }
+        }
+        let mut feats: Vec<u32> = by_feature.keys().copied().collect();
+        feats.sort_unstable();
+        for f in feats {
+            *acc.cells_active.entry(f).or_default() += 1;
+            ablations.push(Ablation {
+                cell: c,
+                feature: f,
+                active: by_feature.remove(&f).unwrap_or_default(),
+            });
+        }
+    }
+    ablations
+}
+
 /// For every source latent, the number of cells in which it fires (at any SAE position): the basis
 /// of `--features top:N`.
 pub fn source_cell_counts(
@@ -556,7 +584,7 @@ pub fn source_cell_counts(
 }
 
 /// Clean runs of every cell: the source state, and the source and target codes at the SAE positions.
-fn clean_runs(
+pub(crate) fn clean_runs(
     encoder: &dyn Encoder,
     forward: &dyn Forward,
     setup: &TraceSetup,
@@ -694,6 +722,18 @@ mod tests {
     use crate::hooks::Edit;
     use crate::test_model::tiny_encoder;
 
+    /// `n` cells: token 0 (special), then `len + step·c` tokens drawn from 1..50.
+    pub(crate) fn random_cells(seed: u64, n: usize, (len, step): (usize, usize)) -> Vec<Vec<u32>> {
+        let mut rng = crate::rng::Rng::new(seed, 0);
+        (0..n)
+            .map(|c| {
+                let mut cell = vec![0u32];
+                cell.extend((0..len + step * c).map(|_| 1 + rng.below(49) as u32));
+                cell
+            })
+            .collect()
+    }
+
     /// The batched tail-replay tracer equals a hooked full forward per (feature, cell).
     #[test]
     fn batched_tail_replay_equals_the_naive_loop() {
@@ -709,14 +749,7 @@ mod tests {
             max_batch_tokens: 40,
             null: SignFlipNull::default(),
         };
-        let mut rng = crate::rng::Rng::new(4, 0);
-        let cells: Vec<Vec<u32>> = (0..5)
-            .map(|c| {
-                let mut cell = vec![0u32];
-                cell.extend((0..6 + 3 * c).map(|_| 1 + rng.below(49) as u32));
-                cell
-            })
-            .collect();
+        let cells = random_cells(4, 5, (6, 3));
         let features: Vec<u32> = (0..48).collect();
         let mut acc = TraceAccumulator::default();
         trace_cells(

@@ -8,8 +8,7 @@ use std::time::Instant;
 use super::edges::{shard_summary, write_table, EdgeFilters};
 use super::state::{read_state, typed, write_state, CHECKPOINT_MAGIC, SHARD_MAGIC};
 use super::{source_cell_counts, trace_cells, SignFlipNull, TraceAccumulator, TraceError, TraceSetup};
-use crate::encoder::Encoder;
-use crate::executor::Forward;
+use crate::executor::ModelAndCells;
 use crate::formats::absolute;
 use crate::formats::trace::{RunSettings, ShardHeader, TracePlan, TraceSettings, TraceSummary};
 use crate::hooks::HookPoint;
@@ -67,13 +66,7 @@ impl TraceConfig {
 
 /// The model, cells and SAEs a trace runs on (loaded by the caller).
 pub struct TraceInputs<'a> {
-    pub encoder: &'a dyn Encoder,
-    pub forward: &'a dyn Forward,
-    /// Token ids of each cell, and scGPT's values.
-    pub tokens: &'a [Vec<u32>],
-    pub values: Option<&'a [Vec<f32>]>,
-    /// Token ids whose positions the SAEs never read.
-    pub special_ids: Vec<u32>,
+    pub cells: ModelAndCells<'a>,
     /// Folder of SAE folders, one per hook.
     pub saes: &'a Path,
     /// Where the model and the cells came from (recorded in the settings; absolute paths).
@@ -194,12 +187,12 @@ pub fn run(
         "a trace table"
     };
     crate::formats::check_file_output(&config.out, config.overwrite, what)?;
-    let (encoder, forward) = (inputs.encoder, inputs.forward);
+    let (encoder, forward) = (inputs.cells.encoder, inputs.cells.forward);
     let dims = encoder.dims();
     let n_cells = config
         .cells
-        .unwrap_or(inputs.tokens.len())
-        .min(inputs.tokens.len());
+        .unwrap_or(inputs.cells.tokens.len())
+        .min(inputs.cells.tokens.len());
     let source = &config.source;
     let source_layer = resid_post_layer(source)?;
     let source_sae = find_sae(inputs.saes, source)?;
@@ -240,7 +233,7 @@ pub fn run(
         source_layer,
         source_sae: &source_sae.sae,
         targets: targets.iter().map(|(h, s)| (*h, &s.sae)).collect(),
-        special_ids: inputs.special_ids.clone(),
+        special_ids: inputs.cells.special_ids.to_vec(),
         max_batch_tokens: config.max_batch_tokens.max(1),
         null: SignFlipNull {
             permutations: config.null_permutations,
@@ -248,8 +241,8 @@ pub fn run(
         },
     };
     let d_sae = source_sae.sae.d_sae as u32;
-    let tokens = &inputs.tokens[..n_cells];
-    let values = inputs.values.map(|v| &v[..n_cells]);
+    let tokens = &inputs.cells.tokens[..n_cells];
+    let values = inputs.cells.values.map(|v| &v[..n_cells]);
     let mut features = match config.features.trim().strip_prefix("top:") {
         Some(n) => {
             let n: usize = n.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {

@@ -16,8 +16,8 @@ mod trace;
 
 pub use hook_edits::{DeviceEditList, EditList, EditListError, EditOp, EditRecord};
 pub use trace::{
-    sign_flip_hash, sign_flip_is_positive, AblationList, DeviceAblationList, EdgeStatsHost, TraceStats,
-    TraceStatsHost,
+    sign_flip_hash, sign_flip_is_positive, AblationList, CodeSegments, DeviceAblationList, EdgeStatsHost,
+    ReduceSlots, TraceStats, TraceStatsHost,
 };
 pub mod sae;
 pub mod sae_optim;

@@ -8,7 +8,11 @@
 //! * [`TraceStats`] + [`Kernels::trace_reduce`]: per (source slot, target latent) Welford statistics
 //!   of the per-cell changes, the sign counts and the sign-flip null sums, kept on the device across
 //!   launches; [`TraceStats::download`] returns only the final statistics. [`TraceStatsHost::accumulate`]
-//!   is the same computation on the CPU, operation for operation, in the same order.
+//!   is the same computation on the CPU, operation for operation, in the same order. With
+//!   [`ReduceSlots`], a launch's input copies update chosen slots (the features ablated in one cell).
+//! * [`Kernels::trace_gather_rows`]: the rows of the tail's captures that the target SAEs encode.
+//! * [`CodeSegments`] + [`Kernels::trace_code_sums`]: per ablation, the dense sum of the top-k codes over
+//!   its rows ([`CodeSegments::sums_host`] is the CPU reference, same order).
 //!
 //! Numerics of the reduction: one thread owns one edge and pushes the cells in order with Welford's
 //! update in f64 (as `RunningStats::push`), so no cancellation-prone Σx²−n·x̄² is formed and there are no
@@ -266,6 +270,8 @@ impl TraceStatsHost {
 
     /// What `trace_reduce` does, on the CPU, in the same order with the same operations: for every
     /// edge, the cells in order. Inputs as in [`Kernels::trace_reduce`] (host slices).
+    /// `slots`: input copy k updates slot `slots[k]` (checked as [`TraceStats::slots`] does); `None`:
+    /// slot k.
     pub fn accumulate(
         &mut self,
         clean_sum: &[f32],
@@ -273,9 +279,18 @@ impl TraceStatsHost {
         n_active: &[u32],
         sign_hash: &[u64],
         cells: usize,
+        slots: Option<&[u32]>,
     ) -> Result<(), GpuError> {
+        let identity: Vec<u32> = (0..self.copies() as u32).collect();
+        let slots = match slots {
+            Some(s) => {
+                check_slots(s, self.copies())?;
+                s
+            }
+            None => &identity,
+        };
         check_reduce_lens(
-            (self.copies(), cells, self.n_targets, self.permutations),
+            (slots.len(), cells, self.n_targets, self.permutations),
             (
                 clean_sum.len(),
                 ablated_sum.len(),
@@ -284,9 +299,10 @@ impl TraceStatsHost {
             ),
         )?;
         let f = self.n_targets;
-        for k in 0..self.copies() {
+        for (k, &slot) in slots.iter().enumerate() {
+            let slot = slot as usize;
             for g in 0..f {
-                let edge = k * f + g;
+                let edge = slot * f + g;
                 for c in 0..cells {
                     let kc = k * cells + c;
                     let n = n_active[kc];
@@ -313,7 +329,7 @@ impl TraceStatsHost {
                         } else {
                             -x
                         };
-                        let at = (k * self.permutations + p) * f + g;
+                        let at = (slot * self.permutations + p) * f + g;
                         self.null_sum[at] += sx;
                         if sx > 0.0 {
                             self.null_positive[at] += 1;
@@ -323,7 +339,7 @@ impl TraceStatsHost {
                     }
                 }
             }
-            self.cells_active[k] += (0..cells).filter(|&c| n_active[k * cells + c] > 0).count() as u32;
+            self.cells_active[slot] += (0..cells).filter(|&c| n_active[k * cells + c] > 0).count() as u32;
         }
         Ok(())
     }
@@ -351,6 +367,42 @@ fn check_reduce_lens(
         return Err(bad(format!("{cells} cells exceed i32")));
     }
     Ok(())
+}
+
+/// Slots of one reduction: distinct, each below `copies` (the state's slot count).
+fn check_slots(slots: &[u32], copies: usize) -> Result<(), GpuError> {
+    let bad = bad("trace_reduce");
+    let mut seen = vec![false; copies];
+    for &s in slots {
+        match seen.get_mut(s as usize) {
+            None => return Err(bad(format!("slot {s} is outside the {copies} slots"))),
+            Some(true) => return Err(bad(format!("slot {s} given twice in one launch"))),
+            Some(x) => *x = true,
+        }
+    }
+    if slots.is_empty() || slots.len() > 65_535 {
+        return Err(bad(format!("{} input copies (1–65,535)", slots.len())));
+    }
+    Ok(())
+}
+
+/// Which state slot each input copy of a [`Kernels::trace_reduce`] launch updates: checked (distinct,
+/// within the state) and on the device. Only [`TraceStats::slots`] builds one.
+pub struct ReduceSlots {
+    slots: CudaSlice<u32>,
+    len: usize,
+    state_copies: usize,
+}
+
+impl ReduceSlots {
+    /// Input copies of the launch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The edge statistics of [`TraceStatsHost`], resident on the device and accumulated there by
@@ -407,6 +459,17 @@ impl TraceStats {
 
     pub fn copies(&self) -> usize {
         self.features.len()
+    }
+
+    /// Checks and uploads `slots` for [`Kernels::trace_reduce`]: input copy k of the launch updates
+    /// slot `slots[k]`; the slots are distinct and below [`TraceStats::copies`].
+    pub fn slots(&self, stream: &Arc<CudaStream>, slots: &[u32]) -> Result<ReduceSlots, GpuError> {
+        check_slots(slots, self.copies())?;
+        Ok(ReduceSlots {
+            slots: stream.clone_htod(slots)?,
+            len: slots.len(),
+            state_copies: self.copies(),
+        })
     }
 
     /// The final statistics, copied to the host.
@@ -501,7 +564,8 @@ impl Kernels {
     /// active positions of the clean and the ablated target codes (0 where a latent is not in the
     /// top k); `n_active` `[copies, cells]`, the number of those positions (0: the source did not fire
     /// in the cell, nothing is counted); `sign_hash` `[copies, cells]`, [`sign_flip_hash`] of (source
-    /// feature, cell tokens) (read only with permutations).
+    /// feature, cell tokens) (read only with permutations). `copies` is the state's slot count, or with
+    /// `slots` the launch's input copies, copy k updating slot `slots[k]`.
     #[allow(clippy::too_many_arguments)]
     pub fn trace_reduce(
         &self,
@@ -512,9 +576,20 @@ impl Kernels {
         n_active: &CudaSlice<u32>,
         sign_hash: &CudaSlice<u64>,
         cells: usize,
+        slots: Option<&ReduceSlots>,
     ) -> Result<(), GpuError> {
+        if let Some(s) = slots {
+            if s.state_copies != stats.copies() {
+                return Err(bad("trace_reduce")(format!(
+                    "slots were checked against {} slots, the statistics have {}",
+                    s.state_copies,
+                    stats.copies()
+                )));
+            }
+        }
+        let copies = slots.map_or(stats.copies(), ReduceSlots::len);
         check_reduce_lens(
-            (stats.copies(), cells, stats.n_targets, stats.permutations),
+            (copies, cells, stats.n_targets, stats.permutations),
             (
                 clean_sum.len(),
                 ablated_sum.len(),
@@ -526,16 +601,17 @@ impl Kernels {
             return Ok(());
         }
         let (copies_i, cells_i, f_i, p_i) = (
-            stats.copies() as i32,
+            copies as i32,
             cells as i32,
             stats.n_targets as i32,
             stats.permutations as i32,
         );
         let cfg = LaunchConfig {
-            grid_dim: (stats.n_targets.div_ceil(128) as u32, stats.copies() as u32, 1),
+            grid_dim: (stats.n_targets.div_ceil(128) as u32, copies as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
+        let identity = 0u64; // a null pointer: copy k updates slot k
         let mut launch = stream.launch_builder(self.function("trace_reduce")?);
         launch
             .arg(clean_sum)
@@ -554,9 +630,170 @@ impl Kernels {
             .arg(&mut stats.null_positive)
             .arg(&mut stats.null_negative)
             .arg(&mut stats.cells_active);
+        match slots {
+            Some(s) => launch.arg(&s.slots),
+            None => launch.arg(&identity),
+        };
         // SAFETY: argument types and order match the kernel's signature; input lengths checked above,
-        // state sized for (copies, n_targets, permutations) at construction.
+        // state sized for (slots, n_targets, permutations) at construction; slots checked distinct and
+        // within the state when uploaded.
         unsafe { launch.launch(cfg) }?;
         Ok(())
+    }
+
+    /// `out[i, :] = src[rows[i], :]` for `src` `[src_rows, d]` f32; `out` holds at least `rows.len() · d`
+    /// values.
+    pub fn trace_gather_rows(
+        &self,
+        stream: &Arc<CudaStream>,
+        src: &CudaSlice<f32>,
+        (src_rows, d): (usize, usize),
+        rows: &[u32],
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        let bad = bad("trace_gather_rows_f32");
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= src_rows) {
+            return Err(bad(format!("row {r} is outside the source's {src_rows} rows")));
+        }
+        let n = rows.len();
+        let need = src_rows
+            .checked_mul(d)
+            .ok_or_else(|| bad("rows × d overflows".into()))?;
+        super::check_len("src", src.len(), need).map_err(|e| bad(e.to_string()))?;
+        super::check_len("out", out.len(), n.saturating_mul(d)).map_err(|e| bad(e.to_string()))?;
+        if n == 0 || d == 0 {
+            return Ok(());
+        }
+        let (src_rows_i, d_i, n_i) = (
+            i32::try_from(src_rows).map_err(|_| bad(format!("{src_rows} rows exceed i32")))?,
+            i32::try_from(d).map_err(|_| bad(format!("d {d} exceeds i32")))?,
+            i32::try_from(n).map_err(|_| bad(format!("{n} rows exceed i32")))?,
+        );
+        let rows_dev = stream.clone_htod(rows)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: ((d.div_ceil(32).clamp(1, 8) * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(self.function("trace_gather_rows_f32")?);
+        launch
+            .arg(src)
+            .arg(&src_rows_i)
+            .arg(&d_i)
+            .arg(&rows_dev)
+            .arg(&n_i)
+            .arg(out);
+        // SAFETY: argument types and order match the kernel's signature; every row is below src_rows,
+        // `src` holds src_rows · d and `out` n · d values (checked above).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Per segment s of `segments`, the dense f32 sum of the top-k codes (`idx`, `val`, `[rows, k]`)
+    /// of its rows: `out[s, g]`, `[segments, n_targets]`.
+    pub fn trace_code_sums(
+        &self,
+        stream: &Arc<CudaStream>,
+        (idx, val, k): (&CudaSlice<u32>, &CudaSlice<f32>, usize),
+        segments: &CodeSegments,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        let bad = bad("trace_code_sums");
+        let codes = segments.rows() * k;
+        super::check_len("idx", idx.len(), codes).map_err(|e| bad(e.to_string()))?;
+        super::check_len("val", val.len(), codes).map_err(|e| bad(e.to_string()))?;
+        let n = segments.len() * segments.n_targets;
+        super::check_len("out", out.len(), n).map_err(|e| bad(e.to_string()))?;
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let (k_i, s_i, f_i) = (
+            i32::try_from(k).map_err(|_| bad(format!("k {k} exceeds i32")))?,
+            segments.len() as i32,
+            segments.n_targets as i32,
+        );
+        let starts = stream.clone_htod(&segments.starts)?;
+        let cfg = LaunchConfig {
+            grid_dim: (segments.len() as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(self.function("trace_code_sums")?);
+        launch
+            .arg(idx)
+            .arg(val)
+            .arg(&k_i)
+            .arg(&starts)
+            .arg(&s_i)
+            .arg(&f_i)
+            .arg(out);
+        // SAFETY: argument types and order match the kernel's signature; the segments end within the
+        // codes' rows and `out` holds segments · n_targets values (checked above).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
+
+/// Consecutive row ranges of a `[rows, k]` code matrix, one per segment (an ablation's clean or
+/// ablated rows), for [`Kernels::trace_code_sums`] into `n_targets` latents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodeSegments {
+    starts: Vec<u32>,
+    n_targets: usize,
+}
+
+impl CodeSegments {
+    /// Segments of `lengths[s]` rows each, starting at row `first`.
+    pub fn new(first: usize, lengths: &[usize], n_targets: usize) -> Result<CodeSegments, GpuError> {
+        let bad = bad("trace_code_sums");
+        if n_targets == 0 || i32::try_from(n_targets).is_err() {
+            return Err(bad(format!("{n_targets} target latents")));
+        }
+        if lengths.len() >= i32::MAX as usize {
+            return Err(bad(format!("{} segments exceed i32", lengths.len())));
+        }
+        let mut starts = Vec::with_capacity(lengths.len() + 1);
+        let mut at = first;
+        starts.push(u32::try_from(at).map_err(|_| bad(format!("row {at} exceeds u32")))?);
+        for &n in lengths {
+            at = at.checked_add(n).ok_or_else(|| bad("rows overflow".into()))?;
+            starts.push(u32::try_from(at).map_err(|_| bad(format!("row {at} exceeds u32")))?);
+        }
+        Ok(CodeSegments { starts, n_targets })
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows the codes must hold: the end of the last segment.
+    pub fn rows(&self) -> usize {
+        *self.starts.last().unwrap_or(&0) as usize
+    }
+
+    /// What `trace_code_sums` computes, on the CPU in the same order (rows in order, f32 adds):
+    /// `[segments, n_targets]`. A latent index outside `n_targets` is skipped, as in the kernel.
+    pub fn sums_host(&self, idx: &[u32], val: &[f32], k: usize) -> Result<Vec<f32>, GpuError> {
+        let bad = bad("trace_code_sums");
+        super::check_len("idx", idx.len(), self.rows() * k).map_err(|e| bad(e.to_string()))?;
+        super::check_len("val", val.len(), self.rows() * k).map_err(|e| bad(e.to_string()))?;
+        let f = self.n_targets;
+        let mut out = vec![0.0f32; self.len() * f];
+        for (s, w) in self.starts.windows(2).enumerate() {
+            let row = &mut out[s * f..(s + 1) * f];
+            for r in w[0] as usize..w[1] as usize {
+                for j in 0..k {
+                    let g = idx[r * k + j] as usize;
+                    if g < f {
+                        row[g] += val[r * k + j];
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -131,3 +131,33 @@ fn a_dense_scatter_without_its_barrier_gives_wrong_gradients() {
         Err(e) => assert_eq!(e.status, Some(3), "{e}"),
     }
 }
+
+#[test]
+fn code_sums_without_their_barrier_give_wrong_sums() {
+    use crate::trace::code_sums_program;
+    use scinterp_kernels::gpu::CodeSegments;
+    // 40 latents over 32 threads, one segment of two rows: row 0 names latents 6, 8, 10, 12, each zeroed
+    // by thread g % 32 after thread j (0–3) has added to it when the zero fill has no barrier.
+    let (k, n_targets) = (4usize, 40usize);
+    let idx: Vec<u32> = vec![6, 8, 10, 12, 7, 8, 33, 1];
+    let val: Vec<f32> = (0..8).map(|i| 1.0 + i as f32).collect();
+    let want = CodeSegments::new(0, &[2], n_targets)
+        .unwrap()
+        .sums_host(&idx, &val, k)
+        .unwrap();
+    let (p, out) = code_sums_program((&idx, &val, k), &[0, 2], n_targets, 32);
+    crate::common::assert_bits_eq("the real kernel", &p.run().unwrap().read::<f32>(out), &want);
+    match p.run_with(&runner("code_sums_missing_barrier")) {
+        Ok(mem) => {
+            let got = mem.read::<f32>(out);
+            let wrong = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            eprintln!("code sums without their barrier: {wrong} of {n_targets} sums wrong");
+            assert!(wrong > 0, "the missing __syncthreads was not detected");
+        }
+        Err(e) => assert_eq!(e.status, Some(3), "{e}"),
+    }
+}
