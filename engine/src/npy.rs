@@ -46,6 +46,39 @@ pub enum NpyError {
     DataLength { path: PathBuf, got: usize, want: usize },
 }
 
+impl NpyError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            NpyError::Read { path, .. }
+            | NpyError::Version { path, .. }
+            | NpyError::HeaderLength { path, .. }
+            | NpyError::Dtype { path, .. }
+            | NpyError::BadShape { path, .. }
+            | NpyError::ShapeOverflow { path, .. }
+            | NpyError::DataLength { path, .. } => path,
+            NpyError::TooShort(path)
+            | NpyError::BadMagic(path)
+            | NpyError::TruncatedHeader(path)
+            | NpyError::NoDescr(path)
+            | NpyError::FortranOrder(path)
+            | NpyError::NoShape(path) => path,
+        }
+    }
+
+    /// What is wrong, without the file's name (for messages that name it already).
+    pub fn reason(&self) -> String {
+        match self {
+            NpyError::Read { source, .. } => format!("cannot read: {source}"),
+            other => {
+                let text = other.to_string();
+                let prefix = format!("{}: ", other.path().display());
+                text.strip_prefix(&prefix).map(str::to_string).unwrap_or(text)
+            }
+        }
+    }
+}
+
 /// Element types scinterp stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NpyDtype {
@@ -298,5 +331,28 @@ mod tests {
         );
         let missing = dir.path().join("missing.npy");
         assert!(matches!(read_npy_bytes(&missing), Err(NpyError::Read { path, .. }) if path == missing));
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_leaves_the_file_name_out() {
+        let p = PathBuf::from("/data/acts/rows.npy");
+        assert_eq!(NpyError::TruncatedHeader(p.clone()).reason(), "truncated header");
+        let e = NpyError::DataLength {
+            path: p.clone(),
+            got: 3,
+            want: 8,
+        };
+        assert_eq!(e.path(), p.as_path());
+        assert!(e.reason().starts_with("holds 3 data bytes"), "{}", e.reason());
+        let read = NpyError::Read {
+            path: p,
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(!read.reason().contains("rows.npy"), "{}", read.reason());
     }
 }

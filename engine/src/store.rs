@@ -56,6 +56,13 @@ impl StoreError {
     }
 }
 
+impl From<crate::npy::NpyError> for StoreError {
+    /// Names the file once (the .npy error's own message starts with it).
+    fn from(e: crate::npy::NpyError) -> Self {
+        StoreError::new(e.path(), e.reason())
+    }
+}
+
 /// Element type of the stored activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -373,8 +380,7 @@ impl StoreWriter {
             ));
         }
         let rows_path = dir.join(ROWS_FILE);
-        let (_, stored_rows) =
-            read_npy_bytes(&rows_path).map_err(|e| StoreError::new(&rows_path, e.to_string()))?;
+        let (_, stored_rows) = read_npy_bytes(&rows_path).map_err(StoreError::from)?;
         if stored_rows != bytemuck::cast_slice::<_, u8>(rows) {
             return Err(StoreError::new(
                 &rows_path,
@@ -387,7 +393,7 @@ impl StoreWriter {
         let mut files = Vec::with_capacity(found.hooks.len());
         for hook in &found.hooks {
             let path = dir.join(found.hook_file(hook));
-            let header = read_header(&path).map_err(|e| StoreError::new(&path, e.to_string()))?;
+            let header = read_header(&path).map_err(StoreError::from)?;
             let expected = header.data_offset as u64
                 + (found.n_rows * found.d_model * found.dtype.size_in_bytes()) as u64;
             let file = OpenOptions::new()
@@ -590,7 +596,7 @@ impl ActStore {
     /// The row index: (cell, position, token) per row.
     pub fn rows(&self) -> Result<Vec<[i32; 3]>, StoreError> {
         let path = self.dir.join(ROWS_FILE);
-        let (header, bytes) = read_npy_bytes(&path).map_err(|e| StoreError::new(&path, e.to_string()))?;
+        let (header, bytes) = read_npy_bytes(&path).map_err(StoreError::from)?;
         if header.dtype != NpyDtype::I32 || header.shape != [self.manifest.n_rows, 3] {
             return Err(StoreError::new(
                 &path,
@@ -652,7 +658,7 @@ pub struct HookArray {
 
 impl HookArray {
     pub fn open(path: &Path, n_rows: usize, d: usize, dtype: ActDtype) -> Result<Self, StoreError> {
-        let header = read_header(path).map_err(|e| StoreError::new(path, e.to_string()))?;
+        let header = read_header(path).map_err(StoreError::from)?;
         if header.dtype != dtype.npy() || header.shape != [n_rows, d] {
             return Err(StoreError::new(
                 path,
@@ -732,6 +738,20 @@ impl HookArray {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bad `.npy` in a store is named once, with what is wrong.
+    #[test]
+    fn an_npy_error_names_its_file_once() {
+        let dir = std::env::temp_dir().join(format!("scinterp-npy-once-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("blocks.0.hook_resid_post.npy");
+        std::fs::write(&path, b"\x93NUMPY\x01\x00").unwrap();
+        let err = StoreError::from(read_header(&path).unwrap_err());
+        let msg = err.to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(msg.matches("blocks.0.hook_resid_post.npy").count(), 1, "{msg}");
+        assert!(msg.contains("truncated") || msg.contains("too short"), "{msg}");
+    }
 
     /// Manifests as the untyped records wrote them (a model folder, a shard, `sae synth`, another
     /// tool's) read into the typed records and write back byte for byte, each into its own variant.

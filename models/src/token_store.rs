@@ -605,7 +605,7 @@ impl TokenStore {
         let manifest = Self::read_manifest(dir)?;
         let read = |name: &str, dtype: NpyDtype| -> Result<Vec<u8>, TokenStoreError> {
             let p = dir.join(name);
-            let (h, bytes) = read_npy_bytes(&p).map_err(|e| invalid(&p, e.to_string()))?;
+            let (h, bytes) = read_npy_bytes(&p).map_err(|e| invalid(&p, e.reason()))?;
             if h.dtype != dtype || h.shape.len() != 1 {
                 return Err(invalid(&p, format!("expected a 1-D {} array", dtype.descr())));
             }

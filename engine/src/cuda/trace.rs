@@ -9,7 +9,7 @@ use scinterp_kernels::gpu::{take_recorded_error, TraceStats};
 
 use super::forward::{CudaForward, DeviceState, Gemm};
 use super::sae::DeviceSaeEncoder;
-use super::{driver_error, gpu_error};
+use super::{driver_error, gpu_error, GpuPrecision};
 use crate::encoder::Encoder;
 use crate::error::EngineError;
 use crate::hooks::HookPlan;
@@ -62,10 +62,13 @@ impl CudaForward {
         .map_err(gpu_error)?;
         let s = &state.stream;
         let w_dec = s.clone_htod(&setup.source_sae.w_dec).map_err(driver_error)?;
+        // Target encodes in exact f32 whatever the forward's precision, as the CPU tracer encodes: by
+        // estimate under 1 % of a pass's FLOPs (a few % of its time in f32), and bf16 operands would move
+        // top-k near-ties into the edges.
         let targets = setup
             .targets
             .iter()
-            .map(|(_, sae)| DeviceSaeEncoder::upload(s, &state.kernels, sae, state.precision))
+            .map(|(_, sae)| DeviceSaeEncoder::upload(s, &state.kernels, sae, GpuPrecision::F32))
             .collect::<Result<Vec<_>, _>>()
             .map_err(gpu_error)?;
         let tail = Tail {

@@ -743,7 +743,7 @@ pub fn eval_on_store(req: &EvalRequest, splicer: Option<&dyn SpliceModel>) -> Re
             let path = req.sae.join("heldout_cells.npy");
             let (_, bytes) = read_npy_bytes(&path).map_err(|e| SaeError::Npy {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason: e.reason(),
             })?;
             let cells: Vec<i64> = bytemuck::pod_collect_to_vec(&bytes);
             let wanted: HashSet<i64> = cells.iter().copied().collect();
@@ -792,7 +792,7 @@ pub fn eval_on_store(req: &EvalRequest, splicer: Option<&dyn SpliceModel>) -> Re
 fn planted_recovery(folder: &SaeFolder, path: &Path) -> Result<Recovery, SaeError> {
     let (header, bytes) = read_npy_bytes(path).map_err(|e| SaeError::Npy {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: e.reason(),
     })?;
     if header.dtype != NpyDtype::F32 || header.shape.len() != 2 || header.shape[1] != folder.sae.d_in {
         return Err(SaeError::Npy {
