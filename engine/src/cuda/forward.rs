@@ -547,11 +547,12 @@ impl DeviceState {
 }
 
 impl DeviceState {
-    /// The resident tracer's tail: blocks `first_layer..` on `x` (`[batch tokens, d]`, on the device),
-    /// returning the captures of `plan` on the device; nothing is copied to the host.
+    /// The resident tracer's tail: blocks `layers` on `x` (`[batch tokens, d]`, on the device; the
+    /// blocks after the deepest captured hook need not run), returning the captures of `plan` on the
+    /// device; nothing is copied to the host.
     pub(super) fn tail_on_device(
         &self,
-        first_layer: usize,
+        layers: std::ops::Range<usize>,
         mut x: CudaSlice<f32>,
         batch: &PackedBatch,
         plan: &HookPlan,
@@ -562,7 +563,7 @@ impl DeviceState {
             .map_err(gpu_error)?;
         let mut pending = PendingCaptures::new(&self.stream, Vec::new());
         pending.on_device = Some(Vec::new());
-        for layer in first_layer..self.blocks.len() {
+        for layer in layers.start..layers.end.min(self.blocks.len()) {
             x = self.run_block(&self.blocks[layer], layer, x, &cells, plan, &mut pending)?;
         }
         Ok(pending.on_device.take().unwrap_or_default())

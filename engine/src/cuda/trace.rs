@@ -143,7 +143,10 @@ impl Tail<'_> {
             .trace_ablate(s, source, (len, d), self.w_dec, &list, &mut x)
             .map_err(gpu_error)?;
         let batch = cell.copies(copies)?;
-        let captured = state.tail_on_device(self.setup.source_layer + 1, x, &batch, &self.plan)?;
+        // Blocks after the deepest target change no captured state: the tail stops there.
+        let deepest = self.setup.targets.iter().filter_map(|(h, _)| h.layer()).max();
+        let layers = self.setup.source_layer + 1..deepest.map_or(0, |l| l + 1);
+        let captured = state.tail_on_device(layers, x, &batch, &self.plan)?;
         let rows = pass.gather_rows.len();
         let n_active = s.clone_htod(&pass.n_active).map_err(driver_error)?;
         let sign_hash = s.clone_htod(&pass.sign_hash).map_err(driver_error)?;

@@ -27,6 +27,9 @@ use crate::stats::RunningStats;
 /// need more is traced in several phases, each over a range of the features.
 pub const STATS_BUDGET_BYTES: usize = 4 << 30;
 
+/// Most ablations in one pass: with the clean copy, the 65,535 copies a kernel grid's y dimension holds.
+pub const MAX_PASS_ABLATIONS: usize = 65_534;
+
 /// One tail pass: one cell, its clean copy and `ablations.len()` ablated copies.
 #[derive(Debug)]
 pub struct Pass {
@@ -111,6 +114,7 @@ pub fn plan(
             let mut end = at;
             while end < in_phase.len()
                 && ablations[in_phase[end]].cell == cell
+                && end - at < MAX_PASS_ABLATIONS
                 && (end == at || (end - at + 2) * len <= max_batch_tokens)
             {
                 end += 1;
