@@ -230,16 +230,20 @@ fn sae_train_recovers_planted_atoms_and_encode_eval_agree() {
 fn sae_training_is_reproducible_for_a_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let acts = tmp.path().join("acts");
-    ok(&scinterp(&[
-        "sae",
-        "synth",
-        "--d-in",
-        "16",
-        "--rows",
-        "8000",
-        "--out",
-        s(&acts),
-    ]));
+    let synth = |extra: &[&str]| {
+        let base = [
+            "sae",
+            "synth",
+            "--d-in",
+            "16",
+            "--rows",
+            "8000",
+            "--out",
+            s(&acts),
+        ];
+        scinterp(&[&base[..], extra].concat())
+    };
+    ok(&synth(&[]));
     let train = |out: &Path, seed: &str| {
         ok(&scinterp(&[
             "sae",
@@ -270,22 +274,9 @@ fn sae_training_is_reproducible_for_a_seed() {
     // `sae synth` over an existing store: refused without --overwrite (the store kept), replaced with it
     // by the same bytes for the same settings.
     let before = common::files(&acts);
-    let synth_again = |extra: &[&str]| {
-        let base = [
-            "sae",
-            "synth",
-            "--d-in",
-            "16",
-            "--rows",
-            "8000",
-            "--out",
-            s(&acts),
-        ];
-        scinterp(&[&base[..], extra].concat())
-    };
-    assert_fails_with(&synth_again(&[]), &[s(&acts), "--overwrite"]);
+    assert_fails_with(&synth(&[]), &[s(&acts), "--overwrite"]);
     assert_eq!(common::files(&acts), before);
-    ok(&synth_again(&["--overwrite"]));
+    ok(&synth(&["--overwrite"]));
     assert_eq!(common::files(&acts), before);
 }
 

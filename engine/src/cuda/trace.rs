@@ -4,7 +4,10 @@
 //! whole sequence are in `trace::resident`; `trace::trace_cells` calls this when its `Forward` is a
 //! [`CudaForward`] with cuBLASLt.
 
+use std::ops::Range;
+
 use scinterp_kernels::cudarc::driver::CudaSlice;
+use scinterp_kernels::gpu::gemm::CublasLt;
 use scinterp_kernels::gpu::{take_recorded_error, TraceStats};
 
 use super::forward::{CudaForward, DeviceState, Gemm};
@@ -71,9 +74,16 @@ impl CudaForward {
             .map(|(_, sae)| DeviceSaeEncoder::upload(s, &state.kernels, sae, GpuPrecision::F32))
             .collect::<Result<Vec<_>, _>>()
             .map_err(gpu_error)?;
+        let Gemm::CublasLt(lt) = &state.gemm else {
+            return Err(EngineError::Gpu("the resident tracer needs cuBLASLt".into()));
+        };
+        // Blocks after the deepest target change no captured state: the tail stops there.
+        let deepest = setup.targets.iter().filter_map(|(h, _)| h.layer()).max();
         let tail = Tail {
             state,
+            lt,
             setup,
+            layers: setup.source_layer + 1..deepest.map_or(0, |l| l + 1),
             d: self.dims.d_model,
             w_dec: &w_dec,
             targets: &targets,
@@ -100,7 +110,7 @@ impl CudaForward {
             }
             for (t, st) in stats.iter().enumerate() {
                 let host = st.download(s).map_err(gpu_error)?;
-                resident::merge_into(acc, t as u16, &host);
+                acc.merge(resident::to_accumulator(t as u16, &host));
             }
         }
         take_recorded_error(&state.ctx).map_err(gpu_error)?;
@@ -111,7 +121,11 @@ impl CudaForward {
 /// What every pass of one resident trace shares.
 struct Tail<'a> {
     state: &'a DeviceState,
+    /// The target encodes' GEMMs.
+    lt: &'a CublasLt,
     setup: &'a TraceSetup<'a>,
+    /// The blocks each pass runs: after the source, up to the deepest target.
+    layers: Range<usize>,
     /// The model's width.
     d: usize,
     /// The source SAE's decoder, `[d_sae, d]` f32.
@@ -130,9 +144,15 @@ impl Tail<'_> {
         source: &CudaSlice<f32>,
         stats: &mut [TraceStats],
     ) -> Result<(), EngineError> {
-        let (state, s) = (self.state, &self.state.stream);
-        let Gemm::CublasLt(lt) = &state.gemm else {
-            return Err(EngineError::Gpu("the resident tracer needs cuBLASLt".into()));
+        let (state, s, lt) = (self.state, &self.state.stream, self.lt);
+        // Every target's statistics have the phase's slots: one upload serves them all.
+        let Some(slots) = stats
+            .first()
+            .map(|st| st.slots(s, &pass.slots))
+            .transpose()
+            .map_err(gpu_error)?
+        else {
+            return Ok(()); // no targets
         };
         let (len, d) = (cell.tokens.len(), self.d);
         let copies = pass.copies();
@@ -143,10 +163,7 @@ impl Tail<'_> {
             .trace_ablate(s, source, (len, d), self.w_dec, &list, &mut x)
             .map_err(gpu_error)?;
         let batch = cell.copies(copies)?;
-        // Blocks after the deepest target change no captured state: the tail stops there.
-        let deepest = self.setup.targets.iter().filter_map(|(h, _)| h.layer()).max();
-        let layers = self.setup.source_layer + 1..deepest.map_or(0, |l| l + 1);
-        let captured = state.tail_on_device(layers, x, &batch, &self.plan)?;
+        let captured = state.tail_on_device(self.layers.clone(), x, &batch, &self.plan)?;
         let rows = pass.gather_rows.len();
         let n_active = s.clone_htod(&pass.n_active).map_err(driver_error)?;
         let sign_hash = s.clone_htod(&pass.sign_hash).map_err(driver_error)?;
@@ -175,7 +192,6 @@ impl Tail<'_> {
                     .trace_code_sums(s, (&idx, &val, sae.k), segments, out)
                     .map_err(gpu_error)?;
             }
-            let slots = stats[t].slots(s, &pass.slots).map_err(gpu_error)?;
             state
                 .kernels
                 .trace_reduce(

@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use scinterp_kernels::gpu::{sign_flip_hash, AblationList, CodeSegments, GpuError, TraceStatsHost};
 
-use super::{Ablation, CleanCell, FlipSums, SignFlipNull, TraceAccumulator};
+use super::{Ablation, CleanCell, EdgeSums, FlipSums, SignFlipNull, TraceAccumulator};
 use crate::stats::RunningStats;
 
 /// Most bytes of device statistics one phase keeps (over all target hooks); a chunk whose features
@@ -186,9 +186,11 @@ fn pass(
     })
 }
 
-/// Adds one target's device statistics (downloaded) to `acc`: every edge with a non-zero observation,
-/// and its sign-flip sums. `cells_active` and `ablations` are counted by the caller.
-pub fn merge_into(acc: &mut TraceAccumulator, target: u16, stats: &TraceStatsHost) {
+/// One target's device statistics (downloaded) as an accumulator: every edge with a non-zero
+/// observation, and its sign-flip sums (join it to the chunk's with [`TraceAccumulator::merge`]).
+/// `cells_active` and `ablations` are counted by the caller.
+pub fn to_accumulator(target: u16, stats: &TraceStatsHost) -> TraceAccumulator {
+    let mut acc = TraceAccumulator::default();
     for (k, &f) in stats.features.iter().enumerate() {
         for g in 0..stats.n_targets {
             let e = stats.edge(k, g);
@@ -196,25 +198,30 @@ pub fn merge_into(acc: &mut TraceAccumulator, target: u16, stats: &TraceStatsHos
                 continue;
             }
             let key = (f, target, g as u32);
-            let edge = acc.edges.entry(key).or_default();
-            edge.nonzero
-                .merge(&RunningStats::from_parts(e.count, e.mean, e.m2));
-            edge.positive += e.positive;
-            edge.negative += e.negative;
+            acc.edges.insert(
+                key,
+                EdgeSums {
+                    nonzero: RunningStats::from_parts(e.count, e.mean, e.m2),
+                    positive: e.positive,
+                    negative: e.negative,
+                },
+            );
             if stats.permutations > 0 {
-                let flips = acc
-                    .null
-                    .entry(key)
-                    .or_insert_with(|| vec![FlipSums::default(); stats.permutations]);
-                for (p, fl) in flips.iter_mut().enumerate() {
-                    let (sum, positive, negative) = stats.flip(k, p, g);
-                    fl.sum += sum;
-                    fl.positive += positive;
-                    fl.negative += negative;
-                }
+                let flips = (0..stats.permutations)
+                    .map(|p| {
+                        let (sum, positive, negative) = stats.flip(k, p, g);
+                        FlipSums {
+                            sum,
+                            positive,
+                            negative,
+                        }
+                    })
+                    .collect();
+                acc.null.insert(key, flips);
             }
         }
     }
+    acc
 }
 
 #[cfg(test)]
@@ -303,7 +310,7 @@ mod tests {
                 acc.ablations += pass.ablations.len() as u64;
             }
             for (t, st) in stats.iter().enumerate() {
-                merge_into(&mut acc, t as u16, st);
+                acc.merge(to_accumulator(t as u16, st));
             }
         }
         (acc, phases.len(), passes)

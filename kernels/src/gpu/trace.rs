@@ -281,13 +281,16 @@ impl TraceStatsHost {
         cells: usize,
         slots: Option<&[u32]>,
     ) -> Result<(), GpuError> {
-        let identity: Vec<u32> = (0..self.copies() as u32).collect();
+        let identity: Vec<u32>;
         let slots = match slots {
             Some(s) => {
                 check_slots(s, self.copies())?;
                 s
             }
-            None => &identity,
+            None => {
+                identity = (0..self.copies() as u32).collect();
+                &identity
+            }
         };
         check_reduce_lens(
             (slots.len(), cells, self.n_targets, self.permutations),
@@ -768,6 +771,11 @@ impl CodeSegments {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Segment s is rows `starts[s]..starts[s + 1]` (the kernel's `starts` argument).
+    pub fn starts(&self) -> &[u32] {
+        &self.starts
     }
 
     /// Rows the codes must hold: the end of the last segment.

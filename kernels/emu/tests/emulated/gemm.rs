@@ -67,6 +67,13 @@ fn linear_bf16_matches_the_cpu_linear_with_every_epilogue() {
 /// ([`lt_matmul`]), give the row-major products they stand for, at ragged shapes (1s, primes, K = 1).
 /// cuBLASLt itself cannot run here; this checks everything handed to it (transposes, layouts, leading
 /// dimensions, which buffer is A and which B, β = 1 accumulation).
+/// `y[r, c] = Σ_l term(r, c, l)` over `[m, n]` row-major, summed in f64.
+fn product((m, n, k): (usize, usize, usize), term: impl Fn(usize, usize, usize) -> f64) -> Vec<f32> {
+    (0..m * n)
+        .map(|i| (0..k).map(|l| term(i / n, i % n, l)).sum::<f64>() as f32)
+        .collect()
+}
+
 #[test]
 fn cublaslt_operands_compute_the_row_major_products() {
     use scinterp_kernels::gpu::gemm::{LinearShape, Orientation};
@@ -83,28 +90,14 @@ fn cublaslt_operands_compute_the_row_major_products() {
         let (x, w) = (g.vec(m * k, -1.0, 1.0), g.vec(n * k, -1.0, 1.0));
         let mut y = vec![0.0f32; m * n];
         lt_matmul(&Orientation::Linear.operands(shape), &w, &x, 0.0, &mut y).unwrap();
-        let want: Vec<f32> = (0..m * n)
-            .map(|i| {
-                let (r, c) = (i / n, i % n);
-                (0..k)
-                    .map(|l| x[r * k + l] as f64 * w[c * k + l] as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect();
+        let want = product((m, n, k), |r, c, l| x[r * k + l] as f64 * w[c * k + l] as f64);
         assert_close(&format!("linear {shape:?}"), &y, &want, 1e-6, 1e-6);
         // WeightGrad: y[M,N] = g[K,M]ᵀ·h[K,N] (A = h, B = g), then y += gᵀ·h with β = 1.
         let (gm, h) = (g.vec(k * m, -1.0, 1.0), g.vec(k * n, -1.0, 1.0));
         let ops = Orientation::WeightGrad.operands(shape);
         let mut y = vec![f32::NAN; m * n];
         lt_matmul(&ops, &h, &gm, 0.0, &mut y).unwrap();
-        let want: Vec<f32> = (0..m * n)
-            .map(|i| {
-                let (r, c) = (i / n, i % n);
-                (0..k)
-                    .map(|l| gm[l * m + r] as f64 * h[l * n + c] as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect();
+        let want = product((m, n, k), |r, c, l| gm[l * m + r] as f64 * h[l * n + c] as f64);
         assert_close(&format!("weight_grad {shape:?}"), &y, &want, 1e-6, 1e-6);
         lt_matmul(&ops, &h, &gm, 1.0, &mut y).unwrap();
         let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();

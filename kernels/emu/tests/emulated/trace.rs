@@ -376,11 +376,7 @@ fn trace_code_sums_adds_each_segments_codes_in_row_order() {
         }
         let segments = CodeSegments::new(first, &lengths, n_targets).unwrap();
         let want = segments.sums_host(&idx, &val, k).unwrap();
-        let mut starts = vec![first as u32];
-        for &n in &lengths {
-            starts.push(starts.last().unwrap() + n as u32);
-        }
-        let (p, out) = code_sums_program((&idx, &val, k), &starts, n_targets, block);
+        let (p, out) = code_sums_program((&idx, &val, k), segments.starts(), n_targets, block);
         let got = p.run().unwrap().read::<f32>(out);
         assert_bits_eq("trace_code_sums", &got, &want);
         // The empty segments are zeros, the others are not all zero.
